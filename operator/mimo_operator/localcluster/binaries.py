@@ -1,0 +1,51 @@
+"""Where hack/build-binaries.sh puts the upstream binaries, and a clear error when one is missing."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mimo_operator.errors import MimoError
+
+__all__ = ["REQUIRED", "BinariesMissing", "binaries_missing", "binary", "cache_dir", "kwok_stages_dir"]
+
+REQUIRED = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kubectl")
+
+
+class BinariesMissing(MimoError):
+    """The local cluster's binaries have not been built yet."""
+
+
+def cache_dir() -> Path:
+    """``$MIMO_CACHE_DIR``, else ``${XDG_CACHE_HOME:-~/.cache}/mimo-operator`` (as in the build script)."""
+    if explicit := os.environ.get("MIMO_CACHE_DIR"):
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "mimo-operator"
+
+
+def binary(name: str) -> Path:
+    path = cache_dir() / "bin" / name
+    if not os.access(path, os.X_OK):
+        raise BinariesMissing(
+            f"{name} is not built: expected an executable at {path}. "
+            "Run hack/build-binaries.sh (it builds the pinned etcd, Kubernetes, kwok, kubectl and helm "
+            "from the Go module proxy into that directory)."
+        )
+    return path
+
+
+def kwok_stages_dir() -> Path:
+    path = cache_dir() / "kwok-stages"
+    if not path.is_dir():
+        raise BinariesMissing(f"kwok's stage files are missing at {path}: run hack/build-binaries.sh")
+    return path
+
+
+def binaries_missing() -> list[str]:
+    """The names of the required binaries not built yet (empty when all are there)."""
+    bin_dir = cache_dir() / "bin"
+    missing = [name for name in REQUIRED if not os.access(bin_dir / name, os.X_OK)]
+    if not (cache_dir() / "kwok-stages").is_dir():
+        missing.append("kwok-stages")
+    return missing

@@ -1,0 +1,171 @@
+"""A handle on a local cluster: start it, wait for it, run kubectl against it, stop it.
+
+The cluster itself lives in a supervisor process (``supervisor.py``) so that ``mimoctl cluster up`` can
+return and leave it running; the tests and the demo use the same handle and stop it when they finish.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mimo_operator.errors import MimoError
+from mimo_operator.localcluster.binaries import binaries_missing, cache_dir
+from mimo_operator.localcluster.processes import kill_pid, log_tail
+
+__all__ = ["ClusterError", "LocalCluster", "default_state_dir"]
+
+
+class ClusterError(MimoError):
+    """The local cluster could not be started, or is not running."""
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "mimo-operator" / "local-cluster"
+
+
+@dataclass
+class LocalCluster:
+    state_dir: Path
+
+    # -- state ------------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> dict[str, Any]:
+        path = self.state_dir / "state.json"
+        try:
+            return dict(json.loads(path.read_text()))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state_dir / "kubeconfig"
+
+    @property
+    def kubectl_path(self) -> Path:
+        return cache_dir() / "bin" / "kubectl"
+
+    @property
+    def supervisor_log(self) -> Path:
+        return self.state_dir / "logs" / "supervisor.log"
+
+    def supervisor_pid(self) -> int | None:
+        pid = self.state.get("pid")
+        if not isinstance(pid, int):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        return pid
+
+    def is_running(self) -> bool:
+        return self.state.get("status") == "ready" and self.supervisor_pid() is not None
+
+    def env(self) -> dict[str, str]:
+        return {"KUBECONFIG": str(self.kubeconfig), "KUBECTL": str(self.kubectl_path)}
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    @classmethod
+    def up(cls, state_dir: Path, nodes: int = 4, gpu_type: str = "H200-141GB", blocks: int = 1,
+           timeout: float = 180.0, exit_with_parent: bool = False) -> LocalCluster:
+        """Start a cluster in ``state_dir`` and return once its nodes are schedulable.
+
+        With ``exit_with_parent`` the cluster stops by itself when this process exits (tests);
+        without it the cluster keeps running until :meth:`down` (``mimoctl cluster up``).
+        """
+        if missing := binaries_missing():
+            raise ClusterError(
+                f"the local cluster's binaries are not built ({', '.join(missing)} missing in "
+                f"{cache_dir() / 'bin'}): run hack/build-binaries.sh first"
+            )
+        cluster = cls(state_dir)
+        if cluster.is_running():
+            raise ClusterError(f"a local cluster is already running from {state_dir}; `mimoctl cluster down` first")
+        state_dir.mkdir(parents=True, exist_ok=True)
+        (state_dir / "state.json").unlink(missing_ok=True)
+        argv = [sys.executable, "-m", "mimo_operator.localcluster.supervisor", "--state-dir", str(state_dir),
+                "--nodes", str(nodes), "--gpu-type", gpu_type, "--blocks", str(blocks)]
+        if exit_with_parent:
+            argv.append("--exit-with-parent")
+        (state_dir / "logs").mkdir(exist_ok=True)
+        with (state_dir / "logs" / "supervisor.out").open("ab") as out:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=not exit_with_parent)
+        try:
+            cluster._wait_ready(proc, timeout)
+        except BaseException:
+            # Ctrl-C or a failure while starting: nothing may be left behind.
+            cluster._stop_supervisor(proc.pid)
+            raise
+        return cluster
+
+    def _wait_ready(self, proc: subprocess.Popen[bytes], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.state
+            if state.get("status") == "ready":
+                return
+            if state.get("status") == "failed" or proc.poll() is not None:
+                proc.wait(30)
+                error = self.state.get("error") or f"the supervisor exited with {proc.returncode}"
+                raise ClusterError(f"the local cluster failed to start: {error}\n"
+                                   f"(supervisor log: {self.supervisor_log})")
+            if time.monotonic() > deadline:
+                raise ClusterError(f"the local cluster was not ready within {timeout:.0f} s; "
+                                   f"last lines of {self.supervisor_log}:\n{log_tail(self.supervisor_log)}")
+            time.sleep(0.2)
+
+    def down(self, timeout: float = 60.0) -> bool:
+        """Stop the cluster; False when none was running."""
+        pid = self.supervisor_pid()
+        if pid is None:
+            return False
+        self._stop_supervisor(pid, timeout)
+        return True
+
+    def _stop_supervisor(self, pid: int, timeout: float = 60.0) -> None:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                waited, _ = os.waitpid(pid, os.WNOHANG)
+                if waited == pid:
+                    return
+            except ChildProcessError:
+                pass  # not our child (started by another mimoctl): poll its existence instead
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)
+        kill_pid(pid, grace=0)
+
+    # -- using it ---------------------------------------------------------------------------------
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
+                timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+        """Run the built kubectl against this cluster."""
+        result = subprocess.run(
+            [str(self.kubectl_path), "--kubeconfig", str(self.kubeconfig), *args],
+            input=input, capture_output=True, text=True, timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise ClusterError(f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
+        return result
+
+    def kubectl_json(self, *args: str) -> Any:
+        return json.loads(self.kubectl(*args, "-o", "json").stdout)

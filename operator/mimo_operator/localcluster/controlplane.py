@@ -1,0 +1,172 @@
+"""The real Kubernetes control plane on loopback: etcd → kube-apiserver → kube-controller-manager →
+kube-scheduler → kwok, each waited on with a bounded timeout.
+
+The recipe: shared/reference/test-cluster.md §9. Notes on the choices:
+- no ``--advertise-address``: the apiserver refuses loopback; ``--endpoint-reconciler-type=none`` keeps it
+  from fighting over the ``kubernetes`` Endpoints of an address it cannot advertise;
+- pod IPs come from kwok's ``--cidr`` inside 127.0.0.0/8, so a local process can listen on its pod's IP;
+- the node lifecycle controller must run, or new nodes keep their ``not-ready`` taint forever.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from mimo_operator.localcluster import binaries
+from mimo_operator.localcluster.pki import Pki, issue_pki, write_kubeconfig
+from mimo_operator.localcluster.processes import ComponentFailed, Process, free_port, http_ok, log_tail
+
+__all__ = ["ClusterConfig", "ControlPlane"]
+
+_STAGES = Path(__file__).parent / "stages"
+# kwok's own stages for nodes, chaos and deletion; pod start/complete/delete are ours (stages/).
+_KWOK_STAGES = (
+    "node/fast/node-initialize.yaml",
+    "node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
+    "node/chaos/node-not-ready.yaml",
+    "pod/chaos/pod-container-running-failed.yaml",
+)
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    state_dir: Path
+    nodes: int = 4
+    gpu_type: str = "H200-141GB"
+    blocks: int = 1
+    pod_cidr: str = "127.64.0.0/16"
+    service_cidr: str = "10.96.0.0/16"
+    # Each component's start is bounded by this; 2 loaded cores stretch the apiserver to ~30 s.
+    component_timeout: float = 90.0
+    # Ports to use instead of free ones, by component ("apiserver", "etcd", …).
+    fixed_ports: tuple[tuple[str, int], ...] = ()
+
+
+class ControlPlane:
+    def __init__(self, config: ClusterConfig) -> None:
+        self.config = config
+        self.dir = config.state_dir
+        self.logs = self.dir / "logs"
+        self.processes: list[Process] = []
+        self.ports: dict[str, int] = {}
+        self.timings: dict[str, float] = {}
+        self.pki: Pki | None = None
+        self.kubeconfig = self.dir / "kubeconfig"
+
+    @property
+    def api_url(self) -> str:
+        return f"https://127.0.0.1:{self.ports['apiserver']}"
+
+    def _tls(self) -> ssl.SSLContext:
+        assert self.pki is not None
+        ctx = ssl.create_default_context(cafile=str(self.pki.ca_cert))
+        ctx.load_cert_chain(str(self.pki.admin_cert), str(self.pki.admin_key))
+        return ctx
+
+    def _start(self, name: str, argv: list[str], probe_url: str | None, ctx: ssl.SSLContext | None = None,
+               expect: str | None = None, env: dict[str, str] | None = None) -> Process:
+        proc = Process(name, argv, self.logs / f"{name}.log", env=env)
+        proc.start()
+        self.processes.append(proc)
+        if probe_url is not None:
+            self.timings[name] = proc.wait_healthy(
+                lambda: http_ok(probe_url, context=ctx, expect=expect), timeout=self.config.component_timeout
+            )
+        return proc
+
+    def start(self) -> None:
+        """Start every component in order; raises ComponentFailed naming the first one that fails."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        bins = {name: str(binaries.binary(name)) for name in binaries.REQUIRED}
+        stages = binaries.kwok_stages_dir()
+        self.pki = issue_pki(self.dir / "pki")
+        for name in ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler"):
+            self.ports[name] = free_port()
+        self.ports.update(dict(self.config.fixed_ports))
+        write_kubeconfig(self.kubeconfig, self.pki, self.api_url)
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE
+
+        etcd_url = f"http://127.0.0.1:{self.ports['etcd']}"
+        self._start("etcd", [
+            bins["etcd"], "--name=default", f"--data-dir={self.dir / 'etcd'}",
+            f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
+            f"--listen-peer-urls=http://127.0.0.1:{self.ports['etcd-peer']}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{self.ports['etcd-peer']}",
+            f"--initial-cluster=default=http://127.0.0.1:{self.ports['etcd-peer']}",
+            "--unsafe-no-fsync=true", "--log-level=warn", "--quota-backend-bytes=2147483648",
+        ], f"{etcd_url}/health", expect='"health":"true"')
+
+        pki = self.pki
+        self._start("kube-apiserver", [
+            bins["kube-apiserver"], f"--etcd-servers={etcd_url}",
+            "--bind-address=127.0.0.1", f"--secure-port={self.ports['apiserver']}",
+            f"--tls-cert-file={pki.apiserver_cert}", f"--tls-private-key-file={pki.apiserver_key}",
+            f"--client-ca-file={pki.ca_cert}",
+            f"--service-account-issuer={self.api_url}",
+            f"--service-account-key-file={pki.sa_pub}", f"--service-account-signing-key-file={pki.sa_key}",
+            f"--service-cluster-ip-range={self.config.service_cidr}",
+            "--authorization-mode=Node,RBAC", "--allow-privileged=true",
+            "--endpoint-reconciler-type=none",
+            "--default-not-ready-toleration-seconds=30", "--default-unreachable-toleration-seconds=30",
+            "--profiling=false", "--v=1",
+        ], f"{self.api_url}/readyz", ctx=self._tls())
+
+        self._start("kube-controller-manager", [
+            bins["kube-controller-manager"], f"--kubeconfig={self.kubeconfig}",
+            f"--authentication-kubeconfig={self.kubeconfig}", f"--authorization-kubeconfig={self.kubeconfig}",
+            "--bind-address=127.0.0.1", f"--secure-port={self.ports['controller-manager']}",
+            "--leader-elect=false", "--controllers=*",
+            f"--service-account-private-key-file={pki.sa_key}", f"--root-ca-file={pki.ca_cert}",
+            f"--service-cluster-ip-range={self.config.service_cidr}",
+            f"--cluster-signing-cert-file={pki.ca_cert}", f"--cluster-signing-key-file={pki.ca_key}",
+            "--node-monitor-period=2s", "--node-monitor-grace-period=20s",
+            "--concurrent-gc-syncs=10", "--profiling=false", "--v=1",
+        ], f"https://127.0.0.1:{self.ports['controller-manager']}/healthz", ctx=insecure)
+
+        scheduler_config = self.dir / "scheduler.yaml"
+        scheduler_config.write_text(yaml.safe_dump({
+            "apiVersion": "kubescheduler.config.k8s.io/v1",
+            "kind": "KubeSchedulerConfiguration",
+            "clientConnection": {"kubeconfig": str(self.kubeconfig), "qps": 200, "burst": 400},
+            "leaderElection": {"leaderElect": False},
+        }))
+        self._start("kube-scheduler", [
+            bins["kube-scheduler"], f"--config={scheduler_config}",
+            f"--authentication-kubeconfig={self.kubeconfig}", f"--authorization-kubeconfig={self.kubeconfig}",
+            "--bind-address=127.0.0.1", f"--secure-port={self.ports['scheduler']}", "--v=1",
+        ], f"https://127.0.0.1:{self.ports['scheduler']}/healthz", ctx=insecure)
+
+        kwok_home = self.dir / "kwok-home"
+        kwok_home.mkdir(exist_ok=True)
+        stage_args = [f"--config={stages / s}" for s in _KWOK_STAGES]
+        stage_args += [f"--config={p}" for p in sorted(_STAGES.glob("*.yaml"))]
+        # kwok has no health port without its kubelet server (which would listen beyond loopback by
+        # default); its readiness is the nodes turning Ready, which the caller waits for.
+        self._start("kwok", [
+            bins["kwok"], f"--kubeconfig={self.kubeconfig}",
+            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+            f"--cidr={self.config.pod_cidr}", "--node-ip=127.0.0.1",
+            "--node-lease-duration-seconds=40", *stage_args,
+        ], None, env={**os.environ, "HOME": str(kwok_home), "KWOK_WORKDIR": str(kwok_home)})
+
+    def stop(self) -> None:
+        """Stop every component, last started first."""
+        for proc in reversed(self.processes):
+            proc.stop()
+        self.processes.clear()
+
+    def check_running(self) -> None:
+        """Raise when a component has died since it started."""
+        for proc in self.processes:
+            if not proc.running():
+                code = proc.popen.returncode if proc.popen else None
+                raise ComponentFailed(
+                    f"{proc.name} stopped (exit code {code}); last lines of {proc.log}:\n{log_tail(proc.log)}"
+                )
