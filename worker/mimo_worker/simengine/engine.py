@@ -1,0 +1,884 @@
+"""The scheduler model of the simulated SGLang engine: one replica, continuous batching, in any time.
+
+This module owns *what happens to requests*: the waiting queue, admission against the KV cache, chunked
+prefill, decode steps, retraction, pause and abort. It owns no clock and no I/O: every call takes the
+current time (simulated seconds) as an argument, so the same core runs
+
+* in real time behind the HTTP server (``server.py`` passes a wall clock scaled by ``--mimo-speedup``), and
+* in virtual time (:func:`run_virtual`), where a whole trace replays in a fraction of a second — the form
+  the tests and the autoscaling simulator use.
+
+The model
+=========
+
+It follows the scheduler loop of SGLang 0.5 (one "unified" scheduler, no prefill/decode disaggregation,
+no mixed chunks — SGLang's defaults). Each scheduler step is one forward pass of the replica:
+
+1. **Prefill first.** If a prompt is half-prefilled (chunked prefill), or waiting requests can be
+   admitted, the step is a prefill (extend) batch and running requests do not decode in it. Otherwise
+   the step decodes one token for every running request. SGLang behaves the same way without
+   ``--enable-mixed-chunk``: a long prompt stalls decoding while its chunks run, which is why the TTFT of
+   queued requests and the inter-token latency of running ones both grow under load.
+2. **Admission (FCFS by arrival, head-of-line blocking).** The head of the waiting queue is admitted
+   while all of these hold, and admission stops at the first request that fails one:
+
+   * running requests (those decoding plus those admitted and still prefilling) stay below
+     ``max_running_requests``;
+   * the per-step prefill budget (``chunked_prefill_size`` tokens) is not used up; a prompt longer than
+     what is left of the budget is cut into chunks, and at most one request is mid-chunk at a time;
+   * the *full-attention pool* can hold the request's whole prompt, page-rounded, plus a *reservation*
+     for its future output, after the reservations of the requests already running. The reservation is
+     ``new_token_ratio × min(remaining output, 4096)`` tokens per request — SGLang's estimate that a
+     request will not use all of its ``max_tokens``. The ratio starts at 0.7, decays linearly to
+     0.7 × 0.14 over 600 decode steps without trouble, and is raised again after a retraction (to the
+     fraction of the running requests' ``max_tokens`` that they will have used 20 steps from now).
+     The constants are SGLang's defaults (its global config: initial ratio 0.7, minimum factor 0.14,
+     600 decay steps, 20 retraction look-ahead steps, 4096-token clip); they are arguments of
+     :class:`AdmissionPolicy`, so a caller can also reserve the whole output (ratio 1.0, no decay)
+     and never retract;
+   * the *sliding-window pool* can hold this step's prefill chunk: the SWA layers write every token of
+     the chunk before the tokens that left the window are freed.
+3. **KV accounting.** A request holds, in the full pool, its computed tokens (prompt, then one more
+   per decoded token) rounded up to whole pages of ``page_size``; in the SWA pool only the pages that
+   cover its last ``swa_window`` tokens (MiMo: 128) — that is why the SWA pool can be a fraction
+   (``--swa-full-tokens-ratio``) of the full one. Usage = held / capacity per pool, as SGLang's
+   ``full_token_usage`` and ``swa_token_usage``; ``token_usage`` is the fuller of the two.
+4. **Retraction.** Admission only *estimates* output lengths, so a decode step can find the full pool
+   short of the pages its requests need. Then, as SGLang does, running requests are retracted until
+   the rest fit — the one with the fewest output tokens first (ties: the longer prompt first). A
+   retracted request frees all its KV and goes back to the waiting queue at its arrival position; its
+   output so far is kept (already streamed to the client) and is prefilled again with the prompt when it
+   is readmitted. Every retraction counts (``sglang:num_retracted_reqs``).
+5. **Step time** comes from the planned replica's performance model (``mimo_operator.perf``): a prefill
+   step takes ``prefill_seconds(new tokens, cached context)`` summed over its requests' chunks, a decode
+   step ``decode_step_seconds(batch size, KV tokens of the batch)``. Those formulas (a roofline over the
+   plan's GPUs: HBM bandwidth for weights and KV reads, FP8 compute for prefill, all-to-all over the
+   interconnect; constants from ``mimo-facts.md``) live beside the planner, not here.
+6. **Tokens.** Prefill produces a request's first output token when its last chunk completes (TTFT);
+   each decode step produces one more. A request finishes after exactly ``max_new_tokens`` output
+   tokens: the simulated model never stops early (as with ``ignore_eos``), so a trace's
+   ``GeneratedTokens`` become each request's ``max_tokens``.
+
+Not modelled: the radix prefix cache (cache hit rate is 0: every prompt is computed), speculative
+decoding as a separate mechanism (the performance model's per-step time already folds its speed-up in),
+several attention-DP schedulers inside one replica (the replica is one scheduler with the replica's
+whole KV capacity), and grammar / LoRA / multimodal inputs.
+"""
+
+from __future__ import annotations
+
+import bisect
+import enum
+import math
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+__all__ = [
+    "AdmissionPolicy",
+    "Arrival",
+    "Batch",
+    "BatchKind",
+    "ClosedLoop",
+    "Engine",
+    "EngineLimits",
+    "EngineStats",
+    "OpenLoop",
+    "PauseMode",
+    "Progress",
+    "Request",
+    "RequestRejected",
+    "RequestState",
+    "StepTimer",
+    "VirtualRun",
+    "Workload",
+    "run_virtual",
+]
+
+# SGLang's defaults for the output-token reservation (its global scheduler config); see the docstring.
+SGLANG_INIT_NEW_TOKEN_RATIO = 0.7
+SGLANG_MIN_NEW_TOKEN_RATIO_FACTOR = 0.14
+SGLANG_NEW_TOKEN_RATIO_DECAY_STEPS = 600
+SGLANG_RETRACT_DECODE_STEPS = 20
+SGLANG_CLIP_MAX_NEW_TOKENS = 4096
+
+# A step never takes less than this (simulated seconds): a performance model that answers 0 for a tiny
+# batch must not let virtual time stand still.
+MIN_STEP_SECONDS = 1e-6
+
+# How far back gen_throughput and the retraction gauge look (simulated seconds). SGLang reports them per
+# log interval (every 40 decode steps, about a second on a busy replica); a fixed window is steadier for
+# scrapers and falls to zero when the replica idles.
+STATS_WINDOW_SECONDS = 5.0
+
+
+class StepTimer(Protocol):
+    """How long one forward pass of the planned replica takes: ``mimo_operator.perf.ReplicaPerformance``."""
+
+    def prefill_seconds(self, new_tokens: int, cached_context_tokens: int = 0) -> float: ...
+
+    def decode_step_seconds(self, batch_size: int, kv_tokens: int) -> float: ...
+
+
+class PerformanceLimits(Protocol):
+    """The capacity fields of ``ReplicaPerformance`` that the scheduler obeys."""
+
+    @property
+    def max_total_num_tokens(self) -> int: ...
+    @property
+    def swa_max_tokens(self) -> int: ...
+    @property
+    def swa_window(self) -> int: ...
+    @property
+    def max_running_requests(self) -> int: ...
+    @property
+    def context_length(self) -> int: ...
+    @property
+    def chunked_prefill_size(self) -> int: ...
+    @property
+    def page_size(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    """The capacities one scheduler works within (SGLang's names)."""
+
+    max_total_num_tokens: int
+    swa_max_tokens: int
+    swa_window: int
+    max_running_requests: int
+    context_length: int
+    chunked_prefill_size: int
+    page_size: int
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_total_num_tokens",
+            "swa_max_tokens",
+            "swa_window",
+            "max_running_requests",
+            "context_length",
+            "chunked_prefill_size",
+            "page_size",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    @classmethod
+    def of(cls, perf: PerformanceLimits) -> EngineLimits:
+        return cls(
+            max_total_num_tokens=perf.max_total_num_tokens,
+            swa_max_tokens=perf.swa_max_tokens,
+            swa_window=perf.swa_window,
+            max_running_requests=perf.max_running_requests,
+            context_length=perf.context_length,
+            chunked_prefill_size=perf.chunked_prefill_size,
+            page_size=perf.page_size,
+        )
+
+    @property
+    def max_request_tokens(self) -> int:
+        """The longest request (prompt + output) this replica accepts at all."""
+        return min(self.context_length, self.max_total_num_tokens - self.page_size)
+
+
+@dataclass(frozen=True)
+class AdmissionPolicy:
+    """How much future output admission reserves KV for. Defaults are SGLang's (module docstring)."""
+
+    init_new_token_ratio: float = SGLANG_INIT_NEW_TOKEN_RATIO
+    min_new_token_ratio: float = SGLANG_INIT_NEW_TOKEN_RATIO * SGLANG_MIN_NEW_TOKEN_RATIO_FACTOR
+    decay_steps: int = SGLANG_NEW_TOKEN_RATIO_DECAY_STEPS
+    retract_lookahead_steps: int = SGLANG_RETRACT_DECODE_STEPS
+    clip_max_new_tokens: int = SGLANG_CLIP_MAX_NEW_TOKENS
+
+    @classmethod
+    def reserve_all(cls) -> AdmissionPolicy:
+        """Reserve every request's whole output at admission: queues sooner, never retracts."""
+        return cls(init_new_token_ratio=1.0, min_new_token_ratio=1.0, clip_max_new_tokens=2**62)
+
+    @property
+    def decay_per_step(self) -> float:
+        return (self.init_new_token_ratio - self.min_new_token_ratio) / max(self.decay_steps, 1)
+
+
+class RequestRejected(ValueError):
+    """A request the replica can never serve (too long for its context or its KV cache)."""
+
+
+class RequestState(enum.Enum):
+    WAITING = "waiting"
+    PREFILLING = "prefilling"  # admitted, holds KV, prompt not fully computed yet
+    RUNNING = "running"  # decoding
+    FINISHED = "finished"
+    ABORTED = "aborted"
+
+
+class PauseMode(enum.Enum):
+    """``/pause_generation`` modes (SGLang's names)."""
+
+    ABORT = "abort"  # drop every request in the replica
+    RETRACT = "retract"  # move running requests back to the waiting queue, freeing their KV
+    IN_PLACE = "in_place"  # keep everything where it is, just stop stepping
+
+
+class BatchKind(enum.Enum):
+    PREFILL = "prefill"
+    DECODE = "decode"
+
+
+@dataclass(eq=False)
+class Request:
+    """One generation request and its progress through the scheduler."""
+
+    rid: str
+    prompt_tokens: int
+    max_new_tokens: int
+    arrival: float
+    state: RequestState = RequestState.WAITING
+    output_tokens: int = 0
+    computed: int = 0  # tokens whose KV is in the cache (prompt first, then output)
+    admitted_at: float | None = None  # first admission; queue time = admitted_at - arrival
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+    finished_at: float | None = None
+    retractions: int = 0
+    full_held: int = 0  # full-pool token slots held (whole pages)
+    swa_held: int = 0  # SWA-pool token slots held (whole pages)
+
+    @property
+    def prefill_target(self) -> int:
+        """Tokens a (re)admitted request computes before it decodes: its prompt, plus the output it kept
+        over a retraction. The pass over the last of them samples its next output token."""
+        return self.prompt_tokens + self.output_tokens
+
+    @property
+    def remaining_output(self) -> int:
+        return self.max_new_tokens - self.output_tokens
+
+    @property
+    def done(self) -> bool:
+        return self.state in (RequestState.FINISHED, RequestState.ABORTED)
+
+    @property
+    def queue_seconds(self) -> float | None:
+        return None if self.admitted_at is None else self.admitted_at - self.arrival
+
+    @property
+    def ttft(self) -> float | None:
+        return None if self.first_token_at is None else self.first_token_at - self.arrival
+
+    @property
+    def e2e_seconds(self) -> float | None:
+        return None if self.finished_at is None else self.finished_at - self.arrival
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Part of one request's prompt computed in a prefill batch."""
+
+    request: Request
+    tokens: int
+    cached_before: int  # tokens of this request already in the cache when the chunk runs
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One planned forward pass: what runs, from when, for how long (simulated seconds)."""
+
+    kind: BatchKind
+    start: float
+    duration: float
+    chunks: tuple[Chunk, ...] = ()  # prefill
+    requests: tuple[Request, ...] = ()  # decode
+    retracted: tuple[Request, ...] = ()  # sent back to the queue to make room for this batch
+
+    @property
+    def end(self) -> float:
+        return self.start + self.duration
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What one request got from a finished step: ``new_tokens`` output tokens, maybe its last."""
+
+    request: Request
+    new_tokens: int
+    first: bool  # carries the request's first output token
+    finished: bool
+    interval: float  # seconds since the request's previous token (0 for the first)
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """A snapshot of the scheduler's gauges, in SGLang's terms."""
+
+    num_running_reqs: int
+    num_queue_reqs: int
+    full_used_tokens: int
+    full_capacity: int
+    swa_used_tokens: int
+    swa_capacity: int
+    gen_throughput: float  # output tokens/s over the last STATS_WINDOW_SECONDS
+    num_retracted_reqs: int  # retractions over the last STATS_WINDOW_SECONDS
+    new_token_ratio: float
+    tokens_in_flight: int  # prompt + output tokens of every admitted request (what its KV will cover)
+    paused: bool
+
+    @property
+    def full_token_usage(self) -> float:
+        return self.full_used_tokens / self.full_capacity
+
+    @property
+    def swa_token_usage(self) -> float:
+        return self.swa_used_tokens / self.swa_capacity
+
+    @property
+    def token_usage(self) -> float:
+        return max(self.full_token_usage, self.swa_token_usage)
+
+    @property
+    def kv_available_tokens(self) -> int:
+        return self.full_capacity - self.full_used_tokens
+
+
+@dataclass
+class _Counters:
+    """Totals since start (for Prometheus counters and tests)."""
+
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+    finished_requests: int = 0
+    aborted_requests: int = 0
+    retracted_requests: int = 0
+    prefill_tokens_computed: int = 0
+    steps: int = 0
+
+
+class Engine:
+    """One replica's scheduler. Not thread-safe; drive it from one task or one loop.
+
+    Protocol: :meth:`submit` / :meth:`abort` at any time; :meth:`next_batch` plans the next forward pass
+    (it may retract to make room) and returns ``None`` when there is nothing to do; :meth:`complete`
+    applies that pass at its end time and returns what each request got. A caller plans one batch at a
+    time and completes it before planning the next.
+    """
+
+    def __init__(self, limits: EngineLimits, timer: StepTimer, policy: AdmissionPolicy | None = None):
+        self.limits = limits
+        self.timer = timer
+        self.policy = policy or AdmissionPolicy()
+        self.new_token_ratio = self.policy.init_new_token_ratio
+        self.paused = False
+        self.counters = _Counters()
+        self._waiting: list[Request] = []  # sorted by (arrival, sequence)
+        self._waiting_keys: list[tuple[float, int]] = []
+        self._seq: dict[str, int] = {}
+        self._next_seq = 0
+        self._prefilling: list[Request] = []  # admitted, prompt not complete (at most one is mid-chunk)
+        self._running: list[Request] = []  # decoding
+        self._requests: dict[str, Request] = {}
+        self._in_flight: Batch | None = None
+        self._full_used = 0
+        self._swa_used = 0
+        self._recent_tokens: deque[tuple[float, int]] = deque()
+        self._recent_retractions: deque[float] = deque()
+        self._epoch: float | None = None  # first submission: gen_throughput's window never reaches before it
+
+    # ---- requests in -------------------------------------------------------------------------------
+
+    def submit(self, rid: str, prompt_tokens: int, max_new_tokens: int, now: float) -> Request:
+        """Queue a request. Raises :class:`RequestRejected` if the replica can never serve it."""
+        if rid in self._requests:
+            raise ValueError(f"request id {rid!r} is already in the engine")
+        if prompt_tokens < 1:
+            raise RequestRejected("the prompt must have at least one token")
+        if max_new_tokens < 1:
+            raise RequestRejected("max_tokens must be at least 1")
+        total = prompt_tokens + max_new_tokens
+        if total > self.limits.context_length:
+            raise RequestRejected(
+                f"Requested token count exceeds the model's maximum context length of "
+                f"{self.limits.context_length} tokens. You requested a total of {total} tokens: "
+                f"{prompt_tokens} tokens from the input messages and {max_new_tokens} tokens for the "
+                f"completion. Please reduce the number of tokens in the input messages or the completion "
+                f"to fit within the limit."
+            )
+        if self._page_round(total) > self.limits.max_total_num_tokens:
+            raise RequestRejected(
+                f"the request needs {total} KV tokens but the replica's KV cache holds "
+                f"{self.limits.max_total_num_tokens} (max_total_num_tokens)"
+            )
+        request = Request(rid=rid, prompt_tokens=prompt_tokens, max_new_tokens=max_new_tokens, arrival=now)
+        if self._epoch is None:
+            self._epoch = now
+        self._requests[rid] = request
+        self._seq[rid] = self._next_seq
+        self._next_seq += 1
+        self._enqueue(request)
+        return request
+
+    def abort(self, rid: str, now: float) -> Request | None:
+        """Drop a request wherever it is (client went away); frees its KV. Returns it, or None."""
+        request = self._requests.get(rid)
+        if request is None or request.done:
+            return None
+        self._remove_everywhere(request)
+        request.state = RequestState.ABORTED
+        request.finished_at = now
+        self.counters.aborted_requests += 1
+        self._forget(request)
+        return request
+
+    def pause(self, mode: PauseMode, now: float) -> list[Request]:
+        """Stop stepping (``/pause_generation``). Returns the requests that abort mode dropped."""
+        self.paused = True
+        dropped: list[Request] = []
+        if mode is PauseMode.ABORT:
+            for request in list(self._requests.values()):
+                if self.abort(request.rid, now) is not None:
+                    dropped.append(request)
+        elif mode is PauseMode.RETRACT:
+            for request in list(self._running) + list(self._prefilling):
+                self._retract(request, now, count=False)
+        return dropped
+
+    def resume(self) -> None:
+        self.paused = False
+
+    # ---- scheduling --------------------------------------------------------------------------------
+
+    def next_batch(self, now: float) -> Batch | None:
+        """Plan the forward pass that starts at ``now``; ``None`` if there is nothing to run."""
+        if self._in_flight is not None:
+            raise RuntimeError("complete() the batch in flight before planning the next one")
+        if self.paused:
+            return None
+        batch = self._plan_prefill(now) or self._plan_decode(now)
+        self._in_flight = batch
+        return batch
+
+    def complete(self, batch: Batch, now: float | None = None) -> list[Progress]:
+        """Apply a planned batch at its end (or at ``now`` if later). Returns per-request progress."""
+        if batch is not self._in_flight:
+            raise RuntimeError("complete() takes the batch the last next_batch() returned")
+        self._in_flight = None
+        end = batch.end if now is None else max(now, batch.end)
+        self.counters.steps += 1
+        progress: list[Progress] = []
+        if batch.kind is BatchKind.PREFILL:
+            for chunk in batch.chunks:
+                request = chunk.request
+                if request.done:
+                    continue  # aborted while the batch ran
+                request.computed = chunk.cached_before + chunk.tokens
+                self.counters.prefill_tokens_computed += chunk.tokens
+                self._set_swa_held(request, self._swa_need(request.computed))
+                if request.computed < request.prefill_target:
+                    continue
+                # the pass over the last chunk samples the next (usually the first) output token
+                self._prefilling.remove(request)
+                progress.append(self._emit(request, end))
+                if not request.done:
+                    request.state = RequestState.RUNNING
+                    self._running.append(request)
+        else:
+            for request in batch.requests:
+                if request.done or request.state is not RequestState.RUNNING:
+                    continue  # aborted or retracted meanwhile
+                request.computed += 1
+                self._set_swa_held(request, self._swa_need(request.computed))
+                progress.append(self._emit(request, end))
+            if not batch.retracted:
+                self.new_token_ratio = max(
+                    self.policy.min_new_token_ratio, self.new_token_ratio - self.policy.decay_per_step
+                )
+        self._trim_windows(end)
+        return progress
+
+    # ---- what a scraper sees -----------------------------------------------------------------------
+
+    def stats(self, now: float) -> EngineStats:
+        self._trim_windows(now)
+        window = 0.0 if self._epoch is None else min(STATS_WINDOW_SECONDS, now - self._epoch)
+        produced = sum(tokens for _, tokens in self._recent_tokens)
+        admitted = self._running + self._prefilling
+        return EngineStats(
+            num_running_reqs=len(admitted),
+            num_queue_reqs=len(self._waiting),
+            full_used_tokens=self._full_used,
+            full_capacity=self.limits.max_total_num_tokens,
+            swa_used_tokens=self._swa_used,
+            swa_capacity=self.limits.swa_max_tokens,
+            gen_throughput=produced / window if window > 0 else 0.0,
+            num_retracted_reqs=len(self._recent_retractions),
+            new_token_ratio=self.new_token_ratio,
+            tokens_in_flight=sum(r.prompt_tokens + r.output_tokens for r in admitted),
+            paused=self.paused,
+        )
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued, nothing admitted."""
+        return not (self._waiting or self._prefilling or self._running)
+
+    @property
+    def num_requests(self) -> int:
+        """Requests in the engine (waiting, prefilling or running)."""
+        return len(self._waiting) + len(self._prefilling) + len(self._running)
+
+    def request(self, rid: str) -> Request | None:
+        return self._requests.get(rid)
+
+    # ---- internals ---------------------------------------------------------------------------------
+
+    def _page_round(self, tokens: int) -> int:
+        page = self.limits.page_size
+        return -(-tokens // page) * page
+
+    def _swa_need(self, tokens: int) -> int:
+        """SWA-pool slots a sequence of ``tokens`` computed tokens holds: the pages over its window."""
+        page = self.limits.page_size
+        if tokens <= self.limits.swa_window:
+            return self._page_round(tokens)
+        first_kept = tokens - self.limits.swa_window
+        return self._page_round(tokens) - (first_kept // page) * page
+
+    def _set_full_held(self, request: Request, held: int) -> None:
+        self._full_used += held - request.full_held
+        request.full_held = held
+
+    def _set_swa_held(self, request: Request, held: int) -> None:
+        self._swa_used += held - request.swa_held
+        request.swa_held = held
+
+    def _output_reservation(self, request: Request) -> int:
+        """Full-pool tokens kept back for a request's future output: SGLang's estimate, not the maximum."""
+        output = min(request.remaining_output, self.policy.clip_max_new_tokens)
+        return math.ceil(output * self.new_token_ratio)
+
+    def _reservation(self, request: Request) -> int:
+        """Full-pool tokens an admitted request will still take: the rest of its prompt, estimated output."""
+        prompt_rest = 0
+        if request.state is RequestState.PREFILLING:
+            prompt_rest = max(self._page_round(request.prefill_target) - request.full_held, 0)
+        return prompt_rest + self._output_reservation(request)
+
+    def _plan_prefill(self, now: float) -> Batch | None:
+        budget = self.limits.chunked_prefill_size
+        swa_free = self.limits.swa_max_tokens - self._swa_used
+        chunks: list[Chunk] = []
+        retracted: list[Request] = []
+        # a half-prefilled request continues first: it already holds KV and a running slot
+        for request in list(self._prefilling):
+            chunk = self._take_chunk(request, budget, swa_free)
+            if chunk is None or not self._chunk_fits(chunk):
+                # decode outgrew the reservations and ate this prompt's room: queue it again
+                self._retract(request, now, count=True)
+                retracted.append(request)
+                continue
+            chunks.append(chunk)
+            budget -= chunk.tokens
+            swa_free -= chunk.tokens
+        mid_chunk = any(c.cached_before + c.tokens < c.request.prefill_target for c in chunks)
+        if not mid_chunk:
+            reserved = sum(self._reservation(r) for r in self._running + self._prefilling)
+            full_free = self.limits.max_total_num_tokens - self._full_used - reserved
+            admitted = len(self._running) + len(self._prefilling)
+            while self._waiting and budget > 0 and admitted < self.limits.max_running_requests:
+                request = self._waiting[0]
+                need = self._page_round(request.prefill_target) + self._output_reservation(request)
+                if need > full_free:
+                    break  # head-of-line blocking, as SGLang's FCFS admission
+                chunk = self._take_chunk(request, budget, swa_free)
+                if chunk is None:
+                    break
+                self._admit(request, now)
+                chunks.append(chunk)
+                admitted += 1
+                full_free -= need
+                budget -= chunk.tokens
+                swa_free -= chunk.tokens
+                if chunk.tokens < request.prefill_target:
+                    break  # this request is now the one mid-chunk
+        if not chunks:
+            return None
+        for chunk in chunks:
+            # the pass writes the chunk's KV: its pages are held from the start of the step
+            full = self._page_round(chunk.cached_before + chunk.tokens)
+            self._set_full_held(chunk.request, max(full, chunk.request.full_held))
+            self._set_swa_held(chunk.request, chunk.request.swa_held + chunk.tokens)
+        duration = sum(self.timer.prefill_seconds(c.tokens, c.cached_before) for c in chunks)
+        return Batch(
+            BatchKind.PREFILL,
+            now,
+            max(duration, MIN_STEP_SECONDS),
+            chunks=tuple(chunks),
+            retracted=tuple(retracted),
+        )
+
+    def _chunk_fits(self, chunk: Chunk) -> bool:
+        pages = self._page_round(chunk.cached_before + chunk.tokens) - chunk.request.full_held
+        return self._full_used + pages <= self.limits.max_total_num_tokens
+
+    def _take_chunk(self, request: Request, budget: int, swa_free: int) -> Chunk | None:
+        """The next piece of a request's prompt that fits this step's prefill budget and the SWA pool."""
+        remaining = request.prefill_target - request.computed
+        tokens = min(remaining, budget, swa_free)
+        page = self.limits.page_size
+        if tokens < remaining and tokens > page:
+            tokens -= tokens % page  # a cut falls on a page boundary
+        if tokens <= 0:
+            return None
+        return Chunk(request, tokens, request.computed)
+
+    def _admit(self, request: Request, now: float) -> None:
+        self._dequeue(request)
+        request.state = RequestState.PREFILLING
+        if request.admitted_at is None:
+            request.admitted_at = now
+        self._prefilling.append(request)
+
+    def _plan_decode(self, now: float) -> Batch | None:
+        if not self._running:
+            return None
+        retracted = self._make_room_for_decode(now)
+        if not self._running:
+            return None
+        batch = tuple(self._running)
+        for request in batch:
+            # this step writes one more token of KV per request
+            self._set_full_held(request, self._page_round(request.computed + 1))
+            self._set_swa_held(request, self._swa_need(request.computed + 1))
+        kv_tokens = sum(r.computed for r in batch)
+        duration = self.timer.decode_step_seconds(len(batch), kv_tokens)
+        return Batch(
+            BatchKind.DECODE, now, max(duration, MIN_STEP_SECONDS), requests=batch, retracted=retracted
+        )
+
+    def _decode_fits(self) -> bool:
+        full = sum(self._page_round(r.computed + 1) - r.full_held for r in self._running)
+        swa = sum(max(self._swa_need(r.computed + 1) - r.swa_held, 0) for r in self._running)
+        return (
+            self._full_used + full <= self.limits.max_total_num_tokens
+            and self._swa_used + swa <= self.limits.swa_max_tokens
+        )
+
+    def _make_room_for_decode(self, now: float) -> tuple[Request, ...]:
+        if self._decode_fits():
+            return ()
+        # least progress first; among equals the longest prompt, which frees the most
+        victims = sorted(self._running + self._prefilling, key=lambda r: (r.output_tokens, -r.prompt_tokens))
+        retracted: list[Request] = []
+        while victims and len(self._running) + len(self._prefilling) > 1 and not self._decode_fits():
+            victim = victims.pop(0)
+            self._retract(victim, now, count=True)
+            retracted.append(victim)
+        if self._running:
+            # re-estimate how much of max_tokens requests use, from those still running
+            decoded = sum(r.output_tokens for r in self._running)
+            budgeted = sum(r.max_new_tokens for r in self._running)
+            lookahead = self.policy.retract_lookahead_steps * len(self._running)
+            estimate = (decoded + lookahead) / max(budgeted, 1)
+            self.new_token_ratio = min(1.0, max(self.new_token_ratio, estimate))
+        return tuple(retracted)
+
+    def _retract(self, request: Request, now: float, count: bool) -> None:
+        if request in self._running:
+            self._running.remove(request)
+        if request in self._prefilling:
+            self._prefilling.remove(request)
+        self._set_full_held(request, 0)
+        self._set_swa_held(request, 0)
+        request.computed = 0
+        request.state = RequestState.WAITING
+        if count:
+            request.retractions += 1
+            self.counters.retracted_requests += 1
+            self._recent_retractions.append(now)
+        self._enqueue(request)
+
+    def _emit(self, request: Request, now: float) -> Progress:
+        first = request.output_tokens == 0
+        interval = 0.0 if request.last_token_at is None else now - request.last_token_at
+        request.output_tokens += 1
+        if first:
+            request.first_token_at = now
+        request.last_token_at = now
+        self.counters.generation_tokens += 1
+        self._recent_tokens.append((now, 1))
+        finished = request.output_tokens >= request.max_new_tokens
+        if finished:
+            if request in self._running:
+                self._running.remove(request)
+            self._set_full_held(request, 0)
+            self._set_swa_held(request, 0)
+            request.state = RequestState.FINISHED
+            request.finished_at = now
+            self.counters.finished_requests += 1
+            self.counters.prompt_tokens += request.prompt_tokens
+            self._forget(request)
+        return Progress(request, 1, first=first, finished=finished, interval=interval)
+
+    def _enqueue(self, request: Request) -> None:
+        key = (request.arrival, self._seq[request.rid])
+        index = bisect.bisect(self._waiting_keys, key)
+        self._waiting_keys.insert(index, key)
+        self._waiting.insert(index, request)
+
+    def _dequeue(self, request: Request) -> None:
+        index = self._waiting.index(request)
+        del self._waiting[index]
+        del self._waiting_keys[index]
+
+    def _remove_everywhere(self, request: Request) -> None:
+        if request.state is RequestState.WAITING:
+            self._dequeue(request)
+        elif request in self._prefilling:
+            self._prefilling.remove(request)
+        elif request in self._running:
+            self._running.remove(request)
+        self._set_full_held(request, 0)
+        self._set_swa_held(request, 0)
+
+    def _forget(self, request: Request) -> None:
+        self._requests.pop(request.rid, None)
+        self._seq.pop(request.rid, None)
+
+    def _trim_windows(self, now: float) -> None:
+        horizon = now - STATS_WINDOW_SECONDS
+        while self._recent_tokens and self._recent_tokens[0][0] <= horizon:
+            self._recent_tokens.popleft()
+        while self._recent_retractions and self._recent_retractions[0] <= horizon:
+            self._recent_retractions.popleft()
+
+
+# ---- virtual time ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A request arriving at ``at`` (simulated seconds)."""
+
+    at: float
+    prompt_tokens: int
+    max_new_tokens: int
+
+
+class Workload(Protocol):
+    """What arrives when; may react to finished requests (closed loop)."""
+
+    def initial(self) -> Iterable[Arrival]: ...
+
+    def on_finish(self, request: Request, now: float) -> Iterable[Arrival]: ...
+
+
+@dataclass
+class OpenLoop:
+    """Arrivals at fixed times, whatever the replica does (a replayed trace)."""
+
+    arrivals: Sequence[Arrival]
+
+    def initial(self) -> Iterable[Arrival]:
+        return self.arrivals
+
+    def on_finish(self, request: Request, now: float) -> Iterable[Arrival]:
+        return ()
+
+
+@dataclass
+class ClosedLoop:
+    """``concurrency`` clients, each sending its next request as soon as the last one finishes."""
+
+    concurrency: int
+    prompt_tokens: int
+    max_new_tokens: int
+    total_requests: int
+    _sent: int = 0
+
+    def initial(self) -> Iterable[Arrival]:
+        first = min(self.concurrency, self.total_requests)
+        self._sent = first
+        return [Arrival(0.0, self.prompt_tokens, self.max_new_tokens) for _ in range(first)]
+
+    def on_finish(self, request: Request, now: float) -> Iterable[Arrival]:
+        if self._sent >= self.total_requests:
+            return ()
+        self._sent += 1
+        return (Arrival(now, self.prompt_tokens, self.max_new_tokens),)
+
+
+@dataclass
+class VirtualRun:
+    """The outcome of :func:`run_virtual`: every request, and the gauges after every step."""
+
+    requests: list[Request] = field(default_factory=list)
+    rejected: list[Arrival] = field(default_factory=list)
+    samples: list[tuple[float, EngineStats]] = field(default_factory=list)
+    end: float = 0.0
+
+    @property
+    def finished(self) -> list[Request]:
+        return [r for r in self.requests if r.state is RequestState.FINISHED]
+
+
+def run_virtual(
+    engine: Engine,
+    workload: Workload,
+    *,
+    until: float = math.inf,
+    sample_every: float = 0.0,
+    on_step: Callable[[Batch, list[Progress]], None] | None = None,
+) -> VirtualRun:
+    """Drive ``engine`` through ``workload`` in virtual time, as fast as the CPU allows.
+
+    Arrivals that land while a batch runs join the queue at their own time and are considered when the
+    next batch is planned — the same as a request reaching a busy SGLang scheduler. Stops when the
+    workload is exhausted and the engine is idle, or at ``until``. ``sample_every`` > 0 records the
+    engine's gauges at most that often (after a step); 0 records after every step.
+    """
+    run = VirtualRun()
+    pending: list[tuple[float, int, Arrival]] = []
+    counter = 0
+
+    def add(arrivals: Iterable[Arrival]) -> None:
+        nonlocal counter
+        for arrival in arrivals:
+            bisect.insort(pending, (arrival.at, counter, arrival))
+            counter += 1
+
+    def admit_until(t: float) -> None:
+        while pending and pending[0][0] <= t:
+            at, index, arrival = pending.pop(0)
+            try:
+                run.requests.append(
+                    engine.submit(f"v{index}", arrival.prompt_tokens, arrival.max_new_tokens, at)
+                )
+            except RequestRejected:
+                run.rejected.append(arrival)
+
+    add(workload.initial())
+    now = 0.0
+    last_sample = -math.inf
+    while now < until:
+        admit_until(now)
+        batch = engine.next_batch(now)
+        if batch is None:
+            if not pending:
+                break
+            now = max(now, pending[0][0])
+            continue
+        admit_until(batch.end)
+        progress = engine.complete(batch)
+        now = batch.end
+        for item in progress:
+            if item.finished:
+                add(workload.on_finish(item.request, now))
+        if on_step is not None:
+            on_step(batch, progress)
+        if now - last_sample >= sample_every:
+            run.samples.append((now, engine.stats(now)))
+            last_sample = now
+    run.end = now
+    return run
