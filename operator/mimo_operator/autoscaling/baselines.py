@@ -1,0 +1,283 @@
+"""The autoscalers ours is measured against, as the simulator runs them.
+
+* `StaticPeak`: as many gangs as the trace's peak needs, all the time (what most multi-node
+  deployments do today).
+* `HpaUtilisation`: the Horizontal Pod Autoscaler's algorithm on a per-gang utilisation metric (KV
+  usage or running requests): desired = ceil(current × metric / target), nothing within the 10 %
+  tolerance, gangs still starting counted as pods without metrics (0 on the way up, the target on the
+  way down), the highest recommendation of the last 5 minutes on the way down, and its default
+  scale-up limit (double, or +4, per period).
+* `KedaQueue`: a KEDA ScaledObject on the summed queue length with an AverageValue target per gang:
+  desired = ceil(queue / target) through the same HPA machinery, plus KEDA's cooldown before scaling
+  to zero.
+* `Oracle`: clairvoyant. It knows every future request and the start-up time, and starts each gang
+  exactly one start-up time before the modelled capacity needs it; it keeps a gang through a lull
+  shorter than a start-up (restarting would cost more GPU time than idling) and releases it otherwise.
+
+All return the policy's `Decision`, so the simulator treats every autoscaler alike. The baselines
+keep the state their real counterparts keep (recommendation history, last poll), in the object.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from mimo_operator.autoscaling.policy import (
+    Action,
+    Decision,
+    GangPhase,
+    Observation,
+    PolicyConfig,
+    Signals,
+    decide,
+)
+from mimo_operator.autoscaling.trace import Trace
+
+__all__ = [
+    "HpaUtilisation",
+    "KedaQueue",
+    "MimoPolicy",
+    "Oracle",
+    "StaticPeak",
+    "demand_per_bin",
+    "oracle_schedule",
+]
+
+
+def _counts(observation: Observation) -> tuple[int, int, int]:
+    ready = sum(1 for g in observation.gangs if g.phase is GangPhase.READY)
+    starting = sum(1 for g in observation.gangs if g.phase is GangPhase.STARTING)
+    draining = sum(1 for g in observation.gangs if g.phase is GangPhase.DRAINING)
+    return ready, starting, draining
+
+
+def _decision(observation: Observation, desired: int, reason: str) -> Decision:
+    ready, starting, draining = _counts(observation)
+    current = ready + starting
+    action = Action.HOLD
+    if desired > current:
+        action = Action.SCALE_UP
+    elif desired < current:
+        action = Action.SCALE_DOWN
+    return Decision(desired, action, reason, Signals(ready=ready, starting=starting, draining=draining))
+
+
+@dataclass
+class MimoPolicy:
+    """Our policy, as an autoscaler object (the policy itself is the pure `decide`)."""
+
+    config: PolicyConfig
+    name: str = "mimo"
+
+    def decide(self, observation: Observation) -> Decision:
+        return decide(observation, self.config)
+
+
+@dataclass
+class StaticPeak:
+    replicas: int
+    name: str = "static-peak"
+
+    def decide(self, observation: Observation) -> Decision:
+        return _decision(observation, self.replicas, f"static: {self.replicas} gangs for the peak")
+
+
+@dataclass
+class _HpaCore:
+    """The HPA controller's replica arithmetic, shared by the HPA and KEDA baselines."""
+
+    min_replicas: int
+    max_replicas: int
+    tolerance: float = 0.1
+    sync_period_seconds: float = 15.0
+    downscale_stabilisation_seconds: float = 300.0
+    recommendations: deque[tuple[float, int]] = field(default_factory=deque)
+    last_sync: float | None = None
+    last_desired: int | None = None
+
+    def due(self, now: float) -> bool:
+        return self.last_sync is None or now - self.last_sync >= self.sync_period_seconds - 1e-9
+
+    def stabilise(self, now: float, current: int, recommendation: int) -> int:
+        self.last_sync = now
+        recommendation = max(self.min_replicas, min(self.max_replicas, recommendation))
+        self.recommendations.append((now, recommendation))
+        while self.recommendations and self.recommendations[0][0] < now - self.downscale_stabilisation_seconds:
+            self.recommendations.popleft()
+        desired = current
+        if recommendation > current:
+            # Scale-up stabilisation is 0 s by default; the default policy allows doubling or +4.
+            desired = min(recommendation, max(2 * current, current + 4))
+        else:
+            highest = max(r for _, r in self.recommendations)
+            desired = min(current, highest)
+        desired = max(self.min_replicas, min(self.max_replicas, desired))
+        self.last_desired = desired
+        return desired
+
+
+@dataclass
+class HpaUtilisation:
+    """HPA on a Pods metric: `token_usage` (target a fraction) or `running_requests` (a count)."""
+
+    min_replicas: int
+    max_replicas: int
+    metric: str = "token_usage"
+    target: float = 0.7
+    name: str = "hpa-utilisation"
+    core: _HpaCore = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.metric not in ("token_usage", "running_requests"):
+            raise ValueError(f"unsupported HPA metric {self.metric!r}")
+        self.core = _HpaCore(self.min_replicas, self.max_replicas)
+
+    def decide(self, observation: Observation) -> Decision:
+        ready, starting, _ = _counts(observation)
+        current = ready + starting
+        core = self.core
+        if not core.due(observation.now):
+            return _decision(observation, core.last_desired or current, "between HPA sync periods")
+        values = [
+            getattr(observation.samples[g.name][-1], self.metric)
+            for g in observation.gangs
+            if g.phase is GangPhase.READY and observation.samples.get(g.name)
+        ]
+        if not values:
+            desired = core.stabilise(observation.now, current, current)
+            return _decision(observation, desired, "no metrics: HPA keeps the current scale")
+        ratio = sum(values) / len(values) / self.target
+        missing = current - len(values)
+        if missing > 0:
+            # Pods without metrics: 0 when scaling up, the target when scaling down.
+            fill = 0.0 if ratio > 1.0 else self.target
+            ratio = (sum(values) + missing * fill) / (current * self.target)
+        recommendation = current if abs(ratio - 1.0) <= core.tolerance else math.ceil(ratio * current)
+        desired = core.stabilise(observation.now, current, recommendation)
+        return _decision(observation, desired, f"{self.metric} at {ratio:.2f} of target {self.target:g}: {desired}")
+
+
+@dataclass
+class KedaQueue:
+    """KEDA ScaledObject, Prometheus trigger `sum(sglang:num_queue_reqs)`, metricType AverageValue."""
+
+    min_replicas: int
+    max_replicas: int
+    target_queue_per_replica: float = 5.0
+    cooldown_seconds: float = 300.0  # KEDA's cooldownPeriod: only for the last replica → 0
+    name: str = "keda-queue"
+    core: _HpaCore = field(init=False)
+    last_active: float | None = None
+
+    def __post_init__(self) -> None:
+        self.core = _HpaCore(max(1, self.min_replicas), self.max_replicas)
+
+    def decide(self, observation: Observation) -> Decision:
+        ready, starting, _ = _counts(observation)
+        current = ready + starting
+        now = observation.now
+        queue = sum(
+            observation.samples[g.name][-1].queue_requests
+            for g in observation.gangs
+            if g.phase is GangPhase.READY and observation.samples.get(g.name)
+        )
+        queue += observation.pending_requests or 0
+        if queue > 0 or self.last_active is None:
+            self.last_active = now
+        if current == 0:
+            if queue > 0:
+                return _decision(observation, max(1, self.min_replicas), "KEDA activation from zero")
+            return _decision(observation, 0, "KEDA: inactive")
+        core = self.core
+        if not core.due(now):
+            return _decision(observation, core.last_desired or current, "between HPA sync periods")
+        ratio = queue / (self.target_queue_per_replica * current)
+        recommendation = (
+            current if abs(ratio - 1.0) <= core.tolerance else math.ceil(queue / self.target_queue_per_replica)
+        )
+        desired = core.stabilise(now, current, recommendation)
+        if self.min_replicas == 0 and queue == 0 and now - self.last_active >= self.cooldown_seconds:
+            desired = 0
+        return _decision(
+            observation, desired, f"queue {queue:g} over target {self.target_queue_per_replica:g}/gang: {desired}"
+        )
+
+
+def demand_per_bin(trace: Trace, work: Callable[[int, int], float], bin_seconds: float) -> list[float]:
+    """Replica-seconds of work arriving in each bin, per second of the bin (1.0 = one busy replica)."""
+    bins = max(1, math.ceil(trace.span_seconds / bin_seconds))
+    load = [0.0] * bins
+    for request in trace.requests:
+        index = min(bins - 1, int(request.arrival // bin_seconds))
+        load[index] += work(request.context_tokens, request.generated_tokens)
+    return [value / bin_seconds for value in load]
+
+
+def oracle_schedule(
+    demand: list[float],
+    *,
+    bin_seconds: float,
+    startup_seconds: float,
+    target_utilisation: float,
+    min_replicas: int,
+    max_replicas: int,
+) -> tuple[list[float], list[int]]:
+    """The oracle's desired gangs (ready + starting) as a step function: (times, counts).
+
+    Gang k (k = 1, 2, …) is needed in every bin whose demand needs k gangs at the target utilisation.
+    Lulls shorter than a start-up are bridged; each remaining stretch starts one start-up earlier.
+    """
+    needed = [max(min_replicas, min(max_replicas, math.ceil(d / target_utilisation - 1e-9))) for d in demand]
+    top = max(needed, default=0)
+    span = len(needed) * bin_seconds
+    changes: dict[float, int] = {}
+    for k in range(1, top + 1):
+        stretches: list[list[float]] = []
+        for index, n in enumerate(needed):
+            if n < k:
+                continue
+            begin, end = index * bin_seconds, (index + 1) * bin_seconds
+            if stretches and begin - stretches[-1][1] <= startup_seconds:
+                stretches[-1][1] = end
+            else:
+                stretches.append([begin, end])
+        for begin, end in stretches:
+            start = max(0.0, begin - startup_seconds) if begin > 0 else 0.0
+            changes[start] = changes.get(start, 0) + 1
+            if end < span:
+                changes[end] = changes.get(end, 0) - 1
+    times = sorted(changes)
+    counts: list[int] = []
+    level = 0
+    for at in times:
+        level += changes[at]
+        counts.append(level)
+    if not times or times[0] > 0:
+        times.insert(0, 0.0)
+        counts.insert(0, 0)
+    return times, counts
+
+
+@dataclass
+class Oracle:
+    times: list[float]
+    counts: list[int]
+    lookahead_seconds: float = 15.0  # one decision interval: never act late between two ticks
+    name: str = "oracle"
+
+    def at(self, moment: float) -> int:
+        index = bisect.bisect_right(self.times, moment) - 1
+        return self.counts[max(index, 0)]
+
+    def decide(self, observation: Observation) -> Decision:
+        now = observation.now
+        # The highest need in the coming interval: a change between two ticks is made at the first.
+        end = now + self.lookahead_seconds
+        lo = bisect.bisect_right(self.times, now)
+        hi = bisect.bisect_left(self.times, end)
+        desired = max([self.at(now), *self.counts[lo:hi]])
+        return _decision(observation, desired, f"clairvoyant: {desired} gangs")

@@ -1,0 +1,738 @@
+"""A virtual-time simulator of a fleet of gangs behind a router, driven by a request trace.
+
+It runs an autoscaler (our policy or a baseline) against the trace and reports what users and the bill
+would see: per-request TTFT and ITL, GPU-hours (every GPU of every gang, from its creation through
+start-up, serving and drain), and scale events. Hours of traffic take seconds of CPU, because it is
+event-driven: a replica costs work only when a request arrives, a prefill batch ends or a request
+finishes, never per decode step.
+
+Each replica follows the engine's semantics (SGLang's scheduler, as the simulated engine models it):
+
+* a waiting queue, admitted first-come-first-served while the KV pool can hold the request's prompt and
+  its output, the sliding-window pool has room for one more sequence, and the running-request limit
+  is not reached;
+* prefill first: while requests can be admitted, the replica runs prefill batches of up to
+  `chunked_prefill_size` new tokens and decoding waits; the first token is out when a request's
+  prefill ends;
+* otherwise one decode step at a time for every running request, each step taking
+  `decode_step_seconds(batch, kv_tokens)`. Decode progress is tracked as a per-replica counter of
+  tokens each running sequence has produced (the virtual-time trick of fair queueing), so a request's
+  finish is an event in a heap, not a loop over steps.
+
+The router sends each request to the ready replica with the fewest requests outstanding (or round
+robin). Requests that arrive with no ready replica wait at the router. A draining gang leaves the
+router at once, finishes what it holds (or is cut at the drain timeout, which fails the rest) and
+then stops counting GPU time.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, cast
+
+from mimo_operator.autoscaling.policy import (
+    Decision,
+    Gang,
+    GangPhase,
+    MetricSample,
+    Observation,
+    ReplicaCapacity,
+)
+from mimo_operator.autoscaling.trace import Trace
+
+__all__ = [
+    "Autoscaler",
+    "FleetConfig",
+    "PerformanceModel",
+    "PolicyResult",
+    "Router",
+    "TimelinePoint",
+    "capacity_of",
+    "request_work_seconds",
+    "simulate",
+]
+
+
+class PerformanceModel(Protocol):
+    """What the simulator needs from the plan's `ReplicaPerformance` (mimo_operator.perf)."""
+
+    @property
+    def gpus(self) -> int: ...
+    @property
+    def max_total_num_tokens(self) -> int: ...
+    @property
+    def swa_max_tokens(self) -> int: ...
+    @property
+    def swa_window(self) -> int: ...
+    @property
+    def max_running_requests(self) -> int: ...
+    @property
+    def context_length(self) -> int: ...
+    @property
+    def chunked_prefill_size(self) -> int: ...
+    @property
+    def page_size(self) -> int: ...
+
+    def prefill_seconds(self, new_tokens: int, cached_context_tokens: int = 0) -> float: ...
+    def decode_step_seconds(self, batch_size: int, kv_tokens: int) -> float: ...
+    def decode_tokens_per_second(self, concurrency: int, context_tokens: int) -> float: ...
+
+
+class Autoscaler(Protocol):
+    """Anything that turns an observation into a decision: our policy or a baseline."""
+
+    @property
+    def name(self) -> str: ...
+
+    def decide(self, observation: Observation) -> Decision: ...
+
+
+class Router:
+    LEAST_OUTSTANDING = "least-outstanding"
+    ROUND_ROBIN = "round-robin"
+    ALL = (LEAST_OUTSTANDING, ROUND_ROBIN)
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    performance: PerformanceModel
+    startup_seconds: float  # from a gang's creation to serving
+    ttft_slo_seconds: float
+    itl_slo_seconds: float
+    initial_replicas: int = 1  # ready at t = 0: the fleet was running before the trace starts
+    decision_interval_seconds: float = 15.0  # scrape + decide
+    history_seconds: float = 420.0  # metric history handed to the autoscaler
+    drain_timeout_seconds: float = 600.0
+    router: str = Router.LEAST_OUTSTANDING
+    typical_context_tokens: int = 2048  # for the capacity summary the policy uses
+
+
+@dataclass(frozen=True)
+class TimelinePoint:
+    at: float
+    arrivals_per_second: float
+    prompt_tokens_per_second: float
+    ready: int
+    starting: int
+    draining: int
+    desired: int
+    ttft_p95_seconds: float | None  # over requests whose first token came in this interval
+
+
+@dataclass(frozen=True)
+class PolicyResult:
+    name: str
+    requests: int
+    ttft_attainment: float
+    itl_attainment: float
+    gpu_hours: float
+    scale_events: int
+    gangs_started: int
+    gangs_drained: int
+    failed_requests: int
+    ttft_p50_seconds: float
+    ttft_p99_seconds: float
+    itl_p99_seconds: float
+    peak_replicas: int
+    virtual_seconds: float
+    cpu_seconds: float
+    timeline: tuple[TimelinePoint, ...] = field(repr=False)
+
+    def summary(self) -> dict[str, float | int]:
+        return {
+            "ttftAttainment": round(self.ttft_attainment, 5),
+            "itlAttainment": round(self.itl_attainment, 5),
+            "gpuHours": round(self.gpu_hours, 3),
+            "scaleEvents": self.scale_events,
+            "gangsStarted": self.gangs_started,
+            "gangsDrained": self.gangs_drained,
+            "failedRequests": self.failed_requests,
+            "requests": self.requests,
+            "ttftP50Seconds": round(self.ttft_p50_seconds, 4),
+            "ttftP99Seconds": round(self.ttft_p99_seconds, 4),
+            "itlP99Seconds": round(self.itl_p99_seconds, 5),
+            "peakReplicas": self.peak_replicas,
+            "cpuSeconds": round(self.cpu_seconds, 3),
+        }
+
+
+def capacity_of(performance: PerformanceModel, *, itl_slo_seconds: float, context_tokens: int) -> ReplicaCapacity:
+    """A replica's throughput in the policy's terms, from the performance model.
+
+    Prefill: tokens per second for full chunks. Decode: aggregate tokens per second at the largest
+    batch whose step still fits in the ITL SLO (the budget a replica should not be pushed beyond),
+    capped by the running-request and KV limits.
+    """
+    chunk = max(1, min(performance.chunked_prefill_size, context_tokens))
+    prefill = chunk / performance.prefill_seconds(chunk, 0)
+    per_sequence = context_tokens + 128
+    limit = max(
+        1,
+        min(
+            performance.max_running_requests,
+            performance.max_total_num_tokens // max(per_sequence, 1),
+            performance.swa_max_tokens // max(performance.swa_window + performance.page_size, 1),
+        ),
+    )
+    batch = 1
+    low, high = 1, limit
+    while low <= high:  # largest batch whose step fits in the ITL SLO
+        middle = (low + high) // 2
+        if performance.decode_step_seconds(middle, middle * per_sequence) <= itl_slo_seconds:
+            batch, low = middle, middle + 1
+        else:
+            high = middle - 1
+    decode = batch / performance.decode_step_seconds(batch, batch * per_sequence)
+    return ReplicaCapacity(
+        prefill_tokens_per_second=prefill,
+        decode_tokens_per_second=decode,
+        max_running_requests=performance.max_running_requests,
+    )
+
+
+def request_work_seconds(capacity: ReplicaCapacity) -> Callable[[int, int], float]:
+    """Replica-seconds one request costs (prefill + its share of decode), by the capacity summary."""
+    prefill = capacity.prefill_tokens_per_second
+    decode = capacity.decode_tokens_per_second
+
+    def work(context_tokens: int, generated_tokens: int) -> float:
+        return context_tokens / prefill + generated_tokens / decode
+
+    return work
+
+
+# --- the engine of one replica -------------------------------------------------------------------
+
+_EPS = 1e-9
+
+
+class _Replica:
+    __slots__ = (
+        "batch",
+        "batch_tokens",
+        "created",
+        "ctx_sum",
+        "decode_heap",
+        "drain_deadline",
+        "ended",
+        "epoch",
+        "finished_total",
+        "generated_total",
+        "last_t",
+        "name",
+        "phase",
+        "prefilling",
+        "progress",
+        "prompt_total",
+        "ready_at",
+        "reserved",
+        "since",
+        "start_sum",
+        "step",
+        "ttfts",
+        "waiting",
+    )
+
+    def __init__(self, name: str, created: float, ready_at: float, phase: GangPhase) -> None:
+        self.name = name
+        self.created = created
+        self.ready_at = ready_at
+        self.phase = phase
+        self.since = created if phase is GangPhase.STARTING else ready_at
+        self.ended: float | None = None
+        self.drain_deadline = math.inf
+        self.waiting: deque[int] = deque()
+        self.batch: list[int] = []
+        self.batch_tokens = 0
+        self.prefilling = False
+        self.decode_heap: list[tuple[float, int]] = []
+        self.progress = 0.0
+        self.last_t = created
+        self.step = 0.0
+        self.epoch = 0
+        self.reserved = 0
+        self.ctx_sum = 0
+        self.start_sum = 0.0
+        self.prompt_total = 0
+        self.generated_total = 0
+        self.finished_total = 0
+        self.ttfts: list[float] = []
+
+    def outstanding(self) -> int:
+        return len(self.waiting) + len(self.batch) + len(self.decode_heap)
+
+    def empty(self) -> bool:
+        return not self.waiting and not self.batch and not self.decode_heap
+
+
+# Event kinds, ordered so that at equal times engine events come before the autoscaler tick.
+_PREFILL_DONE = 0
+_DECODE = 1
+_GANG_READY = 2
+_DRAIN_DEADLINE = 3
+_TICK = 4
+
+
+@dataclass
+class _Run:
+    trace: Trace
+    fleet: FleetConfig
+    autoscaler: Autoscaler
+    arrival: list[float] = field(default_factory=list)
+    context: list[int] = field(default_factory=list)
+    generated: list[int] = field(default_factory=list)
+    first_token: list[float] = field(default_factory=list)
+    finish: list[float] = field(default_factory=list)
+    failed: list[bool] = field(default_factory=list)
+
+
+def simulate(trace: Trace, fleet: FleetConfig, autoscaler: Autoscaler) -> PolicyResult:
+    """Replay `trace` against a fleet scaled by `autoscaler`; see the module docstring."""
+    clock = time.process_time()
+    engine = _Engine(trace, fleet, autoscaler)
+    engine.run()
+    return engine.result(time.process_time() - clock)
+
+
+class _Engine:
+    def __init__(self, trace: Trace, fleet: FleetConfig, autoscaler: Autoscaler) -> None:
+        self.trace = trace
+        self.fleet = fleet
+        self.autoscaler = autoscaler
+        self.perf = fleet.performance
+        n = len(trace.requests)
+        self.arrival = [r.arrival for r in trace.requests]
+        self.context = [r.context_tokens for r in trace.requests]
+        self.generated = [max(1, r.generated_tokens) for r in trace.requests]
+        self.first_token = [math.nan] * n
+        self.finish = [math.nan] * n
+        self.failed = [False] * n
+        # The replica's decode progress when each request started decoding: with the sum of these,
+        # the KV tokens in use are known in O(1) (context + progress since the start, per sequence).
+        self.decode_start = [0.0] * n
+        self.events: list[tuple[float, int, int, object]] = []
+        self.seq = 0
+        self.replicas: list[_Replica] = []
+        self.serving: list[_Replica] = []  # ready replicas, in the router
+        self.pending: deque[int] = deque()  # requests waiting at the router with no ready replica
+        self.history: dict[str, deque[MetricSample]] = {}
+        self.next_name = 0
+        self.rr = 0
+        self.last_scale_down: float | None = None
+        self.scale_events = 0
+        self.gangs_started = 0
+        self.gangs_drained = 0
+        self.timeline: list[TimelinePoint] = []
+        self.last_tick = 0.0
+        self.arrived_since_tick = 0
+        self.prompt_since_tick = 0
+        self.horizon = trace.span_seconds
+        # Per-request limits from the plan.
+        self.kv_capacity = self.perf.max_total_num_tokens
+        self.max_running = self.perf.max_running_requests
+        self.swa_per_seq = self.perf.swa_window + self.perf.page_size
+        self.swa_capacity = self.perf.swa_max_tokens
+        self.chunk = max(1, self.perf.chunked_prefill_size)
+        self.context_limit = self.perf.context_length
+        for _ in range(max(0, fleet.initial_replicas)):
+            replica = self._new_replica(0.0, GangPhase.READY)
+            self.serving.append(replica)
+
+    # -- plumbing
+
+    def _push(self, at: float, kind: int, payload: object) -> None:
+        self.seq += 1
+        heapq.heappush(self.events, (at, kind, self.seq, payload))
+
+    def _new_replica(self, now: float, phase: GangPhase) -> _Replica:
+        name = f"gang-{self.next_name}"
+        self.next_name += 1
+        ready_at = now if phase is GangPhase.READY else now + self.fleet.startup_seconds
+        replica = _Replica(name, now, ready_at, phase)
+        self.replicas.append(replica)
+        return replica
+
+    # -- main loop
+
+    def run(self) -> None:
+        arrival = self.arrival
+        n = len(arrival)
+        self._push(0.0, _TICK, None)
+        i = 0
+        events = self.events
+        while i < n or events:
+            if i < n and (not events or arrival[i] < events[0][0]):
+                self._arrive(i, arrival[i])
+                i += 1
+                continue
+            at, kind, _, payload = heapq.heappop(events)
+            if kind == _DECODE:
+                replica, epoch = cast(tuple[_Replica, int], payload)
+                if replica.epoch == epoch:
+                    self._kick(replica, at)
+            elif kind == _PREFILL_DONE:
+                self._prefill_done(cast(_Replica, payload), at)
+            elif kind == _TICK:
+                self._tick(at)
+                busy = any(not r.empty() for r in self.replicas if r.ended is None) or self.pending
+                if i < n or at < self.horizon or busy:
+                    self._push(at + self.fleet.decision_interval_seconds, _TICK, None)
+            elif kind == _GANG_READY:
+                self._gang_ready(cast(_Replica, payload), at)
+            elif kind == _DRAIN_DEADLINE:
+                self._drain_deadline(cast(_Replica, payload), at)
+        end = max(self.horizon, max((t for t in self.finish if not math.isnan(t)), default=0.0))
+        for replica in self.replicas:
+            if replica.ended is None:
+                replica.ended = end
+
+    # -- requests
+
+    def _arrive(self, i: int, now: float) -> None:
+        self.arrived_since_tick += 1
+        self.prompt_since_tick += self.context[i]
+        if self.context[i] + self.generated[i] > self.context_limit:
+            self.failed[i] = True
+            return
+        if not self.serving:
+            self.pending.append(i)
+            return
+        replica = self._route()
+        replica.waiting.append(i)
+        if not replica.prefilling:
+            self._kick(replica, now)
+
+    def _route(self) -> _Replica:
+        serving = self.serving
+        if self.fleet.router == Router.ROUND_ROBIN:
+            self.rr = (self.rr + 1) % len(serving)
+            return serving[self.rr]
+        best = serving[0]
+        best_load = best.outstanding()
+        for replica in serving[1:]:
+            load = replica.outstanding()
+            if load < best_load:
+                best, best_load = replica, load
+        return best
+
+    # -- one replica's scheduler
+
+    def _advance(self, replica: _Replica, now: float) -> None:
+        """Move decode progress to `now` (decode runs unless a prefill batch holds the replica)."""
+        if replica.decode_heap and not replica.prefilling and replica.step > 0:
+            replica.progress += (now - replica.last_t) / replica.step
+        replica.last_t = now
+
+    def _kick(self, replica: _Replica, now: float) -> None:
+        """Bring the replica up to `now` and schedule its next event."""
+        self._advance(replica, now)
+        heap = replica.decode_heap
+        finish = self.finish
+        while heap and heap[0][0] <= replica.progress + _EPS:
+            _, i = heapq.heappop(heap)
+            finish[i] = now
+            replica.reserved -= self.context[i] + self.generated[i]
+            replica.ctx_sum -= self.context[i]
+            replica.start_sum -= self.decode_start[i]
+            replica.generated_total += self.generated[i]
+            replica.prompt_total += self.context[i]
+            replica.finished_total += 1
+        replica.epoch += 1
+        if replica.prefilling:
+            return
+        if replica.waiting and self._start_prefill(replica, now):
+            return
+        if heap:
+            kv = replica.ctx_sum + len(heap) * replica.progress - replica.start_sum
+            replica.step = self.perf.decode_step_seconds(len(heap), max(0, int(kv)))
+            wait = (heap[0][0] - replica.progress) * replica.step
+            self._push(now + max(wait, 0.0), _DECODE, (replica, replica.epoch))
+        elif replica.phase is GangPhase.DRAINING and replica.empty():
+            self._end_drain(replica, now)
+
+    def _start_prefill(self, replica: _Replica, now: float) -> bool:
+        waiting = replica.waiting
+        running = len(replica.decode_heap)
+        batch: list[int] = []
+        tokens = 0
+        while waiting:
+            i = waiting[0]
+            ctx = self.context[i]
+            need = ctx + self.generated[i]
+            admitted = running + len(batch)
+            if admitted + 1 > self.max_running:
+                break
+            if (admitted + 1) * self.swa_per_seq > self.swa_capacity:
+                break
+            if replica.reserved + need > self.kv_capacity:
+                if admitted == 0:  # can never fit this replica's pool: refuse it
+                    waiting.popleft()
+                    self.failed[i] = True
+                    continue
+                break
+            if batch and tokens + ctx > self.chunk:
+                break
+            waiting.popleft()
+            replica.reserved += need
+            batch.append(i)
+            tokens += ctx
+            if tokens >= self.chunk:
+                break
+        if not batch:
+            return False
+        if len(batch) == 1 and tokens > self.chunk:
+            seconds = 0.0
+            done = 0
+            while done < tokens:
+                piece = min(self.chunk, tokens - done)
+                seconds += self.perf.prefill_seconds(piece, done)
+                done += piece
+        else:
+            seconds = self.perf.prefill_seconds(tokens, 0)
+        replica.batch = batch
+        replica.batch_tokens = tokens
+        replica.prefilling = True
+        self._push(now + seconds, _PREFILL_DONE, replica)
+        return True
+
+    def _prefill_done(self, replica: _Replica, now: float) -> None:
+        replica.prefilling = False
+        replica.last_t = now  # decode was paused for the prefill batch
+        for i in replica.batch:
+            self.first_token[i] = now
+            replica.ttfts.append(now - self.arrival[i])
+            remaining = self.generated[i] - 1
+            if remaining <= 0:
+                self.finish[i] = now
+                replica.reserved -= self.context[i] + self.generated[i]
+                replica.prompt_total += self.context[i]
+                replica.generated_total += self.generated[i]
+                replica.finished_total += 1
+                continue
+            heapq.heappush(replica.decode_heap, (replica.progress + remaining, i))
+            replica.ctx_sum += self.context[i]
+            replica.start_sum += replica.progress
+            self.decode_start[i] = replica.progress
+        replica.batch = []
+        replica.batch_tokens = 0
+        self._kick(replica, now)
+
+    # -- gangs
+
+    def _gang_ready(self, replica: _Replica, now: float) -> None:
+        if replica.phase is not GangPhase.STARTING:
+            return  # cancelled while starting
+        replica.phase = GangPhase.READY
+        replica.since = now
+        replica.last_t = now
+        self.serving.append(replica)
+        while self.pending:
+            i = self.pending.popleft()
+            target = self._route()
+            target.waiting.append(i)
+        for target in self.serving:
+            if target.waiting and not target.prefilling:
+                self._kick(target, now)
+
+    def _drain(self, replica: _Replica, now: float) -> None:
+        self.serving.remove(replica)
+        replica.phase = GangPhase.DRAINING
+        replica.since = now
+        self.gangs_drained += 1
+        if replica.empty() and not replica.prefilling:
+            self._end_drain(replica, now)
+        else:
+            replica.drain_deadline = now + self.fleet.drain_timeout_seconds
+            self._push(replica.drain_deadline, _DRAIN_DEADLINE, replica)
+
+    def _drain_deadline(self, replica: _Replica, now: float) -> None:
+        if replica.ended is not None:
+            return
+        self._advance(replica, now)
+        for i in list(replica.waiting) + replica.batch + [i for _, i in replica.decode_heap]:
+            self.failed[i] = True
+        replica.waiting.clear()
+        replica.batch = []
+        replica.decode_heap = []
+        replica.prefilling = False
+        replica.epoch += 1
+        self._end_drain(replica, now)
+
+    def _end_drain(self, replica: _Replica, now: float) -> None:
+        if replica.ended is None:
+            replica.ended = now
+
+    # -- the autoscaler
+
+    def _sample(self, replica: _Replica, now: float) -> MetricSample:
+        self._advance(replica, now)
+        running = len(replica.decode_heap)
+        kv = replica.ctx_sum + running * replica.progress - replica.start_sum + replica.batch_tokens
+        sequences = running + len(replica.batch)
+        full = kv / self.kv_capacity if self.kv_capacity else 0.0
+        swa = sequences * self.perf.swa_window / self.swa_capacity if self.swa_capacity else 0.0
+        ttfts = replica.ttfts
+        p95 = _percentile(sorted(ttfts), 0.95) if ttfts else None
+        replica.ttfts = []
+        return MetricSample(
+            at=now,
+            token_usage=min(1.0, max(full, swa)),
+            queue_requests=float(len(replica.waiting)),
+            running_requests=float(sequences),
+            ttft_p95_seconds=p95,
+            prompt_tokens_total=float(replica.prompt_total),
+            generation_tokens_total=float(replica.generated_total),
+            requests_total=float(replica.finished_total),
+        )
+
+    def _tick(self, now: float) -> None:
+        fleet_ttfts: list[float] = []
+        for replica in self.serving:
+            fleet_ttfts.extend(replica.ttfts)
+            sample = self._sample(replica, now)
+            self.history.setdefault(replica.name, deque()).append(sample)
+        oldest = now - self.fleet.history_seconds
+        for name in list(self.history):
+            samples = self.history[name]
+            while samples and samples[0].at < oldest:
+                samples.popleft()
+            if not samples:
+                del self.history[name]
+        live = [r for r in self.replicas if r.ended is None and r.phase is not GangPhase.DRAINING]
+        live += [r for r in self.replicas if r.ended is None and r.phase is GangPhase.DRAINING]
+        observation = Observation(
+            now=now,
+            gangs=tuple(Gang(r.name, r.phase, r.since) for r in live),
+            samples={name: tuple(samples) for name, samples in self.history.items()},
+            last_scale_down_at=self.last_scale_down,
+            pending_requests=len(self.pending),
+        )
+        decision = self.autoscaler.decide(observation)
+        self._apply(decision, now)
+        interval = max(now - self.last_tick, _EPS)
+        ready = sum(1 for r in self.replicas if r.ended is None and r.phase is GangPhase.READY)
+        starting = sum(1 for r in self.replicas if r.ended is None and r.phase is GangPhase.STARTING)
+        draining = sum(1 for r in self.replicas if r.ended is None and r.phase is GangPhase.DRAINING)
+        self.timeline.append(
+            TimelinePoint(
+                at=now,
+                arrivals_per_second=self.arrived_since_tick / interval if now > 0 else 0.0,
+                prompt_tokens_per_second=self.prompt_since_tick / interval if now > 0 else 0.0,
+                ready=ready,
+                starting=starting,
+                draining=draining,
+                desired=decision.desired_replicas,
+                ttft_p95_seconds=_percentile(sorted(fleet_ttfts), 0.95) if fleet_ttfts else None,
+            )
+        )
+        self.last_tick = now
+        self.arrived_since_tick = 0
+        self.prompt_since_tick = 0
+
+    def _apply(self, decision: Decision, now: float) -> None:
+        active = [r for r in self.replicas if r.ended is None and r.phase is not GangPhase.DRAINING]
+        current = len(active)
+        desired = max(0, decision.desired_replicas)
+        if desired == current:
+            return
+        self.scale_events += 1
+        if desired > current:
+            for _ in range(desired - current):
+                replica = self._new_replica(now, GangPhase.STARTING)
+                self.gangs_started += 1
+                self._push(replica.ready_at, _GANG_READY, replica)
+            return
+        self.last_scale_down = now
+        for _ in range(current - desired):
+            victim = self._victim(decision.remove)
+            if victim is None:
+                return
+            if victim.phase is GangPhase.STARTING:
+                victim.phase = GangPhase.DRAINING
+                victim.ended = now
+            else:
+                self._drain(victim, now)
+            decision = Decision(
+                decision.desired_replicas, decision.action, decision.reason, decision.signals, remove=None
+            )
+
+    def _victim(self, name: str | None) -> _Replica | None:
+        active = [r for r in self.replicas if r.ended is None and r.phase is not GangPhase.DRAINING]
+        if name is not None:
+            for replica in active:
+                if replica.name == name:
+                    return replica
+        starting = [r for r in active if r.phase is GangPhase.STARTING]
+        if starting:
+            return starting[-1]
+        if not self.serving:
+            return None
+        return min(reversed(self.serving), key=lambda r: r.outstanding())
+
+    # -- results
+
+    def result(self, cpu_seconds: float) -> PolicyResult:
+        fleet = self.fleet
+        ttft_ok = 0
+        itl_ok = 0
+        itl_count = 0
+        ttfts: list[float] = []
+        itls: list[float] = []
+        failed = 0
+        for i in range(len(self.arrival)):
+            if self.failed[i] or math.isnan(self.first_token[i]):
+                failed += 1
+                itl_count += 1
+                continue
+            ttft = self.first_token[i] - self.arrival[i]
+            ttfts.append(ttft)
+            if ttft <= fleet.ttft_slo_seconds:
+                ttft_ok += 1
+            if self.generated[i] > 1:
+                itl = (self.finish[i] - self.first_token[i]) / (self.generated[i] - 1)
+                itls.append(itl)
+                itl_count += 1
+                if itl <= fleet.itl_slo_seconds:
+                    itl_ok += 1
+        n = len(self.arrival)
+        horizon = self.horizon
+        gpus = self.perf.gpus
+        gpu_seconds = 0.0
+        for replica in self.replicas:
+            end = min(replica.ended if replica.ended is not None else horizon, horizon)
+            if end > replica.created:
+                gpu_seconds += gpus * (end - replica.created)
+        ttfts.sort()
+        itls.sort()
+        peak = max((p.ready + p.starting for p in self.timeline), default=fleet.initial_replicas)
+        return PolicyResult(
+            name=self.autoscaler.name,
+            requests=n,
+            ttft_attainment=ttft_ok / n if n else 1.0,
+            itl_attainment=itl_ok / itl_count if itl_count else 1.0,
+            gpu_hours=gpu_seconds / 3600.0,
+            scale_events=self.scale_events,
+            gangs_started=self.gangs_started,
+            gangs_drained=self.gangs_drained,
+            failed_requests=failed,
+            ttft_p50_seconds=_percentile(ttfts, 0.5) if ttfts else math.nan,
+            ttft_p99_seconds=_percentile(ttfts, 0.99) if ttfts else math.nan,
+            itl_p99_seconds=_percentile(itls, 0.99) if itls else math.nan,
+            peak_replicas=max(peak, fleet.initial_replicas),
+            virtual_seconds=max((t for t in self.finish if not math.isnan(t)), default=0.0),
+            cpu_seconds=cpu_seconds,
+            timeline=tuple(self.timeline),
+        )
+
+
+def _percentile(ordered: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending sequence."""
+    if not ordered:
+        return math.nan
+    index = min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))
+    return ordered[index]
