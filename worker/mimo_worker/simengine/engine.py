@@ -382,7 +382,8 @@ class Engine:
         self._in_flight: Batch | None = None
         self._full_used = 0
         self._swa_used = 0
-        self._recent_tokens: deque[tuple[float, int]] = deque()
+        self._recent_tokens: deque[tuple[float, int]] = deque()  # (step end, output tokens of the step)
+        self._recent_token_sum = 0
         self._recent_retractions: deque[float] = deque()
         self._epoch: float | None = None  # first submission: gen_throughput's window never reaches before it
 
@@ -494,6 +495,9 @@ class Engine:
                 self.new_token_ratio = max(
                     self.policy.min_new_token_ratio, self.new_token_ratio - self.policy.decay_per_step
                 )
+        if progress:
+            self._recent_tokens.append((end, len(progress)))
+            self._recent_token_sum += len(progress)
         self._trim_windows(end)
         return progress
 
@@ -502,7 +506,7 @@ class Engine:
     def stats(self, now: float) -> EngineStats:
         self._trim_windows(now)
         window = 0.0 if self._epoch is None else min(STATS_WINDOW_SECONDS, now - self._epoch)
-        produced = sum(tokens for _, tokens in self._recent_tokens)
+        produced = self._recent_token_sum
         admitted = self._running + self._prefilling
         return EngineStats(
             num_running_reqs=len(admitted),
@@ -582,7 +586,7 @@ class Engine:
             budget -= chunk.tokens
             swa_free -= chunk.tokens
         mid_chunk = any(c.cached_before + c.tokens < c.request.prefill_target for c in chunks)
-        if not mid_chunk:
+        if self._waiting and not mid_chunk:
             reserved = sum(self._reservation(r) for r in self._running + self._prefilling)
             full_free = self.limits.max_total_num_tokens - self._full_used - reserved
             admitted = len(self._running) + len(self._prefilling)
@@ -653,11 +657,15 @@ class Engine:
             self._set_swa_held(request, self._swa_need(request.computed + 1))
         kv_tokens = sum(r.computed for r in batch)
         duration = self.timer.decode_step_seconds(len(batch), kv_tokens)
-        return Batch(
-            BatchKind.DECODE, now, max(duration, MIN_STEP_SECONDS), requests=batch, retracted=retracted
-        )
+        return Batch(BatchKind.DECODE, now, max(duration, MIN_STEP_SECONDS), requests=batch, retracted=retracted)
 
     def _decode_fits(self) -> bool:
+        worst = len(self._running) * self.limits.page_size  # at most one new page per request and pool
+        if (
+            self._full_used + worst <= self.limits.max_total_num_tokens
+            and self._swa_used + worst <= self.limits.swa_max_tokens
+        ):
+            return True
         full = sum(self._page_round(r.computed + 1) - r.full_held for r in self._running)
         swa = sum(max(self._swa_need(r.computed + 1) - r.swa_held, 0) for r in self._running)
         return (
@@ -707,7 +715,6 @@ class Engine:
             request.first_token_at = now
         request.last_token_at = now
         self.counters.generation_tokens += 1
-        self._recent_tokens.append((now, 1))
         finished = request.output_tokens >= request.max_new_tokens
         if finished:
             if request in self._running:
@@ -749,7 +756,7 @@ class Engine:
     def _trim_windows(self, now: float) -> None:
         horizon = now - STATS_WINDOW_SECONDS
         while self._recent_tokens and self._recent_tokens[0][0] <= horizon:
-            self._recent_tokens.popleft()
+            self._recent_token_sum -= self._recent_tokens.popleft()[1]
         while self._recent_retractions and self._recent_retractions[0] <= horizon:
             self._recent_retractions.popleft()
 
@@ -852,9 +859,7 @@ def run_virtual(
         while pending and pending[0][0] <= t:
             at, index, arrival = pending.pop(0)
             try:
-                run.requests.append(
-                    engine.submit(f"v{index}", arrival.prompt_tokens, arrival.max_new_tokens, at)
-                )
+                run.requests.append(engine.submit(f"v{index}", arrival.prompt_tokens, arrival.max_new_tokens, at))
             except RequestRejected:
                 run.rejected.append(arrival)
 

@@ -81,22 +81,16 @@ class EngineMetrics:
         self.num_running_reqs = gauge("sglang:num_running_reqs", "The number of running requests.")
         self.num_queue_reqs = gauge("sglang:num_queue_reqs", "The number of requests in the waiting queue.")
         self.token_usage = gauge("sglang:token_usage", "The token usage of the fullest KV pool.")
-        self.full_token_usage = gauge(
-            "sglang:full_token_usage", "The token usage of the full-attention pool."
-        )
+        self.full_token_usage = gauge("sglang:full_token_usage", "The token usage of the full-attention pool.")
         self.swa_token_usage = gauge("sglang:swa_token_usage", "The token usage of the sliding-window pool.")
         self.num_used_tokens = gauge("sglang:num_used_tokens", "The larger of the pools' used tokens.")
         self.kv_used_tokens = gauge("sglang:kv_used_tokens", "Used token slots of the full-attention pool.")
-        self.kv_available_tokens = gauge(
-            "sglang:kv_available_tokens", "Free token slots of the full-attention pool."
-        )
+        self.kv_available_tokens = gauge("sglang:kv_available_tokens", "Free token slots of the full-attention pool.")
         self.kv_evictable_tokens = gauge(
             "sglang:kv_evictable_tokens", "Evictable (prefix-cached) token slots of the full pool."
         )
         self.swa_used_tokens = gauge("sglang:swa_used_tokens", "Used token slots of the sliding-window pool.")
-        self.swa_available_tokens = gauge(
-            "sglang:swa_available_tokens", "Free token slots of the sliding-window pool."
-        )
+        self.swa_available_tokens = gauge("sglang:swa_available_tokens", "Free token slots of the sliding-window pool.")
         self.max_total_num_tokens = gauge(
             "sglang:max_total_num_tokens", "Token capacity of the full-attention KV pool."
         )
@@ -239,9 +233,7 @@ class EngineMetrics:
             max(prefill_tokens_total - self._prefill_seen, 0)
         )
         self._prefill_seen = max(prefill_tokens_total, self._prefill_seen)
-        self.realtime_tokens_total.labels(**sched, mode="decode").inc(
-            max(decode_tokens_total - self._decode_seen, 0)
-        )
+        self.realtime_tokens_total.labels(**sched, mode="decode").inc(max(decode_tokens_total - self._decode_seen, 0))
         self._decode_seen = max(decode_tokens_total, self._decode_seen)
 
     def render(self) -> bytes:
