@@ -1,0 +1,819 @@
+"""SGLang's HTTP surface over the simulated engine (aiohttp), and the real-time scheduler loop.
+
+Endpoints (node rank 0), as SGLang 0.5 serves them (``reference/sglang-mimo-facts.md`` §4):
+
+* ``GET /health``, ``GET /health_generate`` — 503 while starting (``--mimo-startup-seconds``) and while
+  draining, else 200. ``/health`` answers from the server state; ``/health_generate`` also proves the
+  scheduler moves: 200 at once if tokens came out in the last 20 simulated seconds (SGLang's health
+  check timeout), otherwise it runs a one-token generation and answers 503 if that takes longer.
+* ``GET /ping`` — liveness, always 200.
+* ``GET /v1/models``, ``GET /model_info`` (and the older ``/get_model_info``).
+* ``POST /v1/chat/completions``, ``POST /v1/completions``, ``POST /generate`` — with ``"stream": true``
+  an SSE stream of ``data: {json}`` chunks ending in ``data: [DONE]``; otherwise one JSON body. Both
+  report ``usage``; the text is filler.
+* ``GET /server_info`` (and the deprecated ``/get_server_info``): server arguments,
+  ``max_total_num_tokens``, ``max_req_input_len`` and per-scheduler ``internal_states``.
+* ``GET /metrics`` — SGLang's Prometheus metrics; only with ``--enable-metrics``, as in SGLang
+  (without it the route does not exist).
+* ``POST /pause_generation`` (``{"mode": "abort" | "retract" | "in_place"}``), ``POST
+  /continue_generation``, ``POST /flush_cache`` (nothing to flush: no prefix cache is modelled).
+
+Token counts. The simulated engine has no tokenizer. A prompt's length is estimated as one token per
+4 characters of text (rounded up), plus 4 tokens per chat message and 3 for the assistant turn (the
+chat template's markers). Clients that know the exact count — load generators replaying a trace — say
+so: a completions ``prompt`` given as a list of token ids counts as its length, ``/generate`` takes
+``input_ids``, and any generation body may carry the extension field ``"mimo_prompt_tokens": N``,
+which wins. The output is always ``max_tokens`` tokens (``max_completion_tokens`` for chat;
+``sampling_params.max_new_tokens`` for ``/generate``; 128 when absent, SGLang's default), with
+``finish_reason`` ``"length"``.
+
+Drain. SIGTERM (see ``__main__``) calls :meth:`SimulatedEngineServer.begin_drain`: ``/health`` answers
+503 at once, new generation requests get 503 (SGLang itself keeps accepting them and relies on the
+readiness probe and the router to stop traffic; refusing is the stricter reading), requests in flight
+run to completion, then the server stops and the process exits 0. The worker's drain endpoint needs
+nothing more: it watches ``sglang:num_running_reqs`` + ``sglang:num_queue_reqs`` fall to 0 on
+``/metrics``, exactly as it would against SGLang, and sends SIGTERM when it wants the engine gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import json
+import logging
+import math
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from mimo_worker import __version__
+from mimo_worker.simengine.engine import Engine, EngineLimits, PauseMode, Progress, RequestRejected, StepTimer
+from mimo_worker.simengine.metrics import EngineMetrics, empty_exposition
+from mimo_worker.simengine.options import SimOptions
+
+__all__ = [
+    "ModelClock",
+    "ServerState",
+    "SimulatedEngineServer",
+    "chat_prompt_tokens",
+    "dummy_health_app",
+    "run_dummy_server",
+    "run_server",
+    "text_prompt_tokens",
+]
+
+log = logging.getLogger(__name__)
+
+CHARS_PER_TOKEN = 4
+CHAT_TOKENS_PER_MESSAGE = 4
+CHAT_TOKENS_FOR_REPLY = 3
+DEFAULT_MAX_NEW_TOKENS = 128  # SGLang's sampling default
+HEALTH_CHECK_TIMEOUT = 20.0  # simulated seconds; SGLang's SGLANG_HEALTH_CHECK_TIMEOUT default
+PROMPT_TOKENS_FIELD = "mimo_prompt_tokens"
+# The scheduler may run ahead of the wall clock by this much (wall seconds) before it sleeps: sleeping
+# for every sub-millisecond step at a high speedup would cost more than the steps.
+MAX_LEAD_SECONDS = 0.002
+_FILLER = ("The", " simulated", " engine", " writes", " this", " text", " one", " token", " at", " a", " time.")
+
+
+class ModelClock:
+    """Simulated seconds since the clock was made: wall-clock time × ``speedup``."""
+
+    def __init__(self, speedup: float = 1.0, monotonic: Callable[[], float] = time.monotonic) -> None:
+        if speedup <= 0:
+            raise ValueError("speedup must be positive")
+        self.speedup = speedup
+        self._monotonic = monotonic
+        self._start = monotonic()
+
+    def now(self) -> float:
+        return (self._monotonic() - self._start) * self.speedup
+
+    def wall(self, simulated_seconds: float) -> float:
+        return simulated_seconds / self.speedup
+
+
+class ServerState(enum.Enum):
+    STARTING = "starting"
+    SERVING = "serving"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+class BadRequest(ValueError):
+    """A generation request the server refuses with 400 (OpenAI-style error body)."""
+
+
+def text_prompt_tokens(text: str) -> int:
+    """Estimated tokens of a text: one per :data:`CHARS_PER_TOKEN` characters, at least one."""
+    return max(1, math.ceil(len(text) / CHARS_PER_TOKEN))
+
+
+def chat_prompt_tokens(messages: list[Any]) -> int:
+    """Estimated prompt tokens of chat messages: their text, plus the chat template's markers."""
+    chars = 0
+    for message in messages:
+        if not isinstance(message, dict):
+            raise BadRequest("each message must be an object with 'role' and 'content'")
+        content = message.get("content")
+        if isinstance(content, str):
+            chars += len(content)
+        elif isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    chars += len(part["text"])
+        elif content is not None:
+            raise BadRequest("message content must be a string or a list of parts")
+    return math.ceil(chars / CHARS_PER_TOKEN) + CHAT_TOKENS_PER_MESSAGE * len(messages) + CHAT_TOKENS_FOR_REPLY
+
+
+def _filler(start: int, count: int) -> str:
+    return "".join(_FILLER[(start + i) % len(_FILLER)] for i in range(count))
+
+
+def _error(status: int, message: str, kind: str) -> web.Response:
+    body = {"object": "error", "message": message, "type": kind, "param": None, "code": status}
+    return web.json_response(body, status=status)
+
+
+def _int_field(body: dict[str, Any], name: str) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest(f"{name} must be an integer")
+    return value
+
+
+@dataclass
+class _Job:
+    """One generation request between the scheduler loop and its HTTP handler."""
+
+    rid: str
+    streaming: bool
+    counted: bool  # shows in the request metrics (health probes do not)
+    queue: asyncio.Queue[Progress | None]  # None: aborted
+    created: int
+
+
+@dataclass(frozen=True)
+class _Generation:
+    """A parsed generation request."""
+
+    prompt_tokens: int
+    max_new_tokens: int
+    streaming: bool
+    include_usage: bool
+
+
+class SimulatedEngineServer:
+    """One simulated SGLang server (node rank 0): the engine, its scheduler loop, its HTTP app."""
+
+    def __init__(
+        self,
+        options: SimOptions,
+        engine: Engine,
+        clock: ModelClock,
+        *,
+        extra_server_info: dict[str, Any] | None = None,
+    ) -> None:
+        self.options = options
+        self.engine = engine
+        self.clock = clock
+        self.limits: EngineLimits = engine.limits
+        self.metrics = EngineMetrics(options.model_name, engine.limits)
+        self.state = ServerState.STARTING
+        self._extra_info = extra_server_info or {}
+        self._jobs: dict[str, _Job] = {}
+        self._in_flight = 0
+        self._work = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._last_token_at = -math.inf
+        self._tasks: list[asyncio.Task[None]] = []
+        self.app = self._make_app()
+
+    # ---- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the scheduler loop and the simulated load (``/health`` 503 until it is done)."""
+        self._tasks.append(asyncio.create_task(self._scheduler_loop(), name="simengine-scheduler"))
+        self._tasks.append(asyncio.create_task(self._load(), name="simengine-startup"))
+
+    async def _load(self) -> None:
+        await asyncio.sleep(self.clock.wall(self.options.mimo_startup_seconds))
+        if self.state is ServerState.STARTING:
+            self.state = ServerState.SERVING
+            log.info("simulated engine for %s is serving", self.options.model_name)
+
+    def begin_drain(self) -> None:
+        """SIGTERM: stop admitting, let what is in flight finish, then stop."""
+        if self.state in (ServerState.DRAINING, ServerState.STOPPED):
+            return
+        log.info("draining: %d request(s) in flight", self._in_flight)
+        self.state = ServerState.DRAINING
+        self._check_drained()
+
+    def stop_now(self) -> None:
+        """Stop without waiting for requests in flight (SIGINT)."""
+        self.state = ServerState.STOPPED
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        """Return once drained (or stopped). Raises if the scheduler loop failed."""
+        drained = asyncio.create_task(self._drained.wait())
+        stopped = asyncio.create_task(self._stopped.wait())
+        scheduler = self._tasks[0]
+        await asyncio.wait({drained, stopped, scheduler}, return_when=asyncio.FIRST_COMPLETED)
+        drained.cancel()
+        stopped.cancel()
+        if scheduler.done() and not scheduler.cancelled() and scheduler.exception() is not None:
+            raise RuntimeError("the simulated scheduler failed") from scheduler.exception()
+        self.state = ServerState.STOPPED
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def _check_drained(self) -> None:
+        if self.state is ServerState.DRAINING and self._in_flight == 0:
+            log.info("drained: no request in flight")
+            self._drained.set()
+
+    # ---- the scheduler in real time ----------------------------------------------------------------
+
+    async def _scheduler_loop(self) -> None:
+        engine_time = self.clock.now()
+        while True:
+            now = max(self.clock.now(), engine_time)
+            batch = self.engine.next_batch(now)
+            if batch is None:
+                self._work.clear()
+                await self._work.wait()
+                engine_time = self.clock.now()
+                continue
+            lead = self.clock.wall(batch.end - self.clock.now())
+            await asyncio.sleep(lead if lead > MAX_LEAD_SECONDS else 0)
+            # complete at the planned end: a loaded machine delays the loop, not the simulated replica
+            progress = self.engine.complete(batch)
+            engine_time = batch.end
+            self._dispatch(progress, batch.end)
+
+    def _dispatch(self, progress: list[Progress], now: float) -> None:
+        if progress:
+            self._last_token_at = now
+        for item in progress:
+            job = self._jobs.get(item.request.rid)
+            if job is None:
+                continue
+            if job.counted:
+                self.metrics.observe(item, job.streaming)
+            job.queue.put_nowait(item)
+
+    def _submit(self, prompt_tokens: int, max_new_tokens: int, streaming: bool, counted: bool = True) -> _Job:
+        rid = uuid.uuid4().hex
+        self.engine.submit(rid, prompt_tokens, max_new_tokens, self.clock.now())
+        job = _Job(rid, streaming, counted, asyncio.Queue(), int(time.time()))
+        self._jobs[rid] = job
+        self._work.set()
+        return job
+
+    def _finish_job(self, job: _Job, completed: bool) -> None:
+        self._jobs.pop(job.rid, None)
+        if not completed and self.engine.abort(job.rid, self.clock.now()) is not None and job.counted:
+            self.metrics.observe_abort(job.streaming)
+
+    # ---- HTTP --------------------------------------------------------------------------------------
+
+    def _make_app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024**2)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/health_generate", self.health_generate)
+        app.router.add_get("/ping", self.ping)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/model_info", self.model_info)
+        app.router.add_get("/get_model_info", self.model_info)
+        app.router.add_get("/server_info", self.server_info)
+        app.router.add_get("/get_server_info", self.server_info)
+        app.router.add_post("/v1/chat/completions", self.chat_completions)
+        app.router.add_post("/v1/completions", self.completions)
+        app.router.add_post("/generate", self.generate)
+        app.router.add_post("/pause_generation", self.pause_generation)
+        app.router.add_post("/continue_generation", self.continue_generation)
+        app.router.add_post("/flush_cache", self.flush_cache)
+        if self.options.enable_metrics:
+            app.router.add_get("/metrics", self.metrics_endpoint)
+        return app
+
+    def _unavailable(self) -> web.Response | None:
+        if self.state is ServerState.SERVING:
+            return None
+        reason = {
+            ServerState.STARTING: "The server is starting (loading weights).",
+            ServerState.DRAINING: "The server is shutting down.",
+            ServerState.STOPPED: "The server is shutting down.",
+        }[self.state]
+        return _error(503, reason, "ServiceUnavailableError")
+
+    async def health(self, request: web.Request) -> web.Response:
+        unavailable = self._unavailable()
+        return unavailable if unavailable is not None else web.Response(status=200)
+
+    async def health_generate(self, request: web.Request) -> web.Response:
+        unavailable = self._unavailable()
+        if unavailable is not None:
+            return unavailable
+        now = self.clock.now()
+        if not self.engine.paused and now - self._last_token_at < HEALTH_CHECK_TIMEOUT:
+            return web.Response(status=200)
+        job = self._submit(1, 1, streaming=False, counted=False)
+        self._in_flight += 1
+        completed = False
+        try:
+            async with asyncio.timeout(self.clock.wall(HEALTH_CHECK_TIMEOUT)):
+                while not completed:
+                    item = await job.queue.get()
+                    if item is None:
+                        break
+                    completed = item.finished
+        except TimeoutError:
+            pass
+        finally:
+            self._finish_job(job, completed)
+            self._in_flight -= 1
+            self._check_drained()
+        return web.Response(status=200) if completed else web.Response(status=503)
+
+    async def ping(self, request: web.Request) -> web.Response:
+        return web.Response(text="pong")
+
+    async def models(self, request: web.Request) -> web.Response:
+        card = {
+            "id": self.options.model_name,
+            "object": "model",
+            "created": int(time.time()),
+            "owned_by": "sglang",
+            "root": self.options.model_path or self.options.model_name,
+            "max_model_len": self.limits.context_length,
+        }
+        return web.json_response({"object": "list", "data": [card]})
+
+    async def model_info(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "model_path": self.options.model_path or self.options.model_name,
+                "tokenizer_path": self.options.model_path or self.options.model_name,
+                "is_generation": True,
+                "served_model_name": self.options.model_name,
+            }
+        )
+
+    async def server_info(self, request: web.Request) -> web.Response:
+        stats = self.engine.stats(self.clock.now())
+        info: dict[str, Any] = dict(self.options.server_args())
+        info.update(
+            {
+                "context_length": self.limits.context_length,
+                "max_running_requests": self.limits.max_running_requests,
+                "chunked_prefill_size": self.limits.chunked_prefill_size,
+                "page_size": self.limits.page_size,
+                "max_total_num_tokens": self.limits.max_total_num_tokens,
+                "max_total_num_tokens_swa": self.limits.swa_max_tokens,
+                "sliding_window_size": self.limits.swa_window,
+                "max_req_input_len": self.limits.max_request_tokens - 1,
+                "internal_states": [
+                    {
+                        "memory_usage": {"token_capacity": self.limits.max_total_num_tokens},
+                        "last_gen_throughput": stats.gen_throughput,
+                        "num_running_reqs": stats.num_running_reqs,
+                        "num_queue_reqs": stats.num_queue_reqs,
+                        "token_usage": stats.token_usage,
+                    }
+                ],
+                "version": f"mimo-simulated-{__version__}",
+                "simulated": {"state": self.state.value, "speedup": self.clock.speedup, **self._extra_info},
+            }
+        )
+        return web.json_response(info)
+
+    async def metrics_endpoint(self, request: web.Request) -> web.Response:
+        now = self.clock.now()
+        counters = self.engine.counters
+        self.metrics.update(
+            self.engine.stats(now) if self.state is not ServerState.STARTING else None,
+            retracted_total=counters.retracted_requests,
+            prefill_tokens_total=counters.prefill_tokens_computed,
+            decode_tokens_total=counters.generation_tokens,
+        )
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def pause_generation(self, request: web.Request) -> web.Response:
+        body = await self._json_body(request, required=False)
+        if isinstance(body, web.Response):
+            return body
+        try:
+            mode = PauseMode(body.get("mode", PauseMode.ABORT.value))
+        except ValueError:
+            return _error(400, "mode must be one of abort, retract, in_place", "BadRequestError")
+        for dropped in self.engine.pause(mode, self.clock.now()):
+            job = self._jobs.get(dropped.rid)
+            if job is not None:
+                if job.counted:
+                    self.metrics.observe_abort(job.streaming)
+                job.queue.put_nowait(None)
+        return web.json_response({"success": True, "message": f"generation paused ({mode.value})"})
+
+    async def continue_generation(self, request: web.Request) -> web.Response:
+        self.engine.resume()
+        self._work.set()
+        return web.json_response({"success": True, "message": "generation continued"})
+
+    async def flush_cache(self, request: web.Request) -> web.Response:
+        return web.Response(text="Cache flushed.")
+
+    # ---- generation --------------------------------------------------------------------------------
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve_generation(request, _ChatFormat(self.options.model_name))
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve_generation(request, _CompletionFormat(self.options.model_name))
+
+    async def generate(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve_generation(request, _NativeFormat())
+
+    async def _json_body(self, request: web.Request, required: bool = True) -> dict[str, Any] | web.Response:
+        if not request.can_read_body:
+            return {} if not required else _error(400, "a JSON body is required", "BadRequestError")
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _error(400, "the body is not valid JSON", "BadRequestError")
+        if not isinstance(body, dict):
+            return _error(400, "the body must be a JSON object", "BadRequestError")
+        return body
+
+    async def _serve_generation(self, request: web.Request, fmt: _Format) -> web.StreamResponse:
+        unavailable = self._unavailable()
+        if unavailable is not None:
+            return unavailable
+        body = await self._json_body(request)
+        if isinstance(body, web.Response):
+            return body
+        try:
+            gen = fmt.parse(body)
+            job = self._submit(gen.prompt_tokens, gen.max_new_tokens, gen.streaming)
+        except (BadRequest, RequestRejected) as error:
+            return _error(400, str(error), "BadRequestError")
+        self._in_flight += 1
+        completed = False
+        try:
+            if gen.streaming:
+                response, completed = await self._stream(request, job, gen, fmt)
+            else:
+                response, completed = await self._respond(request, job, gen, fmt)
+            return response
+        finally:
+            self._finish_job(job, completed)
+            self._in_flight -= 1
+            self._check_drained()
+
+    async def _respond(
+        self, request: web.Request, job: _Job, gen: _Generation, fmt: _Format
+    ) -> tuple[web.StreamResponse, bool]:
+        tokens = 0
+        while True:
+            item = await job.queue.get()
+            if item is None:
+                return _error(503, "The request was aborted (/pause_generation).", "AbortedError"), False
+            tokens += item.new_tokens
+            if item.finished:
+                break
+        response = web.json_response(fmt.whole(job, gen, _filler(0, tokens), tokens))
+        # send it before the request counts as done, so a drain never cuts a response short
+        await response.prepare(request)
+        await response.write_eof()
+        return response, True
+
+    async def _stream(
+        self, request: web.Request, job: _Job, gen: _Generation, fmt: _Format
+    ) -> tuple[web.StreamResponse, bool]:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        for chunk in fmt.opening(job):
+            await _send_event(response, chunk)
+        sent = 0
+        finish_reason = "length"
+        while True:
+            items = [await job.queue.get()]
+            while not job.queue.empty():
+                items.append(job.queue.get_nowait())
+            new = sum(i.new_tokens for i in items if i is not None)
+            if new:
+                await _send_event(response, fmt.delta(job, _filler(sent, new), sent, new))
+                sent += new
+            if any(i is None for i in items):
+                finish_reason = "abort"
+                break
+            if any(i.finished for i in items if i is not None):
+                break
+        for chunk in fmt.closing(job, gen, finish_reason, sent):
+            await _send_event(response, chunk)
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response, finish_reason != "abort"
+
+
+async def _send_event(response: web.StreamResponse, payload: dict[str, Any]) -> None:
+    await response.write(b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n")
+
+
+# ---- wire formats ------------------------------------------------------------------------------------
+
+
+class _Format:
+    """How one API spells a generation request and its answer."""
+
+    def parse(self, body: dict[str, Any]) -> _Generation:
+        raise NotImplementedError
+
+    def whole(self, job: _Job, gen: _Generation, text: str, tokens: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def opening(self, job: _Job) -> list[dict[str, Any]]:
+        return []
+
+    def delta(self, job: _Job, text: str, sent: int, new: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def closing(self, job: _Job, gen: _Generation, finish_reason: str, sent: int) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+
+def _usage(gen: _Generation, completion_tokens: int) -> dict[str, Any]:
+    return {
+        "prompt_tokens": gen.prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": gen.prompt_tokens + completion_tokens,
+        "prompt_tokens_details": None,
+    }
+
+
+def _openai_common(body: dict[str, Any], prompt_tokens: int, *, chat: bool) -> _Generation:
+    if (_int_field(body, "n") or 1) != 1:
+        raise BadRequest("the simulated engine generates one choice per request (n must be 1)")
+    max_tokens = _int_field(body, "max_completion_tokens") if chat else None
+    if max_tokens is None:
+        max_tokens = _int_field(body, "max_tokens")
+    if max_tokens is None:
+        max_tokens = DEFAULT_MAX_NEW_TOKENS
+    explicit = _int_field(body, PROMPT_TOKENS_FIELD)
+    stream_options = body.get("stream_options") or {}
+    return _Generation(
+        prompt_tokens=explicit if explicit is not None else prompt_tokens,
+        max_new_tokens=max_tokens,
+        streaming=bool(body.get("stream", False)),
+        include_usage=bool(isinstance(stream_options, dict) and stream_options.get("include_usage")),
+    )
+
+
+class _ChatFormat(_Format):
+    def __init__(self, model: str) -> None:
+        self.model = model
+
+    def parse(self, body: dict[str, Any]) -> _Generation:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise BadRequest("messages must be a non-empty list")
+        return _openai_common(body, chat_prompt_tokens(messages), chat=True)
+
+    def _chunk(self, job: _Job, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        return {
+            "id": job.rid,
+            "object": "chat.completion.chunk",
+            "created": job.created,
+            "model": self.model,
+            "choices": choices,
+            **extra,
+        }
+
+    def whole(self, job: _Job, gen: _Generation, text: str, tokens: int) -> dict[str, Any]:
+        return {
+            "id": job.rid,
+            "object": "chat.completion",
+            "created": job.created,
+            "model": self.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text, "reasoning_content": None, "tool_calls": None},
+                    "logprobs": None,
+                    "finish_reason": "length",
+                    "matched_stop": None,
+                }
+            ],
+            "usage": _usage(gen, tokens),
+        }
+
+    def opening(self, job: _Job) -> list[dict[str, Any]]:
+        choice = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+        return [self._chunk(job, [choice])]
+
+    def delta(self, job: _Job, text: str, sent: int, new: int) -> dict[str, Any]:
+        return self._chunk(job, [{"index": 0, "delta": {"content": text}, "logprobs": None, "finish_reason": None}])
+
+    def closing(self, job: _Job, gen: _Generation, finish_reason: str, sent: int) -> list[dict[str, Any]]:
+        last = self._chunk(job, [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish_reason}])
+        chunks = [last]
+        if gen.include_usage:
+            chunks.append(self._chunk(job, [], usage=_usage(gen, sent)))
+        return chunks
+
+
+class _CompletionFormat(_Format):
+    def __init__(self, model: str) -> None:
+        self.model = model
+
+    def parse(self, body: dict[str, Any]) -> _Generation:
+        prompt = body.get("prompt")
+        if isinstance(prompt, str):
+            tokens = text_prompt_tokens(prompt)
+        elif isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+            tokens = len(prompt)  # token ids: the exact count
+        elif isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            tokens = text_prompt_tokens(prompt[0])
+        else:
+            raise BadRequest("prompt must be a string or a list of token ids (one prompt per request)")
+        return _openai_common(body, tokens, chat=False)
+
+    def _body(self, job: _Job, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        return {
+            "id": job.rid,
+            "object": "text_completion",
+            "created": job.created,
+            "model": self.model,
+            "choices": choices,
+            **extra,
+        }
+
+    def whole(self, job: _Job, gen: _Generation, text: str, tokens: int) -> dict[str, Any]:
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": "length", "matched_stop": None}
+        return self._body(job, [choice], usage=_usage(gen, tokens))
+
+    def delta(self, job: _Job, text: str, sent: int, new: int) -> dict[str, Any]:
+        return self._body(job, [{"index": 0, "text": text, "logprobs": None, "finish_reason": None}])
+
+    def closing(self, job: _Job, gen: _Generation, finish_reason: str, sent: int) -> list[dict[str, Any]]:
+        chunks = [self._body(job, [{"index": 0, "text": "", "logprobs": None, "finish_reason": finish_reason}])]
+        if gen.include_usage:
+            chunks.append(self._body(job, [], usage=_usage(gen, sent)))
+        return chunks
+
+
+class _NativeFormat(_Format):
+    """SGLang's own ``/generate``: ``text`` or ``input_ids``, ``sampling_params``, ``meta_info``."""
+
+    def parse(self, body: dict[str, Any]) -> _Generation:
+        text, ids = body.get("text"), body.get("input_ids")
+        if isinstance(ids, list) and ids and all(isinstance(t, int) for t in ids):
+            tokens = len(ids)
+        elif isinstance(text, str):
+            tokens = text_prompt_tokens(text)
+        else:
+            raise BadRequest("give text (a string) or input_ids (a list of token ids), one prompt per request")
+        params = body.get("sampling_params") or {}
+        if not isinstance(params, dict):
+            raise BadRequest("sampling_params must be an object")
+        max_new = _int_field(params, "max_new_tokens")
+        explicit = _int_field(body, PROMPT_TOKENS_FIELD)
+        return _Generation(
+            prompt_tokens=explicit if explicit is not None else tokens,
+            max_new_tokens=DEFAULT_MAX_NEW_TOKENS if max_new is None else max_new,
+            streaming=bool(body.get("stream", False)),
+            include_usage=False,
+        )
+
+    def _meta(self, job: _Job, gen: _Generation, tokens: int, finish: str | None) -> dict[str, Any]:
+        reason = None if finish is None else {"type": finish, "length": tokens}
+        return {
+            "id": job.rid,
+            "finish_reason": reason,
+            "prompt_tokens": gen.prompt_tokens,
+            "completion_tokens": tokens,
+            "cached_tokens": 0,
+        }
+
+    def whole(self, job: _Job, gen: _Generation, text: str, tokens: int) -> dict[str, Any]:
+        return {"text": text, "meta_info": self._meta(job, gen, tokens, "length")}
+
+    def delta(self, job: _Job, text: str, sent: int, new: int) -> dict[str, Any]:
+        # SGLang's native stream carries the text so far in every chunk
+        return {"text": _filler(0, sent + new), "meta_info": {"id": job.rid, "completion_tokens": sent + new}}
+
+    def closing(self, job: _Job, gen: _Generation, finish_reason: str, sent: int) -> list[dict[str, Any]]:
+        return [{"text": _filler(0, sent), "meta_info": self._meta(job, gen, sent, finish_reason)}]
+
+
+# ---- node ranks >= 1 ---------------------------------------------------------------------------------
+
+
+def dummy_health_app(enable_metrics: bool) -> web.Application:
+    """What SGLang runs on node ranks ≥ 1: a health server that always answers 200, and no API."""
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=empty_exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    for path in ("/health", "/health_generate", "/ping"):
+        app.router.add_get(path, ok)
+    if enable_metrics:
+        app.router.add_get("/metrics", metrics)
+    return app
+
+
+# ---- running it --------------------------------------------------------------------------------------
+
+# How long SIGINT waits for open connections before it cuts them (wall seconds).
+SHUTDOWN_TIMEOUT_SECONDS = 5.0
+
+
+async def run_server(
+    options: SimOptions,
+    limits: EngineLimits,
+    timer: StepTimer,
+    *,
+    extra_server_info: dict[str, Any] | None = None,
+    ready: Callable[[str], None] | None = None,
+) -> int:
+    """Serve until drained (SIGTERM) or stopped (SIGINT); the process's exit code."""
+    clock = ModelClock(options.mimo_speedup)
+    server = SimulatedEngineServer(options, Engine(limits, timer), clock, extra_server_info=extra_server_info)
+    runner = web.AppRunner(
+        server.app, handler_cancellation=True, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, options.host, options.port, reuse_address=True)
+        await site.start()
+        await server.start()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, server.begin_drain)
+        loop.add_signal_handler(signal.SIGINT, server.stop_now)
+        address = _address(runner)
+        log.info(
+            "simulated SGLang engine for %s on http://%s (KV %d tokens, max %d running, speedup %g)",
+            options.model_name,
+            address,
+            limits.max_total_num_tokens,
+            limits.max_running_requests,
+            options.mimo_speedup,
+        )
+        if ready is not None:
+            ready(address)
+        await server.wait_stopped()
+    finally:
+        await server.close()
+        await runner.cleanup()
+    return 0
+
+
+async def run_dummy_server(options: SimOptions, ready: Callable[[str], None] | None = None) -> int:
+    """Node ranks ≥ 1: the health server SGLang runs there, until SIGTERM or SIGINT."""
+    runner = web.AppRunner(dummy_health_app(options.enable_metrics), access_log=None)
+    await runner.setup()
+    stop = asyncio.Event()
+    try:
+        await web.TCPSite(runner, options.host, options.port, reuse_address=True).start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        address = _address(runner)
+        log.info("node rank %d: dummy health server on http://%s", options.node_rank, address)
+        if ready is not None:
+            ready(address)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+    return 0
+
+
+def _address(runner: web.AppRunner) -> str:
+    host, port = runner.addresses[0][:2]
+    return f"{host}:{port}"
