@@ -1,0 +1,101 @@
+"""The simulated engine driven with the shared Azure trace, in virtual time (issue 5's acceptance).
+
+The trace (``../shared/traces/azure-2023-code.csv``: one hour of a code-completion service, prompts of
+about 2,000 tokens and outputs of about 30) is replayed at increasing compression against one replica.
+Below capacity the replica keeps up with the offered load; past it the throughput flattens at the
+modelled capacity while the queue and the time to first token keep growing with the load.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from mimo_operator.autoscaling.trace import Trace, load_trace, reshape
+from mimo_worker.simengine.engine import Arrival, Engine, OpenLoop, run_virtual
+from tests.unit.simengine_support import SmallReplica
+
+REPO = Path(__file__).resolve().parents[2]
+TRACES = Path(os.environ.get("MIMO_TRACES", REPO.parent / "shared" / "traces"))
+TRACE_FILE = TRACES / "azure-2023-code.csv"
+
+# A replica small enough that the trace saturates it within a few compressions.
+REPLICA = SmallReplica(
+    max_total_num_tokens=200_000,
+    swa_max_tokens=60_000,
+    context_length=16_384,
+    max_running_requests=64,
+    chunked_prefill_size=8192,
+)
+
+
+@pytest.fixture(scope="module")
+def trace() -> Trace:
+    if not TRACE_FILE.exists():
+        pytest.skip(f"the shared trace is not at {TRACE_FILE} (set MIMO_TRACES to its directory)")
+    return load_trace(TRACE_FILE)
+
+
+@dataclass(frozen=True)
+class Replay:
+    offered: float  # requests/s
+    served: float  # requests/s over the whole run (arrivals, then the backlog)
+    mean_ttft: float
+    mean_queue: float
+    usage_vs_in_flight: float  # correlation of KV usage with the tokens of admitted requests
+
+
+def replay(trace: Trace, compression: float) -> Replay:
+    shaped = reshape(trace, speedup=compression)
+    arrivals = [Arrival(r.arrival, max(r.context_tokens, 1), max(r.generated_tokens, 1)) for r in shaped.requests]
+    run = run_virtual(Engine(REPLICA.limits, REPLICA), OpenLoop(arrivals), sample_every=1.0)
+    assert not run.rejected
+    assert len(run.finished) == len(arrivals)
+    used = [s.full_used_tokens for _, s in run.samples]
+    in_flight = [s.tokens_in_flight for _, s in run.samples]
+    return Replay(
+        offered=len(arrivals) / shaped.span_seconds,
+        served=len(run.finished) / run.end,
+        mean_ttft=statistics.mean(r.ttft or 0.0 for r in run.finished),
+        mean_queue=statistics.mean(s.num_queue_reqs for _, s in run.samples),
+        usage_vs_in_flight=statistics.correlation(used, in_flight),
+    )
+
+
+def modelled_capacity(trace: Trace) -> float:
+    """Requests/s the performance model allows at best: every prompt's prefill plus its output decoded
+    in full batches of max_running_requests. No schedule can beat it."""
+    prefill = sum(REPLICA.prefill_seconds(max(r.context_tokens, 1)) for r in trace.requests)
+    batch = REPLICA.max_running_requests
+    decode = sum(max(r.generated_tokens - 1, 0) for r in trace.requests) * REPLICA.decode_step_seconds(batch, 0) / batch
+    return len(trace.requests) / (prefill + decode)
+
+
+@pytest.mark.slow
+def test_the_trace_saturates_the_replica_at_its_modelled_capacity_while_queue_and_ttft_grow(trace: Trace) -> None:
+    capacity = modelled_capacity(trace)
+    compressions = (1.0, 2.0, 6.0, 12.0)
+    runs = {k: replay(trace, k) for k in compressions}
+    light, heavy, heavier = runs[1.0], runs[6.0], runs[12.0]
+
+    assert light.offered < 0.5 * capacity < capacity < heavy.offered < heavier.offered
+    # below capacity the replica serves what is offered
+    assert light.served == pytest.approx(light.offered, rel=0.05)
+    assert runs[2.0].served == pytest.approx(runs[2.0].offered, rel=0.05)
+    # past it, throughput flattens just under the modelled capacity ...
+    assert heavy.served == pytest.approx(heavier.served, rel=0.05)
+    assert 0.8 * capacity < heavier.served <= capacity
+    assert heavier.served < 0.5 * heavier.offered
+    # ... while the queue and the time to first token keep growing with the load
+    ttfts = [runs[k].mean_ttft for k in compressions]
+    queues = [runs[k].mean_queue for k in compressions]
+    assert ttfts == sorted(ttfts)
+    assert queues == sorted(queues)
+    assert heavier.mean_ttft > 20 * light.mean_ttft
+    assert heavier.mean_queue > 20 * light.mean_queue
+    # and KV usage tracks the tokens of the requests in the replica at every load
+    assert all(r.usage_vs_in_flight > 0.95 for r in runs.values())
