@@ -17,6 +17,7 @@ container's command run as a real process on this machine, the way a kubelet wou
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -127,7 +128,7 @@ class PodRunner:
         self.finished &= set(local)
 
     def _sync_pod(self, uid: str, pod: dict[str, Any]) -> None:
-        meta, spec, status = pod["metadata"], pod["spec"], pod.get("status") or {}
+        meta, _spec, status = pod["metadata"], pod["spec"], pod.get("status") or {}
         run = self.running.get(uid)
         if meta.get("deletionTimestamp"):
             self._terminate(uid, pod, run)
@@ -192,8 +193,8 @@ class PodRunner:
             popen = subprocess.Popen(
                 ["unshare", "--mount", "--propagation", "private", "--",
                  sys.executable, "-m", "mimo_operator.localcluster.podexec", str(launch_file)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - started from the main thread only
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         run = _Running(uid, meta["namespace"], meta["name"], container["name"], popen, log_path, _now(),
                        created_dirs=created, restarts=self._restarts.get(uid, 0))
@@ -353,7 +354,7 @@ class PodRunner:
             spec["audiences"] = [audience]
         request = ServiceAccount.Token.from_dict({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
                                                   "metadata": {"name": sa, "namespace": ns}, "spec": spec})
-        result = self.client.create(request, name=sa, namespace=ns)
+        result: Any = self.client.create(request, name=sa, namespace=ns)  # type: ignore[call-overload]
         return str(result.status.token)
 
     # -- readiness --------------------------------------------------------------------------------
@@ -383,8 +384,11 @@ class PodRunner:
         run.ready = ready
         state = "True" if ready else "False"
         reason = None if ready else "ContainersNotReady"
-        conditions = [{"type": t, "status": state, "lastTransitionTime": _now(), **({"reason": reason} if reason else {})}
-                      for t in ("ContainersReady", "Ready")]
+        conditions: list[dict[str, str]] = []
+        for kind in ("ContainersReady", "Ready"):
+            conditions.append({"type": kind, "status": state, "lastTransitionTime": _now()})
+            if reason:
+                conditions[-1]["reason"] = reason
         self._patch_status(run.namespace, run.name, {
             "conditions": conditions,
             "containerStatuses": [self._container_status(run, container, ready=ready)],
@@ -478,10 +482,8 @@ class PodRunner:
 
     def _cleanup(self, run: _Running) -> None:
         for d in sorted(run.created_dirs, key=lambda p: len(p.parts), reverse=True):
-            try:
+            with contextlib.suppress(OSError):
                 d.rmdir()
-            except OSError:
-                pass
         run.created_dirs.clear()
 
     def stop_all(self) -> None:
@@ -526,11 +528,12 @@ def _field(pod: dict[str, Any], path: str) -> str | None:
         "status.podIPs": ",".join(i["ip"] for i in status.get("podIPs") or []),
     }
     if path in simple:
-        return simple[path]
+        found = simple[path]
+        return None if found is None else str(found)
     m = re.fullmatch(r"metadata\.(labels|annotations)\['([^']+)'\]", path)
     if m:
         value = (meta.get(m.group(1)) or {}).get(m.group(2))
-        return str(value) if value is not None else None
+        return None if value is None else str(value)
     raise ValueError(f"fieldRef {path} is not supported by the local cluster")
 
 
@@ -576,7 +579,7 @@ def _check(probe: dict[str, Any], pod: dict[str, Any]) -> bool:
             headers = {h["name"]: h["value"] for h in http.get("httpHeaders") or []}
             req = urllib.request.Request(url, headers=headers)  # noqa: S310 - pod IPs are loopback here
             with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
-                return 200 <= resp.status < 400
+                return bool(200 <= resp.status < 400)
         if tcp := probe.get("tcpSocket"):
             with socket.create_connection((tcp.get("host") or ip, port_of(tcp["port"])), timeout=timeout):
                 return True

@@ -7,6 +7,7 @@ local cluster starts can outlive it.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -90,7 +91,8 @@ class Process:
             try:
                 self.popen = subprocess.Popen(
                     self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                    env=self.env, cwd=self.cwd, preexec_fn=_die_with_parent,  # noqa: PLW1509
+                    env=self.env, cwd=self.cwd, start_new_session=True,
+                    preexec_fn=_die_with_parent,
                 )
             except OSError as e:
                 raise ComponentFailed(f"{self.name} could not be started ({self.argv[0]}): {e}") from e
@@ -147,7 +149,5 @@ def kill_pid(pid: int, grace: float = 10.0) -> None:
         except ProcessLookupError:
             return
         time.sleep(0.1)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass

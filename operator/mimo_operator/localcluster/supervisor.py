@@ -73,8 +73,10 @@ def nodes_schedulable(client: Client, names: list[str]) -> bool:
     """Every node Ready, with the not-ready taint (added at creation) removed by the controller-manager."""
     for name in names:
         node = client.get(Node, name)
-        ready = any(c.type == "Ready" and c.status == "True" for c in (node.status.conditions or []))
-        tainted = any(t.key.startswith("node.kubernetes.io/") for t in (node.spec.taints or []))
+        conditions = (node.status.conditions if node.status else None) or []
+        taints = (node.spec.taints if node.spec else None) or []
+        ready = any(c.type == "Ready" and c.status == "True" for c in conditions)
+        tainted = any(t.key.startswith("node.kubernetes.io/") for t in taints)
         if not ready or tainted:
             return False
     return True
@@ -167,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         filename=args.state_dir / "logs" / "supervisor.log", level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # one line per API request otherwise
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     config = ClusterConfig(state_dir=args.state_dir, nodes=args.nodes, gpu_type=args.gpu_type,
                            blocks=args.blocks, component_timeout=args.timeout)
     return run(config, args.exit_with_parent)
