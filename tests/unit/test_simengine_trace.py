@@ -99,3 +99,91 @@ def test_the_trace_saturates_the_replica_at_its_modelled_capacity_while_queue_an
     assert heavier.mean_queue > 20 * light.mean_queue
     # and KV usage tracks the tokens of the requests in the replica at every load
     assert all(r.usage_vs_in_flight > 0.95 for r in runs.values())
+
+
+# ---- the same, over HTTP, in real time -----------------------------------------------------------------
+
+HTTP_REPLICA = SmallReplica(max_running_requests=8, context_length=16_384, chunked_prefill_size=8192)
+HTTP_REQUESTS = 120
+HTTP_SPEEDUP = 5.0
+MAX_OUTPUT = 48  # keeps the wall time short; the prompts are the trace's
+
+
+async def test_over_http_the_trace_queues_past_capacity_and_is_served_at_the_modelled_rate(trace: Trace) -> None:
+    import asyncio
+
+    import aiohttp
+    from aiohttp import web
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from mimo_worker.simengine.options import SimOptions
+    from mimo_worker.simengine.server import ModelClock, SimulatedEngineServer
+    from tests.unit.simengine_support import free_port
+
+    mix = [
+        (max(r.context_tokens, 1), min(max(r.generated_tokens, 1), MAX_OUTPUT)) for r in trace.requests[:HTTP_REQUESTS]
+    ]
+    # what the same replica does with the same requests in virtual time, all queued at once
+    batch = run_virtual(Engine(HTTP_REPLICA.limits, HTTP_REPLICA), OpenLoop([Arrival(0.0, p, g) for p, g in mix]))
+    capacity = len(batch.finished) / batch.end  # requests per simulated second
+    interval = 1.0 / (2.5 * capacity)  # offer 2.5× what the replica can serve
+
+    options = SimOptions(
+        model_path="XiaomiMiMo/MiMo-V2.5-Pro",
+        port=free_port(),
+        enable_metrics=True,
+        mimo_speedup=HTTP_SPEEDUP,
+        mimo_startup_seconds=0.0,
+    )
+    clock = ModelClock(HTTP_SPEEDUP)
+    server = SimulatedEngineServer(options, Engine(HTTP_REPLICA.limits, HTTP_REPLICA), clock)
+    runner = web.AppRunner(server.app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", options.port).start()
+    await server.start()
+    base = f"http://127.0.0.1:{options.port}"
+    queue_seen: list[float] = []
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+            async def send(delay: float, prompt: int, output: int) -> int:
+                await asyncio.sleep(delay)
+                body = {
+                    "messages": [{"role": "user", "content": "def f():"}],
+                    "max_tokens": output,
+                    "mimo_prompt_tokens": prompt,
+                }
+                async with session.post(base + "/v1/chat/completions", json=body) as response:
+                    answer = await response.json()
+                    assert answer["usage"]["completion_tokens"] == output
+                    return response.status
+
+            async def watch_queue() -> None:
+                while True:
+                    async with session.get(base + "/metrics") as response:
+                        text = await response.text()
+                    for family in text_string_to_metric_families(text):
+                        if family.name == "sglang:num_queue_reqs":
+                            queue_seen.append(family.samples[0].value)
+                    await asyncio.sleep(0.05)
+
+            watcher = asyncio.create_task(watch_queue())
+            started = clock.now()
+            statuses = await asyncio.gather(*(send(clock.wall(i * interval), p, g) for i, (p, g) in enumerate(mix)))
+            makespan = clock.now() - started
+            watcher.cancel()
+            async with session.get(base + "/metrics") as response:
+                families = {f.name: f for f in text_string_to_metric_families(await response.text())}
+    finally:
+        await server.close()
+        await runner.cleanup()
+
+    assert statuses == [200] * HTTP_REQUESTS
+    served = HTTP_REQUESTS / makespan
+    # the real-time engine serves at the rate the model allows (a loaded machine only slows it a little)
+    assert 0.8 * capacity < served < 1.1 * capacity
+    assert max(queue_seen) >= 10  # over capacity the requests wait ...
+    queue_time = {s.name: s.value for s in families["sglang:queue_time_seconds"].samples}
+    assert queue_time["sglang:queue_time_seconds_sum"] / queue_time["sglang:queue_time_seconds_count"] > 1.0
+    done = sum(s.value for s in families["sglang:num_requests"].samples if s.name == "sglang:num_requests_total")
+    assert done == HTTP_REQUESTS

@@ -80,6 +80,8 @@ PROMPT_TOKENS_FIELD = "mimo_prompt_tokens"
 # The scheduler may run ahead of the wall clock by this much (wall seconds) before it sleeps: sleeping
 # for every sub-millisecond step at a high speedup would cost more than the steps.
 MAX_LEAD_SECONDS = 0.002
+# How far (wall seconds) the simulated timeline may trail the clock before it gives up and jumps.
+MAX_LAG_SECONDS = 0.05
 _FILLER = ("The", " simulated", " engine", " writes", " this", " text", " one", " token", " at", " a", " time.")
 
 
@@ -197,6 +199,8 @@ class SimulatedEngineServer:
         self._drained = asyncio.Event()
         self._stopped = asyncio.Event()
         self._last_token_at = -math.inf
+        self._timeline = clock.now()  # the simulated replica's time: the end of the step in flight
+        self._idle = True
         self._tasks: list[asyncio.Task[None]] = []
         self.app = self._make_app()
 
@@ -257,21 +261,35 @@ class SimulatedEngineServer:
     # ---- the scheduler in real time ----------------------------------------------------------------
 
     async def _scheduler_loop(self) -> None:
-        engine_time = self.clock.now()
+        """Run the engine against the clock: plan a step, sleep until its end, apply it.
+
+        Steps follow each other on the simulated timeline: the next starts where the last ended, even
+        if the event loop woke a little late — otherwise every wake-up delay would be capacity lost. A
+        request that arrives meanwhile is stamped no later than that timeline (see :meth:`_arrival`).
+        Only when the loop falls more than :data:`MAX_LAG_SECONDS` behind (a machine too loaded for the
+        speedup) does the timeline jump to the clock, and the replica serves less than the model says.
+        """
         while True:
-            now = max(self.clock.now(), engine_time)
-            batch = self.engine.next_batch(now)
+            now = self.clock.now()
+            if now - self._timeline > self.clock.speedup * MAX_LAG_SECONDS:
+                self._timeline = now
+            batch = self.engine.next_batch(self._timeline)
             if batch is None:
                 self._work.clear()
+                self._idle = True
                 await self._work.wait()
-                engine_time = self.clock.now()
+                self._idle = False
+                self._timeline = self.clock.now()
                 continue
+            self._timeline = batch.end
             lead = self.clock.wall(batch.end - self.clock.now())
             await asyncio.sleep(lead if lead > MAX_LEAD_SECONDS else 0)
-            # complete at the planned end: a loaded machine delays the loop, not the simulated replica
-            progress = self.engine.complete(batch)
-            engine_time = batch.end
-            self._dispatch(progress, batch.end)
+            self._dispatch(self.engine.complete(batch), batch.end)
+
+    def _arrival(self) -> float:
+        """A new request's arrival time: now, but never after the end of the step in flight."""
+        now = self.clock.now()
+        return now if self._idle else min(now, self._timeline)
 
     def _dispatch(self, progress: list[Progress], now: float) -> None:
         if progress:
@@ -286,7 +304,7 @@ class SimulatedEngineServer:
 
     def _submit(self, prompt_tokens: int, max_new_tokens: int, streaming: bool, counted: bool = True) -> _Job:
         rid = uuid.uuid4().hex
-        self.engine.submit(rid, prompt_tokens, max_new_tokens, self.clock.now())
+        self.engine.submit(rid, prompt_tokens, max_new_tokens, self._arrival())
         job = _Job(rid, streaming, counted, asyncio.Queue(), int(time.time()))
         self._jobs[rid] = job
         self._work.set()
