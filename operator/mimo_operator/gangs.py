@@ -1,0 +1,180 @@
+"""Gangs as the operator sees them, and their health — pure.
+
+A gang is one replica: a head pod and its member pods that together run one SGLang server. It is
+all-or-nothing: SGLang cannot survive the loss of one rank, so one failed, deleted or long-unschedulable
+pod fails the whole gang, and the whole gang is replaced.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from mimo_operator import labels as L
+
+__all__ = ["GangHealth", "ObservedGang", "ObservedPod", "gangs_from_pods", "health_of"]
+
+
+class GangHealth(enum.StrEnum):
+    PENDING = "Pending"          # not every pod is scheduled yet
+    STARTING = "Starting"        # every pod is placed; Ray joining, fabric check, weights loading
+    READY = "Ready"              # every pod Ready, and the head's readiness is the engine's /health
+    DRAINING = "Draining"        # out of the router, finishing in-flight requests
+    FAILED = "Failed"            # a pod failed, vanished or stayed unschedulable: replace the gang
+    TERMINATING = "Terminating"  # its pods are going
+
+
+@dataclass(frozen=True)
+class ObservedPod:
+    name: str
+    uid: str
+    rank: int
+    phase: str
+    ready: bool
+    deleting: bool
+    node: str | None
+    created: float                       # epoch seconds
+    unschedulable: str | None = None     # the scheduler's message while it cannot place the pod
+    terminated: str | None = None        # "exit code 137 (OOMKilled)" once a container ended
+
+
+@dataclass(frozen=True)
+class ObservedGang:
+    name: str
+    replica: int
+    revision: str
+    attempt: int
+    size: int                            # pods the gang should have (its plan's nodes per replica)
+    pods: tuple[ObservedPod, ...]
+    serving: bool = True                 # the head carries the router's serving label
+    drain_started: float | None = None
+    drain_reason: str | None = None
+
+    @property
+    def created(self) -> float:
+        return min((p.created for p in self.pods), default=0.0)
+
+    @property
+    def nodes(self) -> list[str]:
+        return sorted(p.node for p in self.pods if p.node)
+
+    @property
+    def head(self) -> ObservedPod | None:
+        return next((p for p in self.pods if p.rank == 0), None)
+
+
+@dataclass(frozen=True)
+class Health:
+    state: GangHealth
+    reason: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def health_of(gang: ObservedGang, now: float, unschedulable_deadline: float, missing_grace: float = 10.0) -> Health:
+    """Classify a gang. ``unschedulable_deadline``: seconds a pod may stay unschedulable before the
+    gang counts as failed (the scheduler's reason is carried either way)."""
+    pods = gang.pods
+    if pods and all(p.deleting for p in pods):
+        return Health(GangHealth.TERMINATING, "its pods are being deleted")
+    for p in sorted(pods, key=lambda p: p.rank):
+        if p.phase in ("Failed", "Succeeded"):
+            return Health(GangHealth.FAILED, f"pod {p.name} (rank {p.rank}) ended: {p.terminated or p.phase}")
+        if p.deleting:
+            return Health(GangHealth.FAILED, f"pod {p.name} (rank {p.rank}) was deleted")
+    present = {p.rank for p in pods}
+    missing = sorted(set(range(gang.size)) - present)
+    if missing and now - gang.created > missing_grace:
+        return Health(GangHealth.FAILED, f"rank(s) {', '.join(map(str, missing))} of {gang.size} missing")
+    if gang.drain_started is not None:
+        return Health(GangHealth.DRAINING, gang.drain_reason or "draining")
+    waiting = [p for p in pods if p.node is None]
+    if waiting or missing:
+        blocked = [p for p in waiting if p.unschedulable]
+        if blocked:
+            worst = min(blocked, key=lambda p: p.created)
+            message = f"pod {worst.name} cannot be scheduled: {worst.unschedulable}"
+            if now - worst.created > unschedulable_deadline:
+                return Health(GangHealth.FAILED, f"{message} (for more than {unschedulable_deadline:.0f} s)")
+            return Health(GangHealth.PENDING, message, {"unschedulable": True})
+        return Health(GangHealth.PENDING, f"{len(waiting) + len(missing)} of {gang.size} pods not yet scheduled")
+    not_ready = [p for p in pods if not p.ready]
+    if not_ready:
+        head = gang.head
+        if head is not None and not head.ready and len(not_ready) == 1:
+            return Health(GangHealth.STARTING, "every pod runs; waiting for the engine on the head to serve")
+        return Health(GangHealth.STARTING, f"{len(pods) - len(not_ready)} of {gang.size} pods ready")
+    return Health(GangHealth.READY, f"{gang.size} pods ready on {', '.join(gang.nodes)}")
+
+
+def _ready(pod: Mapping[str, Any]) -> bool:
+    for c in (pod.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "Ready":
+            return bool(c.get("status") == "True")
+    return False
+
+
+def _unschedulable(pod: Mapping[str, Any]) -> str | None:
+    for c in (pod.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable":
+            return str(c.get("message") or "Unschedulable")
+    return None
+
+
+def _terminated(pod: Mapping[str, Any]) -> str | None:
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        t = (cs.get("state") or {}).get("terminated")
+        if t:
+            reason = t.get("reason") or ""
+            return f"exit code {t.get('exitCode')}" + (f" ({reason})" if reason else "")
+    return None
+
+
+def _epoch(timestamp: str | None) -> float:
+    if not timestamp:
+        return 0.0
+    return dt.datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+
+
+def gangs_from_pods(pods: Iterable[Mapping[str, Any]], sizes: Mapping[str, int] | None = None) -> list[ObservedGang]:
+    """Group the deployment's engine pods into gangs by their gang label.
+
+    ``sizes`` gives each gang's expected pod count when known (from its launch-plan ConfigMap); otherwise
+    the size label on the pods is used.
+    """
+    by_gang: dict[str, list[Mapping[str, Any]]] = {}
+    for pod in pods:
+        gang = (pod["metadata"].get("labels") or {}).get(L.LABEL_GANG)
+        if gang:
+            by_gang.setdefault(gang, []).append(pod)
+    gangs = []
+    for name, members in sorted(by_gang.items()):
+        first = members[0]["metadata"]
+        labels = first.get("labels") or {}
+        observed = []
+        head_meta: Mapping[str, Any] = {}
+        for pod in members:
+            meta, status = pod["metadata"], pod.get("status") or {}
+            rank = int((meta.get("labels") or {}).get(L.LABEL_RANK, "0"))
+            if rank == 0:
+                head_meta = meta
+            observed.append(ObservedPod(
+                name=meta["name"], uid=meta.get("uid", ""), rank=rank, phase=status.get("phase", "Pending"),
+                ready=_ready(pod), deleting=bool(meta.get("deletionTimestamp")),
+                node=(pod.get("spec") or {}).get("nodeName"), created=_epoch(meta.get("creationTimestamp")),
+                unschedulable=_unschedulable(pod), terminated=_terminated(pod),
+            ))
+        annotations = head_meta.get("annotations") or {}
+        drain = annotations.get(L.ANNOTATION_DRAIN_STARTED)
+        size = (sizes or {}).get(name) or int(labels.get(L.LABEL_GANG_SIZE, len(members)))
+        gangs.append(ObservedGang(
+            name=name, replica=int(labels.get(L.LABEL_REPLICA, "0")), revision=labels.get(L.LABEL_REVISION, ""),
+            attempt=int(labels.get(L.LABEL_ATTEMPT, "0")), size=size,
+            pods=tuple(sorted(observed, key=lambda p: p.rank)),
+            serving=(head_meta.get("labels") or {}).get(L.LABEL_SERVING) == "true",
+            drain_started=_epoch(drain) if drain else None,
+            drain_reason=annotations.get(L.ANNOTATION_DRAIN_REASON),
+        ))
+    return gangs

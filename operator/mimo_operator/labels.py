@@ -1,0 +1,90 @@
+"""Every label, annotation and field manager the operator writes, with who reads it.
+
+Names of child objects are derived here too, so that a builder, the reconciler and a person with
+kubectl agree on them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+__all__ = [
+    "ANNOTATION_SPEC_HASH",
+    "FIELD_MANAGER",
+    "GROUP",
+    "LABEL_ATTEMPT",
+    "LABEL_COMPONENT",
+    "LABEL_DEPLOYMENT",
+    "LABEL_GANG",
+    "LABEL_MANAGED_BY",
+    "LABEL_RANK",
+    "LABEL_REPLICA",
+    "LABEL_REVISION",
+    "LABEL_ROLE",
+    "LABEL_SERVING",
+    "MANAGED_BY",
+    "gang_name",
+    "pod_name",
+    "short_hash",
+]
+
+GROUP = "serving.mimo-operator.io"
+VERSION = "v1alpha1"
+PLURAL = "mimodeployments"
+KIND = "MiMoDeployment"
+
+# The one field manager of every server-side apply the operator makes.
+FIELD_MANAGER = "mimo-operator"
+MANAGED_BY = "mimo-operator"
+
+# Standard labels: read by people, dashboards and `kubectl get -l`.
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_COMPONENT = "app.kubernetes.io/component"  # engine | router | weights
+# Read by the operator's pod watch (which objects are ours) and by the chart's NOTES.
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+
+_PREFIX = "mimo-operator.io/"
+# The MiMoDeployment a child belongs to: the observe layer lists children by it.
+LABEL_DEPLOYMENT = _PREFIX + "deployment"
+# The replica slot (0 … replicas-1) a gang fills; scale-down removes the highest first.
+LABEL_REPLICA = _PREFIX + "replica"
+# The gang a pod belongs to: one gang = one SGLang server; the NetworkPolicy selects on it.
+LABEL_GANG = _PREFIX + "gang"
+# The revision hash of the gang's pods; a different hash on the deployment means a rollout.
+LABEL_REVISION = _PREFIX + "revision"
+# Which attempt of this replica the gang is (bumped on every recreation after a failure).
+LABEL_ATTEMPT = _PREFIX + "attempt"
+# head | member: the head runs Ray's head and node rank 0 (the only HTTP server of the gang).
+LABEL_ROLE = _PREFIX + "role"
+LABEL_RANK = _PREFIX + "rank"
+# How many pods the gang has: a gang with fewer pods than this has lost one.
+LABEL_GANG_SIZE = _PREFIX + "gang-size"
+# "true" on a head pod the router may send traffic to; removed first when a gang drains, so the
+# router's pod discovery (selector includes it) drops the gang before its pods go.
+LABEL_SERVING = _PREFIX + "serving"
+
+# sha256 of the desired object as last applied: an unchanged child is never written again.
+ANNOTATION_SPEC_HASH = _PREFIX + "spec-hash"
+# Set on the head pod while a gang drains: when the drain started (RFC 3339), for the timeout.
+ANNOTATION_DRAIN_STARTED = _PREFIX + "drain-started"
+# Why a gang is draining (scale-down, rollout, autoscaler) for status and events.
+ANNOTATION_DRAIN_REASON = _PREFIX + "drain-reason"
+
+ROLE_HEAD = "head"
+ROLE_MEMBER = "member"
+
+
+def short_hash(*parts: str, length: int = 10) -> str:
+    digest = hashlib.sha256("\x00".join(parts).encode()).hexdigest()
+    return digest[:length]
+
+
+def gang_name(deployment: str, replica: int, revision: str, attempt: int) -> str:
+    """``<deployment>-<replica>-<5 hex>``: unique per (revision, attempt), so a replacement gang never
+    waits for the name of the gang it replaces (which may take a grace period to go)."""
+    return f"{deployment}-{replica}-{short_hash(revision, str(attempt), length=5)}"
+
+
+def pod_name(gang: str, rank: int) -> str:
+    return f"{gang}-{rank}"
