@@ -18,6 +18,8 @@ from mimo_worker.simengine.engine import (
     OpenLoop,
     PauseMode,
     Progress,
+    ReplicaBatch,
+    ReplicaEngine,
     RequestRejected,
     RequestState,
     run_virtual,
@@ -118,7 +120,7 @@ def test_kv_pressure_is_handled_by_retraction_or_by_reservation(
     peak = 0
     ratios_after_retraction: list[float] = []
 
-    def watch(batch: Batch, progress: list[Progress]) -> None:
+    def watch(batch: ReplicaBatch, progress: list[Progress]) -> None:
         nonlocal peak
         peak = max(peak, e.stats(batch.end).full_used_tokens)
         if batch.retracted:
@@ -300,3 +302,57 @@ def test_limits_are_read_from_a_performance_model() -> None:
     limits = EngineLimits.of(REPLICA)
     assert limits.max_total_num_tokens == REPLICA.max_total_num_tokens
     assert limits.swa_window == 128
+
+
+# ---- a replica with data-parallel attention -----------------------------------------------------------
+
+
+def test_attention_dp_groups_split_the_replicas_limits_as_sglang_does() -> None:
+    replica = ReplicaEngine(REPLICA.limits, REPLICA, attention_dp=2)
+    group = replica.group_limits
+    assert group.max_total_num_tokens == REPLICA.max_total_num_tokens // 2
+    assert group.swa_max_tokens == REPLICA.swa_max_tokens // 2
+    assert group.max_running_requests == REPLICA.max_running_requests // 2
+    assert group.chunked_prefill_size == REPLICA.chunked_prefill_size // 2
+    assert group.context_length == REPLICA.context_length
+    # schedule conservativeness × 0.3 with DP attention
+    assert replica.groups[0].policy.init_new_token_ratio == pytest.approx(0.7 * 0.3)
+    assert ReplicaEngine(REPLICA.limits, REPLICA).groups[0].policy == AdmissionPolicy()
+
+
+def test_requests_go_to_the_groups_in_turn_and_each_group_has_its_own_queue() -> None:
+    replica = ReplicaEngine(REPLICA.limits, REPLICA, attention_dp=2)
+    requests = [replica.submit(f"r{i}", 100, 10, now=0.0) for i in range(6)]
+    assert [r.group for r in requests] == [0, 1, 0, 1, 0, 1]
+    assert [s.num_queue_reqs for s in replica.group_stats(0.0)] == [3, 3]
+    assert replica.stats(0.0).num_queue_reqs == 6
+
+
+def test_groups_step_in_lockstep_for_as_long_as_the_replica_needs_for_their_union() -> None:
+    replica = ReplicaEngine(REPLICA.limits, REPLICA, attention_dp=2)
+    replica.submit("a", 1000, 50, now=0.0)
+    replica.submit("b", 1000, 50, now=0.0)
+    first = replica.next_batch(0.0)
+    assert first is not None
+    assert first.kind is BatchKind.PREFILL
+    assert first.duration == pytest.approx(REPLICA.prefill_seconds(2000, 0))  # both prompts, one pass
+    replica.complete(first)
+    decode = replica.next_batch(first.end)
+    assert decode is not None
+    assert decode.duration == pytest.approx(REPLICA.decode_step_seconds(2, 2000))
+    replica.complete(decode)
+    # a new prompt in group 0 while group 1 decodes: the pass lasts as long as the longer of the two
+    replica.submit("c", 3000, 5, now=decode.end)
+    mixed = replica.next_batch(decode.end)
+    assert mixed is not None
+    kinds = [p.kind if p is not None else None for p in mixed.parts]
+    assert kinds == [BatchKind.PREFILL, BatchKind.DECODE]
+    assert mixed.duration == pytest.approx(
+        max(REPLICA.prefill_seconds(2048, 0), REPLICA.decode_step_seconds(1, 1001))
+    )  # group 0 prefills one chunk of its halved budget
+
+
+def test_a_sequence_must_fit_one_groups_pool() -> None:
+    replica = ReplicaEngine(dataclasses.replace(REPLICA, context_length=64_000).limits, REPLICA, attention_dp=2)
+    with pytest.raises(RequestRejected, match="max_total_num_tokens"):
+        replica.submit("long", 40_000, 10, now=0.0)  # fits the replica's 64,000 tokens, not a group's 32,000

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from mimo_worker.simengine.engine import Engine
+from mimo_worker.simengine.engine import ReplicaEngine
 from mimo_worker.simengine.options import SimOptions
 from mimo_worker.simengine.server import (
     ModelClock,
@@ -97,16 +97,23 @@ async def serving(
     speedup: float = 50.0,
     startup: float = 0.0,
     enable_metrics: bool = True,
+    attention_dp: int = 1,
+    tp_size: int = 1,
 ) -> AsyncIterator[Running]:
     options = SimOptions(
         model_path=MODEL,
+        tp_size=tp_size,
+        ep_size=tp_size,
+        dp_size=attention_dp,
         host="127.0.0.1",
         port=free_port(),
         enable_metrics=enable_metrics,
         mimo_speedup=speedup,
         mimo_startup_seconds=startup,
     )
-    server = SimulatedEngineServer(options, Engine(replica.limits, replica), ModelClock(speedup))
+    server = SimulatedEngineServer(
+        options, ReplicaEngine(replica.limits, replica, attention_dp=attention_dp), ModelClock(speedup)
+    )
     runner = web.AppRunner(server.app, handler_cancellation=True)
     await runner.setup()
     await web.TCPSite(runner, options.host, options.port).start()
@@ -356,6 +363,23 @@ async def test_metrics_parse_and_carry_sglang_names_and_labels() -> None:
         ttft_count = [s for s in families["sglang:time_to_first_token_seconds"].samples if s.name.endswith("_count")]
         assert sum(s.value for s in ttft_count) == 2
         assert families["sglang:max_total_num_tokens"].samples[0].value == REPLICA.max_total_num_tokens
+
+
+async def test_with_attention_dp_every_group_reports_its_own_series_with_dp_rank() -> None:
+    async with serving(attention_dp=2, tp_size=16) as running:
+        await asyncio.gather(*(running.post("/v1/chat/completions", chat(3, prompt_tokens=100)) for _ in range(4)))
+        families = await running.metrics()
+        samples = families["sglang:max_total_num_tokens"].samples
+        assert sorted((s.labels["dp_rank"], s.labels["tp_rank"], s.labels["moe_ep_rank"]) for s in samples) == [
+            ("0", "0", "0"),
+            ("1", "8", "8"),
+        ]
+        assert {s.value for s in samples} == {REPLICA.max_total_num_tokens // 2}
+        queue_counts = [s for s in families["sglang:queue_time_seconds"].samples if s.name.endswith("_count")]
+        assert sorted((s.labels["dp_rank"], s.value) for s in queue_counts) == [("0", 2.0), ("1", 2.0)]
+        info = json.loads((await running.get("/server_info"))[1])
+        assert info["max_total_num_tokens"] == REPLICA.max_total_num_tokens // 2  # per scheduler, as SGLang
+        assert [s["dp_rank"] for s in info["internal_states"]] == [0, 1]
 
 
 async def test_metrics_need_enable_metrics_as_in_sglang() -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from mimo_operator.autoscaling.trace import Trace, load_trace, reshape
-from mimo_worker.simengine.engine import Arrival, Engine, OpenLoop, run_virtual
+from mimo_worker.simengine.engine import Arrival, Engine, OpenLoop, ReplicaEngine, run_virtual
 from tests.unit.simengine_support import SmallReplica
 
 REPO = Path(__file__).resolve().parents[2]
@@ -67,11 +67,15 @@ def replay(trace: Trace, compression: float) -> Replay:
 
 
 def modelled_capacity(trace: Trace) -> float:
-    """Requests/s the performance model allows at best: every prompt's prefill plus its output decoded
-    in full batches of max_running_requests. No schedule can beat it."""
-    prefill = sum(REPLICA.prefill_seconds(max(r.context_tokens, 1)) for r in trace.requests)
+    """Requests/s the performance model allows at best: every prompt token prefilled in full chunks of
+    chunked_prefill_size, every output token decoded in full batches of max_running_requests. No
+    schedule can beat it."""
+    chunk = REPLICA.chunked_prefill_size
+    prompt = sum(max(r.context_tokens, 1) for r in trace.requests)
+    prefill = prompt / chunk * REPLICA.prefill_seconds(chunk)
     batch = REPLICA.max_running_requests
-    decode = sum(max(r.generated_tokens - 1, 0) for r in trace.requests) * REPLICA.decode_step_seconds(batch, 0) / batch
+    output = sum(max(r.generated_tokens - 1, 0) for r in trace.requests)
+    decode = output * REPLICA.decode_step_seconds(batch, 0) / batch
     return len(trace.requests) / (prefill + decode)
 
 
@@ -136,7 +140,7 @@ async def test_over_http_the_trace_queues_past_capacity_and_is_served_at_the_mod
         mimo_startup_seconds=0.0,
     )
     clock = ModelClock(HTTP_SPEEDUP)
-    server = SimulatedEngineServer(options, Engine(HTTP_REPLICA.limits, HTTP_REPLICA), clock)
+    server = SimulatedEngineServer(options, ReplicaEngine(HTTP_REPLICA.limits, HTTP_REPLICA), clock)
     runner = web.AppRunner(server.app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", options.port).start()

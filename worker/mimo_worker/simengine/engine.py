@@ -11,8 +11,10 @@ current time (simulated seconds) as an argument, so the same core runs
 The model
 =========
 
-It follows the scheduler loop of SGLang 0.5 (one "unified" scheduler, no prefill/decode disaggregation,
-no mixed chunks — SGLang's defaults). Each scheduler step is one forward pass of the replica:
+It follows the scheduler loop of SGLang 0.5 (a "unified" scheduler, no prefill/decode disaggregation,
+no mixed chunks — SGLang's defaults). :class:`Engine` is one scheduler; :class:`ReplicaEngine` is a
+replica, with one scheduler per attention-DP group stepping in lockstep (item 7). Each step is one
+forward pass:
 
 1. **Prefill first.** If a prompt is half-prefilled (chunked prefill), or waiting requests can be
    admitted, the step is a prefill (extend) batch and running requests do not decode in it. Otherwise
@@ -50,19 +52,24 @@ no mixed chunks — SGLang's defaults). Each scheduler step is one forward pass 
    output so far is kept (already streamed to the client) and is prefilled again with the prompt when it
    is readmitted. Every retraction counts (``sglang:num_retracted_reqs``).
 5. **Step time** comes from the planned replica's performance model (``mimo_operator.perf``): a prefill
-   step takes ``prefill_seconds(new tokens, cached context)`` summed over its requests' chunks, a decode
-   step ``decode_step_seconds(batch size, KV tokens of the batch)``. Those formulas (a roofline over the
-   plan's GPUs: HBM bandwidth for weights and KV reads, FP8 compute for prefill, all-to-all over the
-   interconnect; constants from ``mimo-facts.md``) live beside the planner, not here.
+   step takes ``prefill_seconds(new tokens, cached context)`` for all its chunks together (one forward
+   pass), a decode step ``decode_step_seconds(batch size, KV tokens of the batch)``. Those formulas (a
+   roofline over the plan's GPUs: HBM bandwidth for weights and KV reads, FP8 compute for prefill,
+   all-to-all over the interconnect; constants from ``mimo-facts.md``) live beside the planner, not here.
 6. **Tokens.** Prefill produces a request's first output token when its last chunk completes (TTFT);
    each decode step produces one more. A request finishes after exactly ``max_new_tokens`` output
    tokens: the simulated model never stops early (as with ``ignore_eos``), so a trace's
    ``GeneratedTokens`` become each request's ``max_tokens``.
+7. **Data-parallel attention.** With N attention-DP groups (MiMo-V2.5-Pro on two nodes: 2) SGLang runs
+   N schedulers, each with its own pools (``max_total_num_tokens`` is per group) and ``--max-running-
+   requests`` and ``--chunked-prefill-size`` divided by N, and scales its schedule conservativeness by
+   0.3 (initial ratio 0.21). Requests go to the groups in turn. The groups step together — the MoE
+   all-to-all needs every rank — so a step lasts as long as the replica needs for the union of their
+   work: the larger of the prefill time of all their chunks and the decode time of all their sequences.
 
 Not modelled: the radix prefix cache (cache hit rate is 0: every prompt is computed), speculative
 decoding as a separate mechanism (the performance model's per-step time already folds its speed-up in),
-several attention-DP schedulers inside one replica (the replica is one scheduler with the replica's
-whole KV capacity), and grammar / LoRA / multimodal inputs.
+overlap scheduling, and grammar / LoRA / multimodal inputs.
 """
 
 from __future__ import annotations
@@ -87,6 +94,8 @@ __all__ = [
     "OpenLoop",
     "PauseMode",
     "Progress",
+    "ReplicaBatch",
+    "ReplicaEngine",
     "Request",
     "RequestRejected",
     "RequestState",
@@ -194,6 +203,13 @@ class AdmissionPolicy:
     clip_max_new_tokens: int = SGLANG_CLIP_MAX_NEW_TOKENS
 
     @classmethod
+    def sglang(cls, schedule_conservativeness: float = 1.0) -> AdmissionPolicy:
+        """SGLang's ratios for a conservativeness (``--schedule-conservativeness``; SGLang multiplies it
+        by 0.3 when attention is data-parallel)."""
+        init = min(SGLANG_INIT_NEW_TOKEN_RATIO * schedule_conservativeness, 1.0)
+        return cls(init_new_token_ratio=init, min_new_token_ratio=min(init * SGLANG_MIN_NEW_TOKEN_RATIO_FACTOR, 1.0))
+
+    @classmethod
     def reserve_all(cls) -> AdmissionPolicy:
         """Reserve every request's whole output at admission: queues sooner, never retracts."""
         return cls(init_new_token_ratio=1.0, min_new_token_ratio=1.0, clip_max_new_tokens=2**62)
@@ -244,6 +260,7 @@ class Request:
     last_token_at: float | None = None
     finished_at: float | None = None
     retractions: int = 0
+    group: int = 0  # the attention-DP group (scheduler) that serves it
     full_held: int = 0  # full-pool token slots held (whole pages)
     swa_held: int = 0  # SWA-pool token slots held (whole pages)
 
@@ -613,7 +630,7 @@ class Engine:
             full = self._page_round(chunk.cached_before + chunk.tokens)
             self._set_full_held(chunk.request, max(full, chunk.request.full_held))
             self._set_swa_held(chunk.request, chunk.request.swa_held + chunk.tokens)
-        duration = sum(self.timer.prefill_seconds(c.tokens, c.cached_before) for c in chunks)
+        duration = self.timer.prefill_seconds(sum(c.tokens for c in chunks), sum(c.cached_before for c in chunks))
         return Batch(
             BatchKind.PREFILL,
             now,
@@ -761,6 +778,184 @@ class Engine:
             self._recent_retractions.popleft()
 
 
+# ---- one replica: attention-DP groups in lockstep -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReplicaBatch:
+    """One forward pass of the replica: what each attention-DP group runs in it (None: idles)."""
+
+    start: float
+    duration: float
+    parts: tuple[Batch | None, ...]
+
+    @property
+    def end(self) -> float:
+        return self.start + self.duration
+
+    @property
+    def kind(self) -> BatchKind:
+        kinds = {p.kind for p in self.parts if p is not None}
+        return BatchKind.PREFILL if BatchKind.PREFILL in kinds else BatchKind.DECODE
+
+    @property
+    def retracted(self) -> tuple[Request, ...]:
+        return tuple(r for p in self.parts if p is not None for r in p.retracted)
+
+
+class ReplicaEngine:
+    """The engine of one replica: one scheduler (:class:`Engine`) per attention-DP group.
+
+    With data-parallel attention (``--dp-size N --enable-dp-attention``; MiMo-V2.5-Pro on two nodes
+    runs two groups) SGLang runs one scheduler per group, each with its own KV pools and its share of
+    the limits: ``max_total_num_tokens`` and the SWA pool per group (the planner's ``tokens_per_group``),
+    ``--max-running-requests`` and ``--chunked-prefill-size`` divided by N, and a bolder admission
+    (SGLang scales the schedule conservativeness by 0.3). A controller hands requests to the groups in
+    turn (round robin, SGLang's default load-balance method). The groups step in lockstep — the MoE
+    layers' all-to-all needs every rank in every forward pass — so a step lasts as long as the whole
+    replica needs for the union of the groups' work: the prefill of all their chunks or the decode of
+    all their sequences, whichever is longer, from the replica-level performance model.
+
+    With one group it is exactly one :class:`Engine`.
+    """
+
+    def __init__(
+        self,
+        limits: EngineLimits,
+        timer: StepTimer,
+        *,
+        attention_dp: int = 1,
+        policy: AdmissionPolicy | None = None,
+    ) -> None:
+        if attention_dp < 1:
+            raise ValueError(f"attention_dp must be at least 1, got {attention_dp}")
+        self.limits = limits
+        self.timer = timer
+        self.attention_dp = attention_dp
+        if policy is None:
+            policy = AdmissionPolicy.sglang(0.3 if attention_dp > 1 else 1.0)
+        self.group_limits = EngineLimits(
+            max_total_num_tokens=limits.max_total_num_tokens // attention_dp,
+            swa_max_tokens=limits.swa_max_tokens // attention_dp,
+            swa_window=limits.swa_window,
+            max_running_requests=max(limits.max_running_requests // attention_dp, 1),
+            context_length=limits.context_length,
+            chunked_prefill_size=max(limits.chunked_prefill_size // attention_dp, limits.page_size),
+            page_size=limits.page_size,
+        )
+        self.groups = [Engine(self.group_limits, timer, policy) for _ in range(attention_dp)]
+        self._owner: dict[str, Engine] = {}
+        self._next_group = 0
+        self._in_flight: ReplicaBatch | None = None
+
+    @classmethod
+    def of(cls, engine: Engine) -> ReplicaEngine:
+        """A one-group replica around an existing scheduler."""
+        replica = cls(engine.limits, engine.timer, policy=engine.policy)
+        replica.groups = [engine]
+        return replica
+
+    def submit(self, rid: str, prompt_tokens: int, max_new_tokens: int, now: float) -> Request:
+        group = self.groups[self._next_group]
+        request = group.submit(rid, prompt_tokens, max_new_tokens, now)
+        request.group = self._next_group
+        self._next_group = (self._next_group + 1) % len(self.groups)
+        self._owner[rid] = group
+        return request
+
+    def abort(self, rid: str, now: float) -> Request | None:
+        group = self._owner.pop(rid, None)
+        return None if group is None else group.abort(rid, now)
+
+    def pause(self, mode: PauseMode, now: float) -> list[Request]:
+        dropped = [r for g in self.groups for r in g.pause(mode, now)]
+        for request in dropped:
+            self._owner.pop(request.rid, None)
+        return dropped
+
+    def resume(self) -> None:
+        for group in self.groups:
+            group.resume()
+
+    @property
+    def paused(self) -> bool:
+        return self.groups[0].paused
+
+    def next_batch(self, now: float) -> ReplicaBatch | None:
+        parts = tuple(g.next_batch(now) for g in self.groups)
+        if all(p is None for p in parts):
+            return None
+        prefill_tokens = cached = decode_batch = kv = 0
+        for part in parts:
+            if part is None:
+                continue
+            for chunk in part.chunks:
+                prefill_tokens += chunk.tokens
+                cached += chunk.cached_before
+            decode_batch += len(part.requests)
+            kv += sum(r.computed for r in part.requests)
+        if len(self.groups) == 1:
+            duration = next(p for p in parts if p is not None).duration
+        else:
+            duration = max(
+                self.timer.prefill_seconds(prefill_tokens, cached) if prefill_tokens else 0.0,
+                self.timer.decode_step_seconds(decode_batch, kv) if decode_batch else 0.0,
+                MIN_STEP_SECONDS,
+            )
+        self._in_flight = ReplicaBatch(now, duration, parts)
+        return self._in_flight
+
+    def complete(self, batch: ReplicaBatch) -> list[Progress]:
+        if batch is not self._in_flight:
+            raise RuntimeError("complete() takes the batch the last next_batch() returned")
+        self._in_flight = None
+        progress: list[Progress] = []
+        for group, part in zip(self.groups, batch.parts, strict=True):
+            if part is not None:
+                progress.extend(group.complete(part, batch.end))
+        for item in progress:
+            if item.finished:
+                self._owner.pop(item.request.rid, None)
+        return progress
+
+    def stats(self, now: float) -> EngineStats:
+        """The replica as a whole (sums; usage over the replica's pools)."""
+        parts = self.group_stats(now)
+        return EngineStats(
+            num_running_reqs=sum(p.num_running_reqs for p in parts),
+            num_queue_reqs=sum(p.num_queue_reqs for p in parts),
+            full_used_tokens=sum(p.full_used_tokens for p in parts),
+            full_capacity=sum(p.full_capacity for p in parts),
+            swa_used_tokens=sum(p.swa_used_tokens for p in parts),
+            swa_capacity=sum(p.swa_capacity for p in parts),
+            gen_throughput=sum(p.gen_throughput for p in parts),
+            num_retracted_reqs=sum(p.num_retracted_reqs for p in parts),
+            new_token_ratio=max(p.new_token_ratio for p in parts),
+            tokens_in_flight=sum(p.tokens_in_flight for p in parts),
+            paused=self.paused,
+        )
+
+    def group_stats(self, now: float) -> list[EngineStats]:
+        """One snapshot per attention-DP group: what SGLang reports per ``dp_rank``."""
+        return [g.stats(now) for g in self.groups]
+
+    @property
+    def counters(self) -> _Counters:
+        total = _Counters()
+        for group in self.groups:
+            for name in total.__dataclass_fields__:
+                setattr(total, name, getattr(total, name) + getattr(group.counters, name))
+        return total
+
+    @property
+    def idle(self) -> bool:
+        return all(g.idle for g in self.groups)
+
+    @property
+    def num_requests(self) -> int:
+        return sum(g.num_requests for g in self.groups)
+
+
 # ---- virtual time ------------------------------------------------------------------------------------
 
 
@@ -831,12 +1026,12 @@ class VirtualRun:
 
 
 def run_virtual(
-    engine: Engine,
+    engine: Engine | ReplicaEngine,
     workload: Workload,
     *,
     until: float = math.inf,
     sample_every: float = 0.0,
-    on_step: Callable[[Batch, list[Progress]], None] | None = None,
+    on_step: Callable[[ReplicaBatch, list[Progress]], None] | None = None,
 ) -> VirtualRun:
     """Drive ``engine`` through ``workload`` in virtual time, as fast as the CPU allows.
 
@@ -845,6 +1040,7 @@ def run_virtual(
     workload is exhausted and the engine is idle, or at ``until``. ``sample_every`` > 0 records the
     engine's gauges at most that often (after a step); 0 records after every step.
     """
+    replica = engine if isinstance(engine, ReplicaEngine) else ReplicaEngine.of(engine)
     run = VirtualRun()
     pending: list[tuple[float, int, Arrival]] = []
     counter = 0
@@ -868,14 +1064,14 @@ def run_virtual(
     last_sample = -math.inf
     while now < until:
         admit_until(now)
-        batch = engine.next_batch(now)
+        batch = replica.next_batch(now)
         if batch is None:
             if not pending:
                 break
             now = max(now, pending[0][0])
             continue
         admit_until(batch.end)
-        progress = engine.complete(batch)
+        progress = replica.complete(batch)
         now = batch.end
         for item in progress:
             if item.finished:
@@ -883,7 +1079,7 @@ def run_virtual(
         if on_step is not None:
             on_step(batch, progress)
         if now - last_sample >= sample_every:
-            run.samples.append((now, engine.stats(now)))
+            run.samples.append((now, replica.stats(now)))
             last_sample = now
     run.end = now
     return run

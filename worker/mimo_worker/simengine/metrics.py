@@ -3,8 +3,9 @@
 Names, label sets and histogram buckets are SGLang 0.5's (``reference/sglang-mimo-facts.md`` §3), so a
 dashboard, an alert or the autoscaler written against this engine works against the real one:
 
-* scheduler metrics carry ``model_name``, ``engine_type``, ``tp_rank``, ``pp_rank``, ``moe_ep_rank``
-  (one series: the simulated replica is one scheduler, so there is no ``dp_rank``);
+* scheduler metrics carry ``model_name``, ``engine_type``, ``tp_rank``, ``pp_rank``, ``moe_ep_rank``,
+  one series per scheduler that records: with data-parallel attention that is the first rank of each
+  attention-DP group, labelled ``dp_rank`` too (``tp_rank`` = group × attention TP size);
 * tokenizer (request-level) metrics carry ``model_name`` and ``is_streaming``.
 
 Times are simulated seconds: with ``--mimo-speedup 10`` a TTFT of 4 s in the metrics took 0.4 s of wall
@@ -14,11 +15,31 @@ and nothing leaks into a host program's global registry.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from mimo_worker.simengine.engine import EngineLimits, EngineStats, Progress
 
-__all__ = ["SCHEDULER_LABELS", "TOKENIZER_LABELS", "EngineMetrics", "empty_exposition"]
+
+@dataclass(frozen=True)
+class GroupTotals:
+    """A scheduler's running totals, which the Prometheus counters follow."""
+
+    retracted: int
+    prefill: int  # prompt tokens computed
+    decode: int  # output tokens produced
+
+
+@dataclass
+class _Seen:
+    retracted: int = 0
+    prefill: int = 0
+    decode: int = 0
+
+
+__all__ = ["SCHEDULER_LABELS", "TOKENIZER_LABELS", "EngineMetrics", "GroupTotals", "empty_exposition"]
 
 SCHEDULER_LABELS = ("model_name", "engine_type", "tp_rank", "pp_rank", "moe_ep_rank")
 TOKENIZER_LABELS = ("model_name", "is_streaming")
@@ -60,20 +81,35 @@ QUEUE_BUCKETS = (
 
 
 class EngineMetrics:
-    """The metrics of one simulated replica; :meth:`observe` per step, :meth:`render` per scrape."""
+    """The metrics of one simulated replica; :meth:`observe` per step, :meth:`update` before a scrape."""
 
-    def __init__(self, model_name: str, limits: EngineLimits) -> None:
+    def __init__(
+        self,
+        model_name: str,
+        limits: EngineLimits,
+        *,
+        attention_dp: int = 1,
+        tp_size: int = 1,
+        ep_size: int = 1,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self._scheduler_labels = {
-            "model_name": model_name,
-            "engine_type": "unified",
-            "tp_rank": "0",
-            "pp_rank": "0",
-            "moe_ep_rank": "0",
-        }
+        attention_tp = max(tp_size // attention_dp, 1)
+        self._group_labels: list[dict[str, str]] = []
+        for group in range(attention_dp):
+            tp_rank = group * attention_tp
+            group_labels = {
+                "model_name": model_name,
+                "engine_type": "unified",
+                "tp_rank": str(tp_rank),
+                "pp_rank": "0",
+                "moe_ep_rank": str(tp_rank % max(ep_size, 1)),
+            }
+            if attention_dp > 1:
+                group_labels["dp_rank"] = str(group)
+            self._group_labels.append(group_labels)
         self._model_name = model_name
         reg = self.registry
-        labels = SCHEDULER_LABELS
+        labels = SCHEDULER_LABELS + (("dp_rank",) if attention_dp > 1 else ())
 
         def gauge(name: str, doc: str) -> Gauge:
             return Gauge(name, doc, labelnames=labels, registry=reg)
@@ -166,14 +202,12 @@ class EngineMetrics:
             registry=reg,
         )
 
-        sched = self._scheduler_labels
-        self.max_total_num_tokens.labels(**sched).set(limits.max_total_num_tokens)
-        self.max_total_num_tokens_swa.labels(**sched).set(limits.swa_max_tokens)
-        self.context_len.labels(**sched).set(limits.context_length)
-        self.page_size.labels(**sched).set(limits.page_size)
-        self._retracted_seen = 0
-        self._prefill_seen = 0
-        self._decode_seen = 0
+        for sched in self._group_labels:
+            self.max_total_num_tokens.labels(**sched).set(limits.max_total_num_tokens)
+            self.max_total_num_tokens_swa.labels(**sched).set(limits.swa_max_tokens)
+            self.context_len.labels(**sched).set(limits.context_length)
+            self.page_size.labels(**sched).set(limits.page_size)
+        self._seen = [_Seen() for _ in self._group_labels]
         self.update(None)
 
     def observe(self, progress: Progress, streaming: bool) -> None:
@@ -183,7 +217,7 @@ class EngineMetrics:
         if progress.first and request.ttft is not None:
             self.time_to_first_token.labels(**tok).observe(request.ttft)
             if request.queue_seconds is not None:
-                self.queue_time.labels(**self._scheduler_labels).observe(request.queue_seconds)
+                self.queue_time.labels(**self._group_labels[request.group]).observe(request.queue_seconds)
         elif progress.new_tokens:
             self.inter_token_latency.labels(**tok).observe(progress.interval / progress.new_tokens)
         if progress.finished and request.e2e_seconds is not None:
@@ -196,45 +230,39 @@ class EngineMetrics:
         tok = {"model_name": self._model_name, "is_streaming": "true" if streaming else "false"}
         self.num_aborted_requests_total.labels(**tok).inc()
 
-    def update(
-        self,
-        stats: EngineStats | None,
-        *,
-        retracted_total: int = 0,
-        prefill_tokens_total: int = 0,
-        decode_tokens_total: int = 0,
-    ) -> None:
-        """Set the scheduler gauges from a snapshot (``None``: an engine that is not serving yet)."""
-        sched = self._scheduler_labels
-        if stats is None:
-            for g in (self.num_running_reqs, self.num_queue_reqs, self.token_usage, self.gen_throughput):
-                g.labels(**sched).set(0)
+    def update(self, groups: Sequence[tuple[EngineStats, GroupTotals]] | None) -> None:
+        """Set the scheduler metrics, one snapshot per attention-DP group (``None``: not serving yet)."""
+        if groups is None:
+            for sched in self._group_labels:
+                for g in (self.num_running_reqs, self.num_queue_reqs, self.token_usage, self.gen_throughput):
+                    g.labels(**sched).set(0)
             return
-        self.num_running_reqs.labels(**sched).set(stats.num_running_reqs)
-        self.num_queue_reqs.labels(**sched).set(stats.num_queue_reqs)
-        self.token_usage.labels(**sched).set(stats.token_usage)
-        self.full_token_usage.labels(**sched).set(stats.full_token_usage)
-        self.swa_token_usage.labels(**sched).set(stats.swa_token_usage)
-        self.num_used_tokens.labels(**sched).set(max(stats.full_used_tokens, stats.swa_used_tokens))
-        self.kv_used_tokens.labels(**sched).set(stats.full_used_tokens)
-        self.kv_available_tokens.labels(**sched).set(stats.kv_available_tokens)
-        self.kv_evictable_tokens.labels(**sched).set(0)
-        self.swa_used_tokens.labels(**sched).set(stats.swa_used_tokens)
-        self.swa_available_tokens.labels(**sched).set(stats.swa_capacity - stats.swa_used_tokens)
-        self.gen_throughput.labels(**sched).set(stats.gen_throughput)
-        self.cache_hit_rate.labels(**sched).set(0.0)
-        self.num_retracted_reqs.labels(**sched).set(stats.num_retracted_reqs)
-        self.num_paused_reqs.labels(**sched).set(0)
-        self.new_token_ratio.labels(**sched).set(stats.new_token_ratio)
-        # counters only move forward: add what happened since the last update
-        self.num_retracted_requests_total.labels(**sched).inc(max(retracted_total - self._retracted_seen, 0))
-        self._retracted_seen = max(retracted_total, self._retracted_seen)
-        self.realtime_tokens_total.labels(**sched, mode="prefill_compute").inc(
-            max(prefill_tokens_total - self._prefill_seen, 0)
-        )
-        self._prefill_seen = max(prefill_tokens_total, self._prefill_seen)
-        self.realtime_tokens_total.labels(**sched, mode="decode").inc(max(decode_tokens_total - self._decode_seen, 0))
-        self._decode_seen = max(decode_tokens_total, self._decode_seen)
+        for sched, seen, (stats, totals) in zip(self._group_labels, self._seen, groups, strict=True):
+            self.num_running_reqs.labels(**sched).set(stats.num_running_reqs)
+            self.num_queue_reqs.labels(**sched).set(stats.num_queue_reqs)
+            self.token_usage.labels(**sched).set(stats.token_usage)
+            self.full_token_usage.labels(**sched).set(stats.full_token_usage)
+            self.swa_token_usage.labels(**sched).set(stats.swa_token_usage)
+            self.num_used_tokens.labels(**sched).set(max(stats.full_used_tokens, stats.swa_used_tokens))
+            self.kv_used_tokens.labels(**sched).set(stats.full_used_tokens)
+            self.kv_available_tokens.labels(**sched).set(stats.kv_available_tokens)
+            self.kv_evictable_tokens.labels(**sched).set(0)
+            self.swa_used_tokens.labels(**sched).set(stats.swa_used_tokens)
+            self.swa_available_tokens.labels(**sched).set(stats.swa_capacity - stats.swa_used_tokens)
+            self.gen_throughput.labels(**sched).set(stats.gen_throughput)
+            self.cache_hit_rate.labels(**sched).set(0.0)
+            self.num_retracted_reqs.labels(**sched).set(stats.num_retracted_reqs)
+            self.num_paused_reqs.labels(**sched).set(0)
+            self.new_token_ratio.labels(**sched).set(stats.new_token_ratio)
+            # counters only move forward: add what happened since the last update
+            self.num_retracted_requests_total.labels(**sched).inc(max(totals.retracted - seen.retracted, 0))
+            self.realtime_tokens_total.labels(**sched, mode="prefill_compute").inc(
+                max(totals.prefill - seen.prefill, 0)
+            )
+            self.realtime_tokens_total.labels(**sched, mode="decode").inc(max(totals.decode - seen.decode, 0))
+            seen.retracted = max(totals.retracted, seen.retracted)
+            seen.prefill = max(totals.prefill, seen.prefill)
+            seen.decode = max(totals.decode, seen.decode)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

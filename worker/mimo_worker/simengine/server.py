@@ -54,8 +54,15 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from mimo_worker import __version__
-from mimo_worker.simengine.engine import Engine, EngineLimits, PauseMode, Progress, RequestRejected, StepTimer
-from mimo_worker.simengine.metrics import EngineMetrics, empty_exposition
+from mimo_worker.simengine.engine import (
+    EngineLimits,
+    PauseMode,
+    Progress,
+    ReplicaEngine,
+    RequestRejected,
+    StepTimer,
+)
+from mimo_worker.simengine.metrics import EngineMetrics, GroupTotals, empty_exposition
 from mimo_worker.simengine.options import SimOptions
 
 __all__ = [
@@ -181,7 +188,7 @@ class SimulatedEngineServer:
     def __init__(
         self,
         options: SimOptions,
-        engine: Engine,
+        engine: ReplicaEngine,
         clock: ModelClock,
         *,
         extra_server_info: dict[str, Any] | None = None,
@@ -190,7 +197,13 @@ class SimulatedEngineServer:
         self.engine = engine
         self.clock = clock
         self.limits: EngineLimits = engine.limits
-        self.metrics = EngineMetrics(options.model_name, engine.limits)
+        self.metrics = EngineMetrics(
+            options.model_name,
+            engine.group_limits,
+            attention_dp=engine.attention_dp,
+            tp_size=options.tp_size,
+            ep_size=options.ep_size,
+        )
         self.state = ServerState.STARTING
         self._extra_info = extra_server_info or {}
         self._jobs: dict[str, _Job] = {}
@@ -401,42 +414,62 @@ class SimulatedEngineServer:
         )
 
     async def server_info(self, request: web.Request) -> web.Response:
-        stats = self.engine.stats(self.clock.now())
+        now = self.clock.now()
+        group = self.engine.group_limits
         info: dict[str, Any] = dict(self.options.server_args())
         info.update(
             {
+                # the replica-wide limits, as the command line gave them
                 "context_length": self.limits.context_length,
                 "max_running_requests": self.limits.max_running_requests,
                 "chunked_prefill_size": self.limits.chunked_prefill_size,
                 "page_size": self.limits.page_size,
-                "max_total_num_tokens": self.limits.max_total_num_tokens,
-                "max_total_num_tokens_swa": self.limits.swa_max_tokens,
-                "sliding_window_size": self.limits.swa_window,
-                "max_req_input_len": self.limits.max_request_tokens - 1,
+                # SGLang reports the scheduler's (one attention-DP group's) pool here
+                "max_total_num_tokens": group.max_total_num_tokens,
+                "max_total_num_tokens_swa": group.swa_max_tokens,
+                "sliding_window_size": group.swa_window,
+                "max_req_input_len": group.max_request_tokens - 1,
                 "internal_states": [
                     {
-                        "memory_usage": {"token_capacity": self.limits.max_total_num_tokens},
+                        "dp_rank": rank,
+                        "memory_usage": {"token_capacity": group.max_total_num_tokens},
                         "last_gen_throughput": stats.gen_throughput,
                         "num_running_reqs": stats.num_running_reqs,
                         "num_queue_reqs": stats.num_queue_reqs,
                         "token_usage": stats.token_usage,
                     }
+                    for rank, stats in enumerate(self.engine.group_stats(now))
                 ],
                 "version": f"mimo-simulated-{__version__}",
-                "simulated": {"state": self.state.value, "speedup": self.clock.speedup, **self._extra_info},
+                "simulated": {
+                    "state": self.state.value,
+                    "speedup": self.clock.speedup,
+                    "attention_dp_groups": self.engine.attention_dp,
+                    "replica_max_total_num_tokens": self.limits.max_total_num_tokens,
+                    **self._extra_info,
+                },
             }
         )
         return web.json_response(info)
 
     async def metrics_endpoint(self, request: web.Request) -> web.Response:
         now = self.clock.now()
-        counters = self.engine.counters
-        self.metrics.update(
-            self.engine.stats(now) if self.state is not ServerState.STARTING else None,
-            retracted_total=counters.retracted_requests,
-            prefill_tokens_total=counters.prefill_tokens_computed,
-            decode_tokens_total=counters.generation_tokens,
-        )
+        if self.state is ServerState.STARTING:
+            self.metrics.update(None)
+        else:
+            self.metrics.update(
+                [
+                    (
+                        group.stats(now),
+                        GroupTotals(
+                            retracted=group.counters.retracted_requests,
+                            prefill=group.counters.prefill_tokens_computed,
+                            decode=group.counters.generation_tokens,
+                        ),
+                    )
+                    for group in self.engine.groups
+                ]
+            )
         return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def pause_generation(self, request: web.Request) -> web.Response:
@@ -777,12 +810,14 @@ async def run_server(
     limits: EngineLimits,
     timer: StepTimer,
     *,
+    attention_dp: int = 1,
     extra_server_info: dict[str, Any] | None = None,
     ready: Callable[[str], None] | None = None,
 ) -> int:
     """Serve until drained (SIGTERM) or stopped (SIGINT); the process's exit code."""
     clock = ModelClock(options.mimo_speedup)
-    server = SimulatedEngineServer(options, Engine(limits, timer), clock, extra_server_info=extra_server_info)
+    engine = ReplicaEngine(limits, timer, attention_dp=attention_dp)
+    server = SimulatedEngineServer(options, engine, clock, extra_server_info=extra_server_info)
     runner = web.AppRunner(
         server.app, handler_cancellation=True, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS
     )
