@@ -1,0 +1,654 @@
+"""The planner: a parsed spec and its catalog entry → a :class:`~mimo_operator.plan.Plan`, or a refusal.
+
+Pure functions, no I/O. The arithmetic (``shared/mimo-facts.md`` "Arithmetic" and "SGLang rules"):
+
+* **Layout.** A replica is ``nodes × gpusPerNode`` GPUs and ``--tp-size`` counts all of them. The
+  checkpoints' fused QKV weights are split for a fixed attention TP (4 for MiMo-V2.5, 8 for Pro), so the
+  attention runs in ``tp / attention_tp`` data-parallel groups (``--attn-dp-size``; SGLang 0.5.23
+  deprecates ``--enable-dp-attention``). DeepEP (``--moe-a2a-backend deepep``) forces ``ep = tp``, and
+  EP must divide the expert count (256 / 384).
+* **Memory per GPU.** SGLang may use ``--mem-fraction-static`` of each GPU for weights and KV pools; the
+  rest is kept for activations, CUDA graphs and communication buffers. A GPU holds ``1/tp`` of the
+  routed experts (EP-partitioned or TP-sliced, the bytes are the same) and ``1/attention_tp`` of the rest
+  (attention, embeddings, the dense layer: replicated in every attention-DP group).
+* **KV cache.** Global layers store ``kv_heads × (192 + 128)`` values per token and grow with context;
+  sliding-window layers hold one 128-token window per sequence. SGLang sizes the SWA pool as
+  ``--swa-full-tokens-ratio`` × the full pool, so one full-pool token costs
+  ``full + ratio × swa (+ MTP draft)`` bytes on each GPU (its head shard). All GPUs of an attention-DP
+  group hold the same tokens; a sequence lives in one group.
+* **Nodes per replica.** The fewest nodes whose GPUs hold their weight shard and leave each attention-DP
+  group room for one sequence of the full context length.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from mimo_operator.catalog import (
+    GPU_TYPES,
+    Checkpoint,
+    GpuType,
+    checkpoint,
+    gpu_type,
+    weights_bytes,
+)
+from mimo_operator.errors import PlanRefused
+from mimo_operator.plan import (
+    CACHE_MOUNT_PATH,
+    HEAD_ADDRESS_PLACEHOLDER,
+    Decision,
+    GpuMemorySplit,
+    KvCachePlan,
+    Plan,
+    StartupEstimate,
+)
+from mimo_operator.spec import DeploymentSpec
+
+__all__ = [
+    "DEFAULT_DOWNLOAD_BYTES_PER_SECOND",
+    "DEFAULT_LOAD_BYTES_PER_SECOND",
+    "OWNED_FLAGS",
+    "plan_deployment",
+]
+
+# Start-up figures (StartupEstimate). Download: the brief's stated default, a hub download at 2 GB/s.
+DEFAULT_DOWNLOAD_BYTES_PER_SECOND = 2e9
+DEFAULT_LOAD_BYTES_PER_SECOND = 7e9  # facts: "NVMe Gen4 ≈ 7 GB/s per drive"
+DEEPGEMM_JIT_SECONDS = 15 * 60.0  # facts: "DeepGEMM JIT 10–20 min unless its cache dir persists"
+CUDA_GRAPH_CAPTURE_SECONDS = 120.0  # facts: "CUDA-graph capture minutes"
+PROCESS_START_SECONDS = 60.0  # estimate: Ray, process start, NCCL/NVSHMEM initialisation
+
+# SGLang settings the planner fills when the spec leaves them unset.
+# Without DeepEP, keep a fixed amount per GPU for activations, CUDA graphs and NCCL (estimate; SGLang's
+# own default also reserves an amount rather than a share, so bigger GPUs get a larger fraction).
+RESERVE_BYTES_PER_GPU = 16e9
+MEM_FRACTION_MAX = 0.9
+MEM_FRACTION_DEEPEP = 0.7  # the MiMo-Pro multi-node cookbook command: NVSHMEM buffers need the rest
+MAX_RUNNING_PER_GROUP = 128  # cookbook: --max-running-requests 128 (there: 2 groups at 64 each; see below)
+CUDA_GRAPH_MAX_BS = 64  # cookbook: --cuda-graph-max-bs 64 (0.5.23 spells it --cuda-graph-max-bs-decode)
+CHUNKED_PREFILL_SIZE = 32768  # cookbook: --chunked-prefill-size 32768
+MTP_STEPS, MTP_TOPK, MTP_DRAFT_TOKENS = 3, 1, 4  # cookbook: EAGLE 3 / 1 / 4 with --enable-multi-layer-eagle
+DEEPEP_DISPATCH_TOKENS_DEFAULT = 128  # SGLang's default of SGLANG_DEEPEP_NUM_MAX_DISPATCH_TOKENS_PER_RANK
+MODEL_LOADER_EXTRA_CONFIG = '{"enable_multithread_load": "true", "num_threads": 64}'  # cookbook
+MAX_AUTO_NODES = 64
+FP8_BLOCK = 128  # released weights: FP8 in 128×128 blocks; a TP slice of an expert must keep whole blocks
+
+_KV_DTYPE_BYTES = {"bf16": 2, "fp8": 1}
+_KV_DTYPE_FLAG = {"bf16": "bf16", "fp8": "fp8_e4m3"}
+
+# Flags the planner writes, with the spec field that sets them; spec.engine.extraArgs may not repeat them.
+OWNED_FLAGS: dict[str, str] = {
+    **dict.fromkeys(["--model-path", "--model", "--served-model-name", "--trust-remote-code"], "spec.model.source"),
+    "--revision": "spec.model.revision",
+    "--quantization": "spec.model.precision",
+    "--kv-cache-dtype": "spec.model.kvCacheDtype",
+    "--context-length": "spec.model.contextLength",
+    **dict.fromkeys(["--tp-size", "--tensor-parallel-size", "--tp"], "spec.parallelism.tensorParallel"),
+    **dict.fromkeys(["--ep-size", "--expert-parallel-size", "--ep"], "spec.parallelism.expertParallel"),
+    **dict.fromkeys(["--attn-dp-size", "--attention-data-parallel-size", "--dp-size", "--data-parallel-size",
+                     "--enable-dp-attention", "--enable-dp-lm-head", "--mm-enable-dp-encoder"],
+                    "spec.parallelism.attentionDataParallel"),
+    **dict.fromkeys(["--moe-a2a-backend", "--moe-dense-tp-size", "--moe-runner-backend"],
+                    "spec.parallelism.moeA2ABackend"),
+    "--deepep-mode": "spec.parallelism.deepepMode",
+    **dict.fromkeys(["--nnodes", "--node-rank", "--dist-init-addr", "--nccl-init-addr", "--pp-size",
+                     "--pipeline-parallel-size"], "spec.parallelism.nodesPerReplica"),
+    **dict.fromkeys(["--speculative-algorithm", "--speculative-num-steps", "--speculative-eagle-topk",
+                     "--speculative-num-draft-tokens", "--enable-multi-layer-eagle"], "spec.parallelism.mtp"),
+    **dict.fromkeys(["--host", "--port"], "spec.engine.port"),
+    "--mem-fraction-static": "spec.engine.memFractionStatic",
+    "--max-running-requests": "spec.engine.maxRunningRequests",
+    "--chunked-prefill-size": "spec.engine.chunkedPrefillSize",
+    "--cuda-graph-max-bs-decode": "spec.engine.cudaGraphMaxBatchSize",
+    "--swa-full-tokens-ratio": "spec.engine.swaFullTokensRatio",
+    "--page-size": "spec.engine.pageSize",
+    "--watchdog-timeout": "spec.engine.watchdogTimeoutSeconds",
+    "--attention-backend": "spec.hardware.gpuType",
+}
+
+
+class _Unfit(Exception):
+    """Why one node count cannot work; ``kind`` tells the auto search whether more nodes could help."""
+
+    def __init__(self, kind: str, field: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind  # "structure" | "weights" | "kv"
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class _Layout:
+    nodes: int
+    tp: int
+    ep: int
+    dp: int
+    a2a: str
+    a2a_reason: str
+    mem_fraction: float
+    memory: GpuMemorySplit
+    kv: KvCachePlan
+
+
+def plan_deployment(
+    spec: DeploymentSpec,
+    *,
+    download_bytes_per_second: float = DEFAULT_DOWNLOAD_BYTES_PER_SECOND,
+    load_bytes_per_second: float = DEFAULT_LOAD_BYTES_PER_SECOND,
+) -> Plan:
+    """The plan of one replica of ``spec``; raises PlanRefused (a SpecError) when it cannot work."""
+    entry = checkpoint(spec.model.variant)
+    gpu = _gpu_of(spec)
+    context = spec.model.context_length or entry.max_context
+    if context > entry.max_context:
+        raise PlanRefused("spec.model.contextLength",
+                          f"contextLength {context:,} exceeds {entry.name}'s {entry.max_context:,} tokens")
+    _check_extra_args(spec.engine.extra_args or [])
+
+    pinned = _pinned_nodes(spec, entry)
+    layout, why_nodes = _choose_layout(spec, entry, gpu, context, pinned)
+    return _assemble(spec, entry, gpu, context, layout, why_nodes,
+                     download_bytes_per_second, load_bytes_per_second)
+
+
+# ----------------------------------------------------------------------------------------- layout
+
+
+def _gpu_of(spec: DeploymentSpec) -> GpuType:
+    hw = spec.hardware
+    return gpu_type(hw.gpu_type, memory_bytes=hw.gpu_memory_bytes, architecture=hw.architecture or "hopper")
+
+
+def _pinned_nodes(spec: DeploymentSpec, entry: Checkpoint) -> int | None:
+    p, gpn = spec.parallelism, spec.hardware.gpus_per_node
+    if p.nodes_per_replica is not None:
+        return p.nodes_per_replica
+    if p.tensor_parallel is not None:
+        if p.tensor_parallel % gpn:
+            raise PlanRefused("spec.parallelism.tensorParallel",
+                              f"tensorParallel {p.tensor_parallel} is not a whole number of {gpn}-GPU nodes "
+                              "(--tp-size counts every GPU of the replica)")
+        return p.tensor_parallel // gpn
+    return None
+
+
+def _choose_layout(spec: DeploymentSpec, entry: Checkpoint, gpu: GpuType, context: int,
+                   pinned: int | None) -> tuple[_Layout, str]:
+    if pinned is not None:
+        try:
+            return _layout(spec, entry, gpu, context, pinned), "set by spec.parallelism"
+        except _Unfit as unfit:
+            raise PlanRefused(unfit.field, unfit.message + _advice(spec, entry, gpu, context, unfit)) from None
+    failures: list[_Unfit] = []
+    for nodes in range(1, MAX_AUTO_NODES + 1):
+        try:
+            layout = _layout(spec, entry, gpu, context, nodes)
+        except _Unfit as unfit:
+            failures.append(unfit)
+            continue
+        fewer = next((f for f in reversed(failures) if f.kind != "structure"), None)
+        reason = "the fewest nodes that hold the weights and one full-context sequence per attention-DP group"
+        return layout, reason + (f"; fewer: {fewer.message}" if fewer else "")
+    # Report the most telling failure: a capacity one if any node count got that far.
+    worst = next((f for f in reversed(failures) if f.kind != "structure"), failures[0])
+    raise PlanRefused(worst.field, f"no replica of up to {MAX_AUTO_NODES} nodes works: {worst.message}"
+                      + _alternatives(spec, entry, gpu, context))
+
+
+def _layout(spec: DeploymentSpec, entry: Checkpoint, gpu: GpuType, context: int, nodes: int) -> _Layout:
+    p, gpn = spec.parallelism, spec.hardware.gpus_per_node
+    gpus = nodes * gpn
+    tp = gpus
+    nodes_field = ("spec.parallelism.tensorParallel" if p.tensor_parallel is not None
+                   else "spec.parallelism.nodesPerReplica")
+    attn_tp = entry.attention_tp
+    if tp % attn_tp:
+        raise _Unfit("structure", nodes_field,
+                     f"{entry.name}'s fused QKV weights are split for attention TP {attn_tp}, so a replica "
+                     f"needs a multiple of {attn_tp} GPUs (got {_nodes(nodes)} × {gpn} GPUs = {tp})")
+    dp = tp // attn_tp
+    if p.attention_data_parallel is not None and p.attention_data_parallel != dp:
+        raise _Unfit("structure", "spec.parallelism.attentionDataParallel",
+                     f"attentionDataParallel must be tensorParallel / {attn_tp} = {dp} for {entry.name}: its "
+                     f"fused QKV weights are split for attention TP {attn_tp} (got {p.attention_data_parallel})")
+    a2a, a2a_reason = _a2a_backend(spec, gpu, nodes)
+    if a2a == "deepep":
+        if p.expert_parallel is not None and p.expert_parallel != tp:
+            raise _Unfit("structure", "spec.parallelism.expertParallel",
+                         f"DeepEP forces expertParallel = tensorParallel = {tp} (got {p.expert_parallel})")
+        ep = tp
+    else:
+        ep = p.expert_parallel if p.expert_parallel is not None else (1 if nodes == 1 else tp)
+    ep_field = "spec.parallelism.expertParallel" if p.expert_parallel is not None else nodes_field
+    if entry.experts % ep:
+        valid = [n for n in range(attn_tp, 513, attn_tp) if entry.experts % n == 0]
+        given = (f"expertParallel {ep}" if p.expert_parallel is not None
+                 else f"{_nodes(nodes)} × {gpn} GPUs give expertParallel {ep} ({_ep_origin(a2a)}), which")
+        raise _Unfit("structure", ep_field,
+                     f"{given} does not divide {entry.name}'s {entry.experts} experts; "
+                     f"EP sizes that do: {', '.join(map(str, valid))}")
+    if tp % ep:
+        raise _Unfit("structure", ep_field, f"expertParallel {ep} does not divide tensorParallel {tp}")
+    moe_tp = tp // ep
+    slice_unit = FP8_BLOCK if spec.model.precision == "fp8" else 1
+    if entry.moe_intermediate % (moe_tp * slice_unit):
+        raise _Unfit("structure", ep_field,
+                     f"with expertParallel {ep} each expert is sliced {moe_tp} ways, but its "
+                     f"{entry.moe_intermediate}-wide {spec.model.precision} weights do not split into "
+                     f"{moe_tp} whole {slice_unit}-column blocks; raise expertParallel")
+    fraction = spec.engine.mem_fraction_static or _default_mem_fraction(gpu, a2a)
+    memory, kv = _memory(spec, entry, gpu, tp, dp, fraction, nodes, context)
+    return _Layout(nodes, tp, ep, dp, a2a, a2a_reason, fraction, memory, kv)
+
+
+def _nodes(count: int) -> str:
+    return f"{count} node" if count == 1 else f"{count} nodes"
+
+
+def _ep_origin(a2a: str) -> str:
+    return "DeepEP sets ep = tp" if a2a == "deepep" else "experts spread over every GPU"
+
+
+def _default_mem_fraction(gpu: GpuType, a2a: str) -> float:
+    if a2a == "deepep":
+        return MEM_FRACTION_DEEPEP
+    return min(MEM_FRACTION_MAX, math.floor((1 - RESERVE_BYTES_PER_GPU / gpu.memory_bytes) * 100) / 100)
+
+
+def _a2a_backend(spec: DeploymentSpec, gpu: GpuType, nodes: int) -> tuple[str, str]:
+    wanted, mode = spec.parallelism.moe_a2a_backend, spec.network.mode
+    if wanted == "deepep":
+        if nodes > 1 and mode == "podNetwork":
+            raise _Unfit("structure", "spec.parallelism.moeA2ABackend",
+                         "DeepEP needs RDMA between nodes, and network.mode podNetwork has none: use "
+                         "network.mode hostNetwork or rdma, or moeA2ABackend none")
+        return "deepep", "set by spec.parallelism.moeA2ABackend"
+    if wanted == "none":
+        return "none", "set by spec.parallelism.moeA2ABackend"
+    if nodes == 1:
+        return "none", "one node: the experts' traffic stays on NVLink"
+    if mode == "podNetwork":
+        return "none", "network.mode podNetwork has no RDMA, which DeepEP needs between nodes"
+    if gpu.architecture != "hopper":
+        return "none", "the SGLang MiMo cookbook offers DeepEP on Hopper only"
+    return "deepep", "multi-node expert all-to-all over RDMA (the cookbook's multi-node launch)"
+
+
+def _memory(spec: DeploymentSpec, entry: Checkpoint, gpu: GpuType, tp: int, dp: int, fraction: float,
+            nodes: int, context: int) -> tuple[GpuMemorySplit, KvCachePlan]:
+    precision = spec.model.precision
+    total_weights = weights_bytes(entry, precision)
+    expert_bytes = total_weights * entry.expert_params / entry.params_total
+    attn_tp = tp // dp
+    weights_per_gpu = round(expert_bytes / tp + (total_weights - expert_bytes) / attn_tp)
+    static = round(gpu.memory_bytes * fraction)
+    kv_bytes_per_gpu = static - weights_per_gpu
+    where = f"{_nodes(nodes)} of {spec.hardware.gpus_per_node}×{gpu.name}"
+    if kv_bytes_per_gpu <= 0:
+        node_bytes = spec.hardware.gpus_per_node * gpu.memory_bytes
+        raise _Unfit(
+            "weights", "spec.parallelism.nodesPerReplica",
+            f"{entry.name} {precision} needs ≈{total_weights / 1e9:,.0f} GB of weights; {where} "
+            f"{'has' if nodes == 1 else 'have'} {nodes * node_bytes / 1e9:,.0f} GB "
+            f"({nodes * node_bytes * fraction / 1e9:,.0f} GB for weights and KV cache at mem-fraction-static "
+            f"{fraction:.2f}, {weights_per_gpu / 1e9:.1f} GB of weights per GPU against "
+            f"{static / 1e9:.1f} GB)",
+        )
+    kv = _kv_cache(spec, entry, gpu, attn_tp, dp, kv_bytes_per_gpu)
+    page = spec.engine.page_size
+    need = math.ceil(context / page) * page
+    if kv.tokens_per_group < need:
+        raise _Unfit(
+            "kv", "spec.model.contextLength",
+            f"{where} {'leaves' if nodes == 1 else 'leave'} {kv_bytes_per_gpu / 1e9:.1f} GB per GPU for the KV "
+            f"cache after {weights_per_gpu / 1e9:.1f} GB of weights: {kv.tokens_per_group:,} tokens per attention-DP "
+            f"group, short of one contextLength {context:,} sequence",
+        )
+    chunk = spec.engine.chunked_prefill_size or CHUNKED_PREFILL_SIZE
+    swa_need = math.ceil(chunk / dp) + entry.swa_window + page
+    if kv.swa_tokens // dp < swa_need:
+        raise _Unfit(
+            "kv", "spec.engine.swaFullTokensRatio",
+            f"{where}: the sliding-window pool holds {kv.swa_tokens // dp:,} tokens per attention-DP group, "
+            f"less than one prefill chunk plus a window ({swa_need:,}); raise swaFullTokensRatio",
+        )
+    memory = GpuMemorySplit(gpu.memory_bytes, static, weights_per_gpu, kv_bytes_per_gpu,
+                            gpu.memory_bytes - static)
+    return memory, kv
+
+
+def _kv_cache(spec: DeploymentSpec, entry: Checkpoint, gpu: GpuType, attn_tp: int, dp: int,
+              kv_bytes_per_gpu: int) -> KvCachePlan:
+    dtype = spec.model.kv_cache_dtype
+    dbytes = _KV_DTYPE_BYTES[dtype]
+    ratio = spec.engine.swa_full_tokens_ratio or gpu.swa_full_tokens_ratio
+    dims = entry.head_dim_qk + entry.head_dim_v
+    # Each attention-TP rank keeps its share of the KV heads; fewer heads than ranks are replicated.
+    heads_global = math.ceil(entry.kv_heads_global / attn_tp)
+    heads_swa = math.ceil(entry.kv_heads_swa / attn_tp)
+    full = entry.global_layers * heads_global * dims * dbytes
+    swa = entry.swa_layers * heads_swa * dims * dbytes
+    # estimate: the MTP layers' draft pool has one slot per full-pool token (SGLang's draft pool shares
+    # the target's token indices); MiMo's MTP block uses sliding-window attention heads.
+    draft = entry.mtp_layers * heads_swa * dims * dbytes if spec.parallelism.mtp else 0
+    per_token = full + ratio * swa + draft
+    page = spec.engine.page_size
+    tokens_per_group = int(kv_bytes_per_gpu // per_token) // page * page
+    return KvCachePlan(
+        dtype=dtype,
+        dtype_bytes=dbytes,
+        bytes_per_token=entry.kv_values_per_token_global * dbytes,
+        swa_bytes_per_sequence=entry.kv_values_per_token_swa * entry.swa_window * dbytes,
+        bytes_per_token_per_gpu=per_token,
+        swa_full_tokens_ratio=ratio,
+        tokens_per_group=tokens_per_group,
+        tokens=tokens_per_group * dp,
+        swa_tokens=int(tokens_per_group * ratio) * dp,
+    )
+
+
+def _advice(spec: DeploymentSpec, entry: Checkpoint, gpu: GpuType, context: int, unfit: _Unfit) -> str:
+    """What would work instead, for a refusal of a pinned node count."""
+    if unfit.kind == "structure":
+        return ""
+    auto = spec.model_copy(update={"parallelism": spec.parallelism.model_copy(
+        update={"nodes_per_replica": None, "tensor_parallel": None, "attention_data_parallel": None,
+                "expert_parallel": None})})
+    hint = ""
+    nodes = _fewest_nodes(auto, entry, gpu, context, weights_only=True)
+    full = _fewest_nodes(auto, entry, gpu, context)
+    if nodes is not None and full is not None:
+        hint = f": use ≥ {nodes} nodes" if nodes == full else (
+            f": use ≥ {full} nodes ({nodes} hold the weights, {full} also hold one {context:,}-token sequence)")
+    return hint + _alternatives(auto, entry, gpu, context, lead=", or" if hint else ": use")
+
+
+def _alternatives(spec: DeploymentSpec, entry: Checkpoint, gpu: GpuType, context: int, lead: str = "; or use") -> str:
+    options = []
+    for other in GPU_TYPES.values():
+        if other.memory_bytes <= gpu.memory_bytes:
+            continue
+        nodes = _fewest_nodes(spec, entry, other, context)
+        if nodes is not None:
+            options.append(f"{other.name} ({nodes} node{'s' if nodes > 1 else ''})")
+    return f"{lead} {' or '.join(options)}" if options else ""
+
+
+def _fewest_nodes(spec: DeploymentSpec, entry: Checkpoint, gpu: GpuType, context: int,
+                  weights_only: bool = False) -> int | None:
+    for nodes in range(1, MAX_AUTO_NODES + 1):
+        try:
+            _layout(spec, entry, gpu, context, nodes)
+        except _Unfit as unfit:
+            if weights_only and unfit.kind == "kv":
+                return nodes
+            continue
+        return nodes
+    return None
+
+
+# ------------------------------------------------------------------------------------ assembling
+
+
+def _assemble(spec: DeploymentSpec, entry: Checkpoint, gpu: GpuType, context: int, layout: _Layout,
+              why_nodes: str, download_bps: float, load_bps: float) -> Plan:
+    engine = spec.engine
+    groups = layout.dp
+    max_running = engine.max_running_requests or MAX_RUNNING_PER_GROUP * groups
+    graph_bs = engine.cuda_graph_max_batch_size or min(CUDA_GRAPH_MAX_BS, max(1, max_running // groups))
+    chunk = engine.chunked_prefill_size or CHUNKED_PREFILL_SIZE
+    source = spec.model.source
+    model_path = (source.path or source.hugging_face_id) if source else None
+    model_path = model_path or entry.hf_id
+    served = source.hugging_face_id if source and source.hugging_face_id else entry.hf_id
+    plan_args = _PlanArgs(
+        entry=entry, gpu=gpu, layout=layout, context=context, max_running=max_running, graph_bs=graph_bs,
+        chunk=chunk, model_path=model_path, served=served,
+    )
+    ranks = tuple(tuple(_server_args(spec, plan_args, rank)) for rank in range(layout.nodes))
+    env = _env(spec, plan_args)
+    startup = _startup(spec, entry, gpu, layout, download_bps, load_bps)
+    plan = Plan(
+        variant=entry.name,
+        checkpoint=entry,
+        gpu=gpu,
+        engine=engine.type,
+        model_path=model_path,
+        served_model_name=served,
+        precision=spec.model.precision,
+        nodes_per_replica=layout.nodes,
+        gpus_per_node=spec.hardware.gpus_per_node,
+        tensor_parallel=layout.tp,
+        expert_parallel=layout.ep,
+        attention_data_parallel=layout.dp,
+        moe_a2a_backend="deepep" if layout.a2a == "deepep" else "none",
+        deepep_mode=spec.parallelism.deepep_mode,
+        mtp=spec.parallelism.mtp,
+        context_length=context,
+        page_size=engine.page_size,
+        chunked_prefill_size=chunk,
+        max_running_requests=max_running,
+        cuda_graph_max_batch_size=graph_bs,
+        mem_fraction_static=layout.mem_fraction,
+        attention_backend=gpu.attention_backend,
+        network_mode=spec.network.mode,
+        port=engine.port,
+        dist_init_port=engine.dist_init_port,
+        weights_bytes=weights_bytes(entry, spec.model.precision),
+        memory=layout.memory,
+        kv=layout.kv,
+        startup=startup,
+        server_args_by_rank=ranks,
+        env_items=tuple(env.items()),
+        decisions=(),
+        warnings=tuple(_warnings(spec, entry, gpu, layout)),
+    )
+    return _with_decisions(plan, spec, why_nodes, layout)
+
+
+@dataclass(frozen=True)
+class _PlanArgs:
+    entry: Checkpoint
+    gpu: GpuType
+    layout: _Layout
+    context: int
+    max_running: int
+    graph_bs: int
+    chunk: int
+    model_path: str
+    served: str
+
+
+def _server_args(spec: DeploymentSpec, a: _PlanArgs, rank: int) -> list[str]:
+    """SGLang 0.5.23 arguments of one node rank, in the order of the cookbook's MiMo command."""
+    lay, entry, engine = a.layout, a.entry, spec.engine
+    args = ["--model-path", a.model_path, "--served-model-name", a.served, "--trust-remote-code"]
+    source = spec.model.source
+    if spec.model.revision and not (source and source.path):
+        args += ["--revision", spec.model.revision]
+    args += ["--tp-size", str(lay.tp)]
+    if lay.ep > 1:
+        args += ["--ep-size", str(lay.ep)]
+    if lay.dp > 1:
+        args += ["--attn-dp-size", str(lay.dp)]
+        if entry.attention_tp == 4:
+            # The cookbook's MiMo-V2.5 DP-attention flags: vocab-parallel LM head inside each group, and the
+            # multimodal encoders data-parallel.
+            args.append("--enable-dp-lm-head")
+            if entry.multimodal:
+                args.append("--mm-enable-dp-encoder")
+    if lay.a2a == "deepep":
+        args += ["--moe-a2a-backend", "deepep", "--deepep-mode", spec.parallelism.deepep_mode,
+                 "--moe-dense-tp-size", "1"]
+    elif a.gpu.architecture == "blackwell" and spec.model.precision == "fp8":
+        args += ["--moe-runner-backend", "flashinfer_trtllm"]  # cookbook: the verified B200 TP8 launch
+    if lay.nodes > 1:
+        args += ["--nnodes", str(lay.nodes), "--node-rank", str(rank),
+                 "--dist-init-addr", f"{HEAD_ADDRESS_PLACEHOLDER}:{engine.dist_init_port}"]
+    args += ["--host", "0.0.0.0", "--port", str(engine.port)]  # noqa: S104 (pods serve on their IP)
+    if spec.model.precision == "fp8":
+        args += ["--quantization", "fp8"]
+    args += [
+        "--kv-cache-dtype", _KV_DTYPE_FLAG[spec.model.kv_cache_dtype],
+        "--page-size", str(engine.page_size),
+        "--attention-backend", a.gpu.attention_backend,
+        "--mem-fraction-static", f"{lay.mem_fraction:g}",
+        "--swa-full-tokens-ratio", f"{lay.kv.swa_full_tokens_ratio:g}",
+        "--max-running-requests", str(a.max_running),
+        "--cuda-graph-max-bs-decode", str(a.graph_bs),
+        "--chunked-prefill-size", str(a.chunk),
+        "--context-length", str(a.context),
+    ]
+    if spec.parallelism.mtp:
+        args += ["--speculative-algorithm", "EAGLE", "--speculative-num-steps", str(MTP_STEPS),
+                 "--speculative-eagle-topk", str(MTP_TOPK),
+                 "--speculative-num-draft-tokens", str(MTP_DRAFT_TOKENS), "--enable-multi-layer-eagle"]
+    args += [
+        "--reasoning-parser", "mimo", "--tool-call-parser", "mimo",
+        "--watchdog-timeout", str(engine.watchdog_timeout_seconds),
+        "--model-loader-extra-config", MODEL_LOADER_EXTRA_CONFIG,
+        "--enable-metrics",
+    ]
+    return args + list(engine.extra_args or [])
+
+
+def _env(spec: DeploymentSpec, a: _PlanArgs) -> dict[str, str]:
+    env: dict[str, str] = {}
+    if spec.parallelism.mtp:
+        env["SGLANG_ENABLE_SPEC_V2"] = "1"  # cookbook: MTP runs on the spec-v2 path
+    if a.layout.a2a == "deepep":
+        # Must cover the CUDA-graph batch per rank in tokens, drafts included (cookbook: 64 × 4 = 256).
+        tokens = a.graph_bs * (MTP_DRAFT_TOKENS if spec.parallelism.mtp else 1)
+        env["SGLANG_DEEPEP_NUM_MAX_DISPATCH_TOKENS_PER_RANK"] = str(max(DEEPEP_DISPATCH_TOKENS_DEFAULT, tokens))
+        # DeepEP's low-latency kernels post RDMA from the GPU (IBGDA); llm-d's wide-EP pods set the same.
+        env["NVSHMEM_REMOTE_TRANSPORT"] = "ibgda"
+        env["NVSHMEM_IB_ENABLE_IBGDA"] = "true"
+    env.update(_network_env(spec))
+    if spec.model.cache.mode != "none":
+        # The builders mount the cache volume at CACHE_MOUNT_PATH: weights and DeepGEMM kernels survive.
+        env["HF_HUB_CACHE"] = f"{CACHE_MOUNT_PATH}/huggingface"
+        env["SGLANG_DG_CACHE_DIR"] = f"{CACHE_MOUNT_PATH}/deep_gemm"
+    for var in spec.engine.env or []:
+        env[var.name] = var.value  # the user's word is last (cluster-specific NCCL tuning and the like)
+    return env
+
+
+def _network_env(spec: DeploymentSpec) -> dict[str, str]:
+    net = spec.network
+    env: dict[str, str] = {}
+    if net.mode == "podNetwork":
+        env["NCCL_IB_DISABLE"] = "1"  # no RDMA device in the pod: NCCL over TCP sockets
+    if net.ib_devices and net.mode != "podNetwork":
+        env["NCCL_IB_HCA"] = ",".join(net.ib_devices)
+        env["NVSHMEM_HCA_LIST"] = ",".join(net.ib_devices)
+    interface = net.socket_interface or (None if net.mode == "hostNetwork" else "eth0")
+    if interface:
+        env["NCCL_SOCKET_IFNAME"] = interface
+        env["GLOO_SOCKET_IFNAME"] = interface
+        env["NVSHMEM_BOOTSTRAP_UID_SOCK_IFNAME"] = interface
+    if net.ib_gid_index is not None and net.mode != "podNetwork":
+        env["NCCL_IB_GID_INDEX"] = str(net.ib_gid_index)
+        env["NVSHMEM_IB_GID_INDEX"] = str(net.ib_gid_index)
+    return env
+
+
+def _check_extra_args(extra: list[str]) -> None:
+    for arg in extra:
+        if not arg.startswith("--"):
+            continue
+        name = arg.split("=", 1)[0]
+        # SGLang's argparse accepts unambiguous abbreviations, so a prefix of an owned flag is owned too.
+        owner = OWNED_FLAGS.get(name) or next(
+            (field for flag, field in OWNED_FLAGS.items() if flag.startswith(name) and len(name) > 2), None)
+        if owner:
+            raise PlanRefused("spec.engine.extraArgs",
+                              f"{name} is written by the planner; set {owner} instead of passing it in extraArgs")
+
+
+def _startup(spec: DeploymentSpec, entry: Checkpoint, gpu: GpuType, layout: _Layout,
+             download_bps: float, load_bps: float) -> StartupEstimate:
+    weights = weights_bytes(entry, spec.model.precision)
+    from_path = spec.model.source is not None and spec.model.source.path is not None
+    # DeepGEMM compiles its FP8 GEMMs on Hopper at first start; Blackwell's FlashInfer kernels ship built.
+    jit = DEEPGEMM_JIT_SECONDS if gpu.architecture == "hopper" and spec.model.precision == "fp8" else 0.0
+    graphs = 0.0 if layout.a2a == "deepep" and spec.parallelism.deepep_mode == "normal" else CUDA_GRAPH_CAPTURE_SECONDS
+    return StartupEstimate(
+        download_seconds=0.0 if from_path else weights / download_bps,
+        # sgl-facts §7: each node reads most or all of the checkpoint, so nodes load in parallel, not faster.
+        load_seconds=weights / load_bps,
+        jit_seconds=jit,
+        graph_capture_seconds=graphs,
+        process_seconds=PROCESS_START_SECONDS,
+        download_bytes_per_second=download_bps,
+        load_bytes_per_second=load_bps,
+        weights_cached=spec.model.cache.mode != "none" or from_path,
+    )
+
+
+def _warnings(spec: DeploymentSpec, entry: Checkpoint, gpu: GpuType, layout: _Layout) -> list[str]:
+    out = []
+    if layout.nodes > 1 and spec.network.mode == "podNetwork":
+        out.append("network.mode podNetwork: traffic between nodes goes over TCP sockets, far slower than "
+                   "the performance model assumes")
+    if layout.a2a == "deepep" and gpu.architecture != "hopper":
+        out.append("the SGLang MiMo cookbook offers DeepEP on Hopper only")
+    if entry.attention_tp == 8 and layout.nodes > 1 and gpu.architecture == "hopper":
+        out.append("SGLang's cookbook marks MiMo-V2.5-Pro on several H100/H200 nodes (TP16, DeepEP) as "
+                   "not yet verified")
+    if layout.a2a == "deepep" and spec.parallelism.deepep_mode == "normal":
+        out.append("deepepMode normal disables CUDA graphs: decode is slower")
+    return out
+
+
+def _with_decisions(plan: Plan, spec: DeploymentSpec, why_nodes: str, layout: _Layout) -> Plan:
+    e, g, kv, mem = plan.checkpoint, plan.gpu, plan.kv, plan.memory
+    overhead = weights_bytes(e, plan.precision) / e.params_total
+    decisions = [
+        Decision("GPU", f"{plan.gpus_per_node}× {g.name}",
+                 f"{g.memory_bytes / 1e9:.0f} GB, {g.hbm_bytes_per_second / 1e12:.2f} TB/s, {g.architecture} → "
+                 f"attention backend {g.attention_backend}"),
+        Decision("weights", f"≈{plan.weights_bytes / 1e9:,.0f} GB",
+                 f"{e.params_total / 1e9:,.0f}B parameters at {overhead:.3f} bytes each ({plan.precision}, "
+                 "with embeddings, norms and block scales in higher precision)"),
+        Decision("nodes per replica", str(plan.nodes_per_replica), why_nodes),
+        Decision("tensor parallel", str(plan.tensor_parallel),
+                 f"{plan.nodes_per_replica} × {plan.gpus_per_node} GPUs: --tp-size counts every GPU"),
+        Decision("attention data parallel", str(plan.attention_data_parallel),
+                 f"the fused QKV weights are split for attention TP {e.attention_tp}: tp / {e.attention_tp}"),
+        Decision("expert all-to-all", plan.moe_a2a_backend, layout.a2a_reason),
+        Decision("expert parallel", str(plan.expert_parallel),
+                 "DeepEP forces ep = tp" if plan.moe_a2a_backend == "deepep" else (
+                     "set by spec.parallelism.expertParallel" if spec.parallelism.expert_parallel
+                     else ("experts sliced by TP on one node" if plan.expert_parallel == 1
+                           else "experts spread over every GPU"))
+                 + f"; {e.experts} experts, {e.experts // plan.expert_parallel} per EP rank"),
+        Decision("mem-fraction-static", f"{plan.mem_fraction_static:g}",
+                 "set by spec.engine.memFractionStatic" if spec.engine.mem_fraction_static else (
+                     "cookbook value with DeepEP (NVSHMEM buffers need room)" if plan.moe_a2a_backend == "deepep"
+                     else f"keeps {RESERVE_BYTES_PER_GPU / 1e9:.0f} GB per GPU for activations and graphs")),
+        Decision("memory per GPU",
+                 f"{mem.weights / 1e9:.1f} + {mem.kv_cache / 1e9:.1f} + {mem.reserve / 1e9:.1f} GB",
+                 f"weights + KV cache + reserve of {mem.total / 1e9:.0f} GB; the reserve holds activations, "
+                 "CUDA graphs and communication buffers"),
+        Decision("KV per token", f"{kv.bytes_per_token / 1e3:.2f} KB",
+                 f"{e.global_layers} global layers × {e.kv_heads_global} KV heads × "
+                 f"({e.head_dim_qk}+{e.head_dim_v}) × {kv.dtype_bytes} B ({kv.dtype}); sliding-window layers "
+                 f"hold {kv.swa_bytes_per_sequence / 1e6:.1f} MB per sequence whatever its length"),
+        Decision("swa-full-tokens-ratio", f"{kv.swa_full_tokens_ratio:g}",
+                 "set by spec.engine.swaFullTokensRatio" if spec.engine.swa_full_tokens_ratio
+                 else f"cookbook value for {g.architecture}"),
+        Decision("KV cache", f"{kv.tokens:,} tokens",
+                 f"{kv.tokens_per_group:,} per attention-DP group × {plan.attention_data_parallel}; "
+                 f"{plan.max_concurrent_sequences():,} sequences of {plan.context_length:,} tokens at once"),
+        Decision("max running requests", str(plan.max_running_requests),
+                 "set by spec.engine.maxRunningRequests" if spec.engine.max_running_requests
+                 else f"{MAX_RUNNING_PER_GROUP} per attention-DP group"),
+        Decision("MTP", "on" if plan.mtp else "off",
+                 "EAGLE with the checkpoint's 3 MTP layers; ≈3 tokens accepted per step" if plan.mtp
+                 else "set by spec.parallelism.mtp"),
+        Decision("start-up", f"≈{plan.startup.expected_seconds / 60:.0f} min",
+                 f"time to weights {plan.startup.time_to_weights_seconds:.0f} s; cold start "
+                 f"{plan.startup.cold_seconds / 60:.0f} min, warm {plan.startup.warm_seconds / 60:.0f} min"),
+    ]
+    return replace(plan, decisions=tuple(decisions))
