@@ -1,0 +1,310 @@
+"""The Kubernetes objects of one gang — pure functions of (deployment, plan, replica, attempt, revision).
+
+A gang is a head pod (node rank 0: Ray's head, SGLang's HTTP server) and ``nodes − 1`` member pods, a
+headless Service giving every pod a stable DNS name, a ConfigMap with the gang's launch plan, a
+NetworkPolicy that keeps Ray's unauthenticated ports inside the gang, and a PodGroup when a gang
+scheduler is named. Names and labels are deterministic (``mimo_operator.labels``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from mimo_operator import labels as L
+from mimo_operator.build.options import BuildContext
+from mimo_operator.plan import CACHE_MOUNT_PATH
+
+__all__ = [
+    "LAUNCH_PLAN_MOUNT",
+    "WORKER_PROGRAM",
+    "gang_objects",
+    "launch_plan",
+    "owner_reference",
+    "revision_of",
+]
+
+# Where the launch plan ConfigMap is mounted; the worker reads it there (mimo_worker.launchplan).
+LAUNCH_PLAN_MOUNT = "/etc/mimo/launch"
+LAUNCH_PLAN_KEY = "plan.json"
+# The worker's entry point in the engine image (console script of the mimo-worker package).
+WORKER_PROGRAM = ["mimo-worker"]
+SIMULATED_PROGRAM = ["python3", "-m", "mimo_worker.simengine"]
+# The worker's launch-plan placeholder for node rank 0's IP, substituted by the head at run time.
+_HEAD_IP = "{head_ip}"
+_GPU_TAINT_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+
+
+def owner_reference(ctx: BuildContext) -> dict[str, Any]:
+    return {"apiVersion": f"{L.GROUP}/{L.VERSION}", "kind": L.KIND, "name": ctx.name, "uid": ctx.uid,
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def deployment_labels(ctx: BuildContext, component: str) -> dict[str, str]:
+    return {
+        L.LABEL_NAME: "mimo", L.LABEL_INSTANCE: ctx.name, L.LABEL_COMPONENT: component,
+        L.LABEL_MANAGED_BY: L.MANAGED_BY, L.LABEL_DEPLOYMENT: ctx.name,
+    }
+
+
+def _gang_labels(ctx: BuildContext, gang: str, replica: int, attempt: int, revision: str) -> dict[str, str]:
+    return {
+        **deployment_labels(ctx, "engine"), L.LABEL_GANG: gang, L.LABEL_REPLICA: str(replica),
+        L.LABEL_ATTEMPT: str(attempt), L.LABEL_REVISION: revision,
+        L.LABEL_GANG_SIZE: str(ctx.plan.nodes_per_replica),
+    }
+
+
+def _meta(ctx: BuildContext, name: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {"name": name, "namespace": ctx.namespace, "labels": labels, "ownerReferences": [owner_reference(ctx)]}
+
+
+def head_dns(ctx: BuildContext, gang: str) -> str:
+    return f"{L.pod_name(gang, 0)}.{gang}.{ctx.namespace}.svc.cluster.local"
+
+
+def launch_plan(ctx: BuildContext, gang: str, replica: int, revision: str) -> dict[str, Any]:
+    """The launch-plan document every pod of the gang reads (``mimo_worker.launchplan``, version 1)."""
+    plan, spec, ports = ctx.plan, ctx.spec, ctx.ports
+    program = SIMULATED_PROGRAM if plan.engine == "simulated" else ["python3", "-m", "sglang.launch_server"]
+    env = dict(plan.env)
+    ranks = [{"rank": r, "argv": plan.server_args(r, _HEAD_IP), "env": env} for r in range(plan.nodes_per_replica)]
+    pods = [L.pod_name(gang, r) for r in range(plan.nodes_per_replica)]
+    fabric_backend = "gloo" if plan.engine == "simulated" else "nccl"
+    return {
+        "kind": "MiMoLaunchPlan",
+        "version": 1,
+        "deployment": {"name": ctx.name, "namespace": ctx.namespace},
+        "gang": {"name": gang, "replica": replica, "revision": revision, "nodes": plan.nodes_per_replica,
+                 "gpus_per_node": plan.gpus_per_node, "head_address": head_dns(ctx, gang), "pods": pods},
+        "ports": {"ray_gcs": ports.ray_gcs, "engine_http": plan.port, "dist_init": plan.dist_init_port,
+                  "fabric": ports.fabric, "worker_http": ports.worker_http},
+        "engine": {"mode": "per-node", "program": program, "ranks": ranks},
+        "fabric": {"enabled": plan.nodes_per_replica > 1, "backend": fabric_backend,
+                   "expected_bus_gbps": _expected_bus_gbps(ctx), "min_fraction": 0.5},
+        "deadlines": {"drain_seconds": float(max(1, spec.autoscaling.drain_timeout_seconds)),
+                      "engine_ready_seconds": max(600.0, 2 * plan.startup.cold_seconds)},
+    }
+
+
+def _expected_bus_gbps(ctx: BuildContext) -> float | None:
+    # What an all-reduce across nodes should reach on the chosen fabric: InfiniBand NDR is ≈ 50 GB/s per
+    # port with one port per GPU (mimo-facts.md). Over a plain pod network, or with the simulated engine
+    # (gloo over loopback), there is nothing to expect: measure only.
+    if ctx.plan.engine == "simulated" or ctx.spec.network.mode == "podNetwork" or ctx.plan.nodes_per_replica < 2:
+        return None
+    return 50.0 * ctx.plan.gpus_per_node * 0.5
+
+
+def gang_objects(ctx: BuildContext, replica: int, attempt: int, revision: str) -> list[dict[str, Any]]:
+    """Every object of one gang: ConfigMap, Service, NetworkPolicy, [PodGroup], then the pods by rank."""
+    return _objects(ctx, L.gang_name(ctx.name, replica, revision, attempt), replica, attempt, revision)
+
+
+def revision_of(ctx: BuildContext) -> str:
+    """The hash of everything that needs a restart when it changes: the objects of a gang, built with
+    placeholder identity, so the replica count, the router or the autoscaler's settings do not count."""
+    canonical = _objects(ctx, "gang", 0, 0, "")
+    return L.short_hash(json.dumps(canonical, sort_keys=True), length=10)
+
+
+def _objects(ctx: BuildContext, gang: str, replica: int, attempt: int, revision: str) -> list[dict[str, Any]]:
+    labels = _gang_labels(ctx, gang, replica, attempt, revision)
+    plan, ports = ctx.plan, ctx.ports
+    objects: list[dict[str, Any]] = [
+        {
+            "apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(ctx, gang, labels),
+            "data": {LAUNCH_PLAN_KEY: json.dumps(launch_plan(ctx, gang, replica, revision), indent=1)},
+        },
+        {
+            "apiVersion": "v1", "kind": "Service", "metadata": _meta(ctx, gang, labels),
+            "spec": {
+                "clusterIP": "None",
+                # Members must find the head before anything is Ready.
+                "publishNotReadyAddresses": True,
+                "selector": {L.LABEL_GANG: gang},
+                "ports": [
+                    {"name": "ray-gcs", "port": ports.ray_gcs},
+                    {"name": "engine-http", "port": plan.port},
+                    {"name": "dist-init", "port": plan.dist_init_port},
+                    {"name": "worker-http", "port": ports.worker_http},
+                ],
+            },
+        },
+        _network_policy(ctx, gang, labels),
+    ]
+    objects += _pod_group(ctx, gang, labels)
+    objects += [_pod(ctx, gang, labels, rank) for rank in range(plan.nodes_per_replica)]
+    return objects
+
+
+def _network_policy(ctx: BuildContext, gang: str, labels: dict[str, str]) -> dict[str, Any]:
+    """Ray's ports (GCS, raylets, object store) and NCCL's are unauthenticated: only the gang's own pods
+    may reach them. The router reaches the serving port; the operator the worker and metrics ports."""
+    ports = ctx.ports
+    router = {"podSelector": {"matchLabels": {L.LABEL_DEPLOYMENT: ctx.name, L.LABEL_COMPONENT: "router"}}}
+    operator = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ctx.operator.namespace}},
+        "podSelector": {"matchLabels": dict(ctx.operator.pod_labels)},
+    }
+    return {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": _meta(ctx, gang, labels),
+        "spec": {
+            "podSelector": {"matchLabels": {L.LABEL_GANG: gang}},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"from": [{"podSelector": {"matchLabels": {L.LABEL_GANG: gang}}}]},
+                {"from": [router], "ports": [{"protocol": "TCP", "port": ctx.plan.port}]},
+                {"from": [operator], "ports": [{"protocol": "TCP", "port": ports.worker_http},
+                                               {"protocol": "TCP", "port": ctx.plan.port}]},
+            ],
+        },
+    }
+
+
+def _pod_group(ctx: BuildContext, gang: str, labels: dict[str, str]) -> list[dict[str, Any]]:
+    scheduler = ctx.spec.scheduling.gang_scheduler
+    size = ctx.plan.nodes_per_replica
+    if scheduler == "scheduler-plugins":
+        return [{"apiVersion": "scheduling.x-k8s.io/v1alpha1", "kind": "PodGroup",
+                 "metadata": _meta(ctx, gang, labels), "spec": {"minMember": size, "scheduleTimeoutSeconds": 300}}]
+    if scheduler == "volcano":
+        group: dict[str, Any] = {"minMember": size}
+        if ctx.spec.scheduling.queue_name:
+            group["queue"] = ctx.spec.scheduling.queue_name
+        if ctx.spec.scheduling.priority_class_name:
+            group["priorityClassName"] = ctx.spec.scheduling.priority_class_name
+        return [{"apiVersion": "scheduling.volcano.sh/v1beta1", "kind": "PodGroup",
+                 "metadata": _meta(ctx, gang, labels), "spec": group}]
+    return []  # kueue: labels on the pods; none: the default scheduler
+
+
+def _scheduler_fields(ctx: BuildContext, gang: str) -> tuple[dict[str, str], dict[str, str], str | None]:
+    """(extra pod labels, extra pod annotations, schedulerName) for the named gang scheduler."""
+    scheduling = ctx.spec.scheduling
+    size = str(ctx.plan.nodes_per_replica)
+    if scheduling.gang_scheduler == "scheduler-plugins":
+        return {"scheduling.x-k8s.io/pod-group": gang}, {}, "scheduler-plugins-scheduler"
+    if scheduling.gang_scheduler == "volcano":
+        return {}, {"scheduling.k8s.io/group-name": gang}, "volcano"
+    if scheduling.gang_scheduler == "kueue":
+        kueue_labels = {"kueue.x-k8s.io/pod-group-name": gang}
+        if scheduling.queue_name:
+            kueue_labels["kueue.x-k8s.io/queue-name"] = scheduling.queue_name
+        return kueue_labels, {"kueue.x-k8s.io/pod-group-total-count": size}, None
+    return {}, {}, None
+
+
+def _pod(ctx: BuildContext, gang: str, gang_labels: dict[str, str], rank: int) -> dict[str, Any]:
+    plan, spec, ports = ctx.plan, ctx.spec, ctx.ports
+    role = L.ROLE_HEAD if rank == 0 else L.ROLE_MEMBER
+    name = L.pod_name(gang, rank)
+    sched_labels, sched_annotations, scheduler_name = _scheduler_fields(ctx, gang)
+    labels = {**dict(ctx.pod_labels), **gang_labels, **sched_labels, L.LABEL_ROLE: role, L.LABEL_RANK: str(rank)}
+    if rank == 0:
+        labels[L.LABEL_SERVING] = "true"
+    annotations = {**dict(ctx.pod_annotations), **sched_annotations}
+    network = spec.network
+    if network.mode == "rdma" and network.rdma and network.rdma.networks:
+        annotations["k8s.v1.cni.cncf.io/networks"] = ",".join(network.rdma.networks)
+
+    env: list[dict[str, Any]] = [
+        {"name": "MIMO_ROLE", "value": role},
+        {"name": "MIMO_LAUNCH_PLAN", "value": f"{LAUNCH_PLAN_MOUNT}/{LAUNCH_PLAN_KEY}"},
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+    ]
+    token = spec.model.token_secret_ref
+    if token is not None:
+        # By reference only: the token never appears in the pod spec, the launch plan or a log.
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": token.name, "key": token.key}}})
+    env += [{"name": e.name, "value": e.value} for e in spec.engine.env or []]
+
+    resources: dict[str, Any] = {"limits": {spec.hardware.gpu_resource_name: str(plan.gpus_per_node)}}
+    if network.mode == "rdma":
+        rdma = network.rdma
+        resource = rdma.resource_name if rdma else "rdma/rdma_shared_device_a"
+        resources["limits"][resource] = str(rdma.resource_count if rdma else 1)
+    container_ports = [
+        {"name": "ray-gcs", "containerPort": ports.ray_gcs},
+        {"name": "engine-http", "containerPort": plan.port},
+        {"name": "dist-init", "containerPort": plan.dist_init_port},
+        {"name": "worker-http", "containerPort": ports.worker_http},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "launch-plan", "mountPath": LAUNCH_PLAN_MOUNT, "readOnly": True},
+        {"name": "dshm", "mountPath": "/dev/shm"},  # noqa: S108 - the pod's own shared memory
+    ]
+    volumes: list[dict[str, Any]] = [
+        {"name": "launch-plan", "configMap": {"name": gang}},
+        # NCCL and DeepEP need far more than the runtime's 64 MiB default /dev/shm.
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.engine.shm_size}},
+    ]
+    cache = spec.model.cache
+    if cache.mode == "shared-volume" and cache.claim_name:
+        mounts.append({"name": "weights", "mountPath": CACHE_MOUNT_PATH})
+        volumes.append({"name": "weights", "persistentVolumeClaim": {"claimName": cache.claim_name}})
+    elif cache.mode == "node-local":
+        mounts.append({"name": "weights", "mountPath": CACHE_MOUNT_PATH})
+        volumes.append({"name": "weights", "hostPath": {"path": cache.node_local_path, "type": "DirectoryOrCreate"}})
+
+    security: dict[str, Any] = {"allowPrivilegeEscalation": False}
+    pod_spec: dict[str, Any] = {}
+    if network.mode in ("hostNetwork", "rdma"):
+        # RDMA needs locked memory for its registered buffers.
+        security = {"capabilities": {"add": ["IPC_LOCK", "SYS_RESOURCE"]}}
+    if network.mode == "hostNetwork":
+        pod_spec.update({"hostNetwork": True, "hostIPC": True, "dnsPolicy": "ClusterFirstWithHostNet"})
+        mounts.append({"name": "infiniband", "mountPath": "/dev/infiniband"})
+        volumes.append({"name": "infiniband", "hostPath": {"path": "/dev/infiniband"}})
+
+    affinity: dict[str, Any] = {
+        # One pod of a gang per node, whatever the GPU count says.
+        "podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
+            "labelSelector": {"matchLabels": {L.LABEL_GANG: gang}}, "topologyKey": "kubernetes.io/hostname"}]},
+    }
+    if spec.scheduling.topology_key:
+        # The whole gang inside one InfiniBand block: DeepEP's all-to-all crosses every pair of nodes.
+        affinity["podAffinity"] = {"requiredDuringSchedulingIgnoredDuringExecution": [{
+            "labelSelector": {"matchLabels": {L.LABEL_GANG: gang}}, "topologyKey": spec.scheduling.topology_key}]}
+
+    tolerations = [_GPU_TAINT_TOLERATION] + [t.model_dump(by_alias=True, exclude_none=True)
+                                             for t in spec.hardware.tolerations or []]
+    pod_spec.update({
+        "hostname": name,
+        "subdomain": gang,
+        # A rank cannot rejoin a running SGLang server: a failed pod fails the gang, which is replaced whole.
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": spec.autoscaling.drain_timeout_seconds + 30,
+        "tolerations": tolerations,
+        "affinity": affinity,
+        "containers": [{
+            "name": "engine",
+            "image": spec.engine.image,
+            "imagePullPolicy": spec.engine.image_pull_policy,
+            "command": WORKER_PROGRAM,
+            "args": ["--role", role],
+            "env": env,
+            "ports": container_ports,
+            "resources": resources,
+            "volumeMounts": mounts,
+            "securityContext": security,
+            # Head: the engine's own /health on node 0 (through the worker). Member: its Ray node is up.
+            "readinessProbe": {"httpGet": {"path": "/readyz", "port": "worker-http"},
+                               "periodSeconds": 5, "failureThreshold": 3, "timeoutSeconds": 3},
+        }],
+        "volumes": volumes,
+    })
+    if spec.hardware.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.hardware.node_selector)
+    if spec.scheduling.priority_class_name:
+        pod_spec["priorityClassName"] = spec.scheduling.priority_class_name
+    if scheduler_name:
+        pod_spec["schedulerName"] = scheduler_name
+    meta = _meta(ctx, name, labels)
+    if annotations:
+        meta["annotations"] = annotations
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec}

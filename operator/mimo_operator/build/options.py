@@ -1,0 +1,45 @@
+"""What the builders need to know about a deployment, in one typed object (no hidden environment reads)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mimo_operator.plan import Plan
+from mimo_operator.spec import DeploymentSpec
+
+__all__ = ["BuildContext", "OperatorIdentity", "WorkerPorts"]
+
+
+@dataclass(frozen=True)
+class WorkerPorts:
+    """Ports inside a gang besides SGLang's own (``plan.port``, ``plan.dist_init_port``)."""
+
+    ray_gcs: int = 6379
+    fabric: int = 29400
+    worker_http: int = 8000
+    router_http: int = 8080
+    router_metrics: int = 29000
+
+
+@dataclass(frozen=True)
+class OperatorIdentity:
+    """How a NetworkPolicy recognises the operator's pods (they call the heads' drain and metrics)."""
+
+    namespace: str = "mimo-system"
+    pod_labels: tuple[tuple[str, str], ...] = (("app.kubernetes.io/name", "mimo-operator"),)
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """A MiMoDeployment as the builders see it: identity, parsed spec and plan."""
+
+    name: str
+    namespace: str
+    uid: str
+    spec: DeploymentSpec
+    plan: Plan
+    ports: WorkerPorts = field(default_factory=WorkerPorts)
+    operator: OperatorIdentity = field(default_factory=OperatorIdentity)
+    # Extra labels and annotations on every engine and router pod (from the spec's pod template).
+    pod_labels: tuple[tuple[str, str], ...] = ()
+    pod_annotations: tuple[tuple[str, str], ...] = ()

@@ -1,0 +1,108 @@
+"""The objects a deployment has once, whatever its replica count: the router in front of the gangs
+(with the RBAC its pod discovery needs) and a PodDisruptionBudget over the engine pods."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mimo_operator import labels as L
+from mimo_operator.build.gang import deployment_labels, owner_reference
+from mimo_operator.build.options import BuildContext
+
+__all__ = ["router_name", "router_url", "shared_objects"]
+
+
+def router_name(ctx: BuildContext) -> str:
+    return f"{ctx.name}-router"
+
+
+def router_url(ctx: BuildContext) -> str:
+    """The serving endpoint a client uses (OpenAI-compatible API behind the router's Service)."""
+    return f"http://{router_name(ctx)}.{ctx.namespace}.svc:80"
+
+
+def _meta(ctx: BuildContext, name: str, component: str) -> dict[str, Any]:
+    return {"name": name, "namespace": ctx.namespace, "labels": deployment_labels(ctx, component),
+            "ownerReferences": [owner_reference(ctx)]}
+
+
+def shared_objects(ctx: BuildContext) -> list[dict[str, Any]]:
+    objects = [_disruption_budget(ctx)]
+    if ctx.spec.router.enabled:
+        objects += _router(ctx)
+    return objects
+
+
+def _disruption_budget(ctx: BuildContext) -> dict[str, Any]:
+    # Pods are counted, gangs are what matters: evicting any pod of a gang ends the gang, so a voluntary
+    # disruption may take at most one gang's worth of pods at a time.
+    return {
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+        "metadata": _meta(ctx, f"{ctx.name}-engine", "engine"),
+        "spec": {
+            "maxUnavailable": ctx.plan.nodes_per_replica,
+            "selector": {"matchLabels": {L.LABEL_DEPLOYMENT: ctx.name, L.LABEL_COMPONENT: "engine"}},
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
+    }
+
+
+def _router(ctx: BuildContext) -> list[dict[str, Any]]:
+    name = router_name(ctx)
+    ports = ctx.ports
+    router = ctx.spec.router
+    labels = {**deployment_labels(ctx, "router"), **dict(ctx.pod_labels)}
+    selector = {L.LABEL_DEPLOYMENT: ctx.name, L.LABEL_COMPONENT: "router"}
+    # The router discovers the heads itself: only head pods that are Ready and still serving (a draining
+    # gang's head loses the serving label first, so it leaves the router before its pods go).
+    discovery = [f"{L.LABEL_DEPLOYMENT}={ctx.name}", f"{L.LABEL_ROLE}={L.ROLE_HEAD}", f"{L.LABEL_SERVING}=true"]
+    args = [
+        "--host", "0.0.0.0", "--port"  # noqa: S104 - in a pod, behind its Service, str(ports.router_http), "--policy", router.policy,
+        "--service-discovery", "--selector", *discovery,
+        "--service-discovery-port", str(ctx.plan.port), "--service-discovery-namespace", ctx.namespace,
+        "--prometheus-host", "0.0.0.0", "--prometheus-port"  # noqa: S104, str(ports.router_metrics),
+        # A Pro gang takes minutes to load; the router must not give up on a discovered head meanwhile.
+        "--worker-startup-timeout-secs", str(int(max(600, ctx.plan.startup.cold_seconds))),
+        "--request-timeout-secs", "3600",
+    ]
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(ctx, name, "router"),
+         "automountServiceAccountToken": True},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": _meta(ctx, name, "router"),
+         "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": _meta(ctx, name, "router"),
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+         "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ctx.namespace}]},
+        {
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(ctx, name, "router"),
+            "spec": {
+                "replicas": router.replicas,
+                "selector": {"matchLabels": selector},
+                "template": {
+                    "metadata": {"labels": labels, "annotations": dict(ctx.pod_annotations) or None},
+                    "spec": {
+                        "serviceAccountName": name,
+                        "enableServiceLinks": False,
+                        "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": {
+                            "type": "RuntimeDefault"}},
+                        "containers": [{
+                            "name": "router",
+                            "image": router.image or ctx.spec.engine.image,
+                            "command": ["python3", "-m", "sglang_router.launch_router"],
+                            "args": args,
+                            "ports": [{"name": "http", "containerPort": ports.router_http},
+                                      {"name": "metrics", "containerPort": ports.router_metrics}],
+                            "readinessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 5},
+                            "securityContext": {"allowPrivilegeEscalation": False,
+                                                "capabilities": {"drop": ["ALL"]}},
+                            "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}},
+                        }],
+                    },
+                },
+            },
+        },
+        {"apiVersion": "v1", "kind": "Service", "metadata": _meta(ctx, name, "router"),
+         "spec": {"selector": selector, "ports": [
+             {"name": "http", "port": 80, "targetPort": "http"},
+             {"name": "metrics", "port": ports.router_metrics, "targetPort": "metrics"}]}},
+    ]

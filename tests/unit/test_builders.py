@@ -1,0 +1,157 @@
+"""The builders turn a deployment and its plan into complete, deterministic Kubernetes objects."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from mimo_operator import labels as L
+from mimo_operator.build import BuildContext, gang_objects, revision_of, shared_objects
+from mimo_operator.planner import plan_deployment
+from mimo_operator.spec import parse_spec
+from mimo_worker.launchplan import parse_plan
+from tests.helpers.specs import DeploymentBuilder, a_deployment
+
+
+def context(builder: DeploymentBuilder, **extra: Any) -> BuildContext:
+    manifest = builder.build()
+    spec = parse_spec(manifest)
+    return BuildContext(name=manifest["metadata"]["name"], namespace="serving", uid="uid-1", spec=spec,
+                        plan=plan_deployment(spec), **extra)
+
+
+def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+PRO_H200 = a_deployment("pro").pro().h200()
+
+
+def test_a_pro_gang_on_h200_is_one_head_and_members_with_8_gpus_each() -> None:
+    ctx = context(PRO_H200)
+    revision = revision_of(ctx)
+    objects = gang_objects(ctx, replica=1, attempt=2, revision=revision)
+    pods = by_kind(objects, "Pod")
+    assert len(pods) == ctx.plan.nodes_per_replica >= 2
+    gang = L.gang_name("pro", 1, revision, 2)
+    assert [p["metadata"]["name"] for p in pods] == [f"{gang}-{r}" for r in range(len(pods))]
+    assert [p["metadata"]["labels"][L.LABEL_ROLE] for p in pods] == ["head"] + ["member"] * (len(pods) - 1)
+    assert pods[0]["metadata"]["labels"][L.LABEL_SERVING] == "true"
+    assert all(L.LABEL_SERVING not in p["metadata"]["labels"] for p in pods[1:])
+    for pod in pods:
+        container = pod["spec"]["containers"][0]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
+        assert pod["spec"]["restartPolicy"] == "Never"
+        assert pod["spec"]["subdomain"] == gang
+        assert pod["spec"]["hostname"] == pod["metadata"]["name"]
+        assert pod["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+        assert pod["spec"]["automountServiceAccountToken"] is False
+    (service,) = by_kind(objects, "Service")
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["publishNotReadyAddresses"] is True
+
+
+def test_the_launch_plan_is_what_the_worker_reads_with_one_rank_per_pod() -> None:
+    ctx = context(PRO_H200)
+    (config,) = by_kind(gang_objects(ctx, 0, 1, "abc"), "ConfigMap")
+    plan = parse_plan(json.loads(config["data"]["plan.json"]))
+    assert plan.gang.nodes == ctx.plan.nodes_per_replica == len(plan.engine.ranks)
+    argv, _ = plan.engine_command(1, head_ip="10.1.2.3", node_ip="10.1.2.4")
+    assert "--node-rank" in argv
+    assert argv[argv.index("--node-rank") + 1] == "1"
+    assert argv[argv.index("--dist-init-addr") + 1] == f"10.1.2.3:{ctx.plan.dist_init_port}"
+    assert plan.gang.head_address == f"{plan.gang.pods[0]}.{plan.gang.name}.serving.svc.cluster.local"
+
+
+def test_the_revision_ignores_replicas_and_router_but_not_the_image() -> None:
+    base = revision_of(context(PRO_H200))
+    assert revision_of(context(PRO_H200.replicas(5))) == base
+    assert revision_of(context(PRO_H200.set("router.policy", "round_robin"))) == base
+    assert revision_of(context(PRO_H200.engine(image="example.invalid/sglang:next"))) != base
+    assert revision_of(context(PRO_H200.set("scheduling.topologyKey", "network.topology.kubernetes.io/block"))) != base
+
+
+def test_the_network_policy_keeps_ray_inside_the_gang_and_lets_the_router_reach_only_the_serving_port() -> None:
+    ctx = context(PRO_H200)
+    (policy,) = by_kind(gang_objects(ctx, 0, 1, "abc"), "NetworkPolicy")
+    gang = policy["spec"]["podSelector"]["matchLabels"][L.LABEL_GANG]
+    peers, router, operator = policy["spec"]["ingress"]
+    assert peers == {"from": [{"podSelector": {"matchLabels": {L.LABEL_GANG: gang}}}]}
+    assert router["ports"] == [{"protocol": "TCP", "port": ctx.plan.port}]
+    assert router["from"][0]["podSelector"]["matchLabels"][L.LABEL_COMPONENT] == "router"
+    assert {p["port"] for p in operator["ports"]} == {ctx.ports.worker_http, ctx.plan.port}
+
+
+def test_a_topology_key_keeps_the_gang_in_one_block_and_its_pods_on_distinct_nodes() -> None:
+    ctx = context(PRO_H200.set("scheduling.topologyKey", "network.topology.kubernetes.io/block"))
+    pod = by_kind(gang_objects(ctx, 0, 1, "abc"), "Pod")[0]
+    affinity = pod["spec"]["affinity"]
+    (term,) = affinity["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "network.topology.kubernetes.io/block"
+    (anti,) = affinity["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert anti["topologyKey"] == "kubernetes.io/hostname"
+
+
+@pytest.mark.parametrize(("mode", "check"), [
+    ("hostNetwork", lambda spec, c: spec["hostNetwork"] and any(v["name"] == "infiniband" for v in spec["volumes"])),
+    ("rdma", lambda spec, c: c["resources"]["limits"].get("rdma/rdma_shared_device_a") == "1"
+     and "IPC_LOCK" in c["securityContext"]["capabilities"]["add"]),
+    ("podNetwork", lambda spec, c: "hostNetwork" not in spec and "capabilities" not in c["securityContext"]),
+])
+def test_each_network_mode_shapes_the_pod(mode: str, check: Any) -> None:
+    ctx = context(PRO_H200.network(mode))
+    pod = by_kind(gang_objects(ctx, 0, 1, "abc"), "Pod")[0]
+    assert check(pod["spec"], pod["spec"]["containers"][0])
+
+
+def test_multus_networks_are_requested_by_annotation() -> None:
+    ctx = context(PRO_H200.network("rdma", rdma={"networks": ["ib-0", "ib-1"]}))
+    pod = by_kind(gang_objects(ctx, 0, 1, "abc"), "Pod")[0]
+    assert pod["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"] == "ib-0,ib-1"
+
+
+@pytest.mark.parametrize(("scheduler", "kinds", "label"), [
+    ("scheduler-plugins", ["PodGroup"], "scheduling.x-k8s.io/pod-group"),
+    ("volcano", ["PodGroup"], None),
+    ("kueue", [], "kueue.x-k8s.io/pod-group-name"),
+    ("none", [], None),
+])
+def test_gang_schedulers_get_their_pod_group(scheduler: str, kinds: list[str], label: str | None) -> None:
+    ctx = context(PRO_H200.set("scheduling.gangScheduler", scheduler).set("scheduling.queueName", "gpu"))
+    objects = gang_objects(ctx, 0, 1, "abc")
+    groups = by_kind(objects, "PodGroup")
+    assert [g["kind"] for g in groups] == kinds
+    if groups:
+        assert groups[0]["spec"]["minMember"] == ctx.plan.nodes_per_replica
+    pod = by_kind(objects, "Pod")[0]
+    if label:
+        assert pod["metadata"]["labels"][label] == L.gang_name("pro", 0, "abc", 1)
+
+
+def test_the_token_goes_by_secret_reference_only() -> None:
+    ctx = context(PRO_H200.set("model.tokenSecretRef", {"name": "hf", "key": "token"}))
+    objects = gang_objects(ctx, 0, 1, "abc")
+    pod = by_kind(objects, "Pod")[0]
+    (token,) = [e for e in pod["spec"]["containers"][0]["env"] if e["name"] == "HF_TOKEN"]
+    assert token == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}
+    assert "HF_TOKEN" not in by_kind(objects, "ConfigMap")[0]["data"]["plan.json"]
+
+
+def test_the_router_discovers_only_serving_heads_of_its_deployment() -> None:
+    ctx = context(PRO_H200)
+    objects = shared_objects(ctx)
+    (router,) = by_kind(objects, "Deployment")
+    args = router["spec"]["template"]["spec"]["containers"][0]["args"]
+    selectors = args[args.index("--selector") + 1: args.index("--service-discovery-port")]
+    assert selectors == [f"{L.LABEL_DEPLOYMENT}=pro", f"{L.LABEL_ROLE}=head", f"{L.LABEL_SERVING}=true"]
+    (role,) = by_kind(objects, "Role")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+    (pdb,) = by_kind(objects, "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == ctx.plan.nodes_per_replica
+    assert by_kind(shared_objects(context(PRO_H200.set("router.enabled", False))), "Deployment") == []
+
+
+def test_builders_are_deterministic() -> None:
+    assert gang_objects(context(PRO_H200), 0, 1, "abc") == gang_objects(context(PRO_H200), 0, 1, "abc")
