@@ -15,24 +15,34 @@ from mimo_operator.gangs import GangHealth, ObservedGang, ObservedPod
 from mimo_operator.labels import gang_name
 from mimo_operator.steps import CreateGang, DeleteGang, Desired, ReplicaRecord, StartDrain, next_steps
 
-START_UP = 30.0   # seconds from creation to Ready
-DRAIN = 20.0      # seconds for in-flight requests to finish
+START_UP = 30.0  # seconds from creation to Ready
+DRAIN = 20.0  # seconds for in-flight requests to finish
 TICK = 5.0
 
 
-def pods(name: str, size: int, t: float, *, node: bool = True, ready: bool = False,
-         unschedulable: str | None = None) -> tuple[ObservedPod, ...]:
+def pods(
+    name: str, size: int, t: float, *, node: bool = True, ready: bool = False, unschedulable: str | None = None
+) -> tuple[ObservedPod, ...]:
     return tuple(
-        ObservedPod(name=f"{name}-{r}", uid=f"{name}-{r}", rank=r, phase="Running" if node else "Pending",
-                    ready=ready, deleting=False, node=f"node-{name}-{r}" if node else None, created=t,
-                    unschedulable=None if node else unschedulable)
-        for r in range(size))
+        ObservedPod(
+            name=f"{name}-{r}",
+            uid=f"{name}-{r}",
+            rank=r,
+            phase="Running" if node else "Pending",
+            ready=ready,
+            deleting=False,
+            node=f"node-{name}-{r}" if node else None,
+            created=t,
+            unschedulable=None if node else unschedulable,
+        )
+        for r in range(size)
+    )
 
 
 @dataclass
 class World:
     desired: Desired
-    capacity: int = 100                      # gangs that fit; more stay unschedulable
+    capacity: int = 100  # gangs that fit; more stay unschedulable
     now: float = 0.0
     gangs: dict[str, ObservedGang] = field(default_factory=dict)
     born: dict[str, float] = field(default_factory=dict)
@@ -44,13 +54,17 @@ class World:
     def seed(self, replicas: int, revision: str) -> None:
         for r in range(replicas):
             name = gang_name("d", r, revision, 1)
-            self.gangs[name] = ObservedGang(name, r, revision, 1, self.desired.size,
-                                            pods(name, self.desired.size, -1000, ready=True))
+            self.gangs[name] = ObservedGang(
+                name, r, revision, 1, self.desired.size, pods(name, self.desired.size, -1000, ready=True)
+            )
             self.records[r] = ReplicaRecord(attempt=1)
 
     def ready(self) -> int:
-        return sum(1 for g in self.gangs.values()
-                   if g.drain_started is None and all(p.ready for p in g.pods) and g.replica < self.desired.replicas)
+        return sum(
+            1
+            for g in self.gangs.values()
+            if g.drain_started is None and all(p.ready for p in g.pods) and g.replica < self.desired.replicas
+        )
 
     def advance(self) -> None:
         placed = 0
@@ -58,23 +72,38 @@ class World:
             fits = placed < self.capacity
             placed += 1
             if not fits:
-                self.gangs[name] = replace(g, pods=pods(name, g.size, self.born[name], node=False,
-                                                        unschedulable="0/8 nodes are available: Insufficient nvidia.com/gpu"))
+                self.gangs[name] = replace(
+                    g,
+                    pods=pods(
+                        name,
+                        g.size,
+                        self.born[name],
+                        node=False,
+                        unschedulable="0/8 nodes are available: Insufficient nvidia.com/gpu",
+                    ),
+                )
                 continue
             if name in self.born and self.now - self.born[name] >= START_UP and not g.pods[0].ready:
                 self.gangs[name] = replace(g, pods=pods(name, g.size, self.born[name], ready=True))
 
     def step(self) -> list[str]:
-        drained = frozenset(n for n, g in self.gangs.items()
-                            if g.drain_started is not None and self.now - g.drain_started >= DRAIN)
+        drained = frozenset(
+            n for n, g in self.gangs.items() if g.drain_started is not None and self.now - g.drain_started >= DRAIN
+        )
         out = next_steps(self.desired, list(self.gangs.values()), self.records, self.now, drained)
         self.records = out.records
         done = []
         for s in out.steps:
             if isinstance(s, CreateGang):
                 name = gang_name("d", s.replica, self.desired.revision, s.attempt)
-                self.gangs[name] = ObservedGang(name, s.replica, self.desired.revision, s.attempt, self.desired.size,
-                                                pods(name, self.desired.size, self.now))
+                self.gangs[name] = ObservedGang(
+                    name,
+                    s.replica,
+                    self.desired.revision,
+                    s.attempt,
+                    self.desired.size,
+                    pods(name, self.desired.size, self.now),
+                )
                 self.born[name] = self.now
                 self.created.append(name)
                 done.append(f"create r{s.replica}")
@@ -102,8 +131,17 @@ def test_a_rollout_surges_one_gang_at_a_time_and_never_drops_below_the_ready_cou
     assert len(world.gangs) == 3
     assert min(world.ready_history) >= 3, world.log
     # one at a time: each surge gang comes only after the previous old gang started draining
-    assert world.log == ["t=0 create r0", "t=30 drain r0", "t=35 create r1", "t=50 delete r0", "t=65 drain r1",
-                         "t=70 create r2", "t=85 delete r1", "t=100 drain r2", "t=120 delete r2"]
+    assert world.log == [
+        "t=0 create r0",
+        "t=30 drain r0",
+        "t=35 create r1",
+        "t=50 delete r0",
+        "t=65 drain r1",
+        "t=70 create r2",
+        "t=85 delete r1",
+        "t=100 drain r2",
+        "t=120 delete r2",
+    ]
 
 
 def test_a_rollout_without_surge_replaces_in_place_within_max_unavailable() -> None:
@@ -112,8 +150,17 @@ def test_a_rollout_without_surge_replaces_in_place_within_max_unavailable() -> N
     world.run()
     assert {g.revision for g in world.gangs.values()} == {"new"}
     assert min(world.ready_history) == 2, "one gang at a time is out of service"
-    assert world.log == ["t=0 drain r0", "t=20 delete r0", "t=25 create r0", "t=55 drain r1", "t=75 delete r1",
-                         "t=80 create r1", "t=110 drain r2", "t=130 delete r2", "t=135 create r2"]
+    assert world.log == [
+        "t=0 drain r0",
+        "t=20 delete r0",
+        "t=25 create r0",
+        "t=55 drain r1",
+        "t=75 delete r1",
+        "t=80 create r1",
+        "t=110 drain r2",
+        "t=130 delete r2",
+        "t=135 create r2",
+    ]
 
 
 def test_a_rollout_that_may_neither_surge_nor_drop_a_gang_waits_and_says_why() -> None:
@@ -126,14 +173,24 @@ def test_a_rollout_that_may_neither_surge_nor_drop_a_gang_waits_and_says_why() -
 
 
 def test_a_surge_gang_that_cannot_be_scheduled_gives_way_to_an_in_place_replacement() -> None:
-    world = World(Desired(replicas=2, revision="new", size=2, max_surge=1, max_unavailable=1,
-                          surge_unschedulable_deadline=60), capacity=2)
+    world = World(
+        Desired(replicas=2, revision="new", size=2, max_surge=1, max_unavailable=1, surge_unschedulable_deadline=60),
+        capacity=2,
+    )
     world.seed(2, "old")
     world.born.update({n: -1000.0 for n in world.gangs})
     world.run()
     assert {g.revision for g in world.gangs.values()} == {"new"}, world.log
-    assert world.log == ["t=0 create r0", "t=65 delete r0", "t=65 drain r0", "t=85 delete r0", "t=90 create r0",
-                         "t=120 drain r1", "t=140 delete r1", "t=145 create r1"]
+    assert world.log == [
+        "t=0 create r0",
+        "t=65 delete r0",
+        "t=65 drain r0",
+        "t=85 delete r0",
+        "t=90 create r0",
+        "t=120 drain r1",
+        "t=140 delete r1",
+        "t=145 create r1",
+    ]
     assert min(world.ready_history) >= 1
 
 
@@ -193,12 +250,16 @@ def test_an_unschedulable_gang_is_pending_with_the_schedulers_reason_then_fails_
     assert isinstance(late.steps[0], DeleteGang)
 
 
-@pytest.mark.parametrize(("start", "target", "expected"), [
-    (1, 3, ["create r1", "create r2"]),
-    (3, 1, ["drain r2", "drain r1"]),
-])
-def test_scaling_adds_missing_replicas_and_drains_the_highest_first(start: int, target: int,
-                                                                   expected: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("start", "target", "expected"),
+    [
+        (1, 3, ["create r1", "create r2"]),
+        (3, 1, ["drain r2", "drain r1"]),
+    ],
+)
+def test_scaling_adds_missing_replicas_and_drains_the_highest_first(
+    start: int, target: int, expected: list[str]
+) -> None:
     world = World(Desired(replicas=target, revision="r", size=2))
     world.seed(start, "r")
     assert world.step() == expected
