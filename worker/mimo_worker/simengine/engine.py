@@ -52,10 +52,13 @@ forward pass:
    output so far is kept (already streamed to the client) and is prefilled again with the prompt when it
    is readmitted. Every retraction counts (``sglang:num_retracted_reqs``).
 5. **Step time** comes from the planned replica's performance model (``mimo_operator.perf``): a prefill
-   step takes ``prefill_seconds(new tokens, cached context)`` for all its chunks together (one forward
-   pass), a decode step ``decode_step_seconds(batch size, KV tokens of the batch)``. Those formulas (a
-   roofline over the plan's GPUs: HBM bandwidth for weights and KV reads, FP8 compute for prefill,
-   all-to-all over the interconnect; constants from ``mimo-facts.md``) live beside the planner, not here.
+   step takes ``prefill_seconds`` of all its chunks' new tokens together (one forward pass) plus, for a
+   chunk that continues a long prompt, the extra its attention over the cached context costs
+   (:func:`prefill_pass_seconds`); a decode step ``decode_step_seconds(batch size, KV tokens of the
+   batch)``, which with MTP is the time per *output token* (the model divides its forward step by the
+   accept length), so one decode step here emits one token per sequence. Those formulas (a roofline
+   over the plan's GPUs: HBM bandwidth for weights and KV reads, FP8 compute for prefill, all-to-all
+   over the interconnect; constants from ``mimo-facts.md``) live beside the planner, not here.
 6. **Tokens.** Prefill produces a request's first output token when its last chunk completes (TTFT);
    each decode step produces one more. A request finishes after exactly ``max_new_tokens`` output
    tokens: the simulated model never stops early (as with ``ignore_eos``), so a trace's
@@ -298,6 +301,18 @@ class Chunk:
     request: Request
     tokens: int
     cached_before: int  # tokens of this request already in the cache when the chunk runs
+
+
+def prefill_pass_seconds(timer: StepTimer, chunks: Sequence[Chunk]) -> float:
+    """One forward pass over several requests' prompt chunks: the new tokens of all of them go through
+    the model together (one pass, one fixed cost), and each attends to its own cached context."""
+    together = timer.prefill_seconds(sum(c.tokens for c in chunks), 0)
+    context = sum(
+        max(timer.prefill_seconds(c.tokens, c.cached_before) - timer.prefill_seconds(c.tokens, 0), 0.0)
+        for c in chunks
+        if c.cached_before
+    )
+    return together + context
 
 
 @dataclass(frozen=True)
@@ -630,7 +645,7 @@ class Engine:
             full = self._page_round(chunk.cached_before + chunk.tokens)
             self._set_full_held(chunk.request, max(full, chunk.request.full_held))
             self._set_swa_held(chunk.request, chunk.request.swa_held + chunk.tokens)
-        duration = self.timer.prefill_seconds(sum(c.tokens for c in chunks), sum(c.cached_before for c in chunks))
+        duration = prefill_pass_seconds(self.timer, chunks)
         return Batch(
             BatchKind.PREFILL,
             now,
@@ -885,21 +900,14 @@ class ReplicaEngine:
         parts = tuple(g.next_batch(now) for g in self.groups)
         if all(p is None for p in parts):
             return None
-        prefill_tokens = cached = decode_batch = kv = 0
-        for part in parts:
-            if part is None:
-                continue
-            for chunk in part.chunks:
-                prefill_tokens += chunk.tokens
-                cached += chunk.cached_before
-            decode_batch += len(part.requests)
-            kv += sum(r.computed for r in part.requests)
+        chunks = [c for p in parts if p is not None for c in p.chunks]
+        decoding = [r for p in parts if p is not None for r in p.requests]
         if len(self.groups) == 1:
             duration = next(p for p in parts if p is not None).duration
         else:
             duration = max(
-                self.timer.prefill_seconds(prefill_tokens, cached) if prefill_tokens else 0.0,
-                self.timer.decode_step_seconds(decode_batch, kv) if decode_batch else 0.0,
+                prefill_pass_seconds(self.timer, chunks) if chunks else 0.0,
+                self.timer.decode_step_seconds(len(decoding), sum(r.computed for r in decoding)) if decoding else 0.0,
                 MIN_STEP_SECONDS,
             )
         self._in_flight = ReplicaBatch(now, duration, parts)
