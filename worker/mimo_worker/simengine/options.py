@@ -16,7 +16,11 @@ Simulated-engine options:
     How long the simulated weight loading takes (simulated seconds; ``/health`` answers 503 meanwhile).
 ``--mimo-speedup X``
     Time compression: the engine runs X simulated seconds per wall-clock second. Latencies in
-    ``/metrics`` stay in simulated seconds; clients see them divided by X.
+    ``/metrics`` stay in simulated seconds; clients see them divided by X. Default: the manifest's
+    ``spec.engine.simulation.speedup``, else 1.
+``--mimo-gpu-type NAME``
+    Without a manifest the replica is planned from the argv, and the argv has no GPU type: this is it
+    (default H200-141GB).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ __all__ = ["OptionsError", "SimOptions", "build_parser", "parse_options", "resol
 log = logging.getLogger(__name__)
 
 DEFAULT_STARTUP_SECONDS = 1.0
+DEFAULT_GPU_TYPE = "H200-141GB"
 
 
 class OptionsError(ValueError):
@@ -51,6 +56,8 @@ class SimOptions:
     port: int = 30000
     tp_size: int = 1
     dp_size: int = 1
+    attn_dp_size: int | None = None
+    enable_dp_attention: bool = False
     ep_size: int = 1
     pp_size: int = 1
     nnodes: int = 1
@@ -68,7 +75,16 @@ class SimOptions:
     mimo_manifest: Path | None = None
     mimo_startup_seconds: float = DEFAULT_STARTUP_SECONDS
     mimo_speedup: float = 1.0
+    mimo_gpu_type: str = DEFAULT_GPU_TYPE
     ignored: tuple[str, ...] = field(default=())
+
+    @property
+    def attention_dp(self) -> int:
+        """Attention-DP groups: ``--attn-dp-size`` (SGLang 0.5.23), else ``--dp-size`` with the older
+        ``--enable-dp-attention``, else 1."""
+        if self.attn_dp_size is not None:
+            return self.attn_dp_size
+        return self.dp_size if self.enable_dp_attention else 1
 
     @property
     def model_name(self) -> str:
@@ -84,6 +100,8 @@ class SimOptions:
             "port": self.port,
             "tp_size": self.tp_size,
             "dp_size": self.dp_size,
+            "attn_dp_size": self.attention_dp,
+            "enable_dp_attention": self.attention_dp > 1,
             "ep_size": self.ep_size,
             "pp_size": self.pp_size,
             "nnodes": self.nnodes,
@@ -122,6 +140,8 @@ def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
     sg.add_argument("--port", type=int, default=d(base.port))
     sg.add_argument("--tp-size", "--tensor-parallel-size", "--tp", dest="tp_size", type=int, default=d(1))
     sg.add_argument("--dp-size", "--data-parallel-size", "--dp", dest="dp_size", type=int, default=d(1))
+    sg.add_argument("--attn-dp-size", type=int, default=d(None))
+    sg.add_argument("--enable-dp-attention", action="store_true", default=d(False))
     sg.add_argument("--ep-size", "--expert-parallel-size", "--ep", dest="ep_size", type=int, default=d(1))
     sg.add_argument("--pp-size", "--pipeline-parallel-size", dest="pp_size", type=int, default=d(1))
     sg.add_argument("--nnodes", type=int, default=d(1))
@@ -150,26 +170,34 @@ def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
         default=d(1.0),
         help="simulated seconds per wall-clock second (time compression for tests and rehearsals)",
     )
+    sim.add_argument(
+        "--mimo-gpu-type",
+        default=d(DEFAULT_GPU_TYPE),
+        help="the GPU type to plan for when there is no --mimo-manifest (SGLang's argv does not say)",
+    )
     return parser
 
 
 _FIELDS = {f for f in SimOptions.__dataclass_fields__ if f != "ignored"}
 
 
-def parse_options(argv: Sequence[str], plan_argv: Sequence[str] = ()) -> SimOptions:
+def parse_options(argv: Sequence[str], plan_argv: Sequence[str] = (), *, check: bool = True) -> SimOptions:
     """Parse a command line over a base argv (the plan's ``sglang.launch_server`` argv, if any).
 
-    Flags given in ``argv`` win over ``plan_argv``; flags in neither take SGLang's defaults.
+    Flags given in ``argv`` win over ``plan_argv``; flags in neither take SGLang's defaults. ``check``
+    refuses impossible combinations (OptionsError); a first look for ``--mimo-manifest`` skips it,
+    since the plan's argv may complete the command line.
     """
     given, unknown = build_parser(suppress_defaults=True).parse_known_args(list(argv))
     base, base_unknown = build_parser().parse_known_args(list(plan_argv))
     values = {k: v for k, v in vars(base).items() if k in _FIELDS}
     values.update({k: v for k, v in vars(given).items() if k in _FIELDS})
     ignored = tuple(base_unknown) + tuple(unknown)
-    if ignored:
+    if ignored and check:
         log.debug("ignoring SGLang arguments the simulation does not model: %s", " ".join(ignored))
     options = SimOptions(**values, ignored=ignored)
-    _check(options)
+    if check:
+        _check(options)
     return options
 
 
@@ -182,6 +210,8 @@ def _check(options: SimOptions) -> None:
         raise OptionsError(f"--node-rank {options.node_rank} is outside 0..{options.nnodes - 1} (--nnodes)")
     if not 0 <= options.port < 65536:
         raise OptionsError(f"--port {options.port} is not a TCP port")
+    if options.attention_dp < 1 or options.tp_size % options.attention_dp:
+        raise OptionsError(f"attention DP size {options.attention_dp} must divide --tp-size {options.tp_size}")
     for name in ("context_length", "max_running_requests", "page_size", "max_total_tokens"):
         value = getattr(options, name)
         if value is not None and value <= 0:

@@ -1,0 +1,137 @@
+"""Which replica the simulated engine simulates: a MiMoDeployment planned by the operator's planner.
+
+manifest → ``parse_spec`` → ``plan_deployment`` → ``performance_of``: the same path ``mimoctl plan``
+takes, so the simulated replica has exactly the KV capacity, limits and argv of the planned one.
+
+Without a manifest (the worker swapped the program and kept the plan's argv), the replica is planned
+from the argv itself: the variant from ``--model-path`` (its last path component, e.g.
+``XiaomiMiMo/MiMo-V2.5-Pro``), ``--nnodes``, ``--context-length``, ``--page-size``,
+``--max-running-requests``, ``--chunked-prefill-size``, ``--mem-fraction-static`` and
+``--swa-full-tokens-ratio``; the GPU type, which SGLang's argv does not carry, from ``--mimo-gpu-type``
+(default H200-141GB).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mimo_operator.catalog import CHECKPOINTS
+from mimo_operator.perf import ReplicaPerformance, performance_of
+from mimo_operator.plan import Plan
+from mimo_operator.planner import plan_deployment
+from mimo_operator.spec import DeploymentSpec, parse_spec
+from mimo_worker.simengine.engine import EngineLimits
+from mimo_worker.simengine.options import OptionsError, SimOptions
+
+__all__ = ["PlannedReplica", "load_manifest", "planned_replica", "replica_from_argv"]
+
+# --dist-init-addr's head address in the argv the simulated engine derives from a plan: node rank 0 of a
+# simulated gang is this process, and it never opens the port.
+LOCAL_HEAD_ADDRESS = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class PlannedReplica:
+    """One planned replica: the plan, its performance model and the scheduler limits they imply."""
+
+    spec: DeploymentSpec
+    plan: Plan
+    performance: ReplicaPerformance
+
+    @property
+    def limits(self) -> EngineLimits:
+        return EngineLimits.of(self.performance)
+
+    @property
+    def attention_dp(self) -> int:
+        return self.plan.attention_data_parallel
+
+    @property
+    def speedup(self) -> float:
+        return self.spec.engine.simulation.speedup
+
+    def server_args(self, rank: int = 0) -> list[str]:
+        """The plan's ``sglang.launch_server`` arguments of one node rank."""
+        return self.plan.server_args(rank, LOCAL_HEAD_ADDRESS)
+
+    def summary_line(self) -> str:
+        plan = self.plan
+        return (
+            f"{plan.variant} on {plan.nodes_per_replica}×{plan.gpus_per_node} {plan.gpu.name}: "
+            f"TP {plan.tensor_parallel}, "
+            f"{plan.attention_data_parallel} attention-DP group(s), KV {plan.kv.tokens:,} tokens, "
+            f"max {plan.max_running_requests} running, MTP {'on' if plan.mtp else 'off'}"
+        )
+
+    def server_info(self) -> dict[str, Any]:
+        """What ``/server_info`` adds under ``simulated``: where the numbers come from."""
+        plan = self.plan
+        return {
+            "variant": plan.variant,
+            "gpu_type": plan.gpu.name,
+            "nodes_per_replica": plan.nodes_per_replica,
+            "gpus_per_replica": plan.gpus_per_replica,
+            "mtp": plan.mtp,
+            "planned_startup_seconds": round(plan.startup.expected_seconds, 1),
+        }
+
+
+def load_manifest(path: str | Path) -> Mapping[str, Any]:
+    """The one MiMoDeployment in a YAML or JSON file (other kinds in the file are skipped)."""
+    path = Path(path)
+    try:
+        documents = [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d is not None]
+    except yaml.YAMLError as error:
+        raise OptionsError(f"{path}: not YAML: {error}") from None
+    except OSError as error:
+        raise OptionsError(f"{path}: {error.strerror or error}") from None
+    found = [d for d in documents if isinstance(d, Mapping) and d.get("kind", "MiMoDeployment") == "MiMoDeployment"]
+    if len(found) != 1:
+        raise OptionsError(f"{path}: expected one MiMoDeployment, found {len(found)}")
+    return found[0]
+
+
+def planned_replica(manifest: Mapping[str, Any] | str | Path) -> PlannedReplica:
+    """Plan a manifest (a mapping, or a file). Raises SpecError/PlanRefused, or OptionsError for a file
+    that cannot be read."""
+    document = manifest if isinstance(manifest, Mapping) else load_manifest(manifest)
+    spec = parse_spec(document)
+    plan = plan_deployment(spec)
+    return PlannedReplica(spec, plan, performance_of(plan))
+
+
+def replica_from_argv(options: SimOptions) -> PlannedReplica:
+    """Plan the replica an ``sglang.launch_server`` argv describes (see the module docstring)."""
+    if not options.model_path:
+        raise OptionsError("without --mimo-manifest, --model-path must name a MiMo-V2.5 checkpoint")
+    variant = options.model_path.rstrip("/").rsplit("/", 1)[-1]
+    if variant not in CHECKPOINTS:
+        raise OptionsError(
+            f"--model-path {options.model_path}: not a checkpoint the planner knows ({', '.join(CHECKPOINTS)}); "
+            "name one, or pass --mimo-manifest"
+        )
+    engine: dict[str, Any] = {}
+    for flag, key in (
+        ("max_running_requests", "maxRunningRequests"),
+        ("chunked_prefill_size", "chunkedPrefillSize"),
+        ("page_size", "pageSize"),
+        ("mem_fraction_static", "memFractionStatic"),
+        ("swa_full_tokens_ratio", "swaFullTokensRatio"),
+    ):
+        value = getattr(options, flag)
+        if value is not None and not (flag == "chunked_prefill_size" and value <= 0):
+            engine[key] = value
+    spec: dict[str, Any] = {
+        "model": {"variant": variant},
+        "hardware": {"gpuType": options.mimo_gpu_type},
+        "parallelism": {"nodesPerReplica": options.nnodes},
+        "engine": engine,
+    }
+    if options.context_length is not None:
+        spec["model"]["contextLength"] = options.context_length
+    return planned_replica({"spec": spec})
