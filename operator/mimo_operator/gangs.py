@@ -39,6 +39,7 @@ class ObservedPod:
     created: float                       # epoch seconds
     unschedulable: str | None = None     # the scheduler's message while it cannot place the pod
     terminated: str | None = None        # "exit code 137 (OOMKilled)" once a container ended
+    ip: str | None = None
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,7 @@ def gangs_from_pods(pods: Iterable[Mapping[str, Any]], sizes: Mapping[str, int] 
                 name=meta["name"], uid=meta.get("uid", ""), rank=rank, phase=status.get("phase", "Pending"),
                 ready=_ready(pod), deleting=bool(meta.get("deletionTimestamp")),
                 node=(pod.get("spec") or {}).get("nodeName"), created=_epoch(meta.get("creationTimestamp")),
-                unschedulable=_unschedulable(pod), terminated=_terminated(pod),
+                unschedulable=_unschedulable(pod), terminated=_terminated(pod), ip=status.get("podIP"),
             ))
         annotations = head_meta.get("annotations") or {}
         drain = annotations.get(L.ANNOTATION_DRAIN_STARTED)

@@ -1,0 +1,77 @@
+"""``python -m mimo_operator`` / ``mimo-operator``: run the operator."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import kopf
+import prometheus_client
+
+from mimo_operator.build import OperatorIdentity
+from mimo_operator.handlers import OperatorConfig, register
+from mimo_operator.reconciler import ReconcilerOptions
+
+__all__ = ["main"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    env = os.environ.get
+    p = argparse.ArgumentParser(prog="mimo-operator", description="Serve MiMo-V2.5 models on Kubernetes.")
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", action="append", default=[],
+                       help="watch only this namespace (repeatable); default: all namespaces")
+    scope.add_argument("-A", "--all-namespaces", action="store_true")
+    p.add_argument("--metrics-address", default=env("MIMO_METRICS_ADDRESS", "0.0.0.0:9090"),
+                   help="host:port of the Prometheus metrics endpoint (default: %(default)s)")
+    p.add_argument("--health-address", default=env("MIMO_HEALTH_ADDRESS", "0.0.0.0:8081"),
+                   help="host:port of the liveness/readiness endpoint /healthz (default: %(default)s)")
+    p.add_argument("--leader-election", action="store_true", default=env("MIMO_LEADER_ELECTION") == "true",
+                   help="hold a Lease before acting, so several replicas never act at once")
+    p.add_argument("--lease-namespace", default=env("POD_NAMESPACE", "default"))
+    p.add_argument("--operator-namespace", default=env("POD_NAMESPACE", "mimo-system"),
+                   help="where the operator's pods run (the gangs' NetworkPolicies admit them)")
+    p.add_argument("--restart-budget", type=int, default=5, help="recreations of a failing replica before it is Failed")
+    p.add_argument("--backoff-seconds", type=float, default=10.0, help="first back-off before recreating a gang")
+    p.add_argument("--unschedulable-seconds", type=float, default=300.0,
+                   help="how long a gang may stay unschedulable before it is replaced")
+    p.add_argument("--resync-seconds", type=float, default=30.0)
+    p.add_argument("--verbose", action="store_true")
+    return p.parse_args(argv)
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host or "0.0.0.0", int(port)  # noqa: S104
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format='{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":%(message)r}')
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    host, port = _split(args.metrics_address)
+    prometheus_client.start_http_server(port, addr=host)
+    config = OperatorConfig(
+        reconciler=ReconcilerOptions(
+            operator=OperatorIdentity(namespace=args.operator_namespace),
+            restart_budget=args.restart_budget, backoff_base=args.backoff_seconds,
+            unschedulable_deadline=args.unschedulable_seconds),
+        leader_election=args.leader_election, lease_namespace=args.lease_namespace,
+        resync_seconds=args.resync_seconds,
+    )
+    register(config)
+    health_host, health_port = _split(args.health_address)
+    kopf.run(
+        standalone=True,  # leader election is ours (a Lease), not Kopf's peering
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        liveness_endpoint=f"http://{health_host}:{health_port}/healthz",
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

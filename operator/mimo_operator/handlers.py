@@ -1,0 +1,182 @@
+"""The Kopf handlers — thin: they route watch events to one reconcile loop per MiMoDeployment.
+
+Why loops and not Kopf daemons: a daemon makes Kopf put a finalizer on every MiMoDeployment, so a
+deployment could not be deleted while the operator is down; owner references already clean up every
+child. Each loop reconciles its deployment on every relevant event (the deployment itself, or any of
+its pods) and at least every ``requeue_after`` seconds, and only while this replica leads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import kopf
+
+from mimo_operator import labels as L
+from mimo_operator import metrics
+from mimo_operator.heads import Heads
+from mimo_operator.kube import ApiError, Kube, KubeConfig
+from mimo_operator.leader import LeaderElection
+from mimo_operator.reconciler import Memory, Reconciler, ReconcilerOptions
+
+__all__ = ["Loops", "OperatorConfig"]
+
+log = logging.getLogger("mimo.operator")
+
+_SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    reconciler: ReconcilerOptions = field(default_factory=ReconcilerOptions)
+    leader_election: bool = False
+    lease_namespace: str = "default"
+    lease_name: str = "mimo-operator"
+    identity: str = field(default_factory=lambda: os.environ.get("POD_NAME") or f"mimo-operator-{os.getpid()}")
+    resync_seconds: float = 30.0
+
+
+@dataclass
+class _Loop:
+    body: Mapping[str, Any]
+    poke: asyncio.Event = field(default_factory=asyncio.Event)
+    memory: Memory = field(default_factory=Memory)
+    task: asyncio.Task[None] | None = None
+
+
+class Loops:
+    """One reconcile loop per deployment, poked by watch events."""
+
+    def __init__(self, reconciler: Reconciler, leader: LeaderElection | None, resync: float) -> None:
+        self.reconciler = reconciler
+        self.leader = leader
+        self.resync = resync
+        self.loops: dict[tuple[str, str], _Loop] = {}
+
+    def seen(self, body: Mapping[str, Any], deleted: bool) -> None:
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        if deleted:
+            loop = self.loops.pop(key, None)
+            if loop and loop.task:
+                loop.task.cancel()
+            return
+        loop = self.loops.get(key)
+        if loop is None:
+            loop = self.loops[key] = _Loop(body=body)
+            loop.task = asyncio.create_task(self._run(key, loop), name=f"reconcile {key[0]}/{key[1]}")
+        loop.body = body
+        loop.poke.set()
+
+    def poke(self, namespace: str, name: str) -> None:
+        loop = self.loops.get((namespace, name))
+        if loop is not None:
+            loop.poke.set()
+
+    async def stop(self) -> None:
+        tasks = [loop.task for loop in self.loops.values() if loop.task]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _run(self, key: tuple[str, str], loop: _Loop) -> None:
+        namespace, name = key
+        failures = 0
+        while True:
+            if self.leader is not None and not self.leader.is_leader():
+                await self.leader.leading.wait()
+            loop.poke.clear()
+            delay = self.resync
+            try:
+                result = await self.reconciler.reconcile(loop.body, loop.memory)
+                metrics.RECONCILES.labels(namespace, name).inc()
+                for state in ("Pending", "Starting", "Ready", "Draining", "Failed", "Terminating"):
+                    metrics.GANGS.labels(namespace, name, state).set(result.gangs_by_state.get(state, 0))
+                for event in result.events:
+                    kopf.event(loop.body, type=event.type, reason=event.reason,  # type: ignore[arg-type]
+                               message=event.message)
+                delay = min(self.resync, result.requeue_after)
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except (TimeoutError, ApiError, aiohttp.ClientError, OSError) as e:
+                # Temporary: the API or the network; retry with back-off, never crash the other loops.
+                failures += 1
+                metrics.RECONCILE_ERRORS.labels(namespace, name).inc()
+                delay = min(60.0, 2.0 ** failures)
+                log.warning("%s/%s: reconcile failed (retry in %.0f s): %s", namespace, name, delay, e)
+            except Exception:
+                failures += 1
+                metrics.RECONCILE_ERRORS.labels(namespace, name).inc()
+                delay = min(300.0, 5.0 * 2 ** failures)
+                log.exception("%s/%s: reconcile error (retry in %.0f s)", namespace, name, delay)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(loop.poke.wait(), timeout=delay)
+
+
+def in_cluster_connection() -> kopf.ConnectionInfo | None:
+    """A service-account login that honours KUBERNETES_SERVICE_HOST/PORT, as client-go does."""
+    token_path = os.path.join(_SA_DIR, "token")
+    host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
+    if not (host and port and os.path.exists(token_path)):
+        return None
+    with open(token_path, encoding="utf-8") as f:
+        token = f.read().strip()
+    ca = os.path.join(_SA_DIR, "ca.crt")
+    server = f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+    return kopf.ConnectionInfo(server=server, token=token, ca_path=ca if os.path.exists(ca) else None,
+                               scheme="Bearer")
+
+
+def register(config: OperatorConfig) -> None:
+    """Register the handlers on Kopf's default registry (called by ``mimo_operator.__main__``)."""
+
+    @kopf.on.login()
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return in_cluster_connection() or kopf.login_with_kubeconfig(**kwargs)
+
+    @kopf.on.startup()
+    async def startup(*, settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any,
+                      **_: Any) -> None:
+        settings.posting.level = logging.WARNING  # Kopf's own log lines are not events; ours are posted explicitly
+        settings.watching.server_timeout = 300
+        settings.watching.client_timeout = 330
+        info = in_cluster_connection() or kopf.login_with_kubeconfig(settings=settings, logger=logger)
+        if info is None:
+            raise kopf.PermanentError("no Kubernetes credentials: neither a service account nor a kubeconfig")
+        memo.kube = Kube(KubeConfig.from_kopf(info))
+        memo.http = aiohttp.ClientSession()
+        leader = None
+        if config.leader_election:
+            leader = LeaderElection(memo.kube, config.lease_namespace, config.lease_name, config.identity)
+            memo.leader_task = asyncio.create_task(leader.run(), name="leader election")
+        reconciler = Reconciler(memo.kube, Heads(memo.http), config.reconciler)
+        memo.loops = Loops(reconciler, leader, config.resync_seconds)
+
+    @kopf.on.cleanup()
+    async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+        await memo.loops.stop()
+        if getattr(memo, "leader_task", None):
+            memo.leader_task.cancel()
+        await memo.http.close()
+        await memo.kube.close()
+
+    @kopf.on.event(L.GROUP, L.VERSION, L.PLURAL)
+    def deployment_event(body: kopf.Body, event: Mapping[str, Any], memo: kopf.Memo, **_: Any) -> None:
+        memo.loops.seen(dict(body), deleted=event.get("type") == "DELETED")
+
+    @kopf.on.event("", "v1", "pods", labels={L.LABEL_MANAGED_BY: L.MANAGED_BY})
+    def pod_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        owner = (body.get("metadata", {}).get("labels") or {}).get(L.LABEL_DEPLOYMENT)
+        if owner:
+            memo.loops.poke(body["metadata"]["namespace"], owner)
+
+    @kopf.on.probe(id="loops")
+    def loops_probe(memo: kopf.Memo, **_: Any) -> int:
+        return len(memo.loops.loops)

@@ -1,0 +1,53 @@
+"""The operator's one boundary to the gangs' heads: their worker endpoints over HTTP (drain, status).
+
+Heads are addressed by pod IP, as the router addresses them; the gang's NetworkPolicy admits the
+operator to the worker port only.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+__all__ = ["DrainState", "Heads"]
+
+log = logging.getLogger("mimo.operator.heads")
+
+
+@dataclass(frozen=True)
+class DrainState:
+    done: bool
+    running: int | None
+    message: str
+
+
+class Heads:
+    def __init__(self, session: aiohttp.ClientSession, timeout: float = 5.0) -> None:
+        self.session = session
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+
+    async def start_drain(self, ip: str, port: int) -> bool:
+        """Ask the head to stop taking requests and finish its running ones; returns at once."""
+        try:
+            async with self.session.post(f"http://{ip}:{port}/drain", params={"wait": "false"},
+                                         timeout=self.timeout) as resp:
+                return resp.status in (200, 202)
+        except (TimeoutError, aiohttp.ClientError, OSError) as e:
+            log.info("drain request to %s:%d failed: %s", ip, port, e)
+            return False
+
+    async def drain_state(self, ip: str, port: int) -> DrainState | None:
+        """The head's drain progress; None when it cannot be asked (then the drain timeout decides)."""
+        try:
+            async with self.session.get(f"http://{ip}:{port}/drain", timeout=self.timeout) as resp:
+                if resp.status != 200:
+                    return None
+                body: dict[str, Any] = await resp.json()
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
+            return None
+        state = body.get("state")
+        return DrainState(done=state in ("drained", "timed-out"), running=body.get("running_requests"),
+                          message=str(body.get("message") or state))

@@ -1,0 +1,204 @@
+"""The operator's one boundary to the Kubernetes API: a small async client over aiohttp.
+
+It speaks only what the reconciler needs — list by label, server-side apply under one field manager,
+delete (with a UID precondition, or a whole collection by label), merge patches of metadata and
+status — for the kinds the builders produce. Every write is counted (``mimo_operator_api_writes_total``)
+so idempotence can be measured. Credentials come from Kopf's login (kubeconfig or service account).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import prometheus_client
+
+from mimo_operator import labels as L
+from mimo_operator.errors import MimoError
+
+__all__ = ["WRITES", "ApiError", "Kube", "KubeConfig"]
+
+WRITES = prometheus_client.Counter(
+    "mimo_operator_api_writes_total", "Kubernetes API writes made by the operator", ["verb", "kind"])
+API_ERRORS = prometheus_client.Counter(
+    "mimo_operator_api_errors_total", "Kubernetes API requests that failed", ["verb", "kind", "code"])
+
+# apiVersion/kind → (plural, namespaced). Only what the builders produce and the reconciler reads.
+_KINDS: dict[tuple[str, str], str] = {
+    ("v1", "Pod"): "pods",
+    ("v1", "Service"): "services",
+    ("v1", "ConfigMap"): "configmaps",
+    ("v1", "ServiceAccount"): "serviceaccounts",
+    ("v1", "Event"): "events",
+    ("apps/v1", "Deployment"): "deployments",
+    ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
+    ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
+    ("rbac.authorization.k8s.io/v1", "Role"): "roles",
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): "rolebindings",
+    ("batch/v1", "Job"): "jobs",
+    ("coordination.k8s.io/v1", "Lease"): "leases",
+    ("scheduling.x-k8s.io/v1alpha1", "PodGroup"): "podgroups",
+    ("scheduling.volcano.sh/v1beta1", "PodGroup"): "podgroups",
+    (f"{L.GROUP}/{L.VERSION}", L.KIND): L.PLURAL,
+}
+
+
+class ApiError(MimoError):
+    def __init__(self, code: int, verb: str, what: str, body: str) -> None:
+        try:
+            message = json.loads(body).get("message", body)
+        except ValueError:
+            message = body
+        super().__init__(f"{verb} {what}: {code} {message}")
+        self.code = code
+        self.message = str(message)
+
+
+@dataclass(frozen=True)
+class KubeConfig:
+    server: str
+    ca_data: bytes | None = None
+    ca_path: str | None = None
+    cert_data: bytes | None = None
+    key_data: bytes | None = None
+    token: str | None = None
+    insecure: bool = False
+
+    @classmethod
+    def from_kopf(cls, info: Any) -> KubeConfig:
+        """From the ``kopf.ConnectionInfo`` a Kopf login handler returned."""
+        return cls(server=info.server, ca_data=info.ca_data, ca_path=info.ca_path, cert_data=info.certificate_data,
+                   key_data=info.private_key_data, token=info.token, insecure=bool(info.insecure))
+
+    def ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context()
+        if self.insecure:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        if self.ca_path:
+            ctx.load_verify_locations(cafile=self.ca_path)
+        if self.ca_data:
+            ctx.load_verify_locations(cadata=_pem(self.ca_data).decode())
+        if self.cert_data and self.key_data:
+            # ssl loads client certificates from files only; they live as long as the context needs them.
+            with tempfile.NamedTemporaryFile("wb", suffix=".pem") as cert, \
+                    tempfile.NamedTemporaryFile("wb", suffix=".pem") as key:
+                cert.write(_pem(self.cert_data))
+                key.write(_pem(self.key_data))
+                cert.flush()
+                key.flush()
+                ctx.load_cert_chain(cert.name, key.name)
+        return ctx
+
+
+def _pem(data: bytes) -> bytes:
+    return data if data.lstrip().startswith(b"-----") else base64.b64decode(data)
+
+
+def path_of(api_version: str, kind: str, namespace: str | None, name: str | None = None,
+            subresource: str | None = None) -> str:
+    plural = _KINDS.get((api_version, kind))
+    if plural is None:
+        raise MimoError(f"the operator has no API path for {api_version} {kind}")
+    base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    path = f"{base}/namespaces/{namespace}/{plural}" if namespace else f"{base}/{plural}"
+    if name:
+        path += f"/{name}"
+    if subresource:
+        path += f"/{subresource}"
+    return path
+
+
+def _selector(labels: Mapping[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+class Kube:
+    def __init__(self, config: KubeConfig, timeout: float = 30.0) -> None:
+        self.config = config
+        headers = {"Accept": "application/json"}
+        if config.token:
+            headers["Authorization"] = f"Bearer {config.token}"
+        self._session = aiohttp.ClientSession(
+            base_url=config.server, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout),
+            connector=aiohttp.TCPConnector(ssl=config.ssl_context(), limit=32),
+        )
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def _request(self, verb: str, kind: str, method: str, path: str, *, params: Mapping[str, str] | None = None,
+                       body: Any = None, content_type: str = "application/json", write: bool = True) -> Any:
+        data = json.dumps(body) if body is not None else None
+        async with self._session.request(method, path, params=params, data=data,
+                                         headers={"Content-Type": content_type}) as resp:
+            text = await resp.text()
+            if write:
+                WRITES.labels(verb, kind).inc()
+            if resp.status >= 400:
+                API_ERRORS.labels(verb, kind, str(resp.status)).inc()
+                raise ApiError(resp.status, verb, f"{kind} {path}", text)
+            return json.loads(text) if text else None
+
+    async def list(self, api_version: str, kind: str, namespace: str,
+                   labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        result = await self._request("list", kind, "GET", path_of(api_version, kind, namespace),
+                                     params={"labelSelector": _selector(labels)}, write=False)
+        return list(result.get("items") or [])
+
+    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            result = await self._request("get", kind, "GET", path_of(api_version, kind, namespace, name), write=False)
+        except ApiError as e:
+            if e.code == 404:
+                return None
+            raise
+        return dict(result)
+
+    async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Server-side apply under the operator's field manager (forcing: the operator owns its children)."""
+        meta = obj["metadata"]
+        path = path_of(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
+        result = await self._request("apply", obj["kind"], "PATCH", path, body=obj,
+                                     params={"fieldManager": L.FIELD_MANAGER, "force": "true"},
+                                     content_type="application/apply-patch+yaml")
+        return dict(result)
+
+    async def delete(self, api_version: str, kind: str, namespace: str, name: str, uid: str | None = None,
+                     grace_seconds: int | None = None) -> bool:
+        """Delete one object; with ``uid``, only that very object (never a newer one of the same name)."""
+        body: dict[str, Any] = {"propagationPolicy": "Background"}
+        if uid:
+            body["preconditions"] = {"uid": uid}
+        if grace_seconds is not None:
+            body["gracePeriodSeconds"] = grace_seconds
+        try:
+            await self._request("delete", kind, "DELETE", path_of(api_version, kind, namespace, name), body=body)
+        except ApiError as e:
+            if e.code in (404, 409):
+                return False
+            raise
+        return True
+
+    async def delete_collection(self, api_version: str, kind: str, namespace: str, labels: Mapping[str, str]) -> None:
+        await self._request("deletecollection", kind, "DELETE", path_of(api_version, kind, namespace),
+                            params={"labelSelector": _selector(labels)}, body={"propagationPolicy": "Background"})
+
+    async def merge_patch(self, api_version: str, kind: str, namespace: str, name: str, patch: Mapping[str, Any],
+                          subresource: str | None = None) -> dict[str, Any]:
+        result = await self._request("patch", kind, "PATCH",
+                                     path_of(api_version, kind, namespace, name, subresource),
+                                     body=patch, content_type="application/merge-patch+json")
+        return dict(result)
+
+    async def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        meta = obj["metadata"]
+        result = await self._request("create", obj["kind"], "POST",
+                                     path_of(obj["apiVersion"], obj["kind"], meta.get("namespace")), body=obj)
+        return dict(result)

@@ -1,0 +1,261 @@
+"""One reconcile of one MiMoDeployment: observe → decide (pure) → act → status. A straight line.
+
+Level-based: the desired state comes from the spec, the actual state from what the API shows now; the
+only memory kept between reconciles in this process is a guard (expectations: gangs just created that
+the API does not show whole yet, so a lagging read never creates them twice). The restart records live
+in the deployment's status.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from mimo_operator import labels as L
+from mimo_operator import metrics
+from mimo_operator.build import BuildContext, OperatorIdentity, gang_objects, revision_of, router_url, shared_objects
+from mimo_operator.errors import PlanRefused, SpecError
+from mimo_operator.gangs import GangHealth, ObservedGang, gangs_from_pods
+from mimo_operator.heads import Heads
+from mimo_operator.kube import ApiError, Kube
+from mimo_operator.planner import plan_deployment
+from mimo_operator.spec import DeploymentSpec, parse_spec
+from mimo_operator.status import records_from_status, refused_status, running_status
+from mimo_operator.steps import CreateGang, DeleteGang, Desired, StartDrain, next_steps
+
+__all__ = ["Event", "Memory", "ReconcileResult", "Reconciler", "ReconcilerOptions"]
+
+log = logging.getLogger("mimo.operator")
+
+# Seconds a just-created gang may take to show whole in the API before the guard lets go.
+_EXPECTATION_SECONDS = 30.0
+_SHARED_KINDS = [("v1", "ServiceAccount"), ("rbac.authorization.k8s.io/v1", "Role"),
+                 ("rbac.authorization.k8s.io/v1", "RoleBinding"), ("apps/v1", "Deployment"), ("v1", "Service"),
+                 ("policy/v1", "PodDisruptionBudget")]
+_GANG_KINDS = [("v1", "ConfigMap"), ("v1", "Service"), ("networking.k8s.io/v1", "NetworkPolicy")]
+
+
+@dataclass(frozen=True)
+class ReconcilerOptions:
+    operator: OperatorIdentity = field(default_factory=OperatorIdentity)
+    restart_budget: int = 5
+    backoff_base: float = 10.0
+    backoff_cap: float = 600.0
+    unschedulable_deadline: float = 300.0
+    surge_unschedulable_deadline: float = 60.0
+
+
+@dataclass
+class Memory:
+    """What one operator process keeps per deployment: guards only, never the source of truth."""
+
+    expectations: dict[str, tuple[int, float]] = field(default_factory=dict)  # gang → (pods, deadline)
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str      # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class ReconcileResult:
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float = 10.0
+    gangs_by_state: dict[str, int] = field(default_factory=dict)
+
+
+def _stamp(obj: dict[str, Any]) -> dict[str, Any]:
+    """The object with the hash of its desired content, so an unchanged child is never written again."""
+    digest = L.short_hash(json.dumps(obj, sort_keys=True), length=16)
+    obj = dict(obj)
+    meta = dict(obj["metadata"])
+    meta["annotations"] = {**(meta.get("annotations") or {}), L.ANNOTATION_SPEC_HASH: digest}
+    obj["metadata"] = meta
+    return obj
+
+
+def _iso(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Reconciler:
+    def __init__(self, kube: Kube, heads: Heads, options: ReconcilerOptions | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.kube = kube
+        self.heads = heads
+        self.options = options or ReconcilerOptions()
+        self.clock = clock
+
+    async def reconcile(self, body: Mapping[str, Any], memory: Memory) -> ReconcileResult:
+        started = time.monotonic()
+        try:
+            return await self._reconcile(body, memory)
+        finally:
+            metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
+
+    async def _reconcile(self, body: Mapping[str, Any], memory: Memory) -> ReconcileResult:
+        meta = body["metadata"]
+        name, namespace, generation = meta["name"], meta["namespace"], int(meta.get("generation", 0))
+        old_status: Mapping[str, Any] = body.get("status") or {}
+        result = ReconcileResult()
+        try:
+            spec = parse_spec(body)
+            plan = plan_deployment(spec)
+        except SpecError as e:
+            reason = "PlanRefused" if isinstance(e, PlanRefused) else "InvalidSpec"
+            status = refused_status(old_status, generation, e.field, str(e), reason)
+            if await self._write_status(namespace, name, old_status, status):
+                result.events.append(Event("Warning", reason, str(e)))
+            result.requeue_after = 300.0
+            return result
+
+        ctx = BuildContext(name=name, namespace=namespace, uid=meta["uid"], spec=spec, plan=plan,
+                           operator=self.options.operator, pod_labels=_pod_template(spec, "labels"),
+                           pod_annotations=_pod_template(spec, "annotations"))
+        revision = revision_of(ctx)
+        now = self.clock()
+
+        pods = await self.kube.list("v1", "Pod", namespace, {L.LABEL_DEPLOYMENT: name, L.LABEL_COMPONENT: "engine"})
+        gangs = gangs_from_pods(pods)
+        waiting_for = self._unmet_expectations(memory, gangs, now)
+        drained = await self._drained(gangs, ctx.ports.worker_http)
+        desired = self._desired(spec, revision, plan.nodes_per_replica)
+        outcome = next_steps(desired, gangs, records_from_status(old_status), now, drained)
+        if waiting_for:
+            # A read that does not show a gang we just created must not make us create it again.
+            outcome = dataclasses.replace(outcome, steps=[s for s in outcome.steps if not isinstance(s, CreateGang)],
+                                          waiting=[*outcome.waiting, f"waiting for the API to show {waiting_for}"])
+            result.requeue_after = 1.0
+
+        for step in outcome.steps:
+            result.events.append(await self._execute(step, ctx, revision, gangs, memory, now))
+        await self._apply_shared(ctx)
+
+        endpoint = router_url(ctx) if spec.router.enabled else None
+        status = running_status(old=old_status, name=name, generation=generation, replicas=spec.replicas, plan=plan,
+                                revision=revision, gangs=gangs, outcome=outcome, endpoint=endpoint)
+        await self._write_status(namespace, name, old_status, status)
+        for g in gangs:
+            state = outcome.health[g.name].state.value
+            result.gangs_by_state[state] = result.gangs_by_state.get(state, 0) + 1
+        if outcome.steps or any(outcome.health[g.name].state is not GangHealth.READY for g in gangs):
+            result.requeue_after = min(result.requeue_after, 2.0)
+        return result
+
+    def _desired(self, spec: DeploymentSpec, revision: str, size: int) -> Desired:
+        o = self.options
+        return Desired(
+            replicas=spec.replicas, revision=revision, size=size, max_surge=spec.rollout.max_surge,
+            max_unavailable=spec.rollout.max_unavailable, restart_budget=o.restart_budget,
+            backoff_base=o.backoff_base, backoff_cap=o.backoff_cap, unschedulable_deadline=o.unschedulable_deadline,
+            surge_unschedulable_deadline=o.surge_unschedulable_deadline,
+            drain_timeout=float(spec.autoscaling.drain_timeout_seconds),
+        )
+
+    def _unmet_expectations(self, memory: Memory, gangs: list[ObservedGang], now: float) -> str:
+        seen = {g.name: len(g.pods) for g in gangs}
+        unmet = []
+        for gang, (count, deadline) in list(memory.expectations.items()):
+            if seen.get(gang, 0) >= count or now > deadline:
+                del memory.expectations[gang]
+            else:
+                unmet.append(gang)
+        return ", ".join(unmet)
+
+    async def _drained(self, gangs: list[ObservedGang], port: int) -> frozenset[str]:
+        done = set()
+        for g in gangs:
+            head = g.head
+            if g.drain_started is None or head is None:
+                continue
+            ip = head.ip
+            if not ip:
+                done.add(g.name)  # never served: nothing in flight
+                continue
+            state = await self.heads.drain_state(ip, port)
+            if state is not None and state.done:
+                done.add(g.name)
+        return frozenset(done)
+
+    async def _execute(self, step: CreateGang | DeleteGang | StartDrain, ctx: BuildContext, revision: str,
+                       gangs: list[ObservedGang], memory: Memory, now: float) -> Event:
+        ns = ctx.namespace
+        if isinstance(step, CreateGang):
+            objects = gang_objects(ctx, step.replica, step.attempt, revision)
+            pods = [o for o in objects if o["kind"] == "Pod"]
+            gang = pods[0]["metadata"]["labels"][L.LABEL_GANG]
+            memory.expectations[gang] = (len(pods), now + _EXPECTATION_SECONDS)
+            for obj in objects:
+                await self.kube.apply(obj)
+            metrics.GANGS_CREATED.labels(ns, ctx.name).inc()
+            log.info("%s/%s: created gang %s (replica %d, attempt %d): %s", ns, ctx.name, gang, step.replica,
+                     step.attempt, step.reason)
+            return Event("Normal", "GangCreated", f"gang {gang} for replica {step.replica}: {step.reason}")
+        if isinstance(step, DeleteGang):
+            await self.kube.delete_collection("v1", "Pod", ns, {L.LABEL_GANG: step.gang})
+            for api_version, kind in _GANG_KINDS:
+                await self.kube.delete_collection(api_version, kind, ns, {L.LABEL_GANG: step.gang})
+            if ctx.spec.scheduling.gang_scheduler in ("scheduler-plugins", "volcano"):
+                group = "scheduling.x-k8s.io/v1alpha1" if ctx.spec.scheduling.gang_scheduler == "scheduler-plugins" \
+                    else "scheduling.volcano.sh/v1beta1"
+                await self.kube.delete(group, "PodGroup", ns, step.gang)
+            failed = step.reason.startswith("gang failed")
+            if failed:
+                metrics.GANG_FAILURES.labels(ns, ctx.name).inc()
+            log.info("%s/%s: deleted gang %s: %s", ns, ctx.name, step.gang, step.reason)
+            return Event("Warning" if failed else "Normal", "GangFailed" if failed else "GangDeleted",
+                         f"gang {step.gang}: {step.reason}")
+        gang = next(g for g in gangs if g.name == step.gang)
+        head = gang.head
+        if head is not None:
+            # Out of the router first: its pod discovery selects on the serving label.
+            await self.kube.merge_patch("v1", "Pod", ns, head.name, {"metadata": {
+                "labels": {L.LABEL_SERVING: None},
+                "annotations": {L.ANNOTATION_DRAIN_STARTED: _iso(now), L.ANNOTATION_DRAIN_REASON: step.reason}}})
+            if head.ip:
+                await self.heads.start_drain(head.ip, ctx.ports.worker_http)
+        log.info("%s/%s: draining gang %s: %s", ns, ctx.name, step.gang, step.reason)
+        return Event("Normal", "GangDraining", f"gang {step.gang}: {step.reason}")
+
+    async def _apply_shared(self, ctx: BuildContext) -> None:
+        desired = {(o["kind"], o["metadata"]["name"]): _stamp(o) for o in shared_objects(ctx)}
+        for api_version, kind in _SHARED_KINDS:
+            existing = {o["metadata"]["name"]: o for o in await self.kube.list(
+                api_version, kind, ctx.namespace, {L.LABEL_DEPLOYMENT: ctx.name})
+                if o["metadata"].get("labels", {}).get(L.LABEL_COMPONENT) in ("router", "engine")
+                and not o["metadata"].get("labels", {}).get(L.LABEL_GANG)}
+            for (k, obj_name), obj in desired.items():
+                if k != kind:
+                    continue
+                have = (existing.get(obj_name, {}).get("metadata") or {}).get("annotations") or {}
+                if have.get(L.ANNOTATION_SPEC_HASH) != obj["metadata"]["annotations"][L.ANNOTATION_SPEC_HASH]:
+                    await self.kube.apply(obj)
+            for obj_name, obj in existing.items():
+                if (kind, obj_name) not in desired:  # e.g. the router after router.enabled turned false
+                    await self.kube.delete(api_version, kind, ctx.namespace, obj_name, uid=obj["metadata"]["uid"])
+
+    async def _write_status(self, namespace: str, name: str, old: Mapping[str, Any], new: dict[str, Any]) -> bool:
+        if all(old.get(k) == v for k, v in new.items()):
+            return False
+        try:
+            await self.kube.merge_patch(f"{L.GROUP}/{L.VERSION}", L.KIND, namespace, name, {"status": new},
+                                        subresource="status")
+        except ApiError as e:
+            if e.code == 404:
+                return False
+            raise
+        return True
+
+
+def _pod_template(spec: DeploymentSpec, key: str) -> tuple[tuple[str, str], ...]:
+    template = getattr(spec, "pod_template", None)
+    values: Mapping[str, str] = getattr(template, key, None) or {}
+    return tuple(sorted(values.items()))
