@@ -190,8 +190,12 @@ def _choose_layout(spec: DeploymentSpec, entry: Checkpoint, gpu: GpuType, contex
         fewer = next((f for f in reversed(failures) if f.kind != "structure"), None)
         reason = "the fewest nodes that hold the weights and one full-context sequence per attention-DP group"
         return layout, reason + (f"; fewer: {fewer.message}" if fewer else "")
-    # Report the most telling failure: a capacity one if any node count got that far.
-    worst = next((f for f in reversed(failures) if f.kind != "structure"), failures[0])
+    # Report the most telling failure: a pinned setting that no node count satisfies, else the furthest
+    # any node count got (the KV cache, then the weights), else the layout rule.
+    node_fields = ("spec.parallelism.nodesPerReplica", "spec.parallelism.tensorParallel")
+    worst = (next((f for f in failures if f.kind == "structure" and f.field not in node_fields), None)
+             or next((f for f in reversed(failures) if f.kind == "kv"), None)
+             or next((f for f in reversed(failures) if f.kind == "weights"), failures[0]))
     raise PlanRefused(worst.field, f"no replica of up to {MAX_AUTO_NODES} nodes works: {worst.message}"
                       + _alternatives(spec, entry, gpu, context))
 
