@@ -1,9 +1,10 @@
 """The simulated engine's command line: ``sglang.launch_server``'s argv, plus a few ``--mimo-*`` options.
 
 The worker swaps the program and keeps the argv the plan generated, so everything SGLang accepts is
-accepted here. The flags that shape serving (ports, model name, node rank, the scheduler's limits) are
-read; every other SGLang flag (attention backend, DeepEP, speculative decoding, …) is accepted and
-ignored, and logged at debug level.
+accepted here. The flags that shape serving (ports, model name, node rank, the scheduler's limits) and
+those the planner needs to plan the replica again from the argv (parallelism, KV cache dtype,
+quantization, DeepEP, speculative decoding) are read; every other SGLang flag (attention backend,
+parsers, loader options, …) is accepted and ignored, and logged at debug level.
 
 Simulated-engine options:
 
@@ -70,6 +71,11 @@ class SimOptions:
     max_total_tokens: int | None = None
     mem_fraction_static: float | None = None
     swa_full_tokens_ratio: float | None = None
+    kv_cache_dtype: str | None = None
+    quantization: str | None = None
+    moe_a2a_backend: str | None = None
+    deepep_mode: str | None = None
+    speculative_algorithm: str | None = None
     enable_metrics: bool = False
     log_level: str = "info"
     mimo_manifest: Path | None = None
@@ -154,6 +160,11 @@ def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
     sg.add_argument("--max-total-tokens", type=int, default=d(None))
     sg.add_argument("--mem-fraction-static", type=float, default=d(None))
     sg.add_argument("--swa-full-tokens-ratio", type=float, default=d(None))
+    sg.add_argument("--kv-cache-dtype", default=d(None))
+    sg.add_argument("--quantization", default=d(None))
+    sg.add_argument("--moe-a2a-backend", default=d(None))
+    sg.add_argument("--deepep-mode", default=d(None))
+    sg.add_argument("--speculative-algorithm", default=d(None))
     sg.add_argument("--enable-metrics", action="store_true", default=d(False))
     sg.add_argument("--log-level", default=d("info"))
     sim = parser.add_argument_group("simulated engine")

@@ -5,14 +5,17 @@ takes, so the simulated replica has exactly the KV capacity, limits and argv of 
 
 Without a manifest (the worker swapped the program and kept the plan's argv), the replica is planned
 from the argv itself: the variant from ``--model-path`` (its last path component, e.g.
-``XiaomiMiMo/MiMo-V2.5-Pro``), ``--nnodes``, ``--context-length``, ``--page-size``,
-``--max-running-requests``, ``--chunked-prefill-size``, ``--mem-fraction-static`` and
-``--swa-full-tokens-ratio``; the GPU type, which SGLang's argv does not carry, from ``--mimo-gpu-type``
-(default H200-141GB).
+``XiaomiMiMo/MiMo-V2.5-Pro``); the layout from ``--nnodes``, ``--tp-size``, ``--attn-dp-size``,
+``--ep-size``, ``--moe-a2a-backend``, ``--speculative-algorithm``; the KV cache from
+``--context-length``, ``--kv-cache-dtype``, ``--mem-fraction-static``, ``--swa-full-tokens-ratio``,
+``--page-size``; the limits from ``--max-running-requests`` and ``--chunked-prefill-size``. The GPU type,
+which SGLang's argv does not carry, comes from ``--mimo-gpu-type`` (default H200-141GB): a launcher that
+swaps the program for a simulated engine should add it, and ``--mimo-speedup``.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,18 +24,21 @@ from typing import Any
 import yaml
 
 from mimo_operator.catalog import CHECKPOINTS
+from mimo_operator.errors import SpecError
 from mimo_operator.perf import ReplicaPerformance, performance_of
 from mimo_operator.plan import Plan
 from mimo_operator.planner import plan_deployment
 from mimo_operator.spec import DeploymentSpec, parse_spec
 from mimo_worker.simengine.engine import EngineLimits
-from mimo_worker.simengine.options import OptionsError, SimOptions
+from mimo_worker.simengine.options import OptionsError, SimOptions, parse_options
 
 __all__ = ["PlannedReplica", "load_manifest", "planned_replica", "replica_from_argv"]
 
 # --dist-init-addr's head address in the argv the simulated engine derives from a plan: node rank 0 of a
 # simulated gang is this process, and it never opens the port.
 LOCAL_HEAD_ADDRESS = "127.0.0.1"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -106,7 +112,11 @@ def planned_replica(manifest: Mapping[str, Any] | str | Path) -> PlannedReplica:
 
 
 def replica_from_argv(options: SimOptions) -> PlannedReplica:
-    """Plan the replica an ``sglang.launch_server`` argv describes (see the module docstring)."""
+    """Plan the replica an ``sglang.launch_server`` argv describes (see the module docstring).
+
+    The argv of a plan gives the same plan back (``tests/unit/test_simengine_replica.py``); for any
+    other argv, the flags the planner would have written differently are logged as a warning.
+    """
     if not options.model_path:
         raise OptionsError("without --mimo-manifest, --model-path must name a MiMo-V2.5 checkpoint")
     variant = options.model_path.rstrip("/").rsplit("/", 1)[-1]
@@ -115,6 +125,24 @@ def replica_from_argv(options: SimOptions) -> PlannedReplica:
             f"--model-path {options.model_path}: not a checkpoint the planner knows ({', '.join(CHECKPOINTS)}); "
             "name one, or pass --mimo-manifest"
         )
+    nodes = max(options.nnodes, 1)
+    model: dict[str, Any] = {"variant": variant}
+    if options.context_length is not None:
+        model["contextLength"] = options.context_length
+    if options.kv_cache_dtype is not None:
+        model["kvCacheDtype"] = "fp8" if options.kv_cache_dtype.startswith("fp8") else "bf16"
+    if options.quantization is not None:
+        model["precision"] = "fp8" if options.quantization.startswith("fp8") else "bf16"
+    parallelism: dict[str, Any] = {
+        "nodesPerReplica": nodes,
+        "tensorParallel": options.tp_size,
+        "attentionDataParallel": options.attention_dp,
+        "expertParallel": options.ep_size,
+        "moeA2ABackend": "deepep" if options.moe_a2a_backend == "deepep" else "none",
+        "mtp": options.speculative_algorithm is not None,
+    }
+    if options.deepep_mode is not None:
+        parallelism["deepepMode"] = options.deepep_mode
     engine: dict[str, Any] = {}
     for flag, key in (
         ("max_running_requests", "maxRunningRequests"),
@@ -126,12 +154,50 @@ def replica_from_argv(options: SimOptions) -> PlannedReplica:
         value = getattr(options, flag)
         if value is not None and not (flag == "chunked_prefill_size" and value <= 0):
             engine[key] = value
-    spec: dict[str, Any] = {
-        "model": {"variant": variant},
-        "hardware": {"gpuType": options.mimo_gpu_type},
-        "parallelism": {"nodesPerReplica": options.nnodes},
+    spec = {
+        "model": model,
+        "hardware": {"gpuType": options.mimo_gpu_type, "gpusPerNode": max(options.tp_size // nodes, 1)},
+        "parallelism": parallelism,
         "engine": engine,
     }
-    if options.context_length is not None:
-        spec["model"]["contextLength"] = options.context_length
-    return planned_replica({"spec": spec})
+    try:
+        replica = planned_replica({"spec": spec})
+    except SpecError as error:
+        raise OptionsError(f"planning the replica from the SGLang arguments: {error}") from None
+    differing = _differing_flags(options, replica)
+    if differing:
+        log.warning(
+            "the planner would launch this replica with different arguments (%s); simulating the argv's "
+            "limits over the plan's performance model",
+            ", ".join(differing),
+        )
+    return replica
+
+
+# What the planner decides from the argv, as SimOptions fields; addresses and ports do not count.
+_PLANNED_FIELDS = (
+    "model_path",
+    "nnodes",
+    "tp_size",
+    "attention_dp",
+    "ep_size",
+    "moe_a2a_backend",
+    "speculative_algorithm",
+    "quantization",
+    "kv_cache_dtype",
+    "context_length",
+    "page_size",
+    "mem_fraction_static",
+    "swa_full_tokens_ratio",
+    "max_running_requests",
+    "chunked_prefill_size",
+)
+
+
+def _differing_flags(options: SimOptions, replica: PlannedReplica) -> list[str]:
+    planned = parse_options(replica.server_args(0), check=False)
+    return [
+        f"{name}={getattr(options, name)} (plan: {getattr(planned, name)})"
+        for name in _PLANNED_FIELDS
+        if getattr(options, name) is not None and getattr(options, name) != getattr(planned, name)
+    ]
