@@ -42,7 +42,9 @@ def test_the_cookbook_argv_is_accepted_and_its_serving_flags_are_read() -> None:
     assert options.mem_fraction_static == 0.7
     assert options.swa_full_tokens_ratio == 0.3
     assert options.enable_metrics is True
-    assert "--moe-a2a-backend" in options.ignored
+    assert (options.moe_a2a_backend, options.speculative_algorithm, options.quantization) == ("deepep", "EAGLE", "fp8")
+    assert options.attention_dp == 2  # --dp-size 2 with --enable-dp-attention
+    assert "--attention-backend" in options.ignored
     assert "--enable-multi-layer-eagle" in options.ignored
 
 
