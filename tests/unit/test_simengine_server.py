@@ -469,3 +469,14 @@ async def test_node_ranks_above_zero_serve_a_dummy_health_server() -> None:
                 assert response.status in (404, 405)  # no API on non-zero ranks
     finally:
         await runner.cleanup()
+
+
+async def test_stop_now_ends_requests_in_flight_as_aborted() -> None:
+    async with serving(speedup=2.0) as running:
+        streamed = asyncio.create_task(running.stream("/v1/chat/completions", chat(500, prompt_tokens=100)))
+        await until(lambda: running_reqs_at_least(running, 1), "the request to run")
+        running.server.stop_now()
+        await asyncio.wait_for(running.server.wait_stopped(), timeout=5)
+        events = await asyncio.wait_for(streamed, timeout=5)
+        assert events[-1] == "[DONE]"
+        assert events[-2]["choices"][0]["finish_reason"] == "abort"

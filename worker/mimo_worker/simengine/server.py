@@ -239,8 +239,10 @@ class SimulatedEngineServer:
         self._check_drained()
 
     def stop_now(self) -> None:
-        """Stop without waiting for requests in flight (SIGINT)."""
+        """Stop without waiting for requests in flight (SIGINT): they end as aborted."""
         self.state = ServerState.STOPPED
+        for job in self._jobs.values():
+            job.queue.put_nowait(None)
         self._stopped.set()
 
     async def wait_stopped(self) -> None:
