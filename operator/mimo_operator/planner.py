@@ -216,6 +216,11 @@ def _layout(spec: DeploymentSpec, entry: Checkpoint, gpu: GpuType, context: int,
         raise _Unfit("structure", "spec.parallelism.attentionDataParallel",
                      f"attentionDataParallel must be tensorParallel / {attn_tp} = {dp} for {entry.name}: its "
                      f"fused QKV weights are split for attention TP {attn_tp} (got {p.attention_data_parallel})")
+    running = spec.engine.max_running_requests
+    if running is not None and running < dp:
+        raise _Unfit("structure", "spec.engine.maxRunningRequests",
+                     f"maxRunningRequests {running} leaves some of the {dp} attention-DP groups without a request "
+                     f"slot (SGLang splits it between them): use at least {dp}")
     a2a, a2a_reason = _a2a_backend(spec, gpu, nodes)
     if a2a == "deepep":
         if p.expert_parallel is not None and p.expert_parallel != tp:
