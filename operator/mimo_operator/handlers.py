@@ -168,11 +168,11 @@ def register(config: OperatorConfig) -> None:
         await memo.kube.close()
 
     @kopf.on.event(L.GROUP, L.VERSION, L.PLURAL)
-    def deployment_event(body: kopf.Body, event: Mapping[str, Any], memo: kopf.Memo, **_: Any) -> None:
+    async def deployment_event(body: kopf.Body, event: Mapping[str, Any], memo: kopf.Memo, **_: Any) -> None:
         memo.loops.seen(dict(body), deleted=event.get("type") == "DELETED")
 
     @kopf.on.event("", "v1", "pods", labels={L.LABEL_MANAGED_BY: L.MANAGED_BY})
-    def pod_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    async def pod_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         owner = (body.get("metadata", {}).get("labels") or {}).get(L.LABEL_DEPLOYMENT)
         if owner:
             memo.loops.poke(body["metadata"]["namespace"], owner)

@@ -63,10 +63,10 @@ class ApiError(MimoError):
 @dataclass(frozen=True)
 class KubeConfig:
     server: str
-    ca_data: bytes | None = None
+    ca_data: str | bytes | None = None
     ca_path: str | None = None
-    cert_data: bytes | None = None
-    key_data: bytes | None = None
+    cert_data: str | bytes | None = None
+    key_data: str | bytes | None = None
     token: str | None = None
     insecure: bool = False
 
@@ -97,8 +97,9 @@ class KubeConfig:
         return ctx
 
 
-def _pem(data: bytes) -> bytes:
-    return data if data.lstrip().startswith(b"-----") else base64.b64decode(data)
+def _pem(data: str | bytes) -> bytes:
+    raw = data.encode() if isinstance(data, str) else data
+    return raw if raw.lstrip().startswith(b"-----") else base64.b64decode(raw)
 
 
 def path_of(api_version: str, kind: str, namespace: str | None, name: str | None = None,

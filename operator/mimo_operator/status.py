@@ -88,8 +88,9 @@ def refused_status(old: Mapping[str, Any], generation: int, field: str, message:
     text = f"{field}: {message}" if not message.startswith(field) else message
     return {
         "observedGeneration": generation,
-        "phase": "Failed",
+        "phase": "Refused",
         "conditions": merge_conditions(old.get("conditions") or [], [
+            condition("Planned", False, reason, text, generation),
             condition("Ready", False, reason, text, generation),
             condition("Progressing", False, reason, text, generation),
             condition("Degraded", True, reason, text, generation),
@@ -115,13 +116,13 @@ def running_status(*, old: Mapping[str, Any], name: str, generation: int, replic
                         for s in outcome.steps] + [w for w in outcome.waiting if w not in troubles]
 
     if failed_replicas:
-        phase = "Failed" if len(failed_replicas) == replicas else "Degraded"
+        phase = "Degraded"
     elif settled:
         phase = "Ready"
     elif troubles:
         phase = "Degraded"
     else:
-        phase = "Progressing"
+        phase = "Progressing" if ready else "Pending"
     conditions = [
         condition("Ready", (len(ready) >= replicas and replicas > 0) or (replicas == 0 and not gangs),
                   "AllReplicasReady" if len(ready) >= replicas else "ReplicasNotReady",
@@ -142,7 +143,7 @@ def running_status(*, old: Mapping[str, Any], name: str, generation: int, replic
         "plan": plan_summary(plan, revision),
         "gangs": [
             {
-                "name": g.name, "replica": g.replica, "revision": g.revision, "attempt": g.attempt,
+                "name": g.name, "index": g.replica, "revision": g.revision, "attempt": g.attempt,
                 "phase": health[g.name].state.value, "message": health[g.name].reason,
                 "pods": len(g.pods), "readyPods": sum(1 for p in g.pods if p.ready),
                 "podNames": [p.name for p in g.pods], "nodes": g.nodes,
