@@ -185,8 +185,8 @@ def test_kubectl_scale_up_and_down(cluster: LocalCluster, operator: RunningOpera
     wait_for(lambda: len(gang_uids(cluster, namespace, "pro")) == 1, 60, what="scale-down to one gang")
     (gang,) = gang_uids(cluster, namespace, "pro")
     assert gang.startswith("pro-0-"), "scale-down removes the highest replica indexes"
-    scale = cluster.kubectl_json("get", "--raw", f"/apis/serving.mimo-operator.io/v1alpha1/namespaces/{namespace}"
-                                 "/mimodeployments/pro/scale")
+    scale = json.loads(cluster.kubectl("get", "--raw", f"/apis/serving.mimo-operator.io/v1alpha1/namespaces/"
+                                       f"{namespace}/mimodeployments/pro/scale").stdout)
     assert scale["spec"]["replicas"] == 1
 
 

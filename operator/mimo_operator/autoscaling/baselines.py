@@ -43,6 +43,7 @@ __all__ = [
     "MimoPolicy",
     "Oracle",
     "StaticPeak",
+    "burst_requirement",
     "demand_per_bin",
     "oracle_schedule",
 ]
@@ -217,21 +218,54 @@ def demand_per_bin(trace: Trace, work: Callable[[int, int], float], bin_seconds:
     return [value / bin_seconds for value in load]
 
 
+def burst_requirement(
+    demand: list[float], *, bin_seconds: float, slo_seconds: float, longest_burst_seconds: float
+) -> list[float]:
+    """Replicas' worth of capacity each bin needs so that no burst misses the SLO (a fluid bound).
+
+    Work W arriving over any stretch of τ seconds is done in time only if the capacity serving it
+    is at least W / (τ + SLO): the last request of the stretch may wait at most the SLO. Every bin
+    needs the largest such figure over the stretches (up to `longest_burst_seconds`) that contain it.
+    """
+    n = len(demand)
+    longest = max(1, round(longest_burst_seconds / bin_seconds))
+    need = [0.0] * n
+    for first in range(n):
+        if demand[first] <= 0.0:
+            continue  # a stretch starting in an empty bin is never the binding one
+        last = min(n, first + longest)
+        work = 0.0
+        figures = []
+        for end in range(first, last):
+            work += demand[end] * bin_seconds
+            figures.append(work / ((end - first + 1) * bin_seconds + slo_seconds))
+        # The bins of a stretch need at least its figure: a suffix maximum gives, for each bin,
+        # the largest figure of the stretches from `first` that cover it.
+        best = 0.0
+        for offset in range(len(figures) - 1, -1, -1):
+            best = max(best, figures[offset])
+            if best > need[first + offset]:
+                need[first + offset] = best
+    return need
+
+
 def oracle_schedule(
-    demand: list[float],
+    need: list[float],
     *,
     bin_seconds: float,
     startup_seconds: float,
-    target_utilisation: float,
+    headroom: float,
     min_replicas: int,
     max_replicas: int,
 ) -> tuple[list[float], list[int]]:
     """The oracle's desired gangs (ready + starting) as a step function: (times, counts).
 
-    Gang k (k = 1, 2, …) is needed in every bin whose demand needs k gangs at the target utilisation.
-    Lulls shorter than a start-up are bridged; each remaining stretch starts one start-up earlier.
+    Gang k (k = 1, 2, …) is needed in every bin whose requirement needs k gangs, each gang used up
+    to `headroom` (requests are whole and the router is not a perfect balancer). Lulls shorter than a
+    start-up are bridged (idling is cheaper than restarting); each remaining stretch starts one
+    start-up earlier.
     """
-    needed = [max(min_replicas, min(max_replicas, math.ceil(d / target_utilisation - 1e-9))) for d in demand]
+    needed = [max(min_replicas, min(max_replicas, math.ceil(d / headroom - 1e-9))) for d in need]
     top = max(needed, default=0)
     span = len(needed) * bin_seconds
     changes: dict[float, int] = {}
@@ -246,7 +280,7 @@ def oracle_schedule(
             else:
                 stretches.append([begin, end])
         for begin, end in stretches:
-            start = max(0.0, begin - startup_seconds) if begin > 0 else 0.0
+            start = max(0.0, begin - startup_seconds)
             changes[start] = changes.get(start, 0) + 1
             if end < span:
                 changes[end] = changes.get(end, 0) - 1

@@ -7,30 +7,36 @@ clock and does no I/O, so the operator's loop, `mimoctl simulate autoscaling` an
 same code.
 
 The unit of scaling is a whole gang (one replica, several 8-GPU nodes). Every signal is turned into
-"replicas' worth of load at the target", so the KV-cache pool, the running-request limit and the
-compute (prefill and decode time from the plan's performance model) can be compared and added:
+*demand*: replicas' worth of load at a target share of a replica's capacity, so that compute, the KV
+pool and the running-request limit can be compared:
 
-* utilisation: served prompt and generated tokens per second over the replica's modelled throughput;
-* KV cache: `sglang:token_usage` (the fuller of the full-attention and sliding-window pools);
+* compute: the requests that reached each gang (finished + the change of queued and running, so an
+  overloaded prefill-first engine that finishes nothing still shows its load, and a backlog that is
+  clearing is not read as new load), priced at the mean prefill + decode work of a finished request
+  under the plan's performance model;
+* KV: `sglang:token_usage` (the fuller of the full-attention and sliding-window pools);
 * running requests against the replica's running-request limit;
-* queue growth: requests piling up in the queue mean demand beyond what the gangs serve; the growth
-  rate (not the backlog) is added, so a backlog that waits for gangs still loading is not counted again
-  on every tick;
-* TTFT p95 above the SLO: asks for one more gang when nothing is on its way.
+* TTFT p95 above the SLO asks for one more gang when none is on its way.
 
-Gangs still loading count as capacity on its way. Scale-up is immediate on the stable window, and a
-short panic window catches bursts of at least `panic_threshold` times the ready capacity. Scale-down
-waits until the peak load over the whole stabilisation window fits in one gang fewer with a margin,
-then removes one gang (a starting one first, else the least-loaded ready one to drain), and never
-while another gang is still draining.
+Three views of demand drive scale-up: the stable window's mean (at `target_utilisation`), the
+busiest panic window inside it (at `burst_utilisation`: the panic path, which reacts to a burst on the
+next tick and may add several gangs at once), and the stable demand projected `forecast_seconds`
+ahead along its recent trend (a gang ordered now serves only after its start-up). Gangs still loading
+count as capacity on its way, so a burst that waits for them does not order more.
+
+Scale-down waits until the highest demand over the whole stabilisation window fits in one gang fewer
+with a margin, then removes one gang (a starting one first, else the least-loaded ready one, to be
+drained), and never while another gang is still draining. Nothing changes on missing data.
 """
 
 from __future__ import annotations
 
+import bisect
 import enum
+import itertools
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 __all__ = [
     "Action",
@@ -98,6 +104,8 @@ class ReplicaCapacity:
     prefill_tokens_per_second: float
     decode_tokens_per_second: float
     max_running_requests: int
+    # Replica-seconds of work of a typical request, used until finished requests give a measured mean.
+    typical_request_seconds: float
 
 
 @dataclass(frozen=True)
@@ -105,19 +113,21 @@ class PolicyConfig:
     capacity: ReplicaCapacity
     min_replicas: int = 1
     max_replicas: int = 4
-    # Targets: the share of a replica's capacity the policy aims to use. Each signal has its own.
-    target_utilisation: float = 0.7  # of the modelled prefill + decode throughput
+    # Targets: the share of a replica's capacity each signal may use before another gang is wanted.
+    target_utilisation: float = 0.7  # of modelled compute, averaged over the stable window
+    burst_utilisation: float = 0.9  # of modelled compute, in the busiest panic window
     target_token_usage: float = 0.8  # of the fuller KV pool
     target_running_fraction: float = 0.8  # of max_running_requests
     ttft_slo_seconds: float | None = None
+    # How far ahead the trend of demand is projected: the gangs' start-up time (0 turns it off).
+    forecast_seconds: float = 0.0
     # Scale up when demand exceeds the capacity (ready + starting) by more than this share.
     tolerance: float = 0.1
     stable_window_seconds: float = 60.0
     panic_window_seconds: float = 30.0
-    panic_threshold: float = 2.0  # panic-window demand ≥ this × ready gangs acts at once
     scale_down_window_seconds: float = 300.0
-    scale_down_interval_seconds: float = 60.0  # between two scale-downs
-    scale_down_margin: float = 0.1  # remaining gangs must stay this far under the target
+    scale_down_interval_seconds: float = 30.0  # between two scale-downs
+    scale_down_margin: float = 0.1  # the remaining gangs must stay this far under the targets
     max_sample_age_seconds: float = 45.0  # an older newest sample from a ready gang is missing data
 
     def __post_init__(self) -> None:
@@ -126,22 +136,24 @@ class PolicyConfig:
                 f"need 0 ≤ minReplicas ≤ maxReplicas and maxReplicas ≥ 1, "
                 f"got min {self.min_replicas}, max {self.max_replicas}"
             )
-        for name in ("target_utilisation", "target_token_usage", "target_running_fraction"):
+        for name in ("target_utilisation", "burst_utilisation", "target_token_usage", "target_running_fraction"):
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:
                 raise ValueError(f"{name} must be in (0, 1], got {value}")
-        if self.panic_window_seconds > self.stable_window_seconds:
-            raise ValueError("the panic window must not be longer than the stable window")
+        if not 0.0 < self.panic_window_seconds <= self.stable_window_seconds <= self.scale_down_window_seconds:
+            raise ValueError("need 0 < panic window ≤ stable window ≤ scale-down window")
+        if self.forecast_seconds < 0:
+            raise ValueError(f"forecast_seconds must not be negative, got {self.forecast_seconds}")
 
 
 @dataclass(frozen=True)
 class Observation:
     """Everything the policy looks at, at one moment.
 
-    `samples` holds the recent history per gang name, oldest first. It may keep the samples of gangs
-    that have since drained until they leave the stabilisation window: they carried part of the load.
-    `pending_requests` is the router's count of requests waiting with no ready replica (scale from
-    zero); None when the loop cannot see it.
+    `samples` holds the recent history per gang name, oldest first, at least the scale-down window
+    long. It should keep the samples of gangs that have since drained until they age out: they
+    carried part of the load. `pending_requests` is the router's count of requests waiting with no
+    ready replica (scale from zero); None when the loop cannot see it.
     """
 
     now: float
@@ -153,19 +165,20 @@ class Observation:
 
 @dataclass(frozen=True)
 class Signals:
-    """The values behind a decision, in replicas' worth of load at the targets."""
+    """The values behind a decision; demands are in replicas' worth of load at the targets."""
 
     ready: int
     starting: int
     draining: int
     demand: float = 0.0  # stable window
-    panic_demand: float = 0.0  # panic window
-    peak_demand: float = 0.0  # highest stable-window demand over the scale-down window
-    utilisation: float | None = None  # mean over ready gangs, latest stable window, 0..1
+    panic_demand: float = 0.0  # busiest panic window inside the stable window
+    forecast_demand: float = 0.0  # stable demand projected forecast_seconds ahead
+    peak_demand: float = 0.0  # highest demand over the scale-down window
+    utilisation: float | None = None  # mean share of modelled compute over ready gangs, stable window
     token_usage: float | None = None  # mean over ready gangs, newest samples
     queue_requests: float | None = None  # sum over ready gangs, newest samples
     running_requests: float | None = None  # sum over ready gangs, newest samples
-    ttft_p95_seconds: float | None = None  # worst ready gang, panic window
+    ttft_p95_seconds: float | None = None  # worst ready gang over the panic window
 
 
 @dataclass(frozen=True)
@@ -176,7 +189,6 @@ class Decision:
     signals: Signals
     # On scale-down, the gang to remove: a starting one (deleted) or a ready one (drained first).
     remove: str | None = None
-    notes: tuple[str, ...] = field(default=())
 
 
 def decide(observation: Observation, config: PolicyConfig) -> Decision:
@@ -193,19 +205,17 @@ def decide(observation: Observation, config: PolicyConfig) -> Decision:
         return Decision(
             config.min_replicas,
             Action.SCALE_UP,
-            f"{current} gangs (ready + starting) is below minReplicas {config.min_replicas}",
+            f"{current} gang(s) ready or starting, below minReplicas {config.min_replicas}",
             base,
         )
     if current > config.max_replicas:
-        victim = starting[-1].name if starting else _least_loaded(ready, observation.samples)
         return Decision(
-            current - 1,
+            config.max_replicas,
             Action.SCALE_DOWN,
-            f"{current} gangs is above maxReplicas {config.max_replicas}",
+            f"{current} gang(s) ready or starting, above maxReplicas {config.max_replicas}",
             base,
-            remove=victim,
+            remove=starting[-1].name if starting else _least_loaded(ready, observation.samples),
         )
-
     if not ready:
         return _decide_without_ready_gangs(observation, config, starting, base)
 
@@ -220,9 +230,10 @@ def decide(observation: Observation, config: PolicyConfig) -> Decision:
         )
 
     loads = _Loads(observation, config, [g.name for g in ready])
-    demand = loads.demand(now - config.stable_window_seconds, now)
-    panic_demand = loads.demand(now - config.panic_window_seconds, now)
-    peak_demand, covered = loads.peak_demand(now - config.scale_down_window_seconds, now)
+    demand = loads.stable(now)
+    panic_demand = loads.panic(now)
+    forecast_demand = demand + loads.trend() * config.forecast_seconds
+    peak_demand = loads.peak()
     ttft = loads.worst_ttft(now - config.panic_window_seconds, now)
     signals = Signals(
         ready=len(ready),
@@ -230,6 +241,7 @@ def decide(observation: Observation, config: PolicyConfig) -> Decision:
         draining=len(draining),
         demand=demand,
         panic_demand=panic_demand,
+        forecast_demand=forecast_demand,
         peak_demand=peak_demand,
         utilisation=loads.mean_utilisation(now - config.stable_window_seconds, now),
         token_usage=loads.latest_mean("token_usage"),
@@ -239,41 +251,50 @@ def decide(observation: Observation, config: PolicyConfig) -> Decision:
     )
 
     # Scale up: demand beyond what is ready or already on its way.
-    panic = panic_demand >= config.panic_threshold * len(ready) and panic_demand > current
-    wanted = max(demand, panic_demand) if panic else demand
+    views = {
+        "stable": demand,
+        "panic": panic_demand,
+        "forecast": forecast_demand,
+        "backlog": demand + loads.backlog(),
+    }
+    view, wanted = max(views.items(), key=lambda item: item[1])
     if wanted > current * (1.0 + config.tolerance) and current < config.max_replicas:
         desired = min(config.max_replicas, max(current + 1, math.ceil(wanted)))
-        window = "panic" if panic else "stable"
         return Decision(
             desired,
             Action.SCALE_UP,
-            f"{window}-window demand {wanted:.2f} replicas exceeds {len(ready)} ready + "
+            f"{view} demand {wanted:.2f} replicas exceeds {len(ready)} ready + "
             f"{len(starting)} starting: add {desired - current}",
             signals,
         )
     slo = config.ttft_slo_seconds
-    if slo is not None and ttft is not None and ttft > slo and current < config.max_replicas:
+    slo_missed = loads.ttft_view() > 0
+    if slo is not None and ttft is not None and slo_missed and current < config.max_replicas:
         if starting:
             return Decision(
                 current,
                 Action.HOLD,
-                f"TTFT p95 {ttft:.2f}s above the SLO {slo:g}s, but {len(starting)} gang(s) still "
+                f"TTFT p95 up to {ttft:.2f}s, above the SLO {slo:g}s on most gangs, but {len(starting)} gang(s) still "
                 f"starting: waiting for them",
                 signals,
             )
         return Decision(
             current + 1,
             Action.SCALE_UP,
-            f"TTFT p95 {ttft:.2f}s above the SLO {slo:g}s with demand {demand:.2f} replicas: add 1",
+            f"TTFT p95 up to {ttft:.2f}s, above the SLO {slo:g}s on most gangs, at demand {demand:.2f} replicas: add 1",
             signals,
         )
 
-    # Scale down: slowly, one gang at a time, only if the rest would stay under the target.
-    blocker = _scale_down_blocker(observation, config, draining, covered, current)
+    # Scale down: slowly, one gang at a time, only if the rest would stay under the targets.
     fewer = current - 1
-    limit = fewer * (1.0 - config.scale_down_margin)
-    fits = peak_demand <= limit if fewer > 0 else loads.idle(now - config.scale_down_window_seconds, now)
-    if blocker is None and fits and not (slo is not None and loads.slo_missed(slo, config, now)):
+    if fewer > 0:
+        fits = peak_demand <= fewer * (1.0 - config.scale_down_margin)
+    else:
+        fits = loads.idle(now - config.scale_down_window_seconds, now)
+    blocker = _scale_down_blocker(observation, config, draining, loads.covered(), current)
+    if blocker is None and slo_missed:
+        blocker = "TTFT p95 above the SLO on most gangs"
+    if fits and blocker is None:
         victim = starting[-1].name if starting else _least_loaded(ready, observation.samples)
         what = "cancel starting" if starting else "drain"
         return Decision(
@@ -284,9 +305,8 @@ def decide(observation: Observation, config: PolicyConfig) -> Decision:
             signals,
             remove=victim,
         )
-
-    reason = f"demand {demand:.2f} replicas for {len(ready)} ready + {len(starting)} starting"
-    if blocker is not None and fits:
+    reason = f"demand {max(views.values()):.2f} replicas for {len(ready)} ready + {len(starting)} starting"
+    if fits and blocker is not None:
         reason += f"; not scaling down: {blocker}"
     return Decision(current, Action.HOLD, reason, signals)
 
@@ -315,11 +335,7 @@ def _fresh(samples: Sequence[MetricSample], now: float, config: PolicyConfig) ->
 
 
 def _scale_down_blocker(
-    observation: Observation,
-    config: PolicyConfig,
-    draining: list[Gang],
-    covered: bool,
-    current: int,
+    observation: Observation, config: PolicyConfig, draining: list[Gang], covered: bool, current: int
 ) -> str | None:
     if current <= config.min_replicas:
         return f"at minReplicas {config.min_replicas}"
@@ -334,7 +350,7 @@ def _scale_down_blocker(
 
 
 def _least_loaded(ready: list[Gang], samples: Mapping[str, Sequence[MetricSample]]) -> str:
-    """The ready gang with the fewest requests in flight; the newest name on a tie (deterministic)."""
+    """The ready gang with the fewest requests in flight; the newest on a tie (deterministic)."""
 
     def outstanding(gang: Gang) -> tuple[float, float, str]:
         history = samples.get(gang.name, ())
@@ -347,24 +363,128 @@ def _least_loaded(ready: list[Gang], samples: Mapping[str, Sequence[MetricSample
 
 
 class _Loads:
-    """Per-gang load, in replicas' worth at the targets, over windows of the sample history."""
+    """Demand over windows of the sample history, in replicas' worth of load at the targets."""
 
     def __init__(self, observation: Observation, config: PolicyConfig, ready: list[str]) -> None:
         self._config = config
         self._ready = ready
-        self._samples = observation.samples
         self._now = observation.now
-        self._work_per_request = self._mean_work_per_request(
-            observation.now - config.scale_down_window_seconds, observation.now
-        )
+        self._samples = {name: list(history) for name, history in observation.samples.items() if history}
+        self._times = {name: [s.at for s in history] for name, history in self._samples.items()}
+        self._ready_since = {g.name: g.since for g in observation.gangs if g.phase is GangPhase.READY}
+        self._work_per_request = self._mean_work_per_request(observation.now - config.scale_down_window_seconds)
+        # Window ends every half panic window back from now, over the scale-down window.
+        step = config.panic_window_seconds / 2
+        count = int(config.scale_down_window_seconds / step + 1e-9)
+        self._ends = [observation.now - k * step for k in range(count)]
+        self._stable = [
+            self._demand(end - config.stable_window_seconds, end, config.target_utilisation) for end in self._ends
+        ]
+        self._ttft = [self._ttft_view(end - step, end) for end in self._ends]
+        self._panic = [
+            self._demand(end - config.panic_window_seconds, end, config.burst_utilisation) for end in self._ends
+        ]
 
-    def _mean_work_per_request(self, start: float, end: float) -> float | None:
+    # -- the three views
+
+    def stable(self, now: float) -> float:
+        return self._stable[0]
+
+    def panic(self, now: float) -> float:
+        """The busiest panic window that ends inside the stable window."""
+        config = self._config
+        inside = [
+            v
+            for end, v in zip(self._ends, self._panic, strict=True)
+            if end > now - config.stable_window_seconds + config.panic_window_seconds - 1e-9
+        ]
+        return max(inside, default=0.0)
+
+    def trend(self) -> float:
+        """Growth of stable demand per second over the scale-down window; 0 unless it rose throughout.
+
+        The window is cut in five parts; the slope counts only if the mean demand rose from each part
+        to the next (a ramp), and is the smallest of those rises, so that a step or a lone burst,
+        which lifts one or two parts, is not extrapolated.
+        """
+        parts = 5
+        series = list(reversed(self._stable))  # oldest first
+        size = len(series) // parts
+        if size == 0 or not self.covered():
+            return 0.0
+        means = [sum(series[k * size : (k + 1) * size]) / size for k in range(parts)]
+        rise = min(later - earlier for earlier, later in itertools.pairwise(means))
+        if rise <= 0:
+            return 0.0
+        return rise / (size * self._config.panic_window_seconds / 2)
+
+    def peak(self) -> float:
+        return max(max(self._stable, default=0.0), max(self._panic, default=0.0), max(self._ttft, default=0.0))
+
+    def ttft_view(self) -> float:
+        """Gangs + 1 if most gangs saw TTFT p95 above the SLO within the panic window, else 0."""
+        recent = [
+            v
+            for end, v in zip(self._ends, self._ttft, strict=True)
+            if end > self._now - self._config.panic_window_seconds
+        ]
+        return max(recent, default=0.0)
+
+    def _ttft_view(self, start: float, end: float) -> float:
+        """When most gangs saw TTFT p95 above the SLO, one gang more than were serving then.
+
+        The demand model cannot see bursts shorter than a scrape interval, nor a replica slower
+        than its plan; the SLO can. It is kept as a demand over the scale-down window, so that a
+        gang ordered for it is not cancelled by the other views a minute later. It needs at least
+        half of the serving gangs to miss: one gang stuck with an old backlog (the router does
+        not move queued requests) is not helped by another gang.
+        """
+        slo = self._config.ttft_slo_seconds
+        if slo is None:
+            return 0.0
+        serving = 0
+        missing = 0
+        for name in self._samples:
+            _, inside = self._in(name, start, end)
+            if not inside:
+                continue
+            serving += 1
+            if any(s.ttft_p95_seconds is not None and s.ttft_p95_seconds > slo for s in inside):
+                missing += 1
+        return float(serving + 1) if serving and 2 * missing >= serving else 0.0
+
+    def backlog(self) -> float:
+        """Replicas' worth of work to clear the queued requests within the forecast horizon."""
+        horizon = max(self._config.forecast_seconds, self._config.stable_window_seconds)
+        queued = sum(self._samples[n][-1].queue_requests for n in self._ready if n in self._samples)
+        return queued * self._work_per_request / horizon / self._config.target_utilisation
+
+    def covered(self) -> bool:
+        """Whether the history reaches back over the whole scale-down window."""
+        oldest = min((times[0] for times in self._times.values()), default=self._now)
+        return oldest <= self._now - self._config.scale_down_window_seconds + self._config.max_sample_age_seconds
+
+    # -- per gang
+
+    def _in(self, name: str, start: float, end: float) -> tuple[MetricSample | None, list[MetricSample]]:
+        """The last sample at or before `start` (the base for counters) and the samples in (start, end]."""
+        times = self._times.get(name)
+        if not times:
+            return None, []
+        history = self._samples[name]
+        lo = bisect.bisect_right(times, start)
+        hi = bisect.bisect_right(times, end)
+        return (history[lo - 1] if lo > 0 else None), history[lo:hi]
+
+    def _mean_work_per_request(self, start: float) -> float:
         """Replica-seconds of prefill + decode work per finished request, over all gangs' counters."""
+        # The mean request of the recent past prices the requests arriving now: their sizes are not
+        # in SGLang's metrics until they finish.
         capacity = self._config.capacity
         work = 0.0
         finished = 0.0
         for name in self._samples:
-            base, inside = self._in(name, start, end)
+            base, inside = self._in(name, start, self._now)
             first = base if base is not None else (inside[0] if inside else None)
             if first is None or not inside:
                 continue
@@ -377,111 +497,101 @@ class _Loads:
             work += prompt / capacity.prefill_tokens_per_second
             work += generated / capacity.decode_tokens_per_second
             finished += requests
-        return work / finished if finished > 0 else None
+        if finished > 0:
+            return work / finished
+        return capacity.typical_request_seconds
 
-    def _in(self, name: str, start: float, end: float) -> tuple[MetricSample | None, list[MetricSample]]:
-        """The last sample at or before `start` (the base for counters) and the samples in (start, end]."""
-        base: MetricSample | None = None
-        inside: list[MetricSample] = []
-        for sample in self._samples.get(name, ()):
-            if sample.at <= start:
-                base = sample
-            elif sample.at <= end:
-                inside.append(sample)
-        return base, inside
+    def _arrivals(self, name: str, start: float, end: float) -> float | None:
+        """Requests that reached the gang in (start, end]: finished + growth of queued and running.
 
-    def _utilisation(self, base: MetricSample | None, inside: list[MetricSample]) -> float | None:
-        first = base if base is not None else (inside[0] if len(inside) > 1 else None)
-        if first is None or not inside:
+        Counters move only when a request finishes, and a prefill-first engine that is overloaded
+        finishes nothing for a while, so the served rate alone reads zero just when demand is
+        highest; while a backlog clears, the served rate is above demand. Counting the change of
+        what is in flight corrects both. A gang that became ready inside the window starts from
+        zero at that moment (it had no traffic before).
+        """
+        base, inside = self._in(name, start, end)
+        if not inside:
             return None
         last = inside[-1]
-        seconds = last.at - first.at
-        if seconds <= 0:
+        if base is None:
+            since = self._ready_since.get(name)
+            if since is not None and since >= start:
+                base = MetricSample(
+                    at=since, token_usage=0.0, queue_requests=0.0, running_requests=0.0, requests_total=0.0
+                )
+            elif len(inside) > 1:
+                base = inside[0]
+            else:
+                return None
+        finished = _delta(base.requests_total, last.requests_total)
+        if finished is None:
             return None
-        prompt = _delta(first.prompt_tokens_total, last.prompt_tokens_total)
-        generated = _delta(first.generation_tokens_total, last.generation_tokens_total)
-        if prompt is None or generated is None:
-            return None
-        capacity = self._config.capacity
-        return (prompt / capacity.prefill_tokens_per_second + generated / capacity.decode_tokens_per_second) / seconds
+        in_flight = (last.queue_requests + last.running_requests) - (base.queue_requests + base.running_requests)
+        return max(0.0, finished + in_flight)
 
-    def _gang_demand(self, name: str, start: float, end: float) -> float | None:
+    def _gang_demand(self, name: str, start: float, end: float, target: float) -> float | None:
         config = self._config
-        base, inside = self._in(name, start, end)
+        _, inside = self._in(name, start, end)
         if not inside:
             return None
         usage = sum(s.token_usage for s in inside) / len(inside) / config.target_token_usage
         running_target = config.target_running_fraction * config.capacity.max_running_requests
         running = sum(s.running_requests for s in inside) / len(inside) / running_target
         demand = max(usage, running)
-        utilisation = self._utilisation(base, inside)
-        if utilisation is not None:
-            demand = max(demand, utilisation / config.target_utilisation)
-            # Requests piling up are demand the gang does not serve: add the growth rate of the
-            # queue, priced at the mean work of a request it did serve.
-            first = base if base is not None else inside[0]
-            growth = (inside[-1].queue_requests - first.queue_requests) / max(inside[-1].at - first.at, 1e-9)
-            if growth > 0 and self._work_per_request is not None:
-                demand += growth * self._work_per_request / config.target_utilisation
+        arrivals = self._arrivals(name, start, end)
+        if arrivals is not None:
+            # Divided by the whole window, so that gangs that served part of it add up correctly.
+            demand = max(demand, arrivals * self._work_per_request / (end - start) / target)
         return demand
 
-    def demand(self, start: float, end: float) -> float:
+    def _demand(self, start: float, end: float, target: float) -> float:
         total = 0.0
         for name in self._samples:
-            value = self._gang_demand(name, start, end)
+            value = self._gang_demand(name, start, end, target)
             if value is not None:
                 total += value
         return total
 
-    def peak_demand(self, start: float, end: float) -> tuple[float, bool]:
-        """Highest stable-window demand over [start, end] and whether the history covers it."""
-        step = self._config.stable_window_seconds
-        oldest = min((s[0].at for s in self._samples.values() if s), default=end)
-        covered = oldest <= start + self._config.max_sample_age_seconds
-        peak = 0.0
-        window_end = end
-        while window_end > start + 1e-9:
-            peak = max(peak, self.demand(window_end - step, window_end))
-            window_end -= step
-        return peak, covered
+    # -- other signals
 
     def idle(self, start: float, end: float) -> bool:
         """No request seen anywhere in [start, end]: the only load that allows scaling to zero."""
-        for history in self._samples.values():
-            window = [s for s in history if start < s.at <= end]
+        for name in self._samples:
+            base, window = self._in(name, start, end)
             if any(s.queue_requests > 0 or s.running_requests > 0 for s in window):
                 return False
-            if len(window) > 1:
-                for field_name in ("prompt_tokens_total", "generation_tokens_total"):
-                    moved = _delta(getattr(window[0], field_name), getattr(window[-1], field_name))
-                    if moved is None or moved > 0:
-                        return False
+            first = base if base is not None else (window[0] if window else None)
+            if first is not None and window:
+                moved = _delta(first.requests_total, window[-1].requests_total)
+                if moved is None or moved > 0:
+                    return False
         return True
 
     def worst_ttft(self, start: float, end: float) -> float | None:
-        worst: float | None = None
-        for name in self._ready:
-            for sample in self._in(name, start, end)[1]:
-                if sample.ttft_p95_seconds is not None:
-                    worst = sample.ttft_p95_seconds if worst is None else max(worst, sample.ttft_p95_seconds)
-        return worst
-
-    def slo_missed(self, slo: float, config: PolicyConfig, now: float) -> bool:
-        worst = self.worst_ttft(now - config.scale_down_window_seconds, now)
-        return worst is not None and worst > slo
+        values = [
+            s.ttft_p95_seconds
+            for name in self._ready
+            for s in self._in(name, start, end)[1]
+            if s.ttft_p95_seconds is not None
+        ]
+        return max(values, default=None)
 
     def mean_utilisation(self, start: float, end: float) -> float | None:
-        values = [self._utilisation(*self._in(name, start, end)) for name in self._ready]
-        known = [v for v in values if v is not None]
-        return sum(known) / len(known) if known else None
+        """The share of modelled compute the arriving requests need, per ready gang."""
+        counts = [self._arrivals(name, start, end) for name in self._ready]
+        known = [c for c in counts if c is not None]
+        if not known:
+            return None
+        return sum(known) * self._work_per_request / (end - start) / len(self._ready)
 
     def latest_mean(self, attribute: str) -> float | None:
-        values = [getattr(self._samples[n][-1], attribute) for n in self._ready if self._samples.get(n)]
+        values = [float(getattr(self._samples[n][-1], attribute)) for n in self._ready if n in self._samples]
         return sum(values) / len(values) if values else None
 
     def latest_sum(self, attribute: str) -> float | None:
-        values = [getattr(self._samples[n][-1], attribute) for n in self._ready if self._samples.get(n)]
-        return float(sum(values)) if values else None
+        values = [float(getattr(self._samples[n][-1], attribute)) for n in self._ready if n in self._samples]
+        return sum(values) if values else None
 
 
 def _delta(first: float | None, last: float | None) -> float | None:

@@ -161,7 +161,9 @@ class PolicyResult:
         }
 
 
-def capacity_of(performance: PerformanceModel, *, itl_slo_seconds: float, context_tokens: int) -> ReplicaCapacity:
+def capacity_of(
+    performance: PerformanceModel, *, itl_slo_seconds: float, context_tokens: int, output_tokens: int = 256
+) -> ReplicaCapacity:
     """A replica's throughput in the policy's terms, from the performance model.
 
     Prefill: tokens per second for full chunks. Decode: aggregate tokens per second at the largest
@@ -192,6 +194,7 @@ def capacity_of(performance: PerformanceModel, *, itl_slo_seconds: float, contex
         prefill_tokens_per_second=prefill,
         decode_tokens_per_second=decode,
         max_running_requests=performance.max_running_requests,
+        typical_request_seconds=context_tokens / prefill + output_tokens / decode,
     )
 
 
@@ -213,8 +216,7 @@ _EPS = 1e-9
 
 class _Replica:
     __slots__ = (
-        "batch",
-        "batch_tokens",
+        "chunks",
         "created",
         "ctx_sum",
         "decode_heap",
@@ -225,7 +227,10 @@ class _Replica:
         "generated_total",
         "last_t",
         "name",
+        "partial",
+        "partial_done",
         "phase",
+        "prefill_tokens",
         "prefilling",
         "progress",
         "prompt_total",
@@ -247,8 +252,10 @@ class _Replica:
         self.ended: float | None = None
         self.drain_deadline = math.inf
         self.waiting: deque[int] = deque()
-        self.batch: list[int] = []
-        self.batch_tokens = 0
+        self.chunks: list[tuple[int, int, int]] = []  # the prefill step running: (request, new, cached)
+        self.prefill_tokens = 0  # KV the running prefill step holds
+        self.partial = -1  # the request whose prompt is half-prefilled (chunked prefill), if any
+        self.partial_done = 0
         self.prefilling = False
         self.decode_heap: list[tuple[float, int]] = []
         self.progress = 0.0
@@ -264,10 +271,10 @@ class _Replica:
         self.ttfts: list[float] = []
 
     def outstanding(self) -> int:
-        return len(self.waiting) + len(self.batch) + len(self.decode_heap)
+        return len(self.waiting) + len(self.chunks) + len(self.decode_heap)
 
     def empty(self) -> bool:
-        return not self.waiting and not self.batch and not self.decode_heap
+        return not self.waiting and not self.chunks and not self.decode_heap and self.partial < 0
 
 
 # Event kinds, ordered so that at equal times engine events come before the autoscaler tick.
@@ -436,7 +443,7 @@ class _Engine:
         while heap and heap[0][0] <= replica.progress + _EPS:
             _, i = heapq.heappop(heap)
             finish[i] = now
-            replica.reserved -= self.context[i] + self.generated[i]
+            replica.reserved -= self._pages(self.context[i]) + self.generated[i]
             replica.ctx_sum -= self.context[i]
             replica.start_sum -= self.decode_start[i]
             replica.generated_total += self.generated[i]
@@ -445,7 +452,7 @@ class _Engine:
         replica.epoch += 1
         if replica.prefilling:
             return
-        if replica.waiting and self._start_prefill(replica, now):
+        if (replica.waiting or replica.partial >= 0) and self._start_prefill(replica, now):
             return
         if heap:
             kv = replica.ctx_sum + len(heap) * replica.progress - replica.start_sum
@@ -455,61 +462,78 @@ class _Engine:
         elif replica.phase is GangPhase.DRAINING and replica.empty():
             self._end_drain(replica, now)
 
+    def _cut(self, remaining: int, budget: int) -> int:
+        """The next piece of a prompt that fits the step's budget; a cut falls on a page boundary."""
+        tokens = min(remaining, budget)
+        page = self.perf.page_size
+        if tokens < remaining and tokens > page:
+            tokens -= tokens % page
+        return tokens
+
     def _start_prefill(self, replica: _Replica, now: float) -> bool:
-        waiting = replica.waiting
-        running = len(replica.decode_heap)
-        batch: list[int] = []
-        tokens = 0
-        while waiting:
-            i = waiting[0]
-            ctx = self.context[i]
-            need = ctx + self.generated[i]
-            admitted = running + len(batch)
-            if admitted + 1 > self.max_running:
-                break
-            if (admitted + 1) * self.swa_per_seq > self.swa_capacity:
-                break
-            if replica.reserved + need > self.kv_capacity:
-                if admitted == 0:  # can never fit this replica's pool: refuse it
-                    waiting.popleft()
-                    self.failed[i] = True
-                    continue
-                break
-            if batch and tokens + ctx > self.chunk:
-                break
-            waiting.popleft()
-            replica.reserved += need
-            batch.append(i)
-            tokens += ctx
-            if tokens >= self.chunk:
-                break
-        if not batch:
+        """Plan one prefill step (the engine's rules); False when nothing can be prefilled."""
+        budget = self.chunk
+        chunks: list[tuple[int, int, int]] = []  # (request, new tokens, tokens already computed)
+        context = self.context
+        mid_chunk = False
+        if replica.partial >= 0:  # a half-prefilled prompt continues first
+            i, done = replica.partial, replica.partial_done
+            tokens = self._cut(context[i] - done, budget)
+            chunks.append((i, tokens, done))
+            budget -= tokens
+            mid_chunk = done + tokens < context[i]
+        if not mid_chunk:
+            waiting = replica.waiting
+            admitted = len(replica.decode_heap) + len(chunks)
+            swa_free = self.swa_capacity - admitted * self.swa_per_seq - sum(c[1] for c in chunks)
+            while waiting and budget > 0 and admitted < self.max_running:
+                i = waiting[0]
+                need = self._pages(context[i]) + self.generated[i]
+                if replica.reserved + need > self.kv_capacity:
+                    if admitted == 0:  # can never fit this replica's pool: refused
+                        waiting.popleft()
+                        self.failed[i] = True
+                        continue
+                    break  # head-of-line blocking, as SGLang's FCFS admission
+                tokens = self._cut(context[i], min(budget, swa_free - self.swa_per_seq))
+                if tokens <= 0:
+                    break
+                waiting.popleft()
+                replica.reserved += need
+                chunks.append((i, tokens, 0))
+                admitted += 1
+                budget -= tokens
+                swa_free -= tokens + self.swa_per_seq
+                if tokens < context[i]:
+                    break  # this request is now the one mid-chunk
+        if not chunks:
             return False
-        if len(batch) == 1 and tokens > self.chunk:
-            seconds = 0.0
-            done = 0
-            while done < tokens:
-                piece = min(self.chunk, tokens - done)
-                seconds += self.perf.prefill_seconds(piece, done)
-                done += piece
-        else:
-            seconds = self.perf.prefill_seconds(tokens, 0)
-        replica.batch = batch
-        replica.batch_tokens = tokens
+        prefill = self.perf.prefill_seconds
+        replica.chunks = chunks
+        replica.prefill_tokens = sum(done + tokens for _, tokens, done in chunks)
         replica.prefilling = True
-        self._push(now + seconds, _PREFILL_DONE, replica)
+        seconds = sum(prefill(tokens, done) for _, tokens, done in chunks)
+        self._push(now + max(seconds, 1e-6), _PREFILL_DONE, replica)
         return True
+
+    def _pages(self, tokens: int) -> int:
+        page = self.perf.page_size
+        return -(-tokens // page) * page
 
     def _prefill_done(self, replica: _Replica, now: float) -> None:
         replica.prefilling = False
-        replica.last_t = now  # decode was paused for the prefill batch
-        for i in replica.batch:
+        replica.last_t = now  # decode was paused for the prefill step
+        replica.partial = -1
+        for i, tokens, done in replica.chunks:
+            if done + tokens < self.context[i]:
+                replica.partial, replica.partial_done = i, done + tokens
+                continue
             self.first_token[i] = now
             replica.ttfts.append(now - self.arrival[i])
             remaining = self.generated[i] - 1
             if remaining <= 0:
                 self.finish[i] = now
-                replica.reserved -= self.context[i] + self.generated[i]
+                replica.reserved -= self._pages(self.context[i]) + self.generated[i]
                 replica.prompt_total += self.context[i]
                 replica.generated_total += self.generated[i]
                 replica.finished_total += 1
@@ -518,8 +542,8 @@ class _Engine:
             replica.ctx_sum += self.context[i]
             replica.start_sum += replica.progress
             self.decode_start[i] = replica.progress
-        replica.batch = []
-        replica.batch_tokens = 0
+        replica.chunks = []
+        replica.prefill_tokens = 0
         self._kick(replica, now)
 
     # -- gangs
@@ -554,10 +578,14 @@ class _Engine:
         if replica.ended is not None:
             return
         self._advance(replica, now)
-        for i in list(replica.waiting) + replica.batch + [i for _, i in replica.decode_heap]:
+        cut = list(replica.waiting) + [c[0] for c in replica.chunks] + [i for _, i in replica.decode_heap]
+        if replica.partial >= 0:
+            cut.append(replica.partial)
+        for i in cut:
             self.failed[i] = True
         replica.waiting.clear()
-        replica.batch = []
+        replica.chunks = []
+        replica.partial = -1
         replica.decode_heap = []
         replica.prefilling = False
         replica.epoch += 1
@@ -572,8 +600,8 @@ class _Engine:
     def _sample(self, replica: _Replica, now: float) -> MetricSample:
         self._advance(replica, now)
         running = len(replica.decode_heap)
-        kv = replica.ctx_sum + running * replica.progress - replica.start_sum + replica.batch_tokens
-        sequences = running + len(replica.batch)
+        kv = replica.ctx_sum + running * replica.progress - replica.start_sum + replica.prefill_tokens
+        sequences = running + len(replica.chunks)
         full = kv / self.kv_capacity if self.kv_capacity else 0.0
         swa = sequences * self.perf.swa_window / self.swa_capacity if self.swa_capacity else 0.0
         ttfts = replica.ttfts
