@@ -198,8 +198,15 @@ class Kube:
                                      body=patch, content_type="application/merge-patch+json")
         return dict(result)
 
-    async def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+    async def create(self, obj: Mapping[str, Any], exist_ok: bool = False) -> dict[str, Any] | None:
+        """Create under the operator's field manager; with ``exist_ok`` an existing object is not an error."""
         meta = obj["metadata"]
-        result = await self._request("create", obj["kind"], "POST",
-                                     path_of(obj["apiVersion"], obj["kind"], meta.get("namespace")), body=obj)
+        try:
+            result = await self._request("create", obj["kind"], "POST",
+                                         path_of(obj["apiVersion"], obj["kind"], meta.get("namespace")), body=obj,
+                                         params={"fieldManager": L.FIELD_MANAGER})
+        except ApiError as e:
+            if exist_ok and e.code == 409:
+                return None
+            raise
         return dict(result)

@@ -155,3 +155,15 @@ def test_the_router_discovers_only_serving_heads_of_its_deployment() -> None:
 
 def test_builders_are_deterministic() -> None:
     assert gang_objects(context(PRO_H200), 0, 1, "abc") == gang_objects(context(PRO_H200), 0, 1, "abc")
+
+
+def test_a_simulated_engine_binds_its_pod_ip_and_models_the_plans_gpu() -> None:
+    ctx = context(PRO_H200.simulated().set("engine.simulation", {"speedup": 20.0}))
+    (config,) = by_kind(gang_objects(ctx, 0, 1, "abc"), "ConfigMap")
+    plan = parse_plan(json.loads(config["data"]["plan.json"]))
+    argv, _ = plan.engine_command(1, head_ip="127.64.0.2", node_ip="127.64.0.3")
+    assert argv[:3] == ["python3", "-m", "mimo_worker.simengine"]
+    # the last --host wins, as in argparse
+    assert argv[len(argv) - 1 - argv[::-1].index("--host") + 1] == "127.64.0.3"
+    assert argv[argv.index("--mimo-gpu-type") + 1] == "H200-141GB"
+    assert argv[argv.index("--mimo-speedup") + 1] == "20.0"

@@ -32,6 +32,7 @@ WORKER_PROGRAM = ["mimo-worker"]
 SIMULATED_PROGRAM = ["python3", "-m", "mimo_worker.simengine"]
 # The worker's launch-plan placeholder for node rank 0's IP, substituted by the head at run time.
 _HEAD_IP = "{head_ip}"
+_NODE_IP = "{node_ip}"
 _GPU_TAINT_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
 
@@ -68,7 +69,14 @@ def launch_plan(ctx: BuildContext, gang: str, replica: int, revision: str) -> di
     plan, spec, ports = ctx.plan, ctx.spec, ctx.ports
     program = SIMULATED_PROGRAM if plan.engine == "simulated" else ["python3", "-m", "sglang.launch_server"]
     env = dict(plan.env)
-    ranks = [{"rank": r, "argv": plan.server_args(r, _HEAD_IP), "env": env} for r in range(plan.nodes_per_replica)]
+    extra: list[str] = []
+    if plan.engine == "simulated":
+        # The simulator binds its pod's own IP (its pod may share a machine with others, as in the local
+        # cluster), models the plan's GPU and runs at the spec's time compression; later flags win.
+        extra = ["--host", _NODE_IP, "--mimo-gpu-type", plan.gpu.name,
+                 "--mimo-speedup", repr(spec.engine.simulation.speedup)]
+    ranks = [{"rank": r, "argv": [*plan.server_args(r, _HEAD_IP), *extra], "env": env}
+             for r in range(plan.nodes_per_replica)]
     pods = [L.pod_name(gang, r) for r in range(plan.nodes_per_replica)]
     fabric_backend = "gloo" if plan.engine == "simulated" else "nccl"
     return {
