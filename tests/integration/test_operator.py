@@ -57,15 +57,18 @@ def test_a_pro_deployment_on_h200_becomes_two_ready_gangs_of_the_planned_size(
     status = obj["status"]
     nodes = status["plan"]["nodesPerReplica"]
     assert nodes == 2, "Pro fp8 on 8×H200 plans 2 nodes per replica"
-    assert status["readyReplicas"] == 2 and status["replicas"] == 2
+    assert status["readyReplicas"] == 2
+    assert status["replicas"] == 2
     assert status["endpoint"] == f"http://pro-router.{namespace}.svc:80"
     gangs = gang_uids(cluster, namespace, "pro")
-    assert len(gangs) == 2 and all(len(uids) == nodes for uids in gangs.values())
+    assert len(gangs) == 2
+    assert all(len(uids) == nodes for uids in gangs.values())
     pods = engine_pods(cluster, namespace, "pro")
     assert all(p["status"]["phase"] == "Running" for p in pods)
     assert {p["spec"]["nodeName"] for p in pods} == set(node_pool.names), "one pod per node"
     conditions = {c["type"]: c for c in status["conditions"]}
-    assert conditions["Ready"]["status"] == "True" and conditions["Degraded"]["status"] == "False"
+    assert conditions["Ready"]["status"] == "True"
+    assert conditions["Degraded"]["status"] == "False"
     for kind in ("service", "configmap", "networkpolicy"):
         names = {o["metadata"]["name"] for o in cluster.kubectl_json(
             "get", kind, "-n", namespace, "-l", "mimo-operator.io/deployment=pro")["items"]}
@@ -103,7 +106,8 @@ def test_deleting_one_member_replaces_that_whole_gang_only(
     new_gang = next(g for g in after if g != other_gang)
     assert not after[new_gang] & before[victim_gang]
     events = cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout
-    assert "GangFailed" in events and victim_gang in events
+    assert "GangFailed" in events
+    assert victim_gang in events
 
 
 def test_an_unschedulable_gang_is_degraded_with_the_schedulers_reason_and_no_restart_storm(
@@ -113,7 +117,8 @@ def test_an_unschedulable_gang_is_degraded_with_the_schedulers_reason_and_no_res
     obj = wait_phase(cluster, namespace, "pro", "Degraded", timeout=60)
     degraded = next(c for c in obj["status"]["conditions"] if c["type"] == "Degraded")
     assert degraded["status"] == "True"
-    assert "cannot be scheduled" in degraded["message"] and "node" in degraded["message"]
+    assert "cannot be scheduled" in degraded["message"]
+    assert "node" in degraded["message"]
     time.sleep(40)
     obj = get(cluster, "mimodeployment", namespace, "pro")
     assert obj is not None
@@ -131,7 +136,8 @@ def test_an_invalid_or_impossible_spec_creates_nothing_and_says_why_while_others
     apply(cluster, namespace, good)
     obj = wait_phase(cluster, namespace, "too-big", "Refused")
     planned = next(c for c in obj["status"]["conditions"] if c["type"] == "Planned")
-    assert planned["status"] == "False" and planned["reason"] == "PlanRefused"
+    assert planned["status"] == "False"
+    assert planned["reason"] == "PlanRefused"
     assert "GB" in planned["message"]
     assert engine_pods(cluster, namespace, "too-big") == []
     assert get(cluster, "deployment", namespace, "too-big-router") is None
