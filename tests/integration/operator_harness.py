@@ -36,7 +36,8 @@ def install_rbac(cluster: LocalCluster) -> str:
     manifests = [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NS}},
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": SA, "namespace": OPERATOR_NS}},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "mimo-operator-test"},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": {"name": "mimo-operator-test"},
          "rules": yaml.safe_load(RULES.read_text()) + yaml.safe_load(CLUSTER_RULES.read_text())},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
          "metadata": {"name": "mimo-operator-test"},
