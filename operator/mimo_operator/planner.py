@@ -64,6 +64,7 @@ PROCESS_START_SECONDS = 60.0  # estimate: Ray, process start, NCCL/NVSHMEM initi
 # own default also reserves an amount rather than a share, so bigger GPUs get a larger fraction).
 RESERVE_BYTES_PER_GPU = 16e9
 MEM_FRACTION_MAX = 0.9
+MEM_FRACTION_MIN = 0.3  # the CRD's lowest memFractionStatic
 MEM_FRACTION_DEEPEP = 0.7  # the MiMo-Pro multi-node cookbook command: NVSHMEM buffers need the rest
 MAX_RUNNING_PER_GROUP = 128  # cookbook: --max-running-requests 128 (there: 2 groups at 64 each; see below)
 CUDA_GRAPH_MAX_BS = 64  # cookbook: --cuda-graph-max-bs 64 (0.5.23 spells it --cuda-graph-max-bs-decode)
@@ -262,7 +263,8 @@ def _ep_origin(a2a: str) -> str:
 def _default_mem_fraction(gpu: GpuType, a2a: str) -> float:
     if a2a == "deepep":
         return MEM_FRACTION_DEEPEP
-    return min(MEM_FRACTION_MAX, math.floor((1 - RESERVE_BYTES_PER_GPU / gpu.memory_bytes) * 100) / 100)
+    leaves_reserve = math.floor((1 - RESERVE_BYTES_PER_GPU / gpu.memory_bytes) * 100) / 100
+    return max(MEM_FRACTION_MIN, min(MEM_FRACTION_MAX, leaves_reserve))
 
 
 def _a2a_backend(spec: DeploymentSpec, gpu: GpuType, nodes: int) -> tuple[str, str]:

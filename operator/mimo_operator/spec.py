@@ -25,6 +25,7 @@ from mimo_operator.versions import SGLANG_IMAGE
 
 __all__ = [
     "MAX_NAME_LENGTH",
+    "MIN_GPU_MEMORY",
     "AutoscalingSpec",
     "CacheSpec",
     "DeploymentSpec",
@@ -51,6 +52,8 @@ GpuTypeName = Literal["H100-80GB", "H200-141GB", "H20-96GB", "B200-180GB", "B300
 
 # Gang pod and Service names are "<name>-<replica>-<rank>-<revision>" and must stay within 63 characters.
 MAX_NAME_LENGTH = 40
+# The smallest GPU the CRD accepts by memory (its gpuMemory rule says the same).
+MIN_GPU_MEMORY = 16 * 10**9
 # The -Base checkpoints' card context (256K); the CRD's contextLength rule uses the same number.
 BASE_MAX_CONTEXT = 262_144
 _QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(k|M|G|T|P|Ki|Mi|Gi|Ti|Pi)?$")
@@ -316,6 +319,11 @@ def _check_rules(spec: DeploymentSpec) -> None:
         hw.architecture is None or hw.gpu_memory is not None,
         "spec.hardware.architecture",
         "hardware.architecture is only set together with gpuMemory (a gpuType implies its architecture)",
+    ))
+    rules.append((
+        hw.gpu_memory is None or parse_quantity(hw.gpu_memory) >= MIN_GPU_MEMORY,
+        "spec.hardware.gpuMemory",
+        "hardware.gpuMemory must be at least 16G (no shard of a MiMo checkpoint fits a smaller GPU)",
     ))
     rules.append((
         spec.network.rdma is None or spec.network.mode == "rdma",

@@ -45,7 +45,7 @@ def spec_strategy(mostly: Any) -> st.SearchStrategy[dict[str, Any]]:
     hardware = st.one_of(
         st.fixed_dictionaries({"gpuType": mostly(st.sampled_from(list(GPU_TYPES)))},
                               optional={"gpusPerNode": mostly(st.sampled_from([1, 2, 4, 8]))}),
-        st.fixed_dictionaries({"gpuMemory": mostly(st.sampled_from(["24Gi", "48G", "96Gi", "141G", "300Gi", "1Ti"]))},
+        st.fixed_dictionaries({"gpuMemory": mostly(st.sampled_from(["0", "1", "15G", "16G", "24Gi", "48G", "96Gi", "141G", "300Gi", "1Ti"]))},
                               optional={"architecture": mostly(st.sampled_from(["hopper", "blackwell"])),
                                         "gpusPerNode": mostly(st.sampled_from([1, 2, 4, 8]))}),
     )
