@@ -25,6 +25,10 @@ junk = st.one_of(
 )
 
 
+# Zero and tiny memories included: a GPU too small for any shard must be refused, not divided by.
+GPU_MEMORIES = ["0", "1", "15G", "16G", "24Gi", "48G", "96Gi", "141G", "300Gi", "1Ti"]
+
+
 def mostly(good: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
     """Usually a plausible value, sometimes anything at all."""
     return st.one_of(good, good, good, junk)
@@ -45,7 +49,7 @@ def spec_strategy(mostly: Any) -> st.SearchStrategy[dict[str, Any]]:
     hardware = st.one_of(
         st.fixed_dictionaries({"gpuType": mostly(st.sampled_from(list(GPU_TYPES)))},
                               optional={"gpusPerNode": mostly(st.sampled_from([1, 2, 4, 8]))}),
-        st.fixed_dictionaries({"gpuMemory": mostly(st.sampled_from(["0", "1", "15G", "16G", "24Gi", "48G", "96Gi", "141G", "300Gi", "1Ti"]))},
+        st.fixed_dictionaries({"gpuMemory": mostly(st.sampled_from(GPU_MEMORIES))},
                               optional={"architecture": mostly(st.sampled_from(["hopper", "blackwell"])),
                                         "gpusPerNode": mostly(st.sampled_from([1, 2, 4, 8]))}),
     )
