@@ -346,3 +346,16 @@ def test_page_rounding_of_kv_capacity() -> None:
     plan = plan_of(a_deployment().engine(pageSize=32))
     assert plan.kv.tokens_per_group % 32 == 0
     assert math.isclose(plan.kv.swa_tokens, plan.kv.tokens * plan.swa_full_tokens_ratio, rel_tol=1e-3)
+
+
+def test_the_public_surface_is_pinned() -> None:
+    # Other packages (the simulated engine, the autoscaling simulator, the builders) import these names.
+    from mimo_operator import catalog, perf, plan, planner, spec
+
+    assert planner.__all__ == ["DEFAULT_DOWNLOAD_BYTES_PER_SECOND", "DEFAULT_LOAD_BYTES_PER_SECOND", "OWNED_FLAGS",
+                               "plan_deployment"]
+    assert plan.__all__ == ["CACHE_MOUNT_PATH", "HEAD_ADDRESS_PLACEHOLDER", "SGLANG_PROGRAM", "Decision",
+                            "GpuMemorySplit", "KvCachePlan", "Plan", "StartupEstimate"]
+    assert perf.__all__ == ["CALIBRATION", "MTP_ACCEPT_LENGTH", "ReplicaPerformance", "performance_of"]
+    assert {"parse_spec", "DeploymentSpec", "parse_quantity"} <= set(spec.__all__)
+    assert {"CHECKPOINTS", "GPU_TYPES", "checkpoint", "gpu_type", "weights_bytes"} <= set(catalog.__all__)
