@@ -18,8 +18,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mimo_operator import autoscaler, metrics
 from mimo_operator import labels as L
-from mimo_operator import metrics
+from mimo_operator.autoscaling.policy import Action
 from mimo_operator.build import BuildContext, OperatorIdentity, gang_objects, revision_of, router_url, shared_objects
 from mimo_operator.errors import PlanRefused, SpecError
 from mimo_operator.gangs import GangHealth, ObservedGang, gangs_from_pods
@@ -28,7 +29,7 @@ from mimo_operator.kube import ApiError, Kube
 from mimo_operator.planner import plan_deployment
 from mimo_operator.spec import DeploymentSpec, parse_spec
 from mimo_operator.status import records_from_status, refused_status, running_status
-from mimo_operator.steps import CreateGang, DeleteGang, Desired, StartDrain, next_steps
+from mimo_operator.steps import CreateGang, DeleteGang, Desired, Outcome, StartDrain, next_steps
 
 __all__ = ["Event", "Memory", "ReconcileResult", "Reconciler", "ReconcilerOptions"]
 
@@ -57,6 +58,7 @@ class Memory:
     """What one operator process keeps per deployment: guards only, never the source of truth."""
 
     expectations: dict[str, tuple[int, float]] = field(default_factory=dict)  # gang → (pods, deadline)
+    autoscaler: autoscaler.AutoscalerMemory = field(default_factory=autoscaler.AutoscalerMemory)
 
 
 @dataclass(frozen=True)
@@ -142,9 +144,15 @@ class Reconciler:
         result.events.extend(executed)
         await self._apply_shared(ctx)
 
+        autoscaling: dict[str, Any] = {}
+        if spec.autoscaling.enabled:
+            autoscaling = await self._autoscale(ctx, gangs, outcome, memory, now, result, old_status)
+            result.requeue_after = min(result.requeue_after, autoscaler.SCRAPE_INTERVAL_SECONDS)
+
         endpoint = router_url(ctx) if spec.router.enabled else None
         status = running_status(old=old_status, name=name, generation=generation, replicas=spec.replicas, plan=plan,
-                                revision=revision, gangs=gangs, outcome=outcome, endpoint=endpoint)
+                                revision=revision, gangs=gangs, outcome=outcome, endpoint=endpoint,
+                                autoscaling=autoscaling)
         await self._write_status(namespace, name, old_status, status)
         for g in gangs:
             state = outcome.health[g.name].state.value
@@ -152,6 +160,40 @@ class Reconciler:
         if outcome.steps or any(outcome.health[g.name].state is not GangHealth.READY for g in gangs):
             result.requeue_after = min(result.requeue_after, 2.0)
         return result
+
+    async def _autoscale(self, ctx: BuildContext, gangs: list[ObservedGang], outcome: Outcome, memory: Memory,
+                         now: float, result: ReconcileResult, old_status: Mapping[str, Any]) -> dict[str, Any]:
+        """One autoscaler step; returns the status fields it owns (kept from before between scrapes)."""
+        kept = {k: old_status[k] for k in ("lastScaleDecision", "kvCacheUsage", "queue", "autoscaling")
+                if k in old_status}
+        decision = await autoscaler.step(session=self.heads.session, namespace=ctx.namespace, name=ctx.name,
+                                         spec=ctx.spec, plan=ctx.plan, gangs=gangs, health=outcome.health,
+                                         memory=memory.autoscaler, now=now)
+        if decision is None:
+            return kept
+        signals = decision.signals
+        fields: dict[str, Any] = {**kept, "autoscaling": {
+            "action": decision.action.value, "reason": decision.reason, "desiredReplicas": decision.desired_replicas}}
+        if signals.token_usage is not None:
+            fields["kvCacheUsage"] = round(signals.token_usage, 4)
+        if signals.queue_requests is not None:
+            fields["queue"] = int(signals.queue_requests)
+        current = ctx.spec.replicas
+        if decision.action in (Action.SCALE_UP, Action.SCALE_DOWN) and decision.desired_replicas != current:
+            # spec.replicas is the one place the desired count lives; the steps planner acts on it.
+            await self.kube.merge_patch(f"{L.GROUP}/{L.VERSION}", L.KIND, ctx.namespace, ctx.name,
+                                        {"spec": {"replicas": decision.desired_replicas}})
+            autoscaler.DECISIONS.labels(ctx.namespace, ctx.name, decision.action.value).inc()
+            if decision.action is Action.SCALE_DOWN:
+                memory.autoscaler.last_scale_down_at = now
+            fields["lastScaleDecision"] = {"time": _iso(now), "from": current, "to": decision.desired_replicas,
+                                           "reason": decision.reason}
+            verb = "ScaledUp" if decision.action is Action.SCALE_UP else "ScaledDown"
+            result.events.append(Event("Normal", verb, f"{current} → {decision.desired_replicas} replicas: "
+                                                       f"{decision.reason}"))
+        elif decision.action is Action.NO_DATA and kept.get("autoscaling", {}).get("action") != Action.NO_DATA.value:
+            result.events.append(Event("Warning", "AutoscalingNoData", decision.reason))
+        return fields
 
     def _desired(self, spec: DeploymentSpec, revision: str, size: int) -> Desired:
         o = self.options

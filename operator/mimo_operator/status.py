@@ -99,8 +99,8 @@ def refused_status(old: Mapping[str, Any], generation: int, field: str, message:
 
 
 def running_status(*, old: Mapping[str, Any], name: str, generation: int, replicas: int, plan: Plan,
-                   revision: str, gangs: Sequence[ObservedGang], outcome: Outcome, endpoint: str | None
-                   ) -> dict[str, Any]:
+                   revision: str, gangs: Sequence[ObservedGang], outcome: Outcome, endpoint: str | None,
+                   autoscaling: Mapping[str, Any] | None = None) -> dict[str, Any]:
     health = outcome.health
     in_range = [g for g in gangs if g.replica < replicas]
     ready = [g for g in in_range if health[g.name].state is GangHealth.READY]
@@ -132,7 +132,15 @@ def running_status(*, old: Mapping[str, Any], name: str, generation: int, replic
         condition("Degraded", bool(troubles or failed_replicas), "ReplicaFailures" if troubles or failed_replicas
                   else "Healthy", "; ".join(troubles) or "no failures", generation),
     ]
+    scaling = dict(autoscaling or {})
+    if "autoscaling" in scaling:
+        decision = scaling["autoscaling"]
+        conditions.append(condition(
+            "AutoscalingActive", decision["action"] != "NoData",
+            "MissingMetrics" if decision["action"] == "NoData" else decision["action"], decision["reason"],
+            generation))
     return {
+        **scaling,
         "observedGeneration": generation,
         "phase": phase,
         "replicas": len({g.replica for g in in_range}),

@@ -1,0 +1,83 @@
+"""The autoscaler's loop reads SGLang's /metrics the way the policy needs it (against the simulated
+engine, which serves SGLang's names and labels), and maps gangs to the policy's phases."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import aiohttp
+
+from mimo_operator.autoscaler import observe_gangs, p95_between, parse_sglang_metrics, scrape
+from mimo_operator.autoscaling.policy import GangPhase
+from mimo_operator.gangs import GangHealth, Health, ObservedGang, ObservedPod
+from tests.unit.test_simengine_server import chat, serving
+
+TEXT = """\
+# HELP sglang:num_running_reqs running
+# TYPE sglang:num_running_reqs gauge
+sglang:num_running_reqs{model_name="m",dp_rank="0"} 3.0
+sglang:num_running_reqs{model_name="m",dp_rank="1"} 4.0
+# HELP sglang:num_queue_reqs queued
+# TYPE sglang:num_queue_reqs gauge
+sglang:num_queue_reqs{model_name="m",dp_rank="0"} 2.0
+sglang:num_queue_reqs{model_name="m",dp_rank="1"} 5.0
+# HELP sglang:token_usage usage
+# TYPE sglang:token_usage gauge
+sglang:token_usage{model_name="m",dp_rank="0"} 0.25
+sglang:token_usage{model_name="m",dp_rank="1"} 0.75
+# HELP sglang:num_requests_total finished
+# TYPE sglang:num_requests_total counter
+sglang:num_requests_total{model_name="m"} 42.0
+# HELP sglang:time_to_first_token_seconds ttft
+# TYPE sglang:time_to_first_token_seconds histogram
+sglang:time_to_first_token_seconds_bucket{le="0.1",model_name="m"} 50.0
+sglang:time_to_first_token_seconds_bucket{le="0.5",model_name="m"} 90.0
+sglang:time_to_first_token_seconds_bucket{le="1.0",model_name="m"} 100.0
+sglang:time_to_first_token_seconds_bucket{le="+Inf",model_name="m"} 100.0
+sglang:time_to_first_token_seconds_count{model_name="m"} 100.0
+sglang:time_to_first_token_seconds_sum{model_name="m"} 20.0
+"""
+
+
+def test_queues_and_running_requests_add_up_over_dp_ranks_and_usage_is_the_fullest() -> None:
+    sample, buckets = parse_sglang_metrics(TEXT, at=5.0)
+    assert (sample.queue_requests, sample.running_requests, sample.token_usage) == (7.0, 7.0, 0.75)
+    assert sample.requests_total == 42.0
+    assert buckets[-1] == (math.inf, 100.0)
+
+
+def test_ttft_p95_covers_only_the_requests_between_two_scrapes() -> None:
+    before = [(0.1, 50.0), (0.5, 90.0), (1.0, 100.0), (math.inf, 100.0)]
+    # 100 new requests, all slow: the p95 of the interval is 1.0 s, whatever came before.
+    after = [(0.1, 50.0), (0.5, 90.0), (1.0, 200.0), (math.inf, 200.0)]
+    assert p95_between(before, after) == 1.0
+    assert p95_between(None, before) == 1.0
+    assert p95_between(after, after) is None, "no request in between: no figure, not zero"
+
+
+async def test_a_scrape_of_the_simulated_engine_sees_its_load() -> None:
+    async with serving(speedup=5.0) as running:
+        host, port = running.base.removeprefix("http://").split(":")
+        requests = [asyncio.create_task(running.post("/v1/chat/completions", chat(400, prompt_tokens=200)))
+                    for _ in range(6)]
+        await asyncio.sleep(0.5)
+        async with aiohttp.ClientSession() as session:
+            got = await scrape(session, host, int(port), at=1.0)
+        await asyncio.gather(*requests)
+    assert got is not None
+    sample, _ = got
+    assert sample.running_requests + sample.queue_requests == 6
+    assert sample.token_usage > 0
+
+
+def test_gangs_map_to_the_policys_phases_with_loading_ones_as_starting() -> None:
+    def gang(name: str) -> ObservedGang:
+        pod = ObservedPod(name=f"{name}-0", uid="u", rank=0, phase="Running", ready=True, deleting=False,
+                          node="n", created=100.0)
+        return ObservedGang(name, 0, "r", 1, 1, (pod,))
+
+    health = {"a": Health(GangHealth.READY), "b": Health(GangHealth.STARTING), "c": Health(GangHealth.PENDING),
+              "d": Health(GangHealth.FAILED)}
+    phases = {g.name: g.phase for g in observe_gangs([gang(n) for n in "abcd"], health, now=200.0)}
+    assert phases == {"a": GangPhase.READY, "b": GangPhase.STARTING, "c": GangPhase.STARTING}
