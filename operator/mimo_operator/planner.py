@@ -147,7 +147,7 @@ def plan_deployment(
                           f"contextLength {context:,} exceeds {entry.name}'s {entry.max_context:,} tokens")
     _check_extra_args(spec.engine.extra_args or [])
 
-    pinned = _pinned_nodes(spec, entry)
+    pinned = _pinned_nodes(spec)
     layout, why_nodes = _choose_layout(spec, entry, gpu, context, pinned)
     return _assemble(spec, entry, gpu, context, layout, why_nodes,
                      download_bytes_per_second, load_bytes_per_second)
@@ -161,7 +161,7 @@ def _gpu_of(spec: DeploymentSpec) -> GpuType:
     return gpu_type(hw.gpu_type, memory_bytes=hw.gpu_memory_bytes, architecture=hw.architecture or "hopper")
 
 
-def _pinned_nodes(spec: DeploymentSpec, entry: Checkpoint) -> int | None:
+def _pinned_nodes(spec: DeploymentSpec) -> int | None:
     p, gpn = spec.parallelism, spec.hardware.gpus_per_node
     if p.nodes_per_replica is not None:
         return p.nodes_per_replica
