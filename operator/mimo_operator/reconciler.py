@@ -302,6 +302,5 @@ class Reconciler:
 
 
 def _pod_template(spec: DeploymentSpec, key: str) -> tuple[tuple[str, str], ...]:
-    template = getattr(spec, "pod_template", None)
-    values: Mapping[str, str] = getattr(template, key, None) or {}
+    values: Mapping[str, str] = getattr(spec.pod_template, key) or {}
     return tuple(sorted(values.items()))

@@ -206,6 +206,11 @@ class RolloutSpec(_Spec):
     max_unavailable: int = Field(0, ge=0)
 
 
+class PodTemplateSpec(_Spec):
+    labels: dict[str, str] | None = Field(None, max_length=32)
+    annotations: dict[str, str] | None = Field(None, max_length=32)
+
+
 class DeploymentSpec(_Spec):
     """``MiMoDeployment.spec``, parsed, defaulted and checked against the CRD's rules."""
 
@@ -219,6 +224,7 @@ class DeploymentSpec(_Spec):
     router: RouterSpec = Field(default_factory=RouterSpec)
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    pod_template: PodTemplateSpec = Field(default_factory=PodTemplateSpec)
 
 
 def parse_quantity(text: str) -> int:

@@ -167,3 +167,15 @@ def test_a_simulated_engine_binds_its_pod_ip_and_models_the_plans_gpu() -> None:
     assert argv[len(argv) - 1 - argv[::-1].index("--host") + 1] == "127.64.0.3"
     assert argv[argv.index("--mimo-gpu-type") + 1] == "H200-141GB"
     assert argv[argv.index("--mimo-speedup") + 1] == "20.0"
+
+
+def test_pod_template_labels_reach_every_pod_but_never_override_the_operators() -> None:
+    ctx = context(PRO_H200, pod_labels=(("team", "search"), (L.LABEL_GANG, "spoofed"), (L.LABEL_COMPONENT, "x")),
+                  pod_annotations=(("cost-center", "42"),))
+    for pod in by_kind(gang_objects(ctx, 0, 1, "abc"), "Pod"):
+        assert pod["metadata"]["labels"]["team"] == "search"
+        assert pod["metadata"]["labels"][L.LABEL_GANG] == L.gang_name("pro", 0, "abc", 1)
+        assert pod["metadata"]["annotations"]["cost-center"] == "42"
+    (router,) = by_kind(shared_objects(ctx), "Deployment")
+    assert router["spec"]["template"]["metadata"]["labels"]["team"] == "search"
+    assert router["spec"]["template"]["metadata"]["labels"][L.LABEL_COMPONENT] == "router"

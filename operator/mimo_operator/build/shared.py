@@ -51,7 +51,7 @@ def _router(ctx: BuildContext) -> list[dict[str, Any]]:
     name = router_name(ctx)
     ports = ctx.ports
     router = ctx.spec.router
-    labels = {**deployment_labels(ctx, "router"), **dict(ctx.pod_labels)}
+    labels = {**dict(ctx.pod_labels), **deployment_labels(ctx, "router")}
     selector = {L.LABEL_DEPLOYMENT: ctx.name, L.LABEL_COMPONENT: "router"}
     # The router discovers the heads itself: only head pods that are Ready and still serving (a draining
     # gang's head loses the serving label first, so it leaves the router before its pods go).
