@@ -39,6 +39,8 @@ def test_a_pro_gang_on_h200_is_one_head_and_members_with_8_gpus_each() -> None:
     assert [p["metadata"]["name"] for p in pods] == [f"{gang}-{r}" for r in range(len(pods))]
     assert [p["metadata"]["labels"][L.LABEL_ROLE] for p in pods] == ["head"] + ["member"] * (len(pods) - 1)
     assert pods[0]["metadata"]["labels"][L.LABEL_SERVING] == "true"
+    assert pods[0]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert all("readinessProbe" not in p["spec"]["containers"][0] for p in pods[1:])
     assert all(L.LABEL_SERVING not in p["metadata"]["labels"] for p in pods[1:])
     for pod in pods:
         container = pod["spec"]["containers"][0]

@@ -300,9 +300,6 @@ def _pod(ctx: BuildContext, gang: str, gang_labels: dict[str, str], rank: int) -
             "resources": resources,
             "volumeMounts": mounts,
             "securityContext": security,
-            # Head: the engine's own /health on node 0 (through the worker). Member: its Ray node is up.
-            "readinessProbe": {"httpGet": {"path": "/readyz", "port": "worker-http"},
-                               "periodSeconds": 5, "failureThreshold": 3, "timeoutSeconds": 3},
         }],
         "volumes": volumes,
     })
@@ -312,6 +309,13 @@ def _pod(ctx: BuildContext, gang: str, gang_labels: dict[str, str], rank: int) -
         pod_spec["priorityClassName"] = spec.scheduling.priority_class_name
     if scheduler_name:
         pod_spec["schedulerName"] = scheduler_name
+    if rank == 0:
+        # The gang's readiness: the engine's own /health on node 0, through the head's worker. Members
+        # serve nothing of their own (SGLang's dummy health server on nodes ≥ 1 always says yes); a member
+        # whose Ray node or engine dies exits, which fails its pod and so the gang.
+        pod_spec["containers"][0]["readinessProbe"] = {
+            "httpGet": {"path": "/readyz", "port": "worker-http"},
+            "periodSeconds": 5, "failureThreshold": 3, "timeoutSeconds": 3}
     meta = _meta(ctx, name, labels)
     if annotations:
         meta["annotations"] = annotations

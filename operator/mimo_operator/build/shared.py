@@ -57,10 +57,12 @@ def _router(ctx: BuildContext) -> list[dict[str, Any]]:
     # gang's head loses the serving label first, so it leaves the router before its pods go).
     discovery = [f"{L.LABEL_DEPLOYMENT}={ctx.name}", f"{L.LABEL_ROLE}={L.ROLE_HEAD}", f"{L.LABEL_SERVING}=true"]
     args = [
-        "--host", "0.0.0.0", "--port"  # noqa: S104 - in a pod, behind its Service, str(ports.router_http), "--policy", router.policy,
+        # The pod's own IP, not every interface: the same in a pod, and safe where pods share a host's
+        # network (the local cluster, hostNetwork).
+        "--host", "$(POD_IP)", "--port", str(ports.router_http), "--policy", router.policy,
         "--service-discovery", "--selector", *discovery,
         "--service-discovery-port", str(ctx.plan.port), "--service-discovery-namespace", ctx.namespace,
-        "--prometheus-host", "0.0.0.0", "--prometheus-port"  # noqa: S104, str(ports.router_metrics),
+        "--prometheus-host", "$(POD_IP)", "--prometheus-port", str(ports.router_metrics),
         # A Pro gang takes minutes to load; the router must not give up on a discovered head meanwhile.
         "--worker-startup-timeout-secs", str(int(max(600, ctx.plan.startup.cold_seconds))),
         "--request-timeout-secs", "3600",
@@ -90,6 +92,7 @@ def _router(ctx: BuildContext) -> list[dict[str, Any]]:
                             "image": router.image or ctx.spec.engine.image,
                             "command": ["python3", "-m", "sglang_router.launch_router"],
                             "args": args,
+                            "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
                             "ports": [{"name": "http", "containerPort": ports.router_http},
                                       {"name": "metrics", "containerPort": ports.router_metrics}],
                             "readinessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 5},
