@@ -376,6 +376,7 @@ def test_killing_a_member_fails_the_gang_within_30_seconds(make_gang: Callable[.
     killed = time.monotonic()
     code = gang.wait_exit(0, 30)
     took = time.monotonic() - killed
+    print(f"the head exited with {code} {took:.1f} s after the member was killed")
     assert code != 0
     assert took < 30
     log = gang.log(0)

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from mimo_worker.__main__ import UsageError, member_rank
+from mimo_worker.head import sglang_ray_launch
 from mimo_worker.launchplan import (
     ENV_PLAN_PATH,
     LaunchPlanError,
@@ -100,6 +101,17 @@ def test_sglang_ray_mode_carries_only_the_drivers_argv() -> None:
         parse_plan(data)
     data["engine"]["ranks"] = data["engine"]["ranks"][:1]
     assert parse_plan(data).engine.mode == "sglang-ray"
+
+
+def test_sglang_ray_mode_runs_sglangs_ray_launcher_on_the_head_against_the_gangs_ray() -> None:
+    data = doc(engine__mode="sglang-ray")
+    data["engine"]["ranks"] = data["engine"]["ranks"][:1]
+    command, env = sglang_ray_launch(parse_plan(data), "10.0.0.5")
+    assert command[:3] == ["python", "-m", "sglang.launch_server"]
+    assert command.count("--use-ray") == 1
+    assert command[command.index("--dist-init-addr") + 1] == "10.0.0.5:5000"
+    assert env["RAY_ADDRESS"] == "10.0.0.5:6379"
+    assert env["NCCL_IB_HCA"] == "mlx5"  # the plan's environment too
 
 
 def test_the_head_fills_in_node_0s_ip_and_each_nodes_own() -> None:

@@ -42,7 +42,7 @@ from mimo_worker.server import serve
 from mimo_worker.status import DrainProgress, GangStatus
 from mimo_worker.supervise import keeper_argv
 
-__all__ = ["GangFailure", "Head", "parse_load"]
+__all__ = ["GangFailure", "Head", "parse_load", "sglang_ray_launch"]
 
 log = logging.getLogger("mimo_worker.head")
 
@@ -73,6 +73,15 @@ def parse_load(metrics_text: str) -> tuple[int, int]:
             elif sample.name == "sglang:num_queue_reqs":
                 queued += sample.value
     return int(running), int(queued)
+
+
+def sglang_ray_launch(plan: LaunchPlan, pod_ip: str) -> tuple[list[str], dict[str, str]]:
+    """The ``sglang-ray`` mode's driver: SGLang's own launcher with ``--use-ray`` on the head, connected to
+    the gang's Ray (``RAY_ADDRESS``); SGLang then creates its scheduler actors across the joined nodes."""
+    command, env = plan.engine_command(0, head_ip=pod_ip, node_ip=pod_ip)
+    if "--use-ray" not in command:
+        command.append("--use-ray")  # what the mode means; a constant flag, not a user string
+    return command, {**env, "RAY_ADDRESS": f"{pod_ip}:{plan.ports.ray_gcs}"}
 
 
 class Head:
@@ -338,11 +347,8 @@ class Head:
         # SGLang places its own schedulers; the GPUs our group reserved for the fabric check go back first.
         remove_placement_group(self._pg)
         self._pg = None
-        command, env = self.plan.engine_command(0, head_ip=self.pod_ip, node_ip=self.pod_ip)
-        self._local_engine = subprocess.Popen(
-            keeper_argv(command, parent_pid=os.getpid()),
-            env={**os.environ, "RAY_ADDRESS": f"{self.pod_ip}:{self.plan.ports.ray_gcs}", **env},
-        )
+        command, env = sglang_ray_launch(self.plan, self.pod_ip)
+        self._local_engine = subprocess.Popen(keeper_argv(command, parent_pid=os.getpid()), env={**os.environ, **env})
         self.status.set_engine(0, "starting", pid=self._local_engine.pid)
         log.info("SGLang Ray engine started on the head: %s", " ".join(command))
 
