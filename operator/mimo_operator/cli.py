@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "mimo_operator.commands.plan",
     "mimo_operator.commands.cluster",
     "mimo_operator.commands.demo",
+    "mimo_operator.commands.simulate",
 )
 
 

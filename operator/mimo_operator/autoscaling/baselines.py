@@ -23,8 +23,8 @@ from __future__ import annotations
 import bisect
 import math
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 from mimo_operator.autoscaling.policy import (
     Action,
@@ -35,15 +35,25 @@ from mimo_operator.autoscaling.policy import (
     Signals,
     decide,
 )
-from mimo_operator.autoscaling.trace import Trace
+from mimo_operator.autoscaling.simulator import (
+    Autoscaler,
+    FleetConfig,
+    PolicyResult,
+    request_work_seconds,
+    simulate,
+)
+from mimo_operator.autoscaling.trace import Trace, reshape
 
 __all__ = [
+    "POLICY_NAMES",
+    "Comparison",
     "HpaUtilisation",
     "KedaQueue",
     "MimoPolicy",
     "Oracle",
     "StaticPeak",
     "burst_requirement",
+    "copies_for_peak",
     "demand_per_bin",
     "oracle_schedule",
 ]
@@ -315,3 +325,101 @@ class Oracle:
         hi = bisect.bisect_left(self.times, end)
         desired = max([self.at(now), *self.counts[lo:hi]])
         return _decision(observation, desired, f"clairvoyant: {desired} gangs")
+
+
+POLICY_NAMES: tuple[str, ...] = ("mimo", "static-peak", "hpa-utilisation", "keda-queue", "oracle")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Everything that makes one run of every autoscaler comparable: the same fleet and trace."""
+
+    fleet: FleetConfig
+    policy: PolicyConfig
+    hpa_metric: str = "token_usage"
+    hpa_target: float = 0.8
+    keda_queue_target: float = 4.0
+    oracle_bin_seconds: float = 5.0
+    oracle_headroom: float = 0.9  # the oracle fills a gang to this share of its modelled capacity
+    oracle_longest_burst_seconds: float = 300.0
+
+    def oracle(self, trace: Trace) -> Oracle:
+        work = request_work_seconds(self.policy.capacity)
+        need = burst_requirement(
+            demand_per_bin(trace, work, self.oracle_bin_seconds),
+            bin_seconds=self.oracle_bin_seconds,
+            slo_seconds=self.fleet.ttft_slo_seconds,
+            longest_burst_seconds=self.oracle_longest_burst_seconds,
+        )
+        times, counts = oracle_schedule(
+            need,
+            bin_seconds=self.oracle_bin_seconds,
+            startup_seconds=self.fleet.startup_seconds,
+            headroom=self.oracle_headroom,
+            min_replicas=self.policy.min_replicas,
+            max_replicas=self.policy.max_replicas,
+        )
+        return Oracle(times, counts, lookahead_seconds=self.fleet.decision_interval_seconds)
+
+    def autoscalers(self, trace: Trace, names: Sequence[str] = POLICY_NAMES) -> list[tuple[Autoscaler, int]]:
+        """Each named autoscaler with the gangs it starts with (ready at t = 0).
+
+        The fleet was running before the trace begins: the reactive policies start where the oracle
+        starts (what the first minutes need); static-peak starts, and stays, at the oracle's peak.
+        """
+        unknown = [n for n in names if n not in POLICY_NAMES]
+        if unknown:
+            raise ValueError(f"unknown policy {', '.join(unknown)}; choose from {', '.join(POLICY_NAMES)}")
+        config = self.policy
+        oracle = self.oracle(trace)
+        peak = max(oracle.counts)
+        start = max(config.min_replicas, min(config.max_replicas, oracle.at(0.0)))
+        made: dict[str, tuple[Autoscaler, int]] = {
+            "mimo": (MimoPolicy(config), start),
+            "static-peak": (StaticPeak(peak), peak),
+            "hpa-utilisation": (
+                HpaUtilisation(config.min_replicas, config.max_replicas, self.hpa_metric, self.hpa_target),
+                start,
+            ),
+            "keda-queue": (KedaQueue(config.min_replicas, config.max_replicas, self.keda_queue_target), start),
+            "oracle": (oracle, oracle.at(0.0)),
+        }
+        return [made[name] for name in names]
+
+    def run(self, trace: Trace, names: Sequence[str] = POLICY_NAMES) -> dict[str, PolicyResult]:
+        results: dict[str, PolicyResult] = {}
+        for autoscaler, initial in self.autoscalers(trace, names):
+            fleet = replace(self.fleet, initial_replicas=initial)
+            results[autoscaler.name] = simulate(trace, fleet, autoscaler)
+        return results
+
+
+def copies_for_peak(
+    trace: Trace,
+    comparison: Comparison,
+    *,
+    peak_replicas: int,
+    speedup: float,
+    copy_offset_seconds: float,
+    most: int = 512,
+) -> int:
+    """The number of copies of `trace` whose load needs about `peak_replicas` gangs at its peak.
+
+    "Needs" is the oracle's requirement (bursts meeting the TTFT SLO at the oracle's headroom), so
+    that the fleet in a benchmark is sized by the same yardstick for every trace.
+    """
+
+    def peak(copies: int) -> int:
+        shaped = reshape(trace, speedup=speedup, copies=copies, copy_offset_seconds=copy_offset_seconds)
+        return max(comparison.oracle(shaped).counts)
+
+    low, high = 1, 1
+    while peak(high) < peak_replicas and high < most:
+        low, high = high, min(most, high * 2)
+    while low < high:
+        middle = (low + high) // 2
+        if peak(middle) >= peak_replicas:
+            high = middle
+        else:
+            low = middle + 1
+    return high

@@ -159,6 +159,7 @@ class Observation:
     now: float
     gangs: tuple[Gang, ...]
     samples: Mapping[str, Sequence[MetricSample]]
+    last_scale_up_at: float | None = None
     last_scale_down_at: float | None = None
     pending_requests: int | None = None
 
@@ -288,7 +289,8 @@ def decide(observation: Observation, config: PolicyConfig) -> Decision:
     # Scale down: slowly, one gang at a time, only if the rest would stay under the targets.
     fewer = current - 1
     if fewer > 0:
-        fits = peak_demand <= fewer * (1.0 - config.scale_down_margin)
+        # The forecast counts too: a gang ordered for a ramp is not cancelled while the ramp lasts.
+        fits = max(peak_demand, forecast_demand) <= fewer * (1.0 - config.scale_down_margin)
     else:
         fits = loads.idle(now - config.scale_down_window_seconds, now)
     blocker = _scale_down_blocker(observation, config, draining, loads.covered(), current)
@@ -341,6 +343,10 @@ def _scale_down_blocker(
         return f"at minReplicas {config.min_replicas}"
     if draining:
         return f"gang {draining[0].name} is still draining"
+    up = observation.last_scale_up_at
+    if up is not None and observation.now - up < config.scale_down_window_seconds:
+        # What was ordered within the window stays: scaling down now would be a flap.
+        return f"last scale-up {observation.now - up:.0f}s ago"
     last = observation.last_scale_down_at
     if last is not None and observation.now - last < config.scale_down_interval_seconds:
         return f"last scale-down {observation.now - last:.0f}s ago"
@@ -377,13 +383,42 @@ class _Loads:
         step = config.panic_window_seconds / 2
         count = int(config.scale_down_window_seconds / step + 1e-9)
         self._ends = [observation.now - k * step for k in range(count)]
-        self._stable = [
-            self._demand(end - config.stable_window_seconds, end, config.target_utilisation) for end in self._ends
-        ]
         self._ttft = [self._ttft_view(end - step, end) for end in self._ends]
-        self._panic = [
-            self._demand(end - config.panic_window_seconds, end, config.burst_utilisation) for end in self._ends
+        self.correction = self._correction()
+        self._stable = [
+            self._demand(end - config.stable_window_seconds, end, config.target_utilisation * self.correction)
+            for end in self._ends
         ]
+        self._panic = [
+            self._demand(end - config.panic_window_seconds, end, config.burst_utilisation * self.correction)
+            for end in self._ends
+        ]
+
+    def _correction(self) -> float:
+        """How much of the modelled capacity the SLO has shown to be usable, as a factor on the targets.
+
+        Where most gangs missed the TTFT SLO, the gangs were fuller than this workload allows: bursts
+        shorter than a scrape, or a replica slower than its plan. The lowest compute utilisation
+        (panic window, per serving gang) at which that happened, with a 10 % margin, caps the
+        targets for as long as it stays in the scale-down window. Never below half the targets.
+        """
+        config = self._config
+        if config.ttft_slo_seconds is None:
+            return 1.0
+        seen = []
+        for end, view in zip(self._ends, self._ttft, strict=True):
+            if view <= 0:
+                continue
+            start = end - config.panic_window_seconds
+            counts = [self._arrivals(name, start, end) for name in self._samples]
+            serving = sum(1 for name in self._samples if self._in(name, start, end)[1])
+            known = [c for c in counts if c is not None]
+            if serving and known:
+                seen.append(sum(known) * self._work_per_request / config.panic_window_seconds / serving)
+        if not seen:
+            return 1.0
+        usable = 0.9 * min(seen)
+        return max(0.5, min(1.0, usable / config.target_utilisation))
 
     # -- the three views
 
@@ -401,22 +436,31 @@ class _Loads:
         return max(inside, default=0.0)
 
     def trend(self) -> float:
-        """Growth of stable demand per second over the scale-down window; 0 unless it rose throughout.
+        """Growth of stable demand per second; 0 unless it rose throughout the trend window.
 
-        The window is cut in five parts; the slope counts only if the mean demand rose from each part
-        to the next (a ramp), and is the smallest of those rises, so that a step or a lone burst,
-        which lifts one or two parts, is not extrapolated.
+        The trend window looks back as far as the forecast looks ahead (at least two stable windows,
+        at most the scale-down window) and is cut in four parts; the slope counts only if the mean
+        demand rose from each part to the next (a ramp), so that a step or a lone burst, which lifts
+        one or two parts, is not extrapolated. The slope is the median of the three rises.
         """
-        parts = 5
-        series = list(reversed(self._stable))  # oldest first
+        config = self._config
+        window = min(
+            config.scale_down_window_seconds,
+            max(config.forecast_seconds, 2 * config.stable_window_seconds),
+        )
+        if config.forecast_seconds <= 0 or not self.covered(window):
+            return 0.0
+        series = [v for end, v in zip(self._ends, self._stable, strict=True) if end > self._now - window]
+        series.reverse()  # oldest first
+        parts = 4
         size = len(series) // parts
-        if size == 0 or not self.covered():
+        if size == 0:
             return 0.0
         means = [sum(series[k * size : (k + 1) * size]) / size for k in range(parts)]
-        rise = min(later - earlier for earlier, later in itertools.pairwise(means))
-        if rise <= 0:
+        rises = sorted(later - earlier for earlier, later in itertools.pairwise(means))
+        if rises[0] <= 0:
             return 0.0
-        return rise / (size * self._config.panic_window_seconds / 2)
+        return rises[len(rises) // 2] / (size * config.panic_window_seconds / 2)
 
     def peak(self) -> float:
         return max(max(self._stable, default=0.0), max(self._panic, default=0.0), max(self._ttft, default=0.0))
@@ -459,10 +503,11 @@ class _Loads:
         queued = sum(self._samples[n][-1].queue_requests for n in self._ready if n in self._samples)
         return queued * self._work_per_request / horizon / self._config.target_utilisation
 
-    def covered(self) -> bool:
-        """Whether the history reaches back over the whole scale-down window."""
+    def covered(self, window: float | None = None) -> bool:
+        """Whether the history reaches back over the window (default: the scale-down window)."""
+        span = self._config.scale_down_window_seconds if window is None else window
         oldest = min((times[0] for times in self._times.values()), default=self._now)
-        return oldest <= self._now - self._config.scale_down_window_seconds + self._config.max_sample_age_seconds
+        return oldest <= self._now - span + self._config.max_sample_age_seconds
 
     # -- per gang
 

@@ -330,6 +330,7 @@ class _Engine:
         self.history: dict[str, deque[MetricSample]] = {}
         self.next_name = 0
         self.rr = 0
+        self.last_scale_up: float | None = None
         self.last_scale_down: float | None = None
         self.scale_events = 0
         self.gangs_started = 0
@@ -637,6 +638,7 @@ class _Engine:
             now=now,
             gangs=tuple(Gang(r.name, r.phase, r.since) for r in live),
             samples={name: tuple(samples) for name, samples in self.history.items()},
+            last_scale_up_at=self.last_scale_up,
             last_scale_down_at=self.last_scale_down,
             pending_requests=len(self.pending),
         )
@@ -670,6 +672,7 @@ class _Engine:
             return
         self.scale_events += 1
         if desired > current:
+            self.last_scale_up = now
             for _ in range(desired - current):
                 replica = self._new_replica(now, GangPhase.STARTING)
                 self.gangs_started += 1
