@@ -37,6 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backoff-seconds", type=float, default=10.0, help="first back-off before recreating a gang")
     p.add_argument("--unschedulable-seconds", type=float, default=300.0,
                    help="how long a gang may stay unschedulable before it is replaced")
+    p.add_argument("--distinct-gang-ports", action="store_true", default=env("MIMO_DISTINCT_GANG_PORTS") == "true",
+                   help="give every gang its own Ray ports (pods sharing a network namespace, e.g. the local cluster)")
     p.add_argument("--resync-seconds", type=float, default=30.0)
     p.add_argument("--verbose", action="store_true")
     return p.parse_args(argv)
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         reconciler=ReconcilerOptions(
             operator=OperatorIdentity(namespace=args.operator_namespace),
             restart_budget=args.restart_budget, backoff_base=args.backoff_seconds,
-            unschedulable_deadline=args.unschedulable_seconds),
+            unschedulable_deadline=args.unschedulable_seconds, distinct_gang_ports=args.distinct_gang_ports),
         leader_election=args.leader_election, lease_namespace=args.lease_namespace,
         resync_seconds=args.resync_seconds,
     )

@@ -51,6 +51,7 @@ class ReconcilerOptions:
     backoff_cap: float = 600.0
     unschedulable_deadline: float = 300.0
     surge_unschedulable_deadline: float = 60.0
+    distinct_gang_ports: bool = False
 
 
 @dataclass
@@ -121,7 +122,8 @@ class Reconciler:
             return result
 
         ctx = BuildContext(name=name, namespace=namespace, uid=meta["uid"], spec=spec, plan=plan,
-                           operator=self.options.operator, pod_labels=_pod_template(spec, "labels"),
+                           operator=self.options.operator, distinct_gang_ports=self.options.distinct_gang_ports,
+                           pod_labels=_pod_template(spec, "labels"),
                            pod_annotations=_pod_template(spec, "annotations"))
         revision = revision_of(ctx)
         now = self.clock()

@@ -181,3 +181,14 @@ def test_pod_template_labels_reach_every_pod_but_never_override_the_operators() 
     (router,) = by_kind(shared_objects(ctx), "Deployment")
     assert router["spec"]["template"]["metadata"]["labels"]["team"] == "search"
     assert router["spec"]["template"]["metadata"]["labels"][L.LABEL_COMPONENT] == "router"
+
+
+def test_gangs_sharing_a_network_get_ports_of_their_own() -> None:
+    def ray_ports(ctx: BuildContext) -> set[int]:
+        plans = [json.loads(by_kind(gang_objects(ctx, r, 1, "abc"), "ConfigMap")[0]["data"]["plan.json"])
+                 for r in range(3)]
+        return {p["ports"]["ray_gcs"] for p in plans}
+
+    assert ray_ports(context(PRO_H200.network("rdma"))) == {6379}
+    assert len(ray_ports(context(PRO_H200.network("hostNetwork")))) == 3
+    assert len(ray_ports(context(PRO_H200.network("rdma"), distinct_gang_ports=True))) == 3

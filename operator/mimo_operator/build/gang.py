@@ -60,6 +60,16 @@ def _meta(ctx: BuildContext, name: str, labels: dict[str, str]) -> dict[str, Any
     return {"name": name, "namespace": ctx.namespace, "labels": labels, "ownerReferences": [owner_reference(ctx)]}
 
 
+def gang_ports(ctx: BuildContext, gang: str) -> tuple[int, int]:
+    """(Ray GCS port, fabric-check port) of one gang: the fixed ones in a pod network of its own, else a
+    pair derived from the gang's name, below Linux's ephemeral range (32768–60999) where Ray's own
+    random ports fall."""
+    if not (ctx.distinct_gang_ports or ctx.spec.network.mode == "hostNetwork"):
+        return ctx.ports.ray_gcs, ctx.ports.fabric
+    slot = int(L.short_hash(gang, length=8), 16) % 5000
+    return 20000 + 2 * slot, 20001 + 2 * slot
+
+
 def head_dns(ctx: BuildContext, gang: str) -> str:
     return f"{L.pod_name(gang, 0)}.{gang}.{ctx.namespace}.svc.cluster.local"
 
@@ -78,6 +88,7 @@ def launch_plan(ctx: BuildContext, gang: str, replica: int, revision: str) -> di
     ranks = [{"rank": r, "argv": [*plan.server_args(r, _HEAD_IP), *extra], "env": env}
              for r in range(plan.nodes_per_replica)]
     pods = [L.pod_name(gang, r) for r in range(plan.nodes_per_replica)]
+    ray_gcs, fabric = gang_ports(ctx, gang)
     fabric_backend = "gloo" if plan.engine == "simulated" else "nccl"
     return {
         "kind": "MiMoLaunchPlan",
@@ -85,8 +96,8 @@ def launch_plan(ctx: BuildContext, gang: str, replica: int, revision: str) -> di
         "deployment": {"name": ctx.name, "namespace": ctx.namespace},
         "gang": {"name": gang, "replica": replica, "revision": revision, "nodes": plan.nodes_per_replica,
                  "gpus_per_node": plan.gpus_per_node, "head_address": head_dns(ctx, gang), "pods": pods},
-        "ports": {"ray_gcs": ports.ray_gcs, "engine_http": plan.port, "dist_init": plan.dist_init_port,
-                  "fabric": ports.fabric, "worker_http": ports.worker_http},
+        "ports": {"ray_gcs": ray_gcs, "engine_http": plan.port, "dist_init": plan.dist_init_port,
+                  "fabric": fabric, "worker_http": ports.worker_http},
         "engine": {"mode": "per-node", "program": program, "ranks": ranks},
         "fabric": {"enabled": plan.nodes_per_replica > 1, "backend": fabric_backend,
                    "expected_bus_gbps": _expected_bus_gbps(ctx), "min_fraction": 0.5},
@@ -132,7 +143,7 @@ def _objects(ctx: BuildContext, gang: str, replica: int, attempt: int, revision:
                 "publishNotReadyAddresses": True,
                 "selector": {L.LABEL_GANG: gang},
                 "ports": [
-                    {"name": "ray-gcs", "port": ports.ray_gcs},
+                    {"name": "ray-gcs", "port": gang_ports(ctx, gang)[0]},
                     {"name": "engine-http", "port": plan.port},
                     {"name": "dist-init", "port": plan.dist_init_port},
                     {"name": "worker-http", "port": ports.worker_http},
@@ -235,7 +246,7 @@ def _pod(ctx: BuildContext, gang: str, gang_labels: dict[str, str], rank: int) -
         resource = rdma.resource_name if rdma else "rdma/rdma_shared_device_a"
         resources["limits"][resource] = str(rdma.resource_count if rdma else 1)
     container_ports = [
-        {"name": "ray-gcs", "containerPort": ports.ray_gcs},
+        {"name": "ray-gcs", "containerPort": gang_ports(ctx, gang)[0]},
         {"name": "engine-http", "containerPort": plan.port},
         {"name": "dist-init", "containerPort": plan.dist_init_port},
         {"name": "worker-http", "containerPort": ports.worker_http},

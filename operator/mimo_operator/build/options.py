@@ -40,6 +40,10 @@ class BuildContext:
     plan: Plan
     ports: WorkerPorts = field(default_factory=WorkerPorts)
     operator: OperatorIdentity = field(default_factory=OperatorIdentity)
+    # Give each gang its own Ray GCS and fabric-check ports. Ray's GCS and torch's rendezvous listen on
+    # every interface, so gangs that share a network namespace (hostNetwork pods on one node, the local
+    # cluster's processes) would collide on fixed ports.
+    distinct_gang_ports: bool = False
     # Extra labels and annotations on every engine and router pod (from the spec's pod template).
     pod_labels: tuple[tuple[str, str], ...] = ()
     pod_annotations: tuple[tuple[str, str], ...] = ()
