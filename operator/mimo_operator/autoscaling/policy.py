@@ -256,7 +256,6 @@ def decide(observation: Observation, config: PolicyConfig) -> Decision:
         "stable": demand,
         "panic": panic_demand,
         "forecast": forecast_demand,
-        "backlog": demand + loads.backlog(),
     }
     view, wanted = max(views.items(), key=lambda item: item[1])
     if wanted > current * (1.0 + config.tolerance) and current < config.max_replicas:
@@ -440,8 +439,9 @@ class _Loads:
 
         The trend window looks back as far as the forecast looks ahead (at least two stable windows,
         at most the scale-down window) and is cut in four parts; the slope counts only if the mean
-        demand rose from each part to the next (a ramp), so that a step or a lone burst, which lifts
-        one or two parts, is not extrapolated. The slope is the median of the three rises.
+        demand rose from each part to the next, and evenly enough (the smallest rise at least a sixth of the
+        largest): a ramp. A step or a lone burst, which lifts one part (the stable window smears it
+        into its neighbours a little), is not extrapolated. The slope is the median of the rises.
         """
         config = self._config
         window = min(
@@ -458,7 +458,8 @@ class _Loads:
             return 0.0
         means = [sum(series[k * size : (k + 1) * size]) / size for k in range(parts)]
         rises = sorted(later - earlier for earlier, later in itertools.pairwise(means))
-        if rises[0] <= 0:
+        # A ramp rises evenly; a step smoothed by the stable window rises mostly in one part.
+        if rises[0] <= 0 or rises[0] < rises[-1] / 6:
             return 0.0
         return rises[len(rises) // 2] / (size * config.panic_window_seconds / 2)
 
@@ -497,17 +498,11 @@ class _Loads:
                 missing += 1
         return float(serving + 1) if serving and 2 * missing >= serving else 0.0
 
-    def backlog(self) -> float:
-        """Replicas' worth of work to clear the queued requests within the forecast horizon."""
-        horizon = max(self._config.forecast_seconds, self._config.stable_window_seconds)
-        queued = sum(self._samples[n][-1].queue_requests for n in self._ready if n in self._samples)
-        return queued * self._work_per_request / horizon / self._config.target_utilisation
-
     def covered(self, window: float | None = None) -> bool:
         """Whether the history reaches back over the window (default: the scale-down window)."""
         span = self._config.scale_down_window_seconds if window is None else window
         oldest = min((times[0] for times in self._times.values()), default=self._now)
-        return oldest <= self._now - span + self._config.max_sample_age_seconds
+        return oldest <= self._now - span + 1e-6
 
     # -- per gang
 

@@ -1,0 +1,487 @@
+"""The autoscaling policy: whole decision sequences for scripted loads, and the single rules.
+
+The sequences run the pure policy against a *fluid fleet*: every ready gang serves exactly 10 requests
+per second (each request is 1,000 prompt tokens, a replica prefills 10,000 tokens per second, so a
+request is 0.1 replica-seconds of work); what a gang cannot serve waits in its queue; the router splits
+arrivals evenly over ready gangs; gangs are ready a fixed start-up after they are ordered and a drained
+gang leaves at once. So demand is easy to work out by hand: R requests per second need R × 0.1
+replicas flat out, R × 0.1 / 0.7 at the default target (7 requests per second per gang).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import pytest
+
+from mimo_operator.autoscaling import (
+    Action,
+    Decision,
+    Gang,
+    GangPhase,
+    MetricSample,
+    Observation,
+    PolicyConfig,
+    ReplicaCapacity,
+    decide,
+)
+
+WORK = 0.1  # replica-seconds per request
+CAPACITY = ReplicaCapacity(
+    prefill_tokens_per_second=10_000.0,
+    decode_tokens_per_second=1_000.0,
+    max_running_requests=1_000,
+    typical_request_seconds=WORK,
+)
+TICK = 15.0
+
+
+def config(**overrides: object) -> PolicyConfig:
+    values: dict[str, object] = {"capacity": CAPACITY, "min_replicas": 1, "max_replicas": 8}
+    values.update(overrides)
+    return PolicyConfig(**values)  # type: ignore[arg-type]
+
+
+@dataclass
+class FluidGang:
+    name: str
+    phase: GangPhase
+    since: float
+    ready_at: float
+    queue: float = 0.0
+    served: float = 0.0
+
+
+@dataclass
+class FluidFleet:
+    """Gangs serving 1 / WORK requests per second each; see the module docstring."""
+
+    startup: float
+    gangs: list[FluidGang] = field(default_factory=list)
+    history: dict[str, list[MetricSample]] = field(default_factory=dict)
+    last_up: float | None = None
+    last_down: float | None = None
+    clock: float = 0.0
+    made: int = 0
+
+    @classmethod
+    def of(cls, ready: int, startup: float) -> FluidFleet:
+        fleet = cls(startup)
+        for _ in range(ready):
+            fleet.gangs.append(FluidGang(fleet._name(), GangPhase.READY, 0.0, 0.0))
+        return fleet
+
+    def _name(self) -> str:
+        self.made += 1
+        return f"gang-{self.made}"
+
+    def advance(self, now: float, rate: Callable[[float], float]) -> None:
+        """Serve the load from the last tick to `now` in one-second steps, then scrape."""
+        while self.clock < now:
+            for gang in self.gangs:
+                if gang.phase is GangPhase.STARTING and gang.ready_at <= self.clock:
+                    gang.phase, gang.since = GangPhase.READY, gang.ready_at
+            ready = [g for g in self.gangs if g.phase is GangPhase.READY]
+            for gang in ready:
+                arrived = rate(self.clock) / len(ready)
+                served = min(gang.queue + arrived, 1.0 / WORK)
+                gang.queue += arrived - served
+                gang.served += served
+            self.clock += 1.0
+        for gang in self.gangs:
+            if gang.phase is GangPhase.READY:
+                self.history.setdefault(gang.name, []).append(
+                    MetricSample(
+                        at=now,
+                        token_usage=0.01,
+                        queue_requests=gang.queue,
+                        running_requests=0.0,
+                        ttft_p95_seconds=WORK + gang.queue * WORK,
+                        prompt_tokens_total=gang.served * 1_000,
+                        generation_tokens_total=0.0,
+                        requests_total=gang.served,
+                    )
+                )
+        for name in self.history:
+            self.history[name] = [s for s in self.history[name] if s.at > now - 700]
+
+    def observation(self, now: float, pending: int | None = 0) -> Observation:
+        return Observation(
+            now=now,
+            gangs=tuple(Gang(g.name, g.phase, g.since) for g in self.gangs),
+            samples={name: tuple(samples) for name, samples in self.history.items() if samples},
+            last_scale_up_at=self.last_up,
+            last_scale_down_at=self.last_down,
+            pending_requests=pending,
+        )
+
+    def apply(self, decision: Decision, now: float) -> None:
+        current = [g for g in self.gangs if g.phase is not GangPhase.DRAINING]
+        if decision.desired_replicas > len(current):
+            self.last_up = now
+            for _ in range(decision.desired_replicas - len(current)):
+                self.gangs.append(FluidGang(self._name(), GangPhase.STARTING, now, now + self.startup))
+        elif decision.desired_replicas < len(current):
+            self.last_down = now
+            assert decision.remove is not None, "a scale-down names the gang to remove"
+            self.gangs = [g for g in self.gangs if g.name != decision.remove]
+
+
+def run(
+    rate: Callable[[float], float], *, ready: int, minutes: float, startup: float, cfg: PolicyConfig
+) -> list[tuple[float, str, int]]:
+    """The policy against the fluid fleet: every decision that was not a hold, as (time, action, desired)."""
+    fleet = FluidFleet.of(ready, startup)
+    changes: list[tuple[float, str, int]] = []
+    for k in range(int(minutes * 60 / TICK) + 1):
+        now = k * TICK
+        fleet.advance(now, rate)
+        decision = decide(fleet.observation(now), cfg)
+        if decision.action is not Action.HOLD:
+            changes.append((now, decision.action.value, decision.desired_replicas))
+        fleet.apply(decision, now)
+    return changes
+
+
+def steps(*levels: tuple[float, float]) -> Callable[[float], float]:
+    """Requests per second: (from second, rate) pairs, each rate holding until the next."""
+
+    def rate(t: float) -> float:
+        current = 0.0
+        for start, value in levels:
+            if t >= start:
+                current = value
+        return current
+
+    return rate
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    rate: Callable[[float], float]
+    ready: int
+    minutes: float
+    startup: float
+    expected: Sequence[tuple[float, str, int]]
+    cfg: PolicyConfig = field(default_factory=config)
+
+
+SEQUENCES = [
+    Case(
+        # 10.5 req/s is 1.05 replicas busy, 1.5 at the 0.7 target: two gangs hold it, one would not.
+        "holds a steady load that two gangs serve and never scales",
+        steps((0, 10.5)),
+        ready=2,
+        minutes=30,
+        startup=120,
+        expected=[],
+    ),
+    Case(
+        # Three gangs for 1.5 replicas of demand: after the 300 s window one goes (2 × 0.9 ≥ 1.5);
+        # two cannot become one (1.5 > 0.9).
+        "drains one surplus gang after the stabilisation window and keeps the rest",
+        steps((0, 10.5)),
+        ready=3,
+        minutes=20,
+        startup=120,
+        expected=[(300.0, "ScaleDown", 2)],
+    ),
+    Case(
+        # The rate climbs one gang's worth (7 req/s) every five minutes. A climb adds a gang once the
+        # stable window's mean passes the gangs × 1.1: a quarter of the window at the new rate is
+        # enough for 7 → 14 (1.25 > 1.1) and 14 → 21 (2.25 > 2.2), half of it for 21 → 28 (3.5 > 3.3).
+        "follows a ramp one gang per step and never scales down on the way",
+        steps((0, 7.0), (300, 14.0), (600, 21.0), (900, 28.0)),
+        ready=1,
+        minutes=20,
+        startup=120,
+        expected=[(315.0, "ScaleUp", 2), (615.0, "ScaleUp", 3), (930.0, "ScaleUp", 4)],
+    ),
+    Case(
+        # A burst of 35 req/s for two minutes on one gang serving 6. The panic path acts on the first
+        # tick: its 30 s window is half burst, 20.5 req/s over the 0.9 burst target = 2.28 replicas, so
+        # three gangs; on the next tick the window is all burst (3.89): four; a minute in, the stable
+        # window is too (5.0 at the 0.7 target): five. Nothing comes down for the stabilisation window
+        # after the last order; then one gang every 30 s, back to one (6 req/s is 0.86 replicas).
+        "answers a burst at once through the panic window and comes back one gang at a time",
+        steps((0, 6.0), (300, 35.0), (420, 6.0)),
+        ready=1,
+        minutes=30,
+        startup=120,
+        expected=[
+            (315.0, "ScaleUp", 3),
+            (330.0, "ScaleUp", 4),
+            (360.0, "ScaleUp", 5),
+            (735.0, "ScaleDown", 4),
+            (765.0, "ScaleDown", 3),
+            (795.0, "ScaleDown", 2),
+            (825.0, "ScaleDown", 1),
+        ],
+    ),
+    Case(
+        # After five quiet minutes the load flaps between 21 req/s (three gangs) and 6 every two
+        # minutes for twenty minutes. The first peak orders three gangs, through the panic window
+        # (2 then 3); no gang goes while the flapping lasts, since every peak is inside the window. The
+        # last peak ends at 1380 s; once no stable window holds more than 1.8 replicas (1710 s) one gang
+        # goes, and the next 30 s later.
+        "rides out a flapping load without flapping, then steps down when it stops",
+        steps((0, 6.0), *[(300 + t, 21.0 if (t // 120) % 2 == 0 else 6.0) for t in range(0, 1200, 120)], (1500, 6.0)),
+        ready=1,
+        minutes=40,
+        startup=120,
+        expected=[
+            (315.0, "ScaleUp", 2),
+            (330.0, "ScaleUp", 3),
+            (1710.0, "ScaleDown", 2),
+            (1740.0, "ScaleDown", 1),
+        ],
+    ),
+    Case(
+        # 14 req/s on one gang (capacity 10): one gang more is ordered at once. The ready gang then
+        # stays overloaded for the whole five-minute start-up, its queue growing by 4 requests per
+        # second, yet demand (the arrivals, 2.0 replicas) is already covered by ready + starting.
+        "does not add a second gang while the first still loads",
+        steps((0, 7.0), (300, 14.0)),
+        ready=1,
+        minutes=15,
+        startup=300,
+        expected=[(315.0, "ScaleUp", 2)],
+    ),
+    Case(
+        # The last request is served at 120 s; the window of 300 s without one ends at 420 s.
+        "scales to zero after an idle window when minReplicas is 0",
+        steps((0, 3.0), (120, 0.0)),
+        ready=1,
+        minutes=10,
+        startup=120,
+        cfg=config(min_replicas=0),
+        expected=[(420.0, "ScaleDown", 0)],
+    ),
+    Case(
+        "stays at one gang when idle unless minReplicas is 0",
+        steps((0, 3.0), (120, 0.0)),
+        ready=1,
+        minutes=10,
+        startup=120,
+        expected=[],
+    ),
+    Case(
+        "never goes beyond maxReplicas however large the burst",
+        steps((0, 7.0), (60, 100.0)),
+        ready=1,
+        minutes=5,
+        startup=600,
+        cfg=config(max_replicas=3),
+        expected=[(75.0, "ScaleUp", 3)],
+    ),
+]
+
+
+@pytest.mark.parametrize("case", SEQUENCES, ids=[c.name for c in SEQUENCES])
+def test_decision_sequence(case: Case) -> None:
+    assert run(case.rate, ready=case.ready, minutes=case.minutes, startup=case.startup, cfg=case.cfg) == list(
+        case.expected
+    )
+
+
+def test_a_ramp_is_forecast_one_start_up_ahead_but_a_step_is_not() -> None:
+    # One more request per second every minute: demand grows 0.14 replicas a minute.
+    ramp = run(lambda t: 2.0 + t / 60, ready=2, minutes=16, startup=300, cfg=config(forecast_seconds=300))
+    blind = run(lambda t: 2.0 + t / 60, ready=2, minutes=16, startup=300, cfg=config())
+    # Without a forecast the third gang comes when demand itself passes 2.2 (15.4 req/s, 800 s and a
+    # tick); projected 300 s ahead, the ramp asks for it about five minutes sooner.
+    assert blind == [(840.0, "ScaleUp", 3)]
+    assert ramp == [(540.0, "ScaleUp", 3)]
+    step = steps((0, 7.0), (300, 14.0))
+    assert run(step, ready=1, minutes=15, startup=300, cfg=config(forecast_seconds=300)) == [(315.0, "ScaleUp", 2)], (
+        "a single step is not extrapolated into more gangs"
+    )
+
+
+# --- single decisions --------------------------------------------------------------------------
+
+
+def sample(at: float, *, served: float = 0.0, queue: float = 0.0, ttft: float | None = None) -> MetricSample:
+    return MetricSample(
+        at=at,
+        token_usage=0.1,
+        queue_requests=queue,
+        running_requests=0.0,
+        ttft_p95_seconds=ttft,
+        prompt_tokens_total=served * 1_000,
+        generation_tokens_total=0.0,
+        requests_total=served,
+    )
+
+
+def steady(name: str, now: float, per_second: float, **extra: float | None) -> list[MetricSample]:
+    """A gang's last five minutes at a constant served rate."""
+    return [sample(t, served=per_second * t, **extra) for t in range(int(now) - 600, int(now) + 1, 15)]
+
+
+def ready(*names: str) -> tuple[Gang, ...]:
+    return tuple(Gang(n, GangPhase.READY, 0.0) for n in names)
+
+
+def test_no_fresh_metrics_from_a_ready_gang_means_no_action() -> None:
+    now = 1_000.0
+    observation = Observation(
+        now=now,
+        gangs=ready("a", "b"),
+        samples={"a": steady("a", now, 30.0), "b": steady("b", now - 120, 30.0)},
+    )
+    decision = decide(observation, config())
+    assert decision.action is Action.NO_DATA
+    assert decision.desired_replicas == 2
+    assert "b" in decision.reason
+
+
+def test_a_gang_without_any_metrics_is_missing_data_too() -> None:
+    decision = decide(Observation(now=100.0, gangs=ready("a"), samples={}), config())
+    assert (decision.action, decision.desired_replicas) == (Action.NO_DATA, 1)
+
+
+def test_gangs_still_starting_count_as_capacity_on_its_way() -> None:
+    now = 1_000.0
+    # 14 req/s is 2.0 replicas at the target; one gang ready, one starting: nothing more to order.
+    gangs = (*ready("a"), Gang("b", GangPhase.STARTING, now - 60))
+    observation = Observation(now=now, gangs=gangs, samples={"a": steady("a", now, 14.0)})
+    assert decide(observation, config()).action is Action.HOLD
+    alone = Observation(now=now, gangs=ready("a"), samples={"a": steady("a", now, 14.0)})
+    assert decide(alone, config()).desired_replicas == 2
+
+
+def test_scale_down_drains_the_least_loaded_ready_gang() -> None:
+    now = 1_000.0
+    observation = Observation(
+        now=now,
+        gangs=ready("a", "b", "c"),
+        samples={
+            "a": steady("a", now, 1.0, queue=3.0),
+            "b": steady("b", now, 1.0, queue=0.0),
+            "c": steady("c", now, 1.0, queue=5.0),
+        },
+    )
+    decision = decide(observation, config())
+    assert (decision.action, decision.desired_replicas, decision.remove) == (Action.SCALE_DOWN, 2, "b")
+
+
+@pytest.mark.parametrize(
+    ("extra", "blocker"),
+    [
+        ({"gangs": (*ready("a", "b", "c"), Gang("d", GangPhase.DRAINING, 990.0))}, "still draining"),
+        ({"last_scale_down_at": 990.0}, "last scale-down"),
+        ({"last_scale_up_at": 900.0}, "last scale-up"),
+    ],
+    ids=[
+        "not while another gang is still draining",
+        "not sooner than the interval after the last scale-down",
+        "not within the stabilisation window after a scale-up",
+    ],
+)
+def test_scale_down_waits(extra: dict[str, object], blocker: str) -> None:
+    now = 1_000.0
+    values: dict[str, object] = {
+        "now": now,
+        "gangs": ready("a", "b", "c"),
+        "samples": {n: steady(n, now, 1.0) for n in "abc"},
+    }
+    values.update(extra)
+    decision = decide(Observation(**values), config())  # type: ignore[arg-type]
+    assert decision.action is Action.HOLD
+    assert blocker in decision.reason
+
+
+def test_ttft_above_the_slo_on_most_gangs_adds_a_gang_when_none_is_starting() -> None:
+    now = 1_000.0
+    # 7 req/s over two gangs is 1.0 replica of demand: by the model two gangs are plenty.
+    samples = {n: steady(n, now, 3.5, ttft=3.0) for n in "ab"}
+    observation = Observation(now=now, gangs=ready("a", "b"), samples=samples)
+    decision = decide(observation, config(ttft_slo_seconds=2.0))
+    assert (decision.action, decision.desired_replicas) == (Action.SCALE_UP, 3)
+    assert decide(observation, config()).action is not Action.SCALE_UP, "without an SLO, nothing to see"
+
+
+def test_ttft_above_the_slo_on_one_gang_with_an_old_backlog_adds_nothing() -> None:
+    now = 1_000.0
+    samples = {"a": steady("a", now, 3.5, ttft=30.0), "b": steady("b", now, 3.5, ttft=0.2)}
+    samples["c"] = steady("c", now, 3.5, ttft=0.2)
+    observation = Observation(now=now, gangs=ready("a", "b", "c"), samples=samples)
+    assert decide(observation, config(ttft_slo_seconds=2.0)).action is not Action.SCALE_UP
+
+
+@pytest.mark.parametrize(
+    ("pending", "expected"),
+    [(5, (Action.SCALE_UP, 1)), (0, (Action.HOLD, 0)), (None, (Action.NO_DATA, 0))],
+    ids=[
+        "scales from zero when requests wait at the router",
+        "stays at zero with nothing waiting",
+        "holds at zero when the router's queue cannot be read",
+    ],
+)
+def test_from_zero(pending: int | None, expected: tuple[Action, int]) -> None:
+    decision = decide(Observation(now=0.0, gangs=(), samples={}, pending_requests=pending), config(min_replicas=0))
+    assert (decision.action, decision.desired_replicas) == expected
+
+
+@pytest.mark.parametrize(
+    ("gangs", "cfg", "expected"),
+    [
+        ((), config(min_replicas=2), (Action.SCALE_UP, 2, None)),
+        (
+            (*ready("a", "b"), Gang("c", GangPhase.READY, 500.0)),
+            config(max_replicas=2),
+            (Action.SCALE_DOWN, 2, "c"),
+        ),
+        (
+            (*ready("a", "b"), Gang("s", GangPhase.STARTING, 10.0)),
+            config(max_replicas=2),
+            (Action.SCALE_DOWN, 2, "s"),
+        ),
+    ],
+    ids=[
+        "restores minReplicas without waiting for metrics",
+        "comes down to maxReplicas when it was lowered, draining the newest of equally loaded gangs",
+        "cancels a starting gang before draining a ready one",
+    ],
+)
+def test_bounds(gangs: tuple[Gang, ...], cfg: PolicyConfig, expected: tuple[Action, int, str | None]) -> None:
+    now = 1_000.0
+    samples = {g.name: steady(g.name, now, 1.0) for g in gangs if g.phase is GangPhase.READY}
+    decision = decide(Observation(now=now, gangs=gangs, samples=samples), cfg)
+    assert (decision.action, decision.desired_replicas, decision.remove) == expected
+
+
+def test_kv_cache_use_is_demand_even_when_compute_is_idle() -> None:
+    now = 1_000.0
+    full = [
+        MetricSample(at=t, token_usage=0.95, queue_requests=0.0, running_requests=40.0, requests_total=0.0)
+        for t in range(int(now) - 600, int(now) + 1, 15)
+    ]
+    observation = Observation(now=now, gangs=ready("a"), samples={"a": full})
+    decision = decide(observation, config(target_token_usage=0.8))
+    # 0.95 / 0.8 = 1.19 replicas' worth: above 1 gang with the 10 % tolerance.
+    assert (decision.action, decision.desired_replicas) == (Action.SCALE_UP, 2)
+
+
+def test_an_overloaded_gang_that_finishes_nothing_still_shows_its_load() -> None:
+    # Prefill-first under overload: requests pile up in queue and running, none finish for a while.
+    now = 1_000.0
+    history = [
+        MetricSample(
+            at=t, token_usage=0.2, queue_requests=(t - 400) * 3.5, running_requests=(t - 400) * 0.5, requests_total=0.0
+        )
+        for t in range(400, int(now) + 1, 15)
+    ]
+    decision = decide(Observation(now=now, gangs=ready("a"), samples={"a": history}), config())
+    # 4 requests per second arrive and none finishes; at the typical 0.1 s of work that is 0.4 of a
+    # replica, 0.57 at the 0.7 target. Only the growth of queued + running shows it.
+    assert decision.signals.demand == pytest.approx(4.0 * WORK / 0.7)
+
+
+def test_decide_is_pure() -> None:
+    now = 1_000.0
+    observation = Observation(now=now, gangs=ready("a", "b"), samples={n: steady(n, now, 9.0) for n in "ab"})
+    assert decide(observation, config()) == decide(observation, config())
