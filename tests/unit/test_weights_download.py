@@ -451,3 +451,15 @@ def test_clean_removes_only_a_weights_cache(hub: FakeHub, tmp_path: Path) -> Non
     assert (other / "precious").exists()
     assert cli("clean", "--dest", str(dest)).returncode == 0
     assert not dest.exists()
+
+
+def test_two_downloads_into_one_directory_take_turns_and_fetch_once(big_ckpt: Checkpoint, tmp_path: Path) -> None:
+    # What two prefetch pods on one node (or a Job retry beside a terminating pod) would do.
+    from concurrent.futures import ThreadPoolExecutor
+
+    dest = tmp_path / "w"
+    with FakeHub(big_ckpt) as hub, ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: download(hub.repo, "main", dest, options=options(hub)), range(2)))
+        assert sorted(r.already_complete for r in results) == [False, True]
+        for path in big_ckpt.needed():
+            assert hub.bytes_sent[path] == big_ckpt.files[path], path

@@ -19,12 +19,14 @@ handed to huggingface_hub explicitly; nothing here logs it, and huggingface_hub 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +70,7 @@ __all__ = ["DownloadOptions", "DownloadResult", "download", "read_complete", "to
 log = logging.getLogger("mimo.weights")
 
 HASHES_FILE = f"{META_DIR}/hashes.json"
+LOCK_FILE = f"{META_DIR}/lock"
 # Kept free on the volume beyond the checkpoint: the status file, the engine's own small writes, and a
 # filesystem that degrades when full.
 DEFAULT_RESERVE_BYTES = 1_000_000_000
@@ -317,8 +320,36 @@ def download(
     """
     options = options or DownloadOptions()
     progress = progress or Progress(repo, revision)
-    started = time.monotonic()
     dest.mkdir(parents=True, exist_ok=True)
+    with _exclusive(dest / LOCK_FILE, progress):
+        return _download(repo, revision, dest, token, options, progress)
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path, progress: Progress) -> Iterator[None]:
+    """One download per directory at a time. Two writers would append to the same .part files: a Job retry
+    overlapping a pod still terminating on a shared volume, or two namespaces prefetching one checkpoint
+    onto one node. The second waits, then finds the marker and is done."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if progress.phase != "Waiting":
+                    log.info("%s: another download into this directory is running; waiting for it", path.parent)
+                    progress.set_phase("Waiting", "another download of this checkpoint into the same directory runs")
+                time.sleep(1.0)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _download(repo: str, revision: str, dest: Path, token: str | None, options: DownloadOptions,
+              progress: Progress) -> DownloadResult:
+    started = time.monotonic()
     disable_progress_bars()  # the status file and /metrics are the progress; tqdm bars only fill the log
     # http_get reads this module constant on every call; the worker process is ours alone.
     hf_constants.DOWNLOAD_CHUNK_SIZE = options.read_chunk_bytes
