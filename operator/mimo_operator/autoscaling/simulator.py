@@ -347,6 +347,8 @@ class _Engine:
         self.swa_capacity = self.perf.swa_max_tokens
         self.chunk = max(1, self.perf.chunked_prefill_size)
         self.context_limit = self.perf.context_length
+        groups = max(1, int(getattr(self.perf, "attention_data_parallel", 1)))
+        self.lockstep_decode = (groups - 1) / groups
         for _ in range(max(0, fleet.initial_replicas)):
             replica = self._new_replica(0.0, GangPhase.READY)
             self.serving.append(replica)
@@ -513,7 +515,10 @@ class _Engine:
         replica.chunks = chunks
         replica.prefill_tokens = sum(done + tokens for _, tokens, done in chunks)
         replica.prefilling = True
-        seconds = sum(prefill(tokens, done) for _, tokens, done in chunks)
+        # One forward pass: the new tokens of every chunk go through the model together (one fixed
+        # cost), and each chunk attends to its own cached context (the simulated engine's rule).
+        seconds = prefill(sum(tokens for _, tokens, _ in chunks), 0)
+        seconds += sum(max(prefill(tokens, done) - prefill(tokens, 0), 0.0) for _, tokens, done in chunks if done)
         self._push(now + max(seconds, 1e-6), _PREFILL_DONE, replica)
         return True
 
@@ -524,6 +529,10 @@ class _Engine:
     def _prefill_done(self, replica: _Replica, now: float) -> None:
         replica.prefilling = False
         replica.last_t = now  # decode was paused for the prefill step
+        if replica.decode_heap:
+            # With attention data parallelism the groups step in lockstep, and a group with nothing
+            # to prefill decodes in the same pass: on average (dp − 1) / dp of a token per sequence.
+            replica.progress += self.lockstep_decode
         replica.partial = -1
         for i, tokens, done in replica.chunks:
             if done + tokens < self.context[i]:
