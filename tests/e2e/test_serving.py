@@ -1,0 +1,179 @@
+"""End to end on the local cluster: the operator (under its chart RBAC) runs gangs whose pods are real
+processes — the worker with Ray, the simulated SGLang engine — behind the real sglang-router, and a load
+generator drives the autoscaler up and back down."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from mimo_operator.localcluster.cluster import LocalCluster
+from mimo_operator.localcluster.podrunner import PROCESS_LABEL
+from tests.conftest import NodePool, wait_for
+from tests.helpers.specs import DeploymentBuilder, a_deployment
+from tests.integration.operator_harness import RunningOperator, get, operator_fixture, wait_phase
+
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.ray,
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray is not installed (the worker extra)"),
+    pytest.mark.skipif(importlib.util.find_spec("sglang_router") is None, reason="sglang-router is not installed"),
+]
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningOperator]:
+    yield from operator_fixture(cluster, tmp_path_factory.mktemp("operator-e2e"),
+                                ["--backoff-seconds", "2", "--distinct-gang-ports", "--resync-seconds", "5"])
+
+
+def rehearsal(pool: NodePool, name: str = "v25") -> DeploymentBuilder:
+    """MiMo-V2.5 on one 8×H200 node per replica, simulated: every pod a real process here. Pod network:
+    the local cluster's nodes share one address, so hostNetwork pods could not be told apart."""
+    return (a_deployment(name).v25().h200().simulated().network("podNetwork")
+            .set("model.contextLength", 8192)
+            .set("engine.maxRunningRequests", 8)
+            .set("engine.simulation", {"speedup": 1.0})
+            .set("hardware.nodeSelector", pool.selector)
+            .set("hardware.tolerations", [pool.toleration])
+            .set("podTemplate", {"labels": {PROCESS_LABEL: "true"}})
+            .set("autoscaling.drainTimeoutSeconds", 60))
+
+
+def router_address(cluster: LocalCluster, namespace: str, name: str) -> str:
+    def ready_router() -> str | None:
+        pods = cluster.kubectl_json("get", "pods", "-n", namespace, "-l",
+                                    f"mimo-operator.io/deployment={name},app.kubernetes.io/component=router")["items"]
+        for pod in pods:
+            ready = any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions", []))
+            if ready:
+                return f"http://{pod['status']['podIP']}:8080"
+        return None
+
+    address: str = wait_for(ready_router, 90, what="the router pod to be ready")
+    return address
+
+
+def complete(base: str, max_tokens: int, prompt_tokens: int = 256, timeout: float = 120) -> tuple[int, dict[str, Any]]:
+    body = json.dumps({"model": "XiaomiMiMo/MiMo-V2.5", "prompt": "x" * (4 * prompt_tokens),
+                       "max_tokens": max_tokens, "mimo_prompt_tokens": prompt_tokens}).encode()
+    request = urllib.request.Request(f"{base}/v1/completions", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, {"error": e.read().decode(errors="replace")}
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+        return 0, {"error": str(e)}
+
+
+def routed(base: str) -> bool:
+    status, _ = complete(base, 4, prompt_tokens=16, timeout=30)
+    return status == 200
+
+
+def test_a_simulated_replica_serves_through_the_real_router(
+        cluster: LocalCluster, operator: RunningOperator, namespace: str, node_pool: NodePool) -> None:
+    node_pool.add(1)
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(rehearsal(node_pool).replicas(1).build()))
+    obj = wait_phase(cluster, namespace, "v25", "Ready", timeout=240)
+    assert obj["status"]["readyReplicas"] == 1
+    base = router_address(cluster, namespace, "v25")
+    wait_for(lambda: routed(base), 120, what="the router to discover the ready head")
+    status, body = complete(base, 32)
+    assert status == 200, body
+    assert body["usage"]["completion_tokens"] == 32
+
+
+class Load:
+    """Closed-loop clients through the router; the number of clients can change while it runs."""
+
+    def __init__(self, base: str, max_tokens: int) -> None:
+        self.base = base
+        self.max_tokens = max_tokens
+        self.clients = 0
+        self.ok = 0
+        self.failed: list[str] = []
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def set_clients(self, n: int) -> None:
+        self.clients = n
+        while len(self.threads) < n:
+            index = len(self.threads)
+            t = threading.Thread(target=self._client, args=(index,), daemon=True)
+            self.threads.append(t)
+            t.start()
+
+    def _client(self, index: int) -> None:
+        while not self.stop.is_set():
+            if index >= self.clients:
+                time.sleep(0.2)
+                continue
+            status, body = complete(self.base, self.max_tokens)
+            if status == 200:
+                self.ok += 1
+            else:
+                self.failed.append(f"{status}: {body}")
+
+    def close(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=180)
+
+
+def scale_events(cluster: LocalCluster, namespace: str) -> list[str]:
+    items = cluster.kubectl_json("get", "events", "-n", namespace)["items"]
+    return [f"{e['reason']}: {e['message']}" for e in items if e["reason"] in ("ScaledUp", "ScaledDown")]
+
+
+def test_rising_load_adds_a_gang_and_falling_load_drains_one_without_failing_a_request(
+        cluster: LocalCluster, operator: RunningOperator, namespace: str, node_pool: NodePool) -> None:
+    node_pool.add(3)
+    spec = rehearsal(node_pool).replicas(1).set("autoscaling", {
+        "enabled": True, "minReplicas": 1, "maxReplicas": 2, "scaleUpWindowSeconds": 30,
+        "scaleDownWindowSeconds": 60, "drainTimeoutSeconds": 120})
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(spec.build()))
+    wait_phase(cluster, namespace, "v25", "Ready", timeout=240)
+    base = router_address(cluster, namespace, "v25")
+    wait_for(lambda: routed(base), 120, what="the router to discover the ready head")
+
+    load = Load(base, max_tokens=256)
+    try:
+        load.set_clients(24)  # three times what one replica runs at once (maxRunningRequests 8)
+        obj = wait_for(lambda: (o := get(cluster, "mimodeployment", namespace, "v25")) and o["spec"]["replicas"] == 2
+                       and o, 150, what="the autoscaler to add a gang")
+        decision = obj["status"]["lastScaleDecision"]
+        assert (decision["from"], decision["to"]) == (1, 2)
+        wait_for(lambda: (get(cluster, "mimodeployment", namespace, "v25") or {}).get("status", {})
+                 .get("readyReplicas") == 2, 240, what="the second gang to serve")
+        time.sleep(20)
+        obj = get(cluster, "mimodeployment", namespace, "v25")
+        assert obj is not None
+        assert obj["spec"]["replicas"] == 2, "no further gang at maxReplicas"
+
+        load.set_clients(1)
+        wait_for(lambda: (get(cluster, "mimodeployment", namespace, "v25") or {}).get("spec", {})
+                 .get("replicas") == 1, 300, what="the autoscaler to remove a gang")
+        wait_for(lambda: len({p["metadata"]["labels"]["mimo-operator.io/gang"] for p in cluster.kubectl_json(
+            "get", "pods", "-n", namespace, "-l", "mimo-operator.io/deployment=v25,app.kubernetes.io/component=engine")
+            ["items"]}) == 1, 240, what="the drained gang's pods to go")
+    finally:
+        load.close()
+    assert load.ok > 20
+    assert load.failed == [], load.failed[:5]
+    events = scale_events(cluster, namespace)
+    assert any(e.startswith("ScaledUp: 1 → 2") for e in events), events
+    assert any(e.startswith("ScaledDown: 2 → 1") for e in events), events
+    drained = cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout
+    assert "GangDraining" in drained
