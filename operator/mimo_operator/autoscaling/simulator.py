@@ -377,8 +377,18 @@ class _Engine:
         events = self.events
         while i < n or events:
             if i < n and (not events or arrival[i] < events[0][0]):
-                self._arrive(i, arrival[i])
-                i += 1
+                # Requests arriving at the same moment are all queued before a replica plans its
+                # next pass, as the engine admits everything that has arrived.
+                now = arrival[i]
+                touched: list[_Replica] = []
+                while i < n and arrival[i] == now:
+                    replica = self._arrive(i, now)
+                    if replica is not None and replica not in touched:
+                        touched.append(replica)
+                    i += 1
+                for replica in touched:
+                    if not replica.prefilling:
+                        self._kick(replica, now)
                 continue
             at, kind, _, payload = heapq.heappop(events)
             if kind == _DECODE:
@@ -403,19 +413,19 @@ class _Engine:
 
     # -- requests
 
-    def _arrive(self, i: int, now: float) -> None:
+    def _arrive(self, i: int, now: float) -> _Replica | None:
+        """Route one request; the replica that queued it (to be kicked), or None."""
         self.arrived_since_tick += 1
         self.prompt_since_tick += self.context[i]
         if self.context[i] + self.generated[i] > self.context_limit:
             self.failed[i] = True
-            return
+            return None
         if not self.serving:
             self.pending.append(i)
-            return
+            return None
         replica = self._route()
         replica.waiting.append(i)
-        if not replica.prefilling:
-            self._kick(replica, now)
+        return replica
 
     def _route(self) -> _Replica:
         serving = self.serving
