@@ -180,6 +180,7 @@ class Signals:
     queue_requests: float | None = None  # sum over ready gangs, newest samples
     running_requests: float | None = None  # sum over ready gangs, newest samples
     ttft_p95_seconds: float | None = None  # worst ready gang over the panic window
+    target_correction: float = 1.0  # the factor the TTFT SLO has put on the targets (1: none)
 
 
 @dataclass(frozen=True)
@@ -231,7 +232,7 @@ def decide(observation: Observation, config: PolicyConfig) -> Decision:
         )
 
     loads = _Loads(observation, config, [g.name for g in ready])
-    demand = loads.stable(now)
+    demand = loads.stable()
     panic_demand = loads.panic(now)
     forecast_demand = demand + loads.trend() * config.forecast_seconds
     peak_demand = loads.peak()
@@ -249,6 +250,7 @@ def decide(observation: Observation, config: PolicyConfig) -> Decision:
         queue_requests=loads.latest_sum("queue_requests"),
         running_requests=loads.latest_sum("running_requests"),
         ttft_p95_seconds=ttft,
+        target_correction=loads.correction,
     )
 
     # Scale up: demand beyond what is ready or already on its way.
@@ -419,9 +421,9 @@ class _Loads:
         usable = 0.9 * min(seen)
         return max(0.5, min(1.0, usable / config.target_utilisation))
 
-    # -- the three views
+    # -- the views of demand
 
-    def stable(self, now: float) -> float:
+    def stable(self) -> float:
         return self._stable[0]
 
     def panic(self, now: float) -> float:

@@ -109,7 +109,6 @@ class FleetConfig:
     history_seconds: float = 420.0  # metric history handed to the autoscaler
     drain_timeout_seconds: float = 600.0
     router: str = Router.LEAST_OUTSTANDING
-    typical_context_tokens: int = 2048  # for the capacity summary the policy uses
 
 
 @dataclass(frozen=True)

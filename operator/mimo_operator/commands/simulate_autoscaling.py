@@ -224,7 +224,6 @@ def comparison_for(
         history_seconds=config.scale_down_window_seconds + config.stable_window_seconds + 60,
         drain_timeout_seconds=float(spec.autoscaling.drain_timeout_seconds),
         router=router,
-        typical_context_tokens=context,
     )
     comparison = Comparison(
         fleet=fleet,
