@@ -14,8 +14,8 @@ It answers exactly what huggingface_hub 2.4's ``HfApi.model_info``, ``HfApi.list
 Point a client at it with ``HF_ENDPOINT=hub.url`` (or ``endpoint=``). Faults, set on :attr:`faults`:
 ``require_token`` (401 without ``Authorization: Bearer <it>``), ``drop_after`` (path → (offset, times): close
 the connection once the file's byte ``offset`` is sent, ``times`` times), ``stall_after`` (path → offset: send
-up to ``offset`` then hang until :meth:`release_stalls`), ``truncate`` (path → n: serve only n bytes of a
-file the tree and HEAD call longer), ``omit`` (paths absent from the repo although the index names them),
+up to ``offset``, hang until :meth:`release_stalls`, then send the rest), ``truncate`` (path → n: serve only n
+bytes of a file the tree and HEAD call longer), ``omit`` (paths absent from the repo although the index names them),
 ``corrupt`` (paths served with one byte flipped). :attr:`bytes_sent` counts body bytes per path.
 
 ``python -m tests.helpers.fakehub --measure --size-mb 2048`` measures the real download over loopback.
@@ -408,11 +408,11 @@ class FakeHub:
                         if stall is not None and pos <= stall < end:
                             limit = min(limit, stall)
                         if pos == limit:
-                            if stall is not None and pos == stall and file in faults.stall_after:
-                                hub._release.wait(60)
-                                self.close_connection = True
-                                self.connection.shutdown(socket.SHUT_RDWR)
-                                return
+                            if stall is not None and pos == stall:
+                                if file in faults.stall_after:
+                                    hub._release.wait(60)  # then carry on, as a network that recovers
+                                stall = None
+                                continue
                             if drop is not None:
                                 with hub._lock:
                                     faults.drop_after[file] = (drop[0], drop[1] - 1)

@@ -17,6 +17,7 @@ import collections
 import contextlib
 import datetime as dt
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +31,8 @@ from prometheus_client import CollectorRegistry, Gauge
 from mimo_worker.weights.layout import write_json_atomic
 
 __all__ = ["RATE_WINDOW_SECONDS", "Progress", "StatusServer"]
+
+log = logging.getLogger("mimo.weights")
 
 # The rate is the bytes of the last 10 s: long enough to smooth over one file finishing, short enough that
 # the ETA follows a change of bandwidth within a reconcile or two.
@@ -164,8 +167,12 @@ class StatusServer:
         self._thread = threading.Thread(target=self._run, name="weights-status", daemon=True)
         self._http: ThreadingHTTPServer | None = None
         if address is not None:
-            self._http = ThreadingHTTPServer((address, port), self._handler())
-            self._http.daemon_threads = True
+            try:
+                self._http = ThreadingHTTPServer((address, port), self._handler())
+                self._http.daemon_threads = True
+            except OSError as e:
+                # The download matters more than its progress report: carry on with the status file only.
+                log.warning("cannot serve progress on %s:%d (%s); the status file still has it", address, port, e)
 
     @property
     def port(self) -> int | None:
