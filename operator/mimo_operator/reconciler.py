@@ -184,7 +184,7 @@ class Reconciler:
         if decision.action in (Action.SCALE_UP, Action.SCALE_DOWN) and decision.desired_replicas != current:
             # spec.replicas is the one place the desired count lives; the steps planner acts on it.
             await self.kube.merge_patch(f"{L.GROUP}/{L.VERSION}", L.KIND, ctx.namespace, ctx.name,
-                                        {"spec": {"replicas": decision.desired_replicas}})
+                                        {"spec": {"replicas": decision.desired_replicas}}, subresource="scale")
             autoscaler.DECISIONS.labels(ctx.namespace, ctx.name, decision.action.value).inc()
             if decision.action is Action.SCALE_DOWN:
                 memory.autoscaler.last_scale_down_at = now

@@ -132,6 +132,24 @@ class Load:
             t.join(timeout=180)
 
 
+def wait_spec_replicas(cluster: LocalCluster, namespace: str, name: str, replicas: int,
+                       timeout: float) -> dict[str, Any]:
+    last: dict[str, Any] = {}
+
+    def check() -> dict[str, Any] | None:
+        nonlocal last
+        last = get(cluster, "mimodeployment", namespace, name) or {}
+        return last if last.get("spec", {}).get("replicas") == replicas else None
+
+    try:
+        result: dict[str, Any] = wait_for(check, timeout, what=f"the autoscaler to set {replicas} replicas")
+    except pytest.fail.Exception as e:
+        status = last.get("status", {})
+        raise AssertionError(f"{e}; autoscaling said: {status.get('autoscaling')}, kv {status.get('kvCacheUsage')}, "
+                             f"queue {status.get('queue')}") from None
+    return result
+
+
 def scale_events(cluster: LocalCluster, namespace: str) -> list[str]:
     items = cluster.kubectl_json("get", "events", "-n", namespace)["items"]
     return [f"{e['reason']}: {e['message']}" for e in items if e["reason"] in ("ScaledUp", "ScaledDown")]
@@ -151,8 +169,7 @@ def test_rising_load_adds_a_gang_and_falling_load_drains_one_without_failing_a_r
     load = Load(base, max_tokens=256)
     try:
         load.set_clients(24)  # three times what one replica runs at once (maxRunningRequests 8)
-        obj = wait_for(lambda: (o := get(cluster, "mimodeployment", namespace, "v25")) and o["spec"]["replicas"] == 2
-                       and o, 150, what="the autoscaler to add a gang")
+        obj = wait_spec_replicas(cluster, namespace, "v25", 2, 150)
         decision = obj["status"]["lastScaleDecision"]
         assert (decision["from"], decision["to"]) == (1, 2)
         wait_for(lambda: (get(cluster, "mimodeployment", namespace, "v25") or {}).get("status", {})
@@ -163,8 +180,7 @@ def test_rising_load_adds_a_gang_and_falling_load_drains_one_without_failing_a_r
         assert obj["spec"]["replicas"] == 2, "no further gang at maxReplicas"
 
         load.set_clients(1)
-        wait_for(lambda: (get(cluster, "mimodeployment", namespace, "v25") or {}).get("spec", {})
-                 .get("replicas") == 1, 300, what="the autoscaler to remove a gang")
+        wait_spec_replicas(cluster, namespace, "v25", 1, 300)
         wait_for(lambda: len({p["metadata"]["labels"]["mimo-operator.io/gang"] for p in cluster.kubectl_json(
             "get", "pods", "-n", namespace, "-l", "mimo-operator.io/deployment=v25,app.kubernetes.io/component=engine")
             ["items"]}) == 1, 240, what="the drained gang's pods to go")

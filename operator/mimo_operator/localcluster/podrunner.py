@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
+import ipaddress
 import json
 import logging
 import os
@@ -48,6 +49,8 @@ log = logging.getLogger("mimo.localcluster.pods")
 
 # Set on a pod (by a test, or through MiMoDeployment.spec pod labels) to have it run as a local process.
 PROCESS_LABEL = "localcluster.mimo-operator.io/process"
+# Pod IPs of local processes (kwok's --cidr range serves the other pods).
+LOCAL_PROCESS_CIDR = "127.65.0.0/16"
 _CLUSTER_DOMAIN = "cluster.local"
 _VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)|\$\$")
 
@@ -96,7 +99,8 @@ class _Running:
 class PodRunner:
     """Reconciles labelled pods with local processes; call :meth:`sync` periodically from the main thread."""
 
-    def __init__(self, client: Client, state_dir: Path, api_port: int, ca_cert: Path) -> None:
+    def __init__(self, client: Client, state_dir: Path, api_port: int, ca_cert: Path,
+                 ip_range: str = LOCAL_PROCESS_CIDR) -> None:
         self.client = client
         self.dir = state_dir / "pods"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -109,6 +113,9 @@ class PodRunner:
         self._restart_at: dict[str, float] = {}
         self._restarts: dict[str, int] = {}
         self._probes = ThreadPoolExecutor(max_workers=8, thread_name_prefix="probe")
+        network = ipaddress.ip_network(ip_range)
+        self._ip_base = network.network_address
+        self._next_ip = 0
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -145,13 +152,26 @@ class PodRunner:
                 # A signal's death reads as 128 + its number, as a container runtime reports it.
                 self._exited(run, pod, code if code >= 0 else 128 - code)
             return
-        if uid in self.finished or status.get("phase") != "Running" or not status.get("podIP"):
+        if uid in self.finished or status.get("phase") != "Running":
             return
         if time.monotonic() < self._restart_at.get(uid, 0.0):
             return
+        if not status.get("podIP"):
+            status["podIP"] = self._assign_ip(pod)
         self._start(uid, pod)
 
     # -- starting ---------------------------------------------------------------------------------
+
+    def _assign_ip(self, pod: dict[str, Any]) -> str:
+        """The next address of the local-process range: never reused while the cluster runs."""
+        if pod["spec"].get("hostNetwork"):
+            ip = str((pod.get("status") or {}).get("hostIP") or "127.0.0.1")
+        else:
+            self._next_ip += 1
+            ip = str(self._ip_base + self._next_ip)
+        meta = pod["metadata"]
+        self._patch_status(meta["namespace"], meta["name"], {"podIP": ip, "podIPs": [{"ip": ip}]})
+        return ip
 
     def _start(self, uid: str, pod: dict[str, Any]) -> None:
         meta, spec, status = pod["metadata"], pod["spec"], pod["status"]
