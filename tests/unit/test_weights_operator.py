@@ -295,3 +295,31 @@ def test_the_prefetch_pod_tolerates_what_the_gangs_tolerate() -> None:
     pod = prefetch_pod(ref, "ns", "g1", spec, "img", WeightsOptions())
     assert {"key": "dedicated", "operator": "Exists"} in pod["spec"]["tolerations"]
     assert pod["spec"]["volumes"][0]["hostPath"]["path"] == "/var/lib/mimo/weights"
+
+
+async def test_a_cache_is_cleaned_only_when_every_user_is_gone_and_asked_for_it() -> None:
+    kube = FakeKube()
+    keep = spec_of(shared().named("keeper"))
+    drop = spec_of(shared().named("dropper").set("model.cache.keepAfterDelete", False))
+    await ensure(kube, ctx_of(keep, "keeper"))
+    await ensure(kube, ctx_of(drop, "dropper"))
+    fake: Any = kube
+    # Both gone, but one wanted the copy kept: nothing happens.
+    assert await W.collect_weights(fake, "ns", {}) == []
+    assert len(jobs(kube)) == 1
+
+    kube2 = FakeKube()
+    await ensure(kube2, ctx_of(drop, "dropper"))
+    fake = kube2
+    # Still in use: nothing happens.
+    assert await W.collect_weights(fake, "ns", {"dropper": drop}) == []
+    events = await W.collect_weights(fake, "ns", {})
+    assert [e.reason for e in events] == ["WeightsCacheCleaning"]
+    roles = sorted(j["metadata"]["labels"][LABEL_ROLE] for j in jobs(kube2))
+    assert roles == ["clean"]  # the download Job went, the clean Job runs `clean --dest <model path>`
+    cleaner = jobs(kube2)[0]
+    assert cleaner["spec"]["template"]["spec"]["containers"][0]["args"][:2] == ["clean", "--dest"]
+    cleaner["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
+    events = await W.collect_weights(fake, "ns", {})
+    assert [e.reason for e in events] == ["WeightsCacheRemoved"]
+    assert kube2.objects == {}
