@@ -37,7 +37,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from mimo_worker.fabric import FabricSample, FabricVerdict, judge, summarize
 from mimo_worker.launchplan import LaunchPlan
 from mimo_worker.ranks import EngineRank, fabric_probe
-from mimo_worker.raycluster import RayNodeProcess, gang_progress, node_views, rank_resource, ray_auth_default
+from mimo_worker.raycluster import (
+    RayNodeProcess,
+    become_subreaper,
+    end_descendants,
+    gang_progress,
+    node_views,
+    rank_resource,
+    ray_auth_default,
+)
 from mimo_worker.server import serve
 from mimo_worker.status import DrainProgress, GangStatus
 from mimo_worker.supervise import keeper_argv
@@ -115,6 +123,7 @@ class Head:
             loop.add_signal_handler(sig, self._stop.set)
 
     async def run(self) -> int:
+        become_subreaper()
         self._own_signals()
         self._http = aiohttp.ClientSession()
         runner = await serve(self, self.pod_ip, self.plan.ports.worker_http)
@@ -140,6 +149,7 @@ class Head:
             await asyncio.to_thread(self._shutdown)
             await runner.cleanup()
             await self.http.close()
+            await asyncio.to_thread(end_descendants)
         log.info("head exits with code %d", code)
         return code
 

@@ -17,7 +17,7 @@ import time
 from types import FrameType
 
 from mimo_worker.launchplan import LaunchPlan
-from mimo_worker.raycluster import RayNodeProcess, resolve, tcp_reachable
+from mimo_worker.raycluster import RayNodeProcess, become_subreaper, end_descendants, resolve, tcp_reachable
 
 __all__ = ["HEAD_GONE_SECONDS", "run_member"]
 
@@ -30,6 +30,14 @@ RAY_JOIN_SECONDS = 120.0  # one `ray start --address` attempt, once the GCS port
 
 
 def run_member(plan: LaunchPlan, pod_ip: str, rank: int) -> int:
+    become_subreaper()
+    try:
+        return _run_member(plan, pod_ip, rank)
+    finally:
+        end_descendants()
+
+
+def _run_member(plan: LaunchPlan, pod_ip: str, rank: int) -> int:
     stop = threading.Event()
 
     def on_sigterm(_signum: int, _frame: FrameType | None) -> None:

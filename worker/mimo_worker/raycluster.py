@@ -37,6 +37,8 @@ __all__ = [
     "GangProgress",
     "NodeView",
     "RayNodeProcess",
+    "become_subreaper",
+    "end_descendants",
     "gang_progress",
     "node_views",
     "rank_resource",
@@ -52,6 +54,7 @@ ENV_RAY_TEMP_DIR = "MIMO_RAY_TEMP_DIR"
 # Printed by `ray start` (Ray 2.60) once the node runs and `--block` takes over.
 _STARTED_MARKERS = ("Ray runtime started", "This command will now block forever")
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
 
 
 def rank_resource(rank: int) -> str:
@@ -73,6 +76,59 @@ def ray_auth_default() -> None:
     itself (with a token mounted from a Secret) keeps its choice.
     """
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def become_subreaper() -> None:
+    """Adopt this worker's orphaned descendants, as a pod's init would.
+
+    Ray's agents are children of the raylet; when the raylet goes they outlive it for a while, reparented
+    to whoever reaps orphans. As the subreaper, the worker finds them again and ends them on its way out
+    (:func:`end_descendants`), so a worker that has exited left nothing of its Ray node behind.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def end_descendants(grace: float = 3.0) -> None:
+    """SIGTERM every process below this one, SIGKILL what is left after ``grace``, and reap them all."""
+    me = os.getpid()
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 1.0)):
+        pids = _descendants(me)
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and _descendants(me):
+            _reap()
+            time.sleep(0.1)
+    _reap()
+
+
+def _reap() -> None:
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
 
 
 def _ray_env() -> dict[str, str]:
