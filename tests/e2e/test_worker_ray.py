@@ -344,8 +344,8 @@ def test_a_gang_forms_checks_its_fabric_serves_and_drains(make_gang: Callable[..
     drain_returned = time.monotonic()
     for c in clients:
         c.join(30)
+    assert code == 200, f"POST /drain answered {code}: {body[:300]!r}\n{gang.logs()}"
     drain = json.loads(body)
-    assert code == 200, drain
     assert drain["state"] == "drained", drain
     assert [c for c, _ in results] == [200] * 4
     assert all(done <= drain_returned for _, done in results), "drain returned before its requests completed"
@@ -412,3 +412,34 @@ def test_a_fabric_far_below_the_plan_refuses_to_start_the_engine(make_gang: Call
     assert "below 5000.00 GB/s" in log
     assert "engine started" not in log
     assert not gang.engines()
+
+
+def test_sigterm_on_a_serving_head_drains_then_stops_everything(make_gang: Callable[..., Gang]) -> None:
+    gang = make_gang()
+    for rank in (0, 1, 2):
+        gang.start(rank)
+    wait_for(gang.serving, 150, "the gang's readiness", gang)
+
+    results: list[tuple[int, float]] = []
+    clients = [threading.Thread(target=_complete, args=(gang.engine_url, 300, results)) for _ in range(2)]
+    for c in clients:
+        c.start()
+
+    def running() -> float:
+        return _metric(_http(f"{gang.engine_url}/metrics", timeout=5)[1].decode(), "sglang:num_running_reqs")
+
+    wait_for(lambda: running() >= 2, 30, "2 requests running on the engine", gang)
+    gang.procs[0].send_signal(signal.SIGTERM)  # the head's pod is deleted
+    assert gang.wait_exit(0, 60) == 0, gang.log(0)[-5000:]
+    head_exited = time.monotonic()
+    for c in clients:
+        c.join(30)
+    assert [c for c, _ in results] == [200, 200]
+    assert all(done <= head_exited for _, done in results), "the head stopped before its requests completed"
+    log = gang.log(0)
+    assert "SIGTERM: draining" in log
+    assert "drain: drained" in log
+    # Nothing of the head's node is left, and the members follow their head.
+    for rank in (1, 2):
+        assert gang.wait_exit(rank, 40) != 0
+    wait_for(lambda: not _tagged_pids(gang.tag), 10, "every process of the gang to end", gang)
