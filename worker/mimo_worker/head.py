@@ -172,10 +172,19 @@ class Head:
         await asyncio.to_thread(self._connect)
         self._own_signals()
         await self._wait_for_members()
-        await asyncio.to_thread(self._create_placement_group)
-        await self._fabric_check()
-        await asyncio.to_thread(self._start_engine)
+        if not self._drain_requested():
+            await asyncio.to_thread(self._create_placement_group)
+            await self._fabric_check()
+        if not self._drain_requested():
+            await asyncio.to_thread(self._start_engine)
         await self._supervise()
+
+    def _drain_requested(self) -> bool:
+        """A drain before the engine runs: this gang is going away, so it is not worth starting."""
+        if self._drain_task is None:
+            return False
+        log.info("drain requested before the engine started: not starting it")
+        return True
 
     # -- 1. Ray ----------------------------------------------------------------------------------
 
@@ -225,6 +234,8 @@ class Head:
                 r.node_ip = r.ray_node_id = r.gpus = None
             self.status.set_joined(len(progress.joined), sum(v.gpus for v in progress.joined.values()))
             self.status.message = progress.message
+            if self._drain_task is not None:
+                return  # nothing will be started on this gang: no reason to keep waiting for it
             if progress.complete:
                 self._node_ids = {rank: v.node_id for rank, v in progress.joined.items()}
                 log.info("gang complete: %s", progress.message)
