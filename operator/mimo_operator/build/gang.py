@@ -112,7 +112,9 @@ def _expected_bus_gbps(ctx: BuildContext) -> float | None:
     # (gloo over loopback), there is nothing to expect: measure only.
     if ctx.plan.engine == "simulated" or ctx.spec.network.mode == "podNetwork" or ctx.plan.nodes_per_replica < 2:
         return None
-    return 50.0 * ctx.plan.gpus_per_node * 0.5
+    # The check runs one process per node on one GPU, so it crosses about one NIC: NDR's 50 GB/s per port
+    # less protocol overhead. NCCL falling back to sockets gives a few GB/s, far below the fraction.
+    return 40.0
 
 
 def gang_objects(ctx: BuildContext, replica: int, attempt: int, revision: str) -> list[dict[str, Any]]:
@@ -326,7 +328,8 @@ def _pod(ctx: BuildContext, gang: str, gang_labels: dict[str, str], rank: int) -
         # whose Ray node or engine dies exits, which fails its pod and so the gang.
         pod_spec["containers"][0]["readinessProbe"] = {
             "httpGet": {"path": "/readyz", "port": "worker-http"},
-            "periodSeconds": 5, "failureThreshold": 3, "timeoutSeconds": 3}
+            # SGLang's /health may take up to 20 s while it runs a generation; the head waits 25 s.
+            "periodSeconds": 10, "failureThreshold": 3, "timeoutSeconds": 26}
     meta = _meta(ctx, name, labels)
     if annotations:
         meta["annotations"] = annotations

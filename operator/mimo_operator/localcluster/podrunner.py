@@ -33,7 +33,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +89,6 @@ class _Running:
     popen: subprocess.Popen[bytes]
     log_path: Path
     started_at: str
-    created_dirs: list[Path] = field(default_factory=list)
     probe: _Probe | None = None
     ready: bool = False
     restarts: int = 0
@@ -112,6 +111,7 @@ class PodRunner:
         self.finished: set[str] = set()
         self._restart_at: dict[str, float] = {}
         self._restarts: dict[str, int] = {}
+        self._created_dirs: set[Path] = set()
         self._probes = ThreadPoolExecutor(max_workers=8, thread_name_prefix="probe")
         network = ipaddress.ip_network(ip_range)
         self._ip_base = network.network_address
@@ -193,13 +193,12 @@ class PodRunner:
             self.finished.add(uid)
             return
         argv = [expand(a, env) for a in argv_raw]
-        created: list[Path] = []
         for _, target, _ in mounts:
             if not target.exists():
-                # Bind targets must exist; remember what we made so it is removed with the pod.
-                missing = [p for p in [target, *target.parents] if not p.exists()]
+                # Bind targets must exist. They are removed when the cluster stops, not with the pod:
+                # removing a directory unmounts it from every other pod's namespace too.
+                self._created_dirs.update(p for p in [target, *target.parents] if not p.exists())
                 target.mkdir(parents=True, exist_ok=True)
-                created.extend(missing)
         launch = {
             "argv": argv,
             "env": env,
@@ -217,7 +216,7 @@ class PodRunner:
                 preexec_fn=_die_with_parent,
             )
         run = _Running(uid, meta["namespace"], meta["name"], container["name"], popen, log_path, _now(),
-                       created_dirs=created, restarts=self._restarts.get(uid, 0))
+                       restarts=self._restarts.get(uid, 0))
         probe = container.get("readinessProbe")
         if probe:
             delay = float(probe.get("initialDelaySeconds", 0))
@@ -425,7 +424,6 @@ class PodRunner:
 
     def _exited(self, run: _Running, pod: dict[str, Any], code: int) -> None:
         self.running.pop(run.uid)
-        self._cleanup(run)
         policy = pod["spec"].get("restartPolicy", "Always")
         container = pod["spec"]["containers"][0]
         log.info("pod %s/%s: process exited with %d (restartPolicy %s)", run.namespace, run.name, code, policy)
@@ -482,7 +480,6 @@ class PodRunner:
             run.popen.wait(5)
         if run is not None:
             self.running.pop(uid, None)
-            self._cleanup(run)
         try:
             self.client.delete(Pod, meta["name"], namespace=meta["namespace"], grace_period=0)
         except ApiError as e:
@@ -497,19 +494,15 @@ class PodRunner:
             except subprocess.TimeoutExpired:
                 run.popen.kill()
                 run.popen.wait(5)
-        self._cleanup(run)
         log.info("pod %s/%s: process stopped", run.namespace, run.name)
-
-    def _cleanup(self, run: _Running) -> None:
-        for d in sorted(run.created_dirs, key=lambda p: len(p.parts), reverse=True):
-            with contextlib.suppress(OSError):
-                d.rmdir()
-        run.created_dirs.clear()
 
     def stop_all(self) -> None:
         for run in list(self.running.values()):
             self._kill(run)
         self.running.clear()
+        for d in sorted(self._created_dirs, key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                d.rmdir()
         self._probes.shutdown(wait=False, cancel_futures=True)
 
     # -- helpers ----------------------------------------------------------------------------------
