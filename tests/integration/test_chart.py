@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tarfile
+import tomllib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ import yaml
 
 from mimo_operator.localcluster.cluster import LocalCluster
 from mimo_operator.localcluster.podrunner import PROCESS_LABEL
-from tests.conftest import NodePool, wait_for
+from tests.conftest import REPO, NodePool, wait_for
 from tests.helpers.packaging import (
     CHART,
     CRD,
@@ -143,6 +144,12 @@ def test_the_crd_is_the_one_in_crds_not_a_copy(helm_home: Path, tmp_path: Path) 
         member = tar.extractfile("mimo-operator/crds/mimodeployment.yaml")
         assert member is not None
         assert member.read() == CRD.read_bytes()
+
+
+def test_the_images_default_tag_is_the_packages_version() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert chart["appVersion"] == project["version"]
 
 
 def test_cluster_wide_rbac_is_one_cluster_role_with_exactly_the_rules_of_files(helm_home: Path) -> None:
@@ -344,9 +351,15 @@ def simulated_example_on(pool: NodePool) -> dict[str, Any]:
 
 
 @pytest.fixture
-def release_namespace(cluster: LocalCluster) -> Iterator[str]:
+def release_namespace(cluster: LocalCluster, helm_home: Path) -> Iterator[str]:
+    """A namespace for a test's release; whatever the test leaves installed is uninstalled afterwards,
+    so that a failed test cannot leave an operator running into the next ones."""
     name = f"mimo-chart-{uuid.uuid4().hex[:5]}"
     yield name
+    for release in helm("list", "-q", "--namespace", name, home=helm_home, kubeconfig=cluster.kubeconfig,
+                        check=False).stdout.split():
+        helm("uninstall", release, "--namespace", name, "--wait", "--timeout", "60s", home=helm_home,
+             kubeconfig=cluster.kubeconfig, check=False)
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
