@@ -11,6 +11,7 @@ import kopf
 import prometheus_client
 
 from mimo_operator.build import OperatorIdentity
+from mimo_operator.build.weights import WeightsOptions
 from mimo_operator.handlers import OperatorConfig, register
 from mimo_operator.reconciler import ReconcilerOptions
 
@@ -39,9 +40,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="how long a gang may stay unschedulable before it is replaced")
     p.add_argument("--distinct-gang-ports", action="store_true", default=env("MIMO_DISTINCT_GANG_PORTS") == "true",
                    help="give every gang its own Ray ports (pods sharing a network namespace, e.g. the local cluster)")
+    p.add_argument("--weights-pod-label", action="append", default=[], metavar="KEY=VALUE",
+                   help="a label for the weights download and prefetch pods (repeatable)")
+    p.add_argument("--hub-endpoint", default=env("MIMO_HUB_ENDPOINT"),
+                   help="HF_ENDPOINT for the weights downloads (a Hugging Face mirror)")
     p.add_argument("--resync-seconds", type=float, default=30.0)
     p.add_argument("--verbose", action="store_true")
     return p.parse_args(argv)
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"mimo-operator: --weights-pod-label wants KEY=VALUE, got {text!r}")
+    return key, value
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -60,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         reconciler=ReconcilerOptions(
             operator=OperatorIdentity(namespace=args.operator_namespace),
             restart_budget=args.restart_budget, backoff_base=args.backoff_seconds,
-            unschedulable_deadline=args.unschedulable_seconds, distinct_gang_ports=args.distinct_gang_ports),
+            unschedulable_deadline=args.unschedulable_seconds, distinct_gang_ports=args.distinct_gang_ports,
+            weights=WeightsOptions(pod_labels=tuple(_label(x) for x in args.weights_pod_label),
+                                   hub_endpoint=args.hub_endpoint)),
         leader_election=args.leader_election, lease_namespace=args.lease_namespace,
         resync_seconds=args.resync_seconds,
     )

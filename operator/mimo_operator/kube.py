@@ -36,6 +36,7 @@ _KINDS: dict[tuple[str, str], str] = {
     ("v1", "ConfigMap"): "configmaps",
     ("v1", "ServiceAccount"): "serviceaccounts",
     ("v1", "Event"): "events",
+    ("v1", "Node"): "nodes",
     ("apps/v1", "Deployment"): "deployments",
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
     ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
@@ -147,8 +148,9 @@ class Kube:
                 raise ApiError(resp.status, verb, f"{kind} {path}", text)
             return json.loads(text) if text else None
 
-    async def list(self, api_version: str, kind: str, namespace: str,
+    async def list(self, api_version: str, kind: str, namespace: str | None,
                    labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        """Objects of a kind with these labels; ``namespace`` None for a cluster-scoped kind."""
         result = await self._request("list", kind, "GET", path_of(api_version, kind, namespace),
                                      params={"labelSelector": _selector(labels)}, write=False)
         return list(result.get("items") or [])
@@ -191,7 +193,8 @@ class Kube:
         await self._request("deletecollection", kind, "DELETE", path_of(api_version, kind, namespace),
                             params={"labelSelector": _selector(labels)}, body={"propagationPolicy": "Background"})
 
-    async def merge_patch(self, api_version: str, kind: str, namespace: str, name: str, patch: Mapping[str, Any],
+    async def merge_patch(self, api_version: str, kind: str, namespace: str | None, name: str,
+                          patch: Mapping[str, Any],
                           subresource: str | None = None) -> dict[str, Any]:
         result = await self._request("patch", kind, "PATCH",
                                      path_of(api_version, kind, namespace, name, subresource),

@@ -22,6 +22,7 @@ from mimo_operator import autoscaler, metrics
 from mimo_operator import labels as L
 from mimo_operator.autoscaling.policy import Action
 from mimo_operator.build import BuildContext, OperatorIdentity, gang_objects, revision_of, router_url, shared_objects
+from mimo_operator.build.weights import WeightsOptions
 from mimo_operator.errors import PlanRefused, SpecError
 from mimo_operator.gangs import GangHealth, ObservedGang, gangs_from_pods
 from mimo_operator.heads import Heads
@@ -30,6 +31,7 @@ from mimo_operator.planner import plan_deployment
 from mimo_operator.spec import DeploymentSpec, parse_spec
 from mimo_operator.status import records_from_status, refused_status, running_status
 from mimo_operator.steps import CreateGang, DeleteGang, Desired, Outcome, StartDrain, next_steps
+from mimo_operator.weights import WeightsProbe, ensure_weights
 
 __all__ = ["Event", "Memory", "ReconcileResult", "Reconciler", "ReconcilerOptions"]
 
@@ -52,6 +54,7 @@ class ReconcilerOptions:
     unschedulable_deadline: float = 300.0
     surge_unschedulable_deadline: float = 60.0
     distinct_gang_ports: bool = False
+    weights: WeightsOptions = field(default_factory=WeightsOptions)
 
 
 @dataclass
@@ -134,6 +137,14 @@ class Reconciler:
         drained = await self._drained(gangs, ctx.ports.worker_http)
         desired = self._desired(spec, revision, plan.nodes_per_replica)
         outcome = next_steps(desired, gangs, records_from_status(old_status), now, drained)
+        weights = await ensure_weights(self.kube, ctx, self.options.weights,
+                                       probe=WeightsProbe(self.heads.session))
+        result.events.extend(Event(e.type, e.reason, e.message) for e in weights.events)
+        result.requeue_after = min(result.requeue_after, weights.requeue_after)
+        if weights.blocks_gangs:
+            # GPUs do not wait on a download: no gang until its weights are ready where it will run.
+            outcome = dataclasses.replace(outcome, steps=[s for s in outcome.steps if not isinstance(s, CreateGang)],
+                                          waiting=[*outcome.waiting, f"weights: {weights.message}"])
         if waiting_for:
             # A read that does not show a gang we just created must not make us create it again.
             outcome = dataclasses.replace(outcome, steps=[s for s in outcome.steps if not isinstance(s, CreateGang)],
@@ -154,7 +165,7 @@ class Reconciler:
         endpoint = router_url(ctx) if spec.router.enabled else None
         status = running_status(old=old_status, name=name, generation=generation, replicas=spec.replicas, plan=plan,
                                 revision=revision, gangs=gangs, outcome=outcome, endpoint=endpoint,
-                                autoscaling=autoscaling)
+                                autoscaling=autoscaling, weights=weights)
         await self._write_status(namespace, name, old_status, status)
         for g in gangs:
             state = outcome.health[g.name].state.value

@@ -15,6 +15,7 @@ from mimo_operator import labels as L
 from mimo_operator.gangs import GangHealth, ObservedGang
 from mimo_operator.plan import Plan
 from mimo_operator.steps import Outcome, ReplicaRecord
+from mimo_operator.weights import WeightsState
 
 __all__ = ["condition", "merge_conditions", "plan_summary", "records_from_status", "records_to_status",
            "refused_status", "running_status", "selector"]
@@ -100,7 +101,8 @@ def refused_status(old: Mapping[str, Any], generation: int, field: str, message:
 
 def running_status(*, old: Mapping[str, Any], name: str, generation: int, replicas: int, plan: Plan,
                    revision: str, gangs: Sequence[ObservedGang], outcome: Outcome, endpoint: str | None,
-                   autoscaling: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                   autoscaling: Mapping[str, Any] | None = None, weights: WeightsState | None = None
+                   ) -> dict[str, Any]:
     health = outcome.health
     in_range = [g for g in gangs if g.replica < replicas]
     ready = [g for g in in_range if health[g.name].state is GangHealth.READY]
@@ -132,7 +134,12 @@ def running_status(*, old: Mapping[str, Any], name: str, generation: int, replic
         condition("Degraded", bool(troubles or failed_replicas), "ReplicaFailures" if troubles or failed_replicas
                   else "Healthy", "; ".join(troubles) or "no failures", generation),
     ]
+    if weights is not None:
+        c = weights.condition()
+        conditions.append(condition(c["type"], c["status"] == "True", c["reason"], c["message"], generation))
     scaling = dict(autoscaling or {})
+    if weights is not None and weights.managed:
+        scaling["weights"] = weights.status()
     if "autoscaling" in scaling:
         decision = scaling["autoscaling"]
         conditions.append(condition(

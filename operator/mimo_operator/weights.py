@@ -204,20 +204,16 @@ class WeightsProbe:
 
 
 class NodeApi:
-    """Nodes through the operator's client. ``Kube`` maps only the namespaced kinds the builders make, so
-    the two cluster-scoped calls are made here on its request method (counted like every other write)."""
+    """Nodes through the operator's client: the two cluster-scoped calls the node-local cache makes."""
 
     def __init__(self, kube: Kube) -> None:
         self.kube = kube
 
     async def list(self) -> list[dict[str, Any]]:
-        result = await self.kube._request("list", "Node", "GET", "/api/v1/nodes", write=False)
-        return list(result.get("items") or [])
+        return await self.kube.list("v1", "Node", None, {})
 
     async def label(self, name: str, key: str, value: str | None) -> None:
-        await self.kube._request("patch", "Node", "PATCH", f"/api/v1/nodes/{name}",
-                                 body={"metadata": {"labels": {key: value}}},
-                                 content_type="application/merge-patch+json")
+        await self.kube.merge_patch("v1", "Node", None, name, {"metadata": {"labels": {key: value}}})
 
 
 def _iso_seconds(text: str | None) -> float | None:

@@ -192,3 +192,19 @@ def test_gangs_sharing_a_network_get_ports_of_their_own() -> None:
     assert ray_ports(context(PRO_H200.network("rdma"))) == {6379}
     assert len(ray_ports(context(PRO_H200.network("hostNetwork")))) == 3
     assert len(ray_ports(context(PRO_H200.network("rdma"), distinct_gang_ports=True))) == 3
+
+
+def test_a_node_local_cache_sends_gangs_only_to_nodes_holding_the_checkpoint_and_sglang_reads_it_there() -> None:
+    ctx = context(PRO_H200.set("model.cache", {"mode": "node-local"}))
+    objects = gang_objects(ctx, 0, 1, "abc")
+    pod = by_kind(objects, "Pod")[0]
+    terms = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    (expression,) = terms["nodeSelectorTerms"][0]["matchExpressions"]
+    assert expression["key"].startswith("weights.mimo-operator.io/")
+    assert expression["values"] == ["ready"]
+    plan = parse_plan(json.loads(by_kind(objects, "ConfigMap")[0]["data"]["plan.json"]))
+    argv, env = plan.engine_command(0, head_ip="10.0.0.1", node_ip="10.0.0.1")
+    assert argv[argv.index("--model-path") + 1].startswith("/mimo-cache/weights/")
+    assert env["HF_HUB_OFFLINE"] == "1"
+    plain = by_kind(gang_objects(context(PRO_H200), 0, 1, "abc"), "Pod")[0]
+    assert "nodeAffinity" not in plain["spec"]["affinity"]

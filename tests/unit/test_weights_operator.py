@@ -165,8 +165,10 @@ class FakeKube:
         self.nodes = {n["metadata"]["name"]: n for n in nodes or []}
         self.writes: list[tuple[str, str, str]] = []
 
-    async def list(self, api_version: str, kind: str, namespace: str,
+    async def list(self, api_version: str, kind: str, namespace: str | None,
                    labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        if kind == "Node":
+            return [copy.deepcopy(n) for n in self.nodes.values()]
         return [copy.deepcopy(o) for (k, _), o in self.objects.items() if k == kind
                 and all((o["metadata"].get("labels") or {}).get(a) == b for a, b in labels.items())]
 
@@ -184,26 +186,20 @@ class FakeKube:
         self.writes.append(("delete", kind, name))
         return self.objects.pop((kind, name), None) is not None
 
-    async def merge_patch(self, api_version: str, kind: str, namespace: str, name: str, patch: Mapping[str, Any],
-                          subresource: str | None = None) -> dict[str, Any]:
+    async def merge_patch(self, api_version: str, kind: str, namespace: str | None, name: str,
+                          patch: Mapping[str, Any], subresource: str | None = None) -> dict[str, Any]:
         self.writes.append(("patch", kind, name))
+        if kind == "Node":
+            labels = self.nodes[name]["metadata"]["labels"]
+            for key, value in patch["metadata"]["labels"].items():
+                if value is None:
+                    labels.pop(key, None)
+                else:
+                    labels[key] = value
+            return {}
         obj = self.objects[(kind, name)]
         obj["metadata"].setdefault("annotations", {}).update(patch["metadata"]["annotations"])
         return obj
-
-    async def _request(self, verb: str, kind: str, method: str, path: str, *, body: Any = None,
-                       content_type: str = "", write: bool = True, params: Any = None) -> Any:
-        if method == "GET":
-            return {"items": [copy.deepcopy(n) for n in self.nodes.values()]}
-        name = path.rsplit("/", 1)[1]
-        self.writes.append(("patch", "Node", name))
-        for key, value in body["metadata"]["labels"].items():
-            labels = self.nodes[name]["metadata"]["labels"]
-            if value is None:
-                labels.pop(key, None)
-            else:
-                labels[key] = value
-        return {}
 
 
 def jobs(kube: FakeKube) -> list[dict[str, Any]]:

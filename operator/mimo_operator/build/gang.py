@@ -13,6 +13,7 @@ from typing import Any
 
 from mimo_operator import labels as L
 from mimo_operator.build.options import BuildContext
+from mimo_operator.build.weights import weights_model_path, weights_node_affinity
 from mimo_operator.plan import CACHE_MOUNT_PATH
 
 __all__ = [
@@ -85,7 +86,11 @@ def launch_plan(ctx: BuildContext, gang: str, replica: int, revision: str) -> di
         # cluster), models the plan's GPU and runs at the spec's time compression; later flags win.
         extra = ["--host", _NODE_IP, "--mimo-gpu-type", plan.gpu.name,
                  "--mimo-speedup", repr(spec.engine.simulation.speedup)]
-    ranks = [{"rank": r, "argv": [*plan.server_args(r, _HEAD_IP), *extra], "env": env}
+    cached = weights_model_path(spec, plan)
+    if cached is not None:
+        # The operator keeps the checkpoint in its cache: SGLang reads it there and never asks the hub.
+        env["HF_HUB_OFFLINE"] = "1"
+    ranks = [{"rank": r, "argv": [*_with_model_path(plan.server_args(r, _HEAD_IP), cached), *extra], "env": env}
              for r in range(plan.nodes_per_replica)]
     pods = [L.pod_name(gang, r) for r in range(plan.nodes_per_replica)]
     ray_gcs, fabric = gang_ports(ctx, gang)
@@ -104,6 +109,13 @@ def launch_plan(ctx: BuildContext, gang: str, replica: int, revision: str) -> di
         "deadlines": {"drain_seconds": float(max(1, spec.autoscaling.drain_timeout_seconds)),
                       "engine_ready_seconds": max(600.0, 2 * plan.startup.cold_seconds)},
     }
+
+
+def _with_model_path(argv: list[str], path: str | None) -> list[str]:
+    if path is None or "--model-path" not in argv:
+        return argv
+    i = argv.index("--model-path")
+    return [*argv[: i + 1], path, *argv[i + 2:]]
 
 
 def _expected_bus_gbps(ctx: BuildContext) -> float | None:
@@ -285,6 +297,9 @@ def _pod(ctx: BuildContext, gang: str, gang_labels: dict[str, str], rank: int) -
         "podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
             "labelSelector": {"matchLabels": {L.LABEL_GANG: gang}}, "topologyKey": "kubernetes.io/hostname"}]},
     }
+    if weights := weights_node_affinity(spec, plan):
+        # Node-local cache: only nodes whose copy of the checkpoint is complete and verified.
+        affinity["nodeAffinity"] = weights
     if spec.scheduling.topology_key:
         # The whole gang inside one InfiniBand block: DeepEP's all-to-all crosses every pair of nodes.
         affinity["podAffinity"] = {"requiredDuringSchedulingIgnoredDuringExecution": [{
