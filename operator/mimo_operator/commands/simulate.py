@@ -12,7 +12,10 @@ import importlib
 __all__ = ["SIMULATE_MODULES", "register"]
 
 # The kinds of simulation, in the order `mimoctl simulate --help` lists them.
-SIMULATE_MODULES: tuple[str, ...] = ("mimo_operator.commands.simulate_autoscaling",)
+SIMULATE_MODULES: tuple[str, ...] = (
+    "mimo_operator.commands.simulate_engine",
+    "mimo_operator.commands.simulate_autoscaling",
+)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
