@@ -114,7 +114,7 @@ class PolicyConfig:
     min_replicas: int = 1
     max_replicas: int = 4
     # Targets: the share of a replica's capacity each signal may use before another gang is wanted.
-    target_utilisation: float = 0.7  # of modelled compute, averaged over the stable window
+    target_utilisation: float = 0.8  # of modelled compute, averaged over the stable window
     burst_utilisation: float = 0.9  # of modelled compute, in the busiest panic window
     target_token_usage: float = 0.8  # of the fuller KV pool
     target_running_fraction: float = 0.8  # of max_running_requests
