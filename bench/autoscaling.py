@@ -25,6 +25,7 @@ import math
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -73,12 +74,13 @@ def synthetic(base: Trace, shape: str, comparison: Comparison, peak_replicas: in
     """Poisson arrivals with the shared trace's request sizes and a rate shape; sized by the oracle."""
     sizes = [(r.context_tokens, r.generated_tokens) for r in base.requests]
     mean_work = sum(c / comparison.policy.capacity.prefill_tokens_per_second for c, _ in sizes) / len(sizes)
-    hours, shape_of = {
+    shapes: dict[str, tuple[float, Callable[[float], float]]] = {
         # A working day compressed into four hours: night, morning ramp, plateau, evening decline.
         "diurnal": (4.0, lambda t: 0.15 + 0.85 * max(0.0, math.sin(math.pi * t / (4 * 3600))) ** 2),
         # A batch job lands every hour for twenty minutes on top of a steady base.
         "hourly-batch": (3.0, lambda t: 1.0 if (t % 3600) >= 2400 else 0.35),
-    }[shape]
+    }
+    hours, shape_of = shapes[shape]
     rng = random.Random(11)
     # Peak rate: the requests per second that keep peak_replicas gangs at ~75 % of their compute.
     peak_rate = 0.75 * peak_replicas / mean_work

@@ -317,9 +317,11 @@ def sample(at: float, *, served: float = 0.0, queue: float = 0.0, ttft: float | 
     )
 
 
-def steady(name: str, now: float, per_second: float, **extra: float | None) -> list[MetricSample]:
-    """A gang's last five minutes at a constant served rate."""
-    return [sample(t, served=per_second * t, **extra) for t in range(int(now) - 600, int(now) + 1, 15)]
+def steady(
+    name: str, now: float, per_second: float, *, queue: float = 0.0, ttft: float | None = None
+) -> list[MetricSample]:
+    """A gang's last ten minutes at a constant served rate."""
+    return [sample(t, served=per_second * t, queue=queue, ttft=ttft) for t in range(int(now) - 600, int(now) + 1, 15)]
 
 
 def ready(*names: str) -> tuple[Gang, ...]:
