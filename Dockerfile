@@ -40,13 +40,12 @@ COPY operator/ operator/
 COPY worker/ worker/
 # SGLang's image brings its own CUDA build of torch: install the worker package with Ray (`worker`) and the
 # router the operator deploys (`router`), never torch (no `fabric` extra), and fail the build if pip
-# replaced the image's torch anyway. Its Python is newer than the 3.11 the project's venv pins, which the
-# packages support; hence --ignore-requires-python.
+# replaced the image's torch anyway.
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # Every version is pinned in pyproject.toml (the extras included), which pip reads from the local project.
 # hadolint ignore=DL3013
 RUN torch_before="$(python3 -c 'import torch; print(torch.__version__)')" \
- && python3 -m pip install --no-cache-dir --ignore-requires-python ".[worker,router]" \
+ && python3 -m pip install --no-cache-dir ".[worker,router]" \
  && torch_after="$(python3 -c 'import torch; print(torch.__version__)')" \
  && if [ "$torch_before" != "$torch_after" ]; then echo "torch changed: $torch_before -> $torch_after" >&2; exit 1; fi \
  && groupadd --system --gid 10001 mimo \

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from mimo_operator.errors import SpecError
-from mimo_operator.versions import SGLANG_IMAGE
+from mimo_operator.versions import WORKER_IMAGE
 
 __all__ = [
     "MAX_NAME_LENGTH",
@@ -159,7 +159,7 @@ class SimulationSpec(_Spec):
 
 class EngineSpec(_Spec):
     type: Literal["sglang", "simulated"] = "sglang"
-    image: str = Field(SGLANG_IMAGE, max_length=512)
+    image: str = Field(WORKER_IMAGE, max_length=512)
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     port: int = Field(30000, ge=1024, le=65535)
     dist_init_port: int = Field(20000, ge=1024, le=65000)

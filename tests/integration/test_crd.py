@@ -15,7 +15,7 @@ import yaml
 from mimo_operator.errors import PlanRefused, SpecError
 from mimo_operator.planner import plan_deployment
 from mimo_operator.spec import parse_spec
-from mimo_operator.versions import SGLANG_IMAGE
+from mimo_operator.versions import WORKER_IMAGE
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -120,7 +120,7 @@ def test_valid_manifest_is_accepted_with_the_model_s_defaults(crd: Any, ns: str,
     # What the apiserver stored, defaults applied, is exactly what the typed spec makes of the manifest.
     typed = parse_spec(manifest).model_dump(by_alias=True, exclude_none=True)
     assert live["spec"] == typed
-    assert live["spec"]["engine"]["image"] == SGLANG_IMAGE
+    assert live["spec"]["engine"]["image"] == WORKER_IMAGE
     # Defaults no manifest of the corpus sets, filled in by the apiserver:
     assert live["spec"]["engine"]["watchdogTimeoutSeconds"] == 3600
     assert live["spec"]["router"]["replicas"] == 1

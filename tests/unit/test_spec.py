@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from mimo_operator.errors import PlanRefused, SpecError
 from mimo_operator.planner import plan_deployment
 from mimo_operator.spec import DeploymentSpec, parse_quantity, parse_spec
-from mimo_operator.versions import SGLANG_IMAGE
+from mimo_operator.versions import WORKER_IMAGE
 from tests.helpers.specs import a_deployment
 
 REPO = Path(__file__).resolve().parents[2]
@@ -123,8 +123,8 @@ def test_every_crd_field_has_a_description_for_kubectl_explain() -> None:
 
 def test_the_default_engine_image_is_the_pinned_sglang_image() -> None:
     engine = crd_schema()["properties"]["spec"]["properties"]["engine"]
-    assert engine["properties"]["image"]["default"] == SGLANG_IMAGE
-    assert parse_spec(a_deployment().build()).engine.image == SGLANG_IMAGE
+    assert engine["properties"]["image"]["default"] == WORKER_IMAGE
+    assert parse_spec(a_deployment().build()).engine.image == WORKER_IMAGE
 
 
 def test_a_whole_manifest_a_live_object_and_a_bare_spec_parse_alike() -> None:
