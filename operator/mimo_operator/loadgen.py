@@ -1,0 +1,123 @@
+"""A trace-driven load generator: replays (context, generated) token counts from a request trace against
+an OpenAI-compatible endpoint, streaming, and records each request's time to first token and outcome.
+
+Used by the demo; its shape (time-compressed segments of the trace) is what makes load rise and fall.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+__all__ = ["LoadResult", "Phase", "RequestShape", "read_trace", "replay"]
+
+
+@dataclass(frozen=True)
+class RequestShape:
+    offset: float            # seconds from the start of the trace
+    context_tokens: int
+    generated_tokens: int
+
+
+@dataclass(frozen=True)
+class Phase:
+    """Play trace time [start, start + trace_seconds) squeezed into ``wall_seconds``."""
+
+    name: str
+    wall_seconds: float
+    trace_seconds: float
+
+
+@dataclass
+class LoadResult:
+    sent: int = 0
+    ok: int = 0
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)
+    ttft: list[tuple[float, float]] = field(default_factory=list)  # (wall time sent, seconds to first token)
+    done: list[float] = field(default_factory=list)                # wall time of each completion
+
+    def rate(self, now: float, window: float = 10.0) -> float:
+        return sum(1 for t in self.done if now - window <= t <= now) / window
+
+
+def read_trace(path: Path) -> list[RequestShape]:
+    """The Azure trace format: TIMESTAMP, ContextTokens, GeneratedTokens (shared/traces/README.md)."""
+    import datetime as dt
+
+    rows = []
+    with path.open() as f:
+        for row in csv.DictReader(f):
+            stamp = dt.datetime.fromisoformat(row["TIMESTAMP"][:26])
+            rows.append((stamp.timestamp(), int(row["ContextTokens"]), int(row["GeneratedTokens"])))
+    start = rows[0][0]
+    return [RequestShape(t - start, c, g) for t, c, g in rows]
+
+
+async def _one(session: aiohttp.ClientSession, url: str, model: str, shape: RequestShape, result: LoadResult,
+               max_context: int, max_output: int) -> None:
+    context = max(16, min(shape.context_tokens, max_context))
+    output = max(1, min(shape.generated_tokens, max_output))
+    body = {"model": model, "prompt": "x " * 8, "max_tokens": output, "stream": True,
+            "mimo_prompt_tokens": context}
+    sent = time.monotonic()
+    result.sent += 1
+    first: float | None = None
+    try:
+        async with session.post(url, json=body, timeout=aiohttp.ClientTimeout(total=600)) as resp:
+            if resp.status != 200:
+                result.failed += 1
+                result.errors.append(f"HTTP {resp.status}: {(await resp.text())[:200]}")
+                return
+            async for line in resp.content:
+                if first is None and line.startswith(b"data:") and b"[DONE]" not in line:
+                    first = time.monotonic()
+                if line.strip() == b"data: [DONE]":
+                    break
+    except (TimeoutError, aiohttp.ClientError, OSError, json.JSONDecodeError) as e:
+        result.failed += 1
+        result.errors.append(f"{type(e).__name__}: {e}")
+        return
+    result.ok += 1
+    now = time.monotonic()
+    result.done.append(now)
+    result.ttft.append((sent, (first or now) - sent))
+
+
+async def replay(url: str, model: str, trace: Sequence[RequestShape], phases: Sequence[Phase], result: LoadResult,
+                 *, max_context: int = 8192, max_output: int = 512, max_in_flight: int = 512) -> None:
+    """Send the trace's requests on the phases' compressed clocks, one phase after another."""
+    limit = asyncio.Semaphore(max_in_flight)
+    tasks: set[asyncio.Task[None]] = set()
+    async with aiohttp.ClientSession() as session:
+
+        async def guarded(shape: RequestShape) -> None:
+            async with limit:
+                await _one(session, url, model, shape, result, max_context, max_output)
+
+        cursor = 0.0
+        for phase in phases:
+            begin = time.monotonic()
+            squeeze = phase.trace_seconds / phase.wall_seconds
+            window = [s for s in trace if cursor <= s.offset < cursor + phase.trace_seconds]
+            for shape in window:
+                due = begin + (shape.offset - cursor) / squeeze
+                delay = due - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                task = asyncio.create_task(guarded(shape))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            rest = begin + phase.wall_seconds - time.monotonic()
+            if rest > 0:
+                await asyncio.sleep(rest)
+            cursor = (cursor + phase.trace_seconds) % max(trace[-1].offset, 1.0)
+        if tasks:
+            await asyncio.gather(*tasks)
