@@ -28,7 +28,8 @@ def test_the_short_demo_serves_traffic_and_ends_with_the_summary(tmp_path: Path)
                             cwd=REPO, capture_output=True, text=True, timeout=840)
     out = result.stdout
     assert result.returncode == 0, out[-3000:] + result.stderr[-3000:]
-    assert "operator pod" in out and "Ready under its chart RBAC" in out
+    assert "operator pod" in out
+    assert "Ready under its chart RBAC" in out
     summary = out[out.index("==> Summary"):]
     served = int(summary.split("requests: ")[1].split(" served")[0])
     assert served > 10
