@@ -20,6 +20,7 @@ log = logging.getLogger("mimo.operator.heads")
 @dataclass(frozen=True)
 class DrainState:
     done: bool
+    idle: bool          # no drain asked for yet
     running: int | None
     message: str
 
@@ -49,5 +50,6 @@ class Heads:
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
             return None
         state = body.get("state")
-        return DrainState(done=state in ("drained", "timed-out"), running=body.get("running_requests"),
+        return DrainState(done=state in ("drained", "timed-out"), idle=state == "idle",
+                          running=body.get("running_requests"),
                           message=str(body.get("message") or state))

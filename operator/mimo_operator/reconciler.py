@@ -37,6 +37,9 @@ __all__ = ["Event", "Memory", "ReconcileResult", "Reconciler", "ReconcilerOption
 
 log = logging.getLogger("mimo.operator")
 
+# Seconds between a gang leaving the router (its head loses the serving label) and its engine being told
+# to drain: the router's pod watch must see the label go first.
+ROUTER_GRACE_SECONDS = 5.0
 # Seconds a just-created gang may take to show whole in the API before the guard lets go.
 _EXPECTATION_SECONDS = 30.0
 _SHARED_KINDS = [("v1", "ServiceAccount"), ("rbac.authorization.k8s.io/v1", "Role"),
@@ -134,7 +137,7 @@ class Reconciler:
         pods = await self.kube.list("v1", "Pod", namespace, {L.LABEL_DEPLOYMENT: name, L.LABEL_COMPONENT: "engine"})
         gangs = gangs_from_pods(pods)
         waiting_for = self._unmet_expectations(memory, gangs, now)
-        drained = await self._drained(gangs, ctx.ports.worker_http)
+        drained = await self._drained(gangs, ctx.ports.worker_http, now)
         desired = self._desired(spec, revision, plan.nodes_per_replica)
         outcome = next_steps(desired, gangs, records_from_status(old_status), now, drained)
         weights = await ensure_weights(self.kube, ctx, self.options.weights,
@@ -228,19 +231,29 @@ class Reconciler:
                 unmet.append(gang)
         return ", ".join(unmet)
 
-    async def _drained(self, gangs: list[ObservedGang], port: int) -> frozenset[str]:
+    async def _drained(self, gangs: list[ObservedGang], port: int, now: float) -> frozenset[str]:
+        """Draining gangs whose head reports no request in flight.
+
+        A drain has two steps. First the head loses the serving label, so the router's pod watch drops it;
+        only after ``ROUTER_GRACE_SECONDS`` is the engine told to drain (it then refuses new requests, and
+        a router that still sent some would see them fail). Asking again is harmless: the head's drain is
+        idempotent, which also covers an operator restarted between the two steps.
+        """
         done = set()
         for g in gangs:
             head = g.head
             if g.drain_started is None or head is None:
                 continue
-            ip = head.ip
-            if not ip:
+            if not head.ip:
                 done.add(g.name)  # never served: nothing in flight
                 continue
-            state = await self.heads.drain_state(ip, port)
+            if now - g.drain_started < ROUTER_GRACE_SECONDS:
+                continue
+            state = await self.heads.drain_state(head.ip, port)
             if state is not None and state.done:
                 done.add(g.name)
+            elif state is None or state.idle:
+                await self.heads.start_drain(head.ip, port)
         return frozenset(done)
 
     async def _execute(self, step: CreateGang | DeleteGang | StartDrain, ctx: BuildContext, revision: str,
@@ -279,8 +292,6 @@ class Reconciler:
             await self.kube.merge_patch("v1", "Pod", ns, head.name, {"metadata": {
                 "labels": {L.LABEL_SERVING: None},
                 "annotations": {L.ANNOTATION_DRAIN_STARTED: _iso(now), L.ANNOTATION_DRAIN_REASON: step.reason}}})
-            if head.ip:
-                await self.heads.start_drain(head.ip, ctx.ports.worker_http)
         log.info("%s/%s: draining gang %s: %s", ns, ctx.name, step.gang, step.reason)
         return Event("Normal", "GangDraining", f"gang {step.gang}: {step.reason}")
 
