@@ -57,6 +57,7 @@ SCRAPE_INTERVAL_SECONDS = 10.0
 _TYPICAL_CONTEXT_TOKENS = 2048
 _TYPICAL_OUTPUT_TOKENS = 256
 _ITL_BUDGET_SECONDS = 0.1
+_MAX_FORECAST_SECONDS = 300.0
 
 
 @dataclass
@@ -84,8 +85,9 @@ def policy_config(spec: DeploymentSpec, plan: Plan) -> PolicyConfig:
         stable_window_seconds=stable,
         panic_window_seconds=min(stable, 30.0),
         scale_down_window_seconds=float(max(stable, a.scale_down_window_seconds)),
-        # Demand is projected over a gang's start-up: one ordered now serves only after it.
-        forecast_seconds=float(plan.startup.expected_seconds),
+        # Demand is projected over a gang's start-up (one ordered now serves only after it), but no further
+        # than a few minutes: beyond that a trend says little, and a cold Pro start can take a quarter hour.
+        forecast_seconds=float(min(plan.startup.expected_seconds, _MAX_FORECAST_SECONDS)),
         max_sample_age_seconds=3 * SCRAPE_INTERVAL_SECONDS + 5,
     )
 

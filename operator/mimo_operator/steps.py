@@ -183,8 +183,9 @@ def _is_surge(g: ObservedGang, gangs: Sequence[ObservedGang], desired: Desired) 
 
 
 def _leave(g: ObservedGang, health: GangHealth, reason: str) -> Step:
-    # Only a serving gang has requests to finish; any other goes at once.
-    if health is GangHealth.READY:
+    # A gang whose pods all run may have served, even if its head is not Ready right now (a slow health
+    # check): it drains. One still being scheduled has never served and goes at once.
+    if health in (GangHealth.READY, GangHealth.STARTING):
         return StartDrain(g.name, reason)
     return DeleteGang(g.name, reason)
 
