@@ -228,7 +228,7 @@ def main() -> int:
                 best = f"{name} ours/it {ours.gpu_hours / hours:.2f}"
             print(
                 f"  {scenario.name:<58}{ours.ttft_attainment:>10.2%}{oracle.ttft_attainment:>8.2%}"
-                f"{ours.gpu_hours / oracle.gpu_hours:>12.3f}{best:>34}"
+                f"{ours.gpu_hours / oracle.gpu_hours:>12.3f}   {best}"
             )
             raw[scenario.name] = {name: r.summary() for name, r in results.items()}
     if args.json:

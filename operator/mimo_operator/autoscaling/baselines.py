@@ -114,6 +114,9 @@ class _HpaCore:
         return self.last_sync is None or now - self.last_sync >= self.sync_period_seconds - 1e-9
 
     def stabilise(self, now: float, current: int, recommendation: int) -> int:
+        if self.last_sync is None:
+            # The controller was running before the trace starts: its window holds the current scale.
+            self.recommendations.append((now, current))
         self.last_sync = now
         recommendation = max(self.min_replicas, min(self.max_replicas, recommendation))
         self.recommendations.append((now, recommendation))

@@ -415,6 +415,9 @@ def _plot(results: Mapping[str, PolicyResult], setup: Setup, path: Path) -> None
     latency.axhline(setup.comparison.fleet.ttft_slo_seconds, color="grey", ls="--", lw=0.8)
     latency.set_ylabel("TTFT p95 per interval (s)")
     latency.set_xlabel("minutes")
+    # A policy that falls behind keeps draining its backlog long after the trace ends; the trace's
+    # span is what the policies are compared over.
+    latency.set_xlim(0, setup.trace.span_seconds / 60)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
