@@ -35,7 +35,7 @@ from mimo_operator.autoscaling.simulator import Autoscaler, PolicyResult, simula
 from mimo_operator.autoscaling.trace import Request, Trace, load_trace, reshape
 from mimo_operator.commands.simulate_autoscaling import DEFAULT_MANIFEST, comparison_for
 
-SHARED_TRACE = Path("/work/shared/traces/azure-2023-code.csv")
+SHARED_TRACE = Path(__file__).resolve().parents[1] / "examples" / "traces" / "azure-2023-code.csv"
 TTFT_TARGET = 0.99
 ORACLE_RATIO_TARGET = 1.15
 

@@ -68,6 +68,7 @@ class AutoscalerMemory:
     samples: dict[str, deque[MetricSample]] = field(default_factory=dict)
     ttft_buckets: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     last_scrape: float = 0.0
+    last_scale_up_at: float | None = None
     last_scale_down_at: float | None = None
 
 
@@ -206,6 +207,7 @@ async def step(*, session: aiohttp.ClientSession, namespace: str, name: str, spe
             del memory.samples[gang_name]
     observation = Observation(now=now, gangs=observe_gangs(gangs, health, now),
                               samples={k: tuple(v) for k, v in memory.samples.items()},
+                              last_scale_up_at=memory.last_scale_up_at,
                               last_scale_down_at=memory.last_scale_down_at)
     decision = decide(observation, config)
     signals = decision.signals

@@ -49,7 +49,7 @@ class LoadResult:
 
 
 def read_trace(path: Path) -> list[RequestShape]:
-    """The Azure trace format: TIMESTAMP, ContextTokens, GeneratedTokens (shared/traces/README.md)."""
+    """The Azure trace format: TIMESTAMP, ContextTokens, GeneratedTokens (examples/traces/README.md)."""
     import datetime as dt
 
     rows = []

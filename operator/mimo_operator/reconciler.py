@@ -202,6 +202,8 @@ class Reconciler:
             autoscaler.DECISIONS.labels(ctx.namespace, ctx.name, decision.action.value).inc()
             if decision.action is Action.SCALE_DOWN:
                 memory.autoscaler.last_scale_down_at = now
+            else:
+                memory.autoscaler.last_scale_up_at = now
             fields["lastScaleDecision"] = {"time": _iso(now), "from": current, "to": decision.desired_replicas,
                                            "reason": decision.reason}
             verb = "ScaledUp" if decision.action is Action.SCALE_UP else "ScaledDown"

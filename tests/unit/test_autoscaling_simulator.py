@@ -134,7 +134,7 @@ def test_the_fleet_model_agrees_with_the_simulated_engine_on_one_planned_replica
 
     plan = plan_deployment(parse_spec({"model": {"variant": "MiMo-V2.5-Pro"}, "hardware": {"gpuType": "H200-141GB"}}))
     perf = performance_of(plan)
-    shared = load_trace(Path("/work/shared/traces/azure-2023-code.csv"))
+    shared = load_trace(Path(__file__).resolve().parents[2] / "examples" / "traces" / "azure-2023-code.csv")
     # Ten busy minutes of the shared trace: about 70 % of the replica's prefill throughput on average.
     window = [r for r in shared.requests if 1080 <= r.arrival < 1680]
     trace = Trace("slice", tuple(Request(r.arrival - 1080, r.context_tokens, r.generated_tokens) for r in window), 600)

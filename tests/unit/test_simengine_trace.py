@@ -1,6 +1,6 @@
 """The simulated engine driven with the shared Azure trace, in virtual time (issue 5's acceptance).
 
-The trace (``../shared/traces/azure-2023-code.csv``: one hour of a code-completion service, prompts of
+The trace (``examples/traces/azure-2023-code.csv``: one hour of a code-completion service, prompts of
 about 2,000 tokens and outputs of about 30) is replayed at increasing compression against one replica.
 Below capacity the replica keeps up with the offered load; past it the throughput flattens at the
 modelled capacity while the queue and the time to first token keep growing with the load.
@@ -22,7 +22,7 @@ from mimo_worker.simengine.replica import planned_replica
 from tests.unit.simengine_support import SmallReplica
 
 REPO = Path(__file__).resolve().parents[2]
-TRACES = Path(os.environ.get("MIMO_TRACES", REPO.parent / "shared" / "traces"))
+TRACES = Path(os.environ.get("MIMO_TRACES", REPO / "examples" / "traces"))
 TRACE_FILE = TRACES / "azure-2023-code.csv"
 
 # A replica small enough that the trace saturates it within a few compressions, with round numbers.
