@@ -37,6 +37,7 @@ nothing more: it watches ``sglang:num_running_reqs`` + ``sglang:num_queue_reqs``
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import enum
@@ -598,23 +599,23 @@ async def _send_event(response: web.StreamResponse, payload: dict[str, Any]) -> 
 # ---- wire formats ------------------------------------------------------------------------------------
 
 
-class _Format:
+class _Format(abc.ABC):
     """How one API spells a generation request and its answer."""
 
-    def parse(self, body: dict[str, Any]) -> _Generation:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def parse(self, body: dict[str, Any]) -> _Generation: ...
 
-    def whole(self, job: _Job, gen: _Generation, text: str, tokens: int) -> dict[str, Any]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def whole(self, job: _Job, gen: _Generation, text: str, tokens: int) -> dict[str, Any]: ...
 
     def opening(self, job: _Job) -> list[dict[str, Any]]:
         return []
 
-    def delta(self, job: _Job, text: str, sent: int, new: int) -> dict[str, Any]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def delta(self, job: _Job, text: str, sent: int, new: int) -> dict[str, Any]: ...
 
-    def closing(self, job: _Job, gen: _Generation, finish_reason: str, sent: int) -> list[dict[str, Any]]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def closing(self, job: _Job, gen: _Generation, finish_reason: str, sent: int) -> list[dict[str, Any]]: ...
 
 
 def _usage(gen: _Generation, completion_tokens: int) -> dict[str, Any]:
