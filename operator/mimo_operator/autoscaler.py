@@ -90,6 +90,7 @@ def policy_config(spec: DeploymentSpec, plan: Plan) -> PolicyConfig:
         # than a few minutes: beyond that a trend says little, and a cold Pro start can take a quarter hour.
         forecast_seconds=float(min(plan.startup.expected_seconds, _MAX_FORECAST_SECONDS)),
         max_sample_age_seconds=3 * SCRAPE_INTERVAL_SECONDS + 5,
+        ttft_slo_seconds=a.ttft_slo_seconds,
     )
 
 

@@ -185,6 +185,7 @@ class AutoscalingSpec(_Spec):
     scale_up_window_seconds: int = Field(60, ge=0)
     scale_down_window_seconds: int = Field(600, ge=0)
     drain_timeout_seconds: int = Field(600, ge=0)
+    ttft_slo_seconds: float | None = Field(None, ge=0.01, le=600)
 
 
 class RouterSpec(_Spec):

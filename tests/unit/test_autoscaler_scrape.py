@@ -81,3 +81,21 @@ def test_gangs_map_to_the_policys_phases_with_loading_ones_as_starting() -> None
               "d": Health(GangHealth.FAILED)}
     phases = {g.name: g.phase for g in observe_gangs([gang(n) for n in "abcd"], health, now=200.0)}
     assert phases == {"a": GangPhase.READY, "b": GangPhase.STARTING, "c": GangPhase.STARTING}
+
+
+def test_the_policy_gets_the_specs_targets_windows_and_ttft_objective() -> None:
+    from mimo_operator.autoscaler import policy_config
+    from mimo_operator.planner import plan_deployment
+    from mimo_operator.spec import parse_spec
+    from tests.helpers.specs import a_deployment
+
+    spec = parse_spec(a_deployment().pro().h200().autoscaling(
+        enabled=True, minReplicas=2, maxReplicas=6, targetKVCacheUsage=0.7, scaleUpWindowSeconds=90,
+        scaleDownWindowSeconds=400, ttftSloSeconds=1.5).build())
+    config = policy_config(spec, plan_deployment(spec))
+    assert (config.min_replicas, config.max_replicas, config.target_token_usage) == (2, 6, 0.7)
+    assert (config.stable_window_seconds, config.scale_down_window_seconds) == (90, 400)
+    assert config.ttft_slo_seconds == 1.5
+    assert 0 < config.forecast_seconds <= 300
+    unset = parse_spec(a_deployment().pro().h200().autoscaling(enabled=True).build())
+    assert policy_config(unset, plan_deployment(unset)).ttft_slo_seconds is None
