@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 from collections.abc import Mapping
@@ -150,7 +151,11 @@ def register(config: OperatorConfig) -> None:
         info = in_cluster_connection() or kopf.login_with_kubeconfig(settings=settings, logger=logger)
         if info is None:
             raise kopf.PermanentError("no Kubernetes credentials: neither a service account nor a kubeconfig")
-        memo.kube = Kube(KubeConfig.from_kopf(info))
+        config_ = KubeConfig.from_kopf(info)
+        token_file = os.path.join(_SA_DIR, "token")
+        if in_cluster_connection() is not None:
+            config_ = dataclasses.replace(config_, token_path=token_file)
+        memo.kube = Kube(config_)
         memo.http = aiohttp.ClientSession()
         leader = None
         if config.leader_election:

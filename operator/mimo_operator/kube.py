@@ -12,6 +12,7 @@ import base64
 import json
 import ssl
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -69,6 +70,9 @@ class KubeConfig:
     cert_data: str | bytes | None = None
     key_data: str | bytes | None = None
     token: str | None = None
+    # A projected service-account token is rotated by the kubelet; read it again now and then (client-go
+    # does the same every minute) instead of keeping the first one until it expires.
+    token_path: str | None = None
     insecure: bool = False
 
     @classmethod
@@ -98,6 +102,9 @@ class KubeConfig:
         return ctx
 
 
+_TOKEN_REREAD_SECONDS = 60.0
+
+
 def _pem(data: str | bytes) -> bytes:
     raw = data.encode() if isinstance(data, str) else data
     return raw if raw.lstrip().startswith(b"-----") else base64.b64decode(raw)
@@ -124,9 +131,9 @@ def _selector(labels: Mapping[str, str]) -> str:
 class Kube:
     def __init__(self, config: KubeConfig, timeout: float = 30.0) -> None:
         self.config = config
+        self._token = config.token
+        self._token_read_at = time.monotonic()
         headers = {"Accept": "application/json"}
-        if config.token:
-            headers["Authorization"] = f"Bearer {config.token}"
         self._session = aiohttp.ClientSession(
             base_url=config.server, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout),
             connector=aiohttp.TCPConnector(ssl=config.ssl_context(), limit=32),
@@ -138,8 +145,10 @@ class Kube:
     async def _request(self, verb: str, kind: str, method: str, path: str, *, params: Mapping[str, str] | None = None,
                        body: Any = None, content_type: str = "application/json", write: bool = True) -> Any:
         data = json.dumps(body) if body is not None else None
-        async with self._session.request(method, path, params=params, data=data,
-                                         headers={"Content-Type": content_type}) as resp:
+        headers = {"Content-Type": content_type}
+        if token := self._current_token():
+            headers["Authorization"] = f"Bearer {token}"
+        async with self._session.request(method, path, params=params, data=data, headers=headers) as resp:
             text = await resp.text()
             if write:
                 WRITES.labels(verb, kind).inc()
@@ -147,6 +156,17 @@ class Kube:
                 API_ERRORS.labels(verb, kind, str(resp.status)).inc()
                 raise ApiError(resp.status, verb, f"{kind} {path}", text)
             return json.loads(text) if text else None
+
+    def _current_token(self) -> str | None:
+        path = self.config.token_path
+        if path and time.monotonic() - self._token_read_at > _TOKEN_REREAD_SECONDS:
+            self._token_read_at = time.monotonic()
+            try:
+                with open(path, encoding="utf-8") as f:
+                    self._token = f.read().strip() or self._token
+            except OSError:
+                pass  # keep the token we have; the API will say when it stops working
+        return self._token
 
     async def list(self, api_version: str, kind: str, namespace: str | None,
                    labels: Mapping[str, str]) -> list[dict[str, Any]]:
