@@ -13,6 +13,7 @@ from typing import Any
 
 from mimo_operator import labels as L
 from mimo_operator.build.options import BuildContext
+from mimo_operator.build.placement import gang_tolerations
 from mimo_operator.build.weights import weights_model_path, weights_node_affinity
 from mimo_operator.plan import CACHE_MOUNT_PATH
 
@@ -34,7 +35,6 @@ SIMULATED_PROGRAM = ["python3", "-m", "mimo_worker.simengine"]
 # The worker's launch-plan placeholder for node rank 0's IP, substituted by the head at run time.
 _HEAD_IP = "{head_ip}"
 _NODE_IP = "{node_ip}"
-_GPU_TAINT_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
 
 def owner_reference(ctx: BuildContext) -> dict[str, Any]:
@@ -305,8 +305,7 @@ def _pod(ctx: BuildContext, gang: str, gang_labels: dict[str, str], rank: int) -
         affinity["podAffinity"] = {"requiredDuringSchedulingIgnoredDuringExecution": [{
             "labelSelector": {"matchLabels": {L.LABEL_GANG: gang}}, "topologyKey": spec.scheduling.topology_key}]}
 
-    tolerations = [_GPU_TAINT_TOLERATION] + [t.model_dump(by_alias=True, exclude_none=True)
-                                             for t in spec.hardware.tolerations or []]
+    tolerations = gang_tolerations(spec)
     pod_spec.update({
         "hostname": name,
         "subdomain": gang,

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from mimo_operator import labels as L
+from mimo_operator.build.placement import GPU_TAINT_TOLERATION, gang_tolerations
 from mimo_operator.plan import CACHE_MOUNT_PATH, Plan
 from mimo_operator.spec import DeploymentSpec, SecretKeyRef
 
@@ -74,7 +75,6 @@ ANNOTATION_USER_PREFIX = "users.weights.mimo-operator.io/"
 ANNOTATION_SOURCE = _PREFIX + "source"
 # The value of a node's weights label once its copy is complete and verified; gangs require it.
 NODE_READY = "ready"
-_GPU_TAINT_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 _PROGRAM = ["python3", "-m", "mimo_worker.weights"]
 # Exit codes after which the download Job fails at once instead of retrying (mimo_worker.weights.errors):
 # not enough space, not a loadable checkpoint, the hub refused the token. A person must act first.
@@ -271,7 +271,7 @@ def download_job(ref: CacheRef, namespace: str, image: str, options: WeightsOpti
             "template": {
                 "metadata": {"labels": pod_labels, "annotations": {
                     "prometheus.io/scrape": "true", "prometheus.io/port": str(options.status_port)}},
-                "spec": _pod_spec([container], ref, [_GPU_TAINT_TOLERATION]),
+                "spec": _pod_spec([container], ref, [GPU_TAINT_TOLERATION]),
             },
         },
     }
@@ -282,11 +282,6 @@ def _pinned(node: str) -> dict[str, Any]:
     # taints and resources, unlike spec.nodeName.
     return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
         {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}]}}}
-
-
-def _gang_tolerations(spec: DeploymentSpec) -> list[dict[str, Any]]:
-    return [_GPU_TAINT_TOLERATION] + [t.model_dump(by_alias=True, exclude_none=True)
-                                      for t in spec.hardware.tolerations or []]
 
 
 def _node_pod(ref: CacheRef, namespace: str, node: str, role: str, name: str, image: str, args: list[str],
@@ -308,7 +303,7 @@ def prefetch_pod(ref: CacheRef, namespace: str, node: str, spec: DeploymentSpec,
     tolerations (eligible nodes are those a gang may use)."""
     name = f"mimo-prefetch-{ref.key}-{L.short_hash(node, ref.location, length=6)}"
     return _node_pod(ref, namespace, node, "prefetch", name, image, _download_args(ref, options),
-                     _gang_tolerations(spec), options)
+                     gang_tolerations(spec), options)
 
 
 def clean_pod(ref: CacheRef, namespace: str, node: str, image: str, options: WeightsOptions) -> dict[str, Any]:
@@ -382,6 +377,6 @@ def eligible_node(node: Mapping[str, Any], spec: DeploymentSpec, gpus_per_node: 
         return False
     if gpus < gpus_per_node:
         return False
-    tolerations = _gang_tolerations(spec)
+    tolerations = gang_tolerations(spec)
     return all(tolerates(tolerations, t) for t in node_spec.get("taints") or []
                if t.get("effect") in ("NoSchedule", "NoExecute"))

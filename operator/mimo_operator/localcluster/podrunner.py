@@ -231,7 +231,7 @@ class PodRunner:
             self._set_ready(run, container, True)
 
     def _env(self, pod: dict[str, Any], container: dict[str, Any]) -> dict[str, str]:
-        meta, spec, status = pod["metadata"], pod["spec"], pod["status"]
+        meta, spec = pod["metadata"], pod["spec"]
         env: dict[str, str] = {
             "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
             "HOME": os.environ.get("HOME", "/root"),
@@ -267,7 +267,6 @@ class PodRunner:
                 value = _resource_field(container, ref)
             if value is not None:
                 env[name] = value
-        del status
         return env
 
     def _config_map(self, ns: str, name: str, optional: bool) -> dict[str, str]:
