@@ -70,9 +70,21 @@ forward pass:
    all-to-all needs every rank — so a step lasts as long as the replica needs for the union of their
    work: the larger of the prefill time of all their chunks and the decode time of all their sequences.
 
-Not modelled: the radix prefix cache (cache hit rate is 0: every prompt is computed), speculative
-decoding as a separate mechanism (the performance model's per-step time already folds its speed-up in),
-overlap scheduling, and grammar / LoRA / multimodal inputs.
+8. **Prefix cache** (``prefix.py``; on unless ``--disable-radix-cache``): at admission a request locks
+   the longest run of whole pages of its prompt already cached and computes only the rest (at least one
+   token); the pass still attends over the cached context. Each computed chunk's whole prompt pages go
+   into the cache; cached pages count once in the full pool however many requests read them, and pages
+   no running request reads are *evictable*: admission and decode count them as room and evict them,
+   least recently used first, before anything is retracted. ``token_usage`` leaves them out, as
+   SGLang's does. ``cache_hit_rate`` is the last prefill batch's hit / (hit + computed) tokens, SGLang's
+   gauge. Only prompts are cached, not generated tokens (the simulated output is filler no client
+   sends back), so a conversation's next turn recomputes the previous answer.
+9. **Media.** A request may carry encoder seconds (its images and audio through the vision and audio
+   encoders; the server prices them from the catalog): its first prefill pass lasts that much longer.
+
+Not modelled: speculative decoding as a separate mechanism (the performance model's per-step time
+already folds its speed-up in), overlap scheduling, hierarchical (host/storage) caching, and grammar /
+LoRA inputs.
 """
 
 from __future__ import annotations
@@ -84,6 +96,8 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from mimo_worker.simengine.prefix import CacheNode, RadixCache
 
 __all__ = [
     "AdmissionPolicy",
@@ -264,8 +278,15 @@ class Request:
     finished_at: float | None = None
     retractions: int = 0
     group: int = 0  # the attention-DP group (scheduler) that serves it
-    full_held: int = 0  # full-pool token slots held (whole pages)
+    full_held: int = 0  # full-pool token slots held privately (whole pages; not the shared prefix)
     swa_held: int = 0  # SWA-pool token slots held (whole pages)
+    blocks: tuple[int, ...] = ()  # keys of the prompt's whole pages (prefix.py); () never hits the cache
+    cached_tokens: int = 0  # prompt tokens the prefix cache gave at first admission (usage.cached_tokens)
+    prefix: list[CacheNode] = field(default_factory=list)  # locked path of cached pages it reads
+    encoder_seconds: float = 0.0  # vision/audio encoder time its first prefill chunk carries
+    encoded: bool = False
+
+    shared: int = 0  # tokens of its KV that live in the prefix cache (locked pages), not in full_held
 
     @property
     def prefill_target(self) -> int:
@@ -301,6 +322,8 @@ class Chunk:
     request: Request
     tokens: int
     cached_before: int  # tokens of this request already in the cache when the chunk runs
+    hit: int = 0  # of those, tokens the prefix cache supplied at this admission (SGLang's hit tokens)
+    encoder_seconds: float = 0.0  # the request's media encoders run in this pass
 
 
 def prefill_pass_seconds(timer: StepTimer, chunks: Sequence[Chunk]) -> float:
@@ -312,7 +335,7 @@ def prefill_pass_seconds(timer: StepTimer, chunks: Sequence[Chunk]) -> float:
         for c in chunks
         if c.cached_before
     )
-    return together + context
+    return together + context + sum(c.encoder_seconds for c in chunks)
 
 
 @dataclass(frozen=True)
@@ -357,6 +380,8 @@ class EngineStats:
     new_token_ratio: float
     tokens_in_flight: int  # prompt + output tokens of every admitted request (what its KV will cover)
     paused: bool
+    full_evictable_tokens: int = 0  # prefix-cache pages no running request uses (not in full_used_tokens)
+    cache_hit_rate: float = 0.0  # SGLang's gauge: hit / (hit + computed) prompt tokens of the last prefill
 
     @property
     def full_token_usage(self) -> float:
@@ -385,6 +410,8 @@ class _Counters:
     aborted_requests: int = 0
     retracted_requests: int = 0
     prefill_tokens_computed: int = 0
+    prefill_tokens_cached: int = 0  # prompt tokens the prefix cache supplied at admission (SGLang: hit)
+    cached_prompt_tokens: int = 0  # finished requests' usage.cached_tokens
     steps: int = 0
 
 
@@ -397,10 +424,20 @@ class Engine:
     time and completes it before planning the next.
     """
 
-    def __init__(self, limits: EngineLimits, timer: StepTimer, policy: AdmissionPolicy | None = None):
+    def __init__(
+        self,
+        limits: EngineLimits,
+        timer: StepTimer,
+        policy: AdmissionPolicy | None = None,
+        *,
+        prefix_cache: bool = True,
+    ):
         self.limits = limits
         self.timer = timer
         self.policy = policy or AdmissionPolicy()
+        # SGLang's radix cache is on unless --disable-radix-cache
+        self.cache: RadixCache | None = RadixCache(limits.page_size) if prefix_cache else None
+        self.last_cache_hit_rate = 0.0
         self.new_token_ratio = self.policy.init_new_token_ratio
         self.paused = False
         self.counters = _Counters()
@@ -412,7 +449,7 @@ class Engine:
         self._running: list[Request] = []  # decoding
         self._requests: dict[str, Request] = {}
         self._in_flight: Batch | None = None
-        self._full_used = 0
+        self._full_used = 0  # private pages of requests; the prefix cache's pages are counted apart
         self._swa_used = 0
         self._recent_tokens: deque[tuple[float, int]] = deque()  # (step end, output tokens of the step)
         self._recent_token_sum = 0
@@ -421,8 +458,21 @@ class Engine:
 
     # ---- requests in -------------------------------------------------------------------------------
 
-    def submit(self, rid: str, prompt_tokens: int, max_new_tokens: int, now: float) -> Request:
-        """Queue a request. Raises :class:`RequestRejected` if the replica can never serve it."""
+    def submit(
+        self,
+        rid: str,
+        prompt_tokens: int,
+        max_new_tokens: int,
+        now: float,
+        *,
+        blocks: Sequence[int] = (),
+        encoder_seconds: float = 0.0,
+    ) -> Request:
+        """Queue a request. Raises :class:`RequestRejected` if the replica can never serve it.
+
+        ``blocks`` are the keys of the prompt's whole pages (``prefix.py``) for the prefix cache;
+        ``encoder_seconds`` the time its images and audio take in the encoders (added to its prefill).
+        """
         if rid in self._requests:
             raise ValueError(f"request id {rid!r} is already in the engine")
         if prompt_tokens < 1:
@@ -443,7 +493,14 @@ class Engine:
                 f"the request needs {total} KV tokens but the replica's KV cache holds "
                 f"{self.limits.max_total_num_tokens} (max_total_num_tokens)"
             )
-        request = Request(rid=rid, prompt_tokens=prompt_tokens, max_new_tokens=max_new_tokens, arrival=now)
+        request = Request(
+            rid=rid,
+            prompt_tokens=prompt_tokens,
+            max_new_tokens=max_new_tokens,
+            arrival=now,
+            blocks=tuple(blocks[: prompt_tokens // self.limits.page_size]),
+            encoder_seconds=max(encoder_seconds, 0.0),
+        )
         if self._epoch is None:
             self._epoch = now
         self._requests[rid] = request
@@ -457,7 +514,7 @@ class Engine:
         request = self._requests.get(rid)
         if request is None or request.done:
             return None
-        self._remove_everywhere(request)
+        self._remove_everywhere(request, now)
         request.state = RequestState.ABORTED
         request.finished_at = now
         self.counters.aborted_requests += 1
@@ -501,13 +558,20 @@ class Engine:
         self.counters.steps += 1
         progress: list[Progress] = []
         if batch.kind is BatchKind.PREFILL:
+            hit = sum(c.hit for c in batch.chunks)
+            computed = sum(c.tokens for c in batch.chunks)
+            # SGLang's gauge describes the last prefill batch: hit / (hit + computed) tokens
+            self.last_cache_hit_rate = hit / (hit + computed) if hit + computed else 0.0
             for chunk in batch.chunks:
                 request = chunk.request
                 if request.done:
                     continue  # aborted while the batch ran
                 request.computed = chunk.cached_before + chunk.tokens
+                request.encoded = True
                 self.counters.prefill_tokens_computed += chunk.tokens
+                self.counters.prefill_tokens_cached += chunk.hit
                 self._set_swa_held(request, self._swa_need(request.computed))
+                self._cache_prompt(request, end)
                 if request.computed < request.prefill_target:
                     continue
                 # the pass over the last chunk samples the next (usually the first) output token
@@ -543,7 +607,7 @@ class Engine:
         return EngineStats(
             num_running_reqs=len(admitted),
             num_queue_reqs=len(self._waiting),
-            full_used_tokens=self._full_used,
+            full_used_tokens=self._full_used + (self.cache.protected_tokens if self.cache else 0),
             full_capacity=self.limits.max_total_num_tokens,
             swa_used_tokens=self._swa_used,
             swa_capacity=self.limits.swa_max_tokens,
@@ -552,7 +616,13 @@ class Engine:
             new_token_ratio=self.new_token_ratio,
             tokens_in_flight=sum(r.prompt_tokens + r.output_tokens for r in admitted),
             paused=self.paused,
+            full_evictable_tokens=self.cache.evictable_tokens if self.cache else 0,
+            cache_hit_rate=self.last_cache_hit_rate,
         )
+
+    def flush_cache(self) -> bool:
+        """``/flush_cache``: empty the prefix cache; False while requests are running (SGLang refuses too)."""
+        return self.cache is None or (self.idle and self.cache.clear())
 
     @property
     def idle(self) -> bool:
@@ -598,8 +668,60 @@ class Engine:
         """Full-pool tokens an admitted request will still take: the rest of its prompt, estimated output."""
         prompt_rest = 0
         if request.state is RequestState.PREFILLING:
-            prompt_rest = max(self._page_round(request.prefill_target) - request.full_held, 0)
+            prompt_rest = max(self._private(request, request.prefill_target) - request.full_held, 0)
         return prompt_rest + self._output_reservation(request)
+
+    # ---- the prefix cache's share of the full pool ---------------------------------------------------
+
+    def _private(self, request: Request, tokens: int) -> int:
+        """Full-pool slots a request holds itself for ``tokens`` computed tokens: the pages past the
+        cached prefix it reads (those pages belong to the cache, counted once however many read them)."""
+        return max(self._page_round(tokens) - request.shared, 0)
+
+    def _pool_free(self) -> int:
+        cached = self.cache.total_tokens if self.cache is not None else 0
+        return self.limits.max_total_num_tokens - self._full_used - cached
+
+    def _evictable(self) -> int:
+        return self.cache.evictable_tokens if self.cache is not None else 0
+
+    def _reclaim(self, tokens: int) -> None:
+        """Make ``tokens`` slots free, evicting unused cached pages (least recently used first) if need be."""
+        short = tokens - self._pool_free()
+        if short > 0 and self.cache is not None:
+            self.cache.evict(short)
+
+    def _match_prefix(self, request: Request, now: float) -> int:
+        """Lock the longest cached prefix of a request being admitted; the tokens it saves. At least one
+        prompt token is always computed (its pass samples the first output token), as in SGLang."""
+        if self.cache is None or not request.blocks:
+            return 0
+        usable = min(len(request.blocks), (request.prefill_target - 1) // self.limits.page_size)
+        path = self.cache.match(request.blocks[:usable], now)
+        self.cache.lock(path)
+        request.prefix = path
+        request.shared = len(path) * self.limits.page_size
+        return request.shared
+
+    def _release_prefix(self, request: Request, now: float) -> None:
+        if request.prefix and self.cache is not None:
+            self.cache.unlock(request.prefix, now)
+        request.prefix = []
+        request.shared = 0
+
+    def _cache_prompt(self, request: Request, now: float) -> None:
+        """Put the prompt's computed whole pages into the cache (SGLang caches each chunk as it is done).
+        The request's own copy of those pages moves to the cache, or is freed where another request
+        cached the same pages first."""
+        if self.cache is None:
+            return
+        done = min(len(request.blocks), request.computed // self.limits.page_size)
+        have = len(request.prefix)
+        if done <= have:
+            return
+        self.cache.extend(request.prefix, request.blocks[have:done], now)
+        request.shared = len(request.prefix) * self.limits.page_size
+        self._set_full_held(request, self._private(request, request.computed))
 
     def _plan_prefill(self, now: float) -> Batch | None:
         budget = self.limits.chunked_prefill_size
@@ -620,29 +742,44 @@ class Engine:
         mid_chunk = any(c.cached_before + c.tokens < c.request.prefill_target for c in chunks)
         if self._waiting and not mid_chunk:
             reserved = sum(self._reservation(r) for r in self._running + self._prefilling)
-            full_free = self.limits.max_total_num_tokens - self._full_used - reserved
+            # cached pages nobody uses are as good as free: admission evicts them when it needs the room
+            full_free = self._pool_free() + self._evictable() - reserved
             admitted = len(self._running) + len(self._prefilling)
             while self._waiting and budget > 0 and admitted < self.limits.max_running_requests:
                 request = self._waiting[0]
-                need = self._page_round(request.prefill_target) + self._output_reservation(request)
+                evictable = self._evictable()
+                hit = self._match_prefix(request, now)
+                full_free -= evictable - self._evictable()  # pages it locked are no longer evictable
+                need = self._private(request, request.prefill_target) + self._output_reservation(request)
                 if need > full_free:
+                    full_free += evictable - self._evictable()
+                    self._release_prefix(request, now)
                     break  # head-of-line blocking, as SGLang's FCFS admission
-                chunk = self._take_chunk(request, budget, swa_free)
+                request.computed = hit
+                chunk = self._take_chunk(request, budget, swa_free, hit=hit)
                 if chunk is None:
+                    request.computed = 0
+                    self._release_prefix(request, now)
                     break
+                if request.admitted_at is None:
+                    request.cached_tokens = hit
+                self._set_swa_held(request, self._swa_need(hit))
                 self._admit(request, now)
                 chunks.append(chunk)
                 admitted += 1
                 full_free -= need
                 budget -= chunk.tokens
                 swa_free -= chunk.tokens
-                if chunk.tokens < request.prefill_target:
+                if chunk.cached_before + chunk.tokens < request.prefill_target:
                     break  # this request is now the one mid-chunk
         if not chunks:
             return None
+        self._reclaim(
+            sum(max(self._private(c.request, c.cached_before + c.tokens) - c.request.full_held, 0) for c in chunks)
+        )
         for chunk in chunks:
             # the pass writes the chunk's KV: its pages are held from the start of the step
-            full = self._page_round(chunk.cached_before + chunk.tokens)
+            full = self._private(chunk.request, chunk.cached_before + chunk.tokens)
             self._set_full_held(chunk.request, max(full, chunk.request.full_held))
             self._set_swa_held(chunk.request, chunk.request.swa_held + chunk.tokens)
         duration = prefill_pass_seconds(self.timer, chunks)
@@ -655,10 +792,10 @@ class Engine:
         )
 
     def _chunk_fits(self, chunk: Chunk) -> bool:
-        pages = self._page_round(chunk.cached_before + chunk.tokens) - chunk.request.full_held
-        return self._full_used + pages <= self.limits.max_total_num_tokens
+        pages = self._private(chunk.request, chunk.cached_before + chunk.tokens) - chunk.request.full_held
+        return pages <= self._pool_free() + self._evictable()
 
-    def _take_chunk(self, request: Request, budget: int, swa_free: int) -> Chunk | None:
+    def _take_chunk(self, request: Request, budget: int, swa_free: int, *, hit: int = 0) -> Chunk | None:
         """The next piece of a request's prompt that fits this step's prefill budget and the SWA pool."""
         remaining = request.prefill_target - request.computed
         tokens = min(remaining, budget, swa_free)
@@ -667,7 +804,8 @@ class Engine:
             tokens -= tokens % page  # a cut falls on a page boundary
         if tokens <= 0:
             return None
-        return Chunk(request, tokens, request.computed)
+        encoder = 0.0 if request.encoded else request.encoder_seconds
+        return Chunk(request, tokens, request.computed, hit=hit, encoder_seconds=encoder)
 
     def _admit(self, request: Request, now: float) -> None:
         self._dequeue(request)
@@ -683,27 +821,29 @@ class Engine:
         if not self._running:
             return None
         batch = tuple(self._running)
+        if self._pool_free() < len(batch) * self.limits.page_size:
+            self._reclaim(self._decode_need()[0])
         for request in batch:
             # this step writes one more token of KV per request
-            self._set_full_held(request, self._page_round(request.computed + 1))
+            self._set_full_held(request, self._private(request, request.computed + 1))
             self._set_swa_held(request, self._swa_need(request.computed + 1))
         kv_tokens = sum(r.computed for r in batch)
         duration = self.timer.decode_step_seconds(len(batch), kv_tokens)
         return Batch(BatchKind.DECODE, now, max(duration, MIN_STEP_SECONDS), requests=batch, retracted=retracted)
 
+    def _decode_need(self) -> tuple[int, int]:
+        """New full-pool and SWA-pool slots the next decode step takes."""
+        full = sum(max(self._private(r, r.computed + 1) - r.full_held, 0) for r in self._running)
+        swa = sum(max(self._swa_need(r.computed + 1) - r.swa_held, 0) for r in self._running)
+        return full, swa
+
     def _decode_fits(self) -> bool:
         worst = len(self._running) * self.limits.page_size  # at most one new page per request and pool
-        if (
-            self._full_used + worst <= self.limits.max_total_num_tokens
-            and self._swa_used + worst <= self.limits.swa_max_tokens
-        ):
+        room = self._pool_free() + self._evictable()  # evicting cached pages comes before retracting
+        if worst <= room and self._swa_used + worst <= self.limits.swa_max_tokens:
             return True
-        full = sum(self._page_round(r.computed + 1) - r.full_held for r in self._running)
-        swa = sum(max(self._swa_need(r.computed + 1) - r.swa_held, 0) for r in self._running)
-        return (
-            self._full_used + full <= self.limits.max_total_num_tokens
-            and self._swa_used + swa <= self.limits.swa_max_tokens
-        )
+        full, swa = self._decode_need()
+        return full <= room and self._swa_used + swa <= self.limits.swa_max_tokens
 
     def _make_room_for_decode(self, now: float) -> tuple[Request, ...]:
         if self._decode_fits():
@@ -731,6 +871,7 @@ class Engine:
             self._prefilling.remove(request)
         self._set_full_held(request, 0)
         self._set_swa_held(request, 0)
+        self._release_prefix(request, now)
         request.computed = 0
         request.state = RequestState.WAITING
         if count:
@@ -753,10 +894,12 @@ class Engine:
                 self._running.remove(request)
             self._set_full_held(request, 0)
             self._set_swa_held(request, 0)
+            self._release_prefix(request, now)
             request.state = RequestState.FINISHED
             request.finished_at = now
             self.counters.finished_requests += 1
             self.counters.prompt_tokens += request.prompt_tokens
+            self.counters.cached_prompt_tokens += request.cached_tokens
             self._forget(request)
         return Progress(request, 1, first=first, finished=finished, interval=interval)
 
@@ -771,7 +914,7 @@ class Engine:
         del self._waiting[index]
         del self._waiting_keys[index]
 
-    def _remove_everywhere(self, request: Request) -> None:
+    def _remove_everywhere(self, request: Request, now: float) -> None:
         if request.state is RequestState.WAITING:
             self._dequeue(request)
         elif request in self._prefilling:
@@ -780,6 +923,7 @@ class Engine:
             self._running.remove(request)
         self._set_full_held(request, 0)
         self._set_swa_held(request, 0)
+        self._release_prefix(request, now)
 
     def _forget(self, request: Request) -> None:
         self._requests.pop(request.rid, None)
@@ -841,6 +985,7 @@ class ReplicaEngine:
         *,
         attention_dp: int = 1,
         policy: AdmissionPolicy | None = None,
+        prefix_cache: bool = True,
     ) -> None:
         if attention_dp < 1:
             raise ValueError(f"attention_dp must be at least 1, got {attention_dp}")
@@ -858,7 +1003,9 @@ class ReplicaEngine:
             chunked_prefill_size=max(limits.chunked_prefill_size // attention_dp, limits.page_size),
             page_size=limits.page_size,
         )
-        self.groups = [Engine(self.group_limits, timer, policy) for _ in range(attention_dp)]
+        self.groups = [
+            Engine(self.group_limits, timer, policy, prefix_cache=prefix_cache) for _ in range(attention_dp)
+        ]
         self._owner: dict[str, Engine] = {}
         self._next_group = 0
         self._in_flight: ReplicaBatch | None = None
@@ -870,9 +1017,20 @@ class ReplicaEngine:
         replica.groups = [engine]
         return replica
 
-    def submit(self, rid: str, prompt_tokens: int, max_new_tokens: int, now: float) -> Request:
+    def submit(
+        self,
+        rid: str,
+        prompt_tokens: int,
+        max_new_tokens: int,
+        now: float,
+        *,
+        blocks: Sequence[int] = (),
+        encoder_seconds: float = 0.0,
+    ) -> Request:
         group = self.groups[self._next_group]
-        request = group.submit(rid, prompt_tokens, max_new_tokens, now)
+        request = group.submit(
+            rid, prompt_tokens, max_new_tokens, now, blocks=blocks, encoder_seconds=encoder_seconds
+        )
         request.group = self._next_group
         self._next_group = (self._next_group + 1) % len(self.groups)
         self._owner[rid] = group
@@ -891,6 +1049,12 @@ class ReplicaEngine:
     def resume(self) -> None:
         for group in self.groups:
             group.resume()
+
+    def flush_cache(self) -> bool:
+        """Empty every group's prefix cache; False (nothing flushed) while requests are in the replica."""
+        if not self.idle:
+            return False
+        return all([g.flush_cache() for g in self.groups])
 
     @property
     def paused(self) -> bool:
@@ -941,6 +1105,8 @@ class ReplicaEngine:
             new_token_ratio=max(p.new_token_ratio for p in parts),
             tokens_in_flight=sum(p.tokens_in_flight for p in parts),
             paused=self.paused,
+            full_evictable_tokens=sum(p.full_evictable_tokens for p in parts),
+            cache_hit_rate=sum(p.cache_hit_rate for p in parts) / len(parts),
         )
 
     def group_stats(self, now: float) -> list[EngineStats]:
@@ -974,6 +1140,7 @@ class Arrival:
     at: float
     prompt_tokens: int
     max_new_tokens: int
+    blocks: tuple[int, ...] = ()  # keys of the prompt's pages (prefix.py); () shares nothing
 
 
 class Workload(Protocol):
@@ -1063,7 +1230,11 @@ def run_virtual(
         while pending and pending[0][0] <= t:
             at, index, arrival = pending.pop(0)
             try:
-                run.requests.append(engine.submit(f"v{index}", arrival.prompt_tokens, arrival.max_new_tokens, at))
+                run.requests.append(
+                    engine.submit(
+                        f"v{index}", arrival.prompt_tokens, arrival.max_new_tokens, at, blocks=arrival.blocks
+                    )
+                )
             except RequestRejected:
                 run.rejected.append(arrival)
 

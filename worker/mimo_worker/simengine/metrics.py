@@ -30,6 +30,7 @@ class GroupTotals:
     retracted: int
     prefill: int  # prompt tokens computed
     decode: int  # output tokens produced
+    cached: int = 0  # prompt tokens the prefix cache supplied
 
 
 @dataclass
@@ -37,6 +38,7 @@ class _Seen:
     retracted: int = 0
     prefill: int = 0
     decode: int = 0
+    cached: int = 0
 
 
 __all__ = ["SCHEDULER_LABELS", "TOKENIZER_LABELS", "EngineMetrics", "GroupTotals", "empty_exposition"]
@@ -172,7 +174,10 @@ class EngineMetrics:
             registry=reg,
         )
         self.cached_tokens_total = Counter(
-            "sglang:cached_tokens_total", "Number of cached prompt tokens.", labelnames=tok, registry=reg
+            "sglang:cached_tokens_total",
+            "Number of cached prompt tokens by source (device/host/storage).",
+            labelnames=("model_name", "cache_source"),
+            registry=reg,
         )
         self.num_requests_total = Counter(
             "sglang:num_requests_total", "Number of requests processed.", labelnames=tok, registry=reg
@@ -222,6 +227,11 @@ class EngineMetrics:
             self.inter_token_latency.labels(**tok).observe(progress.interval / progress.new_tokens)
         if progress.finished and request.e2e_seconds is not None:
             self.prompt_tokens_total.labels(**tok).inc(request.prompt_tokens)
+            if request.cached_tokens:
+                # SGLang reports a hit in GPU memory as source "device" (no host or storage tier here)
+                self.cached_tokens_total.labels(model_name=self._model_name, cache_source="device").inc(
+                    request.cached_tokens
+                )
             self.generation_tokens_total.labels(**tok).inc(request.output_tokens)
             self.num_requests_total.labels(**tok).inc()
             self.e2e_request_latency.labels(**tok).observe(request.e2e_seconds)
@@ -246,11 +256,11 @@ class EngineMetrics:
             self.num_used_tokens.labels(**sched).set(max(stats.full_used_tokens, stats.swa_used_tokens))
             self.kv_used_tokens.labels(**sched).set(stats.full_used_tokens)
             self.kv_available_tokens.labels(**sched).set(stats.kv_available_tokens)
-            self.kv_evictable_tokens.labels(**sched).set(0)
+            self.kv_evictable_tokens.labels(**sched).set(stats.full_evictable_tokens)
             self.swa_used_tokens.labels(**sched).set(stats.swa_used_tokens)
             self.swa_available_tokens.labels(**sched).set(stats.swa_capacity - stats.swa_used_tokens)
             self.gen_throughput.labels(**sched).set(stats.gen_throughput)
-            self.cache_hit_rate.labels(**sched).set(0.0)
+            self.cache_hit_rate.labels(**sched).set(stats.cache_hit_rate)
             self.num_retracted_reqs.labels(**sched).set(stats.num_retracted_reqs)
             self.num_paused_reqs.labels(**sched).set(0)
             self.new_token_ratio.labels(**sched).set(stats.new_token_ratio)
@@ -259,10 +269,12 @@ class EngineMetrics:
             self.realtime_tokens_total.labels(**sched, mode="prefill_compute").inc(
                 max(totals.prefill - seen.prefill, 0)
             )
+            self.realtime_tokens_total.labels(**sched, mode="prefill_cache").inc(max(totals.cached - seen.cached, 0))
             self.realtime_tokens_total.labels(**sched, mode="decode").inc(max(totals.decode - seen.decode, 0))
             seen.retracted = max(totals.retracted, seen.retracted)
             seen.prefill = max(totals.prefill, seen.prefill)
             seen.decode = max(totals.decode, seen.decode)
+            seen.cached = max(totals.cached, seen.cached)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -468,6 +468,7 @@ class SimulatedEngineServer:
                             retracted=group.counters.retracted_requests,
                             prefill=group.counters.prefill_tokens_computed,
                             decode=group.counters.generation_tokens,
+                            cached=group.counters.prefill_tokens_cached,
                         ),
                     )
                     for group in self.engine.groups
