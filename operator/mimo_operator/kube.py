@@ -103,6 +103,7 @@ class KubeConfig:
 
 
 _TOKEN_REREAD_SECONDS = 60.0
+_DISCOVERY_SECONDS = 60.0
 
 
 def _pem(data: str | bytes) -> bytes:
@@ -133,6 +134,7 @@ class Kube:
         self.config = config
         self._token = config.token
         self._token_read_at = time.monotonic()
+        self._discovery: dict[str, tuple[float, frozenset[str] | None]] = {}
         headers = {"Accept": "application/json"}
         self._session = aiohttp.ClientSession(
             base_url=config.server, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout),
@@ -167,6 +169,24 @@ class Kube:
             except OSError:
                 pass  # keep the token we have; the API will say when it stops working
         return self._token
+
+    async def served_resources(self, group_version: str) -> frozenset[str] | None:
+        """The resource names (plurals) an API group version serves, None when it is not served; read from
+        discovery at most once a minute (a CRD installed later is seen within that)."""
+        now = time.monotonic()
+        cached = self._discovery.get(group_version)
+        if cached is not None and now - cached[0] < _DISCOVERY_SECONDS:
+            return cached[1]
+        path = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
+        try:
+            result = await self._request("discovery", group_version, "GET", path, write=False)
+            served: frozenset[str] | None = frozenset(r["name"] for r in result.get("resources") or [])
+        except ApiError as e:
+            if e.code != 404:
+                raise
+            served = None
+        self._discovery[group_version] = (now, served)
+        return served
 
     async def list(self, api_version: str, kind: str, namespace: str | None,
                    labels: Mapping[str, str]) -> list[dict[str, Any]]:

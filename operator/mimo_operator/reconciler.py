@@ -28,6 +28,7 @@ from mimo_operator.gangs import GangHealth, ObservedGang, gangs_from_pods
 from mimo_operator.heads import Heads
 from mimo_operator.kube import ApiError, Kube
 from mimo_operator.planner import plan_deployment
+from mimo_operator.schedulers import missing_gang_scheduler
 from mimo_operator.spec import DeploymentSpec, parse_spec
 from mimo_operator.status import records_from_status, refused_status, running_status
 from mimo_operator.steps import CreateGang, DeleteGang, Desired, Outcome, StartDrain, next_steps
@@ -119,6 +120,8 @@ class Reconciler:
         try:
             spec = parse_spec(body)
             plan = plan_deployment(spec)
+            if missing := await missing_gang_scheduler(self.kube, spec.scheduling.gang_scheduler):
+                raise PlanRefused("spec.scheduling.gangScheduler", missing)
         except SpecError as e:
             reason = "PlanRefused" if isinstance(e, PlanRefused) else "InvalidSpec"
             status = refused_status(old_status, generation, e.field, str(e), reason)
@@ -179,12 +182,24 @@ class Reconciler:
 
     async def _autoscale(self, ctx: BuildContext, gangs: list[ObservedGang], outcome: Outcome, memory: Memory,
                          now: float, result: ReconcileResult, old_status: Mapping[str, Any]) -> dict[str, Any]:
-        """One autoscaler step; returns the status fields it owns (kept from before between scrapes)."""
+        """One autoscaler step; returns the status fields it owns (kept from before between scrapes).
+
+        A scale decision is written through /scale; its choice of gang to take out first is kept in
+        ``memory.autoscaler.remove_first`` for the steps planner (``Desired.remove_first``).
+        """
         kept = {k: old_status[k] for k in ("lastScaleDecision", "kvCacheUsage", "queue", "autoscaling")
                 if k in old_status}
-        decision = await autoscaler.step(session=self.heads.session, namespace=ctx.namespace, name=ctx.name,
-                                         spec=ctx.spec, plan=ctx.plan, gangs=gangs, health=outcome.health,
-                                         memory=memory.autoscaler, now=now)
+        routers: list[str] = []
+        if ctx.spec.router.enabled:
+            # The router's own metrics say how many requests found no gang: the demand at zero gangs.
+            pods = await self.kube.list("v1", "Pod", ctx.namespace,
+                                        {L.LABEL_DEPLOYMENT: ctx.name, L.LABEL_COMPONENT: "router"})
+            routers = [f"http://{ip}:{ctx.ports.router_metrics}/metrics" for p in pods
+                       if not (p["metadata"].get("deletionTimestamp"))
+                       and (ip := (p.get("status") or {}).get("podIP"))]
+        decision = await autoscaler.step(port=autoscaler.HttpMetrics(self.heads.session), namespace=ctx.namespace,
+                                         name=ctx.name, spec=ctx.spec, plan=ctx.plan, gangs=gangs,
+                                         health=outcome.health, memory=memory.autoscaler, now=now, routers=routers)
         if decision is None:
             return kept
         signals = decision.signals
@@ -200,10 +215,8 @@ class Reconciler:
             await self.kube.merge_patch(f"{L.GROUP}/{L.VERSION}", L.KIND, ctx.namespace, ctx.name,
                                         {"spec": {"replicas": decision.desired_replicas}}, subresource="scale")
             autoscaler.DECISIONS.labels(ctx.namespace, ctx.name, decision.action.value).inc()
-            if decision.action is Action.SCALE_DOWN:
-                memory.autoscaler.last_scale_down_at = now
-            else:
-                memory.autoscaler.last_scale_up_at = now
+            memory.autoscaler.scaled(decision.desired_replicas, current, now)
+            memory.autoscaler.remove_first = (decision.remove,) if decision.remove else ()
             fields["lastScaleDecision"] = {"time": _iso(now), "from": current, "to": decision.desired_replicas,
                                            "reason": decision.reason}
             verb = "ScaledUp" if decision.action is Action.SCALE_UP else "ScaledDown"
