@@ -1,6 +1,6 @@
 """A fake Hugging Face hub on 127.0.0.1 serving a tiny generated checkpoint, with injectable faults.
 
-It answers exactly what huggingface_hub 2.4's ``HfApi.model_info``, ``HfApi.list_repo_tree``,
+It answers exactly what huggingface_hub 1.33's (the worker's pin) ``HfApi.model_info``, ``HfApi.list_repo_tree``,
 ``get_hf_file_metadata`` and ``http_get`` / ``hf_hub_download`` call (read from that version's source):
 
 - ``GET /api/models/{repo}/revision/{rev}`` → ``{"id", "sha", "siblings"}`` (rev: a branch or the commit);

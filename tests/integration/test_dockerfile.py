@@ -12,11 +12,12 @@ import subprocess
 import sys
 import tomllib
 import zipfile
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 
-from mimo_operator.versions import SGLANG_IMAGE
+from mimo_operator.versions import SGLANG_IMAGE, SGLANG_VERSION
 from tests.conftest import REPO
 
 DOCKERFILE = REPO / "Dockerfile"
@@ -24,16 +25,10 @@ DOCKERIGNORE = REPO / ".dockerignore"
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 # SGLang's image runs Python 3.12 on x86-64 Linux (its docker/Dockerfile installs python3.12 as python3);
 # pip resolves the worker's requirements for that interpreter, from binary wheels only, as in the image.
+# Every glibc tag from manylinux2014 up: the CUDA wheels sglang's torch pulls are tagged 2_18, 2_25, 2_27, ...
 SGLANG_IMAGE_PYTHON = "3.12"
-LINUX_X86_64 = ["manylinux_2_34_x86_64", "manylinux_2_31_x86_64", "manylinux_2_28_x86_64", "manylinux_2_27_x86_64",
-                "manylinux_2_24_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64",
-                "linux_x86_64"]
-# The requirements of sglang 0.5.23 (its wheel's METADATA) that constrain packages the worker install also
-# brings: transformers and tokenizers pin huggingface-hub through tokenizers' `huggingface-hub<2.0`. Installing
-# the worker extras in SGLang's image must not break them. (The whole SGLang tree does not resolve from PyPI
-# alone: its torch pins CUDA wheels published only on PyTorch's index.)
-SGLANG_SHARED_REQUIREMENTS = ["prometheus-client>=0.20.0", "uvicorn>=0.51", "transformers==5.19.0",
-                              "tokenizers==0.23.2"]
+LINUX_X86_64 = [*(f"manylinux_2_{minor}_x86_64" for minor in range(39, 16, -1)), "manylinux2014_x86_64",
+                "manylinux1_x86_64", "linux_x86_64"]
 
 
 def instructions() -> list[tuple[str, str]]:
@@ -186,9 +181,19 @@ def test_the_worker_requirements_resolve_for_the_sglang_images_python() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "the worker extra pins huggingface-hub==2.4.0, but SGLang 0.5.23 pins tokenizers==0.23.2, which needs "
-    "huggingface-hub<2.0: installing the worker into SGLang's image would break its tokenizer loading"))
-def test_the_worker_requirements_agree_with_sglangs_own_pins() -> None:
-    result = resolve([*worker_requirements(), *SGLANG_SHARED_REQUIREMENTS])
+def test_the_worker_requirements_resolve_together_with_sglangs_own_requirements() -> None:
+    """SGLang's whole requirement tree as its wheel declares it (torch, transformers, tokenizers, ...) plus
+    the worker's extras, resolved as one install: what `pip install ".[worker,router]"` meets in the image.
+    tokenizers==0.23.2 needs huggingface-hub<2 and transformers==5.19.0 needs >=1.31, so a worker pin
+    outside [1.31, 2) fails here."""
+    result = resolve([*worker_requirements(), f"sglang=={SGLANG_VERSION}"])
     assert result.returncode == 0, result.stderr[-3000:]
+    installed = {i["metadata"]["name"].lower().replace("_", "-"): i["metadata"]["version"]
+                 for i in json.loads(result.stdout)["install"]}
+    assert installed["sglang"] == SGLANG_VERSION
+    # The image's torch is sglang's pin: the worker install must resolve to the same one, never replace it.
+    sglang_torch = next(r for r in metadata.requires("sglang") or [] if re.match(r"torch\s*==", r))
+    assert installed["torch"] == sglang_torch.split("==")[1].strip()
+    hub = next(r for r in worker_requirements() if r.startswith("huggingface-hub=="))
+    assert installed["huggingface-hub"] == hub.split("==")[1]
+

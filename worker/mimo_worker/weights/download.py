@@ -9,7 +9,7 @@ verify the whole directory; and only then write the completion marker.
 Resume is byte-level: each file streams into ``.mimo/partial/<name>.<etag>.part`` through
 huggingface_hub's own ``http_get`` with ``resume_size`` (a Range request), and moves into place only when
 whole and hashed. A killed pod leaves its ``.part`` files; the next pod reads them back (to rebuild the
-running hash) and asks the hub only for the rest. (huggingface_hub 2.4's ``hf_hub_download`` deletes its
+running hash) and asks the hub only for the rest. (huggingface_hub 1.33's ``hf_hub_download`` deletes its
 partial file on any failure, so it resumes per file only; it is still used for files the hub serves through
 Xet storage, whose client has its own chunk-level transfer.)
 
