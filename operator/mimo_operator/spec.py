@@ -14,16 +14,19 @@ allowed. No pydantic or key error escapes it.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from mimo_operator.errors import SpecError
+from mimo_operator.sglang_flags import check_extra_args
 from mimo_operator.versions import WORKER_IMAGE
 
 __all__ = [
+    "FORMATS",
     "MAX_NAME_LENGTH",
     "MIN_GPU_MEMORY",
     "AutoscalingSpec",
@@ -31,6 +34,7 @@ __all__ = [
     "DeploymentSpec",
     "EngineSpec",
     "EnvVar",
+    "Format",
     "HardwareSpec",
     "ModelSource",
     "ModelSpec",
@@ -50,8 +54,14 @@ __all__ = [
 Variant = Literal["MiMo-V2.5", "MiMo-V2.5-Base", "MiMo-V2.5-Pro", "MiMo-V2.5-Pro-Base"]
 GpuTypeName = Literal["H100-80GB", "H200-141GB", "H20-96GB", "B200-180GB", "B300-288GB"]
 
-# Gang pod and Service names are "<name>-<replica>-<rank>-<revision>" and must stay within 63 characters.
-MAX_NAME_LENGTH = 40
+# metadata.name prefixes every child's name. The longest child is a gang pod, "<name>-<replica>-<5 hex>-<rank>"
+# (labels.gang_name, labels.pod_name): replica indexes stay below MAX_REPLICAS + MAX_SURGE (3 digits) and node
+# ranks below the 64 nodes a replica may have (2 digits). Pod names double as DNS labels of the gang's headless
+# Service (<pod>.<gang>), so they must fit 63 characters; Services (<gang>, <name>-router) are shorter.
+MAX_REPLICAS = 256
+MAX_SURGE = 256
+LONGEST_CHILD_SUFFIX = "-511-abcde-63"
+MAX_NAME_LENGTH = 63 - len(LONGEST_CHILD_SUFFIX)  # 50
 # The smallest GPU the CRD accepts by memory (its gpuMemory rule says the same).
 MIN_GPU_MEMORY = 16 * 10**9
 # The -Base checkpoints' card context (256K); the CRD's contextLength rule uses the same number.
@@ -60,6 +70,75 @@ _QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(k|M|G|T|P|Ki|Mi|Gi|Ti|Pi)?$")
 _QUANTITY_FACTORS = {
     None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
     "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50,
+}
+
+
+
+
+@dataclass(frozen=True)
+class Format:
+    """A string format the apiserver checks with a CEL rule ``self.matches('<pattern>')`` and the typed spec
+    with the same pattern (RE2 and Python read it alike: no backslashes, so it needs no escaping in CEL)."""
+
+    pattern: str
+    allowed: str  # what is allowed, in words: the end of both refusals' messages
+
+    def message(self) -> str:
+        return f"must be {self.allowed}"
+
+
+_DNS_LABEL = "[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
+_SUBDOMAIN = f"{_DNS_LABEL}([.]{_DNS_LABEL})*"
+_LABEL_NAME = "[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_DOMAIN_PART = "[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?"
+_PATH_PART = "[a-z0-9]+(([.]|_|__|-+)[a-z0-9]+)*"
+_REF_PART = "[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?"
+
+# Field formats the apiserver cannot refuse by type alone: each becomes a child object's name, label, argv
+# element or environment value, where a bad value would be refused late (a 422 on a gang pod) or never work.
+FORMATS: dict[str, Format] = {
+    "dns-1035-label": Format(
+        "^[a-z]([-a-z0-9]*[a-z0-9])?$",
+        "a DNS-1035 label: lower-case letters, digits and '-', starting with a letter and ending with a letter "
+        "or digit (it prefixes the names of Services and pods)"),
+    "dns-label": Format(
+        f"^{_DNS_LABEL}$",
+        "a DNS label: lower-case letters, digits and '-', starting and ending with a letter or digit"),
+    "dns-subdomain": Format(
+        f"^{_SUBDOMAIN}$",
+        "a Kubernetes object name: lower-case letters, digits, '-' and '.', each part starting and ending with "
+        "a letter or digit"),
+    "label-key": Format(
+        f"^({_SUBDOMAIN}/)?{_LABEL_NAME}$",
+        "a label key: an optional DNS subdomain prefix and '/', then a name of at most 63 letters, digits, '-', "
+        "'_' or '.', starting and ending with a letter or digit"),
+    "label-value": Format(
+        f"^({_LABEL_NAME})?$",
+        "a label value: at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"),
+    "image": Format(
+        f"^({_DOMAIN_PART}([.]{_DOMAIN_PART})*(:[0-9]+)?/)?{_PATH_PART}(/{_PATH_PART})*"
+        "(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@[A-Za-z][A-Za-z0-9]*([-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$",
+        "an OCI image reference such as registry.example.com:5000/team/image:tag or image@sha256:<hex> "
+        "(lower-case path; no spaces or shell characters)"),
+    "git-ref": Format(
+        f"^{_REF_PART}(/{_REF_PART})*$",
+        "a branch, tag or commit: letters, digits, '-', '_', '.' and '/' between parts (for example main, v1.0, "
+        "refs/pr/1 or a commit hash)"),
+    "secret-key": Format(
+        "^[-._a-zA-Z0-9]+$",
+        "a Secret key: letters, digits, '-', '_' and '.'"),
+    "network-attachment": Format(
+        f"^({_DNS_LABEL}/)?{_SUBDOMAIN}$",
+        "a NetworkAttachmentDefinition as name or namespace/name (lower-case letters, digits, '-' and '.')"),
+    "hca": Format(
+        "^[A-Za-z0-9_.-]+(:[0-9]+)?$",
+        "an HCA name, optionally with a port (for example mlx5_0 or mlx5_0:1); no commas or spaces"),
+    "interface": Format(
+        "^[=^]?[A-Za-z0-9_.:-]+(,[A-Za-z0-9_.:-]+)*$",
+        "an interface name or NCCL's comma-separated prefix list (for example eth0, ib, ^docker,lo or =eth1)"),
+    "absolute-path": Format(
+        "^/$|^(/([^/.][^/]*|[.][^/.][^/]*|[.][.][^/]+))+/?$",
+        "an absolute path without '.' or '..' segments or repeated '/'"),
 }
 
 
@@ -203,8 +282,10 @@ class SchedulingSpec(_Spec):
 
 
 class RolloutSpec(_Spec):
-    max_surge: int = Field(1, ge=0)
-    max_unavailable: int = Field(0, ge=0)
+    max_surge: int = Field(1, ge=0, le=MAX_SURGE)
+    max_unavailable: int = Field(0, ge=0, le=MAX_REPLICAS)
+    # Manual: gangs an older operator rendered keep running (status says so); Automatic: they are rolled.
+    operator_upgrades: Literal["Manual", "Automatic"] = "Manual"
 
 
 class PodTemplateSpec(_Spec):
@@ -254,7 +335,11 @@ def parse_spec(obj_or_spec: Mapping[str, Any]) -> DeploymentSpec:
         spec = DeploymentSpec.model_validate(dict(raw))
     except ValidationError as error:
         raise _spec_error(error) from None
+    _check_formats(spec)
     _check_rules(spec)
+    # SGLang's own flags: the apiserver cannot know them, so the typed spec (mimoctl plan, the operator's status)
+    # refuses what SGLang's argparse would refuse at gang start.
+    check_extra_args(spec.engine.extra_args or [])
     return spec
 
 
@@ -271,12 +356,70 @@ def _check_object(obj: Mapping[str, Any]) -> None:
         raise SpecError("apiVersion", f"must be {_GROUP}/v1alpha1 (got {api_version!r})")
     metadata = obj.get("metadata")
     name = metadata.get("name") if isinstance(metadata, Mapping) else None
-    if isinstance(name, str) and len(name) > MAX_NAME_LENGTH:
-        raise SpecError(
-            "metadata.name",
-            f"metadata.name must be at most {MAX_NAME_LENGTH} characters "
-            "(it prefixes the names of gang pods and Services)",
-        )
+    if isinstance(name, str):
+        if len(name) > MAX_NAME_LENGTH:
+            raise SpecError("metadata.name", NAME_LENGTH_MESSAGE)
+        if not re.match(FORMATS["dns-1035-label"].pattern, name):
+            raise SpecError("metadata.name", f"{name!r} {FORMATS['dns-1035-label'].message()}")
+
+
+NAME_LENGTH_MESSAGE = (
+    f"metadata.name must be at most {MAX_NAME_LENGTH} characters (it prefixes the names of gang pods, "
+    f"\"<name>{LONGEST_CHILD_SUFFIX}\", which must fit 63)"
+)
+
+
+def _formatted_fields(spec: DeploymentSpec) -> Iterator[tuple[str, str, str]]:
+    """(field, value, format) of every string with a format, in the CRD's order; map keys name their map."""
+    m, hw, net, e = spec.model, spec.hardware, spec.network, spec.engine
+    if m.source is not None and m.source.path is not None:
+        yield "spec.model.source.path", m.source.path, "absolute-path"
+    if m.revision is not None:
+        yield "spec.model.revision", m.revision, "git-ref"
+    if m.token_secret_ref is not None:
+        yield "spec.model.tokenSecretRef.name", m.token_secret_ref.name, "dns-subdomain"
+        yield "spec.model.tokenSecretRef.key", m.token_secret_ref.key, "secret-key"
+    if m.cache.claim_name is not None:
+        yield "spec.model.cache.claimName", m.cache.claim_name, "dns-subdomain"
+    yield "spec.model.cache.nodeLocalPath", m.cache.node_local_path, "absolute-path"
+    yield "spec.hardware.gpuResourceName", hw.gpu_resource_name, "label-key"
+    for key, value in (hw.node_selector or {}).items():
+        yield "spec.hardware.nodeSelector", key, "label-key"
+        yield f"spec.hardware.nodeSelector[{key}]", value, "label-value"
+    for i, toleration in enumerate(hw.tolerations or []):
+        if toleration.key:
+            yield f"spec.hardware.tolerations[{i}].key", toleration.key, "label-key"
+        if toleration.value:
+            yield f"spec.hardware.tolerations[{i}].value", toleration.value, "label-value"
+    if net.rdma is not None:
+        yield "spec.network.rdma.resourceName", net.rdma.resource_name, "label-key"
+        for i, network in enumerate(net.rdma.networks or []):
+            yield f"spec.network.rdma.networks[{i}]", network, "network-attachment"
+    for i, device in enumerate(net.ib_devices or []):
+        yield f"spec.network.ibDevices[{i}]", device, "hca"
+    if net.socket_interface is not None:
+        yield "spec.network.socketInterface", net.socket_interface, "interface"
+    yield "spec.engine.image", e.image, "image"
+    if spec.router.image is not None:
+        yield "spec.router.image", spec.router.image, "image"
+    if spec.scheduling.topology_key is not None:
+        yield "spec.scheduling.topologyKey", spec.scheduling.topology_key, "label-key"
+    if spec.scheduling.priority_class_name is not None:
+        yield "spec.scheduling.priorityClassName", spec.scheduling.priority_class_name, "dns-subdomain"
+    if spec.scheduling.queue_name is not None:
+        yield "spec.scheduling.queueName", spec.scheduling.queue_name, "dns-label"
+    for key, value in (spec.pod_template.labels or {}).items():
+        yield "spec.podTemplate.labels", key, "label-key"
+        yield f"spec.podTemplate.labels[{key}]", value, "label-value"
+    for key in spec.pod_template.annotations or {}:
+        yield "spec.podTemplate.annotations", key, "label-key"
+
+
+def _check_formats(spec: DeploymentSpec) -> None:
+    for field, value, name in _formatted_fields(spec):
+        form = FORMATS[name]
+        if not re.match(form.pattern, value):
+            raise SpecError(field, f"{value!r} {form.message()}")
 
 
 def _check_rules(spec: DeploymentSpec) -> None:
@@ -332,6 +475,22 @@ def _check_rules(spec: DeploymentSpec) -> None:
         "spec.hardware.gpuMemory",
         "hardware.gpuMemory must be at least 16G (no shard of a MiMo checkpoint fits a smaller GPU)",
     ))
+    for i, t in enumerate(hw.tolerations or []):
+        rules.append((
+            t.operator != "Exists" or not t.value,
+            f"spec.hardware.tolerations[{i}].value",
+            "a toleration with operator Exists has no value",
+        ))
+        rules.append((
+            bool(t.key) or t.operator == "Exists",
+            f"spec.hardware.tolerations[{i}].operator",
+            "a toleration without a key must have operator Exists (it matches every taint)",
+        ))
+        rules.append((
+            t.toleration_seconds is None or t.effect == "NoExecute",
+            f"spec.hardware.tolerations[{i}].tolerationSeconds",
+            "tolerationSeconds applies to effect NoExecute only",
+        ))
     rules.append((
         spec.network.rdma is None or spec.network.mode == "rdma",
         "spec.network.rdma",
@@ -351,6 +510,11 @@ def _check_rules(spec: DeploymentSpec) -> None:
         spec.rollout.max_surge > 0 or spec.rollout.max_unavailable > 0,
         "spec.rollout.maxSurge",
         "rollout.maxSurge and rollout.maxUnavailable cannot both be 0",
+    ))
+    rules.append((
+        not spec.engine.dist_init_port <= spec.engine.port <= spec.engine.dist_init_port + 5,
+        "spec.engine.port",
+        "engine.port must not be engine.distInitPort or one of the five ports after it (SGLang's ZMQ channels)",
     ))
     if spec.engine.env is not None:
         names = [e.name for e in spec.engine.env]

@@ -1,0 +1,130 @@
+"""The pinned SGLang's server flags, and the check of ``spec.engine.extraArgs`` against them.
+
+``sglang_flags.json`` beside this module is generated from SGLang's own argument parser by
+``hack/sglang-flags.py`` (``tests/unit/test_sglang_flags.py`` fails when it is stale), so the operator can
+refuse what SGLang's argparse would refuse at gang start without importing SGLang. The walk follows
+argparse: ``--flag value`` and ``--flag=value``, unique abbreviations (SGLang's parser allows them),
+``nargs`` lists, and bare values that no flag takes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from decimal import Decimal, InvalidOperation
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from mimo_operator.errors import SpecError
+
+__all__ = ["FIELD", "check_extra_args", "flag_table", "resolve"]
+
+FIELD = "spec.engine.extraArgs"
+_HUMAN_INT = re.compile(r"(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T)")
+
+
+@cache
+def flag_table() -> Mapping[str, Any]:
+    """``{"sglang": version, "abbreviations": bool, "flags": {"--name": {...}}}`` from the generated file."""
+    text = resources.files("mimo_operator").joinpath("sglang_flags.json").read_text()
+    data: Mapping[str, Any] = json.loads(text)
+    return data
+
+
+def resolve(name: str) -> str:
+    """The full flag ``name`` stands for (itself, or the one flag it abbreviates); SpecError otherwise."""
+    table = flag_table()
+    flags: Mapping[str, Any] = table["flags"]
+    if name in flags:
+        return name
+    version = table["sglang"]
+    if table["abbreviations"] and len(name) > 2:
+        matches = sorted({f for f in flags if f.startswith(name)})
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            shown = ", ".join(matches[:6]) + (", …" if len(matches) > 6 else "")
+            raise SpecError(FIELD, f"{name} is ambiguous in SGLang {version}: it abbreviates {shown}")
+    nearest = difflib.get_close_matches(name, list(flags), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(nearest)}?" if nearest else " (python -m sglang.launch_server --help lists them)"
+    raise SpecError(FIELD, f"{name} is not a flag of SGLang {version}{hint}")
+
+
+def _value_error(flag: str, entry: Mapping[str, Any], value: str) -> str | None:
+    """Why SGLang's converter for ``flag`` would refuse ``value``, or None."""
+    kind = entry.get("kind", "str")
+    converted: Any = value
+    try:
+        if kind == "int":
+            converted = int(value)
+        elif kind == "float":
+            converted = float(value)
+        elif kind == "human-int":
+            converted = int(value) if _HUMAN_INT.fullmatch(value.strip()) is None else value
+            if isinstance(converted, str):
+                Decimal(_HUMAN_INT.fullmatch(value.strip()).group(1))  # type: ignore[union-attr]
+        elif kind == "json":
+            json.loads(value)
+    except (ValueError, InvalidOperation):
+        kinds = {"int": "an integer", "float": "a number", "human-int": "an integer such as 4096, 32k or 1Mi",
+                 "json": "JSON"}
+        return f"{flag} takes {kinds.get(kind, kind)} (got {value!r})"
+    choices = entry.get("choices")
+    if choices is not None and converted not in choices:
+        nearest = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+        hint = f"; did you mean {nearest[0]}?" if nearest else ""
+        return f"{flag} takes one of {', '.join(map(str, choices))} (got {value!r}){hint}"
+    return None
+
+
+def check_extra_args(args: Sequence[str]) -> None:
+    """Refuse what the pinned SGLang's argparse would refuse in ``args``, naming the element and the fix."""
+    flags: Mapping[str, Any] = flag_table()["flags"]
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        field = f"{FIELD}[{i}]"
+        if not arg.startswith("-") or arg in ("-", "--"):
+            raise SpecError(field, f"{arg!r} follows no flag that takes a value (SGLang would refuse it as an unrecognised argument)")
+        if not arg.startswith("--"):
+            raise SpecError(field, f"{arg!r}: SGLang's server flags are long options starting with --")
+        name, eq, inline = arg.partition("=")
+        try:
+            flag = resolve(name)
+        except SpecError as error:
+            raise SpecError(field, error.message) from None
+        entry = flags[flag]
+        shown = name if flag == name else f"{name} ({flag})"
+        i += 1
+        if not entry["takes_value"]:
+            if eq:
+                raise SpecError(field, f"{shown} is a switch and takes no value (got {inline!r})")
+            continue
+        nargs = entry.get("nargs")
+        if eq:
+            values = [inline]
+        elif nargs in ("+", "*"):
+            values = []
+            while i < len(args) and not args[i].startswith("--"):
+                values.append(args[i])
+                i += 1
+            if nargs == "+" and not values:
+                raise SpecError(field, f"{shown} needs at least one value after it")
+        elif nargs == "?":
+            values = []
+            if i < len(args) and not args[i].startswith("--"):
+                values.append(args[i])
+                i += 1
+        else:
+            count = 1 if nargs is None else int(nargs)
+            values = list(args[i:i + count])
+            if len(values) < count or any(v.startswith("--") for v in values):
+                raise SpecError(field, f"{shown} needs a value after it")
+            i += count
+        for value in values:
+            problem = _value_error(shown, entry, value)
+            if problem is not None:
+                raise SpecError(field, problem)
