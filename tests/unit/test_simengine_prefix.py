@@ -31,7 +31,8 @@ def prompt(shared: str, unique: str, tokens: int) -> tuple[int, ...]:
 def test_keys_of_prompts_that_share_a_beginning_agree_on_the_whole_pages_of_it_and_nothing_after() -> None:
     a = segment_blocks([("system", 1000)], 3000, PAGE, "req-a")
     b = segment_blocks([("system", 1000)], 2000, PAGE, "req-b")
-    assert len(a) == 3000 // PAGE and len(b) == 2000 // PAGE
+    assert len(a) == 3000 // PAGE
+    assert len(b) == 2000 // PAGE
     shared = 1000 // PAGE  # 15 whole pages; page 16 holds system tokens and each request's own
     assert a[:shared] == b[:shared]
     assert a[shared] != b[shared]
@@ -43,8 +44,8 @@ def test_text_and_token_id_keys_follow_content_not_identity() -> None:
     assert text_blocks(system + "question one", PAGE)[:5] == text_blocks(system + "another question", PAGE)[:5]
     assert text_blocks("x" * 1000, PAGE) != text_blocks("y" * 1000, PAGE)
     ids = list(range(300))
-    assert id_blocks(ids, PAGE) == id_blocks(ids + [7, 8], PAGE)[: 300 // PAGE]
-    assert id_blocks([1] + ids, PAGE)[0] != id_blocks(ids, PAGE)[0]
+    assert id_blocks(ids, PAGE) == id_blocks([*ids, 7, 8], PAGE)[: 300 // PAGE]
+    assert id_blocks([1, *ids], PAGE)[0] != id_blocks(ids, PAGE)[0]
 
 
 # ---- the tree ---------------------------------------------------------------------------------------
@@ -58,12 +59,14 @@ def test_the_tree_evicts_unlocked_leaves_least_recently_used_first_and_never_a_l
     cache.extend(held, [5], now=0.5)
     cache.unlock(old, now=0.0)
     cache.unlock(new, now=1.0)
-    assert cache.total_tokens == 5 * PAGE and cache.evictable_tokens == 4 * PAGE
+    assert cache.total_tokens == 5 * PAGE
+    assert cache.evictable_tokens == 4 * PAGE
     cache.match([1, 2], now=2.0)  # touching [1, 2] makes [3, 4] the least recently used
     assert cache.evict(PAGE) == PAGE
     assert [n.key for n in cache.match([3, 4], now=3.0)] == [3]  # the leaf went first, its parent stays
     assert cache.evict(10 * PAGE) == 3 * PAGE  # everything unlocked; page 5 is still in use
-    assert cache.total_tokens == PAGE and cache.protected_tokens == PAGE
+    assert cache.total_tokens == PAGE
+    assert cache.protected_tokens == PAGE
 
 
 # ---- the engine -------------------------------------------------------------------------------------
@@ -96,7 +99,8 @@ def test_without_the_cache_nothing_is_shared() -> None:
     end = drain(e)
     again = e.submit("b", 8000, 4, end, blocks=blocks)
     drain(e, end)
-    assert again.cached_tokens == 0 and e.counters.prefill_tokens_computed == 16000
+    assert again.cached_tokens == 0
+    assert e.counters.prefill_tokens_computed == 16000
 
 
 def test_requests_reading_the_same_prefix_hold_its_pages_once() -> None:
@@ -127,8 +131,10 @@ def test_kv_pressure_evicts_cold_prefixes_before_it_queues_or_retracts_anything(
     assert e.stats(now).full_evictable_tokens > 15_000
     big = e.submit("big", 12_000, 10, now, blocks=prompt("other", "big", 12_000))
     drain(e, now)
-    assert big.ttft is not None and big.retractions == 0
-    assert e.cache is not None and e.cache.evicted_tokens > 0
+    assert big.ttft is not None
+    assert big.retractions == 0
+    assert e.cache is not None
+    assert e.cache.evicted_tokens > 0
     # the most recently used document survived; the oldest went
     assert e.cache.match(prompt("doc5", "x", 3000), now=0.0)
     assert not e.cache.match(prompt("doc0", "x", 3000), now=0.0)
@@ -141,7 +147,8 @@ def test_retractions_under_kv_pressure_release_every_cached_page_they_locked() -
     drain(e)
     assert all(r.output_tokens == 1800 for r in requests)
     assert sum(r.retractions for r in requests) > 0
-    assert e.cache is not None and e.cache.protected_tokens == 0
+    assert e.cache is not None
+    assert e.cache.protected_tokens == 0
     assert e.stats(1e9).full_used_tokens == 0
 
 
@@ -165,6 +172,8 @@ def test_the_cache_hit_rate_and_cached_tokens_show_in_sglangs_metrics() -> None:
     metrics.update([(group.stats(end), totals)])
     text = metrics.render().decode()
     hit = (4000 - 1) // PAGE * PAGE
-    assert f'sglang:cache_hit_rate{{engine_type="unified",model_name="m",moe_ep_rank="0",pp_rank="0",tp_rank="0"}} {hit / 4000}' in text
-    assert f'mode="prefill_cache",model_name="m",moe_ep_rank="0",pp_rank="0",tp_rank="0"}} {float(hit)}' in text
-    assert 'sglang:kv_evictable_tokens{' in text
+    labels = 'engine_type="unified",model_name="m",moe_ep_rank="0",pp_rank="0",tp_rank="0"'
+    assert f"sglang:cache_hit_rate{{{labels}}} {hit / 4000}" in text
+    cache_labels = 'engine_type="unified",mode="prefill_cache",model_name="m",moe_ep_rank="0",pp_rank="0",tp_rank="0"'
+    assert f"sglang:realtime_tokens_total{{{cache_labels}}} {float(hit)}" in text
+    assert "sglang:kv_evictable_tokens{" in text

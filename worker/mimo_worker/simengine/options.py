@@ -77,6 +77,9 @@ class SimOptions:
     deepep_mode: str | None = None
     speculative_algorithm: str | None = None
     enable_metrics: bool = False
+    enable_cache_report: bool = False
+    disable_radix_cache: bool = False
+    mm_enable_dp_encoder: bool = False
     log_level: str = "info"
     mimo_manifest: Path | None = None
     mimo_startup_seconds: float = DEFAULT_STARTUP_SECONDS
@@ -121,6 +124,9 @@ class SimOptions:
             "mem_fraction_static": self.mem_fraction_static,
             "swa_full_tokens_ratio": self.swa_full_tokens_ratio,
             "enable_metrics": self.enable_metrics,
+            "enable_cache_report": self.enable_cache_report,
+            "disable_radix_cache": self.disable_radix_cache,
+            "mm_enable_dp_encoder": self.mm_enable_dp_encoder,
             "log_level": self.log_level,
         }
 
@@ -166,6 +172,9 @@ def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
     sg.add_argument("--deepep-mode", default=d(None))
     sg.add_argument("--speculative-algorithm", default=d(None))
     sg.add_argument("--enable-metrics", action="store_true", default=d(False))
+    sg.add_argument("--enable-cache-report", action="store_true", default=d(False))
+    sg.add_argument("--disable-radix-cache", action="store_true", default=d(False))
+    sg.add_argument("--mm-enable-dp-encoder", action="store_true", default=d(False))
     sg.add_argument("--log-level", default=d("info"))
     sim = parser.add_argument_group("simulated engine")
     sim.add_argument("--mimo-manifest", type=Path, default=d(None), help="a MiMoDeployment manifest to plan")

@@ -16,7 +16,18 @@ Endpoints (node rank 0), as SGLang 0.5 serves them (``reference/sglang-mimo-fact
 * ``GET /metrics`` — SGLang's Prometheus metrics; only with ``--enable-metrics``, as in SGLang
   (without it the route does not exist).
 * ``POST /pause_generation`` (``{"mode": "abort" | "retract" | "in_place"}``), ``POST
-  /continue_generation``, ``POST /flush_cache`` (nothing to flush: no prefix cache is modelled).
+  /continue_generation``, ``POST /flush_cache`` (empties the prefix cache; refused while requests run).
+
+Prefix cache (engine.py item 8). Each prompt is keyed for the cache by its content: the rendered chat
+(roles, text, each image or audio clip by its content hash), a completions prompt's text or token ids,
+``/generate``'s ``input_ids``; a trace replay that sends only ``mimo_prompt_tokens`` names its shared
+segments in ``"mimo_prefix": [{"id": "system-3", "tokens": 2048}, …]``. With ``--enable-cache-report``
+``usage.prompt_tokens_details.cached_tokens`` says how much of the prompt the cache supplied (otherwise
+null, as in SGLang); ``/generate``'s ``meta_info.cached_tokens`` always does.
+
+Media (media.py). Chat content parts ``image_url``, ``input_audio``, ``audio_url`` and ``video_url``
+become prompt tokens and encoder time before the first prefill; a text-only checkpoint (MiMo-V2.5-Pro)
+refuses them with 400.
 
 Token counts. The simulated engine has no tokenizer. A prompt's length is estimated as one token per
 4 characters of text (rounded up), plus 4 tokens per chat message and 3 for the assistant turn (the
@@ -40,6 +51,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import json
 import logging
@@ -54,17 +66,21 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from mimo_operator.catalog import CHECKPOINTS
 from mimo_worker import __version__
 from mimo_worker.simengine.engine import (
     EngineLimits,
     PauseMode,
     Progress,
     ReplicaEngine,
+    Request,
     RequestRejected,
     StepTimer,
 )
+from mimo_worker.simengine.media import MediaError, MediaItem, encoder_seconds, media_of
 from mimo_worker.simengine.metrics import EngineMetrics, GroupTotals, empty_exposition
 from mimo_worker.simengine.options import SimOptions
+from mimo_worker.simengine.prefix import id_blocks, segment_blocks, text_blocks
 
 __all__ = [
     "ModelClock",
@@ -85,6 +101,9 @@ CHAT_TOKENS_FOR_REPLY = 3
 DEFAULT_MAX_NEW_TOKENS = 128  # SGLang's sampling default
 HEALTH_CHECK_TIMEOUT = 20.0  # simulated seconds; SGLang's SGLANG_HEALTH_CHECK_TIMEOUT default
 PROMPT_TOKENS_FIELD = "mimo_prompt_tokens"
+# Extension: the prompt's shared leading segments for the prefix cache, [{"id": str, "tokens": int}, ...],
+# for clients that send token counts instead of text (trace replays); the rest of the prompt is unique.
+PREFIX_FIELD = "mimo_prefix"
 # The scheduler may run ahead of the wall clock by this much (wall seconds) before it sleeps: sleeping
 # for every sub-millisecond step at a high speedup would cost more than the steps.
 MAX_LEAD_SECONDS = 0.002
@@ -144,6 +163,43 @@ def chat_prompt_tokens(messages: list[Any]) -> int:
     return math.ceil(chars / CHARS_PER_TOKEN) + CHAT_TOKENS_PER_MESSAGE * len(messages) + CHAT_TOKENS_FOR_REPLY
 
 
+def render_chat(messages: list[Any]) -> tuple[str, tuple[MediaItem, ...]]:
+    """The chat as the prefix cache sees it (roles, text, each media item as its content hash spread over
+    its tokens), and the media items in order."""
+    text: list[str] = []
+    media: list[MediaItem] = []
+    for message in messages:
+        if not isinstance(message, dict):
+            raise BadRequest("each message must be an object with 'role' and 'content'")
+        text.append(f"<|{message.get('role')}|>")
+        content = message.get("content")
+        parts = [{"type": "text", "text": content}] if isinstance(content, str) else content or []
+        for part in parts:
+            if not isinstance(part, dict):
+                raise BadRequest("each content part must be an object with a 'type'")
+            try:
+                item = media_of(part)
+            except MediaError as error:
+                raise BadRequest(str(error)) from None
+            if item is None:
+                text.append(str(part.get("text", "")))
+            else:
+                media.append(item)
+                text.append(f"<{item.kind}:{item.key}>".ljust(item.tokens * CHARS_PER_TOKEN, "~"))
+    return "".join(text), tuple(media)
+
+
+def _prefix_segments(body: dict[str, Any]) -> tuple[tuple[str, int], ...] | None:
+    value = body.get(PREFIX_FIELD)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(
+        isinstance(v, dict) and isinstance(v.get("id"), str) and isinstance(v.get("tokens"), int) for v in value
+    ):
+        raise BadRequest(f'{PREFIX_FIELD} must be a list of {{"id": string, "tokens": integer}}')
+    return tuple((v["id"], v["tokens"]) for v in value)
+
+
 def _filler(start: int, count: int) -> str:
     return "".join(_FILLER[(start + i) % len(_FILLER)] for i in range(count))
 
@@ -171,6 +227,11 @@ class _Job:
     counted: bool  # shows in the request metrics (health probes do not)
     queue: asyncio.Queue[Progress | None]  # None: aborted
     created: int
+    request: Request | None = None
+
+    @property
+    def cached_tokens(self) -> int:
+        return 0 if self.request is None else self.request.cached_tokens
 
 
 @dataclass(frozen=True)
@@ -181,6 +242,12 @@ class _Generation:
     max_new_tokens: int
     streaming: bool
     include_usage: bool
+    # what the prefix cache keys the prompt by: named segments, else token ids, else the text
+    segments: tuple[tuple[str, int], ...] | None = None
+    ids: tuple[int, ...] | None = None
+    text: str | None = None
+    media: tuple[MediaItem, ...] = ()
+    cache_report: bool = False  # --enable-cache-report: usage carries prompt_tokens_details
 
 
 class SimulatedEngineServer:
@@ -318,13 +385,65 @@ class SimulatedEngineServer:
                 self.metrics.observe(item, job.streaming)
             job.queue.put_nowait(item)
 
-    def _submit(self, prompt_tokens: int, max_new_tokens: int, streaming: bool, counted: bool = True) -> _Job:
+    def _submit(
+        self,
+        prompt_tokens: int,
+        max_new_tokens: int,
+        streaming: bool,
+        counted: bool = True,
+        gen: _Generation | None = None,
+    ) -> _Job:
         rid = uuid.uuid4().hex
-        self.engine.submit(rid, prompt_tokens, max_new_tokens, self._arrival())
-        job = _Job(rid, streaming, counted, asyncio.Queue(), int(time.time()))
+        blocks: tuple[int, ...] = ()
+        encoder = 0.0
+        if gen is not None:
+            blocks = self._prompt_blocks(gen, rid)
+            encoder = self._encoder_seconds(gen.media)
+        request = self.engine.submit(
+            rid, prompt_tokens, max_new_tokens, self._arrival(), blocks=blocks, encoder_seconds=encoder
+        )
+        job = _Job(rid, streaming, counted, asyncio.Queue(), int(time.time()), request)
         self._jobs[rid] = job
         self._work.set()
         return job
+
+    def _prompt_blocks(self, gen: _Generation, rid: str) -> tuple[int, ...]:
+        page = self.engine.group_limits.page_size
+        if gen.segments is not None:
+            return segment_blocks(gen.segments, gen.prompt_tokens, page, rid)
+        if gen.ids is not None:
+            return id_blocks(gen.ids, page)
+        if gen.text is not None:
+            return text_blocks(gen.text, page)
+        return ()
+
+    def _encoder_seconds(self, media: tuple[MediaItem, ...]) -> float:
+        """The encoders' time for a request's media on this replica (media.py): spread over every GPU
+        with ``--mm-enable-dp-encoder``, else over one attention-TP group."""
+        if not media:
+            return 0.0
+        gpus = int(getattr(self.engine.timer, "gpus", 0) or self.options.tp_size)
+        flops = float(getattr(self.engine.timer, "flops", 0.0) or 0.0)
+        attention_tp = max(self.options.tp_size // self.engine.attention_dp, 1)
+        encoder_gpus = gpus if self.options.mm_enable_dp_encoder else attention_tp
+        return encoder_seconds(list(media), gpus=gpus, flops_per_gpu=flops, encoder_gpus=encoder_gpus)
+
+    def _refuse_media(self, gen: _Generation) -> web.Response | None:
+        """A text-only checkpoint (MiMo-V2.5-Pro) refuses images, audio and video, as SGLang does for a
+        model without a multimodal processor: 400 in the OpenAI error shape."""
+        if not gen.media:
+            return None
+        path = self.options.model_path or ""
+        entry = next((c for c in CHECKPOINTS.values() if path.rstrip("/").endswith(c.hf_id)), None)
+        if entry is None or entry.multimodal:
+            return None
+        kinds = ", ".join(sorted({m.kind for m in gen.media}))
+        return _error(
+            400,
+            f"{entry.hf_id} is a text-only model: it does not accept {kinds} input. "
+            "Send text content only, or use a multimodal checkpoint (XiaomiMiMo/MiMo-V2.5).",
+            "BadRequestError",
+        )
 
     def _finish_job(self, job: _Job, completed: bool) -> None:
         self._jobs.pop(job.rid, None)
@@ -498,7 +617,10 @@ class SimulatedEngineServer:
         return web.json_response({"success": True, "message": "generation continued"})
 
     async def flush_cache(self, request: web.Request) -> web.Response:
-        return web.Response(text="Cache flushed.")
+        if self.engine.flush_cache():
+            return web.Response(text="Cache flushed.\nPlease check backend logs for more details. (When there are "
+                                "running or waiting requests, the operation will not be performed.)\n")
+        return web.Response(status=400, text="Cache not flushed: requests are running or waiting.\n")
 
     # ---- generation --------------------------------------------------------------------------------
 
@@ -531,7 +653,11 @@ class SimulatedEngineServer:
             return body
         try:
             gen = fmt.parse(body)
-            job = self._submit(gen.prompt_tokens, gen.max_new_tokens, gen.streaming)
+            refused = self._refuse_media(gen)
+            if refused is not None:
+                return refused
+            gen = dataclasses.replace(gen, cache_report=self.options.enable_cache_report)
+            job = self._submit(gen.prompt_tokens, gen.max_new_tokens, gen.streaming, gen=gen)
         except (BadRequest, RequestRejected) as error:
             return _error(400, str(error), "BadRequestError")
         self._in_flight += 1
@@ -619,16 +745,25 @@ class _Format(abc.ABC):
     def closing(self, job: _Job, gen: _Generation, finish_reason: str, sent: int) -> list[dict[str, Any]]: ...
 
 
-def _usage(gen: _Generation, completion_tokens: int) -> dict[str, Any]:
+def _usage(gen: _Generation, job: _Job, completion_tokens: int) -> dict[str, Any]:
     return {
         "prompt_tokens": gen.prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": gen.prompt_tokens + completion_tokens,
-        "prompt_tokens_details": None,
+        # SGLang fills this only with --enable-cache-report
+        "prompt_tokens_details": {"cached_tokens": job.cached_tokens} if gen.cache_report else None,
     }
 
 
-def _openai_common(body: dict[str, Any], prompt_tokens: int, *, chat: bool) -> _Generation:
+def _openai_common(
+    body: dict[str, Any],
+    prompt_tokens: int,
+    *,
+    chat: bool,
+    text: str | None = None,
+    ids: tuple[int, ...] | None = None,
+    media: tuple[MediaItem, ...] = (),
+) -> _Generation:
     if (_int_field(body, "n") or 1) != 1:
         raise BadRequest("the simulated engine generates one choice per request (n must be 1)")
     max_tokens = _int_field(body, "max_completion_tokens") if chat else None
@@ -643,6 +778,10 @@ def _openai_common(body: dict[str, Any], prompt_tokens: int, *, chat: bool) -> _
         max_new_tokens=max_tokens,
         streaming=bool(body.get("stream", False)),
         include_usage=bool(isinstance(stream_options, dict) and stream_options.get("include_usage")),
+        segments=_prefix_segments(body),
+        ids=ids,
+        text=text,
+        media=media,
     )
 
 
@@ -654,7 +793,9 @@ class _ChatFormat(_Format):
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise BadRequest("messages must be a non-empty list")
-        return _openai_common(body, chat_prompt_tokens(messages), chat=True)
+        text, media = render_chat(messages)
+        tokens = chat_prompt_tokens(messages) + sum(m.tokens for m in media)
+        return _openai_common(body, tokens, chat=True, text=text, media=media)
 
     def _chunk(self, job: _Job, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
         return {
@@ -681,7 +822,7 @@ class _ChatFormat(_Format):
                     "matched_stop": None,
                 }
             ],
-            "usage": _usage(gen, tokens),
+            "usage": _usage(gen, job, tokens),
         }
 
     def opening(self, job: _Job) -> list[dict[str, Any]]:
@@ -695,7 +836,7 @@ class _ChatFormat(_Format):
         last = self._chunk(job, [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish_reason}])
         chunks = [last]
         if gen.include_usage:
-            chunks.append(self._chunk(job, [], usage=_usage(gen, sent)))
+            chunks.append(self._chunk(job, [], usage=_usage(gen, job, sent)))
         return chunks
 
 
@@ -705,15 +846,14 @@ class _CompletionFormat(_Format):
 
     def parse(self, body: dict[str, Any]) -> _Generation:
         prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
         if isinstance(prompt, str):
-            tokens = text_prompt_tokens(prompt)
-        elif isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
-            tokens = len(prompt)  # token ids: the exact count
-        elif isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-            tokens = text_prompt_tokens(prompt[0])
-        else:
-            raise BadRequest("prompt must be a string or a list of token ids (one prompt per request)")
-        return _openai_common(body, tokens, chat=False)
+            return _openai_common(body, text_prompt_tokens(prompt), chat=False, text=prompt)
+        if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+            # token ids: the exact count
+            return _openai_common(body, len(prompt), chat=False, ids=tuple(prompt))
+        raise BadRequest("prompt must be a string or a list of token ids (one prompt per request)")
 
     def _body(self, job: _Job, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
         return {
@@ -727,7 +867,7 @@ class _CompletionFormat(_Format):
 
     def whole(self, job: _Job, gen: _Generation, text: str, tokens: int) -> dict[str, Any]:
         choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": "length", "matched_stop": None}
-        return self._body(job, [choice], usage=_usage(gen, tokens))
+        return self._body(job, [choice], usage=_usage(gen, job, tokens))
 
     def delta(self, job: _Job, text: str, sent: int, new: int) -> dict[str, Any]:
         return self._body(job, [{"index": 0, "text": text, "logprobs": None, "finish_reason": None}])
@@ -735,7 +875,7 @@ class _CompletionFormat(_Format):
     def closing(self, job: _Job, gen: _Generation, finish_reason: str, sent: int) -> list[dict[str, Any]]:
         chunks = [self._body(job, [{"index": 0, "text": "", "logprobs": None, "finish_reason": finish_reason}])]
         if gen.include_usage:
-            chunks.append(self._body(job, [], usage=_usage(gen, sent)))
+            chunks.append(self._body(job, [], usage=_usage(gen, job, sent)))
         return chunks
 
 
@@ -760,6 +900,9 @@ class _NativeFormat(_Format):
             max_new_tokens=DEFAULT_MAX_NEW_TOKENS if max_new is None else max_new,
             streaming=bool(body.get("stream", False)),
             include_usage=False,
+            segments=_prefix_segments(body),
+            ids=tuple(ids) if isinstance(ids, list) and ids and all(isinstance(t, int) for t in ids) else None,
+            text=text if isinstance(text, str) else None,
         )
 
     def _meta(self, job: _Job, gen: _Generation, tokens: int, finish: str | None) -> dict[str, Any]:
@@ -769,7 +912,7 @@ class _NativeFormat(_Format):
             "finish_reason": reason,
             "prompt_tokens": gen.prompt_tokens,
             "completion_tokens": tokens,
-            "cached_tokens": 0,
+            "cached_tokens": job.cached_tokens,
         }
 
     def whole(self, job: _Job, gen: _Generation, text: str, tokens: int) -> dict[str, Any]:
@@ -820,7 +963,7 @@ async def run_server(
 ) -> int:
     """Serve until drained (SIGTERM) or stopped (SIGINT); the process's exit code."""
     clock = ModelClock(options.mimo_speedup)
-    engine = ReplicaEngine(limits, timer, attention_dp=attention_dp)
+    engine = ReplicaEngine(limits, timer, attention_dp=attention_dp, prefix_cache=not options.disable_radix_cache)
     server = SimulatedEngineServer(options, engine, clock, extra_server_info=extra_server_info)
     runner = web.AppRunner(
         server.app, handler_cancellation=True, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS
