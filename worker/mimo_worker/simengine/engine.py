@@ -1003,9 +1003,7 @@ class ReplicaEngine:
             chunked_prefill_size=max(limits.chunked_prefill_size // attention_dp, limits.page_size),
             page_size=limits.page_size,
         )
-        self.groups = [
-            Engine(self.group_limits, timer, policy, prefix_cache=prefix_cache) for _ in range(attention_dp)
-        ]
+        self.groups = [Engine(self.group_limits, timer, policy, prefix_cache=prefix_cache) for _ in range(attention_dp)]
         self._owner: dict[str, Engine] = {}
         self._next_group = 0
         self._in_flight: ReplicaBatch | None = None
@@ -1028,9 +1026,7 @@ class ReplicaEngine:
         encoder_seconds: float = 0.0,
     ) -> Request:
         group = self.groups[self._next_group]
-        request = group.submit(
-            rid, prompt_tokens, max_new_tokens, now, blocks=blocks, encoder_seconds=encoder_seconds
-        )
+        request = group.submit(rid, prompt_tokens, max_new_tokens, now, blocks=blocks, encoder_seconds=encoder_seconds)
         request.group = self._next_group
         self._next_group = (self._next_group + 1) % len(self.groups)
         self._owner[rid] = group
@@ -1231,9 +1227,7 @@ def run_virtual(
             at, index, arrival = pending.pop(0)
             try:
                 run.requests.append(
-                    engine.submit(
-                        f"v{index}", arrival.prompt_tokens, arrival.max_new_tokens, at, blocks=arrival.blocks
-                    )
+                    engine.submit(f"v{index}", arrival.prompt_tokens, arrival.max_new_tokens, at, blocks=arrival.blocks)
                 )
             except RequestRejected:
                 run.rejected.append(arrival)

@@ -618,8 +618,10 @@ class SimulatedEngineServer:
 
     async def flush_cache(self, request: web.Request) -> web.Response:
         if self.engine.flush_cache():
-            return web.Response(text="Cache flushed.\nPlease check backend logs for more details. (When there are "
-                                "running or waiting requests, the operation will not be performed.)\n")
+            return web.Response(
+                text="Cache flushed.\nPlease check backend logs for more details. (When there are "
+                "running or waiting requests, the operation will not be performed.)\n"
+            )
         return web.Response(status=400, text="Cache not flushed: requests are running or waiting.\n")
 
     # ---- generation --------------------------------------------------------------------------------
