@@ -1,12 +1,15 @@
-"""The autoscaler's loop in the operator: scrape each ready gang's head, ask the pure policy, act.
+"""The autoscaler's loop in the operator: scrape each ready gang and the router, ask the pure policy.
 
-Per deployment with ``spec.autoscaling.enabled``: every scrape interval, each Ready gang's node-0
-SGLang ``/metrics`` is read directly (the head's IP, the plan's port: the gang's NetworkPolicy admits
-the operator); the samples feed :func:`mimo_operator.autoscaling.policy.decide` with the gangs' phases,
-so gangs still loading count as capacity on its way; a changed decision is written to ``spec.replicas``
-(the planner of steps then creates a gang, or drains the highest one before deleting it). A ready gang
-without fresh metrics means no action. The signals are exported as the operator's metrics, so KEDA or
-HPA can scale on them instead when autoscaling is off.
+Per deployment with ``spec.autoscaling.enabled``, every scrape interval: each Ready gang's SGLang
+``/metrics`` is read from every pod that hosts an attention-DP group's scheduler (node 0, and for Pro
+with DP attention over two nodes node 1 too; addressed by pod IP at the plan's port: the gang's
+NetworkPolicy admits the operator), the scrapes of one gang are combined, and the router pods'
+Prometheus metrics say how many requests found no gang (scale from zero). Configuration, observation
+and decision are the functions `mimoctl simulate autoscaling` runs (`autoscaling.config`,
+`autoscaling.observation`, `autoscaling.policy`). The reconciler writes a changed decision through
+``/scale`` and hands `Decision.remove` to the steps planner, which takes gangs out in
+`autoscaling.observation.removal_order`. A ready gang without fresh metrics means no action. The
+signals are exported as the operator's metrics, so KEDA or HPA can scale on them instead.
 """
 
 from __future__ import annotations
@@ -14,30 +17,38 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
 import prometheus_client
-from prometheus_client.parser import text_string_to_metric_families
 
-from mimo_operator.autoscaling.policy import (
-    Decision,
-    Gang,
-    GangPhase,
-    MetricSample,
-    Observation,
-    PolicyConfig,
-    decide,
+from mimo_operator.autoscaling.config import SCRAPE_INTERVAL_SECONDS, history_seconds, policy_config
+from mimo_operator.autoscaling.observation import (
+    GangState,
+    RouterScrape,
+    ScaleMemory,
+    Scrape,
+    combine,
+    dp_leader_ranks,
+    parse_router_metrics,
+    parse_sglang_metrics,
 )
-from mimo_operator.autoscaling.simulator import capacity_of
+from mimo_operator.autoscaling.policy import Decision, GangPhase, decide
 from mimo_operator.gangs import GangHealth, Health, ObservedGang
-from mimo_operator.perf import performance_of
 from mimo_operator.plan import Plan
 from mimo_operator.spec import DeploymentSpec
 
-__all__ = ["AutoscalerMemory", "observe_gangs", "parse_sglang_metrics", "policy_config", "scrape", "step"]
+__all__ = [
+    "SCRAPE_INTERVAL_SECONDS",
+    "AutoscalerMemory",
+    "HttpMetrics",
+    "MetricsPort",
+    "gang_states",
+    "scrape_gang",
+    "step",
+]
 
 log = logging.getLogger("mimo.operator.autoscaler")
 
@@ -49,115 +60,43 @@ DESIRED = prometheus_client.Gauge("mimo_autoscaler_desired_replicas", "The polic
 DECISIONS = prometheus_client.Counter("mimo_autoscaler_decisions_total", "Scale decisions taken",
                                       ["namespace", "deployment", "action"])
 SCRAPE_FAILURES = prometheus_client.Counter("mimo_autoscaler_scrape_failures_total",
-                                            "Scrapes of a gang head's /metrics that failed",
+                                            "Scrapes of a gang's or the router's /metrics that failed",
                                             ["namespace", "deployment"])
 
-SCRAPE_INTERVAL_SECONDS = 10.0
-# Typical request shape for the capacity summary when no finished request has been measured yet.
-_TYPICAL_CONTEXT_TOKENS = 2048
-_TYPICAL_OUTPUT_TOKENS = 256
-_ITL_BUDGET_SECONDS = 0.1
-_MAX_FORECAST_SECONDS = 300.0
+
+class MetricsPort(Protocol):
+    """The one boundary the loop reads through: a Prometheus exposition by URL, None when unreachable."""
+
+    async def get_text(self, url: str) -> str | None: ...
+
+
+class HttpMetrics:
+    def __init__(self, session: aiohttp.ClientSession, timeout: float = 3.0) -> None:
+        self.session = session
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+
+    async def get_text(self, url: str) -> str | None:
+        try:
+            async with self.session.get(url, timeout=self.timeout) as r:
+                if r.status != 200:
+                    return None
+                return await r.text()
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return None
 
 
 @dataclass
-class AutoscalerMemory:
-    """Recent samples per gang (observations, refilled after an operator restart) and the TTFT
-    histogram seen at the previous scrape, to take the p95 of what happened in between."""
+class AutoscalerMemory(ScaleMemory):
+    """`ScaleMemory` plus when this deployment was last scraped (the loop runs once per interval) and the
+    policy's choice of gangs to take out first at its last scale decision (`Desired.remove_first`)."""
 
-    samples: dict[str, deque[MetricSample]] = field(default_factory=dict)
-    ttft_buckets: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
-    last_scrape: float = 0.0
-    last_scale_up_at: float | None = None
-    last_scale_down_at: float | None = None
+    history_seconds: float = 0.0
+    last_scrape: float = -math.inf
+    remove_first: tuple[str, ...] = ()
 
 
-def policy_config(spec: DeploymentSpec, plan: Plan) -> PolicyConfig:
-    a = spec.autoscaling
-    capacity = capacity_of(performance_of(plan), itl_slo_seconds=_ITL_BUDGET_SECONDS,
-                           context_tokens=min(_TYPICAL_CONTEXT_TOKENS, plan.context_length),
-                           output_tokens=_TYPICAL_OUTPUT_TOKENS)
-    stable = float(max(30, a.scale_up_window_seconds))
-    return PolicyConfig(
-        capacity=capacity,
-        min_replicas=a.min_replicas,
-        max_replicas=a.max_replicas,
-        target_token_usage=a.target_kv_cache_usage,
-        stable_window_seconds=stable,
-        panic_window_seconds=min(stable, 30.0),
-        scale_down_window_seconds=float(max(stable, a.scale_down_window_seconds)),
-        # Demand is projected over a gang's start-up (one ordered now serves only after it), but no further
-        # than a few minutes: beyond that a trend says little, and a cold Pro start can take a quarter hour.
-        forecast_seconds=float(min(plan.startup.expected_seconds, _MAX_FORECAST_SECONDS)),
-        max_sample_age_seconds=3 * SCRAPE_INTERVAL_SECONDS + 5,
-        ttft_slo_seconds=a.ttft_slo_seconds,
-    )
-
-
-def parse_sglang_metrics(text: str, at: float) -> tuple[MetricSample, list[tuple[float, float]]]:
-    """One scrape of SGLang's /metrics → a sample (summing queues and running requests over DP ranks,
-    the largest token usage) and the cumulative TTFT histogram buckets (le, count)."""
-    gauges: dict[str, list[float]] = {}
-    counters: dict[str, float] = {}
-    buckets: dict[float, float] = {}
-    for family in text_string_to_metric_families(text):
-        for point in family.samples:
-            name = point.name
-            if name.startswith("sglang:time_to_first_token_seconds_bucket"):
-                le = point.labels.get("le", "+Inf")
-                bound = math.inf if le == "+Inf" else float(le)
-                buckets[bound] = buckets.get(bound, 0.0) + point.value
-            elif name.endswith("_total"):
-                counters[name] = counters.get(name, 0.0) + point.value
-            else:
-                gauges.setdefault(name, []).append(point.value)
-
-    def gauge(name: str, combine: str) -> float:
-        values = gauges.get(name) or [0.0]
-        return max(values) if combine == "max" else sum(values)
-
-    usage = gauge("sglang:token_usage", "max")
-    if "sglang:token_usage" not in gauges:
-        usage = max(gauge("sglang:full_token_usage", "max"), gauge("sglang:swa_token_usage", "max"))
-    sample = MetricSample(
-        at=at, token_usage=usage,
-        queue_requests=gauge("sglang:num_queue_reqs", "sum"),
-        running_requests=gauge("sglang:num_running_reqs", "sum"),
-        prompt_tokens_total=counters.get("sglang:prompt_tokens_total"),
-        generation_tokens_total=counters.get("sglang:generation_tokens_total"),
-        requests_total=counters.get("sglang:num_requests_total"),
-    )
-    return sample, sorted(buckets.items())
-
-
-def p95_between(before: Sequence[tuple[float, float]] | None, after: Sequence[tuple[float, float]]) -> float | None:
-    """The 95th percentile of TTFT over the requests observed between two scrapes (bucket upper bound)."""
-    if not after:
-        return None
-    prev = dict(before or [])
-    deltas = [(le, count - prev.get(le, 0.0)) for le, count in after]
-    total = deltas[-1][1] if deltas else 0.0
-    if total <= 0:
-        return None
-    for le, count in deltas:
-        if count >= 0.95 * total:
-            return le if math.isfinite(le) else None
-    return None
-
-
-async def scrape(session: aiohttp.ClientSession, ip: str, port: int,
-                 at: float) -> tuple[MetricSample, list[tuple[float, float]]] | None:
-    try:
-        async with session.get(f"http://{ip}:{port}/metrics", timeout=aiohttp.ClientTimeout(total=3.0)) as r:
-            if r.status != 200:
-                return None
-            text = await r.text()
-    except (aiohttp.ClientError, TimeoutError, OSError):
-        return None
-    return parse_sglang_metrics(text, at)
-
-
-def observe_gangs(gangs: Iterable[ObservedGang], health: Mapping[str, Health], now: float) -> tuple[Gang, ...]:
+def gang_states(gangs: Sequence[ObservedGang], health: Mapping[str, Health]) -> tuple[GangState, ...]:
+    """The gangs in the policy's phases; failed and terminating ones are neither capacity nor load."""
     out = []
     for g in gangs:
         state = health[g.name].state
@@ -169,53 +108,65 @@ def observe_gangs(gangs: Iterable[ObservedGang], health: Mapping[str, Health], n
             phase = GangPhase.STARTING
         else:
             continue
-        since = g.drain_started if phase is GangPhase.DRAINING and g.drain_started else g.created
-        out.append(Gang(g.name, phase, since or now))
+        out.append(GangState(g.name, phase, g.created, g.drain_started))
     return tuple(out)
 
 
-async def step(*, session: aiohttp.ClientSession, namespace: str, name: str, spec: DeploymentSpec, plan: Plan,
+async def scrape_gang(port: MetricsPort, gang: ObservedGang, plan: Plan, at: float) -> Scrape | None:
+    """Every DP group's metrics of one gang, combined; None unless every pod hosting one answered."""
+    ranks = dp_leader_ranks(attention_data_parallel=plan.attention_data_parallel,
+                            attention_tensor_parallel=plan.attention_tensor_parallel,
+                            gpus_per_node=plan.gpus_per_node, nodes=plan.nodes_per_replica)
+    pods = {p.rank: p for p in gang.pods}
+    urls = []
+    for rank in ranks:
+        pod = pods.get(rank)
+        if pod is None or not pod.ip:
+            return None
+        urls.append(f"http://{pod.ip}:{plan.port}/metrics")
+    texts = await asyncio.gather(*(port.get_text(u) for u in urls))
+    if any(t is None for t in texts):
+        return None  # part of the gang's load would be missing: no sample rather than a wrong one
+    return combine([parse_sglang_metrics(t, at) for t in texts if t is not None])
+
+
+async def _scrape_routers(port: MetricsPort, routers: Sequence[str]) -> list[RouterScrape] | None:
+    texts = await asyncio.gather(*(port.get_text(u) for u in routers))
+    if not routers or any(t is None for t in texts):
+        return None
+    return [parse_router_metrics(t) for t in texts if t is not None]
+
+
+async def step(*, port: MetricsPort, namespace: str, name: str, spec: DeploymentSpec, plan: Plan,
                gangs: Sequence[ObservedGang], health: Mapping[str, Health], memory: AutoscalerMemory,
-               now: float) -> Decision | None:
-    """Scrape and decide, at most once per scrape interval; None between intervals."""
+               now: float, routers: Sequence[str] = ()) -> Decision | None:
+    """Scrape and decide, at most once per scrape interval; None between intervals.
+
+    `routers`: the router pods' metrics URLs (none when the router is off: then no scale from zero).
+    """
     if now - memory.last_scrape < SCRAPE_INTERVAL_SECONDS:
         return None
     memory.last_scrape = now
     config = policy_config(spec, plan)
-    ready = [g for g in gangs if health[g.name].state is GangHealth.READY and g.head and g.head.ip]
-
-    async def one(g: ObservedGang) -> None:
-        assert g.head is not None
-        assert g.head.ip is not None
-        got = await scrape(session, g.head.ip, plan.port, now)
+    memory.history_seconds = history_seconds(config)
+    ready = [g for g in gangs if health[g.name].state is GangHealth.READY]
+    scrapes, refused = await asyncio.gather(asyncio.gather(*(scrape_gang(port, g, plan, now) for g in ready)),
+                                            _scrape_routers(port, routers))
+    for g, got in zip(ready, scrapes, strict=True):
         if got is None:
             SCRAPE_FAILURES.labels(namespace, name).inc()
-            return
-        sample, buckets = got
-        sample = MetricSample(**{**sample.__dict__,
-                                 "ttft_p95_seconds": p95_between(memory.ttft_buckets.get(g.name), buckets)})
-        memory.ttft_buckets[g.name] = buckets
-        history = memory.samples.setdefault(g.name, deque())
-        history.append(sample)
-
-    await asyncio.gather(*(one(g) for g in ready))
-    horizon = now - config.scale_down_window_seconds - config.stable_window_seconds
-    for gang_name in list(memory.samples):
-        history = memory.samples[gang_name]
-        while history and history[0].at < horizon:
-            history.popleft()
-        if not history:
-            del memory.samples[gang_name]
-    observation = Observation(now=now, gangs=observe_gangs(gangs, health, now),
-                              samples={k: tuple(v) for k, v in memory.samples.items()},
-                              last_scale_up_at=memory.last_scale_up_at,
-                              last_scale_down_at=memory.last_scale_down_at)
+        else:
+            memory.record(g.name, got)
+    if routers and refused is None:
+        SCRAPE_FAILURES.labels(namespace, name).inc()
+    observation = memory.observe(now, gang_states(gangs, health), memory.pending(refused))
     decision = decide(observation, config)
     signals = decision.signals
     for key, value in (("demand", signals.demand), ("panic_demand", signals.panic_demand),
                        ("forecast_demand", signals.forecast_demand), ("token_usage", signals.token_usage),
                        ("queue_requests", signals.queue_requests), ("running_requests", signals.running_requests),
-                       ("ttft_p95_seconds", signals.ttft_p95_seconds), ("utilisation", signals.utilisation)):
+                       ("ttft_p95_seconds", signals.ttft_p95_seconds), ("utilisation", signals.utilisation),
+                       ("router_pending_requests", observation.pending_requests)):
         if value is not None:
             SIGNAL.labels(namespace, name, key).set(value)
     DESIRED.labels(namespace, name).set(decision.desired_replicas)

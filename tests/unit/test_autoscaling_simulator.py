@@ -16,7 +16,8 @@ import pytest
 
 from mimo_operator.autoscaling import Action, Decision, GangPhase, Observation, Signals
 from mimo_operator.autoscaling.baselines import StaticPeak
-from mimo_operator.autoscaling.simulator import FleetConfig, PolicyResult, Router, _Engine, capacity_of, simulate
+from mimo_operator.autoscaling.capacity import capacity_of
+from mimo_operator.autoscaling.simulator import FleetConfig, PolicyResult, Router, _Engine, simulate
 from mimo_operator.autoscaling.trace import Request, Trace, TraceError, load_trace, reshape
 
 
@@ -48,6 +49,7 @@ def fleet(**overrides: object) -> FleetConfig:
         "ttft_slo_seconds": 1.0,
         "itl_slo_seconds": 0.05,
         "initial_replicas": 1,
+        "decision_interval_seconds": 15.0,
     }
     values.update(overrides)
     return FleetConfig(**values)  # type: ignore[arg-type]

@@ -31,13 +31,23 @@ import heapq
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, cast
 
+from mimo_operator.autoscaling.capacity import PerformanceModel
+from mimo_operator.autoscaling.config import SCRAPE_INTERVAL_SECONDS
+from mimo_operator.autoscaling.observation import (
+    Buckets,
+    GangState,
+    RouterScrape,
+    ScaleMemory,
+    Scrape,
+    histogram_of,
+    removal_order,
+)
 from mimo_operator.autoscaling.policy import (
     Decision,
-    Gang,
     GangPhase,
     MetricSample,
     Observation,
@@ -51,36 +61,11 @@ __all__ = [
     "PerformanceModel",
     "PolicyResult",
     "Router",
+    "Tick",
     "TimelinePoint",
-    "capacity_of",
     "request_work_seconds",
     "simulate",
 ]
-
-
-class PerformanceModel(Protocol):
-    """What the simulator needs from the plan's `ReplicaPerformance` (mimo_operator.perf)."""
-
-    @property
-    def gpus(self) -> int: ...
-    @property
-    def max_total_num_tokens(self) -> int: ...
-    @property
-    def swa_max_tokens(self) -> int: ...
-    @property
-    def swa_window(self) -> int: ...
-    @property
-    def max_running_requests(self) -> int: ...
-    @property
-    def context_length(self) -> int: ...
-    @property
-    def chunked_prefill_size(self) -> int: ...
-    @property
-    def page_size(self) -> int: ...
-
-    def prefill_seconds(self, new_tokens: int, cached_context_tokens: int = 0) -> float: ...
-    def decode_step_seconds(self, batch_size: int, kv_tokens: int) -> float: ...
-    def decode_tokens_per_second(self, concurrency: int, context_tokens: int) -> float: ...
 
 
 class Autoscaler(Protocol):
@@ -105,10 +90,24 @@ class FleetConfig:
     ttft_slo_seconds: float
     itl_slo_seconds: float
     initial_replicas: int = 1  # ready at t = 0: the fleet was running before the trace starts
-    decision_interval_seconds: float = 15.0  # scrape + decide
+    decision_interval_seconds: float = SCRAPE_INTERVAL_SECONDS  # scrape + decide, as often as the operator
     history_seconds: float = 420.0  # metric history handed to the autoscaler
     drain_timeout_seconds: float = 600.0
     router: str = Router.LEAST_OUTSTANDING
+
+
+@dataclass(frozen=True)
+class Tick:
+    """What one decision saw and did, for a caller that wants to replay it (the operator-parity test)."""
+
+    at: float
+    gangs: tuple[GangState, ...]
+    scrapes: Mapping[str, Scrape]  # per ready gang, what its /metrics would have shown
+    router_refused_total: float  # the router's counter of requests that found no gang
+    index: Mapping[str, int]  # each live gang's replica slot
+    decision: Decision
+    current: int  # gangs ready or starting before the decision
+    removed: tuple[str, ...]  # gangs taken out by this decision, in order
 
 
 @dataclass(frozen=True)
@@ -160,43 +159,6 @@ class PolicyResult:
         }
 
 
-def capacity_of(
-    performance: PerformanceModel, *, itl_slo_seconds: float, context_tokens: int, output_tokens: int = 256
-) -> ReplicaCapacity:
-    """A replica's throughput in the policy's terms, from the performance model.
-
-    Prefill: tokens per second for full chunks. Decode: aggregate tokens per second at the largest
-    batch whose step still fits in the ITL SLO (the budget a replica should not be pushed beyond),
-    capped by the running-request and KV limits.
-    """
-    chunk = max(1, min(performance.chunked_prefill_size, context_tokens))
-    prefill = chunk / performance.prefill_seconds(chunk, 0)
-    per_sequence = context_tokens + 128
-    limit = max(
-        1,
-        min(
-            performance.max_running_requests,
-            performance.max_total_num_tokens // max(per_sequence, 1),
-            performance.swa_max_tokens // max(performance.swa_window + performance.page_size, 1),
-        ),
-    )
-    batch = 1
-    low, high = 1, limit
-    while low <= high:  # largest batch whose step fits in the ITL SLO
-        middle = (low + high) // 2
-        if performance.decode_step_seconds(middle, middle * per_sequence) <= itl_slo_seconds:
-            batch, low = middle, middle + 1
-        else:
-            high = middle - 1
-    decode = batch / performance.decode_step_seconds(batch, batch * per_sequence)
-    return ReplicaCapacity(
-        prefill_tokens_per_second=prefill,
-        decode_tokens_per_second=decode,
-        max_running_requests=performance.max_running_requests,
-        typical_request_seconds=context_tokens / prefill + output_tokens / decode,
-    )
-
-
 def request_work_seconds(capacity: ReplicaCapacity) -> Callable[[int, int], float]:
     """Replica-seconds one request costs (prefill + its share of decode), by the capacity summary."""
     prefill = capacity.prefill_tokens_per_second
@@ -224,6 +186,7 @@ class _Replica:
         "epoch",
         "finished_total",
         "generated_total",
+        "index",
         "last_t",
         "name",
         "partial",
@@ -238,6 +201,7 @@ class _Replica:
         "since",
         "start_sum",
         "step",
+        "ttft_buckets",
         "ttfts",
         "waiting",
     )
@@ -268,6 +232,8 @@ class _Replica:
         self.generated_total = 0
         self.finished_total = 0
         self.ttfts: list[float] = []
+        self.ttft_buckets: Buckets = ()
+        self.index = 0
 
     def outstanding(self) -> int:
         return len(self.waiting) + len(self.chunks) + len(self.decode_heap)
@@ -297,16 +263,21 @@ class _Run:
     failed: list[bool] = field(default_factory=list)
 
 
-def simulate(trace: Trace, fleet: FleetConfig, autoscaler: Autoscaler) -> PolicyResult:
+def simulate(
+    trace: Trace, fleet: FleetConfig, autoscaler: Autoscaler, *, on_tick: Callable[[Tick], None] | None = None
+) -> PolicyResult:
     """Replay `trace` against a fleet scaled by `autoscaler`; see the module docstring."""
     clock = time.process_time()
-    engine = _Engine(trace, fleet, autoscaler)
+    engine = _Engine(trace, fleet, autoscaler, on_tick)
     engine.run()
     return engine.result(time.process_time() - clock)
 
 
 class _Engine:
-    def __init__(self, trace: Trace, fleet: FleetConfig, autoscaler: Autoscaler) -> None:
+    def __init__(
+        self, trace: Trace, fleet: FleetConfig, autoscaler: Autoscaler, on_tick: Callable[[Tick], None] | None = None
+    ) -> None:
+        self.on_tick = on_tick
         self.trace = trace
         self.fleet = fleet
         self.autoscaler = autoscaler
@@ -326,11 +297,11 @@ class _Engine:
         self.replicas: list[_Replica] = []
         self.serving: list[_Replica] = []  # ready replicas, in the router
         self.pending: deque[int] = deque()  # requests waiting at the router with no ready replica
-        self.history: dict[str, deque[MetricSample]] = {}
+        # The operator's memory between decisions, fed from the modelled replicas instead of HTTP.
+        self.memory = ScaleMemory(history_seconds=fleet.history_seconds)
+        self.refused_total = 0  # requests that found no ready gang (the router's 503 counter)
         self.next_name = 0
         self.rr = 0
-        self.last_scale_up: float | None = None
-        self.last_scale_down: float | None = None
         self.scale_events = 0
         self.gangs_started = 0
         self.gangs_drained = 0
@@ -363,6 +334,9 @@ class _Engine:
         self.next_name += 1
         ready_at = now if phase is GangPhase.READY else now + self.fleet.startup_seconds
         replica = _Replica(name, now, ready_at, phase)
+        # Replica indexes are slots, as the operator's: a new gang fills the lowest free one.
+        taken = {r.index for r in self.replicas if r.ended is None and r.phase is not GangPhase.DRAINING}
+        replica.index = next(k for k in range(len(taken) + 1) if k not in taken)
         self.replicas.append(replica)
         return replica
 
@@ -420,6 +394,8 @@ class _Engine:
             self.failed[i] = True
             return None
         if not self.serving:
+            # The router refuses it (503, no available workers); the client retries until a gang serves.
+            self.refused_total += 1
             self.pending.append(i)
             return None
         replica = self._route()
@@ -616,52 +592,44 @@ class _Engine:
 
     # -- the autoscaler
 
-    def _sample(self, replica: _Replica, now: float) -> MetricSample:
+    def _scrape(self, replica: _Replica, now: float) -> Scrape:
+        """What the replica's /metrics would show now (TTFT as SGLang's cumulative histogram)."""
         self._advance(replica, now)
         running = len(replica.decode_heap)
         kv = replica.ctx_sum + running * replica.progress - replica.start_sum + replica.prefill_tokens
         sequences = running + len(replica.chunks)
         full = kv / self.kv_capacity if self.kv_capacity else 0.0
         swa = sequences * self.perf.swa_window / self.swa_capacity if self.swa_capacity else 0.0
-        ttfts = replica.ttfts
-        p95 = _percentile(sorted(ttfts), 0.95) if ttfts else None
+        replica.ttft_buckets = histogram_of(replica.ttfts, replica.ttft_buckets)
         replica.ttfts = []
-        return MetricSample(
+        sample = MetricSample(
             at=now,
             token_usage=min(1.0, max(full, swa)),
             queue_requests=float(len(replica.waiting)),
             running_requests=float(sequences),
-            ttft_p95_seconds=p95,
             prompt_tokens_total=float(replica.prompt_total),
             generation_tokens_total=float(replica.generated_total),
             requests_total=float(replica.finished_total),
         )
+        return Scrape(sample, replica.ttft_buckets)
 
     def _tick(self, now: float) -> None:
         fleet_ttfts: list[float] = []
+        scrapes: dict[str, Scrape] = {}
         for replica in self.serving:
             fleet_ttfts.extend(replica.ttfts)
-            sample = self._sample(replica, now)
-            self.history.setdefault(replica.name, deque()).append(sample)
-        oldest = now - self.fleet.history_seconds
-        for name in list(self.history):
-            samples = self.history[name]
-            while samples and samples[0].at < oldest:
-                samples.popleft()
-            if not samples:
-                del self.history[name]
-        live = [r for r in self.replicas if r.ended is None and r.phase is not GangPhase.DRAINING]
-        live += [r for r in self.replicas if r.ended is None and r.phase is GangPhase.DRAINING]
-        observation = Observation(
-            now=now,
-            gangs=tuple(Gang(r.name, r.phase, r.since) for r in live),
-            samples={name: tuple(samples) for name, samples in self.history.items()},
-            last_scale_up_at=self.last_scale_up,
-            last_scale_down_at=self.last_scale_down,
-            pending_requests=len(self.pending),
+            scrapes[replica.name] = scrape = self._scrape(replica, now)
+            self.memory.record(replica.name, scrape)
+        gangs = self._gang_states()
+        observation: Observation = self.memory.observe(
+            now, gangs, self.memory.pending([RouterScrape(float(self.refused_total))])
         )
         decision = self.autoscaler.decide(observation)
-        self._apply(decision, now)
+        current = sum(1 for g in gangs if g.phase is not GangPhase.DRAINING)
+        index = {r.name: r.index for r in self.replicas if r.ended is None}
+        removed = self._apply(decision, now)
+        if self.on_tick is not None:
+            self.on_tick(Tick(now, gangs, scrapes, float(self.refused_total), index, decision, current, removed))
         interval = max(now - self.last_tick, _EPS)
         ready = sum(1 for r in self.replicas if r.ended is None and r.phase is GangPhase.READY)
         starting = sum(1 for r in self.replicas if r.ended is None and r.phase is GangPhase.STARTING)
@@ -682,46 +650,44 @@ class _Engine:
         self.arrived_since_tick = 0
         self.prompt_since_tick = 0
 
-    def _apply(self, decision: Decision, now: float) -> None:
+    def _gang_states(self) -> tuple[GangState, ...]:
+        live = [r for r in self.replicas if r.ended is None]
+        return tuple(
+            GangState(r.name, r.phase, r.created, r.since if r.phase is GangPhase.DRAINING else None) for r in live
+        )
+
+    def _apply(self, decision: Decision, now: float) -> tuple[str, ...]:
+        """Carry out a decision as the operator does; the gangs taken out, in order."""
         active = [r for r in self.replicas if r.ended is None and r.phase is not GangPhase.DRAINING]
         current = len(active)
         desired = max(0, decision.desired_replicas)
         if desired == current:
-            return
+            return ()
         self.scale_events += 1
+        self.memory.scaled(desired, current, now)
         if desired > current:
-            self.last_scale_up = now
             for _ in range(desired - current):
                 replica = self._new_replica(now, GangPhase.STARTING)
                 self.gangs_started += 1
                 self._push(replica.ready_at, _GANG_READY, replica)
-            return
-        self.last_scale_down = now
-        for _ in range(current - desired):
-            victim = self._victim(decision.remove)
-            if victim is None:
-                return
+            return ()
+        # The operator's steps planner takes gangs out in this order (starting first, then the policy's
+        # choice, then the highest replica index).
+        order = removal_order(
+            self._gang_states(),
+            (decision.remove,) if decision.remove else (),
+            index={r.name: r.index for r in active},
+        )
+        by_name = {r.name: r for r in active}
+        removed = tuple(order[: current - desired])
+        for name in removed:
+            victim = by_name[name]
             if victim.phase is GangPhase.STARTING:
                 victim.phase = GangPhase.DRAINING
                 victim.ended = now
             else:
                 self._drain(victim, now)
-            decision = Decision(
-                decision.desired_replicas, decision.action, decision.reason, decision.signals, remove=None
-            )
-
-    def _victim(self, name: str | None) -> _Replica | None:
-        active = [r for r in self.replicas if r.ended is None and r.phase is not GangPhase.DRAINING]
-        if name is not None:
-            for replica in active:
-                if replica.name == name:
-                    return replica
-        starting = [r for r in active if r.phase is GangPhase.STARTING]
-        if starting:
-            return starting[-1]
-        if not self.serving:
-            return None
-        return min(reversed(self.serving), key=lambda r: r.outstanding())
+        return removed
 
     # -- results
 
