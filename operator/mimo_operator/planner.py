@@ -43,7 +43,7 @@ from mimo_operator.plan import (
     Plan,
     StartupEstimate,
 )
-from mimo_operator.spec import DeploymentSpec
+from mimo_operator.spec import DeploymentSpec, quantised_copy_hint
 
 __all__ = [
     "DEFAULT_DOWNLOAD_BYTES_PER_SECOND",
@@ -609,6 +609,8 @@ def _warnings(spec: DeploymentSpec, entry: Checkpoint, gpu: GpuType, layout: _La
                    "not yet verified")
     if layout.a2a == "deepep" and spec.parallelism.deepep_mode == "normal":
         out.append("deepepMode normal disables CUDA graphs: decode is slower")
+    if (hint := quantised_copy_hint(spec)) is not None:
+        out.append(hint)
     return out
 
 

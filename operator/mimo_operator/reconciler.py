@@ -21,7 +21,16 @@ from typing import Any
 from mimo_operator import autoscaler, metrics
 from mimo_operator import labels as L
 from mimo_operator.autoscaling.policy import Action
-from mimo_operator.build import BuildContext, OperatorIdentity, gang_objects, revision_of, router_url, shared_objects
+from mimo_operator.build import (
+    BuildContext,
+    OperatorIdentity,
+    gang_objects,
+    operator_upgrade,
+    outdated_marker,
+    revision_of,
+    router_url,
+    shared_objects,
+)
 from mimo_operator.build.weights import WeightsOptions
 from mimo_operator.errors import PlanRefused, SpecError
 from mimo_operator.gangs import GangHealth, ObservedGang, gangs_from_pods
@@ -139,8 +148,14 @@ class Reconciler:
 
         pods = await self.kube.list("v1", "Pod", namespace, {L.LABEL_DEPLOYMENT: name, L.LABEL_COMPONENT: "engine"})
         gangs = gangs_from_pods(pods)
+        upgrade = operator_upgrade(ctx, revision, pods)
+        if upgrade.automatic:
+            # The user opted in: gangs an older operator rendered roll like gangs of an older revision.
+            gangs = [dataclasses.replace(g, revision=outdated_marker(revision)) if g.name in upgrade.outdated else g
+                     for g in gangs]
         waiting_for = self._unmet_expectations(memory, gangs, now)
-        drained = await self._drained(gangs, ctx.ports.worker_http, now)
+        drained = await self._drained(gangs, ctx.ports.worker_http, now,
+                                      float(spec.autoscaling.drain_timeout_seconds))
         desired = self._desired(spec, revision, plan.nodes_per_replica)
         outcome = next_steps(desired, gangs, records_from_status(old_status), now, drained)
         weights = await ensure_weights(self.kube, ctx, self.options.weights,
@@ -171,7 +186,7 @@ class Reconciler:
         endpoint = router_url(ctx) if spec.router.enabled else None
         status = running_status(old=old_status, name=name, generation=generation, replicas=spec.replicas, plan=plan,
                                 revision=revision, gangs=gangs, outcome=outcome, endpoint=endpoint,
-                                autoscaling=autoscaling, weights=weights)
+                                autoscaling=autoscaling, weights=weights, operator_upgrade=upgrade.condition())
         await self._write_status(namespace, name, old_status, status)
         for g in gangs:
             state = outcome.health[g.name].state.value
@@ -246,7 +261,8 @@ class Reconciler:
                 unmet.append(gang)
         return ", ".join(unmet)
 
-    async def _drained(self, gangs: list[ObservedGang], port: int, now: float) -> frozenset[str]:
+    async def _drained(self, gangs: list[ObservedGang], port: int, now: float,
+                       drain_timeout: float) -> frozenset[str]:
         """Draining gangs whose head reports no request in flight.
 
         A drain has two steps. First the head loses the serving label, so the router's pod watch drops it;
@@ -268,7 +284,9 @@ class Reconciler:
             if state is not None and state.done:
                 done.add(g.name)
             elif state is None or state.idle:
-                await self.heads.start_drain(head.ip, port)
+                # The timeout as the spec says now: the gang's pods do not carry it, so editing it restarts
+                # nothing. What is left of it, since the operator deletes the gang when it has passed.
+                await self.heads.start_drain(head.ip, port, drain_timeout - (now - g.drain_started))
         return frozenset(done)
 
     async def _execute(self, step: CreateGang | DeleteGang | StartDrain, ctx: BuildContext, revision: str,

@@ -49,6 +49,7 @@ __all__ = [
     "Toleration",
     "parse_quantity",
     "parse_spec",
+    "quantised_copy_hint",
 ]
 
 Variant = Literal["MiMo-V2.5", "MiMo-V2.5-Base", "MiMo-V2.5-Pro", "MiMo-V2.5-Pro-Base"]
@@ -307,6 +308,23 @@ class DeploymentSpec(_Spec):
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
     pod_template: PodTemplateSpec = Field(default_factory=PodTemplateSpec)
+
+
+_QUANTISED_NAME = re.compile(r"(?i)(?:^|[-_.])(awq|gptq|gguf|exl2|bnb|mlx|int4|int8|w4a16|w8a8|[2-8]-?bit)(?=$|[-_.])")
+
+
+def quantised_copy_hint(spec: DeploymentSpec) -> str | None:
+    """A warning when ``model.source.huggingFaceId`` is named like a quantised copy (…-AWQ, …-GGUF): only a
+    hint, since names prove nothing; the weights download reads config.json and refuses a real mismatch."""
+    source = spec.model.source
+    if source is None or source.hugging_face_id is None:
+        return None
+    match = _QUANTISED_NAME.search(source.hugging_face_id.split("/")[-1])
+    if match is None:
+        return None
+    return (f"model.source.huggingFaceId {source.hugging_face_id} looks like a {match.group(1).upper()} copy; this plan "
+            f"sizes {spec.model.precision.upper()} weights, and the weights download refuses a checkpoint in another "
+            "precision (the FP8 release, or a BF16 copy with precision bf16, works)")
 
 
 def parse_quantity(text: str) -> int:

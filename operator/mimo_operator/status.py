@@ -101,8 +101,8 @@ def refused_status(old: Mapping[str, Any], generation: int, field: str, message:
 
 def running_status(*, old: Mapping[str, Any], name: str, generation: int, replicas: int, plan: Plan,
                    revision: str, gangs: Sequence[ObservedGang], outcome: Outcome, endpoint: str | None,
-                   autoscaling: Mapping[str, Any] | None = None, weights: WeightsState | None = None
-                   ) -> dict[str, Any]:
+                   autoscaling: Mapping[str, Any] | None = None, weights: WeightsState | None = None,
+                   operator_upgrade: Mapping[str, str] | None = None) -> dict[str, Any]:
     health = outcome.health
     in_range = [g for g in gangs if g.replica < replicas]
     ready = [g for g in in_range if health[g.name].state is GangHealth.READY]
@@ -136,6 +136,10 @@ def running_status(*, old: Mapping[str, Any], name: str, generation: int, replic
     ]
     if weights is not None:
         c = weights.condition()
+        conditions.append(condition(c["type"], c["status"] == "True", c["reason"], c["message"], generation))
+    if operator_upgrade is not None:
+        # build.OperatorUpgrade.condition(): gangs of this revision that another operator version rendered.
+        c = operator_upgrade
         conditions.append(condition(c["type"], c["status"] == "True", c["reason"], c["message"], generation))
     scaling = dict(autoscaling or {})
     if weights is not None and weights.managed:

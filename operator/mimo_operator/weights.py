@@ -80,8 +80,8 @@ log = logging.getLogger("mimo.operator.weights")
 CONDITION_TYPE = "WeightsReady"
 # The download's exit codes (mimo_worker.weights.errors.EXIT_REASONS; a test keeps the two equal).
 EXIT_REASONS: dict[int, str] = {1: "DownloadFailed", 3: "NotEnoughSpace", 4: "InvalidCheckpoint", 5: "Unauthorized",
-                                6: "VerificationFailed"}
-_PERMANENT = {"NotEnoughSpace", "InvalidCheckpoint", "Unauthorized"}
+                                6: "VerificationFailed", 7: "UnsupportedPrecision"}
+_PERMANENT = {"NotEnoughSpace", "InvalidCheckpoint", "Unauthorized", "UnsupportedPrecision"}
 # After a failure: how long the failed Job/pod stays (for a person to read) before a new one starts.
 RETRY_SECONDS = 30.0
 PERMANENT_RETRY_SECONDS = 600.0

@@ -42,7 +42,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-__all__ = ["Checkpoint", "FakeHub", "Faults", "safetensors_bytes", "tiny_checkpoint"]
+__all__ = [
+    "AWQ_QUANTIZATION",
+    "FP8_QUANTIZATION",
+    "GPTQ_QUANTIZATION",
+    "Checkpoint",
+    "FakeHub",
+    "Faults",
+    "gguf_only_checkpoint",
+    "safetensors_bytes",
+    "tiny_checkpoint",
+]
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 _CHUNK = 1024 * 1024
@@ -122,9 +132,17 @@ class Checkpoint:
 _JUNK = re.compile(r"(^original/|^onnx/|\.bin$|\.pth$|\.gguf$|\.onnx$|^README\.md$|^\.gitattributes$|\.png$)")
 
 
-def tiny_checkpoint(root: Path, shards: int = 3, rows: int = 64) -> Checkpoint:
+# config.json's quantization_config of the FP8 release (block-wise E4M3, as on the model card).
+FP8_QUANTIZATION = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128]}
+AWQ_QUANTIZATION = {"quant_method": "awq", "bits": 4, "group_size": 128, "version": "gemm", "zero_point": True}
+GPTQ_QUANTIZATION = {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False}
+
+
+def tiny_checkpoint(root: Path, shards: int = 3, rows: int = 64,
+                    quantization: dict[str, Any] | None = FP8_QUANTIZATION) -> Checkpoint:
     """A MiMo-shaped repo in miniature: sharded safetensors + index, configs, tokenizer, chat template,
-    remote code — and the files a download must skip (PyTorch .bin, original/ .pth, GGUF, ONNX, images)."""
+    remote code — and the files a download must skip (PyTorch .bin, original/ .pth, GGUF, ONNX, images).
+    ``quantization``: config.json's quantization_config (the FP8 release's by default; None: a BF16 copy)."""
     ckpt = Checkpoint(root)
     weight_map: dict[str, str] = {}
     total = 0
@@ -140,9 +158,12 @@ def tiny_checkpoint(root: Path, shards: int = 3, rows: int = 64) -> Checkpoint:
         ckpt.add(name, safetensors_bytes(tensors), lfs=True)
     ckpt.add("model.safetensors.index.json",
              json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2).encode())
-    ckpt.add("config.json", json.dumps({"architectures": ["MiMoV2ForCausalLM"], "model_type": "mimo_v2",
-                                        "auto_map": {"AutoConfig": "configuration_mimo.MiMoConfig"},
-                                        "num_hidden_layers": shards}).encode())
+    config: dict[str, Any] = {"architectures": ["MiMoV2ForCausalLM"], "model_type": "mimo_v2",
+                              "auto_map": {"AutoConfig": "configuration_mimo.MiMoConfig"},
+                              "num_hidden_layers": shards, "torch_dtype": "bfloat16"}
+    if quantization is not None:
+        config["quantization_config"] = quantization
+    ckpt.add("config.json", json.dumps(config).encode())
     ckpt.add("generation_config.json", b'{"temperature": 0.6}')
     ckpt.add("tokenizer.json", json.dumps({"version": "1.0", "model": {"type": "BPE", "vocab": {"a": 0}}}).encode(),
              lfs=True)
@@ -158,6 +179,16 @@ def tiny_checkpoint(root: Path, shards: int = 3, rows: int = 64) -> Checkpoint:
     ckpt.add("model-q4.gguf", b"GGUF" * 1024, lfs=True)
     ckpt.add("onnx/model.onnx", b"\x08" * 2048, lfs=True)
     ckpt.add("figures/benchmark.png", b"\x89PNG" * 256, lfs=True)
+    return ckpt
+
+
+def gguf_only_checkpoint(root: Path) -> Checkpoint:
+    """A repo of GGUF files only (llama.cpp's quantised copies), as community re-quantisations publish them."""
+    ckpt = Checkpoint(root)
+    ckpt.add("README.md", b"# tiny MiMo GGUF\n")
+    ckpt.add("config.json", b'{"model_type": "mimo_v2"}')
+    for quant in ("Q4_K_M", "Q8_0"):
+        ckpt.add(f"MiMo-V2.5-{quant}.gguf", b"GGUF" + quant.encode() * 512, lfs=True)
     return ckpt
 
 

@@ -105,7 +105,8 @@ def test_the_download_job_mounts_the_claim_runs_the_download_and_holds_the_token
 
 def test_the_operator_and_the_worker_agree_on_exit_codes() -> None:
     assert W.EXIT_REASONS == EXIT_REASONS
-    assert {EXIT_REASONS[c] for c in PERMANENT_EXIT_CODES} == {"NotEnoughSpace", "InvalidCheckpoint", "Unauthorized"}
+    assert {EXIT_REASONS[c] for c in PERMANENT_EXIT_CODES} == {"NotEnoughSpace", "InvalidCheckpoint", "Unauthorized",
+                                                          "UnsupportedPrecision"}
 
 
 def test_gangs_require_the_node_label_only_with_the_node_local_cache() -> None:

@@ -77,8 +77,9 @@ ANNOTATION_SOURCE = _PREFIX + "source"
 NODE_READY = "ready"
 _PROGRAM = ["python3", "-m", "mimo_worker.weights"]
 # Exit codes after which the download Job fails at once instead of retrying (mimo_worker.weights.errors):
-# not enough space, not a loadable checkpoint, the hub refused the token. A person must act first.
-PERMANENT_EXIT_CODES = (3, 4, 5)
+# not enough space, not a loadable checkpoint, the hub refused the token, a precision the plan did not size.
+# A person must act first.
+PERMANENT_EXIT_CODES = (3, 4, 5, 7)
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class CacheRef:
     token: SecretKeyRef | None
     keep_after_delete: bool
     gate: bool
+    precision: str = "fp8"  # what the plan sized; the download refuses a checkpoint in another one
 
     @property
     def key(self) -> str:
@@ -156,7 +158,8 @@ def cache_ref(spec: DeploymentSpec, plan: Plan) -> CacheRef | None:
     repo = model.source.hugging_face_id if model.source and model.source.hugging_face_id else plan.checkpoint.hf_id
     return CacheRef(repo=repo, revision=model.revision or "main", mode=cache.mode, claim_name=cache.claim_name,
                     node_local_path=cache.node_local_path, token=model.token_secret_ref,
-                    keep_after_delete=cache.keep_after_delete, gate=cache.gate_on_weights_ready)
+                    keep_after_delete=cache.keep_after_delete, gate=cache.gate_on_weights_ready,
+                    precision=model.precision)
 
 
 def weights_model_path(spec: DeploymentSpec, plan: Plan) -> str | None:
@@ -234,7 +237,7 @@ def _container(ref: CacheRef, image: str, options: WeightsOptions, args: list[st
 def _download_args(ref: CacheRef, options: WeightsOptions) -> list[str]:
     args = ["download", "--repo", ref.repo, "--revision", ref.revision, "--dest", ref.model_path,
             "--workers", str(options.workers), "--status-address", "$(POD_IP)",
-            "--status-port", str(options.status_port)]
+            "--status-port", str(options.status_port), "--precision", ref.precision]
     return args if options.hashes else [*args, "--no-hashes"]
 
 

@@ -5,7 +5,8 @@
     clean    --dest DIR
 
 Exit codes: 0 done; 1 a failure worth retrying (network, hub); 2 bad usage; 3 not enough space;
-4 not a loadable checkpoint; 5 the hub refused the token; 6 the files do not verify
+4 not a loadable checkpoint; 5 the hub refused the token; 6 the files do not verify; 7 the weights are not
+in the precision the plan sized (``--precision``)
 (``mimo_worker.weights.errors.EXIT_REASONS``). The reason is also written to the termination message,
 where Kubernetes shows it in the pod's status. The hub token is read from ``HF_TOKEN`` only.
 """
@@ -19,10 +20,10 @@ import sys
 from pathlib import Path
 
 from mimo_worker.weights.download import DownloadOptions, download, token_from_env
-from mimo_worker.weights.errors import VerificationFailed, WeightsError
+from mimo_worker.weights.errors import UnsupportedPrecision, VerificationFailed, WeightsError
 from mimo_worker.weights.layout import MANIFEST_FILE, META_DIR, STATUS_FILE, Manifest, read_json
 from mimo_worker.weights.progress import Progress, StatusServer
-from mimo_worker.weights.verify import verify_dir
+from mimo_worker.weights.verify import config_precision_problem, verify_dir
 
 log = logging.getLogger("mimo.weights")
 
@@ -48,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--hashes", action="store_true", help="also recompute every sha256 (reads every byte)")
     v.add_argument("--workers", type=int, default=4)
     for p in (d, v):
+        p.add_argument("--precision", choices=("fp8", "bf16"), default=None,
+                       help="the precision the plan sized (spec.model.precision); another one in config.json fails")
         p.add_argument("--status-file", type=Path, default=None,
                        help=f"progress JSON (default: DEST/{STATUS_FILE})")
         p.add_argument("--status-address", default=None,
@@ -78,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 if args.command == "download":
                     options = DownloadOptions(workers=args.workers, hashes=args.hashes,
-                                              reserve_bytes=int(args.reserve_gb * 1e9), force=args.force)
+                                              reserve_bytes=int(args.reserve_gb * 1e9), force=args.force,
+                                              precision=args.precision)
                     result = download(args.repo, args.revision, args.dest, token=token_from_env(), options=options,
                                       progress=progress)
                     what = "already complete" if result.already_complete else (
@@ -86,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"({result.bytes_per_second / 1e6:.1f} MB/s)")
                     print(f"complete: {args.repo}@{args.revision} in {args.dest}: {what}", flush=True)
                 else:
-                    _verify(args.dest, args.hashes, args.workers, progress)
+                    _verify(args.dest, args.hashes, args.workers, progress, args.precision)
             except WeightsError as e:
                 progress.set_phase("Failed", f"{e.reason}: {e}")
                 raise
@@ -101,14 +105,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _verify(dest: Path, hashes: bool, workers: int, progress: Progress) -> None:
+def _verify(dest: Path, hashes: bool, workers: int, progress: Progress, precision: str | None = None) -> None:
     data = read_json(dest / MANIFEST_FILE)
     if data is None:
         raise VerificationFailed(f"{dest} has no {MANIFEST_FILE}: nothing was downloaded there")
     manifest = Manifest.from_dict(data)
     progress.start(manifest.commit, manifest.total_bytes, len(manifest.files), 0, 0)
     progress.set_phase("Verifying")
-    result = verify_dir(dest, manifest, hashes=hashes, workers=workers, on_bytes=progress.add)
+    if precision is not None and (problem := config_precision_problem(dest, precision, manifest.repo)):
+        raise UnsupportedPrecision(problem)
+    result = verify_dir(dest, manifest, hashes=hashes, workers=workers, on_bytes=progress.add, precision=precision)
     if not result.ok:
         raise VerificationFailed(result.summary())
     progress.set_phase("Complete", result.summary())

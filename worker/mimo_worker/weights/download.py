@@ -47,6 +47,7 @@ from mimo_worker.weights.errors import (
     InvalidCheckpoint,
     NotEnoughSpace,
     Unauthorized,
+    UnsupportedPrecision,
     VerificationFailed,
     WeightsError,
 )
@@ -63,7 +64,7 @@ from mimo_worker.weights.layout import (
     write_json_atomic,
 )
 from mimo_worker.weights.progress import Progress
-from mimo_worker.weights.verify import check_index, verify_dir
+from mimo_worker.weights.verify import check_index, config_precision_problem, verify_dir
 
 __all__ = ["DownloadOptions", "DownloadResult", "download", "read_complete", "token_from_env"]
 
@@ -83,6 +84,7 @@ class DownloadOptions:
     reserve_bytes: int = DEFAULT_RESERVE_BYTES
     endpoint: str | None = None  # the hub; None: HF_ENDPOINT at call time, else huggingface.co
     force: bool = False  # ignore a completion marker and check everything with the hub again
+    precision: str | None = None  # what the plan sized (spec.model.precision); None: not checked
     # huggingface_hub hands http_get's bytes over in chunks of this size; a chunk not yet handed over when a
     # connection drops or the pod dies is fetched again. Its default, 10 MiB, is also slower on loopback.
     read_chunk_bytes: int = 1024 * 1024
@@ -217,6 +219,12 @@ class _Run:
             skipped,
         )
         if not any(f.path.endswith(".safetensors") for f in files):
+            if any(f.path.endswith(".gguf") for f in tree):
+                raise UnsupportedPrecision(
+                    f"{self.repo}@{self.revision} is a GGUF-only repository (llama.cpp's quantised format) with no "
+                    ".safetensors weights, which SGLang needs to shard a MiMo checkpoint over a gang: point "
+                    "spec.model.source.huggingFaceId at the FP8 release (unset it for XiaomiMiMo/<variant>) or at "
+                    "a BF16 safetensors copy with spec.model.precision bf16")
             raise InvalidCheckpoint(f"{self.repo}@{self.revision} has no .safetensors weights")
         return Manifest(self.repo, self.revision, commit, files)
 
@@ -355,6 +363,9 @@ def _download(repo: str, revision: str, dest: Path, token: str | None, options: 
     hf_constants.DOWNLOAD_CHUNK_SIZE = options.read_chunk_bytes
 
     if not options.force and (done := _still_complete(repo, revision, dest, progress)) is not None:
+        # A copy another deployment completed is still refused to one that planned another precision.
+        if options.precision is not None and (problem := config_precision_problem(dest, options.precision, repo)):
+            raise UnsupportedPrecision(problem)
         return DownloadResult(done, 0, time.monotonic() - started, already_complete=True)
     (dest / COMPLETE_FILE).unlink(missing_ok=True)
 
@@ -386,6 +397,9 @@ def _download(repo: str, revision: str, dest: Path, token: str | None, options: 
     small = [e for e in todo if not e.path.endswith(".safetensors")]
     shards = sorted((e for e in todo if e.path.endswith(".safetensors")), key=lambda e: -e.size)
     _run_all(run, small, manifest.commit)
+    # Refuse a copy in another precision than planned before fetching a terabyte of it (config.json is small).
+    if options.precision is not None and (problem := config_precision_problem(dest, options.precision, repo)):
+        raise UnsupportedPrecision(problem)
     # Refuse a broken checkpoint before fetching a terabyte of it.
     index = read_json(dest / INDEX_FILE)
     if index is not None:

@@ -3,7 +3,7 @@
 The operator cannot read a pod's log, but it sees a container's exit code in the pod status everywhere
 (and the termination message where the kubelet writes one), so every reason has its own code. The
 operator's copy of this table is ``mimo_operator.weights.EXIT_REASONS``; a test keeps the two equal.
-Codes 3–5 are permanent until a person acts (a bigger volume, a fixed checkpoint, a token): the download
+Codes 3–5 and 7 are permanent until a person acts (a bigger volume, a fixed checkpoint, a token): the download
 Job fails at once on them instead of retrying.
 """
 
@@ -16,6 +16,7 @@ __all__ = [
     "InvalidCheckpoint",
     "NotEnoughSpace",
     "Unauthorized",
+    "UnsupportedPrecision",
     "VerificationFailed",
     "WeightsError",
 ]
@@ -68,7 +69,16 @@ class VerificationFailed(WeightsError):
     reason = "VerificationFailed"
 
 
+class UnsupportedPrecision(WeightsError):
+    """The checkpoint's weights are not in the precision the plan assumed (an AWQ, GPTQ or GGUF-only copy,
+    or BF16 where the plan sized FP8): loading it would need other memory than planned, or cannot work."""
+
+    exit_code = 7
+    reason = "UnsupportedPrecision"
+
+
 EXIT_REASONS: dict[int, str] = {
     cls.exit_code: cls.reason
-    for cls in (WeightsError, NotEnoughSpace, InvalidCheckpoint, Unauthorized, VerificationFailed)
+    for cls in (WeightsError, NotEnoughSpace, InvalidCheckpoint, Unauthorized, VerificationFailed,
+                UnsupportedPrecision)
 }

@@ -8,7 +8,9 @@ A directory passes when:
 3. every shard is a well-formed safetensors file: its header parses, its data section is exactly as long
    as the header says, and it holds every tensor the index maps to it;
 4. with ``hashes``, every file with an LFS sha256 hashes to it (the download itself hashes while writing,
-   so it needs no second pass).
+   so it needs no second pass);
+5. with ``precision``, the checkpoint's ``config.json`` (its ``quantization_config``, else ``torch_dtype``) says
+   the weights are in the precision the plan sized (:func:`precision_problem`).
 
 Problems are collected, not raised one at a time, so a person sees every missing shard at once.
 """
@@ -26,7 +28,24 @@ from typing import Any
 
 from mimo_worker.weights.layout import INDEX_FILE, FileEntry, Manifest
 
-__all__ = ["HASH_CHUNK", "Verification", "check_index", "sha256_of", "verify_dir"]
+__all__ = [
+    "CONFIG_FILE",
+    "HASH_CHUNK",
+    "Verification",
+    "check_index",
+    "checkpoint_precision",
+    "config_precision_problem",
+    "precision_problem",
+    "sha256_of",
+    "verify_dir",
+]
+
+CONFIG_FILE = "config.json"
+# quantization_config.quant_method values as people know them; the operator plans fp8 and bf16 only.
+_QUANT_NAMES = {"awq": "AWQ", "gptq": "GPTQ", "gguf": "GGUF", "bitsandbytes": "bitsandbytes", "fp8": "FP8",
+                "compressed-tensors": "compressed-tensors", "mxfp4": "MXFP4", "modelopt": "ModelOpt (FP4/FP8)",
+                "awq_marlin": "AWQ", "gptq_marlin": "GPTQ", "marlin": "Marlin", "hqq": "HQQ", "eetq": "EETQ"}
+_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float": "fp32", "half": "fp16"}
 
 HASH_CHUNK = 16 * 1024 * 1024
 # A safetensors header larger than this is not a header (the format's own reader uses the same bound).
@@ -69,6 +88,48 @@ def check_index(index: Mapping[str, Any], available: Iterable[str]) -> list[str]
     return [f"{INDEX_FILE} maps tensors to {s}, which the checkpoint does not have" for s in missing]
 
 
+def checkpoint_precision(config: Mapping[str, Any]) -> str:
+    """The weights' precision as a checkpoint's config.json says: ``fp8``, ``bf16``, ``fp16``, ``fp32``, a
+    quantisation method in lower case (``awq``, ``gptq``, …), or ``unknown``."""
+    quant = config.get("quantization_config")
+    if isinstance(quant, Mapping):
+        method = str(quant.get("quant_method") or quant.get("quantization") or "unknown").lower()
+        return "fp8" if method == "fp8" else method
+    dtype = config.get("torch_dtype") or config.get("dtype")
+    return _DTYPES.get(str(dtype).removeprefix("torch."), "unknown") if dtype else "bf16"
+
+
+def precision_problem(config: Mapping[str, Any], planned: str, repo: str) -> str | None:
+    """Why a checkpoint with this config.json cannot be served as planned (``spec.model.precision``), saying
+    what would work; None when it can. A config without quantisation or dtype is taken as 16-bit."""
+    found = checkpoint_precision(config)
+    if found == planned or (planned == "bf16" and found == "fp16") or found == "unknown":
+        return None
+    name = _QUANT_NAMES.get(found, found.upper())
+    if found in ("bf16", "fp16", "fp32"):
+        fix = ("set spec.model.precision: bf16 (twice the GPU memory of FP8)" if found != "fp32" else
+               "use a BF16 or FP8 copy: the operator plans 2 or 1 bytes per parameter")
+        return (f"{repo} holds unquantised {name} weights (config.json has no quantization_config), but "
+                f"spec.model.precision is {planned}: {fix}, or point spec.model.source.huggingFaceId at the "
+                "FP8 release")
+    if found == "fp8":
+        return (f"{repo} holds FP8 weights (config.json quantization_config.quant_method fp8), but "
+                f"spec.model.precision is {planned}: set spec.model.precision: fp8")
+    return (f"{repo} is a {name} checkpoint (config.json quantization_config.quant_method {found}); the plan sized "
+            f"{planned.upper()} weights ({'1 byte' if planned == 'fp8' else '2 bytes'} per parameter) and the "
+            "operator plans only the FP8 release and BF16 copies: point spec.model.source.huggingFaceId at the "
+            "FP8 release (unset it for XiaomiMiMo/<variant>) or at a BF16 copy with spec.model.precision bf16")
+
+
+def config_precision_problem(dest: Path, planned: str, repo: str) -> str | None:
+    """:func:`precision_problem` of ``dest``'s config.json; None when it has none (nothing to tell by)."""
+    try:
+        config = json.loads((dest / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return precision_problem(config, planned, repo) if isinstance(config, dict) else None
+
+
 def _shard_tensors(path: Path) -> tuple[set[str] | None, str | None]:
     """(tensor names, problem) of one safetensors file, reading only its header."""
     size = path.stat().st_size
@@ -106,10 +167,14 @@ def verify_dir(
     workers: int = 4,
     known_hashes: Mapping[str, str] | None = None,
     on_bytes: Callable[[int], None] | None = None,
+    precision: str | None = None,
 ) -> Verification:
     """Check ``dest`` against ``manifest`` (see the module docstring). ``known_hashes``: sha256 already
-    computed while downloading, by path, so those files need no second read even with ``hashes``."""
+    computed while downloading, by path, so those files need no second read even with ``hashes``.
+    ``precision``: what the plan assumed (``fp8`` or ``bf16``); a mismatch is a problem too."""
     result = Verification()
+    if precision is not None and (problem := config_precision_problem(dest, precision, manifest.repo)):
+        result.problems.append(problem)
     entries = {f.path: f for f in manifest.files}
     present: dict[str, FileEntry] = {}
     for entry in manifest.files:
