@@ -140,6 +140,7 @@ class PolicyResult:
     virtual_seconds: float
     cpu_seconds: float
     timeline: tuple[TimelinePoint, ...] = field(repr=False)
+    ttft_p95_seconds: float = math.nan
 
     def summary(self) -> dict[str, float | int]:
         return {
@@ -737,6 +738,7 @@ class _Engine:
             failed_requests=failed,
             ttft_p50_seconds=_percentile(ttfts, 0.5) if ttfts else math.nan,
             ttft_p99_seconds=_percentile(ttfts, 0.99) if ttfts else math.nan,
+            ttft_p95_seconds=_percentile(ttfts, 0.95) if ttfts else math.nan,
             itl_p99_seconds=_percentile(itls, 0.99) if itls else math.nan,
             peak_replicas=max(peak, fleet.initial_replicas),
             virtual_seconds=max((t for t in self.finish if not math.isnan(t)), default=0.0),
