@@ -30,10 +30,15 @@ class Heads:
         self.session = session
         self.timeout = aiohttp.ClientTimeout(total=timeout)
 
-    async def start_drain(self, ip: str, port: int) -> bool:
-        """Ask the head to stop taking requests and finish its running ones; returns at once."""
+    async def start_drain(self, ip: str, port: int, seconds: float | None = None) -> bool:
+        """Ask the head to stop taking requests and finish its running ones; returns at once. ``seconds``:
+        seconds the head may wait for running requests (the spec's drain timeout, read now, not at gang
+        creation, so that editing it restarts nothing)."""
+        params = {"wait": "false"}
+        if seconds is not None:
+            params["timeout"] = f"{max(1.0, seconds):.0f}"
         try:
-            async with self.session.post(f"http://{ip}:{port}/drain", params={"wait": "false"},
+            async with self.session.post(f"http://{ip}:{port}/drain", params=params,
                                          timeout=self.timeout) as resp:
                 return resp.status in (200, 202)
         except (TimeoutError, aiohttp.ClientError, OSError) as e:

@@ -22,6 +22,7 @@ __all__ = [
     "LABEL_REVISION",
     "LABEL_ROLE",
     "LABEL_SERVING",
+    "LABEL_TEMPLATE",
     "MANAGED_BY",
     "gang_name",
     "pod_name",
@@ -53,6 +54,9 @@ LABEL_REPLICA = _PREFIX + "replica"
 LABEL_GANG = _PREFIX + "gang"
 # The revision hash of the gang's pods; a different hash on the deployment means a rollout.
 LABEL_REVISION = _PREFIX + "revision"
+# The hash of the builders' output the gang was rendered with (build.gang.template_of): a gang of the
+# current revision whose template differs was made by another operator version; status reports it.
+LABEL_TEMPLATE = _PREFIX + "template"
 # Which attempt of this replica the gang is (bumped on every recreation after a failure).
 LABEL_ATTEMPT = _PREFIX + "attempt"
 # head | member: the head runs Ray's head and node rank 0 (the only HTTP server of the gang).

@@ -55,20 +55,23 @@ class FakeHead:
         self._session = session
         self.drain_release = asyncio.Event()
         self.drains = 0
+        self.timeouts: list[float | None] = []
 
     @property
     def http(self) -> aiohttp.ClientSession:
         return self._session
 
-    async def drain(self) -> DrainProgress:
+    async def drain(self, seconds: float | None = None) -> DrainProgress:
         self.drains += 1
+        self.timeouts.append(seconds)
         self.status.set_drain(state="draining")
         await self.drain_release.wait()
         self.status.set_drain(state="drained", message="drained in 0.1 s")
         return self.status.drain
 
-    def start_drain(self) -> None:
+    def start_drain(self, seconds: float | None = None) -> None:
         self.drains += 1
+        self.timeouts.append(seconds)
         self.status.set_drain(state="draining")
 
 
@@ -166,3 +169,12 @@ async def test_post_drain_without_waiting_answers_202(setup: Setup) -> None:
     assert r.status == 202
     assert (await r.json())["state"] == "draining"
     assert head.drains == 1
+
+
+async def test_post_drain_carries_the_operators_drain_timeout(setup: Setup) -> None:
+    _, head, client = setup
+    assert (await client.post("/drain?wait=false&timeout=45")).status == 202
+    assert head.timeouts == [45.0]
+    assert (await client.post("/drain?wait=false&timeout=soon")).status == 400
+    assert (await client.post("/drain?wait=false&timeout=0")).status == 400
+    assert head.timeouts == [45.0]

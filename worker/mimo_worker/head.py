@@ -441,19 +441,22 @@ class Head:
 
     # -- drain ---------------------------------------------------------------------------------------------
 
-    def start_drain(self) -> None:
+    def start_drain(self, seconds: float | None = None) -> None:
+        """``seconds``: the drain timeout the operator asks for; else the launch plan's default."""
         if self._drain_task is None:
-            self._drain_task = asyncio.create_task(self._drain(), name="drain")
+            self._drain_task = asyncio.create_task(self._drain(seconds or self.plan.deadlines.drain_seconds),
+                                                   name="drain")
 
-    async def drain(self) -> DrainProgress:
-        self.start_drain()
+    async def drain(self, seconds: float | None = None) -> DrainProgress:
+        self.start_drain(seconds)
         assert self._drain_task is not None
         await asyncio.shield(self._drain_task)
         return self.status.drain
 
-    async def _drain(self) -> None:
+    async def _drain(self, seconds: float) -> None:
         status = self.status
-        timeout = self.plan.deadlines.drain_seconds
+        timeout = seconds
+        status.set_drain(timeout_seconds=timeout)
         if not status.engine_started or status.ranks[0].exit_code is not None:
             status.set_drain(state="drained", started_at=time.time(), finished_at=time.time(), message="no engine ran")
             status.set_phase("drained", "nothing to drain")

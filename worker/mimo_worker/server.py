@@ -44,9 +44,9 @@ class HeadApi(Protocol):
     @property
     def http(self) -> aiohttp.ClientSession: ...
 
-    async def drain(self) -> DrainProgress: ...
+    async def drain(self, seconds: float | None = None) -> DrainProgress: ...
 
-    def start_drain(self) -> None: ...
+    def start_drain(self, seconds: float | None = None) -> None: ...
 
 
 def build_app(head: HeadApi) -> web.Application:
@@ -70,10 +70,20 @@ def build_app(head: HeadApi) -> web.Application:
         return web.json_response(head.status.drain.to_dict())
 
     async def drain_post(request: web.Request) -> web.Response:
+        # The operator sends the deployment's drain timeout as it is when the drain starts, so editing it
+        # never has to change (and so restart) a gang; without it, the launch plan's default holds.
+        timeout: float | None = None
+        if "timeout" in request.query:
+            try:
+                timeout = float(request.query["timeout"])
+            except ValueError:
+                timeout = None
+            if timeout is None or not timeout > 0:
+                return web.json_response({"error": "timeout must be a number of seconds above 0"}, status=400)
         if request.query.get("wait", "true").lower() in ("0", "false", "no"):
-            head.start_drain()
+            head.start_drain(timeout)
             return web.json_response(head.status.drain.to_dict(), status=202)
-        progress = await head.drain()
+        progress = await head.drain(timeout)
         return web.json_response(progress.to_dict())
 
     async def metrics(_: web.Request) -> web.Response:

@@ -23,7 +23,7 @@ __all__ = [
     "gang_objects",
     "launch_plan",
     "owner_reference",
-    "revision_of",
+    "template_of",
 ]
 
 # Where the launch plan ConfigMap is mounted; the worker reads it there (mimo_worker.launchplan).
@@ -35,6 +35,12 @@ SIMULATED_PROGRAM = ["python3", "-m", "mimo_worker.simengine"]
 # The worker's launch-plan placeholder for node rank 0's IP, substituted by the head at run time.
 _HEAD_IP = "{head_ip}"
 _NODE_IP = "{node_ip}"
+# How long a head drains on SIGTERM when its pod is deleted by anyone but the operator (an eviction, a node
+# drain): a fixed bound, not spec.autoscaling.drainTimeoutSeconds, so that editing the spec's timeout
+# changes no pod. The operator's own drains carry the spec's timeout as it is when they start (POST /drain).
+SIGTERM_DRAIN_SECONDS = 600
+# The kubelet's SIGKILL comes this long after SIGTERM: the drain above plus stopping the engines and Ray.
+TERMINATION_GRACE_SECONDS = SIGTERM_DRAIN_SECONDS + 30
 
 
 def owner_reference(ctx: BuildContext) -> dict[str, Any]:
@@ -49,10 +55,11 @@ def deployment_labels(ctx: BuildContext, component: str) -> dict[str, str]:
     }
 
 
-def _gang_labels(ctx: BuildContext, gang: str, replica: int, attempt: int, revision: str) -> dict[str, str]:
+def _gang_labels(ctx: BuildContext, gang: str, replica: int, attempt: int, revision: str,
+                 template: str) -> dict[str, str]:
     return {
         **deployment_labels(ctx, "engine"), L.LABEL_GANG: gang, L.LABEL_REPLICA: str(replica),
-        L.LABEL_ATTEMPT: str(attempt), L.LABEL_REVISION: revision,
+        L.LABEL_ATTEMPT: str(attempt), L.LABEL_REVISION: revision, L.LABEL_TEMPLATE: template,
         L.LABEL_GANG_SIZE: str(ctx.plan.nodes_per_replica),
     }
 
@@ -106,7 +113,7 @@ def launch_plan(ctx: BuildContext, gang: str, replica: int, revision: str) -> di
         "engine": {"mode": "per-node", "program": program, "ranks": ranks},
         "fabric": {"enabled": plan.nodes_per_replica > 1, "backend": fabric_backend,
                    "expected_bus_gbps": _expected_bus_gbps(ctx), "min_fraction": 0.5},
-        "deadlines": {"drain_seconds": float(max(1, spec.autoscaling.drain_timeout_seconds)),
+        "deadlines": {"drain_seconds": float(SIGTERM_DRAIN_SECONDS),
                       "engine_ready_seconds": max(600.0, 2 * plan.startup.cold_seconds)},
     }
 
@@ -130,19 +137,23 @@ def _expected_bus_gbps(ctx: BuildContext) -> float | None:
 
 
 def gang_objects(ctx: BuildContext, replica: int, attempt: int, revision: str) -> list[dict[str, Any]]:
-    """Every object of one gang: ConfigMap, Service, NetworkPolicy, [PodGroup], then the pods by rank."""
-    return _objects(ctx, L.gang_name(ctx.name, replica, revision, attempt), replica, attempt, revision)
+    """Every object of one gang: ConfigMap, Service, NetworkPolicy, [PodGroup], then the pods by rank.
+    Each carries this operator's template (``template_of``), so a later operator can tell its own pods."""
+    return _objects(ctx, L.gang_name(ctx.name, replica, revision, attempt), replica, attempt, revision,
+                    template_of(ctx))
 
 
-def revision_of(ctx: BuildContext) -> str:
-    """The hash of everything that needs a restart when it changes: the objects of a gang, built with
-    placeholder identity, so the replica count, the router or the autoscaler's settings do not count."""
-    canonical = _objects(ctx, "gang", 0, 0, "")
+def template_of(ctx: BuildContext) -> str:
+    """The hash of the builders' output for this deployment: a gang's objects built with placeholder
+    identity. Not the revision (``build.revision``): it changes when an operator renders the same spec
+    differently, which status reports and which rolls gangs only when the user opts in."""
+    canonical = _objects(ctx, "gang", 0, 0, "", "")
     return L.short_hash(json.dumps(canonical, sort_keys=True), length=10)
 
 
-def _objects(ctx: BuildContext, gang: str, replica: int, attempt: int, revision: str) -> list[dict[str, Any]]:
-    labels = _gang_labels(ctx, gang, replica, attempt, revision)
+def _objects(ctx: BuildContext, gang: str, replica: int, attempt: int, revision: str,
+             template: str) -> list[dict[str, Any]]:
+    labels = _gang_labels(ctx, gang, replica, attempt, revision, template)
     plan, ports = ctx.plan, ctx.ports
     objects: list[dict[str, Any]] = [
         {
@@ -313,7 +324,7 @@ def _pod(ctx: BuildContext, gang: str, gang_labels: dict[str, str], rank: int) -
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": spec.autoscaling.drain_timeout_seconds + 30,
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "tolerations": tolerations,
         "affinity": affinity,
         "containers": [{

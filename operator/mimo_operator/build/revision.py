@@ -1,0 +1,128 @@
+"""Revisions: which gangs a deployment's spec wants, and which pods an older operator rendered — pure.
+
+Two fingerprints, for two questions:
+
+- The **revision** (``revision_of``) answers "did the user ask for different pods?". It is a versioned hash
+  of the user's inputs that change a pod (model, hardware, network, parallelism, engine, scheduling, pod
+  template), as LeaderWorkerSet hashes its template into a ControllerRevision. It is not a hash of what the
+  builders make of those inputs: an operator upgrade that renders one byte differently must not roll every
+  gang of every deployment on its own. Settings that do not change a pod (replicas, autoscaling with its
+  drain timeout, router, rollout) are left out, so editing them never restarts a gang. A changed revision
+  rolls the gangs (``steps``).
+- The **template** (``template_of``) answers "would this operator render the gang's objects differently?".
+  It hashes the builders' output for the deployment with placeholder identity and is stamped on every gang
+  object (``labels.LABEL_TEMPLATE``). A gang of the current revision whose template differs from this
+  operator's was rendered by an older operator (or one configured differently): it keeps running, a
+  replacement after a failure gets this operator's pods, and status says the pods are outdated
+  (``operator_upgrade_condition``) until the user opts into a roll with ``spec.rollout.operatorUpgrades:
+  Automatic``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mimo_operator import labels as L
+from mimo_operator.build.gang import template_of
+from mimo_operator.build.options import BuildContext
+from mimo_operator.spec import DeploymentSpec
+
+__all__ = [
+    "NON_POD_FIELDS",
+    "OPERATOR_UPGRADE_CONDITION",
+    "POD_FIELDS",
+    "REVISION_SCHEMA",
+    "OperatorUpgrade",
+    "operator_upgrade",
+    "outdated_marker",
+    "revision_inputs",
+    "revision_of",
+]
+
+# Bumped only when the meaning of the hashed inputs changes (a field moves between the two sets below, or
+# the canonical form changes): every gang then rolls once, which is the point of the bump. The prefix also
+# tells a person reading a label which scheme made it.
+REVISION_SCHEMA = "r1"
+
+# Top-level spec fields that change what a gang's pods run or where they run.
+POD_FIELDS: tuple[str, ...] = ("model", "hardware", "network", "parallelism", "engine", "scheduling", "pod_template")
+# Top-level spec fields that never restart a gang: how many gangs, when to scale and how long a drain may
+# take (read when a drain starts), the router in front, how a rollout proceeds.
+NON_POD_FIELDS: tuple[str, ...] = ("replicas", "autoscaling", "router", "rollout")
+
+# The condition status carries while gangs of the current revision run pods this operator renders otherwise.
+OPERATOR_UPGRADE_CONDITION = "OperatorUpgradeAvailable"
+
+
+def revision_inputs(spec: DeploymentSpec) -> dict[str, Any]:
+    """The user's inputs that change a pod, canonical: values equal to their defaults are left out.
+
+    Leaving defaults out keeps the revision of a spec the user did not touch stable across operator
+    versions: a new optional field, or a CRD that starts filling in a default, adds nothing to the hash.
+    A changed default shows up as a different template instead (``template_of``), which rolls nothing
+    until the user opts in.
+    """
+    dumped = spec.model_dump(mode="json", by_alias=False, exclude_defaults=True, include=set(POD_FIELDS))
+    pruned = _prune(dumped)
+    return pruned if isinstance(pruned, dict) else {}
+
+
+def revision_of(ctx: BuildContext) -> str:
+    """``r1-<10 hex>``: the revision of the deployment's gangs (a label value and part of gang names)."""
+    canonical = json.dumps(revision_inputs(ctx.spec), sort_keys=True, separators=(",", ":"))
+    return f"{REVISION_SCHEMA}-{L.short_hash(canonical, length=10)}"
+
+
+def _prune(value: Any) -> Any:
+    """Drop empty mappings left by sections whose fields are all at their defaults."""
+    if isinstance(value, dict):
+        out = {k: _prune(v) for k, v in value.items()}
+        return {k: v for k, v in out.items() if v != {}}
+    return value
+
+
+def outdated_marker(revision: str) -> str:
+    """The revision a gang outdated by the operator's template is treated as having once the user opted
+    into operator upgrades: never equal to a real revision, so the rollout replaces it like any other."""
+    return f"{revision}+template"
+
+
+@dataclass(frozen=True)
+class OperatorUpgrade:
+    """Gangs of the current revision whose objects this operator would render differently."""
+
+    template: str                    # this operator's template for the deployment
+    outdated: tuple[str, ...]        # gang names, sorted
+    automatic: bool                  # spec.rollout.operatorUpgrades is Automatic: they are rolled
+
+    def condition(self) -> dict[str, str]:
+        """``OperatorUpgradeAvailable``: True while such gangs run (``type``/``status``/``reason``/``message``)."""
+        if not self.outdated:
+            return {"type": OPERATOR_UPGRADE_CONDITION, "status": "False", "reason": "PodsCurrent",
+                    "message": "every gang runs the pods this operator renders"}
+        names = ", ".join(self.outdated[:8]) + (f" and {len(self.outdated) - 8} more" if len(self.outdated) > 8 else "")
+        if self.automatic:
+            return {"type": OPERATOR_UPGRADE_CONDITION, "status": "True", "reason": "RollingToOperatorTemplate",
+                    "message": f"pods outdated by the operator's template: {names}; rolling them "
+                               "(spec.rollout.operatorUpgrades: Automatic)"}
+        return {"type": OPERATOR_UPGRADE_CONDITION, "status": "True", "reason": "PodsOutdatedByOperatorTemplate",
+                "message": f"pods outdated by the operator's template: {names}; they keep running (a replacement "
+                           "after a failure gets the new pods); set spec.rollout.operatorUpgrades: Automatic to "
+                           "roll them now"}
+
+
+def operator_upgrade(ctx: BuildContext, revision: str, pods: Iterable[Mapping[str, Any]]) -> OperatorUpgrade:
+    """Which gangs of ``revision`` an older (or differently configured) operator rendered, from their
+    pods' labels. A pod without the template label predates templates: it counts as outdated."""
+    template = template_of(ctx)
+    outdated = set()
+    for pod in pods:
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        if labels.get(L.LABEL_REVISION) == revision and labels.get(L.LABEL_TEMPLATE) != template:
+            outdated.add(labels.get(L.LABEL_GANG, ""))
+    outdated.discard("")
+    return OperatorUpgrade(template=template, outdated=tuple(sorted(outdated)),
+                           automatic=ctx.spec.rollout.operator_upgrades == "Automatic")
