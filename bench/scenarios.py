@@ -201,9 +201,7 @@ def verdict(scenario: Scenario, results: dict[str, PolicyResult]) -> Verdict:
     ours = results["mimo"]
     rivals = [n for n in results if n not in ("mimo", "oracle", "reactive")]
     dominated = tuple(
-        n
-        for n in rivals
-        if results[n].ttft_attainment > ours.ttft_attainment and results[n].gpu_hours < ours.gpu_hours
+        n for n in rivals if results[n].ttft_attainment > ours.ttft_attainment and results[n].gpu_hours < ours.gpu_hours
     )
     return Verdict(
         dominated_by=dominated,

@@ -46,9 +46,12 @@ __all__ = [
     "MetricSample",
     "Observation",
     "PolicyConfig",
+    "Recurrence",
     "ReplicaCapacity",
     "Signals",
     "decide",
+    "recurrence",
+    "remember",
 ]
 
 
@@ -129,6 +132,11 @@ class PolicyConfig:
     scale_down_interval_seconds: float = 30.0  # between two scale-downs
     scale_down_margin: float = 0.1  # the remaining gangs must stay this far under the targets
     max_sample_age_seconds: float = 45.0  # an older newest sample from a ready gang is missing data
+    # How far back the policy's own record of demand (`Observation.demand_history`) reaches: it finds
+    # bursts that recur within it (three at least), so a period of up to a third of it is recognised.
+    demand_history_seconds: float = 7200.0
+    # A gang's start-up, for holding and pre-warming the capacity of recurring bursts; None: forecast_seconds.
+    startup_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if self.min_replicas < 0 or self.max_replicas < max(self.min_replicas, 1):
@@ -162,6 +170,21 @@ class Observation:
     last_scale_up_at: float | None = None
     last_scale_down_at: float | None = None
     pending_requests: int | None = None
+    # The policy's own demand figures from earlier decisions, (time, replicas), oldest first: what the
+    # loop kept with `remember`. It reaches back further than the samples, to recognise recurring bursts.
+    demand_history: Sequence[tuple[float, float]] = ()
+
+
+@dataclass(frozen=True)
+class Recurrence:
+    """Bursts that recur at a steady period, as read from the demand history."""
+
+    period_seconds: float
+    next_onset: float  # when the next burst is expected to begin (demand crossing the burst level)
+    last_onset: float
+    duration_seconds: float  # how long a burst has lasted, on average
+    demand: float  # replicas the recent bursts needed at their peak
+    lead_seconds: float  # how early before an onset the capacity must serve (the onsets' jitter + a margin)
 
 
 @dataclass(frozen=True)
@@ -181,6 +204,7 @@ class Signals:
     running_requests: float | None = None  # sum over ready gangs, newest samples
     ttft_p95_seconds: float | None = None  # worst ready gang over the panic window
     target_correction: float = 1.0  # the factor the TTFT SLO has put on the targets (1: none)
+    recurring_demand: float = 0.0  # replicas held or pre-warmed for a recurring burst (0: none expected)
 
 
 @dataclass(frozen=True)
@@ -237,6 +261,7 @@ def decide(observation: Observation, config: PolicyConfig) -> Decision:
     forecast_demand = demand + loads.trend() * config.forecast_seconds
     peak_demand = loads.peak()
     ttft = loads.worst_ttft(now - config.panic_window_seconds, now)
+    warm, lull = _recurring(recurrence(observation.demand_history, now, config), now, config)
     signals = Signals(
         ready=len(ready),
         starting=len(starting),
@@ -251,6 +276,7 @@ def decide(observation: Observation, config: PolicyConfig) -> Decision:
         running_requests=loads.latest_sum("running_requests"),
         ttft_p95_seconds=ttft,
         target_correction=loads.correction,
+        recurring_demand=warm,
     )
 
     # Scale up: demand beyond what is ready or already on its way.
@@ -258,6 +284,7 @@ def decide(observation: Observation, config: PolicyConfig) -> Decision:
         "stable": demand,
         "panic": panic_demand,
         "forecast": forecast_demand,
+        "recurring-burst": warm,
     }
     view, wanted = max(views.items(), key=lambda item: item[1])
     if wanted > current * (1.0 + config.tolerance) and current < config.max_replicas:
@@ -287,11 +314,30 @@ def decide(observation: Observation, config: PolicyConfig) -> Decision:
             signals,
         )
 
+    backlog = loads.latest_sum("queue_requests") or 0.0
+    if lull is not None and not slo_missed and backlog <= len(ready):
+        # A recurring burst is over and the next is further away than a start-up: the burst's gangs
+        # go now, all at once, instead of a stabilisation window later (the window guards against
+        # bursts nobody expects; this one's time is known, and its gangs are pre-warmed for it).
+        now_demand = max(demand, loads.panic(now))
+        keep = max(config.min_replicas, math.ceil(now_demand / (1.0 - config.scale_down_margin) - 1e-9), 1)
+        if keep < current:
+            victim = starting[-1].name if starting else _least_loaded(ready, observation.samples)
+            return Decision(
+                keep,
+                Action.SCALE_DOWN,
+                f"recurring burst over, the next due in {lull:.0f}s: demand {now_demand:.2f} replicas "
+                f"fits in {keep} gang(s)",
+                signals,
+                remove=victim,
+            )
+
     # Scale down: slowly, one gang at a time, only if the rest would stay under the targets.
     fewer = current - 1
     if fewer > 0:
         # The forecast counts too: a gang ordered for a ramp is not cancelled while the ramp lasts.
-        fits = max(peak_demand, forecast_demand) <= fewer * (1.0 - config.scale_down_margin)
+        # So does a recurring burst that is due or under way.
+        fits = max(peak_demand, forecast_demand, warm) <= fewer * (1.0 - config.scale_down_margin)
     else:
         fits = loads.idle(now - config.scale_down_window_seconds, now)
     blocker = _scale_down_blocker(observation, config, draining, loads.covered(), current)
@@ -309,9 +355,103 @@ def decide(observation: Observation, config: PolicyConfig) -> Decision:
             remove=victim,
         )
     reason = f"demand {max(views.values()):.2f} replicas for {len(ready)} ready + {len(starting)} starting"
+    if warm > max(peak_demand, forecast_demand) and warm > fewer * (1.0 - config.scale_down_margin):
+        reason += f"; holding {warm:.2f} replicas for a recurring burst"
     if fits and blocker is not None:
         reason += f"; not scaling down: {blocker}"
     return Decision(current, Action.HOLD, reason, signals)
+
+
+def remember(
+    history: Sequence[tuple[float, float]], decision: Decision, now: float, config: PolicyConfig
+) -> tuple[tuple[float, float], ...]:
+    """The demand history to pass with the next observation: this decision's demand added, old ones dropped.
+
+    Only decisions taken on fresh metrics of ready gangs add a point (a guess would teach a false burst).
+    """
+    kept = tuple(p for p in history if p[0] >= now - config.demand_history_seconds)
+    signals = decision.signals
+    if decision.action is Action.NO_DATA or signals.ready == 0:
+        return kept
+    # At the targets before the TTFT correction: the correction is about this moment's gangs, and a
+    # burst's size is remembered for later ones.
+    demand = max(signals.demand, signals.panic_demand) * signals.target_correction
+    return (*kept, (now, demand))
+
+
+def recurrence(history: Sequence[tuple[float, float]], now: float, config: PolicyConfig) -> Recurrence | None:
+    """Bursts that recur at a steady period in the demand history, or None.
+
+    A burst is a stretch of demand above the midpoint between the history's low (its 20th percentile)
+    and its peak, stretches less than a minute apart taken as one; the history must hold at least three
+    burst onsets whose last intervals agree within 15 %, and the bursts must differ from the low by a
+    gang or more (smaller swings are the stable and panic views' business). A pattern that misses its
+    next onset by a quarter period is over. Bursts that began before the history are not counted: their
+    onset is unknown.
+    """
+    points = [p for p in history if p[0] >= now - config.demand_history_seconds]
+    if len(points) < 8:
+        return None
+    values = sorted(d for _, d in points)
+    low, high = values[len(values) // 5], values[-1]
+    if high - low < 1.0:
+        return None
+    level = low + 0.5 * (high - low)
+    merge = 60.0
+    episodes: list[list[float]] = []  # [onset, last time above the level, peak]
+    for at, demand in points:
+        if demand < level:
+            continue
+        if episodes and at - episodes[-1][1] <= merge:
+            episodes[-1][1] = at
+            episodes[-1][2] = max(episodes[-1][2], demand)
+        else:
+            episodes.append([at, at, demand])
+    if episodes and episodes[0][0] <= points[0][0]:
+        episodes.pop(0)
+    if len(episodes) < 3:
+        return None
+    onsets = [e[0] for e in episodes]
+    intervals = [b - a for a, b in itertools.pairwise(onsets)][-3:]
+    period = sorted(intervals)[len(intervals) // 2]
+    if period < 2 * merge or any(abs(i - period) > 0.15 * period for i in intervals):
+        return None
+    last = episodes[-1]
+    if now > last[0] + 1.25 * period:
+        return None
+    ongoing = points[-1][1] >= level
+    complete = episodes[:-1] if ongoing else episodes
+    tick = (points[-1][0] - points[0][0]) / max(len(points) - 1, 1)
+    duration = sum(e[1] - e[0] for e in complete[-3:]) / len(complete[-3:]) + tick
+    return Recurrence(
+        period_seconds=period,
+        next_onset=last[0] + period,
+        last_onset=last[0],
+        duration_seconds=duration,
+        demand=max(e[2] for e in episodes[-2:]),
+        # Onsets are read from windowed demand, which crosses the burst level up to a stable window late.
+        lead_seconds=config.stable_window_seconds + 2 * tick + (max(intervals) - min(intervals)),
+    )
+
+
+def _recurring(found: Recurrence | None, now: float, config: PolicyConfig) -> tuple[float, float | None]:
+    """(warm, lull): the replicas a recurring burst needs serving or ordered now, and, in a lull of a
+    recurring pattern long enough to release gangs in, the seconds until the next burst (else None).
+
+    Warm: from one start-up (plus the lead) before the next onset until the burst is expected to end,
+    and through the current burst. Lull: after a burst, while the next one is more than a start-up
+    (plus the lead) away: a gang released now and started again for the next burst costs less than
+    keeping it idle (the oracle's rule); one kept through a shorter lull costs less than restarting.
+    """
+    if found is None:
+        return 0.0, None
+    startup = config.forecast_seconds if config.startup_seconds is None else config.startup_seconds
+    order_at = found.next_onset - startup - found.lead_seconds
+    warm = order_at <= now <= found.next_onset + found.duration_seconds
+    warm = warm or found.last_onset <= now <= found.last_onset + found.duration_seconds
+    if warm:
+        return found.demand, None
+    return 0.0, (found.next_onset - now if now < order_at else None)
 
 
 def _decide_without_ready_gangs(
@@ -411,6 +551,12 @@ class _Loads:
             if view <= 0:
                 continue
             start = end - config.panic_window_seconds
+            if self._backlog_at(start):
+                # Requests queued before the window missed the SLO for want of gangs earlier, not
+                # because the gangs are slower than modelled: after a burst the backlog clears at a
+                # low arrival rate, and reading that as the usable capacity halves the targets (an
+                # on/off load then orders twice the gangs its bursts need).
+                continue
             counts = [self._arrivals(name, start, end) for name in self._samples]
             serving = sum(1 for name in self._samples if self._in(name, start, end)[1])
             known = [c for c in counts if c is not None]
@@ -420,6 +566,17 @@ class _Loads:
             return 1.0
         usable = 0.9 * min(seen)
         return max(0.5, min(1.0, usable / config.target_utilisation))
+
+    def _backlog_at(self, moment: float) -> bool:
+        """Whether the serving gangs had more requests queued at `moment` than one per gang."""
+        queued = 0.0
+        gangs = 0
+        for name in self._samples:
+            base, _ = self._in(name, moment, moment)
+            if base is not None and base.at >= moment - self._config.panic_window_seconds:
+                queued += base.queue_requests
+                gangs += 1
+        return gangs > 0 and queued > gangs
 
     # -- the views of demand
 
@@ -463,7 +620,18 @@ class _Loads:
         # A ramp rises evenly; a step smoothed by the stable window rises mostly in one part.
         if rises[0] <= 0 or rises[0] < rises[-1] / 6:
             return 0.0
-        return rises[len(rises) // 2] / (size * config.panic_window_seconds / 2)
+        slope = rises[len(rises) // 2] / (size * config.panic_window_seconds / 2)
+        # A ramp that has stopped is no longer a trend: a flash crowd's steep rise, smeared by the
+        # stable window over a few minutes, looks like a ramp until its plateau shows in the newest
+        # stable window. Projecting it then orders the next start-up's worth of growth that never
+        # comes (24 gangs for a crowd that needs 9). The newest stable window must still rise by at
+        # least half the slope's pace.
+        back = round(config.stable_window_seconds / (config.panic_window_seconds / 2))
+        if back < len(self._stable):
+            recent = self._stable[0] - self._stable[back]
+            if recent < 0.5 * slope * config.stable_window_seconds:
+                return 0.0
+        return slope
 
     def peak(self) -> float:
         return max(max(self._stable, default=0.0), max(self._panic, default=0.0), max(self._ttft, default=0.0))
