@@ -13,7 +13,7 @@ command -v "$py" >/dev/null 2>&1 || py=python3
 echo "[setup] Python environment in .venv"
 [ -x .venv/bin/python ] || "$py" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[dev,plot,worker,router]'
+.venv/bin/python -m pip install -q -e '.[dev,plot,worker,router,cluster]'
 if [ -f hack/sglang-parser-requirements.txt ]; then
   echo "[setup] SGLang's argument parser (no GPU dependencies)"
   .venv/bin/python -m pip install -q --no-deps -r hack/sglang-parser-requirements.txt

@@ -27,7 +27,6 @@ import yaml
 from mimo_operator.loadgen import LoadResult, Phase, read_trace, replay
 from mimo_operator.localcluster.binaries import cache_dir
 from mimo_operator.localcluster.cluster import ClusterError, LocalCluster
-from mimo_operator.localcluster.podrunner import PROCESS_LABEL
 
 __all__ = ["register"]
 
@@ -72,6 +71,9 @@ class Demo:
 
     def install(self) -> None:
         say("Installing the operator with its Helm chart (CRD, least-privilege RBAC, Deployment)")
+        # Imported here: the pod runner needs the local cluster's extra, which `mimoctl plan` does not.
+        from mimo_operator.localcluster.podrunner import PROCESS_LABEL
+
         values = {
             "podLabels": {PROCESS_LABEL: "true"},  # the local cluster runs the operator as a real process
             "bindAddress": "$(POD_IP)",
@@ -87,6 +89,8 @@ class Demo:
         print(f"    operator pod {pods[0]['metadata']['name']} is Ready under its chart RBAC")
 
     def apply(self) -> None:
+        from mimo_operator.localcluster.podrunner import PROCESS_LABEL
+
         manifest = yaml.safe_load(EXAMPLE.read_text())
         spec = manifest["spec"]
         spec["podTemplate"] = {"labels": {PROCESS_LABEL: "true"}}
