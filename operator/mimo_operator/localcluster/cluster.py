@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,11 +21,20 @@ from mimo_operator.errors import MimoError
 from mimo_operator.localcluster.binaries import binaries_missing, cache_dir
 from mimo_operator.localcluster.processes import kill_pid, log_tail
 
-__all__ = ["ClusterError", "LocalCluster", "default_state_dir"]
+__all__ = ["RUN_STATE", "ClusterError", "LocalCluster", "default_state_dir"]
 
 
 class ClusterError(MimoError):
     """The local cluster could not be started, or is not running."""
+
+
+# What one run of a cluster leaves in its state directory, all of which the next `up` starts without: etcd's
+# data (the nodes, namespaces and objects of the last run: kept, the new run's nodes clash with them), the
+# certificates and kubeconfig it was issued, kwok's and the scheduler's configuration, the local pod
+# processes' directories and volumes. Logs stay (appended to). Only these names are removed, never the
+# directory itself: --state-dir may point anywhere.
+RUN_STATE = ("state.json", "etcd", "pki", "kubeconfig", "kwok-home", "kwok.yaml", "scheduler.yaml", "pods", "hosts",
+             "volumes")
 
 
 def default_state_dir() -> Path:
@@ -93,7 +103,7 @@ class LocalCluster:
         if cluster.is_running():
             raise ClusterError(f"a local cluster is already running from {state_dir}; `mimoctl cluster down` first")
         state_dir.mkdir(parents=True, exist_ok=True)
-        (state_dir / "state.json").unlink(missing_ok=True)
+        cluster._forget_last_run()
         argv = [sys.executable, "-m", "mimo_operator.localcluster.supervisor", "--state-dir", str(state_dir),
                 "--nodes", str(nodes), "--gpu-type", gpu_type, "--blocks", str(blocks)]
         if exit_with_parent:
@@ -109,6 +119,15 @@ class LocalCluster:
             cluster._stop_supervisor(proc.pid)
             raise
         return cluster
+
+    def _forget_last_run(self) -> None:
+        """Remove what a stopped (or crashed) run left, so that every `up` starts a new cluster."""
+        for name in RUN_STATE:
+            path = self.state_dir / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
 
     def _wait_ready(self, proc: subprocess.Popen[bytes], timeout: float) -> None:
         deadline = time.monotonic() + timeout
