@@ -104,6 +104,7 @@ def parse_sglang_metrics(text: str, at: float) -> Scrape:
         prompt_tokens_total=counters.get("sglang:prompt_tokens_total"),
         generation_tokens_total=counters.get("sglang:generation_tokens_total"),
         requests_total=counters.get("sglang:num_requests_total"),
+        cached_tokens_total=counters.get("sglang:cached_tokens_total"),
     )
     return Scrape(sample, tuple(sorted(buckets.items())))
 
@@ -127,6 +128,7 @@ def combine(scrapes: Sequence[Scrape]) -> Scrape:
         prompt_tokens_total=total(s.prompt_tokens_total for s in samples),
         generation_tokens_total=total(s.generation_tokens_total for s in samples),
         requests_total=total(s.requests_total for s in samples),
+        cached_tokens_total=total(s.cached_tokens_total for s in samples),
     )
     merged: dict[float, float] = {}
     for s in scrapes:

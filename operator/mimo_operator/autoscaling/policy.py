@@ -94,6 +94,8 @@ class MetricSample:
     prompt_tokens_total: float | None = None  # sglang:prompt_tokens_total
     generation_tokens_total: float | None = None  # sglang:generation_tokens_total
     requests_total: float | None = None  # sglang:num_requests_total (finished requests)
+    # sglang:cached_tokens_total: prompt tokens the prefix cache supplied; they cost no prefill
+    cached_tokens_total: float | None = None
 
 
 @dataclass(frozen=True)
@@ -704,7 +706,10 @@ class _Loads:
             requests = _delta(first.requests_total, last.requests_total)
             if prompt is None or generated is None or requests is None:
                 continue
-            work += prompt / capacity.prefill_tokens_per_second
+            # A prompt's cached prefix skips its prefill: a fleet whose users share prefixes needs fewer
+            # gangs. SGLang exports the counter only after the first hit, so a missing one counts as 0.
+            cached = _delta(first.cached_tokens_total, last.cached_tokens_total) or 0.0
+            work += max(prompt - cached, 0.0) / capacity.prefill_tokens_per_second
             work += generated / capacity.decode_tokens_per_second
             finished += requests
         if finished > 0:
