@@ -26,6 +26,7 @@ from mimo_operator.heads import Heads
 from mimo_operator.kube import ApiError, Kube, KubeConfig
 from mimo_operator.leader import LeaderElection
 from mimo_operator.reconciler import Memory, Reconciler, ReconcilerOptions
+from mimo_operator.weights import WeightsCollector
 
 __all__ = ["Loops", "OperatorConfig"]
 
@@ -163,10 +164,14 @@ def register(config: OperatorConfig) -> None:
             memo.leader_task = asyncio.create_task(leader.run(), name="leader election")
         reconciler = Reconciler(memo.kube, Heads(memo.http), config.reconciler)
         memo.loops = Loops(reconciler, leader, config.resync_seconds)
+        # Caches whose last user asked for their removal go when that deployment goes (see WeightsCollector).
+        memo.collector = WeightsCollector(memo.kube, config.reconciler.weights, leader)
+        memo.collector_task = asyncio.create_task(memo.collector.run(), name="weights cache clean-up")
 
     @kopf.on.cleanup()
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         await memo.loops.stop()
+        memo.collector_task.cancel()
         if getattr(memo, "leader_task", None):
             memo.leader_task.cancel()
         await memo.http.close()
@@ -175,6 +180,8 @@ def register(config: OperatorConfig) -> None:
     @kopf.on.event(L.GROUP, L.VERSION, L.PLURAL)
     async def deployment_event(body: kopf.Body, event: Mapping[str, Any], memo: kopf.Memo, **_: Any) -> None:
         memo.loops.seen(dict(body), deleted=event.get("type") == "DELETED")
+        if event.get("type") == "DELETED":
+            memo.collector.deleted(body["metadata"]["namespace"])
 
     @kopf.on.event("", "v1", "pods", labels={L.LABEL_MANAGED_BY: L.MANAGED_BY})
     async def pod_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:

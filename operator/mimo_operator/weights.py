@@ -32,6 +32,7 @@ namespaced kinds (see its docstring).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -61,7 +62,8 @@ from mimo_operator.build.weights import (
 )
 from mimo_operator.kube import Kube
 from mimo_operator.planner import plan_deployment
-from mimo_operator.spec import DeploymentSpec
+from mimo_operator.errors import SpecError
+from mimo_operator.spec import DeploymentSpec, parse_spec
 
 __all__ = [
     "CONDITION_TYPE",
@@ -70,9 +72,11 @@ __all__ = [
     "WeightsEvent",
     "WeightsProbe",
     "WeightsProgress",
+    "WeightsCollector",
     "WeightsState",
     "collect_weights",
     "ensure_weights",
+    "removable_caches",
 ]
 
 log = logging.getLogger("mimo.operator.weights")
@@ -433,28 +437,12 @@ async def collect_weights(kube: Kube, namespace: str, live: Mapping[str, Deploym
     by name, with its spec (None when it does not parse). A cache is removed when none of the deployments
     its record names still uses it, and every one of them had ``keepAfterDelete: false``; then its clean
     Job (shared volume) or clean pods (each labelled node) run, the node labels and the download Job go,
-    and finally the record. Call it now and then (every few minutes); each call takes the next step."""
+    and finally the record. Each call takes the next step; :class:`WeightsCollector` calls it after a
+    deployment is deleted until nothing is left to remove."""
     options = options or WeightsOptions()
     nodes = nodes or NodeApi(kube)
     events: list[WeightsEvent] = []
-    records = await kube.list("v1", "ConfigMap", namespace, {L.LABEL_COMPONENT: "weights", LABEL_ROLE: "record"})
-    in_use: set[str] = set()
-    for spec in live.values():
-        if spec is None:
-            continue
-        try:
-            ref = cache_ref(spec, (plans or plan_deployment)(spec))
-        except Exception:  # noqa: S112 - an unplannable spec uses no cache
-            continue
-        if ref is not None:
-            in_use.add(ref.name)
-    for record in records:
-        meta = record["metadata"]
-        name = meta["name"]
-        users = {k[len(ANNOTATION_USER_PREFIX):]: v for k, v in (meta.get("annotations") or {}).items()
-                 if k.startswith(ANNOTATION_USER_PREFIX)}
-        if name in in_use or not users or any(v != "delete" for v in users.values()):
-            continue
+    for record in await removable_caches(kube, namespace, live, plans):
         data = record.get("data") or {}
         ref = CacheRef(repo=data["repo"], revision=data["revision"], mode=data["mode"],
                        claim_name=data["location"] if data["mode"] == "shared-volume" else None,
@@ -466,6 +454,84 @@ async def collect_weights(kube: Kube, namespace: str, live: Mapping[str, Deploym
         else:
             events += await _clean_nodes(kube, nodes, namespace, ref, image, options)
     return events
+
+
+async def removable_caches(kube: Kube, namespace: str, live: Mapping[str, DeploymentSpec | None],
+                           plans: Callable[[DeploymentSpec], Any] | None = None) -> list[dict[str, Any]]:
+    """The cache records of ``namespace`` that :func:`collect_weights` removes: no live deployment uses the
+    cache, and every deployment that did asked for its removal (``keepAfterDelete: false``)."""
+    records = await kube.list("v1", "ConfigMap", namespace, {L.LABEL_COMPONENT: "weights", LABEL_ROLE: "record"})
+    in_use: set[str] = set()
+    for spec in live.values():
+        if spec is None:
+            continue
+        try:
+            ref = cache_ref(spec, (plans or plan_deployment)(spec))
+        except Exception:  # noqa: S112 - an unplannable spec uses no cache
+            continue
+        if ref is not None:
+            in_use.add(ref.name)
+    out = []
+    for record in records:
+        meta = record["metadata"]
+        users = {k[len(ANNOTATION_USER_PREFIX):]: v for k, v in (meta.get("annotations") or {}).items()
+                 if k.startswith(ANNOTATION_USER_PREFIX)}
+        if meta["name"] in in_use or not users or any(v != "delete" for v in users.values()):
+            continue
+        out.append(record)
+    return out
+
+
+class WeightsCollector:
+    """Cache clean-up without a person: after a MiMoDeployment is deleted, :func:`collect_weights` runs for its
+    namespace every few seconds until no removable cache is left there (a clean Job over a terabyte takes a
+    while). No finalizer is needed: the cache record, not the deleted object, says who used the cache and
+    whether they asked to keep it. Only while this replica leads, like the reconcile loops."""
+
+    def __init__(self, kube: Kube, options: WeightsOptions, leader: Any = None,
+                 interval: float = _POLL_SECONDS) -> None:
+        self.kube = kube
+        self.options = options
+        self.leader = leader
+        self.interval = interval
+        self.pending: set[str] = set()
+        self.wake: asyncio.Event = asyncio.Event()
+
+    def deleted(self, namespace: str) -> None:
+        """A deployment in ``namespace`` went: look for caches it leaves behind."""
+        self.pending.add(namespace)
+        self.wake.set()
+
+    async def step(self, namespace: str) -> bool:
+        """One step of clean-up in ``namespace``; True while removable caches remain."""
+        live: dict[str, DeploymentSpec | None] = {}
+        for obj in await self.kube.list(f"{L.GROUP}/{L.VERSION}", L.KIND, namespace, {}):
+            if obj["metadata"].get("deletionTimestamp"):
+                continue
+            try:
+                live[obj["metadata"]["name"]] = parse_spec(obj)
+            except SpecError:
+                live[obj["metadata"]["name"]] = None
+        for event in await collect_weights(self.kube, namespace, live, self.options):
+            log.info("%s: %s: %s", namespace, event.reason, event.message)
+        return bool(await removable_caches(self.kube, namespace, live))
+
+    async def run(self) -> None:
+        while True:
+            if not self.pending:
+                self.wake.clear()
+                await self.wake.wait()
+            if self.leader is not None and not self.leader.is_leader():
+                await self.leader.leading.wait()
+            for namespace in sorted(self.pending):
+                try:
+                    if not await self.step(namespace):
+                        self.pending.discard(namespace)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # the API or a bad record: try again at the next step, never stop the loop
+                    log.exception("%s: weights cache clean-up failed; retrying", namespace)
+            await asyncio.sleep(self.interval)
 
 
 async def _clean_shared(kube: Kube, ns: str, ref: CacheRef, image: str,

@@ -3,6 +3,7 @@ against an in-memory API (the local cluster test runs it against the real one)."
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 from collections.abc import Mapping
@@ -320,3 +321,37 @@ async def test_a_cache_is_cleaned_only_when_every_user_is_gone_and_asked_for_it(
     events = await W.collect_weights(fake, "ns", {})
     assert [e.reason for e in events] == ["WeightsCacheRemoved"]
     assert kube2.objects == {}
+
+
+async def test_the_collector_cleans_after_a_deletion_until_nothing_removable_is_left() -> None:
+    kube = FakeKube()
+    drop = spec_of(shared().named("dropper").set("model.cache.keepAfterDelete", False))
+    await ensure(kube, ctx_of(drop, "dropper"))
+    fake: Any = kube
+    collector = W.WeightsCollector(fake, WeightsOptions(), interval=0.01)
+    # The deployment still exists (as the API lists it): nothing to clean.
+    live = {"apiVersion": "serving.mimo-operator.io/v1alpha1", "kind": "MiMoDeployment",
+            "metadata": {"name": "dropper"}, "spec": drop.model_dump(by_alias=True, exclude_none=True)}
+    kube.objects[("MiMoDeployment", "dropper")] = live
+    assert await collector.step("ns") is False
+    assert [j["metadata"]["labels"][LABEL_ROLE] for j in jobs(kube)] == ["download"]
+
+    del kube.objects[("MiMoDeployment", "dropper")]
+    task = asyncio.create_task(collector.run())
+    try:
+        collector.deleted("ns")
+
+        async def cleaning() -> None:
+            while [j["metadata"]["labels"][LABEL_ROLE] for j in jobs(kube)] != ["clean"]:
+                await asyncio.sleep(0.01)
+        await asyncio.wait_for(cleaning(), 5)
+        assert collector.pending == {"ns"}  # the clean Job runs: the collector keeps looking
+        jobs(kube)[0]["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
+
+        async def done() -> None:
+            while collector.pending:
+                await asyncio.sleep(0.01)
+        await asyncio.wait_for(done(), 5)
+        assert kube.objects == {}
+    finally:
+        task.cancel()
