@@ -21,7 +21,7 @@ from mimo_operator.localcluster import binaries
 from mimo_operator.localcluster.pki import Pki, issue_pki, write_kubeconfig
 from mimo_operator.localcluster.processes import ComponentFailed, Process, free_port, http_ok, log_tail
 
-__all__ = ["ClusterConfig", "ControlPlane"]
+__all__ = ["ClusterConfig", "ControlPlane", "node_lease_seconds"]
 
 _STAGES = Path(__file__).parent / "stages"
 # kwok's own stages for nodes, chaos and deletion; pod start/complete/delete are ours (stages/).
@@ -45,6 +45,13 @@ class ClusterConfig:
     component_timeout: float = 90.0
     # Ports to use instead of free ones, by component ("apiserver", "etcd", …).
     fixed_ports: tuple[tuple[str, int], ...] = ()
+
+
+def node_lease_seconds(nodes: int) -> int:
+    """How long a node's lease lasts; kwok renews it at a quarter of that, the controller-manager's grace is
+    half. 40 s (a node is seen lost within 20 s, which the chaos tests rely on) up to 250 nodes; beyond, it
+    grows with the count so that renewals stay near 25 a second instead of taking a core at 2,000 nodes."""
+    return 40 * max(1, -(-nodes // 250))
 
 
 class ControlPlane:
@@ -126,7 +133,10 @@ class ControlPlane:
             f"--service-account-private-key-file={pki.sa_key}", f"--root-ca-file={pki.ca_cert}",
             f"--service-cluster-ip-range={self.config.service_cidr}",
             f"--cluster-signing-cert-file={pki.ca_cert}", f"--cluster-signing-key-file={pki.ca_key}",
-            "--node-monitor-period=2s", "--node-monitor-grace-period=20s",
+            # Client-go's default of 20 requests/s would take the node lifecycle controller 100 s to
+            # untaint 2,000 new nodes, and StatefulSets as long to create their pods.
+            "--kube-api-qps=400", "--kube-api-burst=800",
+            "--node-monitor-period=2s", f"--node-monitor-grace-period={node_lease_seconds(self.config.nodes) // 2}s",
             "--concurrent-gc-syncs=10", "--profiling=false", "--v=1",
         ], f"https://127.0.0.1:{self.ports['controller-manager']}/healthz", ctx=insecure)
 
@@ -147,13 +157,20 @@ class ControlPlane:
         kwok_home.mkdir(exist_ok=True)
         stage_args = [f"--config={stages / s}" for s in _KWOK_STAGES]
         stage_args += [f"--config={p}" for p in sorted(_STAGES.glob("*.yaml"))]
+        kwok_config = self.dir / "kwok.yaml"
+        kwok_config.write_text(yaml.safe_dump({
+            "apiVersion": "config.kwok.x-k8s.io/v1alpha1", "kind": "KwokConfiguration",
+            # kwok's default of 4 of each keeps 2,000 nodes waiting on their first status for a minute.
+            "options": {"nodePlayStageParallelism": 16, "podPlayStageParallelism": 16, "nodeLeaseParallelism": 16},
+        }))
+        stage_args.append(f"--config={kwok_config}")
         # kwok has no health port without its kubelet server (which would listen beyond loopback by
         # default); its readiness is the nodes turning Ready, which the caller waits for.
         self._start("kwok", [
             bins["kwok"], f"--kubeconfig={self.kubeconfig}",
             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
             f"--cidr={self.config.pod_cidr}", "--node-ip=127.0.0.1",
-            "--node-lease-duration-seconds=40", *stage_args,
+            f"--node-lease-duration-seconds={node_lease_seconds(self.config.nodes)}", *stage_args,
         ], None, env={**os.environ, "HOME": str(kwok_home), "KWOK_WORKDIR": str(kwok_home)})
 
     def stop(self) -> None:

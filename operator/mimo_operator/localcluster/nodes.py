@@ -48,8 +48,24 @@ NODE_GPU_TYPES: dict[str, NodeShape] = {
 }
 
 
-def gpu_node(name: str, gpu_type: str, block: int, gpus: int = 8) -> dict[str, Any]:
-    """The Node object of one fake 8-GPU node; its status is set on create, which the API allows for nodes."""
+# The conditions a healthy kubelet reports (kwok's own set, from its node-initialize stage).
+_CONDITIONS = (
+    ("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
+    ("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+    ("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+    ("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+    ("NetworkUnavailable", "False", "RouteCreated", "RouteController created a route"),
+)
+
+
+def gpu_node(name: str, gpu_type: str, block: int, gpus: int = 8, now: str | None = None,
+             node_ip: str = "127.0.0.1") -> dict[str, Any]:
+    """The Node object of one fake 8-GPU node; its status is set on create, which the API allows for nodes.
+
+    With ``now`` (an RFC 3339 time) the node registers already Ready, as a kubelet's first status would
+    say, so kwok's node-initialize stage has nothing left to write: one write per node fewer, which is a
+    third of the start-up time of 2,000 nodes.
+    """
     shape = NODE_GPU_TYPES[gpu_type]
     resources = {
         "cpu": "192",
@@ -81,7 +97,20 @@ def gpu_node(name: str, gpu_type: str, block: int, gpus: int = 8) -> dict[str, A
             },
         },
         "spec": {"providerID": f"kwok://{name}"},
-        "status": {"capacity": resources, "allocatable": dict(resources)},
+        "status": {"capacity": resources, "allocatable": dict(resources), **(_ready_status(name, now, node_ip)
+                                                                              if now else {})},
+    }
+
+
+def _ready_status(name: str, now: str, node_ip: str) -> dict[str, Any]:
+    return {
+        "phase": "Running",
+        "conditions": [{"type": t, "status": s, "reason": r, "message": m, "lastHeartbeatTime": now,
+                        "lastTransitionTime": now} for t, s, r, m in _CONDITIONS],
+        "addresses": [{"type": "InternalIP", "address": node_ip}, {"type": "Hostname", "address": name}],
+        "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux", "kubeletVersion": "kwok",
+                     "kubeProxyVersion": "kwok", "containerRuntimeVersion": "kwok", "kernelVersion": "kwok",
+                     "osImage": "", "machineID": "", "systemUUID": "", "bootID": ""},
     }
 
 
