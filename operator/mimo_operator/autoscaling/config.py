@@ -51,8 +51,9 @@ def policy_config(
     The stable window is the spec's scale-up window (at least 30 s), the stabilisation window its
     scale-down window, the KV target its targetKVCacheUsage, the TTFT objective its ttftSloSeconds;
     capacity comes from the plan's performance model, and the trend is projected one start-up ahead
-    (`startup_seconds`, default the plan's estimate; capped at MAX_FORECAST_SECONDS). A ready gang
-    whose newest sample is older than three scrape intervals is missing data.
+    (`startup_seconds`, default the plan's estimate; capped at MAX_FORECAST_SECONDS), while recurring
+    bursts are pre-warmed a whole start-up ahead. A ready gang whose newest sample is older than three
+    scrape intervals is missing data.
     """
     a = spec.autoscaling
     capacity = capacity_of(
@@ -73,6 +74,7 @@ def policy_config(
         panic_window_seconds=min(stable, 30.0),
         scale_down_window_seconds=float(max(stable, a.scale_down_window_seconds)),
         forecast_seconds=float(min(max(startup, 0.0), MAX_FORECAST_SECONDS)),
+        startup_seconds=float(max(startup, 0.0)),
         max_sample_age_seconds=3 * scrape_interval_seconds + 5,
     )
 
