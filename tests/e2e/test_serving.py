@@ -193,3 +193,43 @@ def test_rising_load_adds_a_gang_and_falling_load_drains_one_without_failing_a_r
     assert any(e.startswith("ScaledDown: 2 → 1") for e in events), events
     drained = cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout
     assert "GangDraining" in drained
+
+
+def test_a_deployment_at_zero_gangs_scales_from_zero_on_the_routers_refusals_and_back_to_zero(
+        cluster: LocalCluster, operator: RunningOperator, namespace: str, node_pool: NodePool) -> None:
+    node_pool.add(1)
+    spec = rehearsal(node_pool, "zero").replicas(0).set("autoscaling", {
+        "enabled": True, "minReplicas": 0, "maxReplicas": 1, "scaleUpWindowSeconds": 30,
+        "scaleDownWindowSeconds": 30, "drainTimeoutSeconds": 30})
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(spec.build()))
+    base = router_address(cluster, namespace, "zero")
+    time.sleep(25)  # two scrapes of the router with no request: nothing to serve, no gang
+    obj = get(cluster, "mimodeployment", namespace, "zero")
+    assert obj is not None
+    assert obj["spec"]["replicas"] == 0, obj.get("status", {}).get("autoscaling")
+    engines = "mimo-operator.io/deployment=zero,app.kubernetes.io/component=engine"
+    assert cluster.kubectl_json("get", "pods", "-n", namespace, "-l", engines)["items"] == []
+
+    # A client retries while the router answers 503 (no available workers); those refusals are the demand.
+    refused = 0
+
+    def served() -> bool:
+        nonlocal refused
+        status, _ = complete(base, 8, prompt_tokens=64, timeout=30)
+        if status == 503:
+            refused += 1
+            time.sleep(1.0)
+        return status == 200
+
+    wait_for(served, 360, what="a request to be served after scaling from zero")
+    assert refused > 0, "the first requests found no gang"
+    obj = get(cluster, "mimodeployment", namespace, "zero")
+    assert obj is not None
+    decision = obj["status"]["lastScaleDecision"]
+    assert (decision["from"], decision["to"]) == (0, 1)
+    assert "scale from zero" in decision["reason"]
+
+    # No request for the stabilisation window: back to zero gangs.
+    wait_spec_replicas(cluster, namespace, "zero", 0, 240)
+    wait_for(lambda: cluster.kubectl_json("get", "pods", "-n", namespace, "-l", engines)["items"] == [], 180,
+             what="the gang's pods to go")
