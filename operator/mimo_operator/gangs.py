@@ -15,7 +15,7 @@ from typing import Any
 
 from mimo_operator import labels as L
 
-__all__ = ["GangHealth", "ObservedGang", "ObservedPod", "gangs_from_pods", "health_of"]
+__all__ = ["GangHealth", "ObservedGang", "ObservedPod", "epoch", "gangs_from_pods", "health_of"]
 
 
 class GangHealth(enum.StrEnum):
@@ -133,7 +133,8 @@ def _terminated(pod: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _epoch(timestamp: str | None) -> float:
+def epoch(timestamp: str | None) -> float:
+    """Epoch seconds of an API timestamp (0 when absent)."""
     if not timestamp:
         return 0.0
     return dt.datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
@@ -164,7 +165,7 @@ def gangs_from_pods(pods: Iterable[Mapping[str, Any]], sizes: Mapping[str, int] 
             observed.append(ObservedPod(
                 name=meta["name"], uid=meta.get("uid", ""), rank=rank, phase=status.get("phase", "Pending"),
                 ready=_ready(pod), deleting=bool(meta.get("deletionTimestamp")),
-                node=(pod.get("spec") or {}).get("nodeName"), created=_epoch(meta.get("creationTimestamp")),
+                node=(pod.get("spec") or {}).get("nodeName"), created=epoch(meta.get("creationTimestamp")),
                 unschedulable=_unschedulable(pod), terminated=_terminated(pod), ip=status.get("podIP"),
             ))
         annotations = head_meta.get("annotations") or {}
@@ -175,7 +176,7 @@ def gangs_from_pods(pods: Iterable[Mapping[str, Any]], sizes: Mapping[str, int] 
             attempt=int(labels.get(L.LABEL_ATTEMPT, "0")), size=size,
             pods=tuple(sorted(observed, key=lambda p: p.rank)),
             serving=(head_meta.get("labels") or {}).get(L.LABEL_SERVING) == "true",
-            drain_started=_epoch(drain) if drain else None,
+            drain_started=epoch(drain) if drain else None,
             drain_reason=annotations.get(L.ANNOTATION_DRAIN_REASON),
         ))
     return gangs

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 from collections.abc import Mapping
@@ -28,7 +29,7 @@ from mimo_operator.leader import LeaderElection
 from mimo_operator.reconciler import Memory, Reconciler, ReconcilerOptions
 from mimo_operator.weights import WeightsCollector
 
-__all__ = ["Loops", "OperatorConfig"]
+__all__ = ["Loops", "OperatorConfig", "intent_of"]
 
 log = logging.getLogger("mimo.operator")
 
@@ -51,6 +52,16 @@ class _Loop:
     poke: asyncio.Event = field(default_factory=asyncio.Event)
     memory: Memory = field(default_factory=Memory)
     task: asyncio.Task[None] | None = None
+    seen: str = ""  # what the last deployment event that poked the loop said (see `intent_of`)
+
+
+def intent_of(body: Mapping[str, Any]) -> str:
+    """What in a MiMoDeployment asks for a reconcile: its spec (generation) and its labels, annotations and
+    deletion. Status, resourceVersion and managedFields are left out: our own status writes come back as
+    watch events, and reconciling on them would only churn."""
+    meta = body.get("metadata") or {}
+    return json.dumps([meta.get("uid"), meta.get("generation"), meta.get("labels"), meta.get("annotations"),
+                       meta.get("deletionTimestamp"), body.get("spec")], sort_keys=True, default=str)
 
 
 class Loops:
@@ -74,7 +85,10 @@ class Loops:
             loop = self.loops[key] = _Loop(body=body)
             loop.task = asyncio.create_task(self._run(key, loop), name=f"reconcile {key[0]}/{key[1]}")
         loop.body = body
-        loop.poke.set()
+        intent = intent_of(body)
+        if intent != loop.seen:
+            loop.seen = intent
+            loop.poke.set()
 
     def poke(self, namespace: str, name: str) -> None:
         loop = self.loops.get((namespace, name))
@@ -92,6 +106,8 @@ class Loops:
         failures = 0
         while True:
             if self.leader is not None and not self.leader.is_leader():
+                # Another replica may have written status meanwhile: decide from a fresh read.
+                loop.memory.forget_status()
                 await self.leader.leading.wait()
             loop.poke.clear()
             delay = self.resync

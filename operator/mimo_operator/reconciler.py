@@ -2,8 +2,11 @@
 
 Level-based: the desired state comes from the spec, the actual state from what the API shows now; the
 only memory kept between reconciles in this process is a guard (expectations: gangs just created that
-the API does not show whole yet, so a lagging read never creates them twice). The restart records live
-in the deployment's status.
+the API does not show whole yet, so a lagging read never creates them twice) and the status this process
+wrote last. The restart records live in the deployment's status; decisions are taken from the status as
+this process last wrote it (the leader is its only writer), or from a fresh read — never from the body of
+the last watch event, which may predate our own last write (a stale record would skip a back-off, erase a
+reason or reuse a gang name).
 """
 
 from __future__ import annotations
@@ -33,14 +36,21 @@ from mimo_operator.build import (
 )
 from mimo_operator.build.weights import WeightsOptions
 from mimo_operator.errors import PlanRefused, SpecError
-from mimo_operator.gangs import GangHealth, ObservedGang, gangs_from_pods
+from mimo_operator.gangs import GangHealth, ObservedGang, epoch, gangs_from_pods
 from mimo_operator.heads import Heads
 from mimo_operator.kube import ApiError, Kube
 from mimo_operator.planner import plan_deployment
 from mimo_operator.schedulers import missing_gang_scheduler
 from mimo_operator.spec import DeploymentSpec, parse_spec
-from mimo_operator.status import records_from_status, refused_status, running_status
-from mimo_operator.steps import CreateGang, DeleteGang, Desired, Outcome, StartDrain, next_steps
+from mimo_operator.status import (
+    records_from_status,
+    refusal_from_api,
+    refusal_from_status,
+    refusal_text,
+    refused_status,
+    running_status,
+)
+from mimo_operator.steps import CreateGang, DeleteGang, Desired, Gates, Outcome, StartDrain, health_map, next_steps
 from mimo_operator.weights import WeightsProbe, ensure_weights
 
 __all__ = ["Event", "Memory", "ReconcileResult", "Reconciler", "ReconcilerOptions"]
@@ -76,6 +86,12 @@ class Memory:
 
     expectations: dict[str, tuple[int, float]] = field(default_factory=dict)  # gang → (pods, deadline)
     autoscaler: autoscaler.AutoscalerMemory = field(default_factory=autoscaler.AutoscalerMemory)
+    # The deployment as the API answered our last status write (or a fresh read): None until read, and
+    # again whenever this process may not have been the only writer (it just became leader).
+    latest: dict[str, Any] | None = None
+
+    def forget_status(self) -> None:
+        self.latest = None
 
 
 @dataclass(frozen=True)
@@ -121,11 +137,14 @@ class Reconciler:
         finally:
             metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
 
-    async def _reconcile(self, body: Mapping[str, Any], memory: Memory) -> ReconcileResult:
+    async def _reconcile(self, event_body: Mapping[str, Any], memory: Memory) -> ReconcileResult:
+        result = ReconcileResult()
+        body = await self._freshest(event_body, memory)
+        if body is None:
+            return result  # deleted meanwhile
         meta = body["metadata"]
         name, namespace, generation = meta["name"], meta["namespace"], int(meta.get("generation", 0))
         old_status: Mapping[str, Any] = body.get("status") or {}
-        result = ReconcileResult()
         try:
             spec = parse_spec(body)
             plan = plan_deployment(spec)
@@ -134,7 +153,7 @@ class Reconciler:
         except SpecError as e:
             reason = "PlanRefused" if isinstance(e, PlanRefused) else "InvalidSpec"
             status = refused_status(old_status, generation, e.field, str(e), reason)
-            if await self._write_status(namespace, name, old_status, status):
+            if await self._write_status(namespace, name, old_status, status, memory):
                 result.events.append(Event("Warning", reason, str(e)))
             result.requeue_after = 300.0
             return result
@@ -153,41 +172,64 @@ class Reconciler:
             # The user opted in: gangs an older operator rendered roll like gangs of an older revision.
             gangs = [dataclasses.replace(g, revision=outdated_marker(revision)) if g.name in upgrade.outdated else g
                      for g in gangs]
-        waiting_for = self._unmet_expectations(memory, gangs, now)
         drained = await self._drained(gangs, ctx.ports.worker_http, now,
                                       float(spec.autoscaling.drain_timeout_seconds))
         desired = self._desired(spec, revision, plan.nodes_per_replica)
-        outcome = next_steps(desired, gangs, records_from_status(old_status), now, drained)
+
+        # The gates, decided before the planner and handed to it.
         weights = await ensure_weights(self.kube, ctx, self.options.weights,
                                        probe=WeightsProbe(self.heads.session))
         result.events.extend(Event(e.type, e.reason, e.message) for e in weights.events)
         result.requeue_after = min(result.requeue_after, weights.requeue_after)
-        if weights.blocks_gangs:
-            # GPUs do not wait on a download: no gang until its weights are ready where it will run.
-            outcome = dataclasses.replace(outcome, steps=[s for s in outcome.steps if not isinstance(s, CreateGang)],
-                                          waiting=[*outcome.waiting, f"weights: {weights.message}"])
-        if waiting_for:
-            # A read that does not show a gang we just created must not make us create it again.
-            outcome = dataclasses.replace(outcome, steps=[s for s in outcome.steps if not isinstance(s, CreateGang)],
-                                          waiting=[*outcome.waiting, f"waiting for the API to show {waiting_for}"])
+        refused = refusal_from_status(old_status, generation)
+        expected = self._unmet_expectations(memory, gangs, now)
+        if expected:
             result.requeue_after = 1.0
+        desired = dataclasses.replace(desired, gates=Gates(
+            # GPUs do not wait on a download: no gang until its weights are ready where it will run.
+            weights=weights.message if weights.blocks_gangs else None,
+            # A read that does not show a gang we just created must not make us create it again.
+            expectations=expected,
+            refused=refusal_text(refused) if refused else None))
+
+        # The autoscaler decides first: its count and its choice of gang to remove feed the planner.
+        autoscaling: dict[str, Any] = {}
+        if spec.autoscaling.enabled:
+            autoscaling = await self._autoscale(ctx, gangs, Outcome(health=health_map(desired, gangs, now)), memory,
+                                                now, result, old_status)
+            result.requeue_after = min(result.requeue_after, autoscaler.SCRAPE_INTERVAL_SECONDS)
+            scaled = autoscaling.get("lastScaleDecision")
+            if scaled and scaled != old_status.get("lastScaleDecision"):
+                # Written through /scale just now: the planner acts on it in this same reconcile.
+                desired = dataclasses.replace(desired, replicas=int(scaled["to"]))
+            desired = dataclasses.replace(desired, remove_first=memory.autoscaler.remove_first)
+        outcome = next_steps(desired, gangs, records_from_status(old_status), now, drained)
 
         # Independent steps run concurrently: sixteen gangs are created in the time of one.
         executed = await asyncio.gather(*(self._execute(step, ctx, revision, gangs, memory, now)
                                           for step in outcome.steps))
-        result.events.extend(executed)
-        await self._apply_shared(ctx)
-
-        autoscaling: dict[str, Any] = {}
-        if spec.autoscaling.enabled:
-            autoscaling = await self._autoscale(ctx, gangs, outcome, memory, now, result, old_status)
-            result.requeue_after = min(result.requeue_after, autoscaler.SCRAPE_INTERVAL_SECONDS)
+        for event, refusal in executed:
+            result.events.append(event)
+            if refusal is not None and refused is None:
+                refused = {**refusal, "generation": generation, "revision": revision}
+        if refused is None:
+            refusal = await self._apply_shared(ctx)
+            if refusal is not None:
+                refused = {**refusal, "generation": generation, "revision": revision}
+                result.events.append(Event("Warning", "ChildRefused", refusal_text(refused)))
+        if refused is not None and desired.gates.refused is None:
+            # Refused just now: the status says what the next reconcile will, so it is written once.
+            outcome = dataclasses.replace(
+                outcome, steps=[s for s in outcome.steps if not isinstance(s, CreateGang)],
+                waiting=[*outcome.waiting, Gates(refused=refusal_text(refused)).blocking() or ""])
+        await self._collect_orphans(ctx, gangs, memory, now)
 
         endpoint = router_url(ctx) if spec.router.enabled else None
-        status = running_status(old=old_status, name=name, generation=generation, replicas=spec.replicas, plan=plan,
-                                revision=revision, gangs=gangs, outcome=outcome, endpoint=endpoint,
-                                autoscaling=autoscaling, weights=weights, operator_upgrade=upgrade.condition())
-        await self._write_status(namespace, name, old_status, status)
+        status = running_status(old=old_status, name=name, generation=generation, replicas=desired.replicas,
+                                plan=plan, revision=revision, gangs=gangs, outcome=outcome, endpoint=endpoint,
+                                autoscaling=autoscaling, weights=weights, operator_upgrade=upgrade.condition(),
+                                refused=refused)
+        await self._write_status(namespace, name, old_status, status, memory)
         for g in gangs:
             state = outcome.health[g.name].state.value
             result.gangs_by_state[state] = result.gangs_by_state.get(state, 0) + 1
@@ -251,7 +293,7 @@ class Reconciler:
             drain_timeout=float(spec.autoscaling.drain_timeout_seconds),
         )
 
-    def _unmet_expectations(self, memory: Memory, gangs: list[ObservedGang], now: float) -> str:
+    def _unmet_expectations(self, memory: Memory, gangs: list[ObservedGang], now: float) -> tuple[str, ...]:
         seen = {g.name: len(g.pods) for g in gangs}
         unmet = []
         for gang, (count, deadline) in list(memory.expectations.items()):
@@ -259,7 +301,21 @@ class Reconciler:
                 del memory.expectations[gang]
             else:
                 unmet.append(gang)
-        return ", ".join(unmet)
+        return tuple(sorted(unmet))
+
+    async def _freshest(self, event_body: Mapping[str, Any], memory: Memory) -> Mapping[str, Any] | None:
+        """The deployment to decide from: its status as this process last wrote it (a fresh read the first
+        time, or after a change of leader), and the newer spec of that and the watch event's."""
+        meta = event_body["metadata"]
+        latest = memory.latest
+        if latest is None or latest["metadata"].get("uid") != meta.get("uid"):
+            latest = await self.kube.get(f"{L.GROUP}/{L.VERSION}", L.KIND, meta["namespace"], meta["name"])
+            if latest is None or latest["metadata"].get("uid") != meta.get("uid"):
+                return None
+            memory.latest = latest
+        if int(meta.get("generation", 0)) > int(latest["metadata"].get("generation", 0)):
+            return {**event_body, "status": latest.get("status") or {}}
+        return latest
 
     async def _drained(self, gangs: list[ObservedGang], port: int, now: float,
                        drain_timeout: float) -> frozenset[str]:
@@ -290,7 +346,8 @@ class Reconciler:
         return frozenset(done)
 
     async def _execute(self, step: CreateGang | DeleteGang | StartDrain, ctx: BuildContext, revision: str,
-                       gangs: list[ObservedGang], memory: Memory, now: float) -> Event:
+                       gangs: list[ObservedGang], memory: Memory, now: float) -> tuple[Event, dict[str, str] | None]:
+        """Carry out one step; the event to post and, when the API refused an object (422), the refusal."""
         ns = ctx.namespace
         if isinstance(step, CreateGang):
             objects = gang_objects(ctx, step.replica, step.attempt, revision)
@@ -299,25 +356,31 @@ class Reconciler:
             memory.expectations[gang] = (len(pods), now + _EXPECTATION_SECONDS)
             # A gang's objects never change after creation (a change is a new revision, so a new gang):
             # they are created, not applied. The launch plan, Service and NetworkPolicy come first.
-            await asyncio.gather(*(self.kube.create(o, exist_ok=True) for o in objects if o["kind"] != "Pod"))
-            await asyncio.gather(*(self.kube.create(o, exist_ok=True) for o in pods))
+            try:
+                await asyncio.gather(*(self.kube.create(o, exist_ok=True) for o in objects if o["kind"] != "Pod"))
+                await asyncio.gather(*(self.kube.create(o, exist_ok=True) for o in pods))
+            except ApiError as e:
+                if e.code != 422:
+                    raise
+                # Invalid: the same objects would be refused again. Nothing of the gang stays behind, and
+                # the refusal (recorded in status) stops gang creation until the spec changes.
+                memory.expectations.pop(gang, None)
+                await self._delete_gang_objects(ctx, gang)
+                refusal = refusal_from_api(e.message)
+                log.warning("%s/%s: the API refused gang %s: %s", ns, ctx.name, gang, e)
+                return Event("Warning", "ChildRefused", f"gang {gang}: {refusal['field']}: {e.message}"), refusal
             metrics.GANGS_CREATED.labels(ns, ctx.name).inc()
             log.info("%s/%s: created gang %s (replica %d, attempt %d): %s", ns, ctx.name, gang, step.replica,
                      step.attempt, step.reason)
-            return Event("Normal", "GangCreated", f"gang {gang} for replica {step.replica}: {step.reason}")
+            return Event("Normal", "GangCreated", f"gang {gang} for replica {step.replica}: {step.reason}"), None
         if isinstance(step, DeleteGang):
-            await asyncio.gather(*(self.kube.delete_collection(api_version, kind, ns, {L.LABEL_GANG: step.gang})
-                                   for api_version, kind in [("v1", "Pod"), *_GANG_KINDS]))
-            if ctx.spec.scheduling.gang_scheduler in ("scheduler-plugins", "volcano"):
-                group = "scheduling.x-k8s.io/v1alpha1" if ctx.spec.scheduling.gang_scheduler == "scheduler-plugins" \
-                    else "scheduling.volcano.sh/v1beta1"
-                await self.kube.delete(group, "PodGroup", ns, step.gang)
+            await self._delete_gang_objects(ctx, step.gang)
             failed = step.reason.startswith("gang failed")
             if failed:
                 metrics.GANG_FAILURES.labels(ns, ctx.name).inc()
             log.info("%s/%s: deleted gang %s: %s", ns, ctx.name, step.gang, step.reason)
             return Event("Warning" if failed else "Normal", "GangFailed" if failed else "GangDeleted",
-                         f"gang {step.gang}: {step.reason}")
+                         f"gang {step.gang}: {step.reason}"), None
         gang = next(g for g in gangs if g.name == step.gang)
         head = gang.head
         if head is not None:
@@ -326,9 +389,46 @@ class Reconciler:
                 "labels": {L.LABEL_SERVING: None},
                 "annotations": {L.ANNOTATION_DRAIN_STARTED: _iso(now), L.ANNOTATION_DRAIN_REASON: step.reason}}})
         log.info("%s/%s: draining gang %s: %s", ns, ctx.name, step.gang, step.reason)
-        return Event("Normal", "GangDraining", f"gang {step.gang}: {step.reason}")
+        return Event("Normal", "GangDraining", f"gang {step.gang}: {step.reason}"), None
 
-    async def _apply_shared(self, ctx: BuildContext) -> None:
+    def _pod_group_kind(self, ctx: BuildContext) -> tuple[str, str] | None:
+        scheduler = ctx.spec.scheduling.gang_scheduler
+        if scheduler == "scheduler-plugins":
+            return ("scheduling.x-k8s.io/v1alpha1", "PodGroup")
+        if scheduler == "volcano":
+            return ("scheduling.volcano.sh/v1beta1", "PodGroup")
+        return None
+
+    async def _delete_gang_objects(self, ctx: BuildContext, gang: str) -> None:
+        ns = ctx.namespace
+        await asyncio.gather(*(self.kube.delete_collection(api_version, kind, ns, {L.LABEL_GANG: gang})
+                               for api_version, kind in [("v1", "Pod"), *_GANG_KINDS]))
+        if group := self._pod_group_kind(ctx):
+            await self.kube.delete(group[0], group[1], ns, gang)
+
+    async def _collect_orphans(self, ctx: BuildContext, gangs: list[ObservedGang], memory: Memory,
+                               now: float) -> None:
+        """No gang object outlives its pods: a ConfigMap, Service, NetworkPolicy or PodGroup of a gang that
+        has no pod (and was not just created: its objects come before its pods) is deleted."""
+        with_pods = {g.name for g in gangs}
+        kinds = [*_GANG_KINDS, *([group] if (group := self._pod_group_kind(ctx)) else [])]
+        orphans: dict[str, tuple[str, str]] = {}
+        for api_version, kind in kinds:
+            for obj in await self.kube.list(api_version, kind, ctx.namespace,
+                                            {L.LABEL_DEPLOYMENT: ctx.name, L.LABEL_COMPONENT: "engine"}):
+                meta = obj["metadata"]
+                gang = (meta.get("labels") or {}).get(L.LABEL_GANG)
+                if (not gang or gang in with_pods or gang in memory.expectations or meta.get("deletionTimestamp")
+                        or now - epoch(meta.get("creationTimestamp")) < _EXPECTATION_SECONDS):
+                    continue
+                orphans[gang] = (kind, meta["name"])
+        for gang, (kind, obj_name) in sorted(orphans.items()):
+            log.info("%s/%s: deleting what is left of gang %s (a %s %s with no pods)", ctx.namespace, ctx.name,
+                     gang, kind, obj_name)
+            await self._delete_gang_objects(ctx, gang)
+
+    async def _apply_shared(self, ctx: BuildContext) -> dict[str, str] | None:
+        """Apply the deployment's shared objects; the refusal when the API refused one (422)."""
         desired = {(o["kind"], o["metadata"]["name"]): _stamp(o) for o in shared_objects(ctx)}
         for api_version, kind in _SHARED_KINDS:
             existing = {o["metadata"]["name"]: o for o in await self.kube.list(
@@ -340,21 +440,33 @@ class Reconciler:
                     continue
                 have = (existing.get(obj_name, {}).get("metadata") or {}).get("annotations") or {}
                 if have.get(L.ANNOTATION_SPEC_HASH) != obj["metadata"]["annotations"][L.ANNOTATION_SPEC_HASH]:
-                    await self.kube.apply(obj)
+                    try:
+                        await self.kube.apply(obj)
+                    except ApiError as e:
+                        if e.code != 422:
+                            raise
+                        log.warning("%s/%s: the API refused %s %s: %s", ctx.namespace, ctx.name, kind, obj_name, e)
+                        return refusal_from_api(e.message)
             for obj_name, obj in existing.items():
                 if (kind, obj_name) not in desired:  # e.g. the router after router.enabled turned false
                     await self.kube.delete(api_version, kind, ctx.namespace, obj_name, uid=obj["metadata"]["uid"])
+        return None
 
-    async def _write_status(self, namespace: str, name: str, old: Mapping[str, Any], new: dict[str, Any]) -> bool:
+    async def _write_status(self, namespace: str, name: str, old: Mapping[str, Any], new: dict[str, Any],
+                            memory: Memory) -> bool:
         if all(old.get(k) == v for k, v in new.items()):
             return False
         try:
-            await self.kube.merge_patch(f"{L.GROUP}/{L.VERSION}", L.KIND, namespace, name, {"status": new},
-                                        subresource="status")
+            written: dict[str, Any] = await self.kube.merge_patch(f"{L.GROUP}/{L.VERSION}", L.KIND, namespace, name,
+                                                  {"status": new}, subresource="status")
         except ApiError as e:
             if e.code == 404:
+                memory.forget_status()
                 return False
             raise
+        # The API's answer is the deployment with our status in it: the next reconcile decides from it,
+        # whatever older body a watch event still carries.
+        memory.latest = written
         return True
 
 

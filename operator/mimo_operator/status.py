@@ -7,6 +7,7 @@ observedGeneration); every refusal and every wait carries a reason a person can 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
@@ -18,7 +19,7 @@ from mimo_operator.steps import Outcome, ReplicaRecord
 from mimo_operator.weights import WeightsState
 
 __all__ = ["condition", "merge_conditions", "plan_summary", "records_from_status", "records_to_status",
-           "refused_status", "running_status", "selector"]
+           "refusal_from_api", "refusal_from_status", "refusal_text", "refused_status", "running_status", "selector"]
 
 
 def _now() -> str:
@@ -70,6 +71,7 @@ def records_from_status(status: Mapping[str, Any] | None) -> dict[int, ReplicaRe
             next_attempt_at=float(item.get("nextAttemptAt", 0.0)), failed=bool(item.get("failed", False)),
             last_failure=str(item.get("lastFailure", "")), last_failed_gang=str(item.get("lastFailedGang", "")),
             surge_blocked_revision=str(item.get("surgeBlockedRevision", "")),
+            revision=str(item.get("revision", "")),
         )
     return records
 
@@ -80,7 +82,8 @@ def records_to_status(records: Mapping[int, ReplicaRecord]) -> list[dict[str, An
         d = asdict(rec)
         out.append({"replica": replica, "attempt": d["attempt"], "restarts": d["restarts"],
                     "nextAttemptAt": d["next_attempt_at"], "failed": d["failed"], "lastFailure": d["last_failure"],
-                    "lastFailedGang": d["last_failed_gang"], "surgeBlockedRevision": d["surge_blocked_revision"]})
+                    "lastFailedGang": d["last_failed_gang"], "surgeBlockedRevision": d["surge_blocked_revision"],
+                    "revision": d["revision"]})
     return out
 
 
@@ -99,25 +102,78 @@ def refused_status(old: Mapping[str, Any], generation: int, field: str, message:
     }
 
 
+# Where a value the API refused in a child object came from in the spec: (kind or "" for any, the API's
+# field path, the spec field). The first match wins; the builders decide which spec field feeds which
+# object field, so this table follows them.
+_REFUSED_FIELDS: tuple[tuple[str, str, str], ...] = (
+    ("", r"topologyKey", "spec.scheduling.topologyKey"),
+    ("Pod", r"^metadata\.labels", "spec.podTemplate.labels"),
+    ("Pod", r"^metadata\.annotations", "spec.podTemplate.annotations"),
+    ("Pod", r"^spec\.nodeSelector", "spec.hardware.nodeSelector"),
+    ("Pod", r"^spec\.tolerations", "spec.hardware.tolerations"),
+    ("Pod", r"^spec\.(initContainers|containers)\[\d+\]\.image", "spec.engine.image"),
+    ("Pod", r"^spec\.(initContainers|containers)\[\d+\]\.env", "spec.engine.env"),
+    ("Pod", r"^spec\.(initContainers|containers)\[\d+\]\.resources", "spec.hardware"),
+    ("Pod", r"^spec\.(initContainers|containers)\[\d+\]\.(command|args)", "spec.engine.extraArgs"),
+    ("Pod", r"^spec\.schedulerName", "spec.scheduling.gangScheduler"),
+    ("", r"^metadata\.(name|labels|namespace)", "metadata.name"),
+    ("", r"^spec\.selector", "metadata.name"),
+)
+_API_FIELD = re.compile(r"([A-Za-z][\w.\[\]]*): (?:Invalid|Required|Unsupported|Too long|Too many|Duplicate|"
+                        r"Forbidden|Not found)")
+
+
+def refusal_from_api(message: str) -> dict[str, str]:
+    """The spec field behind an API refusal (422) of a child object, from the API's message, e.g.
+    ``Pod "d-0-1a2b3-0" is invalid: metadata.labels: Invalid value: "a b": ...``."""
+    kind = message.split(" ", 1)[0] if message else ""
+    _, _, details = message.partition(" is invalid: ")
+    paths = [m.group(1) for m in _API_FIELD.finditer(details or message)]
+    for want_kind, pattern, spec_field in _REFUSED_FIELDS:
+        if want_kind and want_kind != kind:
+            continue
+        if any(re.search(pattern, p) for p in paths):
+            return {"field": spec_field, "kind": kind, "message": message[:1000]}
+    return {"field": "spec", "kind": kind, "message": message[:1000]}
+
+
+def refusal_from_status(status: Mapping[str, Any] | None, generation: int) -> dict[str, Any] | None:
+    """The API's refusal of this generation's child objects, if one is recorded (it lifts when the spec
+    changes: a new generation)."""
+    refused = (status or {}).get("refusal")
+    if isinstance(refused, Mapping) and int(refused.get("generation", -1)) == generation:
+        return dict(refused)
+    return None
+
+
+def refusal_text(refused: Mapping[str, Any]) -> str:
+    return f"{refused['field']}: {refused['kind']} refused by the API: {refused['message']}"
+
+
 def running_status(*, old: Mapping[str, Any], name: str, generation: int, replicas: int, plan: Plan,
                    revision: str, gangs: Sequence[ObservedGang], outcome: Outcome, endpoint: str | None,
                    autoscaling: Mapping[str, Any] | None = None, weights: WeightsState | None = None,
-                   operator_upgrade: Mapping[str, str] | None = None) -> dict[str, Any]:
+                   operator_upgrade: Mapping[str, str] | None = None,
+                   refused: Mapping[str, Any] | None = None) -> dict[str, Any]:
     health = outcome.health
-    in_range = [g for g in gangs if g.replica < replicas]
+    in_range = [g for g in gangs if g.replica in outcome.slots]
     ready = [g for g in in_range if health[g.name].state is GangHealth.READY]
     current = [g for g in in_range if g.revision == revision]
     updated_ready = [g for g in ready if g.revision == revision]
-    failed_replicas = [r for r, rec in outcome.records.items() if rec.failed and r < replicas]
+    failed_replicas = [r for r, rec in outcome.records.items() if rec.failed and r in outcome.slots]
     troubles = [f"gang {g.name}: {health[g.name].reason}" for g in gangs
                 if health[g.name].state is GangHealth.FAILED
                 or (health[g.name].state is GangHealth.PENDING and health[g.name].extra.get("unschedulable"))]
     troubles += [w for w in outcome.waiting if "failed" in w or "back-off" in w]
+    if refused:
+        troubles.append(refusal_text(refused))
     settled = len(updated_ready) == replicas and len(gangs) == replicas and not outcome.steps
     progressing_bits = [f"{type(s).__name__} {getattr(s, 'gang', getattr(s, 'replica', ''))}: {s.reason}"
                         for s in outcome.steps] + [w for w in outcome.waiting if w not in troubles]
 
-    if failed_replicas:
+    if refused and not ready:
+        phase = "Refused"
+    elif failed_replicas:
         phase = "Degraded"
     elif settled:
         phase = "Ready"
@@ -131,16 +187,19 @@ def running_status(*, old: Mapping[str, Any], name: str, generation: int, replic
                   f"{len(ready)} of {replicas} replicas ready", generation),
         condition("Progressing", not settled, "Settled" if settled else "Reconciling",
                   "; ".join(progressing_bits) or "nothing to do", generation),
-        condition("Degraded", bool(troubles or failed_replicas), "ReplicaFailures" if troubles or failed_replicas
-                  else "Healthy", "; ".join(troubles) or "no failures", generation),
+        condition("Degraded", bool(troubles or failed_replicas),
+                  "ChildRefused" if refused else "ReplicaFailures" if troubles or failed_replicas else "Healthy",
+                  "; ".join(troubles) or "no failures", generation),
+        condition("ChildrenAccepted", not refused, "ChildRefused" if refused else "Accepted",
+                  refusal_text(refused) if refused else "the API accepted every child object", generation),
     ]
     if weights is not None:
         c = weights.condition()
         conditions.append(condition(c["type"], c["status"] == "True", c["reason"], c["message"], generation))
     if operator_upgrade is not None:
         # build.OperatorUpgrade.condition(): gangs of this revision that another operator version rendered.
-        c = operator_upgrade
-        conditions.append(condition(c["type"], c["status"] == "True", c["reason"], c["message"], generation))
+        u = operator_upgrade
+        conditions.append(condition(u["type"], u["status"] == "True", u["reason"], u["message"], generation))
     scaling = dict(autoscaling or {})
     if weights is not None and weights.managed:
         scaling["weights"] = weights.status()
@@ -171,5 +230,6 @@ def running_status(*, old: Mapping[str, Any], name: str, generation: int, replic
             for g in sorted(gangs, key=lambda g: (g.replica, g.name))
         ],
         "replicaRecords": records_to_status(outcome.records),
+        "refusal": dict(refused) if refused else None,
         "conditions": merge_conditions(old.get("conditions") or [], conditions),
     }

@@ -13,7 +13,18 @@ Rules, in order:
    (and falls back to replacing in place if the surge gang cannot be scheduled), and otherwise replaces
    in place only while the ready count stays ≥ replicas − ``maxUnavailable``;
 4. a gang leaves by draining: out of the router first, in-flight requests finish (or the drain timeout
-   passes), then its pods go. Scale-down drains the highest replica indexes first.
+   passes), then its pods go.
+
+Replica indexes are slots. Scale-down takes slots out in the order: a slot whose gang is still pending or
+starting (it has never served), then the autoscaler's ``remove_first``, then the highest index; scale-up
+fills the lowest free index. A slot's record keeps its attempt after the slot is taken out, so a gang name
+(which carries the attempt) is never used twice, even when a 3 → 2 → 3 flap refills a slot whose gang is
+still draining.
+
+Gates (``Desired.gates``) are inputs, not filters afterwards: while the weights are not ready, a gang
+just created is not yet shown by the API, or the API refused this revision's objects, no gang is created,
+no attempt is raised and no rollout step is taken, so a blocked wait leaves the records — and so the
+status — as they were.
 """
 
 from __future__ import annotations
@@ -27,12 +38,36 @@ __all__ = [
     "CreateGang",
     "DeleteGang",
     "Desired",
+    "Gates",
     "Outcome",
     "ReplicaRecord",
     "StartDrain",
     "Step",
+    "backoff",
+    "health_map",
+    "next_attempt",
     "next_steps",
+    "removal_order",
 ]
+
+
+@dataclass(frozen=True)
+class Gates:
+    """What holds gang creation back, decided outside the planner (each None or empty when open)."""
+
+    weights: str | None = None             # what the weights wait for; None when ready (or not managed)
+    expectations: tuple[str, ...] = ()     # gangs created but not yet shown whole by the API
+    refused: str | None = None             # the API refused this spec's objects: the field and the API's message
+
+    def blocking(self) -> str | None:
+        """Why no gang may be created now, or None."""
+        if self.refused:
+            return f"the API refused this spec's objects: {self.refused}"
+        if self.weights:
+            return f"weights: {self.weights}"
+        if self.expectations:
+            return f"waiting for the API to show {', '.join(self.expectations)}"
+        return None
 
 
 @dataclass(frozen=True)
@@ -48,6 +83,8 @@ class Desired:
     unschedulable_deadline: float = 300.0
     surge_unschedulable_deadline: float = 60.0
     drain_timeout: float = 600.0
+    gates: Gates = field(default_factory=Gates)
+    remove_first: tuple[str, ...] = ()  # gang names the autoscaler's policy would take out first
 
 
 @dataclass(frozen=True)
@@ -61,6 +98,7 @@ class ReplicaRecord:
     last_failure: str = ""
     last_failed_gang: str = ""         # so one failure is counted once, however often it is seen
     surge_blocked_revision: str = ""   # a surge gang of this revision could not be scheduled
+    revision: str = ""                 # the revision the restarts were counted under; a new one starts over
 
 
 @dataclass(frozen=True)
@@ -91,27 +129,46 @@ class Outcome:
     records: dict[int, ReplicaRecord] = field(default_factory=dict)
     health: dict[str, Health] = field(default_factory=dict)
     waiting: list[str] = field(default_factory=list)   # why nothing more was done this time (for status)
+    slots: tuple[int, ...] = ()        # the replica slots in service: kept gangs' slots and slots to fill
 
 
 def backoff(desired: Desired, restarts: int) -> float:
     return float(min(desired.backoff_cap, desired.backoff_base * 2 ** max(0, restarts - 1)))
 
 
+def health_map(desired: Desired, gangs: Sequence[ObservedGang], now: float) -> dict[str, Health]:
+    """Every gang's health. A surge gang that cannot be placed gives up sooner: the rollout can go on in place."""
+    out = {}
+    for g in gangs:
+        surge = _is_surge(g, gangs, desired)
+        deadline = desired.surge_unschedulable_deadline if surge else desired.unschedulable_deadline
+        out[g.name] = health_of(g, now, deadline)
+    return out
+
+
+def next_attempt(replica: int, record: ReplicaRecord, gangs: Sequence[ObservedGang]) -> int:
+    """The attempt of the slot's next gang: above its record and above every gang of the slot still seen,
+    so a name (which carries the attempt) is never used again while objects of that name may exist."""
+    seen = max((g.attempt for g in gangs if g.replica == replica), default=0)
+    return max(record.attempt, seen) + 1
+
+
 def next_steps(desired: Desired, gangs: Sequence[ObservedGang], records: Mapping[int, ReplicaRecord],
                now: float, drained: frozenset[str] = frozenset()) -> Outcome:
     """The steps to take now. ``drained``: draining gangs whose head reports no request in flight."""
-    out = Outcome(records=dict(records))
-    for g in gangs:
-        # A surge gang that cannot be placed gives up sooner: the rollout can go on in place.
-        surge = _is_surge(g, gangs, desired)
-        deadline = desired.surge_unschedulable_deadline if surge else desired.unschedulable_deadline
-        out.health[g.name] = health_of(g, now, deadline)
+    out = Outcome(records=dict(records), health=health_map(desired, gangs, now))
 
     def state(g: ObservedGang) -> GangHealth:
         return out.health[g.name].state
 
     def record(replica: int) -> ReplicaRecord:
         return out.records.get(replica, ReplicaRecord())
+
+    # A changed spec is a new chance: restarts counted under another revision (a spent budget too) start over.
+    for replica, rec in list(out.records.items()):
+        if rec.revision != desired.revision and (rec.restarts or rec.failed):
+            out.records[replica] = replace(rec, restarts=0, failed=False, next_attempt_at=0.0,
+                                           revision=desired.revision)
 
     # 1. Failed gangs go whole; failures of current gangs count against their replica's budget.
     for g in gangs:
@@ -123,10 +180,10 @@ def next_steps(desired: Desired, gangs: Sequence[ObservedGang], records: Mapping
         if "cannot be scheduled" in reason and _is_surge(g, gangs, desired):
             # A surge gang that does not fit is not the replica's failure: replace in place instead.
             out.records[g.replica] = replace(rec, surge_blocked_revision=desired.revision)
-        elif g.replica < desired.replicas and g.revision == desired.revision and rec.last_failed_gang != g.name:
+        elif g.revision == desired.revision and g.drain_started is None and rec.last_failed_gang != g.name:
             restarts = rec.restarts + 1
             out.records[g.replica] = replace(
-                rec, restarts=restarts, last_failure=reason, last_failed_gang=g.name,
+                rec, restarts=restarts, last_failure=reason, last_failed_gang=g.name, revision=desired.revision,
                 next_attempt_at=now + backoff(desired, restarts), failed=restarts > desired.restart_budget)
     live = [g for g in gangs if state(g) not in (GangHealth.FAILED, GangHealth.TERMINATING)]
 
@@ -146,18 +203,39 @@ def next_steps(desired: Desired, gangs: Sequence[ObservedGang], records: Mapping
                 out.steps.append(DeleteGang(g.name, f"drain timeout of {desired.drain_timeout:.0f} s passed"))
     active = [g for g in live if state(g) is not GangHealth.DRAINING]
 
-    # Scale-down: every gang above the desired count drains, highest replica first.
-    for g in sorted((g for g in active if g.replica >= desired.replicas), key=lambda g: -g.replica):
-        out.steps.append(_leave(g, state(g), f"scale-down to {desired.replicas} replicas"))
-    for replica in [r for r in out.records if r >= desired.replicas]:
-        del out.records[replica]
-    in_range = [g for g in active if g.replica < desired.replicas]
+    # Scale-down: slots above the desired count leave, in the agreed order (see removal_order).
+    by_slot: dict[int, list[ObservedGang]] = {}
+    for g in active:
+        by_slot.setdefault(g.replica, []).append(g)
+    victims = removal_order(by_slot, out.health, desired.remove_first)[:max(0, len(by_slot) - desired.replicas)]
+    for replica in victims:
+        for g in by_slot[replica]:
+            out.steps.append(_leave(g, state(g), f"scale-down to {desired.replicas} replicas"))
+    kept = sorted(set(by_slot) - set(victims))
+    # An outdated gang draining for an in-place replacement holds its slot until it is gone (no surge);
+    # a current gang drained by a scale-down does not: a quick scale back up refills the slot at once
+    # with a new attempt, so a new name.
+    reserved = sorted({g.replica for g in live if state(g) is GangHealth.DRAINING
+                       and g.revision != desired.revision} - set(by_slot))[:max(0, desired.replicas - len(kept))]
+    # Scale-up (and recovery) fills the lowest free slots.
+    wanted: list[int] = []
+    index = 0
+    while len(kept) + len(reserved) + len(wanted) < desired.replicas:
+        if index not in by_slot and index not in reserved:
+            wanted.append(index)
+        index += 1
+    out.slots = tuple(sorted([*kept, *reserved, *wanted]))
+    # A slot out of service keeps only what keeps names unique: its attempt (and the failure already counted).
+    for replica, rec in list(out.records.items()):
+        if replica not in out.slots:
+            slim = ReplicaRecord(attempt=rec.attempt, last_failed_gang=rec.last_failed_gang)
+            if rec != slim:
+                out.records[replica] = slim
+    blocked = desired.gates.blocking()
 
-    # 2. Empty slots get a gang of the current revision (after any back-off).
-    occupied = {g.replica for g in live if g.replica < desired.replicas}
-    for replica in range(desired.replicas):
-        if replica in occupied:
-            continue
+    # 2. Empty slots get a gang of the current revision (after any back-off, and only with every gate open).
+    held = False
+    for replica in wanted:
         rec = record(replica)
         if rec.failed:
             out.waiting.append(f"replica {replica} failed {rec.restarts} times (budget {desired.restart_budget}); "
@@ -165,15 +243,38 @@ def next_steps(desired: Desired, gangs: Sequence[ObservedGang], records: Mapping
         elif now < rec.next_attempt_at:
             out.waiting.append(f"replica {replica} is recreated in {rec.next_attempt_at - now:.0f} s "
                                f"(back-off after: {rec.last_failure})")
+        elif blocked:
+            held = True
         else:
-            out.steps.append(CreateGang(replica, rec.attempt + 1, "replica has no gang"))
-            out.records[replica] = replace(rec, attempt=rec.attempt + 1)
+            attempt = next_attempt(replica, rec, gangs)
+            out.steps.append(CreateGang(replica, attempt, "replica has no gang"))
+            out.records[replica] = replace(rec, attempt=attempt)
 
-    # 3. Rollout: one outdated replica at a time.
+    # 3. Rollout: one outdated replica at a time, and none while a gate holds creation back.
+    in_range = [g for g in active if g.replica in kept]
     outdated = sorted((g for g in in_range if g.revision != desired.revision), key=lambda g: g.replica)
-    if outdated:
-        _roll_one(desired, in_range, outdated[0], out, state, record)
+    if outdated and blocked:
+        held = True
+    elif outdated:
+        _roll_one(desired, in_range, outdated[0], gangs, out, state, record)
+    if held and blocked:
+        out.waiting.append(blocked)
     return out
+
+
+def removal_order(by_slot: Mapping[int, Sequence[ObservedGang]], health: Mapping[str, Health],
+                  remove_first: Sequence[str] = ()) -> list[int]:
+    """Slots in the order scale-down takes them out: one that has never served (all its gangs pending or
+    starting) first, then the policy's ``remove_first`` in its order, then the highest index."""
+    rank = {name: i for i, name in enumerate(remove_first)}
+
+    def key(replica: int) -> tuple[int, int, int]:
+        members = by_slot[replica]
+        serving = any(health[g.name].state is GangHealth.READY for g in members)
+        first = min((rank[g.name] for g in members if g.name in rank), default=len(rank))
+        return (1 if serving else 0, first, -replica)
+
+    return sorted(by_slot, key=key)
 
 
 def _is_surge(g: ObservedGang, gangs: Sequence[ObservedGang], desired: Desired) -> bool:
@@ -190,8 +291,9 @@ def _leave(g: ObservedGang, health: GangHealth, reason: str) -> Step:
     return DeleteGang(g.name, reason)
 
 
-def _roll_one(desired: Desired, in_range: list[ObservedGang], old: ObservedGang, out: Outcome,
-              st: Callable[[ObservedGang], GangHealth], rec_of: Callable[[int], ReplicaRecord]) -> None:
+def _roll_one(desired: Desired, in_range: list[ObservedGang], old: ObservedGang, gangs: Sequence[ObservedGang],
+              out: Outcome, st: Callable[[ObservedGang], GangHealth],
+              rec_of: Callable[[int], ReplicaRecord]) -> None:
     replica = old.replica
     new = [g for g in in_range if g.replica == replica and g.revision == desired.revision]
     ready = sum(1 for g in in_range if st(g) is GangHealth.READY)
@@ -208,8 +310,9 @@ def _roll_one(desired: Desired, in_range: list[ObservedGang], old: ObservedGang,
     # Once one surge gang of this revision did not fit, the rest of the rollout goes in place.
     blocked = any(r.surge_blocked_revision == desired.revision for r in out.records.values())
     if desired.max_surge > surging and not blocked:
-        out.steps.append(CreateGang(replica, rec.attempt + 1, f"rollout: surge gang for replica {replica}"))
-        out.records[replica] = replace(rec, attempt=rec.attempt + 1)
+        attempt = next_attempt(replica, rec, gangs)
+        out.steps.append(CreateGang(replica, attempt, f"rollout: surge gang for replica {replica}"))
+        out.records[replica] = replace(rec, attempt=attempt)
         return
     after = ready - (1 if st(old) is GangHealth.READY else 0)
     if after >= min_ready:

@@ -1,0 +1,378 @@
+"""The reconciler as a unit, against an in-memory fake of the `Kube` boundary and a fake clock.
+
+Whole sequences — create, fail, back off, budget, roll, drain, scale flap, refusal, delete — with the
+deployment body each reconcile is given chosen adversarially (the watch cache may be far behind our own
+status writes), and the API writes of each step counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from mimo_operator import labels as L
+from mimo_operator.handlers import intent_of
+from mimo_operator.heads import DrainState
+from mimo_operator.reconciler import Memory, Reconciler, ReconcileResult, ReconcilerOptions
+from tests.helpers.fakekube import FakeKube
+from tests.helpers.specs import DeploymentBuilder, a_deployment
+
+NS = "ns"
+CRD = f"{L.GROUP}/{L.VERSION}"
+
+
+class FakeHeads:
+    """Gang heads: a drain asked for finishes after ``drain_seconds``."""
+
+    session: Any = None
+
+    def __init__(self, clock: Callable[[], float], drain_seconds: float = 20.0) -> None:
+        self.clock = clock
+        self.drain_seconds = drain_seconds
+        self.asked: dict[str, float] = {}
+
+    async def start_drain(self, ip: str, port: int, seconds: float | None = None) -> bool:
+        self.asked.setdefault(ip, self.clock())
+        return True
+
+    async def drain_state(self, ip: str, port: int) -> DrainState | None:
+        if ip not in self.asked:
+            return DrainState(done=False, idle=True, running=None, message="idle")
+        done = self.clock() - self.asked[ip] >= self.drain_seconds
+        return DrainState(done=done, idle=False, running=0, message="drained" if done else "draining")
+
+
+@dataclass
+class World:
+    """The fake API, a clock, one operator process (its memory) and what a watch would have delivered."""
+
+    manifest: DeploymentBuilder
+    budget: int = 3
+    now: float = 1_000_000.0
+    kube: FakeKube = field(init=False)
+    reconciler: Reconciler = field(init=False)
+    memory: Memory = field(default_factory=Memory)
+    bodies: list[dict[str, Any]] = field(default_factory=list)  # every version of the deployment, in order
+    created: list[str] = field(default_factory=list)            # every gang name ever created
+
+    def __post_init__(self) -> None:
+        self.kube = FakeKube(clock=lambda: self.now)
+        self.heads = FakeHeads(lambda: self.now)
+        options = ReconcilerOptions(restart_budget=self.budget, backoff_base=10.0, backoff_cap=600.0)
+        self.reconciler = Reconciler(self.kube, self.heads, options, clock=lambda: self.now)  # type: ignore[arg-type]
+        manifest = self.manifest.build()
+        manifest["metadata"]["namespace"] = NS
+        asyncio.run(self.kube.create(manifest))
+        self.bodies.append(self.body())
+
+    def body(self) -> dict[str, Any]:
+        obj = self.kube.objects[(CRD, L.KIND, NS, self.manifest.build()["metadata"]["name"])]
+        return copy.deepcopy(obj)
+
+    def status(self) -> dict[str, Any]:
+        return dict(self.body().get("status") or {})
+
+    def reconcile(self, body: dict[str, Any] | None = None) -> ReconcileResult:
+        before = {g for g in self.gang_names()}
+        result = asyncio.run(self.reconciler.reconcile(body or self.body(), self.memory))
+        self.created += sorted(self.gang_names() - before)
+        if (CRD, L.KIND, NS, "d") in self.kube.objects and self.body() != self.bodies[-1]:
+            self.bodies.append(self.body())
+        return result
+
+    def edit(self, path: str, value: Any) -> None:
+        """A user's edit of the spec (a new generation)."""
+        obj = self.body()
+        node = obj["spec"]
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+        asyncio.run(self.kube.merge_patch(CRD, L.KIND, NS, obj["metadata"]["name"], {"spec": obj["spec"]}))
+        self.kube.writes.pop()  # the user's write, not the operator's
+        self.bodies.append(self.body())
+
+    # --- the cluster's side
+    def pods(self) -> list[dict[str, Any]]:
+        return self.kube.of("Pod", NS, {L.LABEL_COMPONENT: "engine"})
+
+    def gang_names(self) -> set[str]:
+        return {p["metadata"]["labels"][L.LABEL_GANG] for p in self.pods()}
+
+    def live_gangs(self) -> dict[str, int]:
+        """Gang → replica slot, for gangs whose pods are not being deleted."""
+        return {p["metadata"]["labels"][L.LABEL_GANG]: int(p["metadata"]["labels"][L.LABEL_REPLICA])
+                for p in self.pods() if not p["metadata"].get("deletionTimestamp")}
+
+    def run_pods(self, ready: bool = True) -> None:
+        for i, p in enumerate(self.pods()):
+            if p["metadata"].get("deletionTimestamp") or (p.get("status") or {}).get("phase") == "Failed":
+                continue
+            self.kube.set_pod(p["metadata"]["name"], node=f"node-{p['metadata']['name']}", phase="Running",
+                              podIP=f"10.0.0.{i + 1}",
+                              conditions=[{"type": "Ready", "status": "True" if ready else "False"}])
+
+    def fail_pods(self) -> None:
+        for p in self.pods():
+            if not p["metadata"].get("deletionTimestamp"):
+                self.kube.set_pod(p["metadata"]["name"], phase="Failed", containerStatuses=[
+                    {"name": "engine", "state": {"terminated": {"exitCode": 1, "reason": "Error"}}}])
+
+    def orphans(self) -> list[str]:
+        """Gang objects whose gang has no pod."""
+        with_pods = self.gang_names()
+        return sorted(f"{kind} {o['metadata']['name']}" for kind in ("ConfigMap", "Service", "NetworkPolicy")
+                      for o in self.kube.of(kind, NS, {L.LABEL_COMPONENT: "engine"})
+                      if o["metadata"]["labels"].get(L.LABEL_GANG) not in with_pods)
+
+
+def one_replica() -> DeploymentBuilder:
+    return a_deployment("d").replicas(1)
+
+
+# Which deployment body a reconcile is handed: what a pod event's reconcile has is the last MiMoDeployment
+# watch event, which may predate any number of our own status writes.
+BODIES: dict[str, Callable[[World], dict[str, Any] | None]] = {
+    "the newest body": lambda w: None,
+    "the body of the first watch event, before any status": lambda w: w.bodies[0],
+    "a body one status write behind": lambda w: w.bodies[-2] if len(w.bodies) > 1 else w.bodies[0],
+}
+
+
+@pytest.mark.parametrize("given", list(BODIES), ids=list(BODIES))
+@pytest.mark.parametrize("process", ["one operator process", "a new operator process every reconcile"])
+def test_a_budget_of_n_allows_exactly_n_recreations_with_doubling_back_off_whatever_body_comes(
+        given: str, process: str) -> None:
+    w = World(one_replica(), budget=3)
+    creations: list[float] = []
+    for _ in range(120):  # one reconcile a second of fake time, pods failing as fast as they start
+        if process != "one operator process":
+            w.memory = Memory()
+        before = set(w.created)
+        w.reconcile(BODIES[given](w))
+        if set(w.created) - before:
+            creations.append(w.now)
+        w.fail_pods()
+        w.kube.finish_deletions()
+        w.now += 1.0 if w.live_gangs() else 5.0
+    assert len(creations) == 1 + 3, "the first gang and exactly three recreations"
+    gaps = [b - a for a, b in itertools.pairwise(creations)]
+    assert gaps == [11.0, 21.0, 41.0], "a back-off of 10, 20, 40 s after each failure (seen one tick later)"
+    assert len(set(w.created)) == len(w.created), "no gang name is used twice"
+    status = w.status()
+    (record,) = status["replicaRecords"]
+    assert record["failed"]
+    assert record["restarts"] == 4
+    assert status["phase"] == "Degraded"
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "True"
+    assert "exit code 1 (Error)" in degraded["message"]
+
+
+def test_a_failing_replicas_reason_is_in_status_from_its_first_failure() -> None:
+    w = World(one_replica())
+    w.reconcile()
+    w.fail_pods()
+    w.now += 1
+    w.reconcile(w.bodies[0])  # a pod event's reconcile, holding the body from before any status
+    degraded = next(c for c in w.status()["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "True"
+    assert "exit code 1 (Error)" in degraded["message"]
+    assert "back-off" in degraded["message"]
+
+
+def test_a_spent_budget_starts_over_when_the_spec_changes() -> None:
+    w = World(one_replica(), budget=0)
+    w.reconcile()
+    w.fail_pods()
+    w.now += 1
+    w.reconcile()
+    w.kube.finish_deletions()
+    w.now += 100
+    w.reconcile()
+    assert w.status()["replicaRecords"][0]["failed"]
+    assert not w.live_gangs()
+    w.edit("engine.image", "registry.example.com/mimo/worker:fixed")
+    w.reconcile()
+    assert list(w.live_gangs().values()) == [0], "the failed replica comes back for the new spec"
+    assert not w.status()["replicaRecords"][0]["failed"]
+
+
+def test_a_scale_flap_during_a_drain_never_reuses_a_name_and_leaves_no_orphan() -> None:
+    w = World(a_deployment("d").replicas(3))
+    w.reconcile()
+    w.run_pods()
+    w.reconcile()
+    assert w.status()["readyReplicas"] == 3
+    first = dict(w.live_gangs())
+    w.edit("replicas", 2)
+    w.reconcile()
+    draining = [p["metadata"]["labels"][L.LABEL_GANG] for p in w.pods()
+                if L.ANNOTATION_DRAIN_STARTED in (p["metadata"].get("annotations") or {})]
+    assert [first[g] for g in draining] == [2], "the highest slot drains"
+    w.now += 6
+    w.reconcile(w.bodies[0])  # asks the head to drain
+    w.edit("replicas", 3)
+    w.reconcile(w.bodies[1])
+    w.run_pods()
+    w.now += 30
+    w.reconcile(w.bodies[0])  # the drained gang goes
+    w.kube.finish_deletions()
+    w.now += 31
+    w.reconcile()
+    assert len(w.created) == len(set(w.created)) == 4, w.created
+    assert sorted(w.live_gangs().values()) == [0, 1, 2]
+    assert w.orphans() == []
+    records = {r["replica"]: r["attempt"] for r in w.status()["replicaRecords"]}
+    assert records[2] == 2, "the refilled slot's attempt went up, not back to 1"
+
+
+def test_a_scale_down_takes_a_starting_gang_before_a_serving_one() -> None:
+    w = World(a_deployment("d").replicas(2))
+    w.reconcile()
+    w.run_pods()
+    w.reconcile()
+    w.edit("replicas", 3)
+    w.reconcile()  # slot 2: created, still pending
+    w.edit("replicas", 2)
+    w.reconcile()
+    assert sorted(w.live_gangs().values()) == [0, 1]
+
+
+def test_an_object_of_a_gang_without_pods_is_collected() -> None:
+    w = World(one_replica())
+    w.reconcile()
+    leftover = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {
+        "name": "d-0-dead0", "namespace": NS, "labels": {L.LABEL_DEPLOYMENT: "d", L.LABEL_COMPONENT: "engine",
+                                                         L.LABEL_GANG: "d-0-dead0"}}}
+    asyncio.run(w.kube.create(leftover))
+    w.reconcile()
+    assert w.kube.of("ConfigMap", NS, {L.LABEL_GANG: "d-0-dead0"}), "not within the creation grace"
+    w.now += 31
+    w.reconcile()
+    assert not w.kube.of("ConfigMap", NS, {L.LABEL_GANG: "d-0-dead0"})
+    assert w.orphans() == []
+
+
+REFUSALS = [
+    ("a pod label value with a space", "Pod",
+     'Pod "d-0-1a2b3-0" is invalid: metadata.labels: Invalid value: "a b": a valid label must be ...',
+     "spec.podTemplate.labels"),
+    ("a nodeSelector value with spaces", "Pod",
+     'Pod "d-0-1a2b3-0" is invalid: spec.nodeSelector: Invalid value: "a b c": a valid label must be ...',
+     "spec.hardware.nodeSelector"),
+    ("a topologyKey that is not a label key", "Pod",
+     'Pod "d-0-1a2b3-0" is invalid: spec.affinity.podAntiAffinity.requiredDuringSchedulingIgnoredDuringExecution'
+     '[0].topologyKey: Invalid value: "a b": name part must consist of ...', "spec.scheduling.topologyKey"),
+    ("a deployment name with dots in a Service name", "Service",
+     'Service "mimo.pro.v25-0-1a2b3" is invalid: metadata.name: Invalid value: "mimo.pro.v25-0-1a2b3": '
+     "a DNS-1035 label must consist of ...", "metadata.name"),
+]
+
+
+@pytest.mark.parametrize(("case", "kind", "message", "spec_field"), REFUSALS, ids=[r[0] for r in REFUSALS])
+def test_an_api_refusal_of_a_child_names_the_field_and_stops_gang_creation_until_the_spec_changes(
+        case: str, kind: str, message: str, spec_field: str) -> None:
+    w = World(one_replica())
+    w.kube.fail("create", kind, 422, message)
+    result = w.reconcile()
+    status = w.status()
+    assert status["refusal"]["field"] == spec_field
+    accepted = next(c for c in status["conditions"] if c["type"] == "ChildrenAccepted")
+    assert accepted["status"] == "False"
+    assert spec_field in accepted["message"]
+    assert "is invalid" in accepted["message"]
+    assert any(e.reason == "ChildRefused" and spec_field in e.message for e in result.events)
+    assert w.pods() == [], "nothing of the half-created gang is left"
+    assert w.orphans() == []
+    assert not w.kube.of("ConfigMap", NS, {L.LABEL_COMPONENT: "engine"})
+    # Level-based: later reconciles, from any body, create nothing and write nothing.
+    mark = len(w.kube.writes)
+    for body in (w.bodies[0], None, None):
+        w.now += 60
+        w.reconcile(body)
+    assert w.kube.writes_since(mark) == []
+    assert len(w.created) == 0
+    w.edit("podTemplate", {"labels": {"team": "fixed"}})
+    w.reconcile()
+    assert len(w.live_gangs()) == 1, "a changed spec is tried again"
+    assert w.status().get("refusal") is None
+
+
+def test_a_settled_deployment_writes_nothing() -> None:
+    w = World(a_deployment("d").replicas(2))
+    w.reconcile()
+    w.run_pods()
+    w.reconcile()
+    assert w.status()["phase"] == "Ready"
+    mark = len(w.kube.writes)
+    for body in (None, w.bodies[0], w.bodies[1]):
+        w.now += 30
+        w.reconcile(body)
+    assert w.kube.writes_since(mark) == []
+
+
+def test_writes_of_each_step_of_a_first_start() -> None:
+    w = World(a_deployment("d").replicas(2))
+    w.reconcile()
+    first = [(verb, kind) for verb, kind, _ in w.kube.writes]
+    # per gang: ConfigMap, Service, NetworkPolicy, one pod; the shared objects; one status
+    assert first.count(("create", "Pod")) == 2
+    assert first.count(("create", "ConfigMap")) == 2
+    assert first.count(("patch", L.KIND)) == 1
+    status_writes = []
+    for step in ("the gangs are seen pending", "nothing changed", "nothing changed", "the pods run"):
+        if step == "the pods run":
+            w.run_pods()
+        mark = len(w.kube.writes)
+        w.now += 2
+        w.reconcile(w.bodies[0])
+        status_writes.append(len(w.kube.writes_since(mark)))
+    assert status_writes == [1, 0, 0, 1], "a status write only when what it says changes"
+    assert w.status()["phase"] == "Ready"
+
+
+def test_a_deployment_deleted_meanwhile_is_left_alone() -> None:
+    w = World(one_replica())
+    w.reconcile()
+    stale = w.bodies[0]
+    asyncio.run(w.kube.delete(CRD, L.KIND, NS, "d"))
+    mark = len(w.kube.writes)
+    w.memory = Memory()
+    w.reconcile(stale)
+    assert w.kube.writes_since(mark) == []
+
+
+def test_a_new_leader_decides_from_a_fresh_read() -> None:
+    w = World(one_replica())
+    w.reconcile()
+    w.fail_pods()
+    w.now += 1
+    w.reconcile()  # failure counted, back-off set
+    w.kube.finish_deletions()
+    w.memory.forget_status()  # leadership lost and regained: another replica may have written
+    w.now += 1
+    w.reconcile(w.bodies[0])
+    assert not w.live_gangs(), "still in back-off, as the fresh status says"
+
+
+@pytest.mark.parametrize(("case", "change", "pokes"), [
+    ("a status write of our own", lambda b: b.setdefault("status", {}).update(phase="Ready"), False),
+    ("a new resourceVersion and managedFields", lambda b: b["metadata"].update(
+        resourceVersion="99", managedFields=[{"manager": "x"}]), False),
+    ("a spec edit", lambda b: b["spec"].update(replicas=5), True),
+    ("a new annotation", lambda b: b["metadata"].setdefault("annotations", {}).update(a="b"), True),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_only_events_that_change_what_is_asked_poke_the_loop(case: str, change: Callable[[dict[str, Any]], None],
+                                                            pokes: bool) -> None:
+    body = a_deployment("d").build()
+    body["metadata"].update(namespace=NS, uid="u", generation=1, resourceVersion="1")
+    after = copy.deepcopy(body)
+    change(after)
+    assert (intent_of(after) != intent_of(body)) is pokes
