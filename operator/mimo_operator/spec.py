@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
@@ -183,9 +183,9 @@ class ModelSpec(_Spec):
 
 
 class Toleration(_Spec):
-    key: str | None = None
+    key: str | None = Field(None, max_length=317)
     operator: Literal["Exists", "Equal"] | None = None
-    value: str | None = None
+    value: str | None = Field(None, max_length=63)
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     toleration_seconds: int | None = None
 
@@ -196,7 +196,7 @@ class HardwareSpec(_Spec):
     architecture: Literal["hopper", "blackwell"] | None = None
     gpus_per_node: Literal[1, 2, 4, 8] = 8
     gpu_resource_name: str = Field("nvidia.com/gpu", max_length=253)
-    node_selector: dict[str, str] | None = None
+    node_selector: dict[str, str] | None = Field(None, max_length=32)
     tolerations: list[Toleration] | None = Field(None, max_length=32)
 
     @property
@@ -291,7 +291,7 @@ class RolloutSpec(_Spec):
 
 class PodTemplateSpec(_Spec):
     labels: dict[str, str] | None = Field(None, max_length=32)
-    annotations: dict[str, str] | None = Field(None, max_length=32)
+    annotations: dict[str, Annotated[str, Field(max_length=4096)]] | None = Field(None, max_length=32)
 
 
 class DeploymentSpec(_Spec):
@@ -437,7 +437,7 @@ def _check_formats(spec: DeploymentSpec) -> None:
     for field, value, name in _formatted_fields(spec):
         form = FORMATS[name]
         if not re.match(form.pattern, value):
-            raise SpecError(field, f"{value!r} {form.message()}")
+            raise SpecError(field, f"{_short(value)!r} {form.message()}")
 
 
 def _check_rules(spec: DeploymentSpec) -> None:
@@ -556,7 +556,7 @@ def _spec_error(error: ValidationError) -> SpecError:
     loc = tuple(first["loc"])
     kind = first["type"]
     ctx = first.get("ctx") or {}
-    given = first.get("input")
+    given = _short(first.get("input"))
     if kind == "literal_error":
         message = f"must be one of {ctx.get('expected')} (got {given!r})"
     elif kind == "missing":
@@ -570,6 +570,18 @@ def _spec_error(error: ValidationError) -> SpecError:
     else:
         message = f"{first['msg']} (got {given!r})"
     return SpecError(_path(loc), message)
+
+
+class _Shown(str):
+    """A long input as its start and length, so that a refusal stays one readable line."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def _short(value: Any, limit: int = 80) -> Any:
+    text = repr(value)
+    return value if len(text) <= limit else _Shown(f"{text[:limit]}… ({len(text)} characters)")
 
 
 def _model_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel] | None:

@@ -1,0 +1,285 @@
+"""A hostile corpus of MiMoDeployments, generated: every field of the CRD, every kind of wrong.
+
+Each :class:`Case` is one manifest that must be refused, and where: ``admission`` (the apiserver refuses it,
+naming ``field``; ``parse_spec`` refuses it too, so ``mimoctl plan`` says the same) or ``status`` (the
+apiserver cannot know, e.g. SGLang's flags or the planner's arithmetic: it stores the object and the operator
+refuses it in status, naming ``field``, creating nothing).
+
+The generated part walks ``crds/mimodeployment.yaml``: for every leaf a value of the wrong type, one past each
+bound (minimum, maximum, maxLength, maxItems, maxProperties) and one outside each enum. The written part adds
+formats (names, labels, images, revisions, paths: the strings that break child names or argv), cross-field
+rules, deployment names that break child names, extraArgs SGLang would refuse, and plans that cannot work.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CRD = REPO / "crds" / "mimodeployment.yaml"
+
+# Valid, with every optional section present, so that each leaf has a place to go wrong in.
+BASE: dict[str, Any] = {
+    "apiVersion": "serving.mimo-operator.io/v1alpha1",
+    "kind": "MiMoDeployment",
+    "metadata": {"name": "base"},
+    "spec": {
+        "model": {"variant": "MiMo-V2.5", "source": {"huggingFaceId": "XiaomiMiMo/MiMo-V2.5"}, "revision": "main",
+                  "tokenSecretRef": {"name": "hf-token", "key": "token"},
+                  "cache": {"mode": "shared-volume", "claimName": "weights"}},
+        "hardware": {"gpuType": "H200-141GB", "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H200"},
+                     "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
+        "network": {"mode": "rdma", "rdma": {"networks": ["ib-net"]}, "ibDevices": ["mlx5_0"],
+                    "socketInterface": "eth0", "ibGidIndex": 3},
+        "engine": {"extraArgs": ["--enable-cache-report"], "env": [{"name": "NCCL_DEBUG", "value": "WARN"}]},
+        "scheduling": {"topologyKey": "network.example.com/ib-block", "priorityClassName": "high",
+                       "gangScheduler": "kueue", "queueName": "gpus"},
+        "podTemplate": {"labels": {"team": "inference"}, "annotations": {"example.com/owner": "me"}},
+        "router": {"image": "ghcr.io/example/router:v1"},
+        "autoscaling": {"ttftSloSeconds": 2.0},
+    },
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    manifest: dict[str, Any]
+    field: str  # the field the refusal must name (a prefix of it for map values)
+    where: str  # "admission" or "status"
+
+
+def _set(manifest: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """A copy of ``manifest`` with ``path`` (``spec.a.b[0].c``; ``metadata.name``) set; ``...`` removes it."""
+    out = copy.deepcopy(manifest)
+    parts = [int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", path)]
+    node: Any = out
+    for part in parts[:-1]:
+        node = node[part] if isinstance(part, int) else node.setdefault(part, {})
+    if value is ...:
+        node.pop(parts[-1], None)
+    else:
+        node[parts[-1]] = value
+    return out
+
+
+def _case(id: str, path: str, value: Any, field: str | None = None, where: str = "admission",
+          base: dict[str, Any] | None = None, name: str | None = None) -> Case:
+    manifest = _set(base or BASE, path, value)
+    manifest["metadata"]["name"] = name or _name(id)
+    return Case(id, manifest, field or path, where)
+
+
+def _name(id: str) -> str:
+    return ("h-" + re.sub(r"[^a-z0-9]+", "-", id.lower())).strip("-")[:50].rstrip("-")
+
+
+# ------------------------------------------------------------------------------------------- generated
+
+
+def _leaves(schema: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(path, schema) of every property below ``schema``; array items as ``[0]``."""
+    for name, child in (schema.get("properties") or {}).items():
+        here = f"{path}.{name}"
+        yield here, child
+        if child.get("type") == "object":
+            yield from _leaves(child, here)
+        if child.get("type") == "array" and (child.get("items") or {}).get("type") == "object":
+            yield from _leaves(child["items"], f"{here}[0]")
+
+
+_WRONG_TYPE = {"string": 12345, "integer": "8", "number": "fast", "boolean": "yes", "array": "a", "object": "a"}
+
+
+def generated() -> list[Case]:
+    crd = yaml.safe_load(CRD.read_text())
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    cases: list[Case] = []
+    for path, schema in _leaves(spec, "spec"):
+        kind = schema.get("type")
+        short = path.removeprefix("spec.")
+        if kind in _WRONG_TYPE:
+            cases.append(_case(f"type {short}", path, _WRONG_TYPE[kind]))
+        if "enum" in schema:
+            cases.append(_case(f"enum {short}", path, 3 if kind == "integer" else "bogus"))
+        if "minimum" in schema:
+            low = schema["minimum"] if schema.get("exclusiveMinimum") else schema["minimum"] - 1
+            cases.append(_case(f"below minimum {short}", path, low if kind == "integer" else float(low)))
+        if "maximum" in schema:
+            high = schema["maximum"] + 1
+            cases.append(_case(f"above maximum {short}", path, high if kind == "integer" else float(high)))
+        if "maxLength" in schema:
+            cases.append(_case(f"too long {short}", path, "a" * (schema["maxLength"] + 1)))
+        if "maxItems" in schema:
+            item = {"name": "X"} if (schema.get("items") or {}).get("type") == "object" else "mlx5_0"
+            items = [dict(item, name=f"X{i}") if isinstance(item, dict) else item
+                     for i in range(schema["maxItems"] + 1)]
+            if short == "engine.extraArgs":
+                items = ["--enable-cache-report"] * (schema["maxItems"] + 1)
+            if short == "hardware.tolerations":
+                items = [{"operator": "Exists"}] * (schema["maxItems"] + 1)
+            cases.append(_case(f"too many {short}", path, items))
+        if "maxProperties" in schema:
+            cases.append(_case(f"too many {short}", path, {f"k{i}": "v" for i in range(schema["maxProperties"] + 1)}))
+    return cases
+
+
+# ------------------------------------------------------------------------------------------- written
+
+# Strings that break a Kubernetes name, a label, an image reference or an argv element.
+_BAD_STRINGS = {
+    "space": "a b", "shell": "x;rm -rf /", "subst": "$(id)", "backtick": "`id`", "newline": "a\nb",
+    "upper": "UPPER", "leading-dash": "-x", "trailing-dot": "x.", "slash-only": "/", "empty": "",
+}
+# field → which of _BAD_STRINGS are wrong there (the format decides: "UPPER" is a fine revision).
+_FORMAT_FIELDS: dict[str, tuple[str, ...]] = {
+    "spec.model.revision": ("space", "shell", "subst", "backtick", "newline", "leading-dash", "trailing-dot",
+                            "slash-only", "empty"),
+    "spec.model.tokenSecretRef.name": tuple(_BAD_STRINGS),
+    "spec.model.tokenSecretRef.key": ("space", "shell", "subst", "backtick", "newline", "slash-only", "empty"),
+    "spec.model.cache.claimName": tuple(_BAD_STRINGS),
+    "spec.model.cache.nodeLocalPath": ("newline", "empty", "space-dots"),
+    "spec.hardware.gpuResourceName": tuple(k for k in _BAD_STRINGS if k != "upper"),  # a label key may be upper
+    "spec.hardware.tolerations[0].key": ("space", "shell", "subst", "backtick", "newline", "leading-dash",
+                                         "trailing-dot", "slash-only"),
+    "spec.network.rdma.resourceName": tuple(k for k in _BAD_STRINGS if k != "upper"),
+    "spec.network.rdma.networks[0]": tuple(_BAD_STRINGS),
+    "spec.network.ibDevices[0]": ("space", "shell", "subst", "backtick", "newline", "slash-only", "empty"),
+    "spec.network.socketInterface": ("space", "shell", "subst", "backtick", "newline", "slash-only", "empty"),
+    "spec.engine.image": tuple(_BAD_STRINGS),
+    "spec.router.image": tuple(_BAD_STRINGS),
+    "spec.scheduling.topologyKey": ("space", "shell", "subst", "backtick", "newline", "leading-dash",
+                                    "trailing-dot", "slash-only", "empty"),
+    "spec.scheduling.priorityClassName": tuple(_BAD_STRINGS),
+    "spec.scheduling.queueName": tuple(_BAD_STRINGS),
+}
+
+
+def formats() -> list[Case]:
+    cases = []
+    for path, kinds in _FORMAT_FIELDS.items():
+        for kind in kinds:
+            value = {"space-dots": "/var/lib/../etc"}.get(kind) or _BAD_STRINGS[kind]
+            if path.endswith("nodeLocalPath") and kind == "newline":
+                value = "/a/./b"
+            cases.append(_case(f"format {path.removeprefix('spec.')} {kind}", path, value))
+    cases += [
+        _case("source path with dotdot", "spec.model.source", {"path": "/models/../etc"}, "spec.model.source.path",
+              base=_set(BASE, "spec.model.revision", ...)),
+        # Maps: keys and values of labels, annotations and the node selector.
+        _case("label value with space", "spec.podTemplate.labels", {"team": "a b"}, "spec.podTemplate.labels"),
+        _case("label value too long", "spec.podTemplate.labels", {"team": "a" * 64}, "spec.podTemplate.labels"),
+        _case("label value shell", "spec.podTemplate.labels", {"team": "$(id)"}, "spec.podTemplate.labels"),
+        _case("label key with space", "spec.podTemplate.labels", {"my team": "a"}, "spec.podTemplate.labels"),
+        _case("label key two slashes", "spec.podTemplate.labels", {"a/b/c": "a"}, "spec.podTemplate.labels"),
+        _case("label key name too long", "spec.podTemplate.labels", {"a" * 64: "a"}, "spec.podTemplate.labels"),
+        _case("label key upper prefix", "spec.podTemplate.labels", {"Example.com/x": "a"},
+              "spec.podTemplate.labels"),
+        _case("annotation key with space", "spec.podTemplate.annotations", {"my owner": "a"},
+              "spec.podTemplate.annotations"),
+        _case("annotation value too long", "spec.podTemplate.annotations", {"owner": "a" * 4097},
+              "spec.podTemplate.annotations"),
+        _case("node selector value a b c", "spec.hardware.nodeSelector", {"pool": "a b c"},
+              "spec.hardware.nodeSelector"),
+        _case("node selector key slash", "spec.hardware.nodeSelector", {"/pool": "gpu"}, "spec.hardware.nodeSelector"),
+        _case("node selector value too long", "spec.hardware.nodeSelector", {"pool": "g" * 64},
+              "spec.hardware.nodeSelector"),
+        _case("toleration value with space", "spec.hardware.tolerations",
+              [{"key": "gpu", "operator": "Equal", "value": "a b", "effect": "NoSchedule"}],
+              "spec.hardware.tolerations[0].value"),
+        _case("env name with dash", "spec.engine.env", [{"name": "MY-VAR", "value": "1"}], "spec.engine.env[0].name"),
+        _case("env name starting with digit", "spec.engine.env", [{"name": "1VAR"}], "spec.engine.env[0].name"),
+        _case("huggingface id with shell", "spec.model.source.huggingFaceId", "a/b;rm"),
+        _case("huggingface id without owner", "spec.model.source.huggingFaceId", "MiMo-V2.5"),
+        _case("gpu memory not a quantity", "spec.hardware", {"gpuMemory": "lots"}, "spec.hardware.gpuMemory"),
+        _case("shm size with shell", "spec.engine.shmSize", "64Gi;reboot"),
+        _case("unknown field", "spec.engine.imagePullSecret", "x"),
+    ]
+    return cases
+
+
+def names() -> list[Case]:
+    """Deployment names that cannot prefix the names of Services and pods."""
+    bad = {"dots": "mimo.pro.v25", "underscore": "mimo_pro", "starts with digit": "1mimo",
+           "ends with dash": "mimo-", "51 characters": "m" * 51}
+    return [_case(f"name {k}", "metadata.name", v, "metadata.name", name=v) for k, v in bad.items()]
+
+
+def cross_field() -> list[Case]:
+    b = BASE
+    return [
+        _case("tp not nodes times gpus", "spec.parallelism", {"nodesPerReplica": 2, "tensorParallel": 8},
+              "spec.parallelism.tensorParallel"),
+        _case("base context above 256k", "spec.model", {"variant": "MiMo-V2.5-Base", "contextLength": 524288},
+              "spec.model.contextLength"),
+        _case("bf16 without source", "spec.model", {"variant": "MiMo-V2.5", "precision": "bf16"}, "spec.model.source"),
+        _case("revision with path", "spec.model.source", {"path": "/models/x"}, "spec.model.revision"),
+        _case("source both", "spec.model.source", {"path": "/models/x", "huggingFaceId": "a/b"}, "spec.model.source",
+              base=_set(b, "spec.model.revision", ...)),
+        _case("shared cache without claim", "spec.model.cache", {"mode": "shared-volume"},
+              "spec.model.cache.claimName"),
+        _case("gpu type and memory", "spec.hardware.gpuMemory", "96G", "spec.hardware"),
+        _case("architecture with gpu type", "spec.hardware.architecture", "blackwell"),
+        _case("gpu memory below 16G", "spec.hardware", {"gpuMemory": "8Gi"}, "spec.hardware.gpuMemory"),
+        _case("rdma with host network", "spec.network.mode", "hostNetwork", "spec.network.rdma"),
+        _case("min above max replicas", "spec.autoscaling", {"minReplicas": 5, "maxReplicas": 2},
+              "spec.autoscaling.minReplicas"),
+        _case("kueue without queue", "spec.scheduling.queueName", ..., "spec.scheduling.queueName"),
+        _case("rollout zero zero", "spec.rollout", {"maxSurge": 0, "maxUnavailable": 0}, "spec.rollout.maxSurge"),
+        _case("duplicate env names", "spec.engine.env", [{"name": "A"}, {"name": "A"}], "spec.engine.env"),
+        _case("toleration exists with value", "spec.hardware.tolerations",
+              [{"key": "k", "operator": "Exists", "value": "v"}], "spec.hardware.tolerations[0].value"),
+        _case("toleration without key not exists", "spec.hardware.tolerations",
+              [{"operator": "Equal", "value": "v"}], "spec.hardware.tolerations[0].operator"),
+        _case("toleration seconds without noexecute", "spec.hardware.tolerations",
+              [{"key": "k", "operator": "Exists", "effect": "NoSchedule", "tolerationSeconds": 30}],
+              "spec.hardware.tolerations[0].tolerationSeconds"),
+        _case("port inside dist init ports", "spec.engine", {"port": 20003, "distInitPort": 20000},
+              "spec.engine.port"),
+        _case("port equals dist init port", "spec.engine", {"port": 25000, "distInitPort": 25000},
+              "spec.engine.port"),
+        _case("no model", "spec.model", ..., "spec.model"),
+        _case("no hardware", "spec.hardware", ..., "spec.hardware"),
+        _case("no gpu at all", "spec.hardware", {"nodeSelector": {"a": "b"}}, "spec.hardware"),
+    ]
+
+
+def status_only() -> list[Case]:
+    """Accepted by the apiserver, refused by the operator in status (SGLang's flags, the planner)."""
+    def args(id: str, argv: list[str], index: int = 0) -> Case:
+        return _case(f"extraArgs {id}", "spec.engine.extraArgs", argv, f"spec.engine.extraArgs[{index}]", "status")
+    return [
+        args("unknown flag", ["--no-such-flag"]),
+        args("misspelt flag", ["--enable-metrcs"]),
+        args("int flag given a word", ["--max-total-tokens", "lots"]),
+        args("float flag given a word", ["--schedule-conservativeness", "high"]),
+        args("choice flag outside choices", ["--schedule-policy", "fifo"]),
+        args("switch given a value", ["--enable-torch-compile=yes"]),
+        args("value without a flag", ["--log-level", "info", "stray"], 2),
+        args("flag missing its value", ["--api-key"]),
+        args("ambiguous abbreviation", ["--enable"]),
+        args("single dash", ["-x"]),
+        args("json flag given bad json", ["--radix-eviction-policy-config", "{"]),
+        _case("extraArgs flag the plan owns", "spec.engine.extraArgs", ["--tp-size", "4"], "spec.engine.extraArgs",
+              "status"),
+        _case("extraArgs abbreviation of a flag the plan owns", "spec.engine.extraArgs", ["--mem-frac=0.5"],
+              "spec.engine.extraArgs", "status"),
+        _case("attention dp not a split of tp", "spec.parallelism", {"attentionDataParallel": 3},
+              "spec.parallelism.attentionDataParallel", "status"),
+        _case("pro on one h100 node", "spec.hardware", {"gpuType": "H100-80GB"}, "spec.parallelism.nodesPerReplica",
+              "status", base=_set(_set(BASE, "spec.model", {"variant": "MiMo-V2.5-Pro"}),
+                                  "spec.parallelism", {"nodesPerReplica": 1})),
+        _case("ep not dividing experts", "spec.parallelism", {"expertParallel": 7}, "spec.parallelism.expertParallel",
+              "status"),
+    ]
+
+
+def corpus() -> list[Case]:
+    return generated() + formats() + names() + cross_field() + status_only()
