@@ -25,19 +25,12 @@ from pathlib import Path
 
 import yaml
 
-from mimo_operator.autoscaling.baselines import StaticPeak
-from mimo_operator.autoscaling.simulator import FleetConfig, simulate
-from mimo_operator.autoscaling.trace import Request, Trace
-from mimo_operator.loadgen import LoadResult, Phase, RequestShape, read_trace, replay
-from mimo_operator.perf import performance_of
-from mimo_operator.planner import plan_deployment
-from mimo_operator.spec import parse_spec
+from mimo_operator.commands.demo import simulator_prediction
+from mimo_operator.loadgen import LoadResult, Phase, read_trace, replay, schedule
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "mimo-v25-pro-simulated.yaml"
 TRACE = REPO / "examples" / "traces" / "azure-2023-code.csv"
-# The load generator's clipping (mimo_operator.loadgen.replay's defaults): the simulator gets the same sizes.
-MAX_CONTEXT, MAX_OUTPUT = 8192, 512
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -70,12 +63,6 @@ def start_engine(manifest: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise SystemExit("the simulated engine did not become healthy in 120 s")
 
 
-def sent_requests(trace: list[RequestShape], seconds: float, rate: float) -> list[Request]:
-    window = [s for s in trace if s.offset < seconds * rate]
-    return [Request(s.offset / rate, max(16, min(s.context_tokens, MAX_CONTEXT)),
-                    max(1, min(s.generated_tokens, MAX_OUTPUT))) for s in window]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", help="an OpenAI-compatible base URL (default: start a simulated engine)")
@@ -86,29 +73,26 @@ def main() -> int:
     args = parser.parse_args()
 
     manifest = yaml.safe_load(args.filename.read_text())
-    plan = plan_deployment(parse_spec(manifest))
+    # One replica, as the simulated engine this script starts (or the demo's short run) serves.
+    manifest["spec"]["autoscaling"] = {"enabled": False}
+    manifest["spec"]["replicas"] = 1
     trace = read_trace(TRACE)
+    phases = [Phase("load", args.seconds, args.seconds * args.rate)]
     process = None
     base = args.url
     if base is None:
         process, base = start_engine(args.filename)
     result = LoadResult()
     try:
-        asyncio.run(replay(f"{base}/v1/completions", "XiaomiMiMo/MiMo-V2.5-Pro", trace,
-                           [Phase("load", args.seconds, args.seconds * args.rate)], result,
-                           max_context=MAX_CONTEXT, max_output=MAX_OUTPUT))
+        asyncio.run(replay(f"{base}/v1/completions", "XiaomiMiMo/MiMo-V2.5-Pro", trace, phases, result))
     finally:
         if process is not None:
             process.terminate()
             process.wait(timeout=30)
     measured = [t for _, t in result.ttft]
-    requests = sent_requests(trace, args.seconds, args.rate)
+    requests = schedule(trace, phases)
     speedup = float(((manifest["spec"].get("engine") or {}).get("simulation") or {}).get("speedup", 1.0))
-    fleet = FleetConfig(performance=performance_of(plan), startup_seconds=0.0, ttft_slo_seconds=2.0,
-                        itl_slo_seconds=0.1, initial_replicas=1)
-    scaled = Trace("sent", tuple(Request(r.arrival * speedup, r.context_tokens, r.generated_tokens)
-                                 for r in requests), args.seconds * speedup)
-    predicted = simulate(scaled, fleet, StaticPeak(1))
+    predicted = simulator_prediction(manifest, requests, wall_seconds=args.seconds, startup_seconds=0.0)
     figures = {
         "requests": len(requests), "served": result.ok, "failed": result.failed,
         "offeredPerSecond": round(len(requests) / args.seconds, 2),

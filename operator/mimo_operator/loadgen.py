@@ -16,7 +16,12 @@ from pathlib import Path
 
 import aiohttp
 
-__all__ = ["LoadResult", "Phase", "RequestShape", "read_trace", "replay"]
+__all__ = ["MAX_CONTEXT_TOKENS", "MAX_OUTPUT_TOKENS", "LoadResult", "Phase", "RequestShape", "read_trace", "replay",
+           "schedule"]
+
+# Requests are clipped to these sizes (the demo's rehearsal has a 64k context; most of the trace fits).
+MAX_CONTEXT_TOKENS = 8192
+MAX_OUTPUT_TOKENS = 512
 
 
 @dataclass(frozen=True)
@@ -61,12 +66,30 @@ def read_trace(path: Path) -> list[RequestShape]:
     return [RequestShape(t - start, c, g) for t, c, g in rows]
 
 
-async def _one(session: aiohttp.ClientSession, url: str, model: str, shape: RequestShape, result: LoadResult,
-               max_context: int, max_output: int) -> None:
-    context = max(16, min(shape.context_tokens, max_context))
-    output = max(1, min(shape.generated_tokens, max_output))
-    body = {"model": model, "prompt": "x " * 8, "max_tokens": output, "stream": True,
-            "mimo_prompt_tokens": context}
+def schedule(trace: Sequence[RequestShape], phases: Sequence[Phase], *, max_context: int = MAX_CONTEXT_TOKENS,
+             max_output: int = MAX_OUTPUT_TOKENS) -> list[RequestShape]:
+    """What `replay` sends: each request at its wall-clock offset from the start (``offset``), clipped to the
+    sizes it asks for. The demo hands the same list to the simulator for its prediction."""
+    out = []
+    cursor = 0.0
+    wall = 0.0
+    span = max(trace[-1].offset, 1.0) if trace else 1.0
+    for phase in phases:
+        squeeze = phase.trace_seconds / phase.wall_seconds
+        for s in trace:
+            if cursor <= s.offset < cursor + phase.trace_seconds:
+                out.append(RequestShape(wall + (s.offset - cursor) / squeeze,
+                                        max(16, min(s.context_tokens, max_context)),
+                                        max(1, min(s.generated_tokens, max_output))))
+        wall += phase.wall_seconds
+        cursor = (cursor + phase.trace_seconds) % span
+    return out
+
+
+async def _one(session: aiohttp.ClientSession, url: str, model: str, shape: RequestShape,
+               result: LoadResult) -> None:
+    body = {"model": model, "prompt": "x " * 8, "max_tokens": shape.generated_tokens, "stream": True,
+            "mimo_prompt_tokens": shape.context_tokens}
     sent = time.monotonic()
     result.sent += 1
     first: float | None = None
@@ -92,32 +115,28 @@ async def _one(session: aiohttp.ClientSession, url: str, model: str, shape: Requ
 
 
 async def replay(url: str, model: str, trace: Sequence[RequestShape], phases: Sequence[Phase], result: LoadResult,
-                 *, max_context: int = 8192, max_output: int = 512, max_in_flight: int = 512) -> None:
-    """Send the trace's requests on the phases' compressed clocks, one phase after another."""
+                 *, max_context: int = MAX_CONTEXT_TOKENS, max_output: int = MAX_OUTPUT_TOKENS,
+                 max_in_flight: int = 512) -> None:
+    """Send the trace's requests on the phases' compressed clocks, one phase after another (`schedule`)."""
     limit = asyncio.Semaphore(max_in_flight)
     tasks: set[asyncio.Task[None]] = set()
+    planned = schedule(trace, phases, max_context=max_context, max_output=max_output)
     async with aiohttp.ClientSession() as session:
 
         async def guarded(shape: RequestShape) -> None:
             async with limit:
-                await _one(session, url, model, shape, result, max_context, max_output)
+                await _one(session, url, model, shape, result)
 
-        cursor = 0.0
-        for phase in phases:
-            begin = time.monotonic()
-            squeeze = phase.trace_seconds / phase.wall_seconds
-            window = [s for s in trace if cursor <= s.offset < cursor + phase.trace_seconds]
-            for shape in window:
-                due = begin + (shape.offset - cursor) / squeeze
-                delay = due - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                task = asyncio.create_task(guarded(shape))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            rest = begin + phase.wall_seconds - time.monotonic()
-            if rest > 0:
-                await asyncio.sleep(rest)
-            cursor = (cursor + phase.trace_seconds) % max(trace[-1].offset, 1.0)
+        begin = time.monotonic()
+        for shape in planned:
+            delay = begin + shape.offset - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(guarded(shape))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        rest = begin + sum(p.wall_seconds for p in phases) - time.monotonic()
+        if rest > 0:
+            await asyncio.sleep(rest)
         if tasks:
             await asyncio.gather(*tasks)

@@ -19,16 +19,22 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from mimo_operator.loadgen import LoadResult, Phase, read_trace, replay
+from mimo_operator.autoscaling.baselines import MimoPolicy, StaticPeak
+from mimo_operator.autoscaling.simulator import Autoscaler, PolicyResult, simulate
+from mimo_operator.autoscaling.trace import Request, Trace
+from mimo_operator.commands.simulate_autoscaling import comparison_for
+from mimo_operator.loadgen import LoadResult, Phase, RequestShape, read_trace, replay, schedule
 from mimo_operator.localcluster.binaries import cache_dir
 from mimo_operator.localcluster.cluster import ClusterError, LocalCluster
 
-__all__ = ["register"]
+__all__ = ["register", "simulator_prediction"]
 
 REPO = Path(__file__).resolve().parents[3]
 CHART = REPO / "charts" / "mimo-operator"
@@ -47,6 +53,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     demo.set_defaults(func=run)
 
 
+def simulator_prediction(manifest: Mapping[str, Any], sent: Sequence[RequestShape], *, wall_seconds: float,
+                         startup_seconds: float) -> PolicyResult:
+    """What `mimoctl simulate autoscaling` predicts for exactly the requests the demo sent (arrival offsets,
+    clipped sizes) against the manifest's deployment: its plan, its autoscaling (from its replicas), the
+    gangs' measured start-up. Times in the result are the engine's model seconds (× its speedup)."""
+    spec = manifest["spec"]
+    speedup = float(((spec.get("engine") or {}).get("simulation") or {}).get("speedup", 1.0))
+    trace = Trace("the demo's requests", tuple(Request(r.offset * speedup, r.context_tokens, r.generated_tokens)
+                                               for r in sent), wall_seconds * speedup)
+    _, parsed, comparison = comparison_for(manifest, trace, startup_seconds=startup_seconds * speedup)
+    replicas = max(1, parsed.replicas)
+    autoscaler: Autoscaler = MimoPolicy(comparison.policy) if parsed.autoscaling.enabled else StaticPeak(replicas)
+    return simulate(trace, replace(comparison.fleet, initial_replicas=replicas), autoscaler)
+
+
 def say(text: str) -> None:
     print(f"\n==> {text}", flush=True)
 
@@ -60,6 +81,9 @@ class Demo:
         self.load = LoadResult()
         self.events_seen: set[str] = set()
         self.started = time.monotonic()
+        self.manifest: dict[str, Any] = {}
+        self.phases: list[Phase] = []
+        self.startup_seconds = 60.0  # replaced by the first gang's measured start-up
 
     def kubectl_json(self, *args: str) -> Any:
         return self.cluster.kubectl_json(*args)
@@ -98,6 +122,7 @@ class Demo:
             spec["autoscaling"] = {"enabled": False}
             spec["replicas"] = 1
         manifest["metadata"]["namespace"] = NAMESPACE
+        self.manifest = manifest
         self.cluster.kubectl("create", "namespace", NAMESPACE)
         say(f"Applying {EXAMPLE.relative_to(REPO)}: MiMo-V2.5-Pro, simulated engines, the real plan")
         plan = json.loads(subprocess.run([sys.executable, "-m", "mimo_operator.cli", "plan", "-f", str(EXAMPLE),
@@ -158,8 +183,11 @@ class Demo:
         if self.args.short:
             phases = [Phase("light load", 40, 40)]
         else:
-            # Quiet, then the trace ten times faster (≈ 25 req/s, beyond one replica), then quiet again.
-            phases = [Phase("light load", 60, 60), Phase("heavy load", 120, 1200), Phase("light load", 240, 240)]
+            # Light load (half the trace's pace, ≈ 1.2 req/s: well within one Pro replica), then twice its
+            # pace (≈ 5 req/s, two gangs' worth), then light again. A light load near one replica's
+            # capacity would make the count flap between one and two gangs, as it would on GPUs.
+            phases = [Phase("light load", 60, 30), Phase("heavy load", 180, 360), Phase("light load", 240, 120)]
+        self.phases = phases
         steps = [f"{p.name} ({p.trace_seconds / p.wall_seconds:.0f}× the trace's rate, {p.wall_seconds:.0f} s)"
                  for p in phases]
         say("Sending traffic from the Azure code trace through the router: " + ", then ".join(steps))
@@ -185,6 +213,15 @@ class Demo:
             print(f"    time to first token: p50 {ttfts[len(ttfts) // 2]:.2f} s, "
                   f"p95 {ttfts[int(0.95 * (len(ttfts) - 1))]:.2f} s")
         print(f"    replicas: peak {peak}; the autoscaler scaled up {ups} and down {downs} time(s)")
+        if ttfts and self.manifest:
+            sent = schedule(read_trace(self.args.trace), self.phases)
+            predicted = simulator_prediction(self.manifest, sent, wall_seconds=sum(p.wall_seconds for p in self.phases),
+                                             startup_seconds=self.startup_seconds)
+            measured = ttfts[int(0.95 * (len(ttfts) - 1))]
+            print(f"    the simulator predicts for the same requests: p50 {predicted.ttft_p50_seconds:.2f} s, "
+                  f"p95 {predicted.ttft_p95_seconds:.2f} s (measured / predicted p95: "
+                  f"{measured / max(predicted.ttft_p95_seconds, 1e-9):.2f}), "
+                  f"{predicted.scale_events} scale event(s)")
         for error in self.load.errors[:3]:
             print(f"    error: {error}")
         self.plot()
@@ -239,9 +276,11 @@ def run(args: argparse.Namespace) -> int:
             demo.apply()
             say("Waiting for the gang: pods scheduled onto GPU nodes, Ray joined, the engine serving")
             demo.header()
+            applied = time.monotonic()
             if not demo.watch_until(lambda: demo.deployment().get("status", {}).get("phase") == "Ready", 300):
                 print("mimoctl demo: the deployment did not become Ready in 300 s", file=sys.stderr)
                 return 1
+            demo.startup_seconds = time.monotonic() - applied
             demo.traffic()
             if not args.short:
                 say("Load has fallen: the autoscaler drains surplus gangs after its stabilisation window")
