@@ -51,7 +51,7 @@ from mimo_operator.status import (
     running_status,
 )
 from mimo_operator.steps import CreateGang, DeleteGang, Desired, Gates, Outcome, StartDrain, health_map, next_steps
-from mimo_operator.weights import WeightsProbe, ensure_weights
+from mimo_operator.weights import WeightsProbe, WeightsState, ensure_weights
 
 __all__ = ["Event", "Memory", "ReconcileResult", "Reconciler", "ReconcilerOptions"]
 
@@ -62,6 +62,9 @@ log = logging.getLogger("mimo.operator")
 ROUTER_GRACE_SECONDS = 5.0
 # Seconds a just-created gang may take to show whole in the API before the guard lets go.
 _EXPECTATION_SECONDS = 30.0
+# A download's progress reaches status at most this often (the gauges mimo_weights_bytes_* are live): a
+# status write is a watch event for every client of the deployment, and a 1 TB download lasts long.
+PROGRESS_STATUS_SECONDS = 60.0
 _SHARED_KINDS = [("v1", "ServiceAccount"), ("rbac.authorization.k8s.io/v1", "Role"),
                  ("rbac.authorization.k8s.io/v1", "RoleBinding"), ("apps/v1", "Deployment"), ("v1", "Service"),
                  ("policy/v1", "PodDisruptionBudget")]
@@ -89,6 +92,8 @@ class Memory:
     # The deployment as the API answered our last status write (or a fresh read): None until read, and
     # again whenever this process may not have been the only writer (it just became leader).
     latest: dict[str, Any] | None = None
+    weights_shown: WeightsState | None = None   # the weights as status last showed them, and when
+    weights_shown_at: float = 0.0
 
     def forget_status(self) -> None:
         self.latest = None
@@ -181,13 +186,14 @@ class Reconciler:
                                        probe=WeightsProbe(self.heads.session))
         result.events.extend(Event(e.type, e.reason, e.message) for e in weights.events)
         result.requeue_after = min(result.requeue_after, weights.requeue_after)
+        shown = _weights_shown(weights, memory, now)
         refused = refusal_from_status(old_status, generation)
         expected = self._unmet_expectations(memory, gangs, now)
         if expected:
             result.requeue_after = 1.0
         desired = dataclasses.replace(desired, gates=Gates(
             # GPUs do not wait on a download: no gang until its weights are ready where it will run.
-            weights=weights.message if weights.blocks_gangs else None,
+            weights=shown.message if weights.blocks_gangs else None,
             # A read that does not show a gang we just created must not make us create it again.
             expectations=expected,
             refused=refusal_text(refused) if refused else None))
@@ -227,7 +233,7 @@ class Reconciler:
         endpoint = router_url(ctx) if spec.router.enabled else None
         status = running_status(old=old_status, name=name, generation=generation, replicas=desired.replicas,
                                 plan=plan, revision=revision, gangs=gangs, outcome=outcome, endpoint=endpoint,
-                                autoscaling=autoscaling, weights=weights, operator_upgrade=upgrade.condition(),
+                                autoscaling=autoscaling, weights=shown, operator_upgrade=upgrade.condition(),
                                 refused=refused)
         await self._write_status(namespace, name, old_status, status, memory)
         for g in gangs:
@@ -468,6 +474,17 @@ class Reconciler:
         # whatever older body a watch event still carries.
         memory.latest = written
         return True
+
+
+def _weights_shown(weights: WeightsState, memory: Memory, now: float) -> WeightsState:
+    """The weights as status shows them: a change of progress alone waits ``PROGRESS_STATUS_SECONDS``."""
+    last = memory.weights_shown
+    if (last is not None and last.progress is not None and weights.progress is not None
+            and (last.ready, last.reason, last.cache_key) == (weights.ready, weights.reason, weights.cache_key)
+            and now - memory.weights_shown_at < PROGRESS_STATUS_SECONDS):
+        return last
+    memory.weights_shown, memory.weights_shown_at = weights, now
+    return weights
 
 
 def _pod_template(spec: DeploymentSpec, key: str) -> tuple[tuple[str, str], ...]:

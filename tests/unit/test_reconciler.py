@@ -11,125 +11,15 @@ import asyncio
 import copy
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from mimo_operator import labels as L
 from mimo_operator.handlers import intent_of
-from mimo_operator.heads import DrainState
-from mimo_operator.reconciler import Memory, Reconciler, ReconcileResult, ReconcilerOptions
-from tests.helpers.fakekube import FakeKube
+from mimo_operator.reconciler import Memory
+from tests.helpers.operator_world import CRD, NS, World, writes_during_weights_download
 from tests.helpers.specs import DeploymentBuilder, a_deployment
-
-NS = "ns"
-CRD = f"{L.GROUP}/{L.VERSION}"
-
-
-class FakeHeads:
-    """Gang heads: a drain asked for finishes after ``drain_seconds``."""
-
-    session: Any = None
-
-    def __init__(self, clock: Callable[[], float], drain_seconds: float = 20.0) -> None:
-        self.clock = clock
-        self.drain_seconds = drain_seconds
-        self.asked: dict[str, float] = {}
-
-    async def start_drain(self, ip: str, port: int, seconds: float | None = None) -> bool:
-        self.asked.setdefault(ip, self.clock())
-        return True
-
-    async def drain_state(self, ip: str, port: int) -> DrainState | None:
-        if ip not in self.asked:
-            return DrainState(done=False, idle=True, running=None, message="idle")
-        done = self.clock() - self.asked[ip] >= self.drain_seconds
-        return DrainState(done=done, idle=False, running=0, message="drained" if done else "draining")
-
-
-@dataclass
-class World:
-    """The fake API, a clock, one operator process (its memory) and what a watch would have delivered."""
-
-    manifest: DeploymentBuilder
-    budget: int = 3
-    now: float = 1_000_000.0
-    kube: FakeKube = field(init=False)
-    reconciler: Reconciler = field(init=False)
-    memory: Memory = field(default_factory=Memory)
-    bodies: list[dict[str, Any]] = field(default_factory=list)  # every version of the deployment, in order
-    created: list[str] = field(default_factory=list)            # every gang name ever created
-
-    def __post_init__(self) -> None:
-        self.kube = FakeKube(clock=lambda: self.now)
-        self.heads = FakeHeads(lambda: self.now)
-        options = ReconcilerOptions(restart_budget=self.budget, backoff_base=10.0, backoff_cap=600.0)
-        self.reconciler = Reconciler(self.kube, self.heads, options, clock=lambda: self.now)  # type: ignore[arg-type]
-        manifest = self.manifest.build()
-        manifest["metadata"]["namespace"] = NS
-        asyncio.run(self.kube.create(manifest))
-        self.bodies.append(self.body())
-
-    def body(self) -> dict[str, Any]:
-        obj = self.kube.objects[(CRD, L.KIND, NS, self.manifest.build()["metadata"]["name"])]
-        return copy.deepcopy(obj)
-
-    def status(self) -> dict[str, Any]:
-        return dict(self.body().get("status") or {})
-
-    def reconcile(self, body: dict[str, Any] | None = None) -> ReconcileResult:
-        before = {g for g in self.gang_names()}
-        result = asyncio.run(self.reconciler.reconcile(body or self.body(), self.memory))
-        self.created += sorted(self.gang_names() - before)
-        if (CRD, L.KIND, NS, "d") in self.kube.objects and self.body() != self.bodies[-1]:
-            self.bodies.append(self.body())
-        return result
-
-    def edit(self, path: str, value: Any) -> None:
-        """A user's edit of the spec (a new generation)."""
-        obj = self.body()
-        node = obj["spec"]
-        *parents, leaf = path.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-        asyncio.run(self.kube.merge_patch(CRD, L.KIND, NS, obj["metadata"]["name"], {"spec": obj["spec"]}))
-        self.kube.writes.pop()  # the user's write, not the operator's
-        self.bodies.append(self.body())
-
-    # --- the cluster's side
-    def pods(self) -> list[dict[str, Any]]:
-        return self.kube.of("Pod", NS, {L.LABEL_COMPONENT: "engine"})
-
-    def gang_names(self) -> set[str]:
-        return {p["metadata"]["labels"][L.LABEL_GANG] for p in self.pods()}
-
-    def live_gangs(self) -> dict[str, int]:
-        """Gang → replica slot, for gangs whose pods are not being deleted."""
-        return {p["metadata"]["labels"][L.LABEL_GANG]: int(p["metadata"]["labels"][L.LABEL_REPLICA])
-                for p in self.pods() if not p["metadata"].get("deletionTimestamp")}
-
-    def run_pods(self, ready: bool = True) -> None:
-        for i, p in enumerate(self.pods()):
-            if p["metadata"].get("deletionTimestamp") or (p.get("status") or {}).get("phase") == "Failed":
-                continue
-            self.kube.set_pod(p["metadata"]["name"], node=f"node-{p['metadata']['name']}", phase="Running",
-                              podIP=f"10.0.0.{i + 1}",
-                              conditions=[{"type": "Ready", "status": "True" if ready else "False"}])
-
-    def fail_pods(self) -> None:
-        for p in self.pods():
-            if not p["metadata"].get("deletionTimestamp"):
-                self.kube.set_pod(p["metadata"]["name"], phase="Failed", containerStatuses=[
-                    {"name": "engine", "state": {"terminated": {"exitCode": 1, "reason": "Error"}}}])
-
-    def orphans(self) -> list[str]:
-        """Gang objects whose gang has no pod."""
-        with_pods = self.gang_names()
-        return sorted(f"{kind} {o['metadata']['name']}" for kind in ("ConfigMap", "Service", "NetworkPolicy")
-                      for o in self.kube.of(kind, NS, {L.LABEL_COMPONENT: "engine"})
-                      if o["metadata"]["labels"].get(L.LABEL_GANG) not in with_pods)
 
 
 def one_replica() -> DeploymentBuilder:
@@ -376,3 +266,15 @@ def test_only_events_that_change_what_is_asked_poke_the_loop(case: str, change: 
     after = copy.deepcopy(body)
     change(after)
     assert (intent_of(after) != intent_of(body)) is pokes
+
+
+@pytest.mark.parametrize(("progress", "most"), [(True, 11), (False, 1)],
+                         ids=["the download reports progress", "it reports none"])
+def test_a_ten_minute_weights_download_of_two_replicas_writes_nothing_after_the_first_status(
+        progress: bool, most: int) -> None:
+    figures = writes_during_weights_download(minutes=10, replicas=2, progress=progress)
+    assert figures.reconciles >= 100, "the loop keeps looking (every few seconds) while it waits"
+    assert set(figures.after) <= {("patch", L.KIND, "d")}, "no attempt, record or child is written while blocked"
+    # Status changes once when the download starts (Pending → Downloading), and then only with its
+    # progress, at most once a minute.
+    assert 1 <= len(figures.after) <= most
