@@ -49,7 +49,8 @@ def resolve(name: str) -> str:
             shown = ", ".join(matches[:6]) + (", …" if len(matches) > 6 else "")
             raise SpecError(FIELD, f"{name} is ambiguous in SGLang {version}: it abbreviates {shown}")
     nearest = difflib.get_close_matches(name, list(flags), n=3, cutoff=0.6)
-    hint = f"; did you mean {' or '.join(nearest)}?" if nearest else " (python -m sglang.launch_server --help lists them)"
+    hint = (f"; did you mean {' or '.join(nearest)}?" if nearest
+            else " (python -m sglang.launch_server --help lists them)")
     raise SpecError(FIELD, f"{name} is not a flag of SGLang {version}{hint}")
 
 
@@ -88,7 +89,8 @@ def check_extra_args(args: Sequence[str]) -> None:
         arg = args[i]
         field = f"{FIELD}[{i}]"
         if not arg.startswith("-") or arg in ("-", "--"):
-            raise SpecError(field, f"{arg!r} follows no flag that takes a value (SGLang would refuse it as an unrecognised argument)")
+            raise SpecError(field, f"{arg!r} follows no flag that takes a value "
+                                   "(SGLang would refuse it as an unrecognised argument)")
         if not arg.startswith("--"):
             raise SpecError(field, f"{arg!r}: SGLang's server flags are long options starting with --")
         name, eq, inline = arg.partition("=")

@@ -322,9 +322,9 @@ def quantised_copy_hint(spec: DeploymentSpec) -> str | None:
     match = _QUANTISED_NAME.search(source.hugging_face_id.split("/")[-1])
     if match is None:
         return None
-    return (f"model.source.huggingFaceId {source.hugging_face_id} looks like a {match.group(1).upper()} copy; this plan "
-            f"sizes {spec.model.precision.upper()} weights, and the weights download refuses a checkpoint in another "
-            "precision (the FP8 release, or a BF16 copy with precision bf16, works)")
+    return (f"model.source.huggingFaceId {source.hugging_face_id} looks like a {match.group(1).upper()} copy; "
+            f"this plan sizes {spec.model.precision.upper()} weights, and the weights download refuses a checkpoint "
+            "in another precision (the FP8 release, or a BF16 copy with precision bf16, works)")
 
 
 def parse_quantity(text: str) -> int:

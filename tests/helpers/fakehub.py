@@ -133,7 +133,8 @@ _JUNK = re.compile(r"(^original/|^onnx/|\.bin$|\.pth$|\.gguf$|\.onnx$|^README\.m
 
 
 # config.json's quantization_config of the FP8 release (block-wise E4M3, as on the model card).
-FP8_QUANTIZATION = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128]}
+FP8_QUANTIZATION = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                    "weight_block_size": [128, 128]}
 AWQ_QUANTIZATION = {"quant_method": "awq", "bits": 4, "group_size": 128, "version": "gemm", "zero_point": True}
 GPTQ_QUANTIZATION = {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False}
 

@@ -342,14 +342,14 @@ async def test_the_collector_cleans_after_a_deletion_until_nothing_removable_is_
         collector.deleted("ns")
 
         async def cleaning() -> None:
-            while [j["metadata"]["labels"][LABEL_ROLE] for j in jobs(kube)] != ["clean"]:
-                await asyncio.sleep(0.01)
+            while [j["metadata"]["labels"][LABEL_ROLE] for j in jobs(kube)] != ["clean"]:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)  # the fake API has no watch to wait on
         await asyncio.wait_for(cleaning(), 5)
         assert collector.pending == {"ns"}  # the clean Job runs: the collector keeps looking
         jobs(kube)[0]["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
 
         async def done() -> None:
-            while collector.pending:
+            while collector.pending:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
         await asyncio.wait_for(done(), 5)
         assert kube.objects == {}
