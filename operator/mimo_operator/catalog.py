@@ -73,6 +73,12 @@ class Checkpoint:
     modalities: tuple[Modality, ...]
     released_precision: Precision
     base: bool
+    # SGLang launch values that differ by checkpoint, each from the launch command its publisher gives.
+    # --reasoning-parser: SGLang 0.5.23's `mimo` parser separates reasoning only when a request sets
+    # enable_thinking; `qwen3` (same <think> tokens) separates it unless a request turns thinking off.
+    reasoning_parser: str = "mimo"
+    # --mem-fraction-static with DeepEP: the rest of each GPU holds DeepEP/NVSHMEM buffers and graphs.
+    deepep_mem_fraction: float = 0.7
 
     @property
     def expert_params(self) -> int:
@@ -131,6 +137,12 @@ def _mimo_v25(*, base: bool) -> Checkpoint:
         modalities=("text", "image", "video", "audio"),
         released_precision="fp8",  # facts: released weights "FP8 (E4M3, 128×128 blocks)"
         base=base,
+        # The model card's SGLang command: `--reasoning-parser qwen3 --tool-call-parser mimo`; the model
+        # thinks by default (SGLang cookbook MiMo-V2.5.mdx §4.2 "Thinking Mode (default)").
+        reasoning_parser="qwen3",
+        # SGLang cookbook (docs_new/src/snippets/autoregressive/mimo-v25-deployment.jsx): V2.5 on Hopper
+        # `--mem-fraction-static 0.65`.
+        deepep_mem_fraction=0.65,
     )
 
 
@@ -164,6 +176,10 @@ def _mimo_v25_pro(*, base: bool) -> Checkpoint:
         modalities=("text",),  # facts: modalities "text"
         released_precision="fp8",  # facts: released weights "FP8"
         base=base,
+        # SGLang cookbook (mimo-v25-deployment.jsx), Pro: `--reasoning-parser mimo --tool-call-parser mimo`,
+        # and on H100/H200 `--mem-fraction-static 0.7`.
+        reasoning_parser="mimo",
+        deepep_mem_fraction=0.7,
     )
 
 
@@ -204,6 +220,12 @@ class GpuType:
     def attention_backend(self) -> str:
         # sgl-facts §1.5: fa3 on Hopper; fa4 on Blackwell, where the asymmetric 192/128 K/V head dims
         # break trtllm_mha.
+        return "fa3" if self.architecture == "hopper" else "fa4"
+
+    @property
+    def mm_attention_backend(self) -> str:
+        # SGLang cookbook MiMo-V2.5.mdx §3.2: the vision encoder asks for FlashAttention-3, which SGLang
+        # refuses on Blackwell, where it takes fa4; the model card's Hopper command passes fa3.
         return "fa3" if self.architecture == "hopper" else "fa4"
 
     @property

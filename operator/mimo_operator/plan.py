@@ -27,7 +27,10 @@ __all__ = [
 
 # The program every gang pod runs, one process per node; the argv after it is Plan.server_args(rank, …).
 # With engine "simulated" the worker runs the simulator's program instead, with the very same arguments.
-SGLANG_PROGRAM: tuple[str, ...] = ("python3", "-m", "sglang.launch_server")
+# SGLang's cookbook launches MiMo with `sglang serve` (0.5.23: the `sglang` console script, sglang.cli.main).
+# `--model-type llm` skips its model-type detection, which for a hub id asks the hub for model_index.json:
+# engine pods read the weights cache offline, and a MiMo checkpoint is always the LLM backend.
+SGLANG_PROGRAM: tuple[str, ...] = ("sglang", "serve", "--model-type", "llm")
 # Stands for node rank 0's address inside --dist-init-addr until the gang's head is known. Plan.argv()
 # and Plan.server_args() substitute it; the JSON of `mimoctl plan` shows it as is. The same text as the
 # worker's launch-plan placeholder (mimo_worker.launchplan.HEAD_IP), so the template passes through.

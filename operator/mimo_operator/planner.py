@@ -65,14 +65,18 @@ PROCESS_START_SECONDS = 60.0  # estimate: Ray, process start, NCCL/NVSHMEM initi
 RESERVE_BYTES_PER_GPU = 16e9
 MEM_FRACTION_MAX = 0.9
 MEM_FRACTION_MIN = 0.3  # the CRD's lowest memFractionStatic
-MEM_FRACTION_DEEPEP = 0.7  # the MiMo-Pro multi-node cookbook command: NVSHMEM buffers need the rest
-MAX_RUNNING_PER_GROUP = 128  # cookbook: --max-running-requests 128 (there: 2 groups at 64 each; see below)
+# With DeepEP the fraction is the checkpoint's cookbook value (catalog: Checkpoint.deepep_mem_fraction).
+MAX_RUNNING_PER_GROUP = 64  # cookbook (Pro, H200): --max-running-requests 128 over its 2 attention-DP groups
 CUDA_GRAPH_MAX_BS = 64  # cookbook: --cuda-graph-max-bs 64 (0.5.23 spells it --cuda-graph-max-bs-decode)
 CHUNKED_PREFILL_SIZE = 32768  # cookbook: --chunked-prefill-size 32768
 MTP_STEPS, MTP_TOPK, MTP_DRAFT_TOKENS = 3, 1, 4  # cookbook: EAGLE 3 / 1 / 4 with --enable-multi-layer-eagle
-DEEPEP_DISPATCH_TOKENS_DEFAULT = 128  # SGLang's default of SGLANG_DEEPEP_NUM_MAX_DISPATCH_TOKENS_PER_RANK
+# cookbook: SGLANG_DEEPEP_NUM_MAX_DISPATCH_TOKENS_PER_RANK=256 with DeepEP (SGLang's own default is 128).
+DEEPEP_DISPATCH_TOKENS = 256
 MODEL_LOADER_EXTRA_CONFIG = '{"enable_multithread_load": "true", "num_threads": 64}'  # cookbook
 MAX_AUTO_NODES = 64
+# vLLM's recipe for MiMo-V2.5-Pro (vllm-project/recipes models/XiaomiMiMo/MiMo-V2.5-Pro.yaml, verified on H200):
+# one 8×H200 node, TP8, --gpu-memory-utilization 0.95. The planner offers that layout beside a multi-node plan.
+ONE_NODE_MEM_FRACTION = 0.95
 FP8_BLOCK = 128  # released weights: FP8 in 128×128 blocks; a TP slice of an expert must keep whole blocks
 
 _KV_DTYPE_BYTES = {"bf16": 2, "fp8": 1}
@@ -223,6 +227,8 @@ def _layout(spec: DeploymentSpec, entry: Checkpoint, gpu: GpuType, context: int,
                      f"maxRunningRequests {running} leaves some of the {dp} attention-DP groups without a request "
                      f"slot (SGLang splits it between them): use at least {dp}")
     a2a, a2a_reason = _a2a_backend(spec, gpu, nodes)
+    if a2a == "deepep" and p.moe_a2a_backend == "auto" and p.expert_parallel not in (None, tp):
+        a2a, a2a_reason = "none", f"expertParallel {p.expert_parallel} is set, and DeepEP needs ep = tp = {tp}"
     if a2a == "deepep":
         if p.expert_parallel is not None and p.expert_parallel != tp:
             raise _Unfit("structure", "spec.parallelism.expertParallel",
@@ -247,7 +253,7 @@ def _layout(spec: DeploymentSpec, entry: Checkpoint, gpu: GpuType, context: int,
                      f"with expertParallel {ep} each expert is sliced {moe_tp} ways, but its "
                      f"{entry.moe_intermediate}-wide {spec.model.precision} weights do not split into "
                      f"{moe_tp} whole {slice_unit}-column blocks; raise expertParallel")
-    fraction = spec.engine.mem_fraction_static or _default_mem_fraction(gpu, a2a)
+    fraction = spec.engine.mem_fraction_static or _default_mem_fraction(entry, gpu, a2a)
     memory, kv = _memory(spec, entry, gpu, tp, dp, fraction, nodes, context)
     return _Layout(nodes, tp, ep, dp, a2a, a2a_reason, fraction, memory, kv)
 
@@ -260,9 +266,9 @@ def _ep_origin(a2a: str) -> str:
     return "DeepEP sets ep = tp" if a2a == "deepep" else "experts spread over every GPU"
 
 
-def _default_mem_fraction(gpu: GpuType, a2a: str) -> float:
+def _default_mem_fraction(entry: Checkpoint, gpu: GpuType, a2a: str) -> float:
     if a2a == "deepep":
-        return MEM_FRACTION_DEEPEP
+        return entry.deepep_mem_fraction
     leaves_reserve = math.floor((1 - RESERVE_BYTES_PER_GPU / gpu.memory_bytes) * 100) / 100
     return max(MEM_FRACTION_MIN, min(MEM_FRACTION_MAX, leaves_reserve))
 
@@ -277,12 +283,13 @@ def _a2a_backend(spec: DeploymentSpec, gpu: GpuType, nodes: int) -> tuple[str, s
         return "deepep", "set by spec.parallelism.moeA2ABackend"
     if wanted == "none":
         return "none", "set by spec.parallelism.moeA2ABackend"
+    if gpu.architecture != "hopper":
+        return "none", "the SGLang MiMo cookbook offers DeepEP on Hopper only (Blackwell: flashinfer_trtllm)"
     if nodes == 1:
-        return "none", "one node: the experts' traffic stays on NVLink"
+        # The model card's one-node command: DeepEP over NVLink, dense layers unsharded per DP rank.
+        return "deepep", "the model card's one-node launch (DeepEP over NVLink, --moe-dense-tp-size 1)"
     if mode == "podNetwork":
         return "none", "network.mode podNetwork has no RDMA, which DeepEP needs between nodes"
-    if gpu.architecture != "hopper":
-        return "none", "the SGLang MiMo cookbook offers DeepEP on Hopper only"
     return "deepep", "multi-node expert all-to-all over RDMA (the cookbook's multi-node launch)"
 
 
@@ -504,6 +511,10 @@ def _server_args(spec: DeploymentSpec, a: _PlanArgs, rank: int) -> list[str]:
         "--kv-cache-dtype", _KV_DTYPE_FLAG[spec.model.kv_cache_dtype],
         "--page-size", str(engine.page_size),
         "--attention-backend", a.gpu.attention_backend,
+    ]
+    if entry.multimodal:
+        args += ["--mm-attention-backend", a.gpu.mm_attention_backend]  # model card; cookbook §3.2 on Blackwell
+    args += [
         "--mem-fraction-static", f"{lay.mem_fraction:g}",
         "--swa-full-tokens-ratio", f"{lay.kv.swa_full_tokens_ratio:g}",
         "--max-running-requests", str(a.max_running),
@@ -516,7 +527,7 @@ def _server_args(spec: DeploymentSpec, a: _PlanArgs, rank: int) -> list[str]:
                  "--speculative-eagle-topk", str(MTP_TOPK),
                  "--speculative-num-draft-tokens", str(MTP_DRAFT_TOKENS), "--enable-multi-layer-eagle"]
     args += [
-        "--reasoning-parser", "mimo", "--tool-call-parser", "mimo",
+        "--reasoning-parser", entry.reasoning_parser, "--tool-call-parser", "mimo",
         "--watchdog-timeout", str(engine.watchdog_timeout_seconds),
         "--model-loader-extra-config", MODEL_LOADER_EXTRA_CONFIG,
         "--enable-metrics",
@@ -529,12 +540,14 @@ def _env(spec: DeploymentSpec, a: _PlanArgs) -> dict[str, str]:
     if spec.parallelism.mtp:
         env["SGLANG_ENABLE_SPEC_V2"] = "1"  # cookbook: MTP runs on the spec-v2 path
     if a.layout.a2a == "deepep":
-        # Must cover the CUDA-graph batch per rank in tokens, drafts included (cookbook: 64 × 4 = 256).
+        # The cookbook's 256, raised if the CUDA-graph batch per rank in tokens (drafts included) is larger.
         tokens = a.graph_bs * (MTP_DRAFT_TOKENS if spec.parallelism.mtp else 1)
-        env["SGLANG_DEEPEP_NUM_MAX_DISPATCH_TOKENS_PER_RANK"] = str(max(DEEPEP_DISPATCH_TOKENS_DEFAULT, tokens))
-        # DeepEP's low-latency kernels post RDMA from the GPU (IBGDA); llm-d's wide-EP pods set the same.
-        env["NVSHMEM_REMOTE_TRANSPORT"] = "ibgda"
-        env["NVSHMEM_IB_ENABLE_IBGDA"] = "true"
+        env["SGLANG_DEEPEP_NUM_MAX_DISPATCH_TOKENS_PER_RANK"] = str(max(DEEPEP_DISPATCH_TOKENS, tokens))
+        if a.layout.nodes > 1:
+            # DeepEP's low-latency kernels post RDMA from the GPU (IBGDA) between nodes; llm-d's wide-EP
+            # pods set the same. Inside one node NVSHMEM uses NVLink peer access and needs no HCA.
+            env["NVSHMEM_REMOTE_TRANSPORT"] = "ibgda"
+            env["NVSHMEM_IB_ENABLE_IBGDA"] = "true"
     env.update(_network_env(spec))
     if spec.model.cache.mode != "none":
         # The builders mount the cache volume at CACHE_MOUNT_PATH: weights and DeepGEMM kernels survive.
@@ -614,6 +627,36 @@ def _warnings(spec: DeploymentSpec, entry: Checkpoint, gpu: GpuType, layout: _La
     return out
 
 
+def _one_node_offer(spec: DeploymentSpec, plan: Plan, layout: _Layout) -> list[Decision]:
+    """A planner-chosen multi-node replica whose weights fit one node without DeepEP at the highest
+    memFractionStatic: that one-node layout, and the context its KV cache holds (the trade-off)."""
+    p = spec.parallelism
+    if layout.nodes == 1 or p.nodes_per_replica is not None or p.tensor_parallel is not None:
+        return []
+    one = spec.model_copy(update={
+        "parallelism": p.model_copy(update={"moe_a2a_backend": "none", "expert_parallel": None,
+                                            "attention_data_parallel": None}),
+        "engine": spec.engine.model_copy(update={"mem_fraction_static": ONE_NODE_MEM_FRACTION}),
+    })
+    try:  # measured with a one-page context: what the pool holds is the answer
+        alt = _layout(one, plan.checkpoint, plan.gpu, spec.engine.page_size, 1)
+    except _Unfit:
+        return []
+    fits = alt.kv.tokens_per_group
+    if fits < (spec.engine.chunked_prefill_size or CHUNKED_PREFILL_SIZE):
+        return []
+    full = min(fits, plan.context_length)
+    return [Decision(
+        "one node instead", f"contextLength ≤ {fits:,}",
+        f"one {plan.gpus_per_node}×{plan.gpu.name} node at TP {alt.tp}, as vLLM's verified one-node MiMo-V2.5-Pro "
+        f"recipe runs: without DeepEP at memFractionStatic {ONE_NODE_MEM_FRACTION:g} each GPU holds "
+        f"{alt.memory.weights / 1e9:.1f} GB of weights and {alt.memory.kv_cache / 1e9:.1f} GB of KV cache, "
+        f"{fits:,} tokens in {alt.dp} attention-DP group{'s' if alt.dp > 1 else ''} "
+        f"({alt.kv.tokens // full:,} sequence(s) of {full:,} tokens) against this plan's {plan.kv.tokens:,} tokens "
+        f"on {plan.nodes_per_replica} nodes; ask for it with nodesPerReplica: 1, memFractionStatic: "
+        f"{ONE_NODE_MEM_FRACTION:g}, moeA2ABackend: none and contextLength ≤ {fits:,}")]
+
+
 def _with_decisions(plan: Plan, spec: DeploymentSpec, why_nodes: str, layout: _Layout) -> Plan:
     e, g, kv, mem = plan.checkpoint, plan.gpu, plan.kv, plan.memory
     overhead = weights_bytes(e, plan.precision) / e.params_total
@@ -625,6 +668,7 @@ def _with_decisions(plan: Plan, spec: DeploymentSpec, why_nodes: str, layout: _L
                  f"{e.params_total / 1e9:,.0f}B parameters at {overhead:.3f} bytes each ({plan.precision}, "
                  "with embeddings, norms and block scales in higher precision)"),
         Decision("nodes per replica", str(plan.nodes_per_replica), why_nodes),
+        *_one_node_offer(spec, plan, layout),
         Decision("tensor parallel", str(plan.tensor_parallel),
                  f"{plan.nodes_per_replica} × {plan.gpus_per_node} GPUs: --tp-size counts every GPU"),
         Decision("attention data parallel", str(plan.attention_data_parallel),
@@ -638,7 +682,8 @@ def _with_decisions(plan: Plan, spec: DeploymentSpec, why_nodes: str, layout: _L
                  + f"; {e.experts} experts, {e.experts // plan.expert_parallel} per EP rank"),
         Decision("mem-fraction-static", f"{plan.mem_fraction_static:g}",
                  "set by spec.engine.memFractionStatic" if spec.engine.mem_fraction_static else (
-                     "cookbook value with DeepEP (NVSHMEM buffers need room)" if plan.moe_a2a_backend == "deepep"
+                     f"the cookbook's {e.name} value with DeepEP (its buffers need room)"
+                     if plan.moe_a2a_backend == "deepep"
                      else f"keeps {RESERVE_BYTES_PER_GPU / 1e9:.0f} GB per GPU for activations and graphs")),
         Decision("memory per GPU",
                  f"{mem.weights / 1e9:.1f} + {mem.kv_cache / 1e9:.1f} + {mem.reserve / 1e9:.1f} GB",

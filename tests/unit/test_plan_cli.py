@@ -52,7 +52,7 @@ def test_the_table_explains_each_decision(capsys: pytest.CaptureFixture[str]) ->
         assert line in out
     # Why not fewer nodes, with the numbers.
     assert "1 node of 8×H200-141GB has 1,128 GB" in out
-    assert "python3 -m sglang.launch_server" in out
+    assert "sglang serve --model-type llm" in out
     assert "--dist-init-addr <node-0-address>:20000" in out
     assert "NVSHMEM_IB_ENABLE_IBGDA=true" in out
 

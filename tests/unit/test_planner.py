@@ -30,16 +30,17 @@ V25_EXPERT_SHARE = (47 * 256 * 3 * 4096 * 2048) / 310e9  # MoE layers × experts
 PRO_EXPERT_SHARE = (69 * 384 * 3 * 6144 * 2048) / 1.02e12
 
 
-def test_mimo_v25_fp8_on_one_h100_node_by_hand() -> None:
-    plan = plan_of(a_deployment().v25().h100())
+def test_mimo_v25_fp8_on_one_h200_node_by_hand() -> None:
+    plan = plan_of(a_deployment().v25().h200())
     assert (plan.nodes_per_replica, plan.tensor_parallel, plan.attention_data_parallel) == (1, 8, 2)
-    assert plan.expert_parallel == 1
-    assert plan.moe_a2a_backend == "none"
+    # The model card's one-node launch: DeepEP, so ep = tp.
+    assert plan.expert_parallel == 8
+    assert plan.moe_a2a_backend == "deepep"
     # Experts split over 8 GPUs; attention and the rest over the attention TP of 4.
     weights_per_gpu = V25_WEIGHTS * V25_EXPERT_SHARE / 8 + V25_WEIGHTS * (1 - V25_EXPERT_SHARE) / 4
     assert plan.memory.weights == pytest.approx(weights_per_gpu, rel=1e-6)
-    assert plan.mem_fraction_static == 0.8  # 1 − 16 GB / 80 GB
-    static = 0.8 * 80 * GB
+    assert plan.mem_fraction_static == 0.65  # the cookbook's MiMo-V2.5 value
+    static = 0.65 * 141 * GB
     # Per GPU and full-pool token, bf16 KV, 2 of 8 global KV heads and 1 of 4 SWA heads per rank:
     # 9 × 2 × 320 × 2 + 0.3 × (39 × 1 × 320 × 2) + MTP draft 3 × 1 × 320 × 2 = 11,520 + 7,488 + 1,920.
     per_token = 11_520 + 0.3 * 24_960 + 1_920
@@ -47,8 +48,8 @@ def test_mimo_v25_fp8_on_one_h100_node_by_hand() -> None:
     tokens_per_group = int((static - weights_per_gpu) // per_token) // 64 * 64
     assert plan.kv.tokens_per_group == pytest.approx(tokens_per_group, abs=64)
     assert plan.kv.tokens == 2 * plan.kv.tokens_per_group
-    # One 1M-token sequence per attention-DP group fits, two do not.
-    assert plan.max_concurrent_sequences() == 2
+    # Two 1M-token sequences per attention-DP group fit, three do not.
+    assert plan.max_concurrent_sequences() == 4
 
 
 def test_mimo_v25_pro_fp8_on_two_h200_nodes_by_hand() -> None:
@@ -80,11 +81,11 @@ def test_kv_per_token_and_swa_per_sequence_match_the_fact_sheet() -> None:
 # Nodes per replica at the checkpoint's full context (1M; 256K for -Base), default settings.
 NODES_NEEDED = [
     # variant, precision, GPU, nodes, why
-    ("MiMo-V2.5", "fp8", "H100-80GB", 1, "fits one H100 node (mimo-facts)"),
+    ("MiMo-V2.5", "fp8", "H100-80GB", 2, "the cookbook's 0.65 leaves 533K bf16 KV tokens per group on one"),
     ("MiMo-V2.5", "fp8", "H200-141GB", 1, ""),
     ("MiMo-V2.5", "fp8", "B200-180GB", 1, ""),
     ("MiMo-V2.5", "bf16", "H100-80GB", 4, "2 nodes hold the weights but not 1M tokens; 3 give ep 24 ∤ 256"),
-    ("MiMo-V2.5", "bf16", "H200-141GB", 1, ""),
+    ("MiMo-V2.5", "bf16", "H200-141GB", 2, "at 0.65 one node leaves 571K tokens per group"),
     ("MiMo-V2.5", "bf16", "B200-180GB", 1, ""),
     ("MiMo-V2.5-Base", "bf16", "H100-80GB", 2, "a 256K context fits where 1M does not"),
     ("MiMo-V2.5-Pro", "fp8", "H100-80GB", 4, "3 hold the weights; the 4th makes room for 1M tokens"),
@@ -183,11 +184,21 @@ def test_deepep_forces_ep_equal_tp_and_brings_its_env() -> None:
     assert flag(args, "--attn-dp-size") == "2"
     assert "--enable-dp-attention" not in args
     assert "--dp-size" not in args
-    # 64 graphs per rank × 4 MTP tokens, as in the cookbook.
+    # The cookbook's 256 (= 64 graphs per rank × 4 MTP tokens).
     assert plan.env["SGLANG_DEEPEP_NUM_MAX_DISPATCH_TOKENS_PER_RANK"] == "256"
     assert plan.env["NVSHMEM_IB_ENABLE_IBGDA"] == "true"
     with pytest.raises(PlanRefused, match="DeepEP forces expertParallel = tensorParallel = 16"):
-        plan_of(a_deployment().pro().h200().parallelism(expertParallel=8))
+        plan_of(a_deployment().pro().h200().parallelism(expertParallel=8, moeA2ABackend="deepep"))
+    # Left to the planner, an expertParallel other than tp means no DeepEP.
+    chosen = plan_of(a_deployment().pro().h200().parallelism(expertParallel=8))
+    assert (chosen.moe_a2a_backend, chosen.expert_parallel) == ("none", 8)
+
+
+def test_deepep_inside_one_node_needs_no_hca() -> None:
+    plan = plan_of(a_deployment().v25().h200())
+    assert plan.moe_a2a_backend == "deepep"
+    assert plan.env["SGLANG_DEEPEP_NUM_MAX_DISPATCH_TOKENS_PER_RANK"] == "256"
+    assert "NVSHMEM_REMOTE_TRANSPORT" not in plan.env
 
 
 def test_mimo_v25_attention_dp_brings_the_cookbook_flags_and_pro_does_not() -> None:
@@ -238,7 +249,7 @@ def test_every_argv_serves_on_all_interfaces_with_metrics() -> None:
     assert flag(args, "--host") == "0.0.0.0"
     assert flag(args, "--port") == "30000"
     assert "--enable-metrics" in args
-    assert flag(args, "--reasoning-parser") == "mimo"
+    assert flag(args, "--reasoning-parser") == "qwen3"  # MiMo-V2.5: the model card's parser
 
 
 def test_the_simulated_engine_gets_the_same_sglang_argv() -> None:
@@ -359,3 +370,31 @@ def test_the_public_surface_is_pinned() -> None:
     assert perf.__all__ == ["CALIBRATION", "MTP_ACCEPT_LENGTH", "ReplicaPerformance", "performance_of"]
     assert {"parse_spec", "DeploymentSpec", "parse_quantity"} <= set(spec.__all__)
     assert {"CHECKPOINTS", "GPU_TYPES", "checkpoint", "gpu_type", "weights_bytes"} <= set(catalog.__all__)
+
+
+def test_pro_on_one_h200_node_is_offered_with_the_context_it_holds() -> None:
+    """vLLM serves Pro on one 8×H200 node at TP8 and 0.95 of each GPU; the planner plans two nodes (DeepEP at the
+    cookbook's 0.7) and shows the one-node layout beside it with the KV cache it leaves."""
+    plan = plan_of(a_deployment().pro().h200())
+    (offer,) = [d for d in plan.decisions if d.topic == "one node instead"]
+    # Per GPU: 0.95 × 141 GB − Pro's weights at attention TP 8 and expert TP 8 (1,051 GB / 8).
+    kv_per_gpu = 0.95 * 141 * GB - PRO_WEIGHTS / 8
+    assert kv_per_gpu / GB == pytest.approx(2.6, abs=0.1)
+    # bf16 KV, 1 of 8 KV heads per rank: 10 × 320 × 2 + 0.3 × 60 × 320 × 2 + MTP 3 × 320 × 2.
+    tokens = int(kv_per_gpu // (6_400 + 0.3 * 38_400 + 1_920)) // 64 * 64
+    assert offer.choice == f"contextLength ≤ {tokens:,}"
+    assert "nodesPerReplica: 1, memFractionStatic: 0.95, moeA2ABackend: none" in offer.reason
+    # Asked for as offered, it plans; at the full 1M context it is refused with the arithmetic.
+    one = a_deployment().pro().h200().parallelism(nodesPerReplica=1, moeA2ABackend="none").set(
+        "engine.memFractionStatic", 0.95)
+    asked = plan_of(one.set("model.contextLength", tokens))
+    assert (asked.nodes_per_replica, asked.tensor_parallel, asked.expert_parallel) == (1, 8, 1)
+    assert asked.kv.tokens == tokens
+    with pytest.raises(PlanRefused, match=r"leaves 2\.6 GB per GPU for the KV cache after 131\.3 GB of weights: "
+                                          rf"{tokens:,} tokens per attention-DP group, short of one contextLength "
+                                          r"1,048,576 sequence"):
+        plan_of(one.set("model.contextLength", 1_048_576))
+
+
+def test_a_one_node_plan_offers_nothing_else() -> None:
+    assert not [d for d in plan_of(a_deployment().v25().h200()).decisions if d.topic == "one node instead"]

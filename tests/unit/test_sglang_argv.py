@@ -151,7 +151,9 @@ def test_sglang_parses_the_argv_of_every_rank(
     assert args.quantization == ("fp8" if plan.precision == "fp8" else None)
     assert args.served_model_name == plan.served_model_name
     assert args.speculative_algorithm == ("EAGLE" if plan.mtp else None)
-    assert args.reasoning_parser == args.tool_call_parser == "mimo"
+    assert args.reasoning_parser == plan.checkpoint.reasoning_parser
+    assert args.tool_call_parser == "mimo"
+    assert args.mm_attention_backend == (plan.gpu.mm_attention_backend if plan.checkpoint.multimodal else None)
     assert args.enable_metrics is True
 
 
