@@ -12,12 +12,15 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
+from mimo_operator.cachepaths import CACHE_MOUNT_PATH
 from mimo_operator.catalog import Checkpoint, GpuType, Precision
+from mimo_operator.launchplan import EngineLaunch
 
 __all__ = [
     "CACHE_MOUNT_PATH",
     "HEAD_ADDRESS_PLACEHOLDER",
     "SGLANG_PROGRAM",
+    "SIMULATED_PROGRAM",
     "Decision",
     "GpuMemorySplit",
     "KvCachePlan",
@@ -35,9 +38,8 @@ SGLANG_PROGRAM: tuple[str, ...] = ("sglang", "serve", "--model-type", "llm")
 # and Plan.server_args() substitute it; the JSON of `mimoctl plan` shows it as is. The same text as the
 # worker's launch-plan placeholder (mimo_worker.launchplan.HEAD_IP), so the template passes through.
 HEAD_ADDRESS_PLACEHOLDER = "{head_ip}"
-# Where the builders mount the weights cache volume (spec.model.cache) in engine containers; the
-# planner points Hugging Face's and DeepGEMM's caches below it.
-CACHE_MOUNT_PATH = "/mimo-cache"
+# engine: simulated runs the simulated engine with SGLang's arguments (plus its own, which win).
+SIMULATED_PROGRAM: tuple[str, ...] = ("python3", "-m", "mimo_worker.simengine")
 
 Engine = Literal["sglang", "simulated"]
 A2ABackend = Literal["deepep", "none"]
@@ -158,6 +160,9 @@ class Plan:
     startup: StartupEstimate
     server_args_by_rank: tuple[tuple[str, ...], ...]
     env_items: tuple[tuple[str, str], ...]
+    # The engine's final launch per node rank (program, argv, environment), which the builders render into
+    # the gang's launch plan as is: the one translation from the spec to what runs.
+    launch: EngineLaunch
     decisions: tuple[Decision, ...]
     warnings: tuple[str, ...] = field(default=())
 
@@ -185,8 +190,9 @@ class Plan:
         return [a.replace(HEAD_ADDRESS_PLACEHOLDER, head_address) for a in self.server_args_by_rank[rank]]
 
     def argv(self, rank: int, head_address: str) -> list[str]:
-        """The whole command of node rank ``rank``: a list, never a shell string."""
-        return [*SGLANG_PROGRAM, *self.server_args(rank, head_address)]
+        """The whole command of node rank ``rank`` as the launch has it: a list, never a shell string."""
+        args = self.launch.ranks[rank].argv
+        return [*self.launch.program, *(a.replace(HEAD_ADDRESS_PLACEHOLDER, head_address) for a in args)]
 
     def max_concurrent_sequences(self, context_tokens: int | None = None) -> int:
         """Sequences of ``context_tokens`` (default: the context length) the replica holds at once.
@@ -262,7 +268,7 @@ class Plan:
             },
             "headAddressPlaceholder": HEAD_ADDRESS_PLACEHOLDER,
             # The whole command per node rank, index = rank, with the head placeholder left in.
-            "argv": [[*SGLANG_PROGRAM, *args] for args in self.server_args_by_rank],
+            "argv": [[*self.launch.program, *r.argv] for r in self.launch.ranks],
             "env": dict(self.env_items),
             "decisions": [{"topic": d.topic, "choice": d.choice, "reason": d.reason} for d in self.decisions],
             "warnings": list(self.warnings),

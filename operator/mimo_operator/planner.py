@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from mimo_operator.cachepaths import cached_model_path
 from mimo_operator.catalog import (
     GPU_TYPES,
     Checkpoint,
@@ -34,9 +35,12 @@ from mimo_operator.catalog import (
     weights_bytes,
 )
 from mimo_operator.errors import PlanRefused
+from mimo_operator.launchplan import NODE_IP, EngineLaunch, RankLaunch
 from mimo_operator.plan import (
     CACHE_MOUNT_PATH,
     HEAD_ADDRESS_PLACEHOLDER,
+    SGLANG_PROGRAM,
+    SIMULATED_PROGRAM,
     Decision,
     GpuMemorySplit,
     KvCachePlan,
@@ -419,6 +423,9 @@ def _assemble(spec: DeploymentSpec, entry: Checkpoint, gpu: GpuType, context: in
     source = spec.model.source
     model_path = (source.path or source.hugging_face_id) if source else None
     model_path = model_path or entry.hf_id
+    # The operator's weights cache, when it keeps this checkpoint: SGLang reads it there, never the hub.
+    cached = cached_model_path(spec, entry)
+    model_path = cached or model_path
     served = source.hugging_face_id if source and source.hugging_face_id else entry.hf_id
     plan_args = _PlanArgs(
         entry=entry, gpu=gpu, layout=layout, context=context, max_running=max_running, graph_bs=graph_bs,
@@ -426,6 +433,8 @@ def _assemble(spec: DeploymentSpec, entry: Checkpoint, gpu: GpuType, context: in
     )
     ranks = tuple(tuple(_server_args(spec, plan_args, rank)) for rank in range(layout.nodes))
     env = _env(spec, plan_args)
+    if cached is not None:
+        env["HF_HUB_OFFLINE"] = "1"  # the weights gate holds the gang until the cache is complete
     startup = _startup(spec, entry, gpu, layout, download_bps, load_bps)
     plan = Plan(
         variant=entry.name,
@@ -459,10 +468,25 @@ def _assemble(spec: DeploymentSpec, entry: Checkpoint, gpu: GpuType, context: in
         startup=startup,
         server_args_by_rank=ranks,
         env_items=tuple(env.items()),
+        launch=_launch(spec, gpu, ranks, env),
         decisions=(),
         warnings=tuple(_warnings(spec, entry, gpu, layout)),
     )
     return _with_decisions(plan, spec, why_nodes, layout)
+
+
+def _launch(spec: DeploymentSpec, gpu: GpuType, ranks: tuple[tuple[str, ...], ...],
+            env: dict[str, str]) -> EngineLaunch:
+    """The final per-rank launch every gang pod's worker runs; the builders add nothing to it."""
+    program = SGLANG_PROGRAM
+    extra: tuple[str, ...] = ()
+    if spec.engine.type == "simulated":
+        # The simulator binds its pod's own IP (pods may share a machine, as in the local cluster), models
+        # the plan's GPU and runs at the spec's time compression; later flags win over SGLang's.
+        program = SIMULATED_PROGRAM
+        extra = ("--host", NODE_IP, "--mimo-gpu-type", gpu.name, "--mimo-speedup", repr(spec.engine.simulation.speedup))
+    return EngineLaunch(mode="per-node", program=list(program),
+                        ranks=[RankLaunch(rank=r, argv=[*args, *extra], env=dict(env)) for r, args in enumerate(ranks)])
 
 
 @dataclass(frozen=True)

@@ -208,3 +208,20 @@ def test_a_node_local_cache_sends_gangs_only_to_nodes_holding_the_checkpoint_and
     assert env["HF_HUB_OFFLINE"] == "1"
     plain = by_kind(gang_objects(context(PRO_H200), 0, 1, "abc"), "Pod")[0]
     assert "nodeAffinity" not in plain["spec"]["affinity"]
+
+
+@pytest.mark.parametrize("builder", [
+    pytest.param(PRO_H200, id="sglang"),
+    pytest.param(PRO_H200.cache("shared-volume", claimName="mimo-weights"), id="weights cache"),
+    pytest.param(a_deployment("sim").pro().h200().simulated(), id="simulated"),
+])
+def test_the_builders_render_the_planners_launch_and_add_nothing(builder: DeploymentBuilder) -> None:
+    ctx = context(builder)
+    (config,) = by_kind(gang_objects(ctx, 0, 1, "r1-abc"), "ConfigMap")
+    document = parse_plan(json.loads(config["data"]["plan.json"]))
+    assert document.engine == ctx.plan.launch
+    assert document.engine.program == ctx.plan.argv(0, "h")[:len(document.engine.program)]
+    for rank in document.engine.ranks:
+        assert rank.env == dict(ctx.plan.env)
+    cached = "--model-path" in ctx.plan.server_args(0, "h") and ctx.spec.model.cache.mode != "none"
+    assert ctx.plan.model_path.startswith("/mimo-cache/weights/") == cached

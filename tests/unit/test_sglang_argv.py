@@ -21,7 +21,7 @@ import yaml
 
 from mimo_operator.catalog import CHECKPOINTS, GPU_TYPES
 from mimo_operator.errors import SpecError
-from mimo_operator.plan import Plan
+from mimo_operator.plan import HEAD_ADDRESS_PLACEHOLDER, SGLANG_PROGRAM, Plan
 from mimo_operator.planner import plan_deployment
 from mimo_operator.spec import parse_spec
 from mimo_operator.versions import SGLANG_VERSION
@@ -59,6 +59,9 @@ def matrix_plans() -> list[tuple[str, Plan]]:
     for mode in ("normal", "low_latency"):
         out.append((f"deepep-{mode}", plan_deployment(parse_spec(
             a_deployment().pro().h200().parallelism(deepepMode=mode).build()))))
+    # The operator's weights cache: --model-path is the cache directory.
+    out.append(("weights-cache", plan_deployment(parse_spec(
+        a_deployment().pro().h200().cache("shared-volume", claimName="mimo-weights").build()))))
     return out
 
 
@@ -129,7 +132,13 @@ def test_sglang_parses_the_argv_of_every_rank(
     name: str, plan: Plan, rank: int, parser: argparse.ArgumentParser, server_args_class: Any,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    argv = plan.server_args(rank, HEAD)
+    # The final launch, exactly as the builders render it into the gang's launch plan: SGLang's argv, and for
+    # the simulated engine its own flags after it.
+    launch, sglang_argv = plan.launch.ranks[rank].argv, list(plan.server_args_by_rank[rank])
+    assert launch[:len(sglang_argv)] == sglang_argv
+    if plan.engine == "sglang":
+        assert (plan.launch.program, launch) == (list(SGLANG_PROGRAM), sglang_argv)
+    argv = [a.replace(HEAD_ADDRESS_PLACEHOLDER, HEAD) for a in sglang_argv]
     assert deprecated_flags(parser, argv) == []
     args = parse(parser, server_args_class, argv, caplog)
     assert args.tp_size == plan.tensor_parallel
@@ -150,6 +159,7 @@ def test_sglang_parses_the_argv_of_every_rank(
     assert args.attention_backend == plan.attention_backend
     assert args.quantization == ("fp8" if plan.precision == "fp8" else None)
     assert args.served_model_name == plan.served_model_name
+    assert args.model_path == plan.model_path
     assert args.speculative_algorithm == ("EAGLE" if plan.mtp else None)
     assert args.reasoning_parser == plan.checkpoint.reasoning_parser
     assert args.tool_call_parser == "mimo"

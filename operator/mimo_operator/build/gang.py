@@ -14,8 +14,19 @@ from typing import Any
 from mimo_operator import labels as L
 from mimo_operator.build.options import BuildContext
 from mimo_operator.build.placement import gang_tolerations
-from mimo_operator.build.weights import weights_model_path, weights_node_affinity
-from mimo_operator.plan import CACHE_MOUNT_PATH
+from mimo_operator.build.weights import weights_node_affinity
+from mimo_operator.cachepaths import CACHE_MOUNT_PATH
+from mimo_operator.launchplan import (
+    LAUNCH_PLAN_KEY,
+    LAUNCH_PLAN_MOUNT,
+    LAUNCH_PLAN_VERSION,
+    Deadlines,
+    DeploymentRef,
+    FabricExpectation,
+    GangInfo,
+    LaunchPlan,
+    Ports,
+)
 
 __all__ = [
     "LAUNCH_PLAN_MOUNT",
@@ -26,15 +37,9 @@ __all__ = [
     "template_of",
 ]
 
-# Where the launch plan ConfigMap is mounted; the worker reads it there (mimo_worker.launchplan).
-LAUNCH_PLAN_MOUNT = "/etc/mimo/launch"
-LAUNCH_PLAN_KEY = "plan.json"
-# The worker's entry point in the engine image (console script of the mimo-worker package).
+# The worker's entry point in the engine image (console script of the mimo-worker package); it runs the
+# engine the launch plan names.
 WORKER_PROGRAM = ["mimo-worker"]
-SIMULATED_PROGRAM = ["python3", "-m", "mimo_worker.simengine"]
-# The worker's launch-plan placeholder for node rank 0's IP, substituted by the head at run time.
-_HEAD_IP = "{head_ip}"
-_NODE_IP = "{node_ip}"
 # How long a head drains on SIGTERM when its pod is deleted by anyone but the operator (an eviction, a node
 # drain): a fixed bound, not spec.autoscaling.drainTimeoutSeconds, so that editing the spec's timeout
 # changes no pod. The operator's own drains carry the spec's timeout as it is when they start (POST /drain).
@@ -74,7 +79,11 @@ def gang_ports(ctx: BuildContext, gang: str) -> tuple[int, int]:
     random ports fall."""
     if not (ctx.distinct_gang_ports or ctx.spec.network.mode == "hostNetwork"):
         return ctx.ports.ray_gcs, ctx.ports.fabric
+    # SGLang's dist-init port and the five after it (its ZMQ channels), the serving and worker ports.
+    taken = {*range(ctx.plan.dist_init_port, ctx.plan.dist_init_port + 6), ctx.plan.port, ctx.ports.worker_http}
     slot = int(L.short_hash(gang, length=8), 16) % 5000
+    while {20000 + 2 * slot, 20001 + 2 * slot} & taken:
+        slot = (slot + 1) % 5000
     return 20000 + 2 * slot, 20001 + 2 * slot
 
 
@@ -83,46 +92,26 @@ def head_dns(ctx: BuildContext, gang: str) -> str:
 
 
 def launch_plan(ctx: BuildContext, gang: str, replica: int, revision: str) -> dict[str, Any]:
-    """The launch-plan document every pod of the gang reads (``mimo_worker.launchplan``, version 1)."""
-    plan, spec, ports = ctx.plan, ctx.spec, ctx.ports
-    program = SIMULATED_PROGRAM if plan.engine == "simulated" else ["python3", "-m", "sglang.launch_server"]
-    env = dict(plan.env)
-    extra: list[str] = []
-    if plan.engine == "simulated":
-        # The simulator binds its pod's own IP (its pod may share a machine with others, as in the local
-        # cluster), models the plan's GPU and runs at the spec's time compression; later flags win.
-        extra = ["--host", _NODE_IP, "--mimo-gpu-type", plan.gpu.name,
-                 "--mimo-speedup", repr(spec.engine.simulation.speedup)]
-    cached = weights_model_path(spec, plan)
-    if cached is not None:
-        # The operator keeps the checkpoint in its cache: SGLang reads it there and never asks the hub.
-        env["HF_HUB_OFFLINE"] = "1"
-    ranks = [{"rank": r, "argv": [*_with_model_path(plan.server_args(r, _HEAD_IP), cached), *extra], "env": env}
-             for r in range(plan.nodes_per_replica)]
-    pods = [L.pod_name(gang, r) for r in range(plan.nodes_per_replica)]
+    """The launch-plan document every pod of the gang reads (``mimo_operator.launchplan``): the plan's
+    launch as the planner wrote it, with the gang's identity, ports and deadlines around it."""
+    plan = ctx.plan
     ray_gcs, fabric = gang_ports(ctx, gang)
-    fabric_backend = "gloo" if plan.engine == "simulated" else "nccl"
-    return {
-        "kind": "MiMoLaunchPlan",
-        "version": 1,
-        "deployment": {"name": ctx.name, "namespace": ctx.namespace},
-        "gang": {"name": gang, "replica": replica, "revision": revision, "nodes": plan.nodes_per_replica,
-                 "gpus_per_node": plan.gpus_per_node, "head_address": head_dns(ctx, gang), "pods": pods},
-        "ports": {"ray_gcs": ray_gcs, "engine_http": plan.port, "dist_init": plan.dist_init_port,
-                  "fabric": fabric, "worker_http": ports.worker_http},
-        "engine": {"mode": "per-node", "program": program, "ranks": ranks},
-        "fabric": {"enabled": plan.nodes_per_replica > 1, "backend": fabric_backend,
-                   "expected_bus_gbps": _expected_bus_gbps(ctx), "min_fraction": 0.5},
-        "deadlines": {"drain_seconds": float(SIGTERM_DRAIN_SECONDS),
-                      "engine_ready_seconds": max(600.0, 2 * plan.startup.cold_seconds)},
-    }
-
-
-def _with_model_path(argv: list[str], path: str | None) -> list[str]:
-    if path is None or "--model-path" not in argv:
-        return argv
-    i = argv.index("--model-path")
-    return [*argv[: i + 1], path, *argv[i + 2:]]
+    document = LaunchPlan(
+        version=LAUNCH_PLAN_VERSION,
+        deployment=DeploymentRef(name=ctx.name, namespace=ctx.namespace),
+        gang=GangInfo(name=gang, replica=replica, revision=revision, nodes=plan.nodes_per_replica,
+                      gpus_per_node=plan.gpus_per_node, head_address=head_dns(ctx, gang),
+                      pods=[L.pod_name(gang, r) for r in range(plan.nodes_per_replica)]),
+        ports=Ports(ray_gcs=ray_gcs, engine_http=plan.port, dist_init=plan.dist_init_port, fabric=fabric,
+                    worker_http=ctx.ports.worker_http),
+        engine=plan.launch,
+        fabric=FabricExpectation(enabled=plan.nodes_per_replica > 1,
+                                 backend="gloo" if plan.engine == "simulated" else "nccl",
+                                 expected_bus_gbps=_expected_bus_gbps(ctx), min_fraction=0.5),
+        deadlines=Deadlines(drain_seconds=float(SIGTERM_DRAIN_SECONDS),
+                            engine_ready_seconds=max(600.0, 2 * plan.startup.cold_seconds)),
+    )
+    return document.model_dump(mode="json")
 
 
 def _expected_bus_gbps(ctx: BuildContext) -> float | None:
@@ -147,7 +136,7 @@ def template_of(ctx: BuildContext) -> str:
     """The hash of the builders' output for this deployment: a gang's objects built with placeholder
     identity. Not the revision (``build.revision``): it changes when an operator renders the same spec
     differently, which status reports and which rolls gangs only when the user opts in."""
-    canonical = _objects(ctx, "gang", 0, 0, "", "")
+    canonical = _objects(ctx, "gang", 0, 0, "revision", "template")
     return L.short_hash(json.dumps(canonical, sort_keys=True), length=10)
 
 

@@ -20,14 +20,14 @@ progress is read by the operator from ``GET http://<pod IP>:<status port>/status
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from mimo_operator import labels as L
 from mimo_operator.build.placement import GPU_TAINT_TOLERATION, gang_tolerations
-from mimo_operator.plan import CACHE_MOUNT_PATH, Plan
+from mimo_operator.cachepaths import CACHE_MOUNT_PATH, WEIGHTS_DIR, cache_key, cached_checkpoint
+from mimo_operator.plan import Plan
 from mimo_operator.spec import DeploymentSpec, SecretKeyRef
 
 __all__ = [
@@ -55,8 +55,6 @@ __all__ = [
     "weights_node_affinity",
 ]
 
-# Below the cache volume's mount: one directory per cache key.
-WEIGHTS_DIR = "weights"
 _PREFIX = "weights.mimo-operator.io/"
 # On download Jobs, prefetch/clean pods and cache records: which cached checkpoint they are for. The
 # operator lists them by these labels (a second deployment of the same checkpoint finds the first's Job).
@@ -142,21 +140,16 @@ class CacheRef:
         return {LABEL_KEY: self.key, LABEL_LOCATION: self.location}
 
 
-def cache_key(repo: str, revision: str) -> str:
-    """``<repo name, DNS-safe, ≤ 29>-<10 hex of (repo, revision)>``: a Kubernetes name and label part."""
-    slug = re.sub(r"[^a-z0-9]+", "-", repo.split("/")[-1].lower()).strip("-")[:29].strip("-") or "model"
-    return f"{slug}-{L.short_hash(repo, revision, length=10)}"
-
-
 def cache_ref(spec: DeploymentSpec, plan: Plan) -> CacheRef | None:
     """The cache a deployment uses, or None when the operator manages no weights for it: cache mode none
     (the engine fetches the checkpoint itself) or a ``source.path`` (already on a volume or the nodes)."""
     model = spec.model
     cache = model.cache
-    if cache.mode == "none" or (model.source is not None and model.source.path is not None):
+    cached = cached_checkpoint(spec, plan.checkpoint)
+    if cached is None or cache.mode == "none":
         return None
-    repo = model.source.hugging_face_id if model.source and model.source.hugging_face_id else plan.checkpoint.hf_id
-    return CacheRef(repo=repo, revision=model.revision or "main", mode=cache.mode, claim_name=cache.claim_name,
+    repo, revision = cached
+    return CacheRef(repo=repo, revision=revision, mode=cache.mode, claim_name=cache.claim_name,
                     node_local_path=cache.node_local_path, token=model.token_secret_ref,
                     keep_after_delete=cache.keep_after_delete, gate=cache.gate_on_weights_ready,
                     precision=model.precision)
