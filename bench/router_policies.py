@@ -61,6 +61,7 @@ MANIFEST = {
     "spec": {"model": {"variant": "MiMo-V2.5"}, "hardware": {"gpuType": "H100-80GB"}},
 }
 POLICIES = ("cache_aware", "round_robin", "power_of_two")
+JSON = {"Content-Type": "application/json"}
 # sglang-router 0.3's cache_aware defaults (router_args.py)
 CACHE_THRESHOLD = 0.3
 BALANCE_ABS = 64
@@ -301,7 +302,9 @@ async def measure(trace: PrefixTrace, policy: str, manifest: Path, args: argpars
     router += ["--prometheus-host", "127.0.0.1", "--prometheus-port", str(free_port())]
     router += ["--worker-urls", *bases]
     commands = [[*engine, "--port", str(p)] for p in ports]
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+    # no connection limit: a pool (aiohttp: 100) would queue requests in the client, out of the TTFT
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600), connector=connector) as session:
         with processes(commands, logs) as engines:
             for base in bases:
                 await _wait_ok(session, base + "/health", "a simulated engine")
@@ -310,18 +313,28 @@ async def measure(trace: PrefixTrace, policy: str, manifest: Path, args: argpars
                 url = f"http://127.0.0.1:{router_port}"
                 await _wait_ok(session, url + "/health", "the router")
                 results: list[tuple[int, int, int, int]] = []  # (status, prompt, cached, completion)
+                # bodies are encoded before the clock starts: the client's CPU must not delay arrivals
+                bodies = [
+                    json.dumps(
+                        {
+                            "model": "XiaomiMiMo/MiMo-V2.5",
+                            "messages": item.messages(),
+                            "max_tokens": min(item.generated_tokens, args.max_output),
+                        }
+                    ).encode()
+                    for item in trace.requests
+                ]
                 t0 = time.monotonic()
                 first = trace.requests[0].arrival
 
-                async def send(item: Any) -> None:
-                    await asyncio.sleep(max(0.0, (item.arrival - first) / args.speedup - (time.monotonic() - t0)))
-                    body = {
-                        "model": "XiaomiMiMo/MiMo-V2.5",
-                        "messages": item.messages(),
-                        "max_tokens": min(item.generated_tokens, args.max_output),
-                    }
+                lags: list[float] = []
+
+                async def send(item: Any, body: bytes) -> None:
+                    due = (item.arrival - first) / args.speedup
+                    await asyncio.sleep(max(0.0, due - (time.monotonic() - t0)))
+                    lags.append(time.monotonic() - t0 - due)
                     try:
-                        async with session.post(url + "/v1/chat/completions", json=body) as response:
+                        async with session.post(url + "/v1/chat/completions", data=body, headers=JSON) as response:
                             payload = await response.json(content_type=None)
                             if response.status != 200:
                                 results.append((response.status, 0, 0, 0))
@@ -339,8 +352,12 @@ async def measure(trace: PrefixTrace, policy: str, manifest: Path, args: argpars
                     except (TimeoutError, aiohttp.ClientError):
                         results.append((0, 0, 0, 0))
 
-                await asyncio.gather(*(send(item) for item in trace.requests))
+                await asyncio.gather(*(send(item, body) for item, body in zip(trace.requests, bodies, strict=True)))
                 wall = time.monotonic() - t0
+                print(
+                    f"  {policy}: sent {statistics.fmean(lags) * 1e3:.1f} ms late on average "
+                    f"(max {max(lags) * 1e3:.0f} ms wall, × {args.speedup} simulated)"
+                )
                 ttft = await _scrape(session, bases)
                 counts = []
                 for base in bases:

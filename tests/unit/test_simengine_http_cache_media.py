@@ -164,6 +164,7 @@ MEDIA_CHAT = {
                 {"type": "text", "text": "What is in the picture, and what does the clip say?"},
                 {"type": "image_url", "image_url": {"url": _png(896, 672)}},
                 {"type": "input_audio", "input_audio": {"data": _wav(4.0), "format": "wav"}},
+                {"type": "video_url", "video_url": {"url": "https://example.com/clip.mp4"}},
             ],
         }
     ],
@@ -172,7 +173,11 @@ MEDIA_CHAT = {
 
 
 async def test_mimo_v25_serves_an_image_and_an_audio_clip_priced_by_the_encoders() -> None:
-    async with serving("XiaomiMiMo/MiMo-V2.5", planned_dp=True) as (session, base, server):
+    async with serving("XiaomiMiMo/MiMo-V2.5", planned_dp=True, mm_enable_dp_encoder=True) as (
+        session,
+        base,
+        server,
+    ):
         submitted: list[float] = []
         submit = server.engine.submit
 
@@ -185,11 +190,13 @@ async def test_mimo_v25_serves_an_image_and_an_audio_clip_priced_by_the_encoders
         assert status == 200, body
         text_only = 13 + 4 + 3  # 51 characters of text, one message, the reply marker
         image, audio = 896 * 672 // (28 * 28), 4 * 25  # media.py's rates: 768 image tokens, 100 audio tokens
-        assert body["usage"]["prompt_tokens"] == text_only + image + audio
-        # 2 × params × patches (frames) on one attention-TP group (4 GPUs) at the prefill efficiency
-        flops = 2 * 729e6 * image * 4 + 2 * 261e6 * audio * 2
+        video = 20 * (448 * 448 // (28 * 28)) // 2  # a remote video: 10 s at 2 frames/s, frame pairs merged
+        assert body["usage"]["prompt_tokens"] == text_only + image + audio + video
+        # 2 × params × patches (frames) at the prefill efficiency, over every GPU: the plan turns on
+        # --mm-enable-dp-encoder with attention DP
+        flops = 2 * 729e6 * (image + video) * 4 + 2 * 261e6 * audio * 2
         gpu = server.engine.timer.flops  # type: ignore[attr-defined]
-        assert submitted == [pytest.approx(flops / (4 * gpu * 0.23))]
+        assert submitted == [pytest.approx(flops / (8 * gpu * 0.23))]
 
 
 def test_the_encoders_time_comes_before_the_first_token() -> None:
@@ -215,6 +222,7 @@ async def test_mimo_v25_pro_is_text_only_and_refuses_media_in_sglangs_error_shap
         assert body["object"] == "error"
         assert body["type"] == "BadRequestError"
         assert body["code"] == 400
+        assert "video" in body["message"]
         assert "text-only" in body["message"]
         assert "image" in body["message"]
         assert "audio" in body["message"]
