@@ -107,7 +107,8 @@ def test_status_names_the_gangs_an_older_operator_rendered_and_rolls_them_only_w
     condition = upgrade.condition()
     assert (condition["type"], condition["status"], condition["reason"]) == (
         "OperatorUpgradeAvailable", "True", "PodsOutdatedByOperatorTemplate")
-    assert old_name in condition["message"] and "operatorUpgrades: Automatic" in condition["message"]
+    assert old_name in condition["message"]
+    assert "operatorUpgrades: Automatic" in condition["message"]
 
     assert operator_upgrade(ctx, revision, new_gang).condition()["status"] == "False"
     automatic = replace(ctx, spec=parse_spec(PRO.set("rollout.operatorUpgrades", "Automatic").build()))
