@@ -20,6 +20,7 @@ __all__ = [
     "GPU_TYPES",
     "Architecture",
     "Checkpoint",
+    "Encoder",
     "GpuType",
     "Modality",
     "Precision",
@@ -38,6 +39,15 @@ Modality = Literal["text", "image", "video", "audio"]
 # 0.5 % over 2 bytes/param puts Pro BF16 at ≈ 2,050 GB.
 _BYTES_PER_PARAM: dict[Precision, float] = {"fp8": 1.0, "bf16": 2.0}
 _PRECISION_OVERHEAD: dict[Precision, float] = {"fp8": 1.03, "bf16": 1.005}
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """A modality encoder inside a multimodal checkpoint (its weights are part of ``params_total``)."""
+
+    name: str
+    modalities: tuple[Modality, ...]
+    params: int
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,8 @@ class Checkpoint:
     reasoning_parser: str = "mimo"
     # --mem-fraction-static with DeepEP: the rest of each GPU holds DeepEP/NVSHMEM buffers and graphs.
     deepep_mem_fraction: float = 0.7
+    # The vision and audio encoders of a multimodal checkpoint (the simulated engine prices media with them).
+    encoders: tuple[Encoder, ...] = ()
 
     @property
     def expert_params(self) -> int:
@@ -143,6 +155,12 @@ def _mimo_v25(*, base: bool) -> Checkpoint:
         # SGLang cookbook (docs_new/src/snippets/autoregressive/mimo-v25-deployment.jsx): V2.5 on Hopper
         # `--mem-fraction-static 0.65`.
         deepep_mem_fraction=0.65,
+        # facts: modalities "text, image, video, audio (ViT 729M, audio encoder 261M)": the ViT encodes
+        # images and video frames.
+        encoders=(
+            Encoder("vision", ("image", "video"), 729_000_000),
+            Encoder("audio", ("audio",), 261_000_000),
+        ),
     )
 
 

@@ -5,9 +5,9 @@ OpenAI content parts, as SGLang's chat endpoint takes them: ``{"type": "image_ur
 "audio_url", "audio_url": {"url": …}}`` and ``{"type": "video_url", "video_url": {"url": …}}``.
 
 MiMo-V2.5 encodes images and video frames with a 729M-parameter ViT and audio with a 261M-parameter
-encoder (mimo-facts.md, the card's modalities row). The card gives the encoders' sizes, not their token
-rates, so the rates here are the common ones of ViT-based VLMs and Whisper-style audio encoders, and are
-assumptions: 14-pixel patches merged 2×2 (one token per 28×28 pixels, the image resized to at most
+encoder (the catalog's ``Checkpoint.encoders``, from the card's modalities row). The card gives the
+encoders' sizes, not their token rates, so the rates here are the common ones of ViT-based VLMs and
+Whisper-style audio encoders, and are assumptions: 14-pixel patches merged 2×2 (one token per 28×28 pixels, the image resized to at most
 ``MAX_IMAGE_PIXELS``), audio at 25 tokens per second, video sampled at 2 frames per second at 448×448.
 A data URL is decoded to find the image's size or the audio's length (WAV); a remote URL cannot be
 fetched here, so it is priced at the defaults.
@@ -25,8 +25,11 @@ import hashlib
 import io
 import math
 import wave
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from mimo_operator.catalog import CHECKPOINTS
 
 __all__ = [
     "AUDIO_ENCODER_PARAMS",
@@ -37,8 +40,12 @@ __all__ = [
     "media_of",
 ]
 
-VISION_ENCODER_PARAMS = 729_000_000  # mimo-facts.md: "ViT 729M"
-AUDIO_ENCODER_PARAMS = 261_000_000  # mimo-facts.md: "audio encoder 261M"
+# Encoder parameters by media kind, from the catalog's MiMo-V2.5 entry (the only multimodal family).
+ENCODER_PARAMS: dict[str, int] = {
+    kind: encoder.params for encoder in CHECKPOINTS["MiMo-V2.5"].encoders for kind in encoder.modalities
+}
+VISION_ENCODER_PARAMS = ENCODER_PARAMS["image"]
+AUDIO_ENCODER_PARAMS = ENCODER_PARAMS["audio"]
 PIXELS_PER_TOKEN = 28 * 28  # assumption: 14-px patches, 2×2 merge
 PATCHES_PER_TOKEN = 4
 MAX_IMAGE_PIXELS = 1280 * 28 * 28  # assumption: images larger than this are resized down
@@ -62,10 +69,6 @@ class MediaItem:
     tokens: int  # prompt tokens it becomes
     encoder_units: int  # patches (image, video) or audio frames through its encoder
     key: str  # content hash: equal media give equal prompt pages
-
-    @property
-    def encoder_params(self) -> int:
-        return AUDIO_ENCODER_PARAMS if self.kind == "audio" else VISION_ENCODER_PARAMS
 
 
 def _data_url(url: str) -> bytes | None:
@@ -154,9 +157,16 @@ def media_of(part: dict[str, Any]) -> MediaItem | None:
     raise MediaError(f"unknown content part type {kind!r}")
 
 
-def encoder_seconds(items: list[MediaItem], *, gpus: int, flops_per_gpu: float, encoder_gpus: int) -> float:
-    """Time the encoders take for ``items`` on ``encoder_gpus`` of the replica's GPUs."""
+def encoder_seconds(
+    items: list[MediaItem],
+    *,
+    gpus: int,
+    flops_per_gpu: float,
+    encoder_gpus: int,
+    params: Mapping[str, int] = ENCODER_PARAMS,
+) -> float:
+    """Time the encoders (``params`` by media kind) take for ``items`` on ``encoder_gpus`` of the GPUs."""
     if not items or flops_per_gpu <= 0:
         return 0.0
-    flops = sum(2 * item.encoder_params * item.encoder_units for item in items)
+    flops = sum(2 * params.get(item.kind, 0) * item.encoder_units for item in items)
     return flops / (max(min(encoder_gpus, gpus), 1) * flops_per_gpu * ENCODER_MFU)

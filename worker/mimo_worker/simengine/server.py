@@ -66,7 +66,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from mimo_operator.catalog import CHECKPOINTS
+from mimo_operator.catalog import CHECKPOINTS, Checkpoint
 from mimo_worker import __version__
 from mimo_worker.simengine.engine import (
     EngineLimits,
@@ -426,15 +426,27 @@ class SimulatedEngineServer:
         flops = float(getattr(self.engine.timer, "flops", 0.0) or 0.0)
         attention_tp = max(self.options.tp_size // self.engine.attention_dp, 1)
         encoder_gpus = gpus if self.options.mm_enable_dp_encoder else attention_tp
-        return encoder_seconds(list(media), gpus=gpus, flops_per_gpu=flops, encoder_gpus=encoder_gpus)
+        entry = self._checkpoint()
+        params = {k: e.params for e in entry.encoders for k in e.modalities} if entry and entry.encoders else None
+        return encoder_seconds(
+            list(media),
+            gpus=gpus,
+            flops_per_gpu=flops,
+            encoder_gpus=encoder_gpus,
+            **({"params": params} if params else {}),
+        )
+
+    def _checkpoint(self) -> Checkpoint | None:
+        """The catalog entry of the served model (by its Hugging Face id at the end of --model-path)."""
+        path = (self.options.model_path or "").rstrip("/")
+        return next((c for c in CHECKPOINTS.values() if path.endswith(c.hf_id)), None)
 
     def _refuse_media(self, gen: _Generation) -> web.Response | None:
         """A text-only checkpoint (MiMo-V2.5-Pro) refuses images, audio and video, as SGLang does for a
         model without a multimodal processor: 400 in the OpenAI error shape."""
         if not gen.media:
             return None
-        path = self.options.model_path or ""
-        entry = next((c for c in CHECKPOINTS.values() if path.rstrip("/").endswith(c.hf_id)), None)
+        entry = self._checkpoint()
         if entry is None or entry.multimodal:
             return None
         kinds = ", ".join(sorted({m.kind for m in gen.media}))
