@@ -161,10 +161,10 @@ def baselines(comparison: Comparison) -> list[Autoscaler]:
     """HPA and KEDA at several targets each, so each is compared at its best setting."""
     low, high = comparison.policy.min_replicas, comparison.policy.max_replicas
     made: list[Autoscaler] = [HpaUtilisation(low, high, "token_usage", 0.8, name="hpa[kv 0.8]")]
-    for target in (16, 32, 64):
-        made.append(HpaUtilisation(low, high, "running_requests", target, name=f"hpa[running {target}]"))
-    for target in (1.0, 4.0):
-        made.append(KedaQueue(low, high, target, name=f"keda[queue {target:g}]"))
+    for running in (16, 32, 64):
+        made.append(HpaUtilisation(low, high, "running_requests", running, name=f"hpa[running {running}]"))
+    for queue in (1.0, 4.0):
+        made.append(KedaQueue(low, high, queue, name=f"keda[queue {queue:g}]"))
     return made
 
 

@@ -161,6 +161,7 @@ async def step(*, port: MetricsPort, namespace: str, name: str, spec: Deployment
         SCRAPE_FAILURES.labels(namespace, name).inc()
     observation = memory.observe(now, gang_states(gangs, health), memory.pending(refused))
     decision = decide(observation, config)
+    memory.decided(decision, now)
     signals = decision.signals
     for key, value in (("demand", signals.demand), ("panic_demand", signals.panic_demand),
                        ("forecast_demand", signals.forecast_demand), ("token_usage", signals.token_usage),

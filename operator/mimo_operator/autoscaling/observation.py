@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from mimo_operator.autoscaling.policy import Gang, GangPhase, MetricSample, Observation
+from mimo_operator.autoscaling.policy import Decision, Gang, GangPhase, MetricSample, Observation, remember
 
 __all__ = [
     "ROUTER_NO_WORKER_ERROR",
@@ -229,6 +229,8 @@ class ScaleMemory:
     last_scale_up_at: float | None = None
     last_scale_down_at: float | None = None
     router_refused: float | None = None
+    # The policy's demand at each decision (`policy.remember`), longer than the samples: recurring bursts.
+    demand_history: tuple[tuple[float, float], ...] = ()
 
     def record(self, gang: str, scrape: Scrape) -> None:
         """One gang's scrape; its TTFT p95 is that of the requests since the gang's previous scrape."""
@@ -247,6 +249,10 @@ class ScaleMemory:
             return None
         # A router restart resets its counter: what it shows now is all new.
         return int(refused - before) if refused >= before else int(refused)
+
+    def decided(self, decision: Decision, now: float) -> None:
+        """A decision was taken: its demand joins the history the next observation carries."""
+        self.demand_history = remember(self.demand_history, decision, now)
 
     def scaled(self, desired: int, current: int, now: float) -> None:
         """A decision was carried out (the desired count changed): what the policy's blockers read."""
@@ -288,4 +294,5 @@ class ScaleMemory:
             last_scale_up_at=self.last_scale_up_at,
             last_scale_down_at=self.last_scale_down_at,
             pending_requests=pending_requests,
+            demand_history=self.demand_history,
         )

@@ -39,6 +39,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "DEMAND_HISTORY_SECONDS",
     "Action",
     "Decision",
     "Gang",
@@ -53,6 +54,11 @@ __all__ = [
     "recurrence",
     "remember",
 ]
+
+
+# How far back the policy's own record of demand (`Observation.demand_history`) reaches: it finds bursts
+# that recur within it (three onsets at least), so periods of up to about 40 minutes are recognised.
+DEMAND_HISTORY_SECONDS = 7200.0
 
 
 class GangPhase(enum.Enum):
@@ -134,9 +140,6 @@ class PolicyConfig:
     scale_down_interval_seconds: float = 30.0  # between two scale-downs
     scale_down_margin: float = 0.1  # the remaining gangs must stay this far under the targets
     max_sample_age_seconds: float = 45.0  # an older newest sample from a ready gang is missing data
-    # How far back the policy's own record of demand (`Observation.demand_history`) reaches: it finds
-    # bursts that recur within it (three at least), so a period of up to a third of it is recognised.
-    demand_history_seconds: float = 7200.0
     # A gang's start-up, for holding and pre-warming the capacity of recurring bursts; None: forecast_seconds.
     startup_seconds: float | None = None
 
@@ -301,6 +304,17 @@ def decide(observation: Observation, config: PolicyConfig) -> Decision:
     slo = config.ttft_slo_seconds
     slo_missed = loads.ttft_view() > 0
     if slo is not None and ttft is not None and slo_missed and current < config.max_replicas:
+        if loads.backlog_clearing(now):
+            # Late first tokens of requests queued while capacity was short: the queue is shrinking
+            # on the gangs there are, and a gang ordered now would serve a start-up after it is gone
+            # (and the router does not move queued requests to it anyway).
+            return Decision(
+                current,
+                Action.HOLD,
+                f"TTFT p95 up to {ttft:.2f}s, above the SLO {slo:g}s, while a backlog of "
+                f"{loads.latest_sum('queue_requests') or 0:.0f} request(s) clears: not adding a gang for it",
+                signals,
+            )
         if starting:
             return Decision(
                 current,
@@ -346,6 +360,11 @@ def decide(observation: Observation, config: PolicyConfig) -> Decision:
     if blocker is None and slo_missed:
         blocker = "TTFT p95 above the SLO on most gangs"
     if fits and blocker is None:
+        # Every gang the window's peak does not need goes at once: the window has already shown that
+        # they were idle, and releasing them one by one keeps a burst's gangs minutes longer.
+        if fewer > 0:
+            needed = max(peak_demand, forecast_demand, warm) / (1.0 - config.scale_down_margin)
+            fewer = max(config.min_replicas, 1, min(fewer, math.ceil(needed - 1e-9)))
         victim = starting[-1].name if starting else _least_loaded(ready, observation.samples)
         what = "cancel starting" if starting else "drain"
         return Decision(
@@ -364,14 +383,12 @@ def decide(observation: Observation, config: PolicyConfig) -> Decision:
     return Decision(current, Action.HOLD, reason, signals)
 
 
-def remember(
-    history: Sequence[tuple[float, float]], decision: Decision, now: float, config: PolicyConfig
-) -> tuple[tuple[float, float], ...]:
+def remember(history: Sequence[tuple[float, float]], decision: Decision, now: float) -> tuple[tuple[float, float], ...]:
     """The demand history to pass with the next observation: this decision's demand added, old ones dropped.
 
     Only decisions taken on fresh metrics of ready gangs add a point (a guess would teach a false burst).
     """
-    kept = tuple(p for p in history if p[0] >= now - config.demand_history_seconds)
+    kept = tuple(p for p in history if p[0] >= now - DEMAND_HISTORY_SECONDS)
     signals = decision.signals
     if decision.action is Action.NO_DATA or signals.ready == 0:
         return kept
@@ -391,7 +408,7 @@ def recurrence(history: Sequence[tuple[float, float]], now: float, config: Polic
     next onset by a quarter period is over. Bursts that began before the history are not counted: their
     onset is unknown.
     """
-    points = [p for p in history if p[0] >= now - config.demand_history_seconds]
+    points = [p for p in history if p[0] >= now - DEMAND_HISTORY_SECONDS]
     if len(points) < 8:
         return None
     values = sorted(d for _, d in points)
@@ -580,6 +597,19 @@ class _Loads:
                 gangs += 1
         return gangs > 0 and queued > gangs
 
+    def backlog_clearing(self, now: float) -> bool:
+        """Whether the ready gangs' queues hold a backlog that shrank over the last panic window."""
+        before = 0.0
+        after = 0.0
+        for name in self._ready:
+            base, inside = self._in(name, now - self._config.panic_window_seconds, now)
+            if not inside:
+                continue
+            first = base if base is not None else inside[0]
+            before += first.queue_requests
+            after += inside[-1].queue_requests
+        return before >= len(self._ready) and after < before
+
     # -- the views of demand
 
     def stable(self) -> float:
@@ -754,6 +784,17 @@ class _Loads:
         running_target = config.target_running_fraction * config.capacity.max_running_requests
         running = sum(s.running_requests for s in inside) / len(inside) / running_target
         demand = max(usage, running)
+        base, _ = self._in(name, start, end)
+        if (
+            base is not None
+            and inside[-1].queue_requests < base.queue_requests
+            and base.queue_requests * self._work_per_request > end - start
+        ):
+            # A gang clearing a backlog longer than the window runs requests that arrived before it:
+            # its running count says how much was late, not how much is arriving, and counting it
+            # orders gangs for load already in a queue (the router never moves it to a new gang).
+            # Its KV use still counts: where prompts are long the pool, not compute, is what binds.
+            demand = usage
         arrivals = self._arrivals(name, start, end)
         if arrivals is not None:
             # Divided by the whole window, so that gangs that served part of it add up correctly.

@@ -626,6 +626,7 @@ class _Engine:
             now, gangs, self.memory.pending([RouterScrape(float(self.refused_total))])
         )
         decision = self.autoscaler.decide(observation)
+        self.memory.decided(decision, now)
         current = sum(1 for g in gangs if g.phase is not GangPhase.DRAINING)
         index = {r.name: r.index for r in self.replicas if r.ended is None}
         removed = self._apply(decision, now)

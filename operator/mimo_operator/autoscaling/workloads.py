@@ -73,7 +73,7 @@ class Pareto:
         a, s, h = self.alpha, self.scale, float(self.high)
         log_case = abs(a - 1.0) < 1e-9
         below = s * math.log(h / s) if log_case else a * s / (a - 1.0) * (1.0 - (s / h) ** (a - 1.0))
-        return below + h * (s / h) ** a
+        return float(below + h * (s / h) ** a)
 
 
 @dataclass(frozen=True)
