@@ -4,12 +4,12 @@ OpenAI content parts, as SGLang's chat endpoint takes them: ``{"type": "image_ur
 …}}``, ``{"type": "input_audio", "input_audio": {"data": <base64>, "format": "wav"}}``, ``{"type":
 "audio_url", "audio_url": {"url": …}}`` and ``{"type": "video_url", "video_url": {"url": …}}``.
 
-MiMo-V2.5 encodes images and video frames with a 729M-parameter ViT and audio with a 261M-parameter
-encoder (the catalog's ``Checkpoint.encoders``, from the card's modalities row). The card gives the
-encoders' sizes, not their token rates, so the rates here are the common ones of ViT-based VLMs and
-Whisper-style audio encoders, and are assumptions: 14-pixel patches merged 2×2 (one token per 28×28 pixels, the image resized to at most
-``MAX_IMAGE_PIXELS``), audio at 25 tokens per second, video sampled at 2 frames per second at 448×448.
-A data URL is decoded to find the image's size or the audio's length (WAV); a remote URL cannot be
+MiMo-V2.5 encodes images and video frames with a 729M-parameter ViT and audio with a 261M-parameter encoder
+(the catalog's ``Checkpoint.encoders``, from the card's modalities row). The card gives the encoders' sizes,
+not their token rates, so the rates here are the common ones of ViT-based VLMs and Whisper-style audio
+encoders, and are assumptions: 14-pixel patches merged 2×2 (one token per 28×28 pixels, the image resized to
+at most ``MAX_IMAGE_PIXELS``), audio at 25 tokens per second, video sampled at 2 frames per second at
+448×448. A data URL is decoded to find the image's size or the audio's length (WAV); a remote URL cannot be
 fetched here, so it is priced at the defaults.
 
 Encoder time = 2 × encoder parameters × patches (or audio frames) FLOPs on the replica's GPUs at the
