@@ -147,3 +147,66 @@ def test_two_processes_measure_gloo_all_reduce_and_all_to_all() -> None:
     assert combined.all_to_all_bus_gbps is not None
     assert combined.all_to_all_bus_gbps > 0
     assert 0 < combined.latency_seconds < 5
+
+
+def test_nccl_runs_one_rank_per_gpu_laid_out_as_the_engines_ranks() -> None:
+    from mimo_worker.fabric import probe_ranks
+
+    ranks = probe_ranks(2, 8, "nccl")
+    assert [(p.node, p.local_rank, p.rank) for p in ranks[7:10]] == [(0, 7, 7), (1, 0, 8), (1, 1, 9)]
+    assert {p.world_size for p in ranks} == {16}
+    assert {p.num_gpus for p in ranks} == {1}  # each process holds one GPU of its node's bundle
+    gloo = probe_ranks(3, 8, "gloo")
+    assert [(p.node, p.rank, p.world_size, p.num_gpus) for p in gloo] == [(0, 0, 3, 0), (1, 1, 3, 0), (2, 2, 3, 0)]
+
+
+def test_expectations_come_from_the_nodes_nics() -> None:
+    from mimo_worker.fabric import expected_bus_gbps
+
+    # 8 × 400 Gb/s NDR per node = 400 GB/s: all-reduce rings over every NIC reach it.
+    assert expected_bus_gbps("all_reduce", node_nic_gbps=400, nodes=2, ranks_per_node=8) == 400
+    # All-to-all between 16 GPUs: each GPU's 50 GB/s NIC carries the 8/16 that leave the node → 50 × 15/8.
+    assert expected_bus_gbps("all_to_all", node_nic_gbps=400, nodes=2, ranks_per_node=8) == pytest.approx(93.75)
+    assert expected_bus_gbps("all_to_all", node_nic_gbps=400, nodes=4, ranks_per_node=8) == pytest.approx(
+        50 * 31 / 24)
+    assert expected_bus_gbps("all_reduce", node_nic_gbps=400, nodes=1, ranks_per_node=8) == 0.0
+
+
+def gpu_report(all_reduce: float, all_to_all: float | None) -> FabricReport:
+    return FabricReport("nccl", 16, [], all_reduce, 30e-6, all_to_all, ranks_per_node=8)
+
+
+@pytest.mark.parametrize(
+    ("all_reduce", "all_to_all", "verdict", "named"),
+    [
+        (350.0, 80.0, "pass", None),
+        (350.0, 40.0, "fail", "all-to-all 40.00 GB/s is below 46.88 GB/s"),  # DeepEP's traffic would crawl
+        (150.0, 80.0, "fail", "all-reduce 150.00 GB/s is below 200.00 GB/s"),
+        (3.0, 1.0, "fail", "all-reduce 3.00 GB/s"),  # NCCL over sockets: both named
+    ],
+)
+def test_all_reduce_and_all_to_all_are_both_gated(all_reduce: float, all_to_all: float, verdict: str,
+                                                  named: str | None) -> None:
+    result = judge(gpu_report(all_reduce, all_to_all), FabricExpectation(expected_bus_gbps=400, min_fraction=0.5))
+    assert result.verdict == verdict
+    if named:
+        assert named in result.message
+        assert "2 nodes × 8 ranks" in result.message
+        assert "NET/Socket" in result.message
+    if all_reduce == 3.0:
+        assert "all-to-all 1.00 GB/s is below" in result.message
+
+
+@pytest.mark.skipif(torch_missing, reason="torch is not installed (pip install -e '.[fabric]')")
+def test_the_nccl_branchs_group_options_build_without_a_gpu() -> None:
+    """As far as the NCCL branch goes on a machine without a GPU: torch's NCCL process-group options exist and
+    take the timeout the check sets (bench/gpu/fabric_nccl.py runs the branch itself on a GPU)."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    c10d: Any = dist
+    assert c10d.is_nccl_available()
+    options = c10d.ProcessGroupNCCL.Options()
+    options._timeout = timedelta(seconds=5)
+    assert options._timeout == timedelta(seconds=5)

@@ -1,8 +1,10 @@
 """The fabric check: collective bandwidth and latency across the gang, measured before the engine starts.
 
-One process per node joins a torch.distributed group (NCCL on GPUs, gloo on CPU) and times all-reduce and
-all-to-all at a few message sizes. The head publishes the figures and refuses to start the engine when the
-all-reduce bus bandwidth is below ``min_fraction`` × the plan's expectation. The failure this exists for:
+With NCCL, one process per GPU on every node joins a torch.distributed group, as the engine's ranks will
+(DeepEP's all-to-all runs between every GPU of the gang); with gloo (no GPU: the local cluster) one process
+per node. Each times all-reduce and all-to-all at a few message sizes. The head publishes the figures and
+refuses to start the engine when either bus bandwidth is below ``min_fraction`` × its expectation, which
+comes from the nodes' NICs (see :func:`expected_bus_gbps`). The failure this exists for:
 NCCL quietly using TCP sockets (``NET/Socket``) instead of InfiniBand (``NET/IB``) because an RDMA device,
 ``IPC_LOCK`` or ``NCCL_IB_HCA`` is missing — the engine would load a terabyte of weights and then serve at a
 fraction of its planned speed, or time out in DeepEP.
@@ -21,18 +23,22 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 from datetime import timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from mimo_worker.launchplan import FabricExpectation
+if TYPE_CHECKING:  # the model is pydantic, which a bare GPU machine running bench/gpu/ lacks
+    from mimo_worker.launchplan import FabricExpectation
 
 __all__ = [
     "FabricReport",
     "FabricSample",
     "FabricVerdict",
     "Op",
+    "ProbeRank",
     "bus_factor",
+    "expected_bus_gbps",
     "judge",
     "measure_rank",
+    "probe_ranks",
     "summarize",
 ]
 
@@ -45,6 +51,41 @@ SOCKET_FALLBACK_HINT = (
     "'NET/Socket' instead of 'NET/IB'; check the pod's RDMA device resource, IPC_LOCK, NCCL_IB_HCA and "
     "NCCL_SOCKET_IFNAME"
 )
+
+
+@dataclass(frozen=True)
+class ProbeRank:
+    """One process of the check: on which node (its placement-group bundle), which rank, how many GPUs."""
+
+    node: int
+    local_rank: int
+    rank: int
+    world_size: int
+    num_gpus: int
+
+
+def probe_ranks(nodes: int, gpus_per_node: int, backend: Literal["nccl", "gloo"]) -> list[ProbeRank]:
+    """The check's processes: with NCCL one per GPU (global rank = node × GPUs per node + local rank, each
+    holding one GPU of its node's bundle, so the ranks are laid out as the engine's); with gloo one per node."""
+    per_node = gpus_per_node if backend == "nccl" else 1
+    world = nodes * per_node
+    return [ProbeRank(node, local, node * per_node + local, world, 1 if backend == "nccl" else 0)
+            for node in range(nodes) for local in range(per_node)]
+
+
+def expected_bus_gbps(op: Op, *, node_nic_gbps: float, nodes: int, ranks_per_node: int) -> float:
+    """The bus bandwidth the nodes' NICs allow, in GB/s, from a node's NIC total (HCAs × link speed).
+
+    All-reduce: NCCL runs one ring per NIC, so between nodes its bus bandwidth reaches the node's NIC total.
+    All-to-all: of the (n−1)/n of its buffer each rank sends, (n−g)/n leaves the node (g ranks per node)
+    through the rank's 1/g share of the NICs, so the bus bandwidth is that share × (n−1)/(n−g).
+    """
+    world = nodes * ranks_per_node
+    if nodes < 2:
+        return 0.0
+    if op == "all_reduce":
+        return node_nic_gbps
+    return node_nic_gbps / ranks_per_node * (world - 1) / (world - ranks_per_node)
 
 
 def bus_factor(op: Op, world_size: int) -> float:
@@ -83,6 +124,11 @@ class FabricReport:
     latency_seconds: float  # all-reduce at the smallest size
     all_to_all_bus_gbps: float | None
     seconds_total: float = 0.0
+    ranks_per_node: int = 1
+
+    @property
+    def nodes(self) -> int:
+        return self.world_size // self.ranks_per_node
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,7 +142,8 @@ class FabricVerdict:
     threshold_gbps: float | None = None
 
 
-def summarize(backend: str, per_rank: list[list[FabricSample]], seconds_total: float = 0.0) -> FabricReport:
+def summarize(backend: str, per_rank: list[list[FabricSample]], seconds_total: float = 0.0,
+              ranks_per_node: int = 1) -> FabricReport:
     """Combine every rank's samples: the slowest rank decides each (op, size)."""
     if not per_rank or not per_rank[0]:
         raise ValueError("no fabric samples to summarize")
@@ -117,34 +164,49 @@ def summarize(backend: str, per_rank: list[list[FabricSample]], seconds_total: f
     largest = max(reduce, key=lambda s: s.size_bytes)
     smallest = min(reduce, key=lambda s: s.size_bytes)
     a2a_bus = max(a2a, key=lambda s: s.size_bytes).bus_gbps if a2a else None
-    return FabricReport(backend, world_size, combined, largest.bus_gbps, smallest.seconds, a2a_bus, seconds_total)
+    return FabricReport(backend, world_size, combined, largest.bus_gbps, smallest.seconds, a2a_bus, seconds_total,
+                        ranks_per_node)
 
 
 def judge(report: FabricReport, expectation: FabricExpectation) -> FabricVerdict:
-    """Whether the engine may start on this fabric; the message says why not, with the numbers."""
+    """Whether the engine may start on this fabric: all-reduce AND all-to-all (what DeepEP runs) each at
+    least ``min_fraction`` of what the nodes' NICs allow; the message says why not, with the numbers.
+
+    ``expectation.expected_bus_gbps`` is a node's NIC total in GB/s (HCAs × link speed); each collective's
+    expected bus bandwidth follows from it (:func:`expected_bus_gbps`)."""
+    where = f"{report.nodes} nodes × {report.ranks_per_node} rank{'s' if report.ranks_per_node > 1 else ''}"
     measured = (
-        f"{report.backend} all-reduce bus bandwidth {report.bus_gbps:.2f} GB/s "
-        f"({report.world_size} nodes, latency {report.latency_seconds * 1e6:.0f} µs)"
+        f"{report.backend} all-reduce bus bandwidth {report.bus_gbps:.2f} GB/s"
+        + (f", all-to-all {report.all_to_all_bus_gbps:.2f} GB/s" if report.all_to_all_bus_gbps is not None else "")
+        + f" ({where}, latency {report.latency_seconds * 1e6:.0f} µs)"
     )
-    if report.world_size < 2:
+    if report.nodes < 2:
         return FabricVerdict(True, "skipped", "one node: no inter-node fabric to check")
     if expectation.expected_bus_gbps is None:
         return FabricVerdict(True, "measured", f"{measured}; the plan sets no expectation")
-    threshold = expectation.expected_bus_gbps * expectation.min_fraction
-    if report.bus_gbps >= threshold:
-        return FabricVerdict(
-            True,
-            "pass",
-            f"{measured} ≥ {threshold:.2f} GB/s ({expectation.min_fraction:.0%} of the expected "
-            f"{expectation.expected_bus_gbps:.2f} GB/s)",
-            threshold,
-        )
+    fraction = expectation.min_fraction
+    checks: list[tuple[str, float, float]] = []
+    measured_ops: tuple[tuple[Op, float | None], ...] = (
+        ("all_reduce", report.bus_gbps), ("all_to_all", report.all_to_all_bus_gbps))
+    for op, got in measured_ops:
+        if got is None:
+            continue
+        want = expected_bus_gbps(op, node_nic_gbps=expectation.expected_bus_gbps, nodes=report.nodes,
+                                 ranks_per_node=report.ranks_per_node)
+        checks.append((op.replace("_", "-"), got, want))
+    short = [(name, got, want) for name, got, want in checks if got < want * fraction]
+    threshold = min(want * fraction for _, _, want in checks)
+    expected = ", ".join(f"{name} {want * fraction:.2f} GB/s" for name, _, want in checks)
+    if not short:
+        return FabricVerdict(True, "pass", f"{measured} ≥ {expected} ({fraction:.0%} of what "
+                             f"{expectation.expected_bus_gbps:.0f} GB/s of NICs per node allow)", threshold)
+    below = "; ".join(f"{name} {got:.2f} GB/s is below {want * fraction:.2f} GB/s ({fraction:.0%} of the "
+                      f"{want:.2f} GB/s expected)" for name, got, want in short)
     return FabricVerdict(
         False,
         "fail",
-        f"refusing to start the engine: {measured} is below {threshold:.2f} GB/s "
-        f"({expectation.min_fraction:.0%} of the {expectation.expected_bus_gbps:.2f} GB/s the plan expects). "
-        f"{SOCKET_FALLBACK_HINT}",
+        f"refusing to start the engine: {below}, from {expectation.expected_bus_gbps:.0f} GB/s of NICs per node "
+        f"({measured}). {SOCKET_FALLBACK_HINT}",
         threshold,
     )
 
@@ -161,8 +223,10 @@ def measure_rank(
     iterations: int,
     warmup: int,
     timeout_seconds: float,
+    device_index: int = 0,
 ) -> list[FabricSample]:
-    """Run on every node at once (rank 0 on the head): time the collectives; returns this rank's samples.
+    """Run in every process of the check at once (rank 0 on the head): time the collectives; returns this
+    rank's samples. With NCCL the process holds one GPU (Ray's CUDA_VISIBLE_DEVICES), ``device_index`` 0.
 
     The group is built directly on a TCPStore rather than through ``init_process_group`` so that gloo
     binds to this node's IP (``node_ip``) instead of whatever the host name resolves to, and so that the
@@ -185,7 +249,7 @@ def measure_rank(
         group = c10d.ProcessGroupGloo(store, rank, world_size, options)
         device = torch.device("cpu")
     else:
-        device = torch.device("cuda", 0)
+        device = torch.device("cuda", device_index)
         torch.cuda.set_device(device)
         nccl_options = c10d.ProcessGroupNCCL.Options()
         nccl_options._timeout = timeout

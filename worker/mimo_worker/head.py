@@ -5,7 +5,7 @@ A straight line, each step bounded by a deadline from the plan:
 1. ``ray start --head`` on this pod's IP, and connect to it as the driver;
 2. wait until every member has joined with its GPUs, logging who is still missing;
 3. a STRICT_SPREAD placement group with one bundle per node, bundle ``r`` pinned on rank ``r``'s node;
-4. the fabric check (one process per node in that group) — refuse to go on when it is far too slow;
+4. the fabric check (with NCCL one process per GPU, as the engine's ranks) — refuse to go on when it is far too slow;
 5. the engine: ``per-node``, one keeper + engine per bundle through a Ray actor; ``sglang-ray``, SGLang's
    own Ray launcher on this pod, after the group is released so SGLang can place its schedulers;
 6. supervise: node 0's ``/health`` turns ready within the plan's deadline; any engine exit or Ray node
@@ -34,7 +34,7 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from mimo_worker.fabric import FabricSample, FabricVerdict, judge, summarize
+from mimo_worker.fabric import FabricSample, FabricVerdict, judge, probe_ranks, summarize
 from mimo_worker.launchplan import LaunchPlan
 from mimo_worker.ranks import EngineRank, fabric_probe
 from mimo_worker.raycluster import (
@@ -287,13 +287,15 @@ class Head:
         started = time.monotonic()
         # max_calls=1: the process exits afterwards, so no NCCL context lingers on a GPU the engine needs.
         probe = self._ray.remote(max_calls=1, num_cpus=0)(fabric_probe)
+        # NCCL: one process per GPU (Ray gives each its own GPU of the node's bundle), as the engine's ranks.
+        layout = probe_ranks(plan.gang.nodes, plan.gang.gpus_per_node, expectation.backend)
         refs = [
             probe.options(
-                num_gpus=plan.gang.gpus_per_node,
-                scheduling_strategy=self._in_bundle(rank),
+                num_gpus=p.num_gpus,
+                scheduling_strategy=self._in_bundle(p.node),
             ).remote(
-                rank=rank,
-                world_size=plan.gang.nodes,
+                rank=p.rank,
+                world_size=p.world_size,
                 rendezvous_host=self.pod_ip,
                 rendezvous_port=plan.ports.fabric,
                 backend=expectation.backend,
@@ -302,7 +304,7 @@ class Head:
                 warmup=expectation.warmup,
                 timeout_seconds=plan.deadlines.fabric_seconds,
             )
-            for rank in range(plan.gang.nodes)
+            for p in layout
         ]
         deadline = started + plan.deadlines.fabric_seconds + 30  # the group's own timeout fires first
         per_rank: list[list[FabricSample]] = []
@@ -316,8 +318,11 @@ class Head:
             try:
                 per_rank.append(await asyncio.to_thread(self._ray.get, ref))
             except Exception as e:
-                raise GangFailure(f"the fabric check failed on rank {rank} ({plan.gang.pods[rank]}): {e}") from e
-        report = summarize(expectation.backend, per_rank, time.monotonic() - started)
+                node = layout[rank].node
+                raise GangFailure(f"the fabric check failed on rank {rank} (node {node}, {plan.gang.pods[node]}): "
+                                  f"{e}") from e
+        report = summarize(expectation.backend, per_rank, time.monotonic() - started,
+                           ranks_per_node=len(layout) // plan.gang.nodes)
         verdict = judge(report, expectation)
         self.status.set_fabric(report, verdict)
         for s in report.samples:
