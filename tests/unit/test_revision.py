@@ -7,13 +7,16 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+import yaml
 
 from mimo_operator import labels as L
 from mimo_operator.build import BuildContext, WorkerPorts, gang_objects, operator_upgrade, revision_of, template_of
 from mimo_operator.build.gang import TERMINATION_GRACE_SECONDS
-from mimo_operator.build.revision import NON_POD_FIELDS, POD_FIELDS, REVISION_SCHEMA
+from mimo_operator.build.revision import NON_POD_FIELDS, POD_FIELDS, REVISION_SCHEMA, revision_inputs
 from mimo_operator.planner import plan_deployment
 from mimo_operator.spec import DeploymentSpec, parse_spec
+from mimo_operator.versions import WORKER_IMAGE
+from tests.conftest import REPO
 from tests.helpers.specs import DeploymentBuilder, a_deployment
 
 PRO = a_deployment("pro").pro().h200()
@@ -70,9 +73,52 @@ def test_a_model_engine_or_placement_edit_changes_the_revision(edit: Any) -> Non
     assert revision_of(context(edit(PRO))) != revision_of(context(PRO))
 
 
-def test_writing_out_a_default_does_not_change_the_revision() -> None:
-    """A CRD that starts filling in a default (or a user spelling one out) restarts nothing."""
-    assert revision_of(context(PRO.engine(pageSize=64, port=30000))) == revision_of(context(PRO))
+def test_the_revision_hashes_the_stored_values_never_this_operators_defaults() -> None:
+    """The API server persisted the CRD's defaults of the day (the engine image of that release): a later
+    operator with another default image must compute the same revision for the same stored object."""
+    stored = parse_spec(PRO.engine(image=WORKER_IMAGE).build())
+    assert revision_inputs(stored)["engine"]["image"] == WORKER_IMAGE
+    assert revision_of(context(PRO.engine(image=WORKER_IMAGE))) != revision_of(context(PRO))
+
+
+def test_waiting_for_weights_and_their_cleanup_change_no_pod() -> None:
+    base = PRO.cache("shared-volume", claimName="mimo-weights")
+    edited = base.cache("shared-volume", claimName="mimo-weights", gateOnWeightsReady=False, keepAfterDelete=False)
+    assert revision_of(context(edited)) == revision_of(context(base))
+
+
+def crd_defaults(schema: dict[str, Any], path: str) -> list[str]:
+    found = [path] if "default" in schema else []
+    for key, sub in (schema.get("properties") or {}).items():
+        found += crd_defaults(sub, f"{path}.{key}")
+    if "items" in schema:
+        found += crd_defaults(schema["items"], f"{path}[]")
+    return found
+
+
+# The CRD's defaults inside the fields that change a pod, as of revision schema r1. The API server fills
+# them in whenever it reads a stored object: a default added to a new pod field would change the revision
+# of every deployment already running, and roll them all on an operator upgrade. Give a new pod field its
+# default in spec.py instead (or bump REVISION_SCHEMA on purpose).
+R1_POD_FIELD_DEFAULTS = {
+    "model.precision", "model.kvCacheDtype", "model.tokenSecretRef.key", "model.cache", "model.cache.mode",
+    "model.cache.nodeLocalPath", "model.cache.gateOnWeightsReady", "model.cache.keepAfterDelete",
+    "hardware.gpusPerNode", "hardware.gpuResourceName", "network", "network.mode", "network.rdma.resourceName",
+    "network.rdma.resourceCount", "parallelism", "parallelism.moeA2ABackend", "parallelism.deepepMode",
+    "parallelism.mtp", "engine", "engine.type", "engine.image", "engine.imagePullPolicy", "engine.port",
+    "engine.distInitPort", "engine.pageSize", "engine.watchdogTimeoutSeconds", "engine.shmSize",
+    "engine.env[].value", "engine.simulation", "engine.simulation.speedup", "scheduling",
+    "scheduling.gangScheduler", "podTemplate",
+}
+
+
+def test_no_pod_field_gains_a_crd_default_after_r1() -> None:
+    crd = yaml.safe_load((REPO / "crds" / "mimodeployment.yaml").read_text())
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    aliases = {name: (info.alias or name) for name, info in DeploymentSpec.model_fields.items()}
+    defaults = {d for field in POD_FIELDS for d in crd_defaults(spec[aliases[field]], aliases[field])}
+    assert defaults - R1_POD_FIELD_DEFAULTS == set(), (
+        "a pod field with a CRD default changes the revision of every stored deployment: default it in spec.py")
 
 
 def test_an_operator_that_renders_pods_differently_keeps_the_revision_but_not_the_template() -> None:

@@ -32,6 +32,7 @@ from mimo_operator.spec import DeploymentSpec
 
 __all__ = [
     "NON_POD_FIELDS",
+    "NON_POD_SUBFIELDS",
     "OPERATOR_UPGRADE_CONDITION",
     "POD_FIELDS",
     "REVISION_SCHEMA",
@@ -52,20 +53,33 @@ POD_FIELDS: tuple[str, ...] = ("model", "hardware", "network", "parallelism", "e
 # Top-level spec fields that never restart a gang: how many gangs, when to scale and how long a drain may
 # take (read when a drain starts), the router in front, how a rollout proceeds.
 NON_POD_FIELDS: tuple[str, ...] = ("replicas", "autoscaling", "router", "rollout")
+# Fields inside POD_FIELDS that change no pod: whether gangs wait for the weights, and their cleanup.
+NON_POD_SUBFIELDS: tuple[tuple[str, ...], ...] = (("model", "cache", "gate_on_weights_ready"),
+                                                  ("model", "cache", "keep_after_delete"))
 
 # The condition status carries while gangs of the current revision run pods this operator renders otherwise.
 OPERATOR_UPGRADE_CONDITION = "OperatorUpgradeAvailable"
 
 
 def revision_inputs(spec: DeploymentSpec) -> dict[str, Any]:
-    """The user's inputs that change a pod, canonical: values equal to their defaults are left out.
+    """The inputs that change a pod, as the stored object has them: the fields it sets, by value.
 
-    Leaving defaults out keeps the revision of a spec the user did not touch stable across operator
-    versions: a new optional field, or a CRD that starts filling in a default, adds nothing to the hash.
-    A changed default shows up as a different template instead (``template_of``), which rolls nothing
-    until the user opts in.
+    Never compared with this operator's defaults: the API server persists the CRD's defaults when an object
+    is created, so a stored spec keeps the defaults of its day (the engine image of the release it was
+    created under, say), and a later operator with other defaults computes the same revision. A default a
+    new operator renders differently shows up in the template instead (``template_of``), which rolls nothing
+    until the user opts in. The API server also fills in defaults when it reads an object, so a pod field
+    added in a later release must not carry a CRD default (its default lives in ``spec``): it would change
+    the revision of every stored deployment (``tests/unit/test_revision.py`` pins the CRD's defaults).
     """
-    dumped = spec.model_dump(mode="json", by_alias=False, exclude_defaults=True, include=set(POD_FIELDS))
+    dumped: dict[str, Any] = spec.model_dump(mode="json", by_alias=False, exclude_unset=True,
+                                             include=set(POD_FIELDS))
+    for path in NON_POD_SUBFIELDS:
+        parent: Any = dumped
+        for key in path[:-1]:
+            parent = parent.get(key) if isinstance(parent, dict) else None
+        if isinstance(parent, dict):
+            parent.pop(path[-1], None)
     pruned = _prune(dumped)
     return pruned if isinstance(pruned, dict) else {}
 
