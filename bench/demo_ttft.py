@@ -63,12 +63,36 @@ def start_engine(manifest: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise SystemExit("the simulated engine did not become healthy in 120 s")
 
 
+def start_router(worker: str) -> tuple[subprocess.Popen[bytes], str]:
+    """The real sglang-router in front of one worker, as the demo's gangs sit behind it."""
+    port, metrics = free_port(), free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sglang_router.launch_router", "--host", "127.0.0.1", "--port", str(port),
+         "--prometheus-host", "127.0.0.1", "--prometheus-port", str(metrics), "--worker-urls", worker],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    body = json.dumps({"model": "m", "prompt": "x", "max_tokens": 1}).encode()
+    while time.monotonic() < deadline:
+        try:
+            request = urllib.request.Request(f"{base}/v1/completions", data=body,  # noqa: S310 - loopback
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=5) as r:  # noqa: S310 - loopback
+                if r.status == 200:
+                    return process, base
+        except OSError:
+            time.sleep(0.5)
+    process.kill()
+    raise SystemExit("the router did not route to the engine in 60 s")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", help="an OpenAI-compatible base URL (default: start a simulated engine)")
     parser.add_argument("-f", "--filename", type=Path, default=EXAMPLE)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--rate", type=float, default=1.0, help="times the trace's own pace (default 1)")
+    parser.add_argument("--router", action="store_true", help="put the real sglang-router in front of the engine")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
@@ -78,15 +102,19 @@ def main() -> int:
     manifest["spec"]["replicas"] = 1
     trace = read_trace(TRACE)
     phases = [Phase("load", args.seconds, args.seconds * args.rate)]
-    process = None
+    processes: list[subprocess.Popen[bytes]] = []
     base = args.url
     if base is None:
-        process, base = start_engine(args.filename)
+        engine, base = start_engine(args.filename)
+        processes.append(engine)
+        if args.router:
+            router, base = start_router(base)
+            processes.append(router)
     result = LoadResult()
     try:
         asyncio.run(replay(f"{base}/v1/completions", "XiaomiMiMo/MiMo-V2.5-Pro", trace, phases, result))
     finally:
-        if process is not None:
+        for process in reversed(processes):
             process.terminate()
             process.wait(timeout=30)
     measured = [t for _, t in result.ttft]

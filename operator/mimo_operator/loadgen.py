@@ -121,7 +121,9 @@ async def replay(url: str, model: str, trace: Sequence[RequestShape], phases: Se
     limit = asyncio.Semaphore(max_in_flight)
     tasks: set[asyncio.Task[None]] = set()
     planned = schedule(trace, phases, max_context=max_context, max_output=max_output)
-    async with aiohttp.ClientSession() as session:
+    # aiohttp's default pool of 100 connections would hold requests back on this side once 100 streams are
+    # open, and their wait would count as TTFT: the in-flight bound above is the only limit.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=max_in_flight)) as session:
 
         async def guarded(shape: RequestShape) -> None:
             async with limit:
