@@ -40,6 +40,7 @@ class ObservedPod:
     unschedulable: str | None = None     # the scheduler's message while it cannot place the pod
     terminated: str | None = None        # "exit code 137 (OOMKilled)" once a container ended
     ip: str | None = None
+    ready_since: float | None = None     # when the pod last turned Ready (its condition's transition time)
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,13 @@ class ObservedGang:
     @property
     def nodes(self) -> list[str]:
         return sorted(p.node for p in self.pods if p.node)
+
+    @property
+    def ready_since(self) -> float | None:
+        """Since when every pod has been Ready; None unless all are."""
+        if not self.pods or not all(p.ready for p in self.pods):
+            return None
+        return max(p.ready_since if p.ready_since is not None else p.created for p in self.pods)
 
     @property
     def head(self) -> ObservedPod | None:
@@ -117,6 +125,13 @@ def _ready(pod: Mapping[str, Any]) -> bool:
     return False
 
 
+def _ready_since(pod: Mapping[str, Any]) -> float | None:
+    for c in (pod.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "Ready" and c.get("status") == "True" and c.get("lastTransitionTime"):
+            return epoch(c["lastTransitionTime"])
+    return None
+
+
 def _unschedulable(pod: Mapping[str, Any]) -> str | None:
     for c in (pod.get("status") or {}).get("conditions") or []:
         if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable":
@@ -167,6 +182,7 @@ def gangs_from_pods(pods: Iterable[Mapping[str, Any]], sizes: Mapping[str, int] 
                 ready=_ready(pod), deleting=bool(meta.get("deletionTimestamp")),
                 node=(pod.get("spec") or {}).get("nodeName"), created=epoch(meta.get("creationTimestamp")),
                 unschedulable=_unschedulable(pod), terminated=_terminated(pod), ip=status.get("podIP"),
+                ready_since=_ready_since(pod),
             ))
         annotations = head_meta.get("annotations") or {}
         drain = annotations.get(L.ANNOTATION_DRAIN_STARTED)

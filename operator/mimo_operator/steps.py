@@ -83,6 +83,9 @@ class Desired:
     unschedulable_deadline: float = 300.0
     surge_unschedulable_deadline: float = 60.0
     drain_timeout: float = 600.0
+    # A gang Ready this long has proven its replica: the restart count starts over. Pods that turn Ready
+    # and fail a second later (as fast as they start) must not reset it, or the budget never runs out.
+    proven_after: float = 60.0
     gates: Gates = field(default_factory=Gates)
     remove_first: tuple[str, ...] = ()  # gang names the autoscaler's policy would take out first
 
@@ -187,10 +190,12 @@ def next_steps(desired: Desired, gangs: Sequence[ObservedGang], records: Mapping
                 next_attempt_at=now + backoff(desired, restarts), failed=restarts > desired.restart_budget)
     live = [g for g in gangs if state(g) not in (GangHealth.FAILED, GangHealth.TERMINATING)]
 
-    # A gang that ran Ready has proven its replica: its restart count starts over.
+    # A gang that ran Ready for a while has proven its replica: its restart count starts over.
     for g in live:
         rec = record(g.replica)
-        if state(g) is GangHealth.READY and g.revision == desired.revision and (rec.restarts or rec.failed):
+        since = g.ready_since
+        proven = since is not None and now - since >= desired.proven_after
+        if state(g) is GangHealth.READY and proven and g.revision == desired.revision and (rec.restarts or rec.failed):
             out.records[g.replica] = replace(rec, restarts=0, failed=False)
 
     # 4. Draining gangs go once drained, or at the drain timeout.

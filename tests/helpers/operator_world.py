@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,10 @@ from tests.helpers.specs import DeploymentBuilder
 
 NS = "ns"
 CRD = f"{L.GROUP}/{L.VERSION}"
+
+
+def _iso(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class _Response:
@@ -136,7 +141,8 @@ class World:
                 continue
             self.kube.set_pod(p["metadata"]["name"], node=f"node-{p['metadata']['name']}", phase="Running",
                               podIP=f"10.0.0.{i + 1}",
-                              conditions=[{"type": "Ready", "status": "True" if ready else "False"}])
+                              conditions=[{"type": "Ready", "status": "True" if ready else "False",
+                                           "lastTransitionTime": _iso(self.now)}])
 
     def fail_pods(self) -> None:
         for p in self.pods():
