@@ -33,6 +33,7 @@ from mimo_operator.catalog import CHECKPOINTS
 
 __all__ = [
     "AUDIO_ENCODER_PARAMS",
+    "ENCODER_PARAMS",
     "VISION_ENCODER_PARAMS",
     "MediaError",
     "MediaItem",
@@ -104,7 +105,8 @@ def _audio_seconds(data: bytes, fmt: str) -> float:
     if fmt == "wav":
         try:
             with wave.open(io.BytesIO(data)) as clip:
-                return clip.getnframes() / max(clip.getframerate(), 1)
+                frames, rate = int(clip.getnframes()), int(clip.getframerate())
+                return frames / max(rate, 1)
         except (wave.Error, EOFError):
             raise MediaError("the audio is not a valid WAV file") from None
     return DEFAULT_AUDIO_SECONDS
@@ -147,8 +149,8 @@ def media_of(part: dict[str, Any]) -> MediaItem | None:
         url = (part.get("audio_url") or {}).get("url") if isinstance(part.get("audio_url"), dict) else None
         if not isinstance(url, str) or not url:
             raise MediaError("an audio_url part needs audio_url.url")
-        data = _data_url(url)
-        return _audio(data, "wav" if data is not None else "", url)
+        clip = _data_url(url)
+        return _audio(clip, "wav" if clip is not None else "", url)
     if kind == "video_url":
         url = (part.get("video_url") or {}).get("url") if isinstance(part.get("video_url"), dict) else None
         if not isinstance(url, str) or not url:

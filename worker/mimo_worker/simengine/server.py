@@ -77,7 +77,7 @@ from mimo_worker.simengine.engine import (
     RequestRejected,
     StepTimer,
 )
-from mimo_worker.simengine.media import MediaError, MediaItem, encoder_seconds, media_of
+from mimo_worker.simengine.media import ENCODER_PARAMS, MediaError, MediaItem, encoder_seconds, media_of
 from mimo_worker.simengine.metrics import EngineMetrics, GroupTotals, empty_exposition
 from mimo_worker.simengine.options import SimOptions
 from mimo_worker.simengine.prefix import id_blocks, segment_blocks, text_blocks
@@ -427,13 +427,11 @@ class SimulatedEngineServer:
         attention_tp = max(self.options.tp_size // self.engine.attention_dp, 1)
         encoder_gpus = gpus if self.options.mm_enable_dp_encoder else attention_tp
         entry = self._checkpoint()
-        params = {k: e.params for e in entry.encoders for k in e.modalities} if entry and entry.encoders else None
+        params: dict[str, int] = (
+            {k: e.params for e in entry.encoders for k in e.modalities} if entry and entry.encoders else {}
+        )
         return encoder_seconds(
-            list(media),
-            gpus=gpus,
-            flops_per_gpu=flops,
-            encoder_gpus=encoder_gpus,
-            **({"params": params} if params else {}),
+            list(media), gpus=gpus, flops_per_gpu=flops, encoder_gpus=encoder_gpus, params=params or ENCODER_PARAMS
         )
 
     def _checkpoint(self) -> Checkpoint | None:
