@@ -3,8 +3,8 @@
 ``sglang_flags.json`` beside this module is generated from SGLang's own argument parser by
 ``hack/sglang-flags.py`` (``tests/unit/test_sglang_flags.py`` fails when it is stale), so the operator can
 refuse what SGLang's argparse would refuse at gang start without importing SGLang. The walk follows
-argparse: ``--flag value`` and ``--flag=value``, unique abbreviations (SGLang's parser allows them),
-``nargs`` lists, and bare values that no flag takes.
+argparse: ``--flag value`` and ``--flag=value``, ``nargs`` lists, and bare values that no flag takes; abbreviations,
+which SGLang's argparse expands, are refused (see :func:`resolve`).
 """
 
 from __future__ import annotations
@@ -35,23 +35,25 @@ def flag_table() -> Mapping[str, Any]:
 
 
 def resolve(name: str) -> str:
-    """The full flag ``name`` stands for (itself, or the one flag it abbreviates); SpecError otherwise."""
+    """``name`` itself when it is one of the pinned SGLang's flags; SpecError otherwise, with the flag it
+    abbreviates or the nearest ones. Abbreviations are refused although SGLang's argparse expands unique ones:
+    the next SGLang may add a flag that makes one ambiguous, and the gang would crash at start after an upgrade
+    (the CRD's rule on extraArgs, from the same table, refuses them at admission too)."""
     table = flag_table()
     flags: Mapping[str, Any] = table["flags"]
     if name in flags:
         return name
-    version = table["sglang"]
-    if table["abbreviations"] and len(name) > 2:
-        matches = sorted({f for f in flags if f.startswith(name)})
-        if len(matches) == 1:
-            return matches[0]
-        if matches:
-            shown = ", ".join(matches[:6]) + (", …" if len(matches) > 6 else "")
-            raise SpecError(FIELD, f"{name} is ambiguous in SGLang {version}: it abbreviates {shown}")
+    refusal = f"{name} is not a flag of SGLang {table['sglang']} (flags are written in full"
+    starts = sorted(f for f in flags if f.startswith(name)) if len(name) > 2 else []
+    if len(starts) == 1:
+        raise SpecError(FIELD, f"{refusal}: it abbreviates {starts[0]}; write {starts[0]})")
+    if starts:
+        shown = ", ".join(starts[:6]) + (", …" if len(starts) > 6 else "")
+        raise SpecError(FIELD, f"{refusal}; it is the start of {shown})")
     nearest = difflib.get_close_matches(name, list(flags), n=3, cutoff=0.6)
     hint = (f"; did you mean {' or '.join(nearest)}?" if nearest
-            else " (python -m sglang.launch_server --help lists them)")
-    raise SpecError(FIELD, f"{name} is not a flag of SGLang {version}{hint}")
+            else "; python -m sglang.launch_server --help lists them)")
+    raise SpecError(FIELD, f"{refusal}{')' if nearest else ''}{hint}")
 
 
 def _value_error(flag: str, entry: Mapping[str, Any], value: str) -> str | None:
@@ -99,7 +101,7 @@ def check_extra_args(args: Sequence[str]) -> None:
         except SpecError as error:
             raise SpecError(field, error.message) from None
         entry = flags[flag]
-        shown = name if flag == name else f"{name} ({flag})"
+        shown = flag
         i += 1
         if not entry["takes_value"]:
             if eq:

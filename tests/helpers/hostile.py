@@ -251,25 +251,37 @@ def cross_field() -> list[Case]:
     ]
 
 
-def status_only() -> list[Case]:
-    """Accepted by the apiserver, refused by the operator in status (SGLang's flags, the planner)."""
-    def args(id: str, argv: list[str], index: int = 0) -> Case:
-        return _case(f"extraArgs {id}", "spec.engine.extraArgs", argv, f"spec.engine.extraArgs[{index}]", "status")
+def flags() -> list[Case]:
+    """spec.engine.extraArgs: a flag SGLang does not have is refused at admission (the CRD carries the pinned
+    SGLang's flag names); values of the wrong kind only the typed spec can check (status)."""
+    def args(id: str, argv: list[str], index: int = 0, where: str = "admission") -> Case:
+        return _case(f"extraArgs {id}", "spec.engine.extraArgs", argv, f"spec.engine.extraArgs[{index}]", where)
     return [
         args("unknown flag", ["--no-such-flag"]),
         args("misspelt flag", ["--enable-metrcs"]),
-        args("int flag given a word", ["--max-total-tokens", "lots"]),
-        args("float flag given a word", ["--schedule-conservativeness", "high"]),
-        args("choice flag outside choices", ["--schedule-policy", "fifo"]),
-        args("switch given a value", ["--enable-torch-compile=yes"]),
-        args("value without a flag", ["--log-level", "info", "stray"], 2),
-        args("flag missing its value", ["--api-key"]),
+        args("unknown flag after a valid one", ["--log-level", "debug", "--no-such-flag"], 2),
+        args("unknown flag with value", ["--no-such-flag=1"]),
         args("ambiguous abbreviation", ["--enable"]),
-        args("single dash", ["-x"]),
-        args("json flag given bad json", ["--radix-eviction-policy-config", "{"]),
+        args("unique abbreviation", ["--enable-cache-rep"]),
+        args("abbreviation of a flag the plan owns", ["--mem-frac=0.5"]),
+        args("int flag given a word", ["--max-total-tokens", "lots"], where="status"),
+        args("float flag given a word", ["--schedule-conservativeness", "high"], where="status"),
+        args("choice flag outside choices", ["--schedule-policy", "fifo"], where="status"),
+        args("switch given a value", ["--enable-torch-compile=yes"], where="status"),
+        args("value without a flag", ["--log-level", "info", "stray"], 2, where="status"),
+        args("flag missing its value", ["--api-key"], where="status"),
+        args("single dash", ["-x"], where="status"),
+        args("json flag given bad json", ["--radix-eviction-policy-config", "{"], where="status"),
+        args("list flag without values", ["--allowed-media-domains"], where="status"),
+    ]
+
+
+def status_only() -> list[Case]:
+    """Accepted by the apiserver, refused by the operator in status (the planner's rules and arithmetic)."""
+    return [
         _case("extraArgs flag the plan owns", "spec.engine.extraArgs", ["--tp-size", "4"], "spec.engine.extraArgs",
               "status"),
-        _case("extraArgs abbreviation of a flag the plan owns", "spec.engine.extraArgs", ["--mem-frac=0.5"],
+        _case("extraArgs another flag the plan owns", "spec.engine.extraArgs", ["--watchdog-timeout", "5"],
               "spec.engine.extraArgs", "status"),
         _case("attention dp not a split of tp", "spec.parallelism", {"attentionDataParallel": 3},
               "spec.parallelism.attentionDataParallel", "status"),
@@ -282,4 +294,4 @@ def status_only() -> list[Case]:
 
 
 def corpus() -> list[Case]:
-    return generated() + formats() + names() + cross_field() + status_only()
+    return generated() + formats() + names() + cross_field() + flags() + status_only()

@@ -83,7 +83,7 @@ def operator(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 # One of each way the operator refuses: SGLang's parser, a flag the plan owns, the planner's arithmetic.
-_REPRESENTATIVE = ("extraArgs misspelt flag", "extraArgs flag the plan owns", "pro on one h100 node")
+_REPRESENTATIVE = ("extraArgs int flag given a word", "extraArgs flag the plan owns", "pro on one h100 node")
 
 
 def test_the_operator_refuses_in_status_naming_the_field_and_creates_nothing(

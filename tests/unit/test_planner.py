@@ -263,7 +263,7 @@ def test_extra_args_come_last_and_owned_flags_are_refused() -> None:
     args = plan_of(a_deployment().extra_args("--log-level", "debug")).server_args(0, "h")
     assert args[-2:] == ["--log-level", "debug"]
     with pytest.raises(PlanRefused, match=r"set spec\.parallelism\.tensorParallel"):
-        plan_of(a_deployment().extra_args("--tp=4"))
+        plan_of(a_deployment().extra_args("--tp-size=4"))
 
 
 @pytest.mark.parametrize(

@@ -4,10 +4,12 @@ argparse would refuse is refused at parse time, naming the element and the neare
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 import sys
 
 import pytest
+import yaml
 
 from mimo_operator.errors import SpecError
 from mimo_operator.planner import OWNED_FLAGS, plan_deployment
@@ -58,7 +60,9 @@ def test_the_planner_s_own_argv_passes_the_same_check() -> None:
         (["--log-level", "info", "extra"], 2, "follows no flag that takes a value"),
         (["--api-key"], 0, "needs a value after it"),
         (["--api-key", "--enable-metrics"], 0, "needs a value after it"),
-        (["--enable"], 0, "is ambiguous"),
+        (["--enable"], 0, "it is the start of --enable-adaptive-dispatch-to-encoder"),
+        (["--enable-cache-rep"], 0, "it abbreviates --enable-cache-report; write --enable-cache-report"),
+        (["--mem-frac=0.5"], 0, "it abbreviates --mem-fraction-static"),
         (["-x"], 0, "long options starting with --"),
         (["--context-length", "3x"], 0, "32k or 1Mi"),
         (["--radix-eviction-policy-config", "{not json"], 0, "takes JSON"),
@@ -83,15 +87,23 @@ def test_what_sglang_would_refuse_is_refused_naming_the_element(args: list[str],
         ["--cuda-graph-bs-decode", "1", "2", "4", "--enable-cache-report"],
         ["--schedule-policy", "lpm"],
         ["--torch-compile-max-bs", "8"],
-        ["--enable-cache-rep"],  # a unique abbreviation, which SGLang's argparse expands
+        ["--enable-cache-report"],
     ],
 )
 def test_flags_sglang_accepts_are_accepted(args: list[str]) -> None:
     parse_spec(a_deployment().extra_args(*args).build())
 
 
-def test_an_abbreviation_resolves_to_its_one_flag() -> None:
-    assert resolve("--enable-cache-rep") == "--enable-cache-report"
+def test_a_full_flag_resolves_to_itself() -> None:
+    assert resolve("--enable-cache-report") == "--enable-cache-report"
+
+
+def test_the_crd_refuses_exactly_the_flags_the_table_does_not_know() -> None:
+    crd = yaml.safe_load((REPO / "crds" / "mimodeployment.yaml").read_text())
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    (rule,) = spec["properties"]["engine"]["properties"]["extraArgs"]["items"]["x-kubernetes-validations"]
+    assert set(re.findall(r"'(--[^']+)': true", rule["rule"])) == set(flag_table()["flags"])
+    assert f"SGLang {SGLANG_VERSION} (flags are written in full" in rule["messageExpression"]
 
 
 def test_a_flag_the_plan_owns_is_refused_with_the_field_to_set_instead() -> None:
