@@ -32,6 +32,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+from mimo_operator.autoscaling.observation import GangState
+from mimo_operator.autoscaling.observation import removal_order as gang_removal_order
+from mimo_operator.autoscaling.policy import GangPhase
 from mimo_operator.gangs import GangHealth, Health, ObservedGang, health_of
 
 __all__ = [
@@ -269,17 +272,19 @@ def next_steps(desired: Desired, gangs: Sequence[ObservedGang], records: Mapping
 
 def removal_order(by_slot: Mapping[int, Sequence[ObservedGang]], health: Mapping[str, Health],
                   remove_first: Sequence[str] = ()) -> list[int]:
-    """Slots in the order scale-down takes them out: one that has never served (all its gangs pending or
-    starting) first, then the policy's ``remove_first`` in its order, then the highest index."""
-    rank = {name: i for i, name in enumerate(remove_first)}
-
-    def key(replica: int) -> tuple[int, int, int]:
-        members = by_slot[replica]
-        serving = any(health[g.name].state is GangHealth.READY for g in members)
-        first = min((rank[g.name] for g in members if g.name in rank), default=len(rank))
-        return (1 if serving else 0, first, -replica)
-
-    return sorted(by_slot, key=key)
+    """Slots in the order scale-down takes them out: the autoscaling simulator's and the policy's order
+    (`autoscaling.observation.removal_order`: a gang that has never served first, then the policy's
+    ``remove_first``, then the highest index), a slot taken out with its first gang in that order."""
+    phases = {GangHealth.READY: GangPhase.READY, GangHealth.DRAINING: GangPhase.DRAINING}
+    members = [g for gangs in by_slot.values() for g in gangs]
+    states = [GangState(g.name, phases.get(health[g.name].state, GangPhase.STARTING), g.created, g.drain_started)
+              for g in members]
+    order: list[int] = []
+    slot_of = {g.name: g.replica for g in members}
+    for name in gang_removal_order(states, remove_first, slot_of):
+        if slot_of[name] not in order:
+            order.append(slot_of[name])
+    return order
 
 
 def _is_surge(g: ObservedGang, gangs: Sequence[ObservedGang], desired: Desired) -> bool:

@@ -282,3 +282,34 @@ def test_a_gang_still_being_scheduled_is_deleted_without_a_drain_but_a_running_o
     # all pods run but the head's health check lags: it may have served, so it drains
     running = ObservedGang(name, 0, "r", 1, 2, pods(name, 2, 0.0, ready=False))
     assert next_steps(desired, [running], {}, 10.0).steps == [StartDrain(name, "scale-down to 0 replicas")]
+
+
+@pytest.mark.parametrize(
+    ("case", "remove_first", "starting", "expected"),
+    [
+        ("without a choice the highest slot goes", (), None, ["drain r2"]),
+        ("the policy's choice goes before the highest slot", ("r1",), None, ["drain r1"]),
+        ("a gang that never served goes before the policy's choice", ("r1",), 0, ["delete r0"]),
+    ],
+)
+def test_scale_down_order(case: str, remove_first: tuple[str, ...], starting: int | None, expected: list[str]) -> None:
+    world = World(Desired(replicas=2, revision="r", size=2))
+    world.seed(3, "r")
+    names = {g.replica: n for n, g in world.gangs.items()}
+    if starting is not None:
+        name = names[starting]
+        world.gangs[name] = replace(world.gangs[name], pods=pods(name, 2, 0.0, node=False))
+    world.desired = replace(world.desired, remove_first=tuple(names[int(r[1:])] for r in remove_first))
+    assert world.step() == expected
+
+
+def test_scale_up_fills_the_lowest_free_slot_and_a_refilled_slot_gets_a_new_attempt() -> None:
+    world = World(Desired(replicas=3, revision="r", size=2))
+    world.seed(3, "r")
+    name1 = next(n for n, g in world.gangs.items() if g.replica == 1)
+    world.desired = replace(world.desired, replicas=2, remove_first=(name1,))
+    assert world.step() == ["drain r1"]
+    world.desired = replace(world.desired, replicas=3, remove_first=())
+    assert world.step() == ["create r1"]
+    attempts = sorted(g.attempt for g in world.gangs.values() if g.replica == 1)
+    assert attempts == [1, 2], "the draining gang keeps its name; the new one has the next attempt"
