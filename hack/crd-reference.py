@@ -11,6 +11,7 @@ written; this page is derived from it, and tests/unit/test_spec_reference.py fai
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -86,9 +87,15 @@ def _rows(schema: dict[str, Any], path: str, required: set[str], out: list[str])
 def _rules(schema: dict[str, Any], path: str, out: list[str]) -> None:
     """The CEL rules (x-kubernetes-validations) of ``schema`` and of the objects below it."""
     for rule in schema.get("x-kubernetes-validations") or []:
-        out.append(f"- `{path}`: {_cell(rule['message'])}")
+        # A computed message (messageExpression) is shown as its expression's text part.
+        message = rule.get("message") or " ".join(re.findall(r"'([^']*)'", rule.get("messageExpression", ""))[-1:])
+        out.append(f"- `{path}`: {_cell(message)}")
     for name, child in (schema.get("properties") or {}).items():
         _rules(child, f"{path}.{name}", out)
+    if isinstance(schema.get("items"), dict):
+        _rules(schema["items"], f"{path}[]", out)
+    if isinstance(schema.get("additionalProperties"), dict):
+        _rules(schema["additionalProperties"], f"{path}[key]", out)
 
 
 def render(crd: dict[str, Any]) -> str:
