@@ -226,3 +226,14 @@ async def test_mimo_v25_pro_is_text_only_and_refuses_media_in_sglangs_error_shap
         assert "text-only" in body["message"]
         assert "image" in body["message"]
         assert "audio" in body["message"]
+
+
+def test_the_catalog_carries_mimo_v25s_encoders_and_pro_has_none() -> None:
+    from mimo_operator.catalog import CHECKPOINTS
+
+    for name in ("MiMo-V2.5", "MiMo-V2.5-Base"):
+        encoders = {e.name: (e.modalities, e.params) for e in CHECKPOINTS[name].encoders}
+        assert encoders == {"vision": (("image", "video"), 729_000_000), "audio": (("audio",), 261_000_000)}
+    for name in ("MiMo-V2.5-Pro", "MiMo-V2.5-Pro-Base"):
+        assert CHECKPOINTS[name].encoders == ()
+        assert not CHECKPOINTS[name].multimodal
