@@ -1,0 +1,75 @@
+"""The string formats the CRD's CEL rules and the typed spec check are the same patterns and messages, and the
+longest child name the builders make from a deployment name at the limit fits 63 characters."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+
+from mimo_operator import labels as L
+from mimo_operator.spec import FORMATS, LONGEST_CHILD_SUFFIX, MAX_NAME_LENGTH, MAX_REPLICAS, MAX_SURGE, parse_spec
+from tests.conftest import REPO
+from tests.helpers.specs import a_deployment
+
+CRD = yaml.safe_load((REPO / "crds" / "mimodeployment.yaml").read_text())
+ROOT = CRD["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+_MATCHES = re.compile(r"matches\('([^']*)'\)")
+
+
+def rules(schema: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    for rule in schema.get("x-kubernetes-validations") or []:
+        yield path, rule
+    for name, child in (schema.get("properties") or {}).items():
+        yield from rules(child, f"{path}.{name}")
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            yield from rules(schema[key], f"{path}[]")
+
+
+FORMAT_RULES = [(p, r) for p, r in rules(ROOT, "") if _MATCHES.search(r["rule"])]
+
+
+def test_the_crd_checks_formats_in_many_places() -> None:
+    assert len(FORMAT_RULES) >= 20
+
+
+@pytest.mark.parametrize(("path", "rule"), FORMAT_RULES, ids=[p for p, _ in FORMAT_RULES])
+def test_every_format_rule_of_the_crd_is_a_format_of_the_typed_spec(path: str, rule: dict[str, Any]) -> None:
+    (pattern,) = _MATCHES.findall(rule["rule"])
+    known = {f.pattern: f for f in FORMATS.values()}
+    assert pattern in known, f"{path}: a pattern the typed spec does not check"
+    assert known[pattern].allowed in rule["message"]
+
+
+@pytest.mark.parametrize(
+    ("fmt", "good", "bad"),
+    [
+        ("label-key", ["app", "nvidia.com/gpu.product", "a_b.C-1", "x" * 63],
+         ["a b", "/x", "x/", "a/b/c", "x" * 64, "Example.com/x", "-a"]),
+        ("label-value", ["", "H200", "a.b_c-d", "x" * 63], ["a b", "a b c", "x" * 64, "-a", "a.", "$(id)"]),
+        ("image", ["busybox", "ghcr.io/mimo-operator/mimo-worker:v0.1.0-sglang0.5.23", "localhost:5000/a/b:c",
+                   "x@sha256:" + "a" * 64], ["img;rm -rf /", "img:$(x)", "a b", "img:`id`", "img:a:b", ""]),
+        ("git-ref", ["main", "v1.0", "refs/pr/1", "0123456789abcdef" * 2 + "01234567", "release_2"],
+         ["a b", "x;y", "$(id)", "-x", "a//b", "a/", ""]),
+        ("dns-1035-label", ["mimo", "mimo-pro-v25", "a1"], ["mimo.pro.v25", "1mimo", "Mimo", "mimo-", "a_b"]),
+        ("absolute-path", ["/", "/var/lib/mimo", "/a/.b/..c/"], ["relative", "/a/../b", "/a/./b", "//a", "/.."]),
+    ],
+)
+def test_formats_accept_and_refuse(fmt: str, good: list[str], bad: list[str]) -> None:
+    pattern = FORMATS[fmt].pattern
+    assert [g for g in good if not re.match(pattern, g)] == []
+    assert [b for b in bad if re.match(pattern, b)] == []
+
+
+def test_the_longest_child_name_of_a_name_at_the_limit_fits_63_characters() -> None:
+    name = "m" * MAX_NAME_LENGTH
+    parse_spec(a_deployment(name).build())
+    gang = L.gang_name(name, MAX_REPLICAS + MAX_SURGE - 1, "revision", 999)
+    longest = L.pod_name(gang, 63)  # a replica has at most 64 nodes
+    assert len(longest) == len(name) + len(LONGEST_CHILD_SUFFIX) == 63
+    assert re.match(FORMATS["dns-1035-label"].pattern, gang)
+    assert len(f"{name}-router") <= 63
