@@ -3,6 +3,8 @@
 # directory outside the repository, skipping every binary already built at its pinned version.
 #
 #   hack/build-binaries.sh [--check]     (--check: only report what is missing, exit 1 if anything is)
+#   hack/build-binaries.sh --only NAME   (one component: kubernetes, etcd, kwok, helm, kubeconform,
+#                                         scheduler-plugins)
 #
 # Cache: ${MIMO_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/mimo-operator}; binaries in its bin/,
 # kwok's stage files in kwok-stages/, one throwaway Go module per component in build/.
@@ -27,7 +29,9 @@ log() { printf '[build-binaries %4ss] %s\n' "$(( $(date +%s) - started ))" "$*";
 die() { printf 'build-binaries: error: %s\n' "$*" >&2; exit 1; }
 
 check_only=false
+only=""
 [ "${1:-}" = "--check" ] && check_only=true
+[ "${1:-}" = "--only" ] && only=${2:?--only needs a component name}
 
 if ! command -v go >/dev/null 2>&1; then
   die "Go is not installed (needed: go >= 1.26 on PATH, to build kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd, kwok, helm and kubeconform from the Go module proxy). Install Go 1.26 and run this script again."
@@ -45,6 +49,11 @@ built etcd "$ETCD_VERSION" || missing+=(etcd)
 built kwok "$KWOK_VERSION" && [ -d "$CACHE/kwok-stages" ] || missing+=(kwok)
 built helm "$HELM_VERSION" || missing+=(helm)
 built kubeconform "$KUBECONFORM_VERSION" || missing+=(kubeconform)
+built scheduler-plugins "$SCHEDULER_PLUGINS_VERSION" && [ -f "$CACHE/scheduler-plugins/podgroup-crd.yaml" ] \
+  || missing+=(scheduler-plugins)
+if [ -n "$only" ]; then
+  case " ${missing[*]} " in *" $only "*) missing=("$only") ;; *) missing=() ;; esac
+fi
 if $check_only; then
   if [ ${#missing[@]} -eq 0 ]; then log "all binaries present in $BIN"; exit 0; fi
   log "missing: ${missing[*]}"; exit 1
@@ -173,6 +182,65 @@ build_kubeconform() {
   stamp kubeconform "$KUBECONFORM_VERSION"
 }
 
+# The coscheduling gang scheduler: scheduler-plugins' kube-scheduler build, which pins its own Kubernetes
+# (and replaces every staging module, like k/k), so it is built in a module that copies its replace block.
+# served_or_nearest OLD=NEW@vX.Y.Z: the same replacement, or, when the module proxy does not serve that
+# patch release of a staging module (it serves some 0.34 patches only), the nearest patch of the same minor
+# that it serves, newer first. Patch releases of one minor keep their Go API.
+served_or_nearest() {
+  local line=$1 target=${1#*=} module version major minor patch p
+  module=${target%@*}
+  version=${target#*@}
+  if (cd "$(mktemp -d)" && go mod download "$module@$version") >/dev/null 2>&1; then echo "$line"; return; fi
+  IFS=. read -r major minor patch <<<"${version#v}"
+  for p in $(seq $((patch + 1)) $((patch + 8))) $(seq $((patch - 1)) -1 0); do
+    if (cd "$(mktemp -d)" && go mod download "$module@v$major.$minor.$p") >/dev/null 2>&1; then
+      log "scheduler-plugins: $module $version is not served; using v$major.$minor.$p" >&2
+      echo "${line%@*}@v$major.$minor.$p"
+      return
+    fi
+  done
+  echo "$line"  # left as it is: go mod tidy names it if the build needs it
+}
+
+build_scheduler_plugins() {
+  local version=$SCHEDULER_PLUGINS_VERSION dir=$BUILD/scheduler-plugins-$SCHEDULER_PLUGINS_VERSION modfile k8s
+  log "scheduler-plugins $version: reading its go.mod from the module proxy"
+  modfile=$(proxy_gomod "sigs.k8s.io/scheduler-plugins@$version")
+  k8s=$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v1\./ {print $2; exit}' "$modfile")
+  new_module "$dir"
+  (
+    cd "$dir"
+    go mod edit -go="$(awk '/^go /{print $2; exit}' "$modfile")"
+    local line n=0
+    # Both forms: a replace ( … ) block and single-line replace directives.
+    while read -r line; do
+      go mod edit -replace="$(served_or_nearest "$line")"
+      n=$((n + 1))
+    done < <(sed -n -e 's|^replace \([^ ]*\) => \([^ ]*\) \(v[^ ]*\)$|\1=\2@\3|p' \
+                    -e 's|^[[:space:]]\{1,\}\([^ ]*\) => \([^ ]*\) \(v[^ ]*\)$|\1=\2@\3|p' "$modfile")
+    log "scheduler-plugins $version: $n replace directives copied (Kubernetes $k8s)"
+    go mod edit -require="sigs.k8s.io/scheduler-plugins@$version"
+    printf '//go:build tools\n\npackage tools\n\nimport _ "sigs.k8s.io/scheduler-plugins/cmd/scheduler"\n' >tools.go
+    go mod tidy
+    local minor
+    minor=$(echo "$k8s" | cut -d. -f2)
+    log "scheduler-plugins $version: go build (a kube-scheduler with the coscheduling plugin)"
+    go build -p 2 -trimpath -ldflags "-s -w \
+      -X k8s.io/component-base/version.gitVersion=$k8s -X k8s.io/component-base/version.gitMajor=1 \
+      -X k8s.io/component-base/version.gitMinor=$minor" \
+      -o "$BIN/scheduler-plugins.tmp" sigs.k8s.io/scheduler-plugins/cmd/scheduler
+    mv "$BIN/scheduler-plugins.tmp" "$BIN/scheduler-plugins"
+  )
+  local moddir
+  moddir=$(cd "$(mktemp -d)" && go mod download -json "sigs.k8s.io/scheduler-plugins@$version" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  mkdir -p "$CACHE/scheduler-plugins"
+  cp "$moddir/manifests/coscheduling/crd.yaml" "$CACHE/scheduler-plugins/podgroup-crd.yaml"
+  chmod u+w "$CACHE/scheduler-plugins/podgroup-crd.yaml"
+  stamp scheduler-plugins "$version"
+  log "scheduler-plugins: $("$BIN/scheduler-plugins" --version 2>&1 | head -1)"
+}
+
 for what in "${missing[@]}"; do
   case $what in
     kubernetes)
@@ -184,6 +252,7 @@ for what in "${missing[@]}"; do
     kwok) build_kwok ;;
     helm) build_helm ;;
     kubeconform) build_kubeconform ;;
+    scheduler-plugins) build_scheduler_plugins ;;
   esac
 done
 log "done: $(ls "$BIN" | tr '\n' ' ')"
