@@ -363,8 +363,13 @@ class Reconciler:
             # A gang's objects never change after creation (a change is a new revision, so a new gang):
             # they are created, not applied. The launch plan, Service and NetworkPolicy come first.
             try:
-                await asyncio.gather(*(self.kube.create(o, exist_ok=True) for o in objects if o["kind"] != "Pod"))
-                await asyncio.gather(*(self.kube.create(o, exist_ok=True) for o in pods))
+                for batch in ([o for o in objects if o["kind"] != "Pod"], pods):
+                    # Every create of a batch ends before a refusal is acted on: none may land after the clean-up.
+                    done = await asyncio.gather(*(self.kube.create(o, exist_ok=True) for o in batch),
+                                                return_exceptions=True)
+                    errors = [r for r in done if isinstance(r, BaseException)]
+                    if errors:
+                        raise next((r for r in errors if isinstance(r, ApiError) and r.code == 422), errors[0])
             except ApiError as e:
                 if e.code != 422:
                     raise

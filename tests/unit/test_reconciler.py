@@ -280,3 +280,13 @@ def test_a_ten_minute_weights_download_of_two_replicas_writes_nothing_after_the_
     # Status changes once when the download starts (Pending → Downloading), and then only with its
     # progress, at most once a minute.
     assert 1 <= len(figures.after) <= most
+
+
+def test_a_refused_pod_of_a_multi_node_gang_leaves_none_of_its_ranks_behind() -> None:
+    w = World(a_deployment("d").pro().h200().replicas(1))
+    w.kube.fail("create", "Pod", 422, 'Pod "d-0-1a2b3-0" is invalid: spec.nodeSelector: Invalid value: "a b c"')
+    w.reconcile()
+    assert [(v, k) for v, k, _ in w.kube.writes].count(("create", "Pod")) == 2, "both ranks were tried"
+    assert w.live_gangs() == {}, "the rank the API accepted is deleted with the rest"
+    assert w.orphans() == []
+    assert w.status()["refusal"]["field"] == "spec.hardware.nodeSelector"
