@@ -319,9 +319,10 @@ class Reconciler:
             if latest is None or latest["metadata"].get("uid") != meta.get("uid"):
                 return None
             memory.latest = latest
-        if int(meta.get("generation", 0)) > int(latest["metadata"].get("generation", 0)):
-            return {**event_body, "status": latest.get("status") or {}}
-        return latest
+        newer = (int(meta.get("generation", 0)), _version(meta)) > (int(latest["metadata"].get("generation", 0)),
+                                                                   _version(latest["metadata"]))
+        # The spec and metadata of whichever is newer; the status always ours.
+        return {**event_body, "status": latest.get("status") or {}} if newer else latest
 
     async def _drained(self, gangs: list[ObservedGang], port: int, now: float,
                        drain_timeout: float) -> frozenset[str]:
@@ -479,6 +480,14 @@ class Reconciler:
         # whatever older body a watch event still carries.
         memory.latest = written
         return True
+
+
+def _version(meta: Mapping[str, Any]) -> int:
+    """An object's resourceVersion as a number, to tell which of two copies is newer (0 when it is not one)."""
+    try:
+        return int(meta.get("resourceVersion") or 0)
+    except ValueError:
+        return 0
 
 
 def _weights_shown(weights: WeightsState, memory: Memory, now: float) -> WeightsState:
