@@ -53,6 +53,7 @@ __all__ = [
     "DEFAULT_DOWNLOAD_BYTES_PER_SECOND",
     "DEFAULT_LOAD_BYTES_PER_SECOND",
     "OWNED_FLAGS",
+    "node_nic_gbps",
     "plan_deployment",
 ]
 
@@ -81,6 +82,7 @@ MAX_AUTO_NODES = 64
 # vLLM's recipe for MiMo-V2.5-Pro (vllm-project/recipes models/XiaomiMiMo/MiMo-V2.5-Pro.yaml, verified on H200):
 # one 8×H200 node, TP8, --gpu-memory-utilization 0.95. The planner offers that layout beside a multi-node plan.
 ONE_NODE_MEM_FRACTION = 0.95
+DEFAULT_LINK_SPEED_GBPS = 400  # InfiniBand NDR, one port per GPU on HGX H100/H200 nodes (mimo-facts)
 FP8_BLOCK = 128  # released weights: FP8 in 128×128 blocks; a TP slice of an expert must keep whole blocks
 
 _KV_DTYPE_BYTES = {"bf16": 2, "fp8": 1}
@@ -113,6 +115,7 @@ OWNED_FLAGS: dict[str, str] = {
     "--swa-full-tokens-ratio": "spec.engine.swaFullTokensRatio",
     "--page-size": "spec.engine.pageSize",
     "--watchdog-timeout": "spec.engine.watchdogTimeoutSeconds",
+    "--use-ray": "spec.engine.launcher",
     "--attention-backend": "spec.hardware.gpuType",
 }
 
@@ -283,7 +286,7 @@ def _a2a_backend(spec: DeploymentSpec, gpu: GpuType, nodes: int) -> tuple[str, s
         if nodes > 1 and mode == "podNetwork":
             raise _Unfit("structure", "spec.parallelism.moeA2ABackend",
                          "DeepEP needs RDMA between nodes, and network.mode podNetwork has none: use "
-                         "network.mode hostNetwork or rdma, or moeA2ABackend none")
+                         "network.mode hostNetwork, rdma or sriov, or moeA2ABackend none")
         return "deepep", "set by spec.parallelism.moeA2ABackend"
     if wanted == "none":
         return "none", "set by spec.parallelism.moeA2ABackend"
@@ -485,6 +488,11 @@ def _launch(spec: DeploymentSpec, gpu: GpuType, ranks: tuple[tuple[str, ...], ..
         # the plan's GPU and runs at the spec's time compression; later flags win over SGLang's.
         program = SIMULATED_PROGRAM
         extra = ("--host", NODE_IP, "--mimo-gpu-type", gpu.name, "--mimo-speedup", repr(spec.engine.simulation.speedup))
+    elif spec.engine.launcher == "sglang-ray":
+        # SGLang's own Ray engine: one driver on the head with --use-ray and rank 0's arguments (--nnodes sizes
+        # its placement group); it places the schedulers of every node on the gang's Ray cluster itself.
+        return EngineLaunch(mode="sglang-ray", program=list(program),
+                            ranks=[RankLaunch(rank=0, argv=[*ranks[0], "--use-ray"], env=dict(env))])
     return EngineLaunch(mode="per-node", program=list(program),
                         ranks=[RankLaunch(rank=r, argv=[*args, *extra], env=dict(env)) for r, args in enumerate(ranks)])
 
@@ -601,6 +609,13 @@ def _network_env(spec: DeploymentSpec) -> dict[str, str]:
     return env
 
 
+def node_nic_gbps(spec: DeploymentSpec) -> float:
+    """A gang node's NIC total in GB/s: its HCAs (network.ibDevices, else one per GPU, as on HGX H100/H200
+    and B200 nodes) × the line rate (network.linkSpeedGbps, 400 Gb/s NDR by default)."""
+    hcas = len(spec.network.ib_devices or []) or spec.hardware.gpus_per_node
+    return hcas * (spec.network.link_speed_gbps or DEFAULT_LINK_SPEED_GBPS) / 8
+
+
 def _check_extra_args(extra: list[str]) -> None:
     for arg in extra:
         if not arg.startswith("--"):
@@ -641,6 +656,9 @@ def _warnings(spec: DeploymentSpec, entry: Checkpoint, gpu: GpuType, layout: _La
                    "the performance model assumes")
     if layout.a2a == "deepep" and gpu.architecture != "hopper":
         out.append("the SGLang MiMo cookbook offers DeepEP on Hopper only")
+    if spec.engine.launcher == "sglang-ray" and layout.a2a == "deepep" and spec.engine.type == "sglang":
+        out.append("engine.launcher sglang-ray: SGLang's Ray engine is not shown to work with DeepEP; per-node is "
+                   "the launch the cookbook tests")
     if entry.attention_tp == 8 and layout.nodes > 1 and gpu.architecture == "hopper":
         out.append("SGLang's cookbook marks MiMo-V2.5-Pro on several H100/H200 nodes (TP16, DeepEP) as "
                    "not yet verified")

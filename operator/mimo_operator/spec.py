@@ -210,9 +210,18 @@ class RdmaSpec(_Spec):
     networks: list[str] | None = Field(None, max_length=16)
 
 
+class SriovSpec(_Spec):
+    resource_name: str = Field(max_length=253)
+    networks: list[str] = Field(min_length=1, max_length=16)
+
+
 class NetworkSpec(_Spec):
-    mode: Literal["hostNetwork", "rdma", "podNetwork"] = "hostNetwork"
+    mode: Literal["hostNetwork", "rdma", "sriov", "podNetwork"] = "hostNetwork"
     rdma: RdmaSpec | None = None
+    sriov: SriovSpec | None = None
+    # New pod fields default here, not in the CRD (a CRD default would change every stored revision).
+    privileged: bool | None = None  # None: privileged with hostNetwork
+    link_speed_gbps: int | None = Field(None, ge=1, le=3200)  # None: 400 (NDR)
     ib_devices: list[str] | None = Field(None, max_length=32)
     socket_interface: str | None = Field(None, max_length=64)
     ib_gid_index: int | None = Field(None, ge=0, le=255)
@@ -249,6 +258,7 @@ class EngineSpec(_Spec):
     cuda_graph_max_batch_size: int | None = Field(None, ge=1, le=1024)
     swa_full_tokens_ratio: float | None = Field(None, gt=0, le=1)
     page_size: int = Field(64, ge=1, le=256)
+    launcher: Literal["per-node", "sglang-ray"] | None = None  # None: per-node
     watchdog_timeout_seconds: int = Field(3600, ge=60)
     shm_size: str = Field("64Gi", max_length=32, pattern=_QUANTITY.pattern)
     extra_args: list[str] | None = Field(None, max_length=64)
@@ -413,6 +423,10 @@ def _formatted_fields(spec: DeploymentSpec) -> Iterator[tuple[str, str, str]]:
         yield "spec.network.rdma.resourceName", net.rdma.resource_name, "label-key"
         for i, network in enumerate(net.rdma.networks or []):
             yield f"spec.network.rdma.networks[{i}]", network, "network-attachment"
+    if net.sriov is not None:
+        yield "spec.network.sriov.resourceName", net.sriov.resource_name, "label-key"
+        for i, network in enumerate(net.sriov.networks):
+            yield f"spec.network.sriov.networks[{i}]", network, "network-attachment"
     for i, device in enumerate(net.ib_devices or []):
         yield f"spec.network.ibDevices[{i}]", device, "hca"
     if net.socket_interface is not None:
@@ -510,9 +524,16 @@ def _check_rules(spec: DeploymentSpec) -> None:
             "tolerationSeconds applies to effect NoExecute only",
         ))
     rules.append((
-        spec.network.rdma is None or spec.network.mode == "rdma",
+        spec.network.rdma is None or spec.network.mode == "rdma"
+        or (spec.network.mode == "hostNetwork" and spec.network.privileged is False),
         "spec.network.rdma",
-        "network.rdma is only used with network.mode rdma",
+        "network.rdma is only used with network.mode rdma, or hostNetwork with network.privileged false",
+    ))
+    rules.append((
+        (spec.network.sriov is None) == (spec.network.mode != "sriov"),
+        "spec.network.sriov",
+        "network.sriov (the VF resource and one network per GPU) is required with network.mode sriov and "
+        "used only there",
     ))
     rules.append((
         spec.autoscaling.min_replicas <= spec.autoscaling.max_replicas,

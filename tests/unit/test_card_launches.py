@@ -176,3 +176,31 @@ def test_pro_on_one_b200_node_keeps_the_cookbooks_blackwell_stack(sglang: Any) -
               "--swa-full-tokens-ratio", "0.1", "--reasoning-parser", "mimo", "--tool-call-parser", "mimo"]
     diff = differences(sglang, golden, plan.server_args(0, HEAD))
     assert diff == {}, diff
+
+
+def test_the_sglang_ray_launcher_is_one_driver_that_sglangs_parser_accepts(sglang: Any) -> None:
+    """spec.engine.launcher sglang-ray: SGLang's own Ray engine on the head (--use-ray), rank 0's arguments;
+    the launch plan the builders render from it is what the worker validates and runs."""
+    from mimo_operator.build import BuildContext, gang_objects
+    from mimo_worker.head import sglang_ray_launch
+    from mimo_worker.launchplan import parse_plan
+
+    builder = a_deployment().pro().h200().set("engine.launcher", "sglang-ray")
+    plan = plan_of(builder)
+    assert plan.launch.mode == "sglang-ray"
+    (driver,) = plan.launch.ranks
+    argv = [a.replace("{head_ip}", HEAD) for a in driver.argv]
+    got = parsed(sglang, argv, strict=True)
+    assert got["use_ray"] is True
+    assert (got["nnodes"], got["node_rank"], got["tp_size"], got["attn_dp_size"]) == (2, 0, 16, 2)
+    assert any("not shown to work with DeepEP" in w for w in plan.warnings)
+    spec = parse_spec(builder.build())
+    ctx = BuildContext(name="mimo", namespace="serving", uid="u", spec=spec, plan=plan)
+    (config,) = [o for o in gang_objects(ctx, 0, 1, "abc") if o["kind"] == "ConfigMap"]
+    document = parse_plan(json.loads(config["data"]["plan.json"]))
+    command, env = sglang_ray_launch(document, HEAD)
+    assert command.count("--use-ray") == 1
+    assert command[:len(SGLANG_PROGRAM)] == list(SGLANG_PROGRAM)
+    assert env["RAY_ADDRESS"].startswith(f"{HEAD}:")
+    # The per-node default stays one process per node.
+    assert [r.rank for r in plan_of(a_deployment().pro().h200()).launch.ranks] == [0, 1]

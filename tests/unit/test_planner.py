@@ -364,7 +364,7 @@ def test_the_public_surface_is_pinned() -> None:
     from mimo_operator import catalog, perf, plan, planner, spec
 
     assert planner.__all__ == ["DEFAULT_DOWNLOAD_BYTES_PER_SECOND", "DEFAULT_LOAD_BYTES_PER_SECOND", "OWNED_FLAGS",
-                               "plan_deployment"]
+                               "node_nic_gbps", "plan_deployment"]
     assert plan.__all__ == ["CACHE_MOUNT_PATH", "HEAD_ADDRESS_PLACEHOLDER", "SGLANG_PROGRAM", "SIMULATED_PROGRAM",
                             "Decision", "GpuMemorySplit", "KvCachePlan", "Plan", "StartupEstimate"]
     assert perf.__all__ == ["CALIBRATION", "MTP_ACCEPT_LENGTH", "ReplicaPerformance", "performance_of"]

@@ -174,7 +174,8 @@ def test_the_corpora_are_large_enough() -> None:
     assert {s["model"]["variant"] for s in specs} == {
         "MiMo-V2.5", "MiMo-V2.5-Base", "MiMo-V2.5-Pro", "MiMo-V2.5-Pro-Base"}
     assert {s["model"].get("precision", "fp8") for s in specs} == {"fp8", "bf16"}
-    assert {s.get("network", {}).get("mode", "hostNetwork") for s in specs} == {"hostNetwork", "rdma", "podNetwork"}
+    assert {s.get("network", {}).get("mode", "hostNetwork") for s in specs} == {
+        "hostNetwork", "rdma", "sriov", "podNetwork"}
 
 
 def test_an_unknown_enum_value_lists_what_is_allowed() -> None:

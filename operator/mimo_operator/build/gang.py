@@ -27,6 +27,7 @@ from mimo_operator.launchplan import (
     LaunchPlan,
     Ports,
 )
+from mimo_operator.planner import node_nic_gbps
 
 __all__ = [
     "LAUNCH_PLAN_MOUNT",
@@ -120,9 +121,10 @@ def _expected_bus_gbps(ctx: BuildContext) -> float | None:
     # (gloo over loopback), there is nothing to expect: measure only.
     if ctx.plan.engine == "simulated" or ctx.spec.network.mode == "podNetwork" or ctx.plan.nodes_per_replica < 2:
         return None
-    # The check runs one process per node on one GPU, so it crosses about one NIC: NDR's 50 GB/s per port
-    # less protocol overhead. NCCL falling back to sockets gives a few GB/s, far below the fraction.
-    return 40.0
+    # A node's NIC total (HCAs × line rate): what NCCL's all-reduce rings reach between nodes; the worker
+    # derives the all-to-all expectation from it (mimo_worker.fabric.expected_bus_gbps). NCCL falling back
+    # to sockets gives a few GB/s, far below either.
+    return node_nic_gbps(ctx.spec)
 
 
 def gang_objects(ctx: BuildContext, replica: int, attempt: int, revision: str) -> list[dict[str, Any]]:
@@ -240,6 +242,9 @@ def _pod(ctx: BuildContext, gang: str, gang_labels: dict[str, str], rank: int) -
     network = spec.network
     if network.mode == "rdma" and network.rdma and network.rdma.networks:
         annotations["k8s.v1.cni.cncf.io/networks"] = ",".join(network.rdma.networks)
+    if network.mode == "sriov" and network.sriov:
+        # One VF per GPU: each network attachment brings one SR-IOV VF into the pod (NVIDIA network operator).
+        annotations["k8s.v1.cni.cncf.io/networks"] = ",".join(network.sriov.networks)
 
     env: list[dict[str, Any]] = [
         {"name": "MIMO_ROLE", "value": role},
@@ -255,10 +260,13 @@ def _pod(ctx: BuildContext, gang: str, gang_labels: dict[str, str], rank: int) -
     env += [{"name": e.name, "value": e.value} for e in spec.engine.env or []]
 
     resources: dict[str, Any] = {"limits": {spec.hardware.gpu_resource_name: str(plan.gpus_per_node)}}
-    if network.mode == "rdma":
+    if network.mode == "rdma" or (network.mode == "hostNetwork" and network.privileged is False):
+        # The RDMA shared device plugin hands the pod its /dev/infiniband devices (unprivileged pods).
         rdma = network.rdma
         resource = rdma.resource_name if rdma else "rdma/rdma_shared_device_a"
         resources["limits"][resource] = str(rdma.resource_count if rdma else 1)
+    if network.mode == "sriov" and network.sriov:
+        resources["limits"][network.sriov.resource_name] = str(len(network.sriov.networks))
     container_ports = [
         {"name": "ray-gcs", "containerPort": gang_ports(ctx, gang)[0]},
         {"name": "engine-http", "containerPort": plan.port},
@@ -284,13 +292,18 @@ def _pod(ctx: BuildContext, gang: str, gang_labels: dict[str, str], rank: int) -
 
     security: dict[str, Any] = {"allowPrivilegeEscalation": False}
     pod_spec: dict[str, Any] = {}
-    if network.mode in ("hostNetwork", "rdma"):
+    if network.mode in ("hostNetwork", "rdma", "sriov"):
         # RDMA needs locked memory for its registered buffers.
         security = {"capabilities": {"add": ["IPC_LOCK", "SYS_RESOURCE"]}}
     if network.mode == "hostNetwork":
         pod_spec.update({"hostNetwork": True, "hostIPC": True, "dnsPolicy": "ClusterFirstWithHostNet"})
-        mounts.append({"name": "infiniband", "mountPath": "/dev/infiniband"})
-        volumes.append({"name": "infiniband", "hostPath": {"path": "/dev/infiniband"}})
+        if network.privileged is not False:
+            # As SGLang's LWS example (lws_pd/lws-examples): privileged with IPC_LOCK and /dev/infiniband
+            # mounted, since a container's device rules block a hostPath device node on its own and NCCL and
+            # NVSHMEM would fall back to sockets. network.privileged: false takes the device plugin's resource.
+            security = {"privileged": True, "capabilities": {"add": ["IPC_LOCK", "SYS_RESOURCE"]}}
+            mounts.append({"name": "infiniband", "mountPath": "/dev/infiniband"})
+            volumes.append({"name": "infiniband", "hostPath": {"path": "/dev/infiniband"}})
 
     affinity: dict[str, Any] = {
         # One pod of a gang per node, whatever the GPU count says.
