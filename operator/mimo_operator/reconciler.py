@@ -49,6 +49,7 @@ from mimo_operator.status import (
     refusal_text,
     refused_status,
     running_status,
+    spec_values,
 )
 from mimo_operator.steps import CreateGang, DeleteGang, Desired, Gates, Outcome, StartDrain, health_map, next_steps
 from mimo_operator.weights import WeightsProbe, WeightsState, ensure_weights
@@ -378,7 +379,7 @@ class Reconciler:
                 # the refusal (recorded in status) stops gang creation until the spec changes.
                 memory.expectations.pop(gang, None)
                 await self._delete_gang_objects(ctx, gang)
-                refusal = refusal_from_api(e.message)
+                refusal = refusal_from_api(e.message, spec_values(ctx.spec))
                 log.warning("%s/%s: the API refused gang %s: %s", ns, ctx.name, gang, e)
                 return Event("Warning", "ChildRefused", f"gang {gang}: {refusal['field']}: {e.message}"), refusal
             metrics.GANGS_CREATED.labels(ns, ctx.name).inc()
@@ -458,7 +459,7 @@ class Reconciler:
                         if e.code != 422:
                             raise
                         log.warning("%s/%s: the API refused %s %s: %s", ctx.namespace, ctx.name, kind, obj_name, e)
-                        return refusal_from_api(e.message)
+                        return refusal_from_api(e.message, spec_values(ctx.spec))
             for obj_name, obj in existing.items():
                 if (kind, obj_name) not in desired:  # e.g. the router after router.enabled turned false
                     await self.kube.delete(api_version, kind, ctx.namespace, obj_name, uid=obj["metadata"]["uid"])

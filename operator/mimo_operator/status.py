@@ -15,11 +15,24 @@ from typing import Any
 from mimo_operator import labels as L
 from mimo_operator.gangs import GangHealth, ObservedGang
 from mimo_operator.plan import Plan
+from mimo_operator.spec import DeploymentSpec
 from mimo_operator.steps import Outcome, ReplicaRecord
 from mimo_operator.weights import WeightsState
 
-__all__ = ["condition", "merge_conditions", "plan_summary", "records_from_status", "records_to_status",
-           "refusal_from_api", "refusal_from_status", "refusal_text", "refused_status", "running_status", "selector"]
+__all__ = [
+    "condition",
+    "merge_conditions",
+    "plan_summary",
+    "records_from_status",
+    "records_to_status",
+    "refusal_from_api",
+    "refusal_from_status",
+    "refusal_text",
+    "refused_status",
+    "running_status",
+    "selector",
+    "spec_values",
+]
 
 
 def _now() -> str:
@@ -123,18 +136,38 @@ _API_FIELD = re.compile(r"([A-Za-z][\w.\[\]]*): (?:Invalid|Required|Unsupported|
                         r"Forbidden|Not found)")
 
 
-def refusal_from_api(message: str) -> dict[str, str]:
+def refusal_from_api(message: str, values: Mapping[str, Sequence[str]] | None = None) -> dict[str, str]:
     """The spec field behind an API refusal (422) of a child object, from the API's message, e.g.
-    ``Pod "d-0-1a2b3-0" is invalid: metadata.labels: Invalid value: "a b": ...``."""
+    ``Pod "d-0-1a2b3-0" is invalid: metadata.labels: Invalid value: "a b": ...``. When the message names
+    no field path (an admission policy's own words), the spec field whose value it quotes
+    (``values``: spec field → the user's values in it)."""
     kind = message.split(" ", 1)[0] if message else ""
+    text = message[:1000]
     _, _, details = message.partition(" is invalid: ")
     paths = [m.group(1) for m in _API_FIELD.finditer(details or message)]
     for want_kind, pattern, spec_field in _REFUSED_FIELDS:
-        if want_kind and want_kind != kind:
+        if want_kind and want_kind.lower() not in (kind.lower(), kind.lower().rstrip("s")):
             continue
         if any(re.search(pattern, p) for p in paths):
-            return {"field": spec_field, "kind": kind, "message": message[:1000]}
-    return {"field": "spec", "kind": kind, "message": message[:1000]}
+            return {"field": spec_field, "kind": kind, "message": text}
+    for spec_field, quoted in (values or {}).items():
+        if any(len(v) >= 3 and v in message for v in quoted):
+            return {"field": spec_field, "kind": kind, "message": text}
+    return {"field": "spec", "kind": kind, "message": text}
+
+
+def spec_values(spec: DeploymentSpec) -> dict[str, list[str]]:
+    """The user's values that reach child objects, by spec field (for `refusal_from_api`), most specific
+    first."""
+    template, hardware = spec.pod_template, spec.hardware
+    return {
+        "spec.podTemplate.labels": [*(template.labels or {}), *(template.labels or {}).values()],
+        "spec.podTemplate.annotations": list(template.annotations or {}),
+        "spec.hardware.nodeSelector": [*(hardware.node_selector or {}), *(hardware.node_selector or {}).values()],
+        "spec.scheduling.topologyKey": [spec.scheduling.topology_key or ""],
+        "spec.scheduling.priorityClassName": [spec.scheduling.priority_class_name or ""],
+        "spec.engine.image": [spec.engine.image],
+    }
 
 
 def refusal_from_status(status: Mapping[str, Any] | None, generation: int) -> dict[str, Any] | None:

@@ -155,3 +155,55 @@ def test_a_scale_flap_during_a_drain_leaves_no_orphan_and_reuses_no_name(
     assert sorted(p["metadata"]["labels"]["mimo-operator.io/replica"] for p in pods) == ["0", "1", "2"]
     wait_for(lambda: set(gang_objects(cluster, namespace, "v25")) == set(now), 45,
              what="no ConfigMap, Service or NetworkPolicy of a gang without pods")
+
+
+def test_a_pod_the_api_refuses_becomes_a_condition_naming_the_field_and_stops_gang_creation(
+        cluster: LocalCluster, operator: RunningOperator, namespace: str, node_pool: NodePool) -> None:
+    """A cluster policy the operator cannot know of (a ValidatingAdmissionPolicy answering 422 Invalid)
+    refuses the gang's pods for a label the user put in spec.podTemplate.labels."""
+    node_pool.add(1)
+    policy = f"b1-refuse-{namespace}"[:63]
+    cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+         "metadata": {"name": policy},
+         "spec": {"failurePolicy": "Fail",
+                  "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                                                          "operations": ["CREATE"], "resources": ["pods"]}]},
+                  "validations": [{"expression": "!has(object.metadata.labels) || "
+                                                 "!('example.com/forbidden' in object.metadata.labels)",
+                                   "reason": "Invalid",
+                                   "message": "the label example.com/forbidden is not allowed here"}]}},
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+         "metadata": {"name": policy},
+         "spec": {"policyName": policy, "validationActions": ["Deny"],
+                  "matchResources": {"namespaceSelector": {"matchLabels": {
+                      "kubernetes.io/metadata.name": namespace}}}}}]}))
+    try:
+        refused = v25_on(node_pool).replicas(1).set("podTemplate", {"labels": {"example.com/forbidden": "yes"}})
+
+        def applied() -> bool:
+            apply(cluster, namespace, refused.build())
+            obj = get(cluster, "mimodeployment", namespace, "v25")
+            return bool(((obj or {}).get("status") or {}).get("refusal"))
+
+        # The policy takes a moment to be enforced; until then a gang may start, and is no proof.
+        wait_for(applied, 60, interval=2, what="the API to refuse the gang's pod")
+        obj = get(cluster, "mimodeployment", namespace, "v25")
+        assert obj is not None
+        status = obj["status"]
+        assert status["refusal"]["field"] == "spec.podTemplate.labels", status["refusal"]
+        accepted = next(c for c in status["conditions"] if c["type"] == "ChildrenAccepted")
+        assert accepted["status"] == "False"
+        assert "example.com/forbidden is not allowed" in accepted["message"]
+        assert events(cluster, namespace, "ChildRefused")
+        created = len(events(cluster, namespace, "GangCreated"))
+        time.sleep(8)
+        assert len(events(cluster, namespace, "GangCreated")) == created, "no new gang for a refused spec"
+        wait_for(lambda: not gang_objects(cluster, namespace, "v25") and not engine_pods(cluster, namespace, "v25"),
+                 30, what="nothing of the refused gang left")
+    finally:
+        cluster.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", policy,
+                        "--wait=false", check=False)
+    apply(cluster, namespace, v25_on(node_pool).replicas(1).set("podTemplate", {"labels": {"team": "ok"}}).build())
+    obj = wait_phase(cluster, namespace, "v25", "Ready", timeout=60)
+    assert obj["status"].get("refusal") is None

@@ -290,3 +290,11 @@ def test_a_refused_pod_of_a_multi_node_gang_leaves_none_of_its_ranks_behind() ->
     assert w.live_gangs() == {}, "the rank the API accepted is deleted with the rest"
     assert w.orphans() == []
     assert w.status()["refusal"]["field"] == "spec.hardware.nodeSelector"
+
+
+def test_a_refusal_whose_message_names_no_field_is_traced_to_the_spec_value_it_quotes() -> None:
+    w = World(one_replica().set("podTemplate", {"labels": {"example.com/forbidden": "yes"}}))
+    w.kube.fail("create", "Pod", 422, 'pods "d-0-1a2b3-0" is forbidden: ValidatingAdmissionPolicy \'p\' with '
+                                      "binding 'p' denied request: the label example.com/forbidden is not allowed")
+    w.reconcile()
+    assert w.status()["refusal"]["field"] == "spec.podTemplate.labels"
