@@ -60,19 +60,19 @@ from mimo_operator.build.weights import (
     eligible_node,
     prefetch_pod,
 )
+from mimo_operator.errors import SpecError
 from mimo_operator.kube import Kube
 from mimo_operator.planner import plan_deployment
-from mimo_operator.errors import SpecError
 from mimo_operator.spec import DeploymentSpec, parse_spec
 
 __all__ = [
     "CONDITION_TYPE",
     "EXIT_REASONS",
     "NodeApi",
+    "WeightsCollector",
     "WeightsEvent",
     "WeightsProbe",
     "WeightsProgress",
-    "WeightsCollector",
     "WeightsState",
     "collect_weights",
     "ensure_weights",
@@ -237,7 +237,10 @@ def _failure(pod: Mapping[str, Any]) -> tuple[str, str]:
             code = int(term.get("exitCode", 1))
             reason = EXIT_REASONS.get(code, "DownloadFailed")
             message = str(term.get("message") or f"exit code {code}").strip()
-            return reason, message
+            # A termination message taken from the log's tail (FallbackToLogsOnError) has timestamps and
+            # other lines around the one that says why: keep that line, from the reason on.
+            said = [line[line.index(f"{reason}: "):] for line in message.splitlines() if f"{reason}: " in line]
+            return reason, said[-1] if said else message
     return "DownloadFailed", str((pod.get("status") or {}).get("message") or "the download pod failed")
 
 

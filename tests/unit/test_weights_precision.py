@@ -132,3 +132,13 @@ def test_the_operator_passes_the_planned_precision_and_treats_a_refusal_as_perma
 def test_the_plan_warns_early_when_the_repository_is_named_like_a_quantised_copy(repo: str, hinted: bool) -> None:
     plan = plan_deployment(parse_spec(a_deployment().set("model.source", {"huggingFaceId": repo}).build()))
     assert any("looks like a" in w and repo in w for w in plan.warnings) == hinted
+
+
+def test_the_reason_line_is_picked_out_of_a_log_tail_termination_message() -> None:
+    tail = ("2026-12-04 17:40:01 INFO mimo.weights: listing someone/MiMo-V2.5-AWQ\n"
+            "2026-12-04 17:40:02 ERROR mimo.weights: UnsupportedPrecision: someone/MiMo-V2.5-AWQ is a AWQ checkpoint "
+            "(config.json quantization_config.quant_method awq); …")
+    pod = {"status": {"containerStatuses": [{"state": {"terminated": {"exitCode": 7, "message": tail}}}]}}
+    reason, message = W._failure(pod)
+    assert reason == "UnsupportedPrecision"
+    assert message.startswith("UnsupportedPrecision: someone/MiMo-V2.5-AWQ is a AWQ checkpoint")

@@ -445,8 +445,15 @@ class PodRunner:
             self._restarts[run.uid] = run.restarts + 1
             return
         self.finished.add(run.uid)
-        self._end(pod, container["name"], code, "Completed" if code == 0 else "Error",
-                  f"exit code {code}", started_at=run.started_at)
+        message = f"exit code {code}"
+        if code != 0 and container.get("terminationMessagePolicy") == "FallbackToLogsOnError":
+            # As the kubelet does: a local process has no /dev/termination-log, so the log's tail (at most 80
+            # lines and 2048 bytes) is the message, which is where the operator reads a failure's reason.
+            with contextlib.suppress(OSError):
+                tail = run.log_path.read_bytes()[-2048:].decode(errors="replace").splitlines()[-80:]
+                message = "\n".join(tail).strip() or message
+        self._end(pod, container["name"], code, "Completed" if code == 0 else "Error", message,
+                  started_at=run.started_at)
 
     def _end(self, pod: dict[str, Any], container: str, code: int, reason: str, message: str,
              started_at: str | None = None) -> None:
