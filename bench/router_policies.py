@@ -17,9 +17,8 @@ engines' prefix caches match the same text. Printed per policy:
   simulated second over the replay);
 * the spread of requests over the gangs (max / min);
 * the same figures *predicted* by the simulated engine in virtual time (no processes): the trace through
-  the same number of ``ReplicaEngine`` s behind an emulation of the router's policy (cache_aware: the
-  longest prompt-prefix match if it covers ≥ 30 % of the prompt unless the load is imbalanced (> 64 and
-  > 1.5×), else the gang whose tree is smallest; round_robin; power_of_two: the less loaded of two).
+  the same number of ``ReplicaEngine`` s behind an emulation of the router's policy
+  (``mimo_worker.simengine.fleet``).
 
 Everything is bounded: a few hundred requests per policy, short answers (``--max-output``), one run.
 """
@@ -30,8 +29,8 @@ import argparse
 import asyncio
 import bisect
 import contextlib
+import dataclasses
 import json
-import random
 import signal
 import socket
 import statistics
@@ -49,7 +48,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from mimo_operator.autoscaling.prefix_traces import FAMILIES, PrefixTrace
-from mimo_worker.simengine.engine import ReplicaBatch, ReplicaEngine, Request
+from mimo_worker.simengine.engine import ReplicaEngine
+from mimo_worker.simengine.fleet import FleetArrival, RouterEmulation, run_fleet
 from mimo_worker.simengine.prefix import text_blocks
 from mimo_worker.simengine.replica import PlannedReplica, planned_replica
 from mimo_worker.simengine.server import chat_prompt_tokens, render_chat
@@ -62,10 +62,6 @@ MANIFEST = {
 }
 POLICIES = ("cache_aware", "round_robin", "power_of_two")
 JSON = {"Content-Type": "application/json"}
-# sglang-router 0.3's cache_aware defaults (router_args.py)
-CACHE_THRESHOLD = 0.3
-BALANCE_ABS = 64
-BALANCE_REL = 1.5
 
 
 @dataclass
@@ -96,115 +92,45 @@ def build_trace(family: str, seed: int, requests: int, rate_scale: float) -> Pre
 # ---- prediction in virtual time ----------------------------------------------------------------------
 
 
-class _Router:
-    """An emulation of sglang-router's choice, fed the same information it has (text it routed, its
-    own count of requests in flight)."""
-
-    def __init__(self, policy: str, gangs: int, seed: int) -> None:
-        self.policy = policy
-        self.gangs = gangs
-        self.rng = random.Random(seed)
-        self.next = 0
-        self.seen: list[set[tuple[tuple[str, int], ...]]] = [set() for _ in range(gangs)]
-        self.tree: list[int] = [0] * gangs
-
-    def choose(self, segments: tuple[tuple[str, int], ...], load: list[int]) -> int:
-        if self.policy == "round_robin":
-            choice = self.next % self.gangs
-            self.next += 1
-        elif self.policy == "power_of_two":
-            a, b = self.rng.sample(range(self.gangs), 2) if self.gangs > 1 else (0, 0)
-            choice = a if load[a] <= load[b] else b
-        else:
-            total = sum(t for _, t in segments)
-            if max(load) - min(load) > BALANCE_ABS and max(load) > BALANCE_REL * min(load):
-                choice = min(range(self.gangs), key=lambda g: load[g])
-            else:
-                matched = [0] * self.gangs
-                for g in range(self.gangs):
-                    for end in range(len(segments), 0, -1):
-                        if segments[:end] in self.seen[g]:
-                            matched[g] = sum(t for _, t in segments[:end])
-                            break
-                best = max(range(self.gangs), key=lambda g: matched[g])
-                if matched[best] / max(total, 1) > CACHE_THRESHOLD:
-                    choice = best
-                else:
-                    choice = min(range(self.gangs), key=lambda g: self.tree[g])
-        for end in range(1, len(segments) + 1):
-            self.seen[choice].add(segments[:end])
-        self.tree[choice] += sum(t for _, t in segments)
-        return choice
-
-
 def predict(trace: PrefixTrace, policy: str, replica: PlannedReplica, args: argparse.Namespace) -> Figures:
     limits = replica.limits
     if args.max_total_tokens:
-        limits = type(limits)(**{**asdict(limits), "max_total_num_tokens": args.max_total_tokens})
-        ratio = replica.limits.swa_max_tokens / replica.limits.max_total_num_tokens
-        limits = type(limits)(**{**asdict(limits), "swa_max_tokens": int(args.max_total_tokens * ratio)})
+        ratio = limits.swa_max_tokens / limits.max_total_num_tokens
+        limits = dataclasses.replace(
+            limits, max_total_num_tokens=args.max_total_tokens, swa_max_tokens=int(args.max_total_tokens * ratio)
+        )
     engines = [
         ReplicaEngine(limits, replica.performance, attention_dp=replica.plan.attention_data_parallel)
         for _ in range(args.gangs)
     ]
-    clocks = [0.0] * args.gangs
-    flying: list[ReplicaBatch | None] = [None] * args.gangs
-    router = _Router(policy, args.gangs, args.seed)
-    sent: list[list[Request]] = [[] for _ in range(args.gangs)]
-
-    def advance(g: int, until: float) -> None:
-        engine = engines[g]
-        while True:
-            if flying[g] is None:
-                flying[g] = engine.next_batch(clocks[g])
-                if flying[g] is None:
-                    clocks[g] = max(clocks[g], until)
-                    return
-            batch = flying[g]
-            assert batch is not None
-            if batch.end > until:
-                return
-            engine.complete(batch)
-            clocks[g] = batch.end
-            flying[g] = None
-
-    for index, item in enumerate(trace.requests):
-        for g in range(args.gangs):
-            advance(g, item.arrival)
-        load = [sum(1 for r in sent[g] if not r.done) for g in range(args.gangs)]
-        g = router.choose(item.segments, load)
+    arrivals = []
+    for item in trace.requests:
         messages = item.messages()
         text, _ = render_chat(messages)
-        blocks = text_blocks(text, limits.page_size)
-        if flying[g] is None:
-            clocks[g] = item.arrival
-        request = engines[g].submit(
-            f"p{index}",
-            chat_prompt_tokens(messages),
-            min(item.generated_tokens, args.max_output),
-            item.arrival,
-            blocks=blocks,
+        arrivals.append(
+            FleetArrival(
+                item.arrival,
+                chat_prompt_tokens(messages),
+                min(item.generated_tokens, args.max_output),
+                text_blocks(text, limits.page_size),
+            )
         )
-        sent[g].append(request)
-    for g in range(args.gangs):
-        advance(g, float("inf"))
-    requests = [r for rs in sent for r in rs]
+    router = RouterEmulation(policy, args.gangs, seed=args.seed, page_size=limits.page_size)
+    run = run_fleet(engines, arrivals, router)
+    requests = run.requests
     ttfts = sorted(r.ttft for r in requests if r.ttft is not None)
-    prompt = sum(r.prompt_tokens for r in requests)
-    cached = sum(r.cached_tokens for r in requests)
     end = max(r.finished_at or 0.0 for r in requests)
-    counts = [len(rs) for rs in sent]
     return Figures(
         policy=policy,
         source="predicted",
         requests=len(requests),
         errors=0,
-        hit_rate=cached / max(prompt, 1),
+        hit_rate=run.hit_rate,
         ttft_mean=statistics.fmean(ttfts),
         ttft_p50=ttfts[len(ttfts) // 2],
         ttft_p90=ttfts[int(len(ttfts) * 0.9)],
         throughput=sum(r.output_tokens for r in requests) / max(end - trace.requests[0].arrival, 1e-9),
-        spread=max(counts) / max(min(counts), 1),
+        spread=run.spread,
     )
 
 
