@@ -7,9 +7,12 @@ from pathlib import Path
 
 from mimo_operator.errors import MimoError
 
-__all__ = ["REQUIRED", "BinariesMissing", "binaries_missing", "binary", "cache_dir", "kwok_stages_dir"]
+__all__ = ["GANG_SCHEDULERS", "REQUIRED", "BinariesMissing", "binaries_missing", "binary", "cache_dir",
+           "kwok_stages_dir", "podgroup_crd"]
 
 REQUIRED = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kubectl")
+# Gang schedulers the local cluster can run next to kube-scheduler (built by hack/build-binaries.sh too).
+GANG_SCHEDULERS = ("scheduler-plugins",)
 
 
 class BinariesMissing(MimoError):
@@ -42,10 +45,18 @@ def kwok_stages_dir() -> Path:
     return path
 
 
-def binaries_missing() -> list[str]:
-    """The names of the required binaries not built yet (empty when all are there)."""
+def binaries_missing(extra: tuple[str, ...] = ()) -> list[str]:
+    """The names of the required binaries (and of ``extra`` ones) not built yet (empty when all are there)."""
     bin_dir = cache_dir() / "bin"
-    missing = [name for name in REQUIRED if not os.access(bin_dir / name, os.X_OK)]
+    missing = [name for name in (*REQUIRED, *extra) if not os.access(bin_dir / name, os.X_OK)]
     if not (cache_dir() / "kwok-stages").is_dir():
         missing.append("kwok-stages")
     return missing
+
+
+def podgroup_crd() -> Path:
+    """scheduler-plugins' PodGroup CRD, copied from its module by the build script."""
+    path = cache_dir() / "scheduler-plugins" / "podgroup-crd.yaml"
+    if not path.is_file():
+        raise BinariesMissing(f"scheduler-plugins' PodGroup CRD is missing at {path}: run hack/build-binaries.sh")
+    return path

@@ -88,13 +88,13 @@ class LocalCluster:
 
     @classmethod
     def up(cls, state_dir: Path, nodes: int = 4, gpu_type: str = "H200-141GB", blocks: int = 1,
-           timeout: float = 180.0, exit_with_parent: bool = False) -> LocalCluster:
+           timeout: float = 180.0, exit_with_parent: bool = False, gang_scheduler: str = "none") -> LocalCluster:
         """Start a cluster in ``state_dir`` and return once its nodes are schedulable.
 
         With ``exit_with_parent`` the cluster stops by itself when this process exits (tests);
         without it the cluster keeps running until :meth:`down` (``mimoctl cluster up``).
         """
-        if missing := binaries_missing():
+        if missing := binaries_missing(() if gang_scheduler == "none" else (gang_scheduler,)):
             raise ClusterError(
                 f"the local cluster's binaries are not built ({', '.join(missing)} missing in "
                 f"{cache_dir() / 'bin'}): run hack/build-binaries.sh first"
@@ -105,7 +105,8 @@ class LocalCluster:
         state_dir.mkdir(parents=True, exist_ok=True)
         cluster._forget_last_run()
         argv = [sys.executable, "-m", "mimo_operator.localcluster.supervisor", "--state-dir", str(state_dir),
-                "--nodes", str(nodes), "--gpu-type", gpu_type, "--blocks", str(blocks)]
+                "--nodes", str(nodes), "--gpu-type", gpu_type, "--blocks", str(blocks),
+                "--gang-scheduler", gang_scheduler]
         if exit_with_parent:
             argv.append("--exit-with-parent")
         (state_dir / "logs").mkdir(exist_ok=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from mimo_operator.localcluster import binaries
 from mimo_operator.localcluster.pki import Pki, issue_pki, write_kubeconfig
 from mimo_operator.localcluster.processes import ComponentFailed, Process, free_port, http_ok, log_tail
 
-__all__ = ["ClusterConfig", "ControlPlane", "node_lease_seconds"]
+__all__ = ["COSCHEDULING_SCHEDULER_NAME", "ClusterConfig", "ControlPlane", "node_lease_seconds"]
 
 _STAGES = Path(__file__).parent / "stages"
 # kwok's own stages for nodes, chaos and deletion; pod start/complete/delete are ours (stages/).
@@ -45,6 +46,13 @@ class ClusterConfig:
     component_timeout: float = 90.0
     # Ports to use instead of free ones, by component ("apiserver", "etcd", …).
     fixed_ports: tuple[tuple[str, int], ...] = ()
+    # A gang scheduler to run next to kube-scheduler: "none" or "scheduler-plugins" (coscheduling, serving
+    # pods whose schedulerName is scheduler-plugins-scheduler, as the operator renders them).
+    gang_scheduler: str = "none"
+
+
+# The scheduler name the operator's builders give gang pods under scheduling.gangScheduler: scheduler-plugins.
+COSCHEDULING_SCHEDULER_NAME = "scheduler-plugins-scheduler"
 
 
 def node_lease_seconds(nodes: int) -> int:
@@ -92,7 +100,7 @@ class ControlPlane:
         bins = {name: str(binaries.binary(name)) for name in binaries.REQUIRED}
         stages = binaries.kwok_stages_dir()
         self.pki = issue_pki(self.dir / "pki")
-        for name in ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler"):
+        for name in ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler", "gang-scheduler"):
             self.ports[name] = free_port()
         self.ports.update(dict(self.config.fixed_ports))
         write_kubeconfig(self.kubeconfig, self.pki, self.api_url)
@@ -153,6 +161,9 @@ class ControlPlane:
             "--bind-address=127.0.0.1", f"--secure-port={self.ports['scheduler']}", "--v=1",
         ], f"https://127.0.0.1:{self.ports['scheduler']}/healthz", ctx=insecure)
 
+        if self.config.gang_scheduler == "scheduler-plugins":
+            self._start_coscheduling(insecure)
+
         kwok_home = self.dir / "kwok-home"
         kwok_home.mkdir(exist_ok=True)
         stage_args = [f"--config={stages / s}" for s in _KWOK_STAGES]
@@ -172,6 +183,36 @@ class ControlPlane:
             f"--cidr={self.config.pod_cidr}", "--node-ip=127.0.0.1",
             f"--node-lease-duration-seconds={node_lease_seconds(self.config.nodes)}", *stage_args,
         ], None, env={**os.environ, "HOME": str(kwok_home), "KWOK_WORKDIR": str(kwok_home)})
+
+    def _start_coscheduling(self, insecure: ssl.SSLContext) -> None:
+        """scheduler-plugins' scheduler as a second scheduler, with only its coscheduling profile. Its
+        PodGroup CRD goes in first: the plugin's informer waits for the API it watches."""
+        kubectl = str(binaries.binary("kubectl"))
+        for args in (["apply", "-f", str(binaries.podgroup_crd())],
+                     ["wait", "--for=condition=Established", "--timeout=60s", "crd/podgroups.scheduling.x-k8s.io"]):
+            done = subprocess.run([kubectl, f"--kubeconfig={self.kubeconfig}", *args], capture_output=True,
+                                  text=True, timeout=90)
+            if done.returncode != 0:
+                raise ComponentFailed(f"installing scheduler-plugins' PodGroup CRD: {done.stderr.strip()}")
+        config = self.dir / "gang-scheduler.yaml"
+        config.write_text(yaml.safe_dump({
+            "apiVersion": "kubescheduler.config.k8s.io/v1",
+            "kind": "KubeSchedulerConfiguration",
+            "clientConnection": {"kubeconfig": str(self.kubeconfig), "qps": 200, "burst": 400},
+            "leaderElection": {"leaderElect": False},
+            "profiles": [{
+                "schedulerName": COSCHEDULING_SCHEDULER_NAME,
+                "plugins": {"multiPoint": {"enabled": [{"name": "Coscheduling"}]},
+                            "queueSort": {"enabled": [{"name": "Coscheduling"}], "disabled": [{"name": "*"}]}},
+                "pluginConfig": [{"name": "Coscheduling", "args": {"permitWaitingTimeSeconds": 10}}],
+            }],
+        }))
+        port = self.ports["gang-scheduler"]
+        self._start("scheduler-plugins", [
+            str(binaries.binary("scheduler-plugins")), f"--config={config}",
+            f"--authentication-kubeconfig={self.kubeconfig}", f"--authorization-kubeconfig={self.kubeconfig}",
+            "--bind-address=127.0.0.1", f"--secure-port={port}", "--v=1",
+        ], f"https://127.0.0.1:{port}/healthz", ctx=insecure)
 
     def stop(self) -> None:
         """Stop every component, last started first."""
