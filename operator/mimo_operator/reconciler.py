@@ -51,7 +51,17 @@ from mimo_operator.status import (
     running_status,
     spec_values,
 )
-from mimo_operator.steps import CreateGang, DeleteGang, Desired, Gates, Outcome, StartDrain, health_map, next_steps
+from mimo_operator.steps import (
+    CreateGang,
+    DeleteGang,
+    Desired,
+    Gates,
+    Outcome,
+    ReplicaRecord,
+    StartDrain,
+    health_map,
+    next_steps,
+)
 from mimo_operator.weights import WeightsProbe, WeightsState, ensure_weights
 
 __all__ = ["Event", "Memory", "ReconcileResult", "Reconciler", "ReconcilerOptions"]
@@ -95,6 +105,9 @@ class Memory:
     latest: dict[str, Any] | None = None
     weights_shown: WeightsState | None = None   # the weights as status last showed them, and when
     weights_shown_at: float = 0.0
+    # The highest attempt this process used per slot: should a status write fail after a gang was created,
+    # the next reconcile still never hands out that name again.
+    attempts: dict[int, int] = field(default_factory=dict)
 
     def forget_status(self) -> None:
         self.latest = None
@@ -210,7 +223,10 @@ class Reconciler:
                 # Written through /scale just now: the planner acts on it in this same reconcile.
                 desired = dataclasses.replace(desired, replicas=int(scaled["to"]))
             desired = dataclasses.replace(desired, remove_first=memory.autoscaler.remove_first)
-        outcome = next_steps(desired, gangs, records_from_status(old_status), now, drained)
+        records = {r: dataclasses.replace(rec, attempt=max(rec.attempt, memory.attempts.get(r, 0)))
+                   for r, rec in records_from_status(old_status).items()}
+        records.update({r: ReplicaRecord(attempt=a) for r, a in memory.attempts.items() if r not in records})
+        outcome = next_steps(desired, gangs, records, now, drained)
 
         # Independent steps run concurrently: sixteen gangs are created in the time of one.
         executed = await asyncio.gather(*(self._execute(step, ctx, revision, gangs, memory, now)
@@ -362,6 +378,7 @@ class Reconciler:
             pods = [o for o in objects if o["kind"] == "Pod"]
             gang = pods[0]["metadata"]["labels"][L.LABEL_GANG]
             memory.expectations[gang] = (len(pods), now + _EXPECTATION_SECONDS)
+            memory.attempts[step.replica] = max(memory.attempts.get(step.replica, 0), step.attempt)
             # A gang's objects never change after creation (a change is a new revision, so a new gang):
             # they are created, not applied. The launch plan, Service and NetworkPolicy come first.
             try:

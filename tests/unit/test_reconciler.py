@@ -298,3 +298,19 @@ def test_a_refusal_whose_message_names_no_field_is_traced_to_the_spec_value_it_q
                                       "binding 'p' denied request: the label example.com/forbidden is not allowed")
     w.reconcile()
     assert w.status()["refusal"]["field"] == "spec.podTemplate.labels"
+
+
+def test_a_lost_status_write_does_not_make_a_gang_name_come_back() -> None:
+    w = World(one_replica(), budget=5)
+    w.kube.fail("patch", L.KIND, 500, "etcd timeout")
+    with pytest.raises(Exception, match="etcd timeout"):
+        w.reconcile()  # the gang is created, its record is not written
+    (first,) = w.live_gangs()
+    w.fail_pods()
+    w.now += 1
+    w.reconcile()
+    w.kube.finish_deletions()
+    w.now += 60
+    w.reconcile()
+    (second,) = w.live_gangs()
+    assert second != first
