@@ -283,4 +283,9 @@ def measure_rank(
         # since a peer that failed has failed the check already.
         with contextlib.suppress(Exception):
             group.barrier().wait()
+        if backend == "nccl":
+            # Free the communicators now: the GPU goes to the engine next, and an NCCL group dropped without
+            # shutdown leaks them (torch warns at exit).
+            with contextlib.suppress(Exception):
+                group.shutdown()
     return samples
