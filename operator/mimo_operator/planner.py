@@ -307,6 +307,7 @@ def _memory(spec: DeploymentSpec, entry: Checkpoint, gpu: GpuType, tp: int, dp: 
     expert_bytes = total_weights * entry.expert_params / entry.params_total
     attn_tp = tp // dp
     weights_per_gpu = round(expert_bytes / tp + (total_weights - expert_bytes) / attn_tp)
+    weights_per_gpu += _dp_encoder_bytes(entry, total_weights, attn_tp, dp)
     static = round(gpu.memory_bytes * fraction)
     kv_bytes_per_gpu = static - weights_per_gpu
     where = f"{_nodes(nodes)} of {spec.hardware.gpus_per_node}×{gpu.name}"
@@ -341,6 +342,22 @@ def _memory(spec: DeploymentSpec, entry: Checkpoint, gpu: GpuType, tp: int, dp: 
     memory = GpuMemorySplit(gpu.memory_bytes, static, weights_per_gpu, kv_bytes_per_gpu,
                             gpu.memory_bytes - static)
     return memory, kv
+
+
+# Bytes per parameter of the vision and audio encoders: estimate, 2 (BF16). Released FP8 VLM checkpoints keep
+# their vision towers out of the block quantisation; the card does not say how MiMo-V2.5's are stored.
+ENCODER_BYTES_PER_PARAM = 2
+
+
+def _dp_encoder_bytes(entry: Checkpoint, total_weights: int, attn_tp: int, dp: int) -> int:
+    """What a data-parallel encoder adds per GPU: with ``--mm-enable-dp-encoder`` (set in _server_args
+    for MiMo-V2.5 with attention DP) every GPU holds the whole vision and audio encoders instead of its
+    attention-TP shard of them (the shard is already in the non-expert weights)."""
+    if not entry.encoders or dp <= 1 or entry.attention_tp != 4:
+        return 0
+    params = sum(e.params for e in entry.encoders)
+    sharded = total_weights * params / entry.params_total / attn_tp
+    return round(params * ENCODER_BYTES_PER_PARAM - sharded)
 
 
 def _kv_cache(spec: DeploymentSpec, entry: Checkpoint, gpu: GpuType, attn_tp: int, dp: int,

@@ -36,8 +36,10 @@ def test_mimo_v25_fp8_on_one_h200_node_by_hand() -> None:
     # The model card's one-node launch: DeepEP, so ep = tp.
     assert plan.expert_parallel == 8
     assert plan.moe_a2a_backend == "deepep"
-    # Experts split over 8 GPUs; attention and the rest over the attention TP of 4.
-    weights_per_gpu = V25_WEIGHTS * V25_EXPERT_SHARE / 8 + V25_WEIGHTS * (1 - V25_EXPERT_SHARE) / 4
+    # Experts split over 8 GPUs; attention and the rest over the attention TP of 4; the data-parallel
+    # encoders (ViT 729M + audio 261M, BF16) whole on every GPU instead of a quarter of their FP8 share.
+    encoders = (729e6 + 261e6) * 2 - V25_WEIGHTS * (729e6 + 261e6) / 310e9 / 4
+    weights_per_gpu = V25_WEIGHTS * V25_EXPERT_SHARE / 8 + V25_WEIGHTS * (1 - V25_EXPERT_SHARE) / 4 + encoders
     assert plan.memory.weights == pytest.approx(weights_per_gpu, rel=1e-6)
     assert plan.mem_fraction_static == 0.65  # the cookbook's MiMo-V2.5 value
     static = 0.65 * 141 * GB
