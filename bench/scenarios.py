@@ -61,17 +61,20 @@ class Scenario:
     long: bool = False  # every burst outlasts two start-ups: the 99 % target applies
 
 
+# Sizes and peaks keep each scenario to some tens of thousands of requests: the whole suite (thirteen
+# autoscalers on each) runs in a few CPU minutes.
+RAG = workloads.RAG
 SCENARIOS: tuple[Scenario, ...] = (
-    Scenario("flash-6x-2min", lambda: workloads.flash_crowd(height=6, ramp_seconds=120, hold_seconds=900)),
-    Scenario("flash-3x-10min", lambda: workloads.flash_crowd(height=3, ramp_seconds=600, hold_seconds=1500)),
-    Scenario("diurnal-3h", lambda: workloads.diurnal(hours=3.0), long=True),
+    Scenario("flash-6x-2min", lambda: workloads.flash_crowd(height=6, ramp_seconds=120, hold_seconds=900, sizes=RAG)),
+    Scenario("flash-3x-10min", lambda: workloads.flash_crowd(height=3, ramp_seconds=600, hold_seconds=1500, sizes=RAG)),
+    Scenario("diurnal-3h", lambda: workloads.diurnal(hours=3.0, sizes=RAG), peak=6, long=True),
     Scenario("on-off-5/10-20k", lambda: workloads.on_off(on_seconds=300, off_seconds=600, cycles=7)),
     Scenario("on-off-15/15", lambda: workloads.on_off(on_seconds=900, off_seconds=900, cycles=4)),
     Scenario("long-context", lambda: workloads.long_context_bursts(hours=1.5)),
     Scenario("heavy-tail-out", lambda: workloads.heavy_tailed_outputs(hours=1.5), long=True),
-    Scenario("slow-ramp-1h", lambda: workloads.slow_ramp(ramp_seconds=3600), long=True),
+    Scenario("slow-ramp-1h", lambda: workloads.slow_ramp(ramp_seconds=3600, sizes=RAG), long=True),
     Scenario("multi-tenant", lambda: workloads.multi_tenant(hours=2.0)),
-    Scenario("azure-code", None),
+    Scenario("azure-code", None, peak=6),
 )
 QUICK = ("flash-6x-2min", "on-off-5/10-20k")
 

@@ -292,8 +292,12 @@ def decide(observation: Observation, config: PolicyConfig) -> Decision:
         "recurring-burst": warm,
     }
     view, wanted = max(views.items(), key=lambda item: item[1])
-    if wanted > current * (1.0 + config.tolerance) and current < config.max_replicas:
-        desired = min(config.max_replicas, max(current + 1, math.ceil(wanted)))
+    # The tolerance keeps noise from ordering gangs; a queue that keeps growing on the ready gangs is
+    # not noise: they are short of capacity now, and a gang ordered a tick later serves a tick later.
+    tolerance = 0.0 if loads.backlog_growing(now) else config.tolerance
+    # (Demand that exactly fills the gangs there are, up to rounding, asks for none more.)
+    if wanted > current * (1.0 + tolerance) + 1e-6 and current < config.max_replicas:
+        desired = min(config.max_replicas, max(current + 1, math.ceil(wanted - 1e-6)))
         return Decision(
             desired,
             Action.SCALE_UP,
@@ -596,6 +600,19 @@ class _Loads:
                 queued += base.queue_requests
                 gangs += 1
         return gangs > 0 and queued > gangs
+
+    def backlog_growing(self, now: float) -> bool:
+        """Whether the ready gangs' queues grew by more than a request per gang over the stable window."""
+        before = 0.0
+        after = 0.0
+        for name in self._ready:
+            base, inside = self._in(name, now - self._config.stable_window_seconds, now)
+            if not inside:
+                continue
+            first = base if base is not None else inside[0]
+            before += first.queue_requests
+            after += inside[-1].queue_requests
+        return after > before + len(self._ready)
 
     def backlog_clearing(self, now: float) -> bool:
         """Whether the ready gangs' queues hold a backlog that shrank over the last panic window."""

@@ -24,6 +24,9 @@ from dataclasses import dataclass
 from mimo_operator.autoscaling.trace import Request, Trace
 
 __all__ = [
+    "CHAT",
+    "CODE",
+    "RAG",
     "LogNormal",
     "Pareto",
     "Sizes",
@@ -88,6 +91,8 @@ class Sizes:
 # The shared Azure code trace's sizes, roughly: prompts around 1.5k tokens, answers of a few dozen.
 CODE = Sizes(LogNormal(1500, 0.8, 16, 16_000), LogNormal(14, 1.3, 1, 2_000))
 CHAT = Sizes(LogNormal(1000, 0.9, 16, 16_000), LogNormal(250, 0.8, 1, 4_000))
+# Retrieval-augmented or agent requests: a few thousand prompt tokens and a paragraph of answer.
+RAG = Sizes(LogNormal(4000, 0.6, 64, 32_000), LogNormal(200, 0.7, 1, 4_000))
 
 
 @dataclass(frozen=True)
@@ -236,7 +241,7 @@ def long_context_bursts(
 def heavy_tailed_outputs(*, hours: float = 1.5, alpha: float = 1.3, floor: float = 0.5) -> Workload:
     """Answers with a Pareto length (a few run to thousands of tokens) on a gentle swell: decode-bound."""
     span = hours * 3600
-    sizes = Sizes(LogNormal(2000, 0.7, 16, 32_000), Pareto(60.0, alpha, 8_000))
+    sizes = Sizes(LogNormal(4000, 0.7, 16, 32_000), Pareto(60.0, alpha, 8_000))
 
     def shape(t: float) -> float:
         return floor + (1.0 - floor) * math.sin(math.pi * t / span) ** 2
@@ -275,8 +280,8 @@ def multi_tenant(*, hours: float = 2.0, batch_period: float = 1500.0, batch_on: 
 
     batch_sizes = Sizes(LogNormal(6000, 0.5, 500, 60_000), LogNormal(600, 0.5, 16, 4_000))
     streams: Sequence[Stream] = (
-        Stream("chat", chat, CHAT, 0.45),
-        Stream("code", code, CODE, 0.45),
+        Stream("assistant", chat, RAG, 0.55),
+        Stream("code", code, CODE, 0.35),
         Stream("batch", batch, batch_sizes, 0.10),
     )
     return Workload(f"multi-tenant mix over {hours:g} h", span, tuple(streams))
