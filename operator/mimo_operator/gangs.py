@@ -144,7 +144,11 @@ def _terminated(pod: Mapping[str, Any]) -> str | None:
         t = (cs.get("state") or {}).get("terminated")
         if t:
             reason = t.get("reason") or ""
-            return f"exit code {t.get('exitCode')}" + (f" ({reason})" if reason else "")
+            # The head writes why a gang failed (a fabric check's verdict with its numbers) to its
+            # termination message; a status line keeps its first line.
+            said = str(t.get("message") or "").strip().splitlines()
+            return (f"exit code {t.get('exitCode')}" + (f" ({reason})" if reason else "")
+                    + (f": {said[0][:1000]}" if said else ""))
     return None
 
 

@@ -210,3 +210,22 @@ def test_the_nccl_branchs_group_options_build_without_a_gpu() -> None:
     options = c10d.ProcessGroupNCCL.Options()
     options._timeout = timedelta(seconds=5)
     assert options._timeout == timedelta(seconds=5)
+
+
+def test_a_refused_fabric_reaches_the_gangs_status_through_the_termination_message(tmp_path: Any) -> None:
+    """The head writes why it failed where Kubernetes reads a container's termination message; the operator's
+    view of the pod carries it into the gang's failure line."""
+    from mimo_operator import labels as L
+    from mimo_operator.gangs import gangs_from_pods
+    from mimo_worker.head import write_termination_message
+
+    verdict = judge(gpu_report(3.0, 1.0), FabricExpectation(expected_bus_gbps=400, min_fraction=0.5))
+    log = tmp_path / "termination-log"
+    assert write_termination_message(verdict.message, str(log))
+    assert not write_termination_message("x", str(tmp_path / "missing" / "log"))  # best effort
+    pod = {"metadata": {"name": "g-0", "labels": {L.LABEL_GANG: "g", L.LABEL_RANK: "0"}},
+           "status": {"phase": "Failed", "containerStatuses": [{"state": {"terminated": {
+               "exitCode": 1, "reason": "Error", "message": log.read_text()}}}]}}
+    (gang,) = gangs_from_pods([pod])
+    assert gang.pods[0].terminated is not None
+    assert gang.pods[0].terminated.startswith("exit code 1 (Error): refusing to start the engine: all-reduce 3.00")

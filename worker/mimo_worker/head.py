@@ -50,7 +50,7 @@ from mimo_worker.server import serve
 from mimo_worker.status import DrainProgress, GangStatus
 from mimo_worker.supervise import keeper_argv
 
-__all__ = ["GangFailure", "Head", "parse_load", "sglang_ray_launch"]
+__all__ = ["GangFailure", "Head", "parse_load", "sglang_ray_launch", "write_termination_message"]
 
 log = logging.getLogger("mimo_worker.head")
 
@@ -65,6 +65,24 @@ ENGINE_STOP_SECONDS = 15.0
 # after SIGTERM that has not exited is not going to.
 DRAIN_SETTLE_SECONDS = 12.0
 _DRAINING_OR_DONE = frozenset({"draining", "drained", "stopping"})
+
+
+# Kubernetes' default terminationMessagePath: what the container writes there becomes its terminated state's
+# message, which the operator puts in the gang's status (a fabric verdict, a member that never joined).
+TERMINATION_LOG = "/dev/termination-log"
+TERMINATION_MESSAGE_LIMIT = 4096  # bytes the kubelet keeps
+
+
+def write_termination_message(message: str, path: str | None = None) -> bool:
+    """Best effort: outside a pod (tests, the local cluster's processes) the file may not be writable."""
+    target = path or os.environ.get("MIMO_TERMINATION_LOG", TERMINATION_LOG)
+    data = message.encode()[:TERMINATION_MESSAGE_LIMIT]
+    try:
+        with open(target, "wb") as f:
+            f.write(data)
+    except OSError:
+        return False
+    return True
 
 
 class GangFailure(Exception):
@@ -162,6 +180,7 @@ class Head:
             log.error("head failed", exc_info=error)
         log.error("gang %s failed: %s", self.plan.gang.name, message)
         self.status.set_phase("failed", message)
+        write_termination_message(message)
         return 1
 
     async def _lifecycle(self) -> None:
