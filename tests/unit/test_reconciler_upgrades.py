@@ -91,3 +91,22 @@ def test_a_drain_timeout_or_router_edit_restarts_nothing() -> None:
     assert {p["metadata"]["uid"] for p in w.pods()} == uids
     assert w.status()["plan"]["revision"] == revision
     assert not [wr for wr in w.kube.writes[writes:] if wr[1] == "Pod"], "no pod was written"
+
+
+def test_a_drain_asks_the_head_for_the_drain_timeout_the_spec_has_when_it_starts() -> None:
+    w = ready_world()
+    asked: list[float | None] = []
+    start_drain = w.heads.start_drain
+
+    async def recording(ip: str, port: int, seconds: float | None = None) -> bool:
+        asked.append(seconds)
+        return await start_drain(ip, port, seconds)
+
+    w.heads.start_drain = recording  # type: ignore[method-assign]
+    w.edit("autoscaling.drainTimeoutSeconds", 900)
+    w.edit("replicas", 1)
+    for _ in range(4):
+        w.reconcile()
+        w.now += 5
+    assert asked, "the draining gang's head was asked to drain"
+    assert 880 <= (asked[0] or 0) <= 900, "what is left of the spec's current timeout, not a value in the pods"
