@@ -221,6 +221,7 @@ def test_a_refused_fabric_reaches_the_gangs_status_through_the_termination_messa
 
     verdict = judge(gpu_report(3.0, 1.0), FabricExpectation(expected_bus_gbps=400, min_fraction=0.5))
     log = tmp_path / "termination-log"
+    log.touch()  # the kubelet mounts it in a pod
     assert write_termination_message(verdict.message, str(log))
     assert not write_termination_message("x", str(tmp_path / "missing" / "log"))  # best effort
     pod = {"metadata": {"name": "g-0", "labels": {L.LABEL_GANG: "g", L.LABEL_RANK: "0"}},

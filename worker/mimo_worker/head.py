@@ -74,9 +74,12 @@ TERMINATION_MESSAGE_LIMIT = 4096  # bytes the kubelet keeps
 
 
 def write_termination_message(message: str, path: str | None = None) -> bool:
-    """Best effort: outside a pod (tests, the local cluster's processes) the file may not be writable."""
+    """Best effort, and only into the file the kubelet mounts: outside a pod (tests, the local cluster's
+    processes) there is none, and nothing is created."""
     target = path or os.environ.get("MIMO_TERMINATION_LOG", TERMINATION_LOG)
     data = message.encode()[:TERMINATION_MESSAGE_LIMIT]
+    if not os.path.isfile(target):
+        return False
     try:
         with open(target, "wb") as f:
             f.write(data)
