@@ -1,0 +1,68 @@
+"""The scenario suite's workload families: seeded, reproducible, and shaped as their names say."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from mimo_operator.autoscaling import workloads
+from mimo_operator.autoscaling.trace import Trace
+
+
+def rate_between(trace: Trace, start: float, end: float) -> float:
+    return sum(1 for r in trace.requests if start <= r.arrival < end) / (end - start)
+
+
+def test_the_same_seed_gives_the_same_trace_and_another_seed_another() -> None:
+    family = workloads.multi_tenant(hours=0.5)
+    first, again, other = family.trace(5.0, 3), family.trace(5.0, 3), family.trace(5.0, 4)
+    assert first.requests == again.requests
+    assert first.requests != other.requests
+    arrivals = [r.arrival for r in first.requests]
+    assert arrivals == sorted(arrivals)
+    assert arrivals[0] >= 0
+    assert arrivals[-1] < first.span_seconds == 1800
+
+
+def test_a_flash_crowd_multiplies_the_load_by_its_height() -> None:
+    trace = workloads.flash_crowd(height=6, ramp_seconds=60, hold_seconds=900, lead_seconds=900).trace(12.0, 1)
+    before = rate_between(trace, 0, 900)
+    during = rate_between(trace, 960, 1860)
+    assert during / before == pytest.approx(6.0, rel=0.1)
+    assert rate_between(trace, trace.span_seconds - 600, trace.span_seconds) == pytest.approx(before, rel=0.15)
+
+
+def test_on_off_bursts_come_at_their_period() -> None:
+    trace = workloads.on_off(on_seconds=300, off_seconds=600, cycles=3, lead_seconds=600).trace(4.0, 2)
+    for k in range(3):
+        onset = 600 + 900 * k
+        on = rate_between(trace, onset, onset + 300)
+        off = rate_between(trace, onset + 300, onset + 900)
+        assert on == pytest.approx(4.0, rel=0.15)
+        assert off == pytest.approx(0.4, rel=0.35)
+    assert min(r.context_tokens for r in trace.requests) >= 2_000
+
+
+def test_heavy_tailed_outputs_follow_the_clipped_pareto_mean() -> None:
+    law = workloads.Pareto(60.0, 1.3, 8_000)
+    rng = random.Random(0)
+    drawn = [law.draw(rng) for _ in range(50_000)]
+    assert sum(drawn) / len(drawn) == pytest.approx(law.mean(), rel=0.08)
+    assert max(drawn) == 8_000, "the tail reaches the clip"
+
+
+def test_mean_work_sizes_the_peak_rate() -> None:
+    family = workloads.diurnal(hours=1.0, sizes=workloads.RAG)
+
+    def work(context: int, generated: int) -> float:
+        return context / 30_000 + generated / 1_500
+
+    per_request = family.mean_work(work)
+    expected = workloads.RAG.context.mean() / 30_000 + workloads.RAG.generated.mean() / 1_500
+    assert per_request == pytest.approx(expected, rel=0.1)
+
+
+def test_a_peak_rate_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="peak rate"):
+        workloads.slow_ramp().trace(0.0, 1)
