@@ -95,6 +95,17 @@ def _leaves(schema: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, 
             yield from _leaves(child["items"], f"{here}[0]")
 
 
+# Sections BASE cannot hold at once (they need another mode), each with its own valid base.
+_SECTION_BASES: dict[str, dict[str, Any]] = {
+    "spec.network.sriov": _set(BASE, "spec.network", {
+        "mode": "sriov", "sriov": {"resourceName": "nvidia.com/sriov_ib_vf", "networks": ["ib-0"]}}),
+}
+
+
+def _base_for(path: str) -> dict[str, Any]:
+    return next((b for prefix, b in _SECTION_BASES.items() if path.startswith(prefix)), BASE)
+
+
 _WRONG_TYPE = {"string": 12345, "integer": "8", "number": "fast", "boolean": "yes", "array": "a", "object": "a"}
 
 
@@ -105,18 +116,19 @@ def generated() -> list[Case]:
     for path, schema in _leaves(spec, "spec"):
         kind = schema.get("type")
         short = path.removeprefix("spec.")
+        base = _base_for(path)
         if kind in _WRONG_TYPE:
-            cases.append(_case(f"type {short}", path, _WRONG_TYPE[kind]))
+            cases.append(_case(f"type {short}", path, _WRONG_TYPE[kind], base=base))
         if "enum" in schema:
-            cases.append(_case(f"enum {short}", path, 3 if kind == "integer" else "bogus"))
+            cases.append(_case(f"enum {short}", path, 3 if kind == "integer" else "bogus", base=base))
         if "minimum" in schema:
             low = schema["minimum"] if schema.get("exclusiveMinimum") else schema["minimum"] - 1
-            cases.append(_case(f"below minimum {short}", path, low if kind == "integer" else float(low)))
+            cases.append(_case(f"below minimum {short}", path, low if kind == "integer" else float(low), base=base))
         if "maximum" in schema:
             high = schema["maximum"] + 1
-            cases.append(_case(f"above maximum {short}", path, high if kind == "integer" else float(high)))
+            cases.append(_case(f"above maximum {short}", path, high if kind == "integer" else float(high), base=base))
         if "maxLength" in schema:
-            cases.append(_case(f"too long {short}", path, "a" * (schema["maxLength"] + 1)))
+            cases.append(_case(f"too long {short}", path, "a" * (schema["maxLength"] + 1), base=base))
         if "maxItems" in schema:
             item = {"name": "X"} if (schema.get("items") or {}).get("type") == "object" else "mlx5_0"
             items = [dict(item, name=f"X{i}") if isinstance(item, dict) else item
@@ -125,9 +137,10 @@ def generated() -> list[Case]:
                 items = ["--enable-cache-report"] * (schema["maxItems"] + 1)
             if short == "hardware.tolerations":
                 items = [{"operator": "Exists"}] * (schema["maxItems"] + 1)
-            cases.append(_case(f"too many {short}", path, items))
+            cases.append(_case(f"too many {short}", path, items, base=base))
         if "maxProperties" in schema:
-            cases.append(_case(f"too many {short}", path, {f"k{i}": "v" for i in range(schema["maxProperties"] + 1)}))
+            many = {f"k{i}": "v" for i in range(schema["maxProperties"] + 1)}
+            cases.append(_case(f"too many {short}", path, many, base=base))
     return cases
 
 
