@@ -164,6 +164,8 @@ _FORMAT_FIELDS: dict[str, tuple[str, ...]] = {
                                          "trailing-dot", "slash-only"),
     "spec.network.rdma.resourceName": tuple(k for k in _BAD_STRINGS if k != "upper"),
     "spec.network.rdma.networks[0]": tuple(_BAD_STRINGS),
+    "spec.network.sriov.resourceName": tuple(k for k in _BAD_STRINGS if k != "upper"),
+    "spec.network.sriov.networks[0]": tuple(_BAD_STRINGS),
     "spec.network.ibDevices[0]": ("space", "shell", "subst", "backtick", "newline", "slash-only", "empty"),
     "spec.network.socketInterface": ("space", "shell", "subst", "backtick", "newline", "slash-only", "empty"),
     "spec.engine.image": tuple(_BAD_STRINGS),
@@ -182,7 +184,7 @@ def formats() -> list[Case]:
             value = {"space-dots": "/var/lib/../etc"}.get(kind) or _BAD_STRINGS[kind]
             if path.endswith("nodeLocalPath") and kind == "newline":
                 value = "/a/./b"
-            cases.append(_case(f"format {path.removeprefix('spec.')} {kind}", path, value))
+            cases.append(_case(f"format {path.removeprefix('spec.')} {kind}", path, value, base=_base_for(path)))
     cases += [
         _case("source path with dotdot", "spec.model.source", {"path": "/models/../etc"}, "spec.model.source.path",
               base=_set(BASE, "spec.model.revision", ...)),
