@@ -188,7 +188,7 @@ class Demo:
             # capacity would make the count flap between one and two gangs, as it would on GPUs.
             phases = [Phase("light load", 60, 30), Phase("heavy load", 180, 360), Phase("light load", 240, 120)]
         self.phases = phases
-        steps = [f"{p.name} ({p.trace_seconds / p.wall_seconds:.0f}× the trace's rate, {p.wall_seconds:.0f} s)"
+        steps = [f"{p.name} ({p.trace_seconds / p.wall_seconds:g}× the trace's rate, {p.wall_seconds:.0f} s)"
                  for p in phases]
         say("Sending traffic from the Azure code trace through the router: " + ", then ".join(steps))
         url = self.router_url()
