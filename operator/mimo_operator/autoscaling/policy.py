@@ -421,17 +421,20 @@ def recurrence(history: Sequence[tuple[float, float]], now: float, config: Polic
         return None
     level = low + 0.5 * (high - low)
     merge = 60.0
-    episodes: list[list[float]] = []  # [onset, last time above the level, peak]
+    episodes: list[list[float]] = []  # [onset, last time above the level]
+    sizes: list[list[float]] = []  # the demand figures of each episode
     for at, demand in points:
         if demand < level:
             continue
         if episodes and at - episodes[-1][1] <= merge:
             episodes[-1][1] = at
-            episodes[-1][2] = max(episodes[-1][2], demand)
+            sizes[-1].append(demand)
         else:
-            episodes.append([at, at, demand])
+            episodes.append([at, at])
+            sizes.append([demand])
     if episodes and episodes[0][0] <= points[0][0]:
         episodes.pop(0)
+        sizes.pop(0)
     if len(episodes) < 3:
         return None
     onsets = [e[0] for e in episodes]
@@ -451,10 +454,17 @@ def recurrence(history: Sequence[tuple[float, float]], now: float, config: Polic
         next_onset=last[0] + period,
         last_onset=last[0],
         duration_seconds=duration,
-        demand=max(e[2] for e in episodes[-2:]),
+        # The upper quartile of the last two bursts' figures: their size, without the noise of the
+        # busiest half-minute (a maximum over a hundred noisy windows orders a gang or two too many).
+        demand=_quantile([d for figures in sizes[-2:] for d in figures], 0.75),
         # Onsets are read from windowed demand, which crosses the burst level up to a stable window late.
         lead_seconds=config.stable_window_seconds + 2 * tick + (max(intervals) - min(intervals)),
     )
+
+
+def _quantile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def _recurring(found: Recurrence | None, now: float, config: PolicyConfig) -> tuple[float, float | None]:
@@ -574,11 +584,12 @@ class _Loads:
             if view <= 0:
                 continue
             start = end - config.panic_window_seconds
-            if self._backlog_at(start):
-                # Requests queued before the window missed the SLO for want of gangs earlier, not
-                # because the gangs are slower than modelled: after a burst the backlog clears at a
-                # low arrival rate, and reading that as the usable capacity halves the targets (an
-                # on/off load then orders twice the gangs its bursts need).
+            if self._backlog_at(start) or self._piling_up(start, end):
+                # A queue explains the miss: requests queued before the window waited for gangs
+                # (after a burst the backlog clears at a low arrival rate), or a burst began inside
+                # the window and outran the gangs. Neither says the gangs are slower than modelled,
+                # and reading either as the usable capacity halves the targets (an on/off load then
+                # orders half again the gangs its bursts need).
                 continue
             counts = [self._arrivals(name, start, end) for name in self._samples]
             serving = sum(1 for name in self._samples if self._in(name, start, end)[1])
@@ -589,6 +600,20 @@ class _Loads:
             return 1.0
         usable = 0.9 * min(seen)
         return max(0.5, min(1.0, usable / config.target_utilisation))
+
+    def _piling_up(self, start: float, end: float) -> bool:
+        """Whether the requests in flight (queued or running) more than doubled over (start, end]."""
+        before = 0.0
+        after = 0.0
+        gangs = 0
+        for name in self._samples:
+            base, inside = self._in(name, start, end)
+            if base is None or not inside:
+                continue
+            before += base.queue_requests + base.running_requests
+            after += inside[-1].queue_requests + inside[-1].running_requests
+            gangs += 1
+        return gangs > 0 and after > 2 * before + gangs
 
     def _backlog_at(self, moment: float) -> bool:
         """Whether the serving gangs had more requests queued at `moment` than one per gang."""
