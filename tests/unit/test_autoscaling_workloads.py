@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import random
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -66,3 +71,31 @@ def test_mean_work_sizes_the_peak_rate() -> None:
 def test_a_peak_rate_must_be_positive() -> None:
     with pytest.raises(ValueError, match="peak rate"):
         workloads.slow_ramp().trace(0.0, 1)
+
+
+def load_bench() -> ModuleType:
+    path = Path(__file__).resolve().parents[2] / "bench" / "scenarios.py"
+    spec = importlib.util.spec_from_file_location("bench_scenarios", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_reactive_bound_orders_when_the_crowd_arrives_and_the_oracle_a_start_up_earlier() -> None:
+    bench = load_bench()
+    family = workloads.flash_crowd(height=6, ramp_seconds=60, hold_seconds=600, lead_seconds=1200, tail_seconds=300)
+    trace = family.trace(20.0, 1)
+    comparison = bench._comparison(trace)
+    reactive, oracle = bench.reactive_bound(comparison, trace), comparison.oracle(trace)
+    startup = comparison.fleet.startup_seconds
+
+    def first_above(schedule: Any, level: int) -> float:
+        return min(t for t, n in zip(schedule.times, schedule.counts, strict=True) if n > level)
+
+    base = reactive.at(600.0)
+    assert 1200 <= first_above(reactive, base) <= 1200 + 60, "it sees the crowd only when it arrives"
+    assert first_above(oracle, base) <= first_above(reactive, base) - startup + 60, "the oracle starts a start-up early"
+    assert max(reactive.counts) == max(oracle.counts), "both size the crowd the same way"
