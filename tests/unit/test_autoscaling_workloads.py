@@ -93,7 +93,7 @@ def test_the_reactive_bound_orders_when_the_crowd_arrives_and_the_oracle_a_start
     startup = comparison.fleet.startup_seconds
 
     def first_above(schedule: Any, level: int) -> float:
-        return min(t for t, n in zip(schedule.times, schedule.counts, strict=True) if n > level)
+        return float(min(t for t, n in zip(schedule.times, schedule.counts, strict=True) if n > level))
 
     base = reactive.at(600.0)
     assert 1200 <= first_above(reactive, base) <= 1200 + 60, "it sees the crowd only when it arrives"
