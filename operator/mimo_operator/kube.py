@@ -137,7 +137,10 @@ class Kube:
         self._discovery: dict[str, tuple[float, frozenset[str] | None]] = {}
         headers = {"Accept": "application/json"}
         self._session = aiohttp.ClientSession(
-            base_url=config.server, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout),
+            # Per request on the wire, not counting the wait for one of the pooled connections: a reconcile
+            # that creates a hundred gangs queues hundreds of requests, which are not late for waiting.
+            base_url=config.server, headers=headers,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout),
             connector=aiohttp.TCPConnector(ssl=config.ssl_context(), limit=32),
         )
 

@@ -73,6 +73,7 @@ log = logging.getLogger("mimo.operator")
 ROUTER_GRACE_SECONDS = 5.0
 # Seconds a just-created gang may take to show whole in the API before the guard lets go.
 _EXPECTATION_SECONDS = 30.0
+_CREATE_CONCURRENCY = 16  # gangs created at once by one reconcile
 # A download's progress reaches status at most this often (the gauges mimo_weights_bytes_* are live): a
 # status write is a watch event for every client of the deployment, and a 1 TB download lasts long.
 PROGRESS_STATUS_SECONDS = 60.0
@@ -228,9 +229,18 @@ class Reconciler:
         records.update({r: ReplicaRecord(attempt=a) for r, a in memory.attempts.items() if r not in records})
         outcome = next_steps(desired, gangs, records, now, drained)
 
-        # Independent steps run concurrently: sixteen gangs are created in the time of one.
-        executed = await asyncio.gather(*(self._execute(step, ctx, revision, gangs, memory, now)
-                                          for step in outcome.steps))
+        # Independent steps run concurrently: sixteen gangs are created in the time of one. Not more at
+        # once: a hundred gangs created together interleave their requests, one gang's pods then land tens
+        # of seconds apart, and a gang seen with ranks missing that long counts as failed.
+        slots = asyncio.Semaphore(_CREATE_CONCURRENCY)
+
+        async def execute(step: CreateGang | DeleteGang | StartDrain) -> tuple[Event, dict[str, str] | None]:
+            if not isinstance(step, CreateGang):
+                return await self._execute(step, ctx, revision, gangs, memory, now)
+            async with slots:
+                return await self._execute(step, ctx, revision, gangs, memory, self.clock())
+
+        executed = await asyncio.gather(*(execute(step) for step in outcome.steps))
         for event, refusal in executed:
             result.events.append(event)
             if refusal is not None and refused is None:
