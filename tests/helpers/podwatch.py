@@ -89,10 +89,11 @@ class PodWatch:
             return [p for p in self.pods.values() if namespace is None or p.namespace == namespace]
 
     def count(self, namespace: str, phase: str | None = None, revision_not: set[str] | None = None,
-              alive_only: bool = False) -> int:
+              alive_only: bool = False, gangs_only: bool = True) -> int:
+        """Pods of the namespace, by default only gang members (not, say, a router's pod)."""
         return sum(1 for p in self.snapshot(namespace)
                    if (phase is None or p.phase == phase) and (revision_not is None or p.revision not in revision_not)
-                   and not (alive_only and p.deleting))
+                   and not (alive_only and p.deleting) and (p.gang or not gangs_only))
 
     def revisions(self, namespace: str) -> set[str]:
         return {p.revision for p in self.snapshot(namespace)}
