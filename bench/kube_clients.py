@@ -3,7 +3,8 @@ operations the reconciler makes, against a real apiserver.
 
     .venv/bin/python bench/kube_clients.py --kubeconfig K --namespace NS [--list-namespace NS2] [--objects 200]
 
-Each client runs in a fresh process (so RSS figures are its own): import, then list every pod of
+Each client runs in a fresh process that has imported Kopf, as the operator has (so RSS figures are the
+client's own): import, then list every pod of
 ``--list-namespace`` (as the reconciler lists a deployment's gang pods, and read as dicts, which is what the
 builders and the step planner consume), then create / server-side apply / merge-patch / get / delete
 ``--objects`` ConfigMaps, 32 requests in flight (the hand-written client's connection limit). Prints one
@@ -127,6 +128,7 @@ class Lightkube:
 
 async def measure(which: str, kubeconfig: Path, ns: str, list_ns: str | None, objects: int,
                   rounds: int) -> dict[str, Any]:
+    import kopf  # noqa: F401  (the operator runs under Kopf, which loads aiohttp: only the rest is the client's)
     rss0 = rss()
     client: Ours | Lightkube = Ours(kubeconfig) if which == "ours" else Lightkube(kubeconfig)
     out: dict[str, Any] = {"client": client.name, "import_rss": rss() - rss0}
