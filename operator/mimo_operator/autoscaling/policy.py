@@ -266,7 +266,14 @@ def decide(observation: Observation, config: PolicyConfig) -> Decision:
     forecast_demand = demand + loads.trend() * config.forecast_seconds
     peak_demand = loads.peak()
     ttft = loads.worst_ttft(now - config.panic_window_seconds, now)
-    warm, lull = _recurring(recurrence(observation.demand_history, now, config), now, config)
+    pattern = recurrence(observation.demand_history, now, config)
+    warm, lull = _recurring(pattern, now, config)
+    if pattern is not None and lull is not None:
+        # Only the burst's gangs go early: a gang ordered since it ended (the lull's own load missed
+        # the SLO) waits for the stabilisation window like any other, or the two would flap.
+        up = observation.last_scale_up_at
+        if up is not None and up > pattern.last_onset + pattern.duration_seconds:
+            lull = None
     signals = Signals(
         ready=len(ready),
         starting=len(starting),
