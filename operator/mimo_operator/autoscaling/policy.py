@@ -263,7 +263,10 @@ def decide(observation: Observation, config: PolicyConfig) -> Decision:
     loads = _Loads(observation, config, [g.name for g in ready])
     demand = loads.stable()
     panic_demand = loads.panic(now)
-    forecast_demand = demand + loads.trend() * config.forecast_seconds
+    # Under a growing backlog the ready gangs finish a biased sample of requests (the mean work drifts)
+    # and the gangs already ordered are what helps: a trend then is an artefact, not a forecast.
+    growing = loads.backlog_growing(now)
+    forecast_demand = demand if growing else demand + loads.trend() * config.forecast_seconds
     peak_demand = loads.peak()
     ttft = loads.worst_ttft(now - config.panic_window_seconds, now)
     pattern = recurrence(observation.demand_history, now, config)
@@ -301,7 +304,7 @@ def decide(observation: Observation, config: PolicyConfig) -> Decision:
     view, wanted = max(views.items(), key=lambda item: item[1])
     # The tolerance keeps noise from ordering gangs; a queue that keeps growing on the ready gangs is
     # not noise: they are short of capacity now, and a gang ordered a tick later serves a tick later.
-    tolerance = 0.0 if loads.backlog_growing(now) else config.tolerance
+    tolerance = 0.0 if growing else config.tolerance
     # (Demand that exactly fills the gangs there are, up to rounding, asks for none more.)
     if wanted > current * (1.0 + tolerance) + 1e-6 and current < config.max_replicas:
         desired = min(config.max_replicas, max(current + 1, math.ceil(wanted - 1e-6)))
