@@ -650,3 +650,20 @@ def test_late_first_tokens_while_a_backlog_clears_add_no_gang() -> None:
     decision = decide(Observation(now=now, gangs=ready("a", "b"), samples=samples), config(ttft_slo_seconds=2.0))
     assert decision.action is Action.HOLD
     assert "backlog" in decision.reason
+
+
+def test_no_trend_is_projected_while_the_ready_gangs_queues_grow() -> None:
+    # A ramp from 5 to 45 req/s over twenty minutes on one gang (10 req/s) whose help is ten minutes
+    # away: its queue grows all along. The gangs ordered are what helps; a trend read off an
+    # overloaded gang's finished requests is not a forecast.
+    cfg = config(forecast_seconds=300, max_replicas=1)
+    fleet = FluidFleet.of(1, 600.0)
+    seen = []
+    for k in range(int(1500 / TICK) + 1):
+        now = k * TICK
+        fleet.advance(now, lambda t: 5.0 + 40.0 * min(1.0, t / 1200))
+        decision = decide(fleet.observation(now), cfg)
+        if now >= 600:
+            seen.append((decision.signals.forecast_demand, decision.signals.demand))
+    assert seen
+    assert all(forecast == demand for forecast, demand in seen)
