@@ -31,15 +31,20 @@ __all__ = [
     "MIN_GPU_MEMORY",
     "AutoscalingSpec",
     "CacheSpec",
+    "ConfigMapKeyRef",
     "DeploymentSpec",
+    "DisaggregationSpec",
     "EngineSpec",
     "EnvVar",
+    "EplbSpec",
+    "ExpertLocationSpec",
     "Format",
     "HardwareSpec",
     "ModelSource",
     "ModelSpec",
     "NetworkSpec",
     "ParallelismSpec",
+    "PoolSpec",
     "RdmaSpec",
     "RolloutSpec",
     "RouterSpec",
@@ -304,6 +309,42 @@ class PodTemplateSpec(_Spec):
     annotations: dict[str, Annotated[str, Field(max_length=4096)]] | None = Field(None, max_length=32)
 
 
+class ConfigMapKeyRef(_Spec):
+    name: str = Field(max_length=253)
+    key: str = Field(max_length=253)
+
+
+class ExpertLocationSpec(_Spec):
+    # Exactly one (a CRD rule): a ConfigMap key, or a file inside the weights cache (relative to its root).
+    config_map: ConfigMapKeyRef | None = None
+    cache_file: str | None = Field(None, max_length=1024, pattern=r"^[^/].*\.(pt|json)$")
+
+
+class EplbSpec(_Spec):
+    # New fields default here, not in the CRD (a CRD default would change every stored revision).
+    redundant_experts: int | None = Field(None, ge=0, le=1024)  # None: from spare memory
+    algorithm: Literal["auto", "deepseek", "deepseek_hierarchical", "deepseek_vec",
+                       "deepseek_vec_hierarchical"] | None = None  # None: SGLang's auto
+    rebalance: bool | None = None  # None: off (a static placement from expertLocation, as the PD recipe runs)
+    expert_location: ExpertLocationSpec | None = None
+
+
+class PoolSpec(_Spec):
+    nodes_per_gang: int | None = Field(None, ge=1, le=64)  # None: the planner's fewest nodes
+    replicas: int | None = Field(None, ge=0, le=256)  # None: 1
+    min_replicas: int | None = Field(None, ge=0, le=256)
+    max_replicas: int | None = Field(None, ge=1, le=256)
+    eplb: EplbSpec | None = None
+
+
+class DisaggregationSpec(_Spec):
+    transfer_backend: Literal["mooncake", "nixl"] | None = None  # None: mooncake (SGLang's default)
+    bootstrap_port: int | None = Field(None, ge=1024, le=65535)  # None: SGLang's 8998
+    typical_prompt_tokens: int | None = Field(None, ge=1, le=1_048_576)  # None: planner_pd's estimate
+    prefill: PoolSpec
+    decode: PoolSpec
+
+
 class DeploymentSpec(_Spec):
     """``MiMoDeployment.spec``, parsed, defaulted and checked against the CRD's rules."""
 
@@ -318,6 +359,8 @@ class DeploymentSpec(_Spec):
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
     pod_template: PodTemplateSpec = Field(default_factory=PodTemplateSpec)
+    # Absent: one colocated pool, as before. No CRD default: the revision hashes stored values.
+    disaggregation: DisaggregationSpec | None = None
 
 
 _QUANTISED_NAME = re.compile(r"(?i)(?:^|[-_.])(awq|gptq|gguf|exl2|bnb|mlx|int4|int8|w4a16|w8a8|[2-8]-?bit)(?=$|[-_.])")
@@ -555,6 +598,26 @@ def _check_rules(spec: DeploymentSpec) -> None:
         "spec.engine.port",
         "engine.port must not be engine.distInitPort or one of the five ports after it (SGLang's ZMQ channels)",
     ))
+    if spec.disaggregation is not None:
+        for side in ("prefill", "decode"):
+            pool: PoolSpec = getattr(spec.disaggregation, side)
+            rules.append((
+                pool.min_replicas is None or pool.max_replicas is None or pool.min_replicas <= pool.max_replicas,
+                f"spec.disaggregation.{side}.minReplicas",
+                "minReplicas must be <= maxReplicas",
+            ))
+            location = pool.eplb.expert_location if pool.eplb else None
+            if location is not None:
+                rules.append((
+                    (location.config_map is None) != (location.cache_file is None),
+                    f"spec.disaggregation.{side}.eplb.expertLocation",
+                    "expertLocation needs exactly one of configMap or cacheFile",
+                ))
+                rules.append((
+                    location.cache_file is None or spec.model.cache.mode != "none",
+                    f"spec.disaggregation.{side}.eplb.expertLocation.cacheFile",
+                    "expertLocation.cacheFile is a file in the weights cache: model.cache.mode must not be none",
+                ))
     if spec.engine.env is not None:
         names = [e.name for e in spec.engine.env]
         duplicates = sorted({n for n in names if names.count(n) > 1})

@@ -49,7 +49,9 @@ __all__ = [
 REVISION_SCHEMA = "r1"
 
 # Top-level spec fields that change what a gang's pods run or where they run.
-POD_FIELDS: tuple[str, ...] = ("model", "hardware", "network", "parallelism", "engine", "scheduling", "pod_template")
+# disaggregation has no CRD default: absent (colocated) it is not in the stored object and hashes as before.
+POD_FIELDS: tuple[str, ...] = ("model", "hardware", "network", "parallelism", "engine", "scheduling", "pod_template",
+                               "disaggregation")
 # Top-level spec fields that never restart a gang: how many gangs, when to scale and how long a drain may
 # take (read when a drain starts), the router in front, how a rollout proceeds.
 NON_POD_FIELDS: tuple[str, ...] = ("replicas", "autoscaling", "router", "rollout")
