@@ -35,11 +35,12 @@ from mimo_operator.build import (
     shared_objects,
 )
 from mimo_operator.build.weights import WeightsOptions
-from mimo_operator.errors import PlanRefused, SpecError
+from mimo_operator.errors import NotYetSupported, PlanRefused, SpecError
 from mimo_operator.gangs import GangHealth, ObservedGang, epoch, gangs_from_pods
 from mimo_operator.heads import Heads
 from mimo_operator.kube import ApiError, Kube
 from mimo_operator.planner import plan_deployment
+from mimo_operator.planner_pd import refuse_disaggregation
 from mimo_operator.schedulers import missing_gang_scheduler
 from mimo_operator.spec import DeploymentSpec, parse_spec
 from mimo_operator.status import (
@@ -168,10 +169,13 @@ class Reconciler:
         try:
             spec = parse_spec(body)
             plan = plan_deployment(spec)
+            if spec.disaggregation is not None:
+                refuse_disaggregation(spec)
             if missing := await missing_gang_scheduler(self.kube, spec.scheduling.gang_scheduler):
                 raise PlanRefused("spec.scheduling.gangScheduler", missing)
         except SpecError as e:
-            reason = "PlanRefused" if isinstance(e, PlanRefused) else "InvalidSpec"
+            reason = ("NotYetSupported" if isinstance(e, NotYetSupported)
+                      else "PlanRefused" if isinstance(e, PlanRefused) else "InvalidSpec")
             status = refused_status(old_status, generation, e.field, str(e), reason)
             if await self._write_status(namespace, name, old_status, status, memory):
                 result.events.append(Event("Warning", reason, str(e)))
