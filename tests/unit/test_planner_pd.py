@@ -229,3 +229,16 @@ def test_sglang_parses_every_rank_of_both_sides(name: str) -> None:
             assert args.init_expert_location == ((eplb and eplb.expert_location) or "trivial")
             if pool.role == "prefill" and pd.bootstrap_port != 8998:
                 assert args.disaggregation_bootstrap_port == pd.bootstrap_port
+
+
+def test_the_reconciler_writes_not_yet_supported_in_status_and_creates_no_gang() -> None:
+    from tests.helpers.operator_world import World
+
+    w = World(pro_pd().named("d").simulated())
+    w.reconcile()
+    status = w.status()
+    assert status["phase"] == "Refused"
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "NotYetSupported"
+    assert "spec.disaggregation: prefill/decode disaggregation is not yet supported" in ready["message"]
+    assert [kind for _, kind, _ in w.kube.writes if kind in ("Pod", "ConfigMap", "Service")] == []
