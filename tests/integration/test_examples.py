@@ -14,9 +14,11 @@ from typing import Any
 import pytest
 import yaml
 
+from mimo_operator.errors import NotYetSupported
 from mimo_operator.localcluster.cluster import LocalCluster
 from mimo_operator.plan import Plan
 from mimo_operator.planner import plan_deployment
+from mimo_operator.planner_pd import plan_disaggregated, refuse_disaggregation
 from mimo_operator.spec import parse_spec
 from tests.conftest import REPO
 from tests.helpers.packaging import CRD, EXAMPLES, kubeconform, tool, write_schemas
@@ -28,6 +30,7 @@ EXPECTED = {
     "mimo-v25-pro-h100-rdma-multus.yaml",
     "mimo-v25-pro-hostnetwork-ib.yaml",
     "mimo-v25-pro-simulated.yaml",
+    "mimo-v25-pro-pd.yaml",
 }
 FILES = sorted(p.name for p in EXAMPLES.glob("*.yaml"))
 
@@ -100,6 +103,16 @@ def test_each_example_is_what_its_name_says() -> None:
     assert rehearsal.nodes_per_replica == production.nodes_per_replica, "a rehearsal of the same gang shape"
     assert rehearsal.context_length <= 65536
     assert load("mimo-v25-pro-simulated.yaml")["spec"]["replicas"] == 1
+
+    # The PD example plans on both sides as the public Pro PD recipe (2 + 2 nodes, tp16/ep16), and the operator
+    # refuses it whole as not yet supported rather than half-run it.
+    pd_spec = parse_spec(load("mimo-v25-pro-pd.yaml"))
+    pd = plan_disaggregated(pd_spec)
+    assert (pd.prefill.plan.nodes_per_replica, pd.decode.plan.nodes_per_replica) == (2, 2)
+    assert (pd.prefill.plan.tensor_parallel, pd.decode.plan.expert_parallel) == (16, 16)
+    assert pd.decode.eplb is not None
+    with pytest.raises(NotYetSupported):
+        refuse_disaggregation(pd_spec)
 
 
 def test_the_examples_are_valid_for_kubeconform_against_the_crd_schema(tmp_path: Path) -> None:

@@ -6,9 +6,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from mimo_operator.build.revision import revision_inputs
 from mimo_operator.catalog import checkpoint
@@ -242,3 +245,24 @@ def test_the_reconciler_writes_not_yet_supported_in_status_and_creates_no_gang()
     assert ready["reason"] == "NotYetSupported"
     assert "spec.disaggregation: prefill/decode disaggregation is not yet supported" in ready["message"]
     assert [kind for _, kind, _ in w.kube.writes if kind in ("Pod", "ConfigMap", "Service")] == []
+
+
+def test_mimoctl_plan_shows_both_sides_and_the_hand_over(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mimo_operator.cli import main
+
+    path = tmp_path / "pd.yaml"
+    path.write_text(yaml.safe_dump(pro_pd(decode={"nodesPerGang": 2, "eplb": {}}).build()))
+    assert main(["plan", "-f", str(path)]) == 0
+    table = capsys.readouterr().out
+    assert "=== PREFILL SIDE ===" in table
+    assert "=== DECODE SIDE ===" in table
+    assert "KV hand-over" in table
+    assert "--disaggregation-mode prefill" in table
+    assert "--disaggregation-mode decode" in table
+    assert "NotYetSupported" in table
+    assert main(["plan", "-f", str(path), "-o", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["kvTransfer"]["totalBytes"] == 229_376_000
+    assert data["decode"]["eplb"]["redundantExperts"] == 16
+    assert data["prefill"]["plan"]["deepepMode"] == "normal"
+    assert data["decode"]["plan"]["performance"]["decodeTokensPerSecondAt1"] > 0

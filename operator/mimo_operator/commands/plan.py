@@ -20,6 +20,7 @@ from mimo_operator.errors import SpecError
 from mimo_operator.perf import performance_of
 from mimo_operator.plan import Plan
 from mimo_operator.planner import plan_deployment
+from mimo_operator.planner_pd import DisaggregatedPlan, plan_disaggregated
 from mimo_operator.spec import parse_spec
 
 __all__ = ["load_manifest", "register", "render_table", "run"]
@@ -46,10 +47,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"mimoctl plan: {error}", file=sys.stderr)
         return 2
     try:
-        plan = plan_deployment(parse_spec(manifest))
+        spec = parse_spec(manifest)
+        plan = plan_deployment(spec)
+        pd = plan_disaggregated(spec) if spec.disaggregation is not None else None
     except SpecError as error:
         print(f"mimoctl plan: refused: {error}", file=sys.stderr)
         return 1
+    if pd is not None:
+        return _print_disaggregated(pd, args.output)
     if args.output == "table":
         print(render_table(plan))
     else:
@@ -117,6 +122,35 @@ def render_table(plan: Plan) -> str:
     lines.append("  " + " ".join(_quote(a) for a in plan.argv(0, "<node-0-address>")))
     lines += ["", "ENVIRONMENT (every rank)"] + [f"  {k}={v}" for k, v in plan.env.items()]
     return "\n".join(lines)
+
+
+def _print_disaggregated(pd: DisaggregatedPlan, output: str) -> int:
+    """Both sides of a PD deployment: the hand-over first, then each side's own table."""
+    if output != "table":
+        data = pd.to_dict()
+        for side in ("prefill", "decode"):
+            data[side]["plan"] = plan_data(getattr(pd, side).plan)
+        print(json.dumps(data, indent=2, ensure_ascii=False) if output == "json"
+              else yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=1000), end="\n" if output == "json"
+              else "")
+        return 0
+    lines = [f"PREFILL/DECODE: {pd.prefill.replicas} prefill gang(s) of {pd.prefill.plan.nodes_per_replica} node(s), "
+             f"{pd.decode.replicas} decode gang(s) of {pd.decode.plan.nodes_per_replica} node(s), "
+             f"KV over {pd.transfer_backend}", ""]
+    width = max(len(d.topic) for d in pd.decisions) + 2
+    lines += [f"{d.topic:<{width}}{d.choice}" + "".join(f"\n{' ' * width}{w}" for w in textwrap.wrap(d.reason, 100))
+              for d in pd.decisions]
+    prefill_seconds = performance_of(pd.prefill.plan).prefill_seconds(pd.transfer.prompt_tokens)
+    lines += ["", f"A {pd.transfer.prompt_tokens:,}-token prompt prefills in ≈{prefill_seconds:.3f} s on one prefill "
+                  f"gang; its KV crosses to decode in ≈{pd.transfer.seconds * 1e3:.2f} ms"]
+    if pd.warnings:
+        lines += ["", "WARNINGS"] + [f"  - {w}" for w in pd.warnings]
+    lines += ["", "NOTE: this operator does not run PD gangs yet; it refuses this deployment in status "
+                  "(reason NotYetSupported)."]
+    for pool in (pd.prefill, pd.decode):
+        lines += ["", f"=== {pool.role.upper()} SIDE ===", render_table(pool.plan)]
+    print("\n".join(lines))
+    return 0
 
 
 def _quote(arg: str) -> str:
