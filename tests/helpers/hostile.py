@@ -14,6 +14,7 @@ rules, deployment names that break child names, extraArgs SGLang would refuse, a
 from __future__ import annotations
 
 import copy
+import hashlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -78,7 +79,11 @@ def _case(id: str, path: str, value: Any, field: str | None = None, where: str =
 
 
 def _name(id: str) -> str:
-    return ("h-" + re.sub(r"[^a-z0-9]+", "-", id.lower())).strip("-")[:50].rstrip("-")
+    name = ("h-" + re.sub(r"[^a-z0-9]+", "-", id.lower())).strip("-")
+    if len(name) <= 50:
+        return name
+    # Long field paths (the two PD pools share their tails) would collide once cut: keep them apart by a hash.
+    return name[:43].rstrip("-") + "-" + hashlib.sha256(id.encode()).hexdigest()[:6]
 
 
 # ------------------------------------------------------------------------------------------- generated
@@ -95,10 +100,22 @@ def _leaves(schema: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, 
             yield from _leaves(child["items"], f"{here}[0]")
 
 
+def _pd(location: dict[str, Any]) -> dict[str, Any]:
+    pool = {"nodesPerGang": 2, "replicas": 1, "minReplicas": 1, "maxReplicas": 2,
+            "eplb": {"redundantExperts": 16, "algorithm": "auto", "rebalance": True, "expertLocation": location}}
+    return {"transferBackend": "mooncake", "bootstrapPort": 8998, "typicalPromptTokens": 8192,
+            "prefill": pool, "decode": copy.deepcopy(pool)}  # two objects: a copy of the base keeps aliases
+
+
 # Sections BASE cannot hold at once (they need another mode), each with its own valid base.
 _SECTION_BASES: dict[str, dict[str, Any]] = {
     "spec.network.sriov": _set(BASE, "spec.network", {
         "mode": "sriov", "sriov": {"resourceName": "nvidia.com/sriov_ib_vf", "networks": ["ib-0"]}}),
+    # An expert placement is a ConfigMap key or a weights-cache file, never both: one base for each.
+    **{f"spec.disaggregation.{side}.eplb.expertLocation.cacheFile": _set(BASE, "spec.disaggregation", _pd(
+        {"cacheFile": "eplb/placement.json"})) for side in ("prefill", "decode")},
+    "spec.disaggregation": _set(BASE, "spec.disaggregation", _pd(
+        {"configMap": {"name": "experts", "key": "placement.json"}})),
 }
 
 
