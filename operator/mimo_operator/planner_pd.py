@@ -7,7 +7,9 @@ per side and printed by ``mimoctl plan``.
 * **Sides.** Prefill runs DeepEP in ``normal`` mode (big batches of prompt tokens, no CUDA graphs) without MTP;
   decode runs DeepEP ``low_latency`` with CUDA graphs and, when ``parallelism.mtp`` is on, EAGLE/MTP — the split
   of the one public MiMo-V2.5-Pro PD recipe (HYGON-AI/inference-cookbook-das, quoted in
-  ``shared/reference/field-update-2026-12.md``). SGLang 0.5.23 disables the radix cache on a decode server by
+  ``shared/reference/field-update-2026-12.md``). SGLang 0.5.23's transfer maps a decode side with a draft KV
+  pool onto a prefill side without one ("Decode has draft model KV while Prefill is deployed without speculative
+  decoding", ``disaggregation/common/conn.py``). SGLang 0.5.23 disables the radix cache on a decode server by
   itself (``arg_groups/pd_disaggregation_hook.py``), so the plan does not write ``--disable-radix-cache``.
 * **The hand-over.** One request of ``typicalPromptTokens`` moves its whole KV cache from a prefill attention-DP
   group to a decode one: the global layers' ``tokens × layers × KV heads × (192+128) × bytes`` (grows with the
@@ -243,6 +245,10 @@ def _pool(spec: DeploymentSpec, pd: DisaggregationSpec, role: Role, backend: str
         node_fields = ("spec.parallelism.nodesPerReplica", "spec.parallelism.tensorParallel")
         field = f"spec.disaggregation.{role}.nodesPerGang" if refused.field in node_fields else refused.field
         raise PlanRefused(field, f"the {role} side: {refused.message}") from None
+    if pool.nodes_per_gang is not None:
+        plan = replace(plan, decisions=tuple(
+            replace(d, reason=f"set by spec.disaggregation.{role}.nodesPerGang") if d.topic == "nodes per replica"
+            else d for d in plan.decisions))
     eplb = None
     if pool.eplb is not None:
         eplb = _eplb(spec, pool.eplb, role, plan)
@@ -392,7 +398,24 @@ def _with_expert_slots(plan: Plan, eplb: EplbPlan, role: Role) -> Plan:
     groups = plan.attention_data_parallel
     new_kv: KvCachePlan = replace(kv, tokens_per_group=tokens_per_group, tokens=tokens_per_group * groups,
                                   swa_tokens=int(tokens_per_group * kv.swa_full_tokens_ratio) * groups)
-    return replace(plan, memory=memory, kv=new_kv)
+    updated = replace(plan, memory=memory, kv=new_kv)
+    # The side's own table shows the split after the slots, not before.
+    decisions = []
+    for d in plan.decisions:
+        if d.topic == "memory per GPU":
+            d = replace(d, choice=f"{memory.weights / 1e9:.1f} + {memory.kv_cache / 1e9:.1f} + "
+                                  f"{memory.reserve / 1e9:.1f} GB")
+            decisions += [d, Decision("redundant experts", f"{eplb.redundant_experts}",
+                                      f"{eplb.slots_per_gpu} × {_gb(eplb.bytes_per_slot)} per GPU, in the weights "
+                                      "above and out of the KV cache")]
+            continue
+        if d.topic == "KV cache":
+            d = replace(d, choice=f"{new_kv.tokens:,} tokens",
+                        reason=f"{tokens_per_group:,} per attention-DP group × {groups}; "
+                               f"{updated.max_concurrent_sequences():,} sequences of {plan.context_length:,} tokens "
+                               "at once")
+        decisions.append(d)
+    return replace(updated, decisions=tuple(decisions))
 
 
 def _eplb_args(eplb: EplbPlan | None) -> list[str]:

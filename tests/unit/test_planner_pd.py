@@ -266,3 +266,13 @@ def test_mimoctl_plan_shows_both_sides_and_the_hand_over(tmp_path: Path, capsys:
     assert data["decode"]["eplb"]["redundantExperts"] == 16
     assert data["prefill"]["plan"]["deepepMode"] == "normal"
     assert data["decode"]["plan"]["performance"]["decodeTokensPerSecondAt1"] > 0
+
+
+def test_a_sides_own_table_shows_its_pool_and_the_memory_after_the_expert_slots() -> None:
+    plan = plan_of(pro_pd(decode={"nodesPerGang": 2, "eplb": {}})).decode.plan
+    topics = {d.topic: d for d in plan.decisions}
+    assert topics["nodes per replica"].reason == "set by spec.disaggregation.decode.nodesPerGang"
+    split = f"{plan.memory.weights / 1e9:.1f} + {plan.memory.kv_cache / 1e9:.1f}"
+    assert topics["memory per GPU"].choice.startswith(split)
+    assert topics["redundant experts"].choice == "16"
+    assert topics["KV cache"].choice == f"{plan.kv.tokens:,} tokens"
