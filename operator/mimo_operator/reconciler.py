@@ -168,9 +168,9 @@ class Reconciler:
         old_status: Mapping[str, Any] = body.get("status") or {}
         try:
             spec = parse_spec(body)
-            plan = plan_deployment(spec)
             if spec.disaggregation is not None:
-                refuse_disaggregation(spec)
+                refuse_disaggregation(spec)  # before the colocated plan, whose settings the pools replace
+            plan = plan_deployment(spec)
             if missing := await missing_gang_scheduler(self.kube, spec.scheduling.gang_scheduler):
                 raise PlanRefused("spec.scheduling.gangScheduler", missing)
         except SpecError as e:

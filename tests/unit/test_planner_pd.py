@@ -276,3 +276,23 @@ def test_a_sides_own_table_shows_its_pool_and_the_memory_after_the_expert_slots(
     assert topics["memory per GPU"].choice.startswith(split)
     assert topics["redundant experts"].choice == "16"
     assert topics["KV cache"].choice == f"{plan.kv.tokens:,} tokens"
+
+
+def test_the_pools_replace_a_colocated_node_count_that_could_not_work(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # One H200 node cannot hold Pro's weights; with the pools set, that top-level setting does not apply.
+    builder = pro_pd().nodes(1)
+    with pytest.raises(PlanRefused):
+        plan_deployment(parse_spec(builder.build()))
+    path = tmp_path / "pd.yaml"
+    path.write_text(yaml.safe_dump(builder.build()))
+    assert main_plan(["plan", "-f", str(path)]) == 0
+    assert "=== DECODE SIDE ===" in capsys.readouterr().out
+    with pytest.raises(NotYetSupported):
+        refuse_disaggregation(parse_spec(builder.build()))
+
+
+def main_plan(argv: list[str]) -> int:
+    from mimo_operator.cli import main
+
+    return main(argv)

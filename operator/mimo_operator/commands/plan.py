@@ -48,13 +48,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         spec = parse_spec(manifest)
+        if spec.disaggregation is not None:  # the pools replace the colocated replica's node count
+            return _print_disaggregated(plan_disaggregated(spec), args.output)
         plan = plan_deployment(spec)
-        pd = plan_disaggregated(spec) if spec.disaggregation is not None else None
     except SpecError as error:
         print(f"mimoctl plan: refused: {error}", file=sys.stderr)
         return 1
-    if pd is not None:
-        return _print_disaggregated(pd, args.output)
     if args.output == "table":
         print(render_table(plan))
     else:
