@@ -20,6 +20,8 @@ from tests.helpers.podwatch import PodWatch, gang_holding
 from tests.helpers.specs import a_deployment
 from tests.integration.operator_harness import RunningOperator, operator_fixture, wait_phase
 
+pytestmark = pytest.mark.cluster
+
 SIZE = 4
 NODES = 10  # two deployments × 2 gangs × 4 nodes = 16 wanted
 
