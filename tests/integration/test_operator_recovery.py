@@ -179,6 +179,18 @@ def test_a_pod_the_api_refuses_becomes_a_condition_naming_the_field_and_stops_ga
                   "matchResources": {"namespaceSelector": {"matchLabels": {
                       "kubernetes.io/metadata.name": namespace}}}}}]}))
     try:
+        probe = {"apiVersion": "v1", "kind": "Pod",
+                 "metadata": {"name": "policy-probe", "namespace": namespace,
+                              "labels": {"example.com/forbidden": "yes"}},
+                 "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10"}]}}
+
+        def enforced() -> bool:
+            # The policy reaches the apiserver's admission a moment after it is created; the deployment goes
+            # in only once a pod like its gang's is refused, so the gang cannot slip through before.
+            r = cluster.kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(probe), check=False)
+            return r.returncode != 0 and "example.com/forbidden is not allowed" in r.stderr
+
+        wait_for(enforced, 60, interval=1, what="the admission policy to be enforced")
         refused = v25_on(node_pool).replicas(1).set("podTemplate", {"labels": {"example.com/forbidden": "yes"}})
 
         def applied() -> bool:
@@ -186,7 +198,6 @@ def test_a_pod_the_api_refuses_becomes_a_condition_naming_the_field_and_stops_ga
             obj = get(cluster, "mimodeployment", namespace, "v25")
             return bool(((obj or {}).get("status") or {}).get("refusal"))
 
-        # The policy takes a moment to be enforced; until then a gang may start, and is no proof.
         wait_for(applied, 60, interval=2, what="the API to refuse the gang's pod")
         obj = get(cluster, "mimodeployment", namespace, "v25")
         assert obj is not None
