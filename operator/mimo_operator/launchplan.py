@@ -138,7 +138,7 @@ class EngineLaunch(_Model):
     mode: Literal["per-node", "sglang-ray"] = "per-node"
     program: list[str] = Field(
         min_length=1,
-        description='["python", "-m", "sglang.launch_server"], or "mimo_worker.simengine" for engine: simulated',
+        description='["sglang", "serve", "--model-type", "llm"], or "mimo_worker.simengine" for engine: simulated',
     )
     ranks: list[RankLaunch]
 
@@ -254,7 +254,7 @@ def example_plan() -> dict[str, Any]:
         "ports": {"ray_gcs": 6379, "engine_http": 30000, "dist_init": 5000, "fabric": 29400, "worker_http": 8000},
         "engine": {
             "mode": "per-node",
-            "program": ["python", "-m", "sglang.launch_server"],
+            "program": ["sglang", "serve", "--model-type", "llm"],
             "ranks": [{"rank": i, "argv": [*common, "--node-rank", str(i)], "env": env} for i in range(nodes)],
         },
         "fabric": {

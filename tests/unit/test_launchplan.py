@@ -107,7 +107,7 @@ def test_sglang_ray_mode_runs_sglangs_ray_launcher_on_the_head_against_the_gangs
     data = doc(engine__mode="sglang-ray")
     data["engine"]["ranks"] = data["engine"]["ranks"][:1]
     command, env = sglang_ray_launch(parse_plan(data), "10.0.0.5")
-    assert command[:3] == ["python", "-m", "sglang.launch_server"]
+    assert command[:4] == ["sglang", "serve", "--model-type", "llm"]
     assert command.count("--use-ray") == 1
     assert command[command.index("--dist-init-addr") + 1] == "10.0.0.5:5000"
     assert env["RAY_ADDRESS"] == "10.0.0.5:6379"
@@ -120,7 +120,7 @@ def test_the_head_fills_in_node_0s_ip_and_each_nodes_own() -> None:
     data["engine"]["ranks"][1]["env"] = {"GLOO_SOCKET_IFNAME": "eth0", "MY_ADDR": "{node_ip}:1"}
     plan = parse_plan(data)
     command, env = plan.engine_command(1, head_ip="10.0.0.5", node_ip="10.0.0.6")
-    assert command[:3] == ["python", "-m", "sglang.launch_server"]
+    assert command[:4] == ["sglang", "serve", "--model-type", "llm"]
     assert command[command.index("--dist-init-addr") + 1] == "10.0.0.5:5000"
     assert command[command.index("--node-rank") + 1] == "1"
     assert command[-2:] == ["--host", "10.0.0.6"]
