@@ -13,7 +13,7 @@ import prometheus_client
 from mimo_operator.build import OperatorIdentity
 from mimo_operator.build.weights import WeightsOptions
 from mimo_operator.handlers import OperatorConfig, register
-from mimo_operator.reconciler import ReconcilerOptions
+from mimo_operator.reconciler import MAX_GANG_CREATES, ReconcilerOptions
 
 __all__ = ["main"]
 
@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hub-endpoint", default=env("MIMO_HUB_ENDPOINT"),
                    help="HF_ENDPOINT for the weights downloads (a Hugging Face mirror)")
     p.add_argument("--resync-seconds", type=float, default=30.0)
+    p.add_argument("--max-gang-creates", type=int, default=MAX_GANG_CREATES,
+                   help="gangs one reconcile creates at most; the next reconcile, at once, creates the rest")
     p.add_argument("--verbose", action="store_true")
     return p.parse_args(argv)
 
@@ -77,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             operator=OperatorIdentity(namespace=args.operator_namespace),
             restart_budget=args.restart_budget, backoff_base=args.backoff_seconds,
             unschedulable_deadline=args.unschedulable_seconds, distinct_gang_ports=args.distinct_gang_ports,
+            max_gang_creates=args.max_gang_creates,
             weights=WeightsOptions(pod_labels=tuple(_label(x) for x in args.weights_pod_label),
                                    hub_endpoint=args.hub_endpoint)),
         leader_election=args.leader_election, lease_namespace=args.lease_namespace,

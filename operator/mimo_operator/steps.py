@@ -91,6 +91,10 @@ class Desired:
     proven_after: float = 60.0
     gates: Gates = field(default_factory=Gates)
     remove_first: tuple[str, ...] = ()  # gang names the autoscaler's policy would take out first
+    # Gangs created by one reconcile at most (None: no bound). A reconcile that creates a hundred gangs
+    # lasts tens of seconds and holds every other event of the deployment back; with a bound the rest are
+    # created by the next reconcile, which comes at once (``Outcome.deferred``).
+    max_creates: int | None = None
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,7 @@ class Outcome:
     health: dict[str, Health] = field(default_factory=dict)
     waiting: list[str] = field(default_factory=list)   # why nothing more was done this time (for status)
     slots: tuple[int, ...] = ()        # the replica slots in service: kept gangs' slots and slots to fill
+    deferred: tuple[int, ...] = ()     # slots left for the next reconcile by ``Desired.max_creates``
 
 
 def backoff(desired: Desired, restarts: int) -> float:
@@ -243,6 +248,8 @@ def next_steps(desired: Desired, gangs: Sequence[ObservedGang], records: Mapping
 
     # 2. Empty slots get a gang of the current revision (after any back-off, and only with every gate open).
     held = False
+    creates = 0
+    deferred: list[int] = []
     for replica in wanted:
         rec = record(replica)
         if rec.failed:
@@ -253,20 +260,32 @@ def next_steps(desired: Desired, gangs: Sequence[ObservedGang], records: Mapping
                                f"(back-off after: {rec.last_failure})")
         elif blocked:
             held = True
+        elif desired.max_creates is not None and creates >= desired.max_creates:
+            # Left for the next reconcile: no step, so no attempt is raised for it.
+            deferred.append(replica)
         else:
             attempt = next_attempt(replica, rec, gangs)
             out.steps.append(CreateGang(replica, attempt, "replica has no gang"))
             out.records[replica] = replace(rec, attempt=attempt)
+            creates += 1
 
-    # 3. Rollout: one outdated replica at a time, and none while a gate holds creation back.
+    # 3. Rollout: one outdated replica at a time, and none while a gate holds creation back — nor while the
+    # bound on creations is spent (a surge gang is a creation; replacing in place instead would drop a ready
+    # gang that a surge could have spared).
     in_range = [g for g in active if g.replica in kept]
     outdated = sorted((g for g in in_range if g.revision != desired.revision), key=lambda g: g.replica)
     if outdated and blocked:
         held = True
+    elif outdated and desired.max_creates is not None and creates >= desired.max_creates:
+        deferred.append(outdated[0].replica)
     elif outdated:
         _roll_one(desired, in_range, outdated[0], gangs, out, state, record)
     if held and blocked:
         out.waiting.append(blocked)
+    if deferred:
+        out.deferred = tuple(deferred)
+        out.waiting.append(f"{len(deferred)} more replicas are acted on by the next reconcile "
+                           f"(at most {desired.max_creates} gangs are created per reconcile)")
     return out
 
 

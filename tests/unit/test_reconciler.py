@@ -17,7 +17,7 @@ import pytest
 
 from mimo_operator import labels as L
 from mimo_operator.handlers import intent_of
-from mimo_operator.reconciler import Memory
+from mimo_operator.reconciler import MAX_GANG_CREATES, Memory
 from tests.helpers.operator_world import CRD, NS, World, writes_during_weights_download
 from tests.helpers.specs import DeploymentBuilder, a_deployment
 
@@ -314,3 +314,18 @@ def test_a_lost_status_write_does_not_make_a_gang_name_come_back() -> None:
     w.reconcile()
     (second,) = w.live_gangs()
     assert second != first
+
+
+def test_a_reconcile_creates_a_bounded_number_of_gangs_and_comes_back_at_once_for_the_rest() -> None:
+    w = World(a_deployment("d").replicas(2 * MAX_GANG_CREATES + 3))
+    counts = []
+    for _ in range(4):
+        result = w.reconcile()
+        counts.append(len(w.gang_names()))
+        if len(w.gang_names()) < 2 * MAX_GANG_CREATES + 3:
+            assert result.requeue_after == 0.0, "the rest is created by a reconcile that follows at once"
+    assert counts == [MAX_GANG_CREATES, 2 * MAX_GANG_CREATES, 2 * MAX_GANG_CREATES + 3, 2 * MAX_GANG_CREATES + 3]
+    records = w.status()["replicaRecords"]
+    assert sorted(r["replica"] for r in records) == list(range(2 * MAX_GANG_CREATES + 3))
+    assert {r["attempt"] for r in records} == {1}, "a slot left for later was never given an attempt"
+    assert len(w.created) == len(set(w.created))

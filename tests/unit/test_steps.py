@@ -313,3 +313,25 @@ def test_scale_up_fills_the_lowest_free_slot_and_a_refilled_slot_gets_a_new_atte
     assert world.step() == ["create r1"]
     attempts = sorted(g.attempt for g in world.gangs.values() if g.replica == 1)
     assert attempts == [1, 2], "the draining gang keeps its name; the new one has the next attempt"
+
+
+def test_a_bound_on_creations_leaves_the_rest_for_the_next_call_without_raising_their_attempts() -> None:
+    desired = Desired(replicas=5, revision="r", size=2, max_creates=2)
+    first = next_steps(desired, [], {}, 0.0)
+    assert [s.replica for s in first.steps if isinstance(s, CreateGang)] == [0, 1]
+    assert first.deferred == (2, 3, 4)
+    assert set(first.records) == {0, 1}, "a slot left for later gets no attempt"
+    assert any("next reconcile" in w for w in first.waiting)
+    world = World(desired)
+    created = [world.step() for _ in range(3)]
+    assert created == [["create r0", "create r1"], ["create r2", "create r3"], ["create r4"]]
+    assert {g.attempt for g in world.gangs.values()} == {1}, "every slot's first gang is its attempt 1"
+
+
+def test_a_bound_on_creations_spent_on_new_slots_holds_the_rollout_rather_than_replacing_in_place() -> None:
+    world = World(Desired(replicas=2, revision="r1", size=2, max_surge=1, max_unavailable=1))
+    world.seed(2, "r1")
+    world.desired = replace(world.desired, replicas=3, revision="r2", max_creates=1)
+    outcome = next_steps(world.desired, list(world.gangs.values()), world.records, world.now)
+    assert outcome.steps == [CreateGang(2, 1, "replica has no gang")]
+    assert outcome.deferred == (0,), "the rollout waits for the next call: no gang is drained for it"
