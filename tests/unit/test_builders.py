@@ -96,6 +96,34 @@ def test_a_topology_key_keeps_the_gang_in_one_block_and_its_pods_on_distinct_nod
     assert anti["topologyKey"] == "kubernetes.io/hostname"
 
 
+def test_a_topology_key_spreads_the_deployments_gangs_over_blocks_as_a_preference_only() -> None:
+    ctx = context(PRO_H200.replicas(2).set("scheduling.topologyKey", "network.topology.kubernetes.io/block"))
+    pods = {p["metadata"]["labels"][L.LABEL_GANG]: p for p in
+            by_kind(gang_objects(ctx, 0, 1, "abc") + gang_objects(ctx, 1, 1, "abc"), "Pod")}
+    gang0, gang1 = sorted(pods)
+    (spread,) = pods[gang0]["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    term = spread["podAffinityTerm"]
+    assert term["topologyKey"] == "network.topology.kubernetes.io/block"
+    assert 1 <= spread["weight"] <= 100
+
+    def matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+        return all(labels.get(k) == v for k, v in selector["matchLabels"].items()) and all(
+            (labels.get(e["key"]) in e["values"]) == (e["operator"] == "In") for e in selector["matchExpressions"])
+
+    assert matches(term["labelSelector"], pods[gang1]["metadata"]["labels"]), "another gang of the deployment"
+    assert not matches(term["labelSelector"], pods[gang0]["metadata"]["labels"]), "not the gang's own pods"
+    ctx_other = context(a_deployment("other").pro().h200().set("scheduling.topologyKey", "b"))
+    other = by_kind(gang_objects(ctx_other, 0, 1, "abc"), "Pod")[0]
+    assert not matches(term["labelSelector"], other["metadata"]["labels"]), "not another deployment's gangs"
+
+
+def test_without_a_topology_key_gangs_have_no_block_preference() -> None:
+    pod = by_kind(gang_objects(context(PRO_H200), 0, 1, "abc"), "Pod")[0]
+    assert "preferredDuringSchedulingIgnoredDuringExecution" not in pod["spec"]["affinity"]["podAntiAffinity"]
+    assert "podAffinity" not in pod["spec"]["affinity"]
+
+
+
 @pytest.mark.parametrize(("mode", "check"), [
     ("hostNetwork", lambda spec, c: spec["hostNetwork"] and any(v["name"] == "infiniband" for v in spec["volumes"])),
     ("rdma", lambda spec, c: c["resources"]["limits"].get("rdma/rdma_shared_device_a") == "1"

@@ -313,10 +313,18 @@ def _pod(ctx: BuildContext, gang: str, gang_labels: dict[str, str], rank: int) -
     if weights := weights_node_affinity(spec, plan):
         # Node-local cache: only nodes whose copy of the checkpoint is complete and verified.
         affinity["nodeAffinity"] = weights
-    if spec.scheduling.topology_key:
+    if topology := spec.scheduling.topology_key:
         # The whole gang inside one InfiniBand block: DeepEP's all-to-all crosses every pair of nodes.
         affinity["podAffinity"] = {"requiredDuringSchedulingIgnoredDuringExecution": [{
-            "labelSelector": {"matchLabels": {L.LABEL_GANG: gang}}, "topologyKey": spec.scheduling.topology_key}]}
+            "labelSelector": {"matchLabels": {L.LABEL_GANG: gang}}, "topologyKey": topology}]}
+        # The deployment's other gangs in other blocks when there is room: a block's switch failing then takes
+        # out fewer replicas, and a gang's first pod does not take the last free node of a block that another
+        # gang is filling. A preference only (a score), so a full cluster still packs gangs into one block.
+        affinity["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"] = [{
+            "weight": 100, "podAffinityTerm": {"labelSelector": {
+                "matchLabels": {L.LABEL_DEPLOYMENT: ctx.name, L.LABEL_COMPONENT: "engine"},
+                "matchExpressions": [{"key": L.LABEL_GANG, "operator": "NotIn", "values": [gang]}]},
+                "topologyKey": topology}}]
 
     tolerations = gang_tolerations(spec)
     pod_spec.update({
