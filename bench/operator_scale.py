@@ -153,6 +153,7 @@ def main() -> int:
     p.add_argument("--skip-baseline", action="store_true")
     p.add_argument("--skip-clients", action="store_true")
     p.add_argument("--keep-log", help="copy the operator's log here")
+    p.add_argument("--max-gang-creates", type=int, help="the operator's bound on gangs created per reconcile")
     args = p.parse_args()
     gangs = args.deployments * args.replicas
     pods = gangs * args.nodes_per_replica
@@ -174,8 +175,9 @@ def main() -> int:
         try:
             watch = PodWatch(cluster)
             token = install_rbac(cluster)
+            bound = ["--max-gang-creates", str(args.max_gang_creates)] if args.max_gang_creates else []
             op = RunningOperator(cluster, token_kubeconfig(cluster, token, Path(tmp) / "op.kubeconfig"),
-                                 Path(tmp) / "operator.log", ["--resync-seconds", str(args.resync_seconds)])
+                                 Path(tmp) / "operator.log", ["--resync-seconds", str(args.resync_seconds), *bound])
             op.start()
             assert op.proc is not None
             pid = op.proc.pid

@@ -464,9 +464,12 @@ class Reconciler:
         with_pods = {g.name for g in gangs}
         kinds = [*_GANG_KINDS, *([group] if (group := self._pod_group_kind(ctx)) else [])]
         orphans: dict[str, tuple[str, str]] = {}
-        for api_version, kind in kinds:
-            for obj in await self.kube.list(api_version, kind, ctx.namespace,
-                                            {L.LABEL_DEPLOYMENT: ctx.name, L.LABEL_COMPONENT: "engine"}):
+        # One round trip for all kinds: on a busy apiserver each list waits its turn, and a reconcile's
+        # latency is the sum of its sequential round trips.
+        listed = await asyncio.gather(*(self.kube.list(api_version, kind, ctx.namespace, {
+            L.LABEL_DEPLOYMENT: ctx.name, L.LABEL_COMPONENT: "engine"}) for api_version, kind in kinds))
+        for (_, kind), objects in zip(kinds, listed, strict=True):
+            for obj in objects:
                 meta = obj["metadata"]
                 gang = (meta.get("labels") or {}).get(L.LABEL_GANG)
                 if (not gang or gang in with_pods or gang in memory.expectations or meta.get("deletionTimestamp")
@@ -481,9 +484,11 @@ class Reconciler:
     async def _apply_shared(self, ctx: BuildContext) -> dict[str, str] | None:
         """Apply the deployment's shared objects; the refusal when the API refused one (422)."""
         desired = {(o["kind"], o["metadata"]["name"]): _stamp(o) for o in shared_objects(ctx)}
-        for api_version, kind in _SHARED_KINDS:
-            existing = {o["metadata"]["name"]: o for o in await self.kube.list(
-                api_version, kind, ctx.namespace, {L.LABEL_DEPLOYMENT: ctx.name})
+        # Every kind listed at once (one round trip, not six); the writes below keep their order.
+        listed = await asyncio.gather(*(self.kube.list(api_version, kind, ctx.namespace, {L.LABEL_DEPLOYMENT: ctx.name})
+                                        for api_version, kind in _SHARED_KINDS))
+        for (api_version, kind), objects in zip(_SHARED_KINDS, listed, strict=True):
+            existing = {o["metadata"]["name"]: o for o in objects
                 if o["metadata"].get("labels", {}).get(L.LABEL_COMPONENT) in ("router", "engine")
                 and not o["metadata"].get("labels", {}).get(L.LABEL_GANG)}
             for (k, obj_name), obj in desired.items():
