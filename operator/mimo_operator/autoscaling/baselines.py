@@ -35,6 +35,7 @@ from mimo_operator.autoscaling.policy import (
     Signals,
     decide,
 )
+from mimo_operator.autoscaling.prefix_cache import segment_blocks
 from mimo_operator.autoscaling.simulator import (
     Autoscaler,
     FleetConfig,
@@ -56,6 +57,7 @@ __all__ = [
     "copies_for_peak",
     "demand_per_bin",
     "oracle_schedule",
+    "prefix_hits",
 ]
 
 
@@ -221,13 +223,38 @@ class KedaQueue:
         )
 
 
-def demand_per_bin(trace: Trace, work: Callable[[int, int], float], bin_seconds: float) -> list[float]:
-    """Replica-seconds of work arriving in each bin, per second of the bin (1.0 = one busy replica)."""
+def prefix_hits(trace: Trace, page_size: int) -> list[int]:
+    """Prompt tokens of each request that one unbounded prefix cache, warmed by every earlier request,
+    would supply (whole pages, at least one token computed): what a clairvoyant fleet saves by caching."""
+    seen: set[int] = set()
+    hits: list[int] = []
+    for index, request in enumerate(trace.requests):
+        if not request.segments:
+            hits.append(0)
+            continue
+        keys = segment_blocks(request.segments, request.context_tokens, page_size, str(index))
+        usable = min(len(keys), (request.context_tokens - 1) // page_size)
+        depth = 0
+        while depth < usable and keys[depth] in seen:
+            depth += 1
+        hits.append(depth * page_size)
+        seen.update(keys)
+    return hits
+
+
+def demand_per_bin(
+    trace: Trace, work: Callable[[int, int], float], bin_seconds: float, *, page_size: int = 0
+) -> list[float]:
+    """Replica-seconds of work arriving in each bin, per second of the bin (1.0 = one busy replica).
+
+    With a `page_size`, prompts that share prefixes (`segments`) are priced without their `prefix_hits`.
+    """
     bins = max(1, math.ceil(trace.span_seconds / bin_seconds))
     load = [0.0] * bins
-    for request in trace.requests:
+    hits = prefix_hits(trace, page_size) if page_size > 0 else [0] * len(trace.requests)
+    for request, cached in zip(trace.requests, hits, strict=True):
         index = min(bins - 1, int(request.arrival // bin_seconds))
-        load[index] += work(request.context_tokens, request.generated_tokens)
+        load[index] += work(request.context_tokens - cached, request.generated_tokens)
     return [value / bin_seconds for value in load]
 
 
@@ -349,7 +376,7 @@ class Comparison:
     def oracle(self, trace: Trace) -> Oracle:
         work = request_work_seconds(self.policy.capacity)
         need = burst_requirement(
-            demand_per_bin(trace, work, self.oracle_bin_seconds),
+            demand_per_bin(trace, work, self.oracle_bin_seconds, page_size=self._cache_page_size()),
             bin_seconds=self.oracle_bin_seconds,
             slo_seconds=self.fleet.ttft_slo_seconds,
             longest_burst_seconds=self.oracle_longest_burst_seconds,
@@ -363,6 +390,10 @@ class Comparison:
             max_replicas=self.policy.max_replicas,
         )
         return Oracle(times, counts, lookahead_seconds=self.fleet.decision_interval_seconds)
+
+    def _cache_page_size(self) -> int:
+        """The oracle counts prefix hits where the simulated fleet caches (0: it does not)."""
+        return self.fleet.performance.page_size if self.fleet.prefix_cache else 0
 
     def autoscalers(self, trace: Trace, names: Sequence[str] = POLICY_NAMES) -> list[tuple[Autoscaler, int]]:
         """Each named autoscaler with the gangs it starts with (ready at t = 0).

@@ -1,5 +1,8 @@
 """The prefix cache of one simulated scheduler: SGLang's radix cache at page granularity.
 
+One model for the simulated engine (mimo_worker.simengine imports it) and the autoscaling simulator, so
+the hit rates the autoscaler is tested on are the engine's.
+
 SGLang keeps the KV of finished and running prompts in a radix tree keyed by token ids; a new request
 reuses the longest cached prefix of its prompt and computes only the rest. With ``--page-size P`` the
 tree matches and stores whole pages only, so a prompt's reusable part is its longest run of whole
@@ -158,6 +161,18 @@ class RadixCache:
         for node in path:
             node.last_access = now
         return path
+
+    def peek(self, keys: Sequence[int]) -> int:
+        """Pages of the longest cached prefix of ``keys``, touching nothing (a router's look)."""
+        depth = 0
+        parent: CacheNode | None = None
+        for key in keys:
+            node = self._nodes.get(key)
+            if node is None or node.parent is not parent:
+                break
+            parent = node
+            depth += 1
+        return depth
 
     def lock(self, path: Sequence[CacheNode]) -> None:
         for node in path:

@@ -113,7 +113,7 @@ class PrefixTrace:
         """The same arrivals as a plain trace (the autoscaling simulator's input: token counts only)."""
         return Trace(
             self.name,
-            tuple(Request(r.arrival, r.prompt_tokens, r.generated_tokens) for r in self.requests),
+            tuple(Request(r.arrival, r.prompt_tokens, r.generated_tokens, r.segments) for r in self.requests),
             self.span_seconds,
         )
 

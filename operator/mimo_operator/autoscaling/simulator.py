@@ -19,10 +19,16 @@ Each replica follows the engine's semantics (SGLang's scheduler, as the simulate
   tokens each running sequence has produced (the virtual-time trick of fair queueing), so a request's
   finish is an event in a heap, not a loop over steps.
 
-The router sends each request to the ready replica with the fewest requests outstanding (or round
-robin). Requests that arrive with no ready replica wait at the router. A draining gang leaves the
-router at once, finishes what it holds (or is cut at the drain timeout, which fails the rest) and
-then stops counting GPU time.
+Prompts that share a prefix (a trace's `segments`: a system prompt, a document, a conversation's earlier
+turns) hit each replica's prefix cache, the simulated engine's own model (`prefix_cache.RadixCache`): the
+cached pages skip their prefill, stay in the KV pool while unused and are evicted least recently used
+first when admission needs the room; the replica's `sglang:cached_tokens_total` reaches the policy.
+
+The router sends each request to the ready replica with the fewest requests outstanding, round robin,
+or as sglang-router's `cache_aware` (the replica whose routed prompts share the longest prefix).
+Requests that arrive with no ready replica wait at the router. A draining gang leaves the router at once,
+finishes what it holds (or is cut at the drain timeout, which fails the rest) and then stops counting GPU
+time.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ from mimo_operator.autoscaling.policy import (
     Observation,
     ReplicaCapacity,
 )
+from mimo_operator.autoscaling.prefix_cache import CacheNode, RadixCache, segment_blocks
 from mimo_operator.autoscaling.trace import Trace
 
 __all__ = [
@@ -80,7 +87,10 @@ class Autoscaler(Protocol):
 class Router:
     LEAST_OUTSTANDING = "least-outstanding"
     ROUND_ROBIN = "round-robin"
-    ALL = (LEAST_OUTSTANDING, ROUND_ROBIN)
+    # sglang-router's cache_aware with its defaults (--cache-threshold 0.3, --balance-abs-threshold 64,
+    # --balance-rel-threshold 1.5), as mimo_worker.simengine.fleet emulates it.
+    CACHE_AWARE = "cache-aware"
+    ALL = (LEAST_OUTSTANDING, ROUND_ROBIN, CACHE_AWARE)
 
 
 @dataclass(frozen=True)
@@ -94,6 +104,9 @@ class FleetConfig:
     history_seconds: float = 420.0  # metric history handed to the autoscaler
     drain_timeout_seconds: float = 600.0
     router: str = Router.LEAST_OUTSTANDING
+    prefix_cache: bool = True  # SGLang's radix cache (on by default in SGLang), for traces with segments
+    # False: the policy is not shown sglang:cached_tokens_total (a bench's what-if: a policy blind to caching)
+    report_cached_tokens: bool = True
 
 
 @dataclass(frozen=True)
@@ -141,6 +154,7 @@ class PolicyResult:
     cpu_seconds: float
     timeline: tuple[TimelinePoint, ...] = field(repr=False)
     ttft_p95_seconds: float = math.nan
+    prefix_hit_rate: float = 0.0  # prompt tokens the gangs' prefix caches supplied, of all prompt tokens served
 
     def summary(self) -> dict[str, float | int]:
         return {
@@ -156,6 +170,7 @@ class PolicyResult:
             "ttftP99Seconds": round(self.ttft_p99_seconds, 4),
             "itlP99Seconds": round(self.itl_p99_seconds, 5),
             "peakReplicas": self.peak_replicas,
+            "prefixHitRate": round(self.prefix_hit_rate, 4),
             "cpuSeconds": round(self.cpu_seconds, 3),
         }
 
@@ -178,6 +193,8 @@ _EPS = 1e-9
 
 class _Replica:
     __slots__ = (
+        "cache",
+        "cached_total",
         "chunks",
         "created",
         "ctx_sum",
@@ -199,9 +216,12 @@ class _Replica:
         "prompt_total",
         "ready_at",
         "reserved",
+        "routed",
         "since",
         "start_sum",
         "step",
+        "tree_running",
+        "tree_tokens",
         "ttft_buckets",
         "ttfts",
         "waiting",
@@ -235,6 +255,11 @@ class _Replica:
         self.ttfts: list[float] = []
         self.ttft_buckets: Buckets = ()
         self.index = 0
+        self.cache: RadixCache | None = None
+        self.cached_total = 0  # sglang:cached_tokens_total (of finished requests, as prompt_total)
+        self.tree_running = 0  # prompt tokens of decoding requests that sit in the cache (counted once there)
+        self.routed: set[int] = set()  # cache_aware: page keys of the prompts routed here
+        self.tree_tokens = 0  # cache_aware: prompt tokens routed here
 
     def outstanding(self) -> int:
         return len(self.waiting) + len(self.chunks) + len(self.decode_heap)
@@ -293,6 +318,13 @@ class _Engine:
         # The replica's decode progress when each request started decoding: with the sum of these,
         # the KV tokens in use are known in O(1) (context + progress since the start, per sequence).
         self.decode_start = [0.0] * n
+        # Prefix caching: each request's page keys, cached tokens, cached path and private KV.
+        self.page = self.perf.page_size
+        self.use_cache = fleet.prefix_cache and any(r.segments for r in trace.requests)
+        self.blocks: list[tuple[int, ...]] = [()] * n
+        self.cached = [0] * n
+        self.private = [0] * n
+        self.paths: dict[int, list[CacheNode]] = {}
         self.events: list[tuple[float, int, int, object]] = []
         self.seq = 0
         self.replicas: list[_Replica] = []
@@ -335,6 +367,8 @@ class _Engine:
         self.next_name += 1
         ready_at = now if phase is GangPhase.READY else now + self.fleet.startup_seconds
         replica = _Replica(name, now, ready_at, phase)
+        if self.use_cache:
+            replica.cache = RadixCache(self.page)
         # Replica indexes are slots, as the operator's: a new gang fills the lowest free one.
         taken = {r.index for r in self.replicas if r.ended is None and r.phase is not GangPhase.DRAINING}
         replica.index = next(k for k in range(len(taken) + 1) if k not in taken)
@@ -394,17 +428,25 @@ class _Engine:
         if self.context[i] + self.generated[i] > self.context_limit:
             self.failed[i] = True
             return None
+        segments = self.trace.requests[i].segments
+        if self.use_cache and segments:
+            self.blocks[i] = segment_blocks(segments, self.context[i], self.page, str(i))
         if not self.serving:
             # The router refuses it (503, no available workers); the client retries until a gang serves.
             self.refused_total += 1
             self.pending.append(i)
             return None
-        replica = self._route()
+        replica = self._route(i)
         replica.waiting.append(i)
         return replica
 
-    def _route(self) -> _Replica:
+    def _route(self, i: int) -> _Replica:
         serving = self.serving
+        if self.fleet.router == Router.CACHE_AWARE:
+            target = self._cache_aware(i)
+            target.routed.update(self.blocks[i])
+            target.tree_tokens += self.context[i]
+            return target
         if self.fleet.router == Router.ROUND_ROBIN:
             self.rr = (self.rr + 1) % len(serving)
             return serving[self.rr]
@@ -415,6 +457,71 @@ class _Engine:
             if load < best_load:
                 best, best_load = replica, load
         return best
+
+    def _cache_aware(self, i: int) -> _Replica:
+        serving = self.serving
+        loads = [r.outstanding() for r in serving]
+        low, high = min(loads), max(loads)
+        if high - low > 64 and high > 1.5 * low:
+            return serving[loads.index(low)]
+        blocks = self.blocks[i]
+        best, matched = serving[0], -1
+        for replica in serving:
+            depth = 0
+            while depth < len(blocks) and blocks[depth] in replica.routed:
+                depth += 1
+            if depth > matched:
+                best, matched = replica, depth
+        if matched * self.page / max(self.context[i], 1) > 0.3:
+            return best
+        return min(serving, key=lambda r: r.tree_tokens)
+
+    # -- the prefix cache of one replica
+
+    def _match(self, replica: _Replica, i: int, now: float) -> int:
+        """Lock the longest cached prefix of request `i` (at least one prompt token is computed, as in
+        SGLang and the simulated engine); the tokens it saves."""
+        cache = replica.cache
+        if cache is None or not self.blocks[i]:
+            return 0
+        usable = min(len(self.blocks[i]), (self.context[i] - 1) // self.page)
+        path = cache.match(self.blocks[i][:usable], now)
+        cache.lock(path)
+        self.paths[i] = path
+        self.cached[i] = len(path) * self.page
+        return self.cached[i]
+
+    def _unmatch(self, replica: _Replica, i: int, now: float) -> None:
+        path = self.paths.pop(i, None)
+        if path and replica.cache is not None:
+            replica.cache.unlock(path, now)
+        self.cached[i] = 0
+
+    def _cache_prompt(self, replica: _Replica, i: int, now: float) -> None:
+        """Put a prefilled prompt's whole pages into the cache: its own copy of them moves to the cache
+        (or is freed where another request cached the same pages first)."""
+        path = self.paths.get(i)
+        if replica.cache is None or path is None:
+            return
+        usable = min(len(self.blocks[i]), self.context[i] // self.page)
+        have = len(path)
+        replica.cache.extend(path, self.blocks[i][have:usable], now)
+        moved = (len(path) - have) * self.page
+        self.private[i] -= moved
+        replica.reserved -= moved
+
+    def _finished(self, replica: _Replica, i: int, now: float) -> None:
+        replica.reserved -= self.private[i]
+        replica.prompt_total += self.context[i]
+        replica.generated_total += self.generated[i]
+        replica.cached_total += self.cached[i]
+        replica.finished_total += 1
+        path = self.paths.pop(i, None)
+        if path and replica.cache is not None:
+            replica.cache.unlock(path, now)
+
+    def _tree_tokens(self, replica: _Replica) -> int:
+        return replica.cache.total_tokens if replica.cache is not None else 0
 
     # -- one replica's scheduler
 
@@ -432,12 +539,10 @@ class _Engine:
         while heap and heap[0][0] <= replica.progress + _EPS:
             _, i = heapq.heappop(heap)
             finish[i] = now
-            replica.reserved -= self._pages(self.context[i]) + self.generated[i]
             replica.ctx_sum -= self.context[i]
             replica.start_sum -= self.decode_start[i]
-            replica.generated_total += self.generated[i]
-            replica.prompt_total += self.context[i]
-            replica.finished_total += 1
+            replica.tree_running -= len(self.paths.get(i, ())) * self.page
+            self._finished(replica, i, now)
         replica.epoch += 1
         if replica.prefilling:
             return
@@ -477,23 +582,31 @@ class _Engine:
             swa_free = self.swa_capacity - admitted * self.swa_per_seq - sum(c[1] for c in chunks)
             while waiting and budget > 0 and admitted < self.max_running:
                 i = waiting[0]
-                need = self._pages(context[i]) + self.generated[i]
-                if replica.reserved + need > self.kv_capacity:
+                cached = self._match(replica, i, now)
+                need = self._pages(context[i]) - cached + self.generated[i]
+                short = replica.reserved + self._tree_tokens(replica) + need - self.kv_capacity
+                if short > 0 and replica.cache is not None:
+                    replica.cache.evict(short)  # cached pages nobody uses are room, least recently used first
+                    short = replica.reserved + self._tree_tokens(replica) + need - self.kv_capacity
+                if short > 0:
+                    self._unmatch(replica, i, now)
                     if admitted == 0:  # can never fit this replica's pool: refused
                         waiting.popleft()
                         self.failed[i] = True
                         continue
                     break  # head-of-line blocking, as SGLang's FCFS admission
-                tokens = self._cut(context[i], min(budget, swa_free - self.swa_per_seq))
+                tokens = self._cut(context[i] - cached, min(budget, swa_free - self.swa_per_seq))
                 if tokens <= 0:
+                    self._unmatch(replica, i, now)
                     break
                 waiting.popleft()
                 replica.reserved += need
-                chunks.append((i, tokens, 0))
+                self.private[i] = need
+                chunks.append((i, tokens, cached))
                 admitted += 1
                 budget -= tokens
                 swa_free -= tokens + self.swa_per_seq
-                if tokens < context[i]:
+                if cached + tokens < context[i]:
                     break  # this request is now the one mid-chunk
         if not chunks:
             return False
@@ -526,15 +639,14 @@ class _Engine:
                 continue
             self.first_token[i] = now
             replica.ttfts.append(now - self.arrival[i])
+            self._cache_prompt(replica, i, now)
             remaining = self.generated[i] - 1
             if remaining <= 0:
                 self.finish[i] = now
-                replica.reserved -= self._pages(self.context[i]) + self.generated[i]
-                replica.prompt_total += self.context[i]
-                replica.generated_total += self.generated[i]
-                replica.finished_total += 1
+                self._finished(replica, i, now)
                 continue
             heapq.heappush(replica.decode_heap, (replica.progress + remaining, i))
+            replica.tree_running += len(self.paths.get(i, ())) * self.page
             replica.ctx_sum += self.context[i]
             replica.start_sum += replica.progress
             self.decode_start[i] = replica.progress
@@ -553,7 +665,7 @@ class _Engine:
         self.serving.append(replica)
         while self.pending:
             i = self.pending.popleft()
-            target = self._route()
+            target = self._route(i)
             target.waiting.append(i)
         for target in self.serving:
             if target.waiting and not target.prefilling:
@@ -598,6 +710,10 @@ class _Engine:
         self._advance(replica, now)
         running = len(replica.decode_heap)
         kv = replica.ctx_sum + running * replica.progress - replica.start_sum + replica.prefill_tokens
+        if replica.cache is not None:
+            # A cached prefix is in the pool once however many running requests read it; pages no
+            # request uses are free to SGLang's token_usage.
+            kv += replica.cache.protected_tokens - replica.tree_running
         sequences = running + len(replica.chunks)
         full = kv / self.kv_capacity if self.kv_capacity else 0.0
         swa = sequences * self.perf.swa_window / self.swa_capacity if self.swa_capacity else 0.0
@@ -611,6 +727,9 @@ class _Engine:
             prompt_tokens_total=float(replica.prompt_total),
             generation_tokens_total=float(replica.generated_total),
             requests_total=float(replica.finished_total),
+            cached_tokens_total=(
+                float(replica.cached_total) if replica.cache is not None and self.fleet.report_cached_tokens else None
+            ),
         )
         return Scrape(sample, replica.ttft_buckets)
 
@@ -724,6 +843,9 @@ class _Engine:
             end = min(replica.ended if replica.ended is not None else horizon, horizon)
             if end > replica.created:
                 gpu_seconds += gpus * (end - replica.created)
+        served = [i for i in range(n) if not math.isnan(self.finish[i]) and not self.failed[i]]
+        prompt = sum(self.context[i] for i in served)
+        hit_rate = sum(self.cached[i] for i in served) / prompt if prompt else 0.0
         ttfts.sort()
         itls.sort()
         peak = max((p.ready + p.starting for p in self.timeline), default=fleet.initial_replicas)
@@ -745,6 +867,7 @@ class _Engine:
             virtual_seconds=max((t for t in self.finish if not math.isnan(t)), default=0.0),
             cpu_seconds=cpu_seconds,
             timeline=tuple(self.timeline),
+            prefix_hit_rate=hit_rate,
         )
 
 

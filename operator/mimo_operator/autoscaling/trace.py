@@ -32,6 +32,10 @@ class Request:
     arrival: float  # seconds after the trace's first request
     context_tokens: int
     generated_tokens: int
+    # The prompt's shared parts in order, (stable id, tokens): a system prompt, a document, a conversation's
+    # earlier turns. Two prompts share a prefix as far as their leading segments agree; the autoscaling
+    # simulator's prefix caches read it (prefix_cache.segment_blocks). Empty: nothing shared (CSV traces).
+    segments: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -122,7 +126,7 @@ def reshape(trace: Trace, *, speedup: float = 1.0, copies: int = 1, copy_offset_
             arrival = request.arrival / speedup + shift
             if arrival >= span:
                 arrival -= span
-            merged.append(Request(arrival, request.context_tokens, request.generated_tokens))
+            merged.append(Request(arrival, request.context_tokens, request.generated_tokens, request.segments))
     merged.sort(key=lambda r: r.arrival)
     name = trace.name
     if speedup != 1.0:

@@ -10,7 +10,9 @@ every machine (Python's `random.Random` is specified to be reproducible across p
 The families are the shapes an autoscaler of multi-minute-start-up gangs must survive: a flash crowd
 (a step of several times the load, with a ramp), a diurnal swell, on/off bursts (shorter or longer
 than a gang's start-up), bursts of long-context prompts, heavy-tailed output lengths, a slow ramp, and
-several tenants with different shapes at once. `Workload.mean_work` prices a request with the
+several tenants with different shapes at once; and the workloads prompt caching is for, whose requests
+carry their shared prefixes as `segments` (chat sessions re-sending their history under a few system
+prompts, questions over a document set). `Workload.mean_work` prices a request with the
 replica's capacity, so a bench can size the peak rate for a given number of gangs.
 """
 
@@ -19,7 +21,8 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from mimo_operator.autoscaling.trace import Request, Trace
 
@@ -27,17 +30,22 @@ __all__ = [
     "CHAT",
     "CODE",
     "RAG",
+    "ChatSessions",
+    "DocumentQueries",
     "LogNormal",
     "Pareto",
+    "Prompts",
     "Sizes",
     "Stream",
     "Workload",
+    "chat_sessions",
     "diurnal",
     "flash_crowd",
     "heavy_tailed_outputs",
     "long_context_bursts",
     "multi_tenant",
     "on_off",
+    "rag_documents",
     "slow_ramp",
 ]
 
@@ -95,14 +103,114 @@ CHAT = Sizes(LogNormal(1000, 0.9, 16, 16_000), LogNormal(250, 0.8, 1, 4_000))
 RAG = Sizes(LogNormal(4000, 0.6, 64, 32_000), LogNormal(200, 0.7, 1, 4_000))
 
 
+Segments = tuple[tuple[str, int], ...]
+
+
+class Prompts(Protocol):
+    """Draws one request's prompt as segments (stable id, tokens) and its output length. It may keep state
+    (a conversation's history): `Stream.prompts` makes a fresh one for each trace."""
+
+    def draw(self, rng: random.Random) -> tuple[Segments, int]: ...
+
+
+@dataclass
+class ChatSessions:
+    """Multi-turn conversations: each arrival is the next turn of one of `open_sessions` users (a new user
+    once a session ends, after `mean_turns` on average or at `max_context` tokens); a turn re-sends its
+    tenant's system prompt, every earlier question and answer, and a new question."""
+
+    tenants: int = 4
+    system: LogNormal = LogNormal(2500, 0.4, 200, 12_000)
+    question: LogNormal = LogNormal(150, 0.8, 8, 4_000)
+    answer: LogNormal = LogNormal(300, 0.6, 16, 2_000)
+    mean_turns: float = 8.0
+    open_sessions: int = 256
+    max_context: int = 32_000
+    _sessions: list[list[tuple[str, int]]] = field(default_factory=list, repr=False)
+    _names: list[str] = field(default_factory=list, repr=False)
+    _made: int = 0
+
+    def draw(self, rng: random.Random) -> tuple[Segments, int]:
+        slot = rng.randrange(self.open_sessions)
+        while len(self._sessions) <= slot:
+            self._sessions.append([])
+            self._names.append("")
+        history = self._sessions[slot]
+        if not history or rng.random() < 1.0 / self.mean_turns or sum(t for _, t in history) > self.max_context:
+            tenant = rng.randrange(self.tenants)
+            system = self.system.draw(random.Random(f"chat-system-{tenant}"))  # noqa: S311 (a tenant's own size)
+            history[:] = [(f"chat-system-{tenant}", system)]
+            self._made += 1
+            self._names[slot] = f"chat-{self._made}"
+        turn = f"{self._names[slot]}-t{len(history) // 2}"
+        question = (f"{turn}-u", self.question.draw(rng))
+        answer = self.answer.draw(rng)
+        segments = (*history, question)
+        history += [question, (f"{turn}-a", answer)]
+        return segments, answer
+
+
+@dataclass
+class DocumentQueries:
+    """Questions over a document set (retrieval-augmented generation): one system prompt, one retrieved
+    document (popular ones more often, Zipf), sometimes a second, then the question."""
+
+    documents: int = 48
+    document: LogNormal = LogNormal(6000, 0.5, 500, 32_000)
+    zipf: float = 1.1
+    system_tokens: int = 800
+    question: LogNormal = LogNormal(60, 0.5, 8, 600)
+    answer: LogNormal = LogNormal(200, 0.6, 16, 2_000)
+    second_document: float = 0.25
+    _sizes: list[int] = field(default_factory=list, repr=False)
+    _asked: int = 0
+
+    def draw(self, rng: random.Random) -> tuple[Segments, int]:
+        if not self._sizes:  # the document set is part of the family, not of the draw
+            sizes_rng = random.Random(f"rag-documents-{self.documents}")  # noqa: S311
+            self._sizes = [self.document.draw(sizes_rng) for _ in range(self.documents)]
+        weights = [1.0 / (rank + 1) ** self.zipf for rank in range(self.documents)]
+        picked = rng.choices(range(self.documents), weights)[0]
+        segments: list[tuple[str, int]] = [
+            ("rag-system", self.system_tokens),
+            (f"rag-doc-{picked}", self._sizes[picked]),
+        ]
+        if rng.random() < self.second_document:
+            second = rng.choices(range(self.documents), weights)[0]
+            if second != picked:
+                segments.append((f"rag-doc-{second}", self._sizes[second]))
+        self._asked += 1
+        segments.append((f"rag-q{self._asked}", self.question.draw(rng)))
+        return tuple(segments), self.answer.draw(rng)
+
+
 @dataclass(frozen=True)
 class Stream:
-    """One tenant: a rate shape (share of its peak rate at t seconds, 0..1), sizes, a share of the peak."""
+    """One tenant: a rate shape (share of its peak rate at t seconds, 0..1), sizes, a share of the peak;
+    or, for prompts that share prefixes, `prompts` (a maker of a fresh `Prompts`) in place of `sizes`."""
 
     name: str
     shape: Callable[[float], float]
     sizes: Sizes
     share: float = 1.0
+    prompts: Callable[[], Prompts] | None = None
+
+    def drawer(self) -> Callable[[random.Random], tuple[int, int, Segments]]:
+        """(context, generated, segments) per draw, from `prompts` if set, else from `sizes`."""
+        if self.prompts is None:
+            sizes = self.sizes
+
+            def plain(rng: random.Random) -> tuple[int, int, Segments]:
+                return (*sizes.draw(rng), ())
+
+            return plain
+        source = self.prompts()
+
+        def shared(rng: random.Random) -> tuple[int, int, Segments]:
+            segments, generated = source.draw(rng)
+            return sum(t for _, t in segments), max(1, generated), segments
+
+        return shared
 
 
 @dataclass(frozen=True)
@@ -119,7 +227,8 @@ class Workload:
         rng = random.Random(seed)  # noqa: S311 (reproducible load, not secrets)
         total = 0.0
         for stream in self.streams:
-            drawn = [work(*stream.sizes.draw(rng)) for _ in range(samples)]
+            draw = stream.drawer()
+            drawn = [work(*draw(rng)[:2]) for _ in range(samples)]
             total += stream.share * sum(drawn) / samples
         return total
 
@@ -133,14 +242,15 @@ class Workload:
             # tenant does not change the arrivals of the others.
             rng = random.Random(f"{seed}:{index}:{stream.name}")  # noqa: S311
             rate = peak_rate * stream.share
+            draw = stream.drawer()
             t = 0.0
             while True:
                 t += rng.expovariate(rate)
                 if t >= self.span_seconds:
                     break
                 if rng.random() < stream.shape(t):
-                    context, generated = stream.sizes.draw(rng)
-                    requests.append(Request(t, context, generated))
+                    context, generated, segments = draw(rng)
+                    requests.append(Request(t, context, generated, segments))
         requests.sort(key=lambda r: r.arrival)
         return Trace(f"{self.name} (seed {seed})", tuple(requests), self.span_seconds)
 
@@ -285,3 +395,43 @@ def multi_tenant(*, hours: float = 2.0, batch_period: float = 1500.0, batch_on: 
         Stream("batch", batch, batch_sizes, 0.10),
     )
     return Workload(f"multi-tenant mix over {hours:g} h", span, tuple(streams))
+
+
+def chat_sessions(*, hours: float = 2.0, floor: float = 0.2, sessions: ChatSessions | None = None) -> Workload:
+    """Chat sessions on a swell (a working day compressed into `hours`): every turn re-sends its
+    conversation so far, so most of a prompt is a prefix the serving gang may hold."""
+    span = hours * 3600
+    made = sessions or ChatSessions()
+
+    def shape(t: float) -> float:
+        return floor + (1.0 - floor) * math.sin(math.pi * t / span) ** 2
+
+    def fresh() -> Prompts:
+        return ChatSessions(
+            made.tenants, made.system, made.question, made.answer, made.mean_turns, made.open_sessions, made.max_context
+        )
+
+    stream = Stream("chat-sessions", shape, CHAT, prompts=fresh)
+    return Workload(f"chat sessions over {hours:g} h", span, (stream,))
+
+
+def rag_documents(
+    *, height: float = 4.0, ramp_seconds: float = 300.0, hold_seconds: float = 1200.0, documents: int = 48
+) -> Workload:
+    """Questions over a document set, stepping up `height` times (a team starts on a corpus): the shared
+    system prompt and popular documents are prefixes; a long document's prefill is what caching saves."""
+    base = flash_crowd(
+        height=height,
+        ramp_seconds=ramp_seconds,
+        hold_seconds=hold_seconds,
+        lead_seconds=600.0,
+        tail_seconds=600.0,
+        sizes=RAG,
+    )
+    (crowd,) = base.streams
+
+    def fresh() -> Prompts:
+        return DocumentQueries(documents=documents)
+
+    stream = Stream("rag", crowd.shape, RAG, prompts=fresh)
+    return Workload(f"RAG over {documents} documents, {height:g}× in {ramp_seconds:g}s", base.span_seconds, (stream,))
