@@ -31,6 +31,7 @@ EXPECTED = {
     "mimo-v25-pro-hostnetwork-ib.yaml",
     "mimo-v25-pro-simulated.yaml",
     "mimo-v25-pro-pd.yaml",
+    "mimo-v25-simulated-caching.yaml",
 }
 FILES = sorted(p.name for p in EXAMPLES.glob("*.yaml"))
 
@@ -103,6 +104,14 @@ def test_each_example_is_what_its_name_says() -> None:
     assert rehearsal.nodes_per_replica == production.nodes_per_replica, "a rehearsal of the same gang shape"
     assert rehearsal.context_length <= 65536
     assert load("mimo-v25-pro-simulated.yaml")["spec"]["replicas"] == 1
+
+    # The caching rehearsal: MiMo-V2.5 (media in) simulated, several gangs behind cache_aware, cache report on.
+    caching = parse_spec(load("mimo-v25-simulated-caching.yaml"))
+    plan = plan_of("mimo-v25-simulated-caching.yaml")
+    assert (plan.engine, plan.variant) == ("simulated", "MiMo-V2.5")
+    assert caching.router.policy == "cache_aware"
+    assert caching.replicas >= 2
+    assert caching.engine.extra_args == ["--enable-cache-report"]
 
     # The PD example plans on both sides as the public Pro PD recipe (2 + 2 nodes, tp16/ep16), and the operator
     # refuses it whole as not yet supported rather than half-run it.
