@@ -78,10 +78,10 @@ class NodePool:
     def selector(self) -> dict[str, str]:
         return {"mimo-test/pool": self.key}
 
-    def add(self, count: int, gpu_type: str = "H200-141GB") -> list[str]:
+    def add(self, count: int, gpu_type: str = "H200-141GB", block: int = 0) -> list[str]:
         added = []
         for i in range(count):
-            node = gpu_node(f"pool-{self.key}-{len(self.names) + i}", gpu_type, block=0)
+            node = gpu_node(f"pool-{self.key}-{len(self.names) + i}", gpu_type, block=block)
             node["metadata"]["labels"].update(self.selector)
             node["spec"]["taints"] = [{"key": "mimo-test/pool", "value": self.key, "effect": "NoSchedule"}]
             self.cluster.kubectl("create", "-f", "-", input=json.dumps(node))

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from mimo_operator.localcluster.cluster import LocalCluster
+from mimo_operator.localcluster.nodes import IB_BLOCK_LABEL
 from tests.conftest import NodePool, wait_for
 from tests.helpers.specs import DeploymentBuilder, a_deployment
 from tests.integration.operator_harness import (
@@ -177,6 +178,26 @@ def test_an_image_change_rolls_gangs_one_at_a_time_above_the_permitted_minimum(
     assert min(lowest) >= 2, "the ready count never dropped below replicas − maxUnavailable"
     images = {p["spec"]["containers"][0]["image"] for p in engine_pods(cluster, namespace, "pro")}
     assert images == {"example.invalid/mimo-worker:next"}
+
+
+def test_gangs_stay_inside_one_block_and_spread_over_blocks_with_room(
+        cluster: LocalCluster, operator: RunningOperator, namespace: str, node_pool: NodePool) -> None:
+    # Three nodes per block: each block has room for one gang of two and a spare node. Without the spread,
+    # the second gang's first pod may take the first block's spare node, and its second pod then finds no
+    # room in that block.
+    for block in (0, 1):
+        node_pool.add(3, block=block)
+    apply(cluster, namespace, pro_on(node_pool).replicas(2).set("scheduling.topologyKey", IB_BLOCK_LABEL).build())
+    wait_phase(cluster, namespace, "pro", "Ready")
+    block_of = {n["metadata"]["name"]: n["metadata"]["labels"][IB_BLOCK_LABEL]
+                for n in cluster.kubectl_json("get", "nodes", "-l", f"mimo-test/pool={node_pool.key}")["items"]}
+    blocks: dict[str, set[str]] = {}
+    for pod in engine_pods(cluster, namespace, "pro"):
+        blocks.setdefault(pod["metadata"]["labels"]["mimo-operator.io/gang"], set()).add(
+            block_of[pod["spec"]["nodeName"]])
+    assert len(blocks) == 2
+    assert all(len(b) == 1 for b in blocks.values()), f"each gang inside one block: {blocks}"
+    assert set.union(*blocks.values()) == {"block-0", "block-1"}, f"one gang per block: {blocks}"
 
 
 def test_kubectl_scale_up_and_down(cluster: LocalCluster, operator: RunningOperator, namespace: str,
