@@ -15,6 +15,12 @@ of MiMo-V2.5-Pro fp8 on 2×8 H200 (the fleet of `mimoctl simulate autoscaling` w
   gang the moment the arrivals so far need it, waits one start-up for it, and (with hindsight)
   releases it exactly when it is no longer needed, keeping it through lulls shorter than a start-up.
 
+Two families share prompt prefixes (`chat-sessions`, `rag-documents`): their requests carry segments,
+the simulated gangs' prefix caches (the simulated engine's radix cache) supply the shared part, the
+policy sees `sglang:cached_tokens_total`, the router is cache_aware, and the oracle prices each prompt
+without what one unbounded cache would supply. `--cache off` runs them without caches, `--cache blind`
+with caches the policy is not shown (what a policy that ignores caching would spend).
+
 Targets checked per scenario (issue 11): no baseline has both higher TTFT attainment and fewer GPU-hours
 than ours; attainment ≥ the reactive bound − 2 points; GPU-hours ≤ 1.2 × the oracle's; ≥ 99 % within the
 TTFT SLO where every burst outlasts two start-ups (marked `long` in the table).
@@ -41,7 +47,7 @@ from mimo_operator.autoscaling.baselines import (
     copies_for_peak,
     demand_per_bin,
 )
-from mimo_operator.autoscaling.simulator import Autoscaler, PolicyResult, request_work_seconds, simulate
+from mimo_operator.autoscaling.simulator import Autoscaler, PolicyResult, Router, request_work_seconds, simulate
 from mimo_operator.autoscaling.trace import Trace, load_trace, reshape
 from mimo_operator.commands.simulate_autoscaling import DEFAULT_MANIFEST, comparison_for
 
@@ -59,11 +65,13 @@ class Scenario:
     make: Callable[[], workloads.Workload] | None  # None: the shared Azure trace
     peak: int = 8  # gangs the peak needs (the oracle's count)
     long: bool = False  # every burst outlasts two start-ups: the 99 % target applies
+    router: str | None = None  # the router's policy in the simulated fleet (None: the simulator's default)
 
 
 # Sizes and peaks keep each scenario to some tens of thousands of requests: the whole suite (thirteen
 # autoscalers on each) runs in a few CPU minutes.
 RAG = workloads.RAG
+CACHE_AWARE = Router.CACHE_AWARE
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario("flash-6x-2min", lambda: workloads.flash_crowd(height=6, ramp_seconds=120, hold_seconds=900, sizes=RAG)),
     Scenario("flash-3x-10min", lambda: workloads.flash_crowd(height=3, ramp_seconds=600, hold_seconds=1500, sizes=RAG)),
@@ -75,15 +83,24 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("slow-ramp-1h", lambda: workloads.slow_ramp(ramp_seconds=3600, sizes=RAG), long=True),
     Scenario("multi-tenant", lambda: workloads.multi_tenant(hours=2.0)),
     Scenario("azure-code", None, peak=6),
+    # Prompt caching: requests share prefixes (a conversation's history, a document set) and the gangs'
+    # prefix caches supply them; behind sglang-router's cache_aware, the policy suited to them.
+    Scenario("chat-sessions", lambda: workloads.chat_sessions(hours=1.5), peak=4, long=True, router=CACHE_AWARE),
+    Scenario("rag-documents", lambda: workloads.rag_documents(height=4), peak=4, router=CACHE_AWARE),
 )
+CACHING = ("chat-sessions", "rag-documents")
 QUICK = ("flash-6x-2min", "on-off-5/10-20k")
 
 
-def _comparison(trace: Trace) -> Comparison:
-    return comparison_for(DEFAULT_MANIFEST, trace)[2]
+def _comparison(trace: Trace, scenario: Scenario | None = None, cache: str = "on") -> Comparison:
+    comparison = comparison_for(DEFAULT_MANIFEST, trace)[2]
+    fleet = replace(comparison.fleet, prefix_cache=cache != "off", report_cached_tokens=cache == "on")
+    if scenario is not None and scenario.router is not None:
+        fleet = replace(fleet, router=scenario.router)
+    return replace(comparison, fleet=fleet)
 
 
-def build(scenario: Scenario, seed: int) -> tuple[Trace, Comparison]:
+def build(scenario: Scenario, seed: int, cache: str = "on") -> tuple[Trace, Comparison]:
     """The scenario's trace, sized for its peak, and the comparison `mimoctl simulate autoscaling` would make."""
     if scenario.make is None:
         base = load_trace(SHARED_TRACE)
@@ -93,7 +110,8 @@ def build(scenario: Scenario, seed: int) -> tuple[Trace, Comparison]:
         trace = reshape(base, copies=copies, copy_offset_seconds=60.0)
         return trace, _comparison(trace)
     workload = scenario.make()
-    sizing = _comparison(workload.trace(1.0, seed))
+    # Sized with the prefix caches on, whatever the run: the same trace with and without them.
+    sizing = _comparison(workload.trace(1.0, seed), scenario)
     sizing = replace(sizing, policy=replace(sizing.policy, max_replicas=10_000))
     work = request_work_seconds(sizing.policy.capacity)
     # The rate that keeps `peak` gangs at the oracle's headroom at the peak; then one correction by the
@@ -105,7 +123,7 @@ def build(scenario: Scenario, seed: int) -> tuple[Trace, Comparison]:
             break
         rate *= scenario.peak / max(peak, 1)
     trace = workload.trace(rate, seed)
-    return trace, _comparison(trace)
+    return trace, _comparison(trace, scenario, cache)
 
 
 def reactive_bound(comparison: Comparison, trace: Trace) -> Oracle:
@@ -118,7 +136,8 @@ def reactive_bound(comparison: Comparison, trace: Trace) -> Oracle:
     """
     fleet, config = comparison.fleet, comparison.policy
     step = comparison.oracle_bin_seconds
-    demand = demand_per_bin(trace, request_work_seconds(config.capacity), step)
+    page = fleet.performance.page_size if fleet.prefix_cache else 0
+    demand = demand_per_bin(trace, request_work_seconds(config.capacity), step, page_size=page)
     longest = max(1, round(comparison.oracle_longest_burst_seconds / step))
     need = []
     for end in range(len(demand)):
@@ -171,8 +190,10 @@ def baselines(comparison: Comparison) -> list[Autoscaler]:
     return made
 
 
-def run(scenario: Scenario, seed: int, quick: bool = False) -> tuple[Trace, Comparison, dict[str, PolicyResult]]:
-    trace, comparison = build(scenario, seed)
+def run(
+    scenario: Scenario, seed: int, quick: bool = False, cache: str = "on"
+) -> tuple[Trace, Comparison, dict[str, PolicyResult]]:
+    trace, comparison = build(scenario, seed, cache)
     results = comparison.run(trace, ["mimo", "oracle", "static-peak"])
     oracle = comparison.oracle(trace)
     start = max(comparison.policy.min_replicas, min(comparison.policy.max_replicas, oracle.at(0.0)))
@@ -247,6 +268,7 @@ def row(scenario: Scenario, results: dict[str, PolicyResult], v: Verdict) -> str
         f"{results['reactive'].ttft_attainment:>9.1%}{oracle.ttft_attainment:>8.1%}"
         f"{static.ttft_attainment:>8.1%}{static.gpu_hours / oracle.gpu_hours:>6.2f}"
         f"  {best_baseline(results):<30}{'PASS' if v.passed else 'MISS ' + '; '.join(notes)}"
+        + (f"  prefix hits {ours.prefix_hit_rate:.0%}" if ours.prefix_hit_rate else "")
     )
 
 
@@ -314,6 +336,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--plot", type=Path, help="gangs over time per scenario (mimo, oracle, reactive, static)")
     parser.add_argument("--json", type=Path, help="write the raw figures here")
     parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
+    parser.add_argument(
+        "--cache",
+        choices=("on", "off", "blind"),
+        default="on",
+        help="the gangs' prefix caches: on (default); off (no caching: SGLang's --disable-radix-cache); "
+        f"blind (caches on, the policy not shown sglang:cached_tokens_total). Matters for {', '.join(CACHING)}",
+    )
     args = parser.parse_args(argv)
     chosen = [s for s in SCENARIOS if (args.only and s.key in args.only) or (not args.only and not args.quick)]
     if args.quick and not args.only:
@@ -321,14 +350,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not chosen:
         print(f"no scenario {args.only}; choose from {', '.join(s.key for s in SCENARIOS)}", file=sys.stderr)
         return 2
-    print(f"seed {args.seed}; MiMo-V2.5-Pro fp8, 2×8 H200 per gang, TTFT ≤ 2 s; ×orc: GPU-hours ÷ the oracle's")
+    print(
+        f"seed {args.seed}; prefix caches {args.cache}; MiMo-V2.5-Pro fp8, 2×8 H200 per gang, TTFT ≤ 2 s; "
+        "×orc: GPU-hours ÷ the oracle's"
+    )
     print(HEADER, flush=True)
     clock = time.process_time()
     table: list[tuple[Scenario, dict[str, PolicyResult], Verdict]] = []
     drawn: list[tuple[Scenario, Trace, dict[str, PolicyResult]]] = []
     raw: dict[str, Any] = {}
     for scenario in chosen:
-        trace, _, results = run(scenario, args.seed, quick=args.quick)
+        trace, _, results = run(scenario, args.seed, quick=args.quick, cache=args.cache)
         v = verdict(scenario, results)
         print(row(scenario, results, v), flush=True)
         table.append((scenario, results, v))

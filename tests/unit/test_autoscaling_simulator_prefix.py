@@ -150,3 +150,20 @@ def test_rag_queries_share_the_system_prompt_and_popular_documents() -> None:
     trace = rag_documents(hold_seconds=300).trace(1.0, seed=3)
     assert {r.segments[0][0] for r in trace.requests} == {"rag-system"}
     assert sum(prefix_hits(trace, PAGE)) > 0.7 * trace.prompt_tokens
+
+
+def test_the_scenario_suite_runs_its_caching_families_behind_cache_aware_with_the_caches_chosen() -> None:
+    from tests.unit.test_autoscaling_workloads import load_bench
+
+    bench = load_bench()
+    caching = [s for s in bench.SCENARIOS if s.key in bench.CACHING]
+    assert [s.key for s in caching] == ["chat-sessions", "rag-documents"]
+    trace = chat_sessions(hours=0.1).trace(1.0, seed=1)
+    on, off, blind = (bench._comparison(trace, caching[0], cache) for cache in ("on", "off", "blind"))
+    assert on.fleet.router == Router.CACHE_AWARE
+    assert (on.fleet.prefix_cache, on.fleet.report_cached_tokens) == (True, True)
+    assert off.fleet.prefix_cache is False
+    assert (blind.fleet.prefix_cache, blind.fleet.report_cached_tokens) == (True, False)
+    # The oracle counts the hits where the fleet caches (and the blind policy's fleet still caches).
+    assert on._cache_page_size() == blind._cache_page_size() == on.fleet.performance.page_size
+    assert off._cache_page_size() == 0
