@@ -35,13 +35,13 @@ from mimo_operator.autoscaling.policy import (
     Signals,
     decide,
 )
-from mimo_operator.autoscaling.prefix_cache import segment_blocks
 from mimo_operator.autoscaling.simulator import (
     Autoscaler,
     FleetConfig,
     PolicyResult,
     request_work_seconds,
     simulate,
+    trace_blocks,
 )
 from mimo_operator.autoscaling.trace import Trace, reshape
 
@@ -228,11 +228,10 @@ def prefix_hits(trace: Trace, page_size: int) -> list[int]:
     would supply (whole pages, at least one token computed): what a clairvoyant fleet saves by caching."""
     seen: set[int] = set()
     hits: list[int] = []
-    for index, request in enumerate(trace.requests):
-        if not request.segments:
+    for request, keys in zip(trace.requests, trace_blocks(trace, page_size), strict=True):
+        if not keys:
             hits.append(0)
             continue
-        keys = segment_blocks(request.segments, request.context_tokens, page_size, str(index))
         usable = min(len(keys), (request.context_tokens - 1) // page_size)
         depth = 0
         while depth < usable and keys[depth] in seen:

@@ -95,14 +95,20 @@ def segment_blocks(
     if position < prompt_tokens:
         pieces.append(("\x00unique:" + unique, position, prompt_tokens))
 
-    def page(start: int) -> bytes:
-        end = start + page_size
-        parts = [
-            f"{name}[{max(start, lo) - lo}:{min(end, hi) - lo}]" for name, lo, hi in pieces if lo < end and hi > start
-        ]
-        return "|".join(parts).encode()
+    def pages() -> Iterable[bytes]:
+        first = 0  # pieces and pages both run in prompt order: skip the pieces behind this page once
+        for start in range(0, prompt_tokens - page_size + 1, page_size):
+            end = start + page_size
+            while pieces[first][2] <= start:
+                first += 1
+            parts = []
+            for name, lo, hi in pieces[first:]:
+                if lo >= end:
+                    break
+                parts.append(f"{name}[{max(start, lo) - lo}:{min(end, hi) - lo}]")
+            yield "|".join(parts).encode()
 
-    return _keys(page(start) for start in range(0, prompt_tokens - page_size + 1, page_size))
+    return _keys(pages())
 
 
 @dataclass(eq=False)
