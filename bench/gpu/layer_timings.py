@@ -164,6 +164,8 @@ def load_row(torch: Any) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--calibration", type=Path,
+                        help="write the measured/modelled factors here (read by perf through $MIMO_PERF_CALIBRATION)")
     args = parser.parse_args()
     try:
         import torch
@@ -192,7 +194,22 @@ def main() -> int:
     target = args.json or (Path(os.environ["OUT"]) / "layer_timings.json" if os.environ.get("OUT") else None)
     if target:
         target.write_text(json.dumps(out, indent=1))
+    calibration = args.calibration or (Path(os.environ["OUT"]) / "perf_calibration.json" if os.environ.get("OUT")
+                                       else None)
+    if calibration:
+        calibration.write_text(json.dumps(calibration_of(rows, name), indent=1))
+        print(f"calibration written to {calibration} (use it with MIMO_PERF_CALIBRATION={calibration})")
     return 0
+
+
+def calibration_of(rows: list[dict[str, Any]], device: str) -> dict[str, Any]:
+    """perf's calibration file: the median ratio measured / modelled per layer kind, phase and precision."""
+    ratios: dict[tuple[str, str, str], list[float]] = {}
+    for r in rows:
+        kind = "moe" if r["what"].startswith("moe") else r["what"]
+        ratios.setdefault((kind, r["phase"], r["precision"]), []).append(r["ratio"])
+    return {"device": device, "factors": [{"kind": k, "phase": ph, "precision": pr, "factor": statistics.median(v)}
+                                          for (k, ph, pr), v in sorted(ratios.items())]}
 
 
 if __name__ == "__main__":

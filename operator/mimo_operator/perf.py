@@ -54,16 +54,23 @@ Constants and where they come from
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import statistics
 from dataclasses import dataclass
+from pathlib import Path
 
 from mimo_operator.catalog import weights_bytes
 from mimo_operator.plan import Plan
 
 __all__ = [
     "CALIBRATION",
+    "CALIBRATION_ENV",
     "MTP_ACCEPT_LENGTH",
+    "Calibration",
     "ReplicaPerformance",
+    "load_calibration",
     "performance_of",
 ]
 
@@ -85,6 +92,45 @@ CALIBRATION: tuple[tuple[str, str, int, float], ...] = (
     ("MiMo-V2.5-Pro", "B200-180GB", 1, 101.0),
     ("MiMo-V2.5-Pro", "B200-180GB", 100, 1740.0),
 )
+
+
+CALIBRATION_ENV = "MIMO_PERF_CALIBRATION"  # path of a calibration file (bench/gpu/layer_timings.py --calibration)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Measured / modelled ratios per (layer kind, phase, precision), from bench/gpu/layer_timings.py.
+
+    Kinds are ``moe`` and ``attention``, phases ``decode`` and ``prefill``. A factor multiplies the roofline time
+    of its kind's share of a step; a missing factor is 1 (attention falls back to its BF16 factor, the only
+    precision the bench times it in).
+    """
+
+    factors: tuple[tuple[str, str, str, float], ...] = ()
+
+    def factor(self, kind: str, phase: str, precision: str) -> float:
+        found = {(k, ph, pr): f for k, ph, pr, f in self.factors}
+        return found.get((kind, phase, precision), found.get((kind, phase, "bf16"), 1.0) if kind == "attention"
+                         else 1.0)
+
+
+def load_calibration(path: str | Path) -> Calibration:
+    """A calibration file: ``{"factors": [{kind, phase, precision, factor}]}``, or layer_timings' raw JSON (its
+    rows' median ratio per kind, phase and precision)."""
+    data = json.loads(Path(path).read_text())
+    if "factors" in data:
+        return Calibration(tuple(sorted((f["kind"], f["phase"], f["precision"], float(f["factor"]))
+                                        for f in data["factors"])))
+    ratios: dict[tuple[str, str, str], list[float]] = {}
+    for row in data.get("rows", []):
+        kind = "moe" if row["what"].startswith("moe") else row["what"]  # layer_timings' "moe-shard"
+        ratios.setdefault((kind, row["phase"], row["precision"]), []).append(float(row["ratio"]))
+    return Calibration(tuple(sorted((*key, statistics.median(v)) for key, v in ratios.items())))
+
+
+def _calibration_from_env() -> Calibration:
+    path = os.environ.get(CALIBRATION_ENV)
+    return load_calibration(path) if path else Calibration()
 
 
 @dataclass(frozen=True)
@@ -122,6 +168,11 @@ class ReplicaPerformance:
     swa_bytes_per_token_per_gpu: float = 0.0
     mtp: bool = False
     mtp_layers: int = 0
+    precision: str = "fp8"
+    calibration: Calibration = Calibration()
+
+    def _f(self, kind: str, phase: str) -> float:
+        return self.calibration.factor(kind, phase, self.precision)
 
     @property
     def decode_tokens_per_step(self) -> float:
@@ -140,11 +191,12 @@ class ReplicaPerformance:
         groups = self.attention_data_parallel
         kv_read = (max(0, kv_tokens) * self.kv_bytes_per_token_per_gpu
                    + b * min(self.swa_window, self.context_length) * self.swa_bytes_per_token_per_gpu) / groups
-        read = expert_read + self.non_expert_bytes_per_gpu + kv_read
+        moe_f, attn_f = self._f("moe", "decode"), self._f("attention", "decode")
+        read = expert_read * moe_f + (self.non_expert_bytes_per_gpu + kv_read) * attn_f
         memory_time = read / (self.hbm_bytes_per_second * ETA_BANDWIDTH)
         attention_flops = 2 * self.attention_heads * self.head_dims * verify * (
             self.global_layers * max(0, kv_tokens) + self.swa_layers * b * self.swa_window)
-        flops = 2 * self.params_active * tokens + attention_flops
+        flops = 2 * self.params_active * tokens * moe_f + attention_flops * attn_f
         compute_time = flops / (self.gpus * self.flops * ETA_DECODE_COMPUTE)
         fixed = (self.layers + (self.mtp_layers if self.mtp else 0)) * STEP_LATENCY_PER_LAYER
         per_sequence = b * self.layers * SEQUENCE_COST_PER_LAYER
@@ -166,7 +218,8 @@ class ReplicaPerformance:
         cached = max(0, cached_context_tokens)
         per_token_context = self.global_layers * (cached + n / 2) + self.swa_layers * min(
             self.swa_window, cached + n / 2)
-        flops = 2 * self.params_active * n + 2 * self.attention_heads * self.head_dims * n * per_token_context
+        flops = (2 * self.params_active * n * self._f("moe", "prefill")
+                 + 2 * self.attention_heads * self.head_dims * n * per_token_context * self._f("attention", "prefill"))
         compute_time = flops / (self.gpus * self.flops * PREFILL_MFU)
         memory_time = self.weights_bytes_per_gpu / (self.hbm_bytes_per_second * ETA_BANDWIDTH)
         chunks = math.ceil(n / self.chunked_prefill_size)
@@ -194,8 +247,9 @@ class ReplicaPerformance:
         return self.moe_layers * (2 * A2A_LATENCY + per_gpu * leaving / INTERNODE_BYTES_PER_SECOND)
 
 
-def performance_of(plan: Plan) -> ReplicaPerformance:
-    """The performance model of one replica of ``plan``."""
+def performance_of(plan: Plan, calibration: Calibration | None = None) -> ReplicaPerformance:
+    """The performance model of one replica of ``plan``, calibrated by ``calibration`` or the file named by
+    ``$MIMO_PERF_CALIBRATION`` (none: the roofline as documented above)."""
     entry, gpu = plan.checkpoint, plan.gpu
     total = weights_bytes(entry, plan.precision)
     expert_bytes = total * entry.expert_params / entry.params_total
@@ -233,4 +287,6 @@ def performance_of(plan: Plan) -> ReplicaPerformance:
         swa_bytes_per_token_per_gpu=entry.swa_layers * math.ceil(entry.kv_heads_swa / attn_tp) * dims * dbytes,
         mtp=plan.mtp,
         mtp_layers=entry.mtp_layers,
+        precision=plan.precision,
+        calibration=calibration if calibration is not None else _calibration_from_env(),
     )

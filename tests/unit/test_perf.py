@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +110,26 @@ def test_nothing_running_costs_nothing() -> None:
     replica = model_of(a_deployment())
     assert replica.decode_step_seconds(0, 0) == 0.0
     assert replica.decode_tokens_per_second(0, 4096) == 0.0
+
+
+def test_a_calibration_file_changes_the_prediction_and_its_absence_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(perf.CALIBRATION_ENV, raising=False)
+    plan = plan_deployment(parse_spec(a_deployment().pro().h200().build()))
+    plain = performance_of(plan)
+    assert plain == performance_of(plan, perf.Calibration())
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps({"factors": [
+        {"kind": "moe", "phase": "decode", "precision": plan.precision, "factor": 2.0},
+        {"kind": "attention", "phase": "prefill", "precision": "bf16", "factor": 3.0}]}))
+    monkeypatch.setenv(perf.CALIBRATION_ENV, str(path))
+    calibrated = performance_of(plan)
+    assert calibrated.forward_step_seconds(64, 64 * 4096) > plain.forward_step_seconds(64, 64 * 4096)
+    assert calibrated.prefill_seconds(32768) > plain.prefill_seconds(32768)
+    # layer_timings' raw JSON works too: the median ratio of each kind, phase and precision
+    raw = tmp_path / "raw.json"
+    raw.write_text(json.dumps({"rows": [
+        {"what": "moe-shard", "phase": "decode", "precision": "fp8", "ratio": r} for r in (1.0, 4.0, 10.0)]}))
+    assert perf.load_calibration(raw).factor("moe", "decode", "fp8") == 4.0
+    assert perf.load_calibration(raw).factor("attention", "decode", "fp8") == 1.0
