@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 
-__all__ = ["DrainState", "Heads"]
+__all__ = ["DrainState", "Heads", "fabric_of"]
 
 log = logging.getLogger("mimo.operator.heads")
 
@@ -58,3 +58,29 @@ class Heads:
         return DrainState(done=state in ("drained", "timed-out"), idle=state == "idle",
                           running=body.get("running_requests"),
                           message=str(body.get("message") or state))
+
+    async def fabric(self, ip: str, port: int) -> dict[str, Any] | None:
+        """The gang's fabric check as the head's ``/status`` shows it (``fabric_of``); None when the head cannot
+        be asked or has no verdict yet."""
+        try:
+            async with self.session.get(f"http://{ip}:{port}/status", timeout=self.timeout) as resp:
+                if resp.status != 200:
+                    return None
+                body: dict[str, Any] = await resp.json()
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
+            return None
+        return fabric_of(body)
+
+
+def fabric_of(head_status: dict[str, Any]) -> dict[str, Any] | None:
+    """The deployment status' ``gangs[].fabric`` from a head's ``/status`` document."""
+    fabric = head_status.get("fabric")
+    if not isinstance(fabric, dict) or not fabric.get("verdict"):
+        return None
+    out: dict[str, Any] = {"verdict": str(fabric["verdict"]), "message": str(fabric.get("message") or ""),
+                           "backend": str(fabric.get("backend") or "")}
+    for key, field in (("bus_gbps", "allReduceGBps"), ("all_to_all_bus_gbps", "allToAllGBps"),
+                       ("expected_bus_gbps", "expectedGBps")):
+        if isinstance(fabric.get(key), int | float):
+            out[field] = round(float(fabric[key]), 2)
+    return out

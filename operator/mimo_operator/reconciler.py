@@ -115,6 +115,8 @@ class Memory:
     # The highest attempt this process used per slot: should a status write fail after a gang was created,
     # the next reconcile still never hands out that name again.
     attempts: dict[int, int] = field(default_factory=dict)
+    # Each gang's fabric check as its head reported it once the gang was Ready (read once per gang).
+    fabric: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def forget_status(self) -> None:
         self.latest = None
@@ -266,11 +268,12 @@ class Reconciler:
                 waiting=[*outcome.waiting, Gates(refused=refusal_text(refused)).blocking() or ""])
         await self._collect_orphans(ctx, gangs, memory, now)
 
+        fabric = await self._fabric(gangs, outcome, ctx.ports.worker_http, old_status, memory, result)
         endpoint = router_url(ctx) if spec.router.enabled else None
         status = running_status(old=old_status, name=name, generation=generation, replicas=desired.replicas,
                                 plan=plan, revision=revision, gangs=gangs, outcome=outcome, endpoint=endpoint,
                                 autoscaling=autoscaling, weights=shown, operator_upgrade=upgrade.condition(),
-                                refused=refused)
+                                refused=refused, fabric=fabric)
         await self._write_status(namespace, name, old_status, status, memory)
         for g in gangs:
             state = outcome.health[g.name].state.value
@@ -280,6 +283,31 @@ class Reconciler:
         if outcome.deferred:
             result.requeue_after = 0.0  # the bound on creations left work: the next reconcile does it now
         return result
+
+    async def _fabric(self, gangs: list[ObservedGang], outcome: Outcome, port: int, old_status: Mapping[str, Any],
+                      memory: Memory, result: ReconcileResult) -> dict[str, dict[str, Any]]:
+        """Each gang's fabric check: what status already shows, and for a gang that turned Ready since, its
+        head's figures, read once (one Event per gang; a head that cannot say is asked again next time)."""
+        live = {g.name for g in gangs}
+        for shown in old_status.get("gangs") or []:
+            if shown.get("fabric") and shown.get("name") in live:
+                memory.fabric.setdefault(shown["name"], dict(shown["fabric"]))
+        for g in gangs:
+            if (g.name in memory.fabric or g.head is None or not g.head.ip
+                    or outcome.health[g.name].state is not GangHealth.READY):
+                continue
+            got = await self.heads.fabric(g.head.ip, port)
+            if got is None:
+                continue
+            memory.fabric[g.name] = got
+            figures = ", ".join(f"{k} {got[k]} GB/s" for k in ("allReduceGBps", "allToAllGBps", "expectedGBps")
+                                if k in got)
+            result.events.append(Event("Warning" if got["verdict"] == "fail" else "Normal", "FabricChecked",
+                                       f"gang {g.name}: fabric {got['verdict']}"
+                                       + (f" ({figures})" if figures else "") + f": {got['message']}"))
+        for gone in set(memory.fabric) - live:
+            del memory.fabric[gone]
+        return {n: f for n, f in memory.fabric.items() if n in live}
 
     async def _autoscale(self, ctx: BuildContext, gangs: list[ObservedGang], outcome: Outcome, memory: Memory,
                          now: float, result: ReconcileResult, old_status: Mapping[str, Any]) -> dict[str, Any]:

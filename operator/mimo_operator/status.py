@@ -187,8 +187,10 @@ def running_status(*, old: Mapping[str, Any], name: str, generation: int, replic
                    revision: str, gangs: Sequence[ObservedGang], outcome: Outcome, endpoint: str | None,
                    autoscaling: Mapping[str, Any] | None = None, weights: WeightsState | None = None,
                    operator_upgrade: Mapping[str, str] | None = None,
-                   refused: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                   refused: Mapping[str, Any] | None = None,
+                   fabric: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     health = outcome.health
+    fabric = fabric or {}
     in_range = [g for g in gangs if g.replica in outcome.slots]
     ready = [g for g in in_range if health[g.name].state is GangHealth.READY]
     current = [g for g in in_range if g.revision == revision]
@@ -259,6 +261,7 @@ def running_status(*, old: Mapping[str, Any], name: str, generation: int, replic
                 "pods": len(g.pods), "readyPods": sum(1 for p in g.pods if p.ready),
                 "podNames": [p.name for p in g.pods], "nodes": g.nodes,
                 "leader": g.head.name if g.head else "",
+                **({"fabric": dict(fabric[g.name])} if g.name in fabric else {}),
             }
             for g in sorted(gangs, key=lambda g: (g.replica, g.name))
         ],

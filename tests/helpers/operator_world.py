@@ -61,10 +61,16 @@ class FakeHeads:
         self.clock = clock
         self.drain_seconds = drain_seconds
         self.asked: dict[str, float] = {}
+        self.fabric_reports: dict[str, dict[str, Any]] = {}  # head IP → heads.fabric_of(its /status)
+        self.fabric_asked: list[str] = []
 
     async def start_drain(self, ip: str, port: int, seconds: float | None = None) -> bool:
         self.asked.setdefault(ip, self.clock())
         return True
+
+    async def fabric(self, ip: str, port: int) -> dict[str, Any] | None:
+        self.fabric_asked.append(ip)
+        return self.fabric_reports.get(ip)
 
     async def drain_state(self, ip: str, port: int) -> DrainState | None:
         if ip not in self.asked:
