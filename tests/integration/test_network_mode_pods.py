@@ -45,10 +45,11 @@ def test_each_network_modes_pod_is_admitted_with_what_its_mode_needs(cluster: Lo
         stored[mode] = cluster.kubectl_json("get", "pod", f"{mode}-0", "-n", namespace)
 
     def engine(mode: str) -> dict[str, Any]:
-        return stored[mode]["spec"]["containers"][0]
+        container: dict[str, Any] = stored[mode]["spec"]["containers"][0]
+        return container
 
     def caps(mode: str) -> list[str]:
-        return engine(mode)["securityContext"]["capabilities"]["add"]
+        return list(engine(mode)["securityContext"]["capabilities"]["add"])
 
     privileged = stored["hostnetwork-privileged"]
     assert privileged["spec"]["hostNetwork"] is True
