@@ -369,7 +369,8 @@ def test_the_public_surface_is_pinned() -> None:
                                "node_nic_gbps", "plan_deployment"]
     assert plan.__all__ == ["CACHE_MOUNT_PATH", "HEAD_ADDRESS_PLACEHOLDER", "SGLANG_PROGRAM", "SIMULATED_PROGRAM",
                             "Decision", "GpuMemorySplit", "KvCachePlan", "Plan", "StartupEstimate"]
-    assert perf.__all__ == ["CALIBRATION", "MTP_ACCEPT_LENGTH", "ReplicaPerformance", "performance_of"]
+    assert perf.__all__ == ["CALIBRATION", "CALIBRATION_ENV", "MTP_ACCEPT_LENGTH", "Calibration", "ReplicaPerformance",
+                            "load_calibration", "performance_of"]
     assert {"parse_spec", "DeploymentSpec", "parse_quantity"} <= set(spec.__all__)
     assert {"CHECKPOINTS", "GPU_TYPES", "checkpoint", "gpu_type", "weights_bytes"} <= set(catalog.__all__)
 
