@@ -7,7 +7,7 @@ the expected latencies can be worked out by hand.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace
 
 import pytest
 
@@ -17,42 +17,18 @@ from mimo_operator.autoscaling.baselines import StaticPeak, demand_per_bin, pref
 from mimo_operator.autoscaling.simulator import FleetConfig, Router, Tick, _Engine
 from mimo_operator.autoscaling.trace import Request, Trace
 from mimo_operator.autoscaling.workloads import chat_sessions, rag_documents
+from tests.unit.test_autoscaling_simulator import RoundReplica
+from tests.unit.test_autoscaling_simulator import fleet as round_fleet
 
 PAGE = 64
 
 
-@dataclass(frozen=True)
-class PagedReplica:
-    gpus: int = 16
-    max_total_num_tokens: int = 100_000
-    swa_max_tokens: int = 1_000_000
-    swa_window: int = 128
-    max_running_requests: int = 64
-    context_length: int = 32_768
-    chunked_prefill_size: int = 16_384
-    page_size: int = PAGE
-
-    def prefill_seconds(self, new_tokens: int, cached_context_tokens: int = 0) -> float:
-        return 0.01 + new_tokens / 40_000
-
-    def decode_step_seconds(self, batch_size: int, kv_tokens: int) -> float:
-        return 0.02
-
-    def decode_tokens_per_second(self, concurrency: int, context_tokens: int) -> float:
-        return concurrency / 0.02
+# The simulator tests' round-numbered replica, with whole 64-token pages and a larger prefill chunk.
+PAGED = replace(RoundReplica(), chunked_prefill_size=16_384, page_size=PAGE)
 
 
 def fleet(replicas: int = 1, **overrides: object) -> FleetConfig:
-    values: dict[str, object] = {
-        "performance": PagedReplica(),
-        "startup_seconds": 60.0,
-        "ttft_slo_seconds": 1.0,
-        "itl_slo_seconds": 0.05,
-        "initial_replicas": replicas,
-        "decision_interval_seconds": 15.0,
-    }
-    values.update(overrides)
-    return FleetConfig(**values)  # type: ignore[arg-type]
+    return round_fleet(**{"performance": PAGED, "initial_replicas": replicas, **overrides})
 
 
 def asking(at: float, system: str, question: str, system_tokens: int = 100 * PAGE, own: int = PAGE) -> Request:
@@ -107,7 +83,7 @@ def test_a_policy_blind_to_caching_is_not_shown_the_counter_while_the_cache_stil
 def test_an_unused_cached_prefix_is_evicted_when_admission_needs_the_room_and_no_more() -> None:
     # A pool of 150 pages holds the first prompt's 101 cached pages; the second prompt needs 101 pages and
     # a token: 53 of the first prompt's pages go (its last ones: a leaf goes first), 48 stay for the third.
-    config = fleet(performance=PagedReplica(max_total_num_tokens=150 * PAGE))
+    config = fleet(performance=replace(PAGED, max_total_num_tokens=150 * PAGE))
     engine = run(config, asking(1.0, "a", "q1"), asking(10.0, "b", "q2"), asking(20.0, "a", "q3"))
     assert not any(engine.failed)
     assert engine.cached == [0, 0, 48 * PAGE]
