@@ -31,8 +31,7 @@ SA = "mimo-operator"
 
 def install_rbac(cluster: LocalCluster) -> str:
     """The operator's ServiceAccount bound to a ClusterRole with the chart's rules; returns a token."""
-    cluster.kubectl("apply", "-f", str(CRD))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/mimodeployments.serving.mimo-operator.io")
+    cluster.apply_crd(CRD)
     manifests = [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NS}},
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": SA, "namespace": OPERATOR_NS}},

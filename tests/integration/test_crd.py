@@ -44,8 +44,7 @@ def python_refusal(obj: Any) -> SpecError | None:
 
 @pytest.fixture(scope="module")
 def crd(cluster: Any) -> Any:
-    cluster.kubectl("apply", "-f", str(CRD_PATH))
-    cluster.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s")
+    cluster.apply_crd(CRD_PATH)
     return cluster
 
 

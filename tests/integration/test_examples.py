@@ -138,8 +138,7 @@ def test_the_examples_are_valid_for_kubeconform_against_the_crd_schema(tmp_path:
 @pytest.mark.cluster
 def test_the_apiserver_accepts_every_example_and_applies_the_crd_defaults(
         cluster: LocalCluster, namespace: str) -> None:
-    cluster.kubectl("apply", "--server-side", "-f", str(CRD))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/mimodeployments.serving.mimo-operator.io")
+    cluster.apply_crd(CRD, server_side=True)
     for name in FILES:
         result = cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / name), check=False)
         assert result.returncode == 0, f"{name}: {result.stderr}"

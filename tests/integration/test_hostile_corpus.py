@@ -31,8 +31,7 @@ _REFUSED = re.compile(r'MiMoDeployment\.serving\.mimo-operator\.io "([^"]*)" is 
 @pytest.fixture(scope="module")
 def created(cluster: LocalCluster) -> Iterator[tuple[str, dict[str, str], set[str]]]:
     """Every case sent in one `kubectl create` of a List: (namespace, refusals by name, names stored)."""
-    cluster.kubectl("apply", "-f", str(CRD_PATH))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/mimodeployments.serving.mimo-operator.io")
+    cluster.apply_crd(CRD_PATH)
     ns = f"hostile-{uuid.uuid4().hex[:6]}"
     cluster.kubectl("create", "namespace", ns)
     items = [c.manifest for c in CASES]

@@ -189,3 +189,21 @@ class LocalCluster:
 
     def kubectl_json(self, *args: str) -> Any:
         return json.loads(self.kubectl(*args, "-o", "json").stdout)
+
+    def apply_crd(self, path: Path, *, server_side: bool = False, timeout: float = 60.0) -> str:
+        """Apply a CustomResourceDefinition and wait until the apiserver serves it; returns its name.
+
+        Polls the CRD's `Established` condition rather than `kubectl wait`, which fails outright
+        when it reads the object before the apiserver has written any condition at all."""
+        applied = self.kubectl("apply", *(["--server-side"] if server_side else []), "-f", str(path),
+                               "-o", "jsonpath={.metadata.name}")
+        name = applied.stdout.strip()
+        deadline = time.monotonic() + timeout
+        while True:
+            crd = self.kubectl_json("get", f"crd/{name}")
+            conditions = (crd.get("status") or {}).get("conditions") or []
+            if any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions):
+                return name
+            if time.monotonic() > deadline:
+                raise ClusterError(f"CRD {name} not Established after {timeout:.0f} s: {conditions}")
+            time.sleep(0.2)

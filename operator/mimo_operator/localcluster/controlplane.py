@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import ssl
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -188,12 +189,22 @@ class ControlPlane:
         """scheduler-plugins' scheduler as a second scheduler, with only its coscheduling profile. Its
         PodGroup CRD goes in first: the plugin's informer waits for the API it watches."""
         kubectl = str(binaries.binary("kubectl"))
-        for args in (["apply", "-f", str(binaries.podgroup_crd())],
-                     ["wait", "--for=condition=Established", "--timeout=60s", "crd/podgroups.scheduling.x-k8s.io"]):
+
+        def kubectl_ok(*args: str) -> str:
             done = subprocess.run([kubectl, f"--kubeconfig={self.kubeconfig}", *args], capture_output=True,
                                   text=True, timeout=90)
             if done.returncode != 0:
                 raise ComponentFailed(f"installing scheduler-plugins' PodGroup CRD: {done.stderr.strip()}")
+            return done.stdout.strip()
+
+        kubectl_ok("apply", "-f", str(binaries.podgroup_crd()))
+        # Polled, not `kubectl wait`: that fails when it reads the CRD before any condition is written.
+        established = 'jsonpath={.status.conditions[?(@.type=="Established")].status}'
+        deadline = time.monotonic() + 60
+        while kubectl_ok("get", "crd/podgroups.scheduling.x-k8s.io", "-o", established) != "True":
+            if time.monotonic() > deadline:
+                raise ComponentFailed("scheduler-plugins' PodGroup CRD not Established after 60 s")
+            time.sleep(0.2)
         config = self.dir / "gang-scheduler.yaml"
         config.write_text(yaml.safe_dump({
             "apiVersion": "kubescheduler.config.k8s.io/v1",
