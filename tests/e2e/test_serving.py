@@ -134,12 +134,16 @@ class Load:
 
 def wait_spec_replicas(cluster: LocalCluster, namespace: str, name: str, replicas: int,
                        timeout: float) -> dict[str, Any]:
+    """The deployment once the autoscaler has set ``replicas`` and said why in status."""
     last: dict[str, Any] = {}
 
     def check() -> dict[str, Any] | None:
         nonlocal last
         last = get(cluster, "mimodeployment", namespace, name) or {}
-        return last if last.get("spec", {}).get("replicas") == replicas else None
+        # spec.replicas is written through /scale mid-reconcile and the decision with the reconcile's status
+        # write at its end: both, or a read between them finds the count without its reason.
+        decision = last.get("status", {}).get("lastScaleDecision") or {}
+        return last if last.get("spec", {}).get("replicas") == replicas and decision.get("to") == replicas else None
 
     try:
         result: dict[str, Any] = wait_for(check, timeout, what=f"the autoscaler to set {replicas} replicas")
