@@ -1,6 +1,7 @@
 """What the policy is shown: scrapes turned into an `Observation`, the same way in the operator and the simulator.
 
-* `parse_sglang_metrics` reads one SGLang ``/metrics`` exposition into a `Scrape`; `combine` merges the
+* `parse_sglang_metrics` reads one SGLang ``/metrics`` exposition into a `Scrape` (with the TTFT histogram, and
+  the per-request time-per-output-token histogram a decode pool's ITL is read from); `combine` merges the
   scrapes of every pod of a gang that hosts an attention-DP group's scheduler (with DP attention over
   several nodes each node's schedulers export their own groups: queues and running requests add up,
   token usage is the fullest group's, counters and the TTFT histogram come from the tokenizer on node 0
@@ -31,6 +32,7 @@ from mimo_operator.autoscaling.policy import Decision, Gang, GangPhase, MetricSa
 
 __all__ = [
     "ROUTER_NO_WORKER_ERROR",
+    "TPOT_BUCKETS",
     "TTFT_BUCKETS",
     "Buckets",
     "GangState",
@@ -52,15 +54,21 @@ TTFT_BUCKETS: tuple[float, ...] = (0.1, 0.2, 0.4, 0.6, 0.8, 1, 2, 4, 6, 8, 10, 2
 # in smg_http_responses_total{error_code=...}. It does not queue them: clients retry.
 ROUTER_NO_WORKER_ERROR = "no_available_workers"
 
+# SGLang's default buckets of sglang:request_time_per_output_token_seconds (per finished request, (finish − first
+# token) / (tokens − 1): the mean ITL the fleet's attainment is measured on) and of its inter-token latency.
+TPOT_BUCKETS: tuple[float, ...] = (0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.025, 0.03, 0.035, 0.04, 0.06,
+                                   0.08, 0.1, 0.2, 0.4, 0.6, 0.8, 1, 2, 4, 6, 8)
+
 Buckets = tuple[tuple[float, float], ...]  # cumulative (upper bound, count), ascending, +Inf last
 
 
 @dataclass(frozen=True)
 class Scrape:
-    """One gang's metrics at one moment: a sample (without its TTFT p95) and the cumulative TTFT histogram."""
+    """One gang's metrics at one moment: a sample (without its p95s) and the cumulative TTFT and TPOT histograms."""
 
     sample: MetricSample
     ttft_buckets: Buckets = ()
+    tpot_buckets: Buckets = ()
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,7 @@ def parse_sglang_metrics(text: str, at: float) -> Scrape:
     gauges: dict[str, list[float]] = {}
     counters: dict[str, float] = {}
     buckets: dict[float, float] = {}
+    tpot: dict[float, float] = {}
     for family in text_string_to_metric_families(text):
         for point in family.samples:
             name = point.name
@@ -84,6 +93,10 @@ def parse_sglang_metrics(text: str, at: float) -> Scrape:
                 le = point.labels.get("le", "+Inf")
                 bound = math.inf if le == "+Inf" else float(le)
                 buckets[bound] = buckets.get(bound, 0.0) + point.value
+            elif name.startswith("sglang:request_time_per_output_token_seconds_bucket"):
+                le = point.labels.get("le", "+Inf")
+                bound = math.inf if le == "+Inf" else float(le)
+                tpot[bound] = tpot.get(bound, 0.0) + point.value
             elif name.endswith("_total"):
                 counters[name] = counters.get(name, 0.0) + point.value
             else:
@@ -106,7 +119,7 @@ def parse_sglang_metrics(text: str, at: float) -> Scrape:
         requests_total=counters.get("sglang:num_requests_total"),
         cached_tokens_total=counters.get("sglang:cached_tokens_total"),
     )
-    return Scrape(sample, tuple(sorted(buckets.items())))
+    return Scrape(sample, tuple(sorted(buckets.items())), tuple(sorted(tpot.items())))
 
 
 def combine(scrapes: Sequence[Scrape]) -> Scrape:
@@ -131,10 +144,13 @@ def combine(scrapes: Sequence[Scrape]) -> Scrape:
         cached_tokens_total=total(s.cached_tokens_total for s in samples),
     )
     merged: dict[float, float] = {}
+    tpot: dict[float, float] = {}
     for s in scrapes:
         for le, count in s.ttft_buckets:
             merged[le] = merged.get(le, 0.0) + count
-    return Scrape(sample, tuple(sorted(merged.items())))
+        for le, count in s.tpot_buckets:
+            tpot[le] = tpot.get(le, 0.0) + count
+    return Scrape(sample, tuple(sorted(merged.items())), tuple(sorted(tpot.items())))
 
 
 def dp_leader_ranks(
@@ -162,21 +178,22 @@ def parse_router_metrics(text: str) -> RouterScrape:
     return RouterScrape(refused, connections)
 
 
-def histogram_of(values: Iterable[float], into: Buckets = ()) -> Buckets:
-    """`into` (cumulative TTFT buckets, possibly empty) with `values` observed: SGLang's histogram."""
-    counts = [0.0] * (len(TTFT_BUCKETS) + 1)
+def histogram_of(values: Iterable[float], into: Buckets = (), bounds: Sequence[float] = TTFT_BUCKETS) -> Buckets:
+    """`into` (cumulative buckets at `bounds`, possibly empty) with `values` observed: SGLang's histogram."""
+    finite = tuple(bounds)
+    counts = [0.0] * (len(finite) + 1)
     for le, count in into:
-        index = len(TTFT_BUCKETS) if math.isinf(le) else TTFT_BUCKETS.index(le)
+        index = len(finite) if math.isinf(le) else finite.index(le)
         counts[index] = count
-    bounds = (*TTFT_BUCKETS, math.inf)
+    every = (*finite, math.inf)
     for value in values:
-        for index in range(bisect.bisect_left(TTFT_BUCKETS, value), len(bounds)):
+        for index in range(bisect.bisect_left(finite, value), len(every)):
             counts[index] += 1
-    return tuple(zip(bounds, counts, strict=True))
+    return tuple(zip(every, counts, strict=True))
 
 
 def p95_between(before: Buckets | None, after: Buckets) -> float | None:
-    """The 95th percentile of TTFT over the requests seen between two scrapes (its bucket's upper bound)."""
+    """The 95th percentile (TTFT or TPOT) over the requests seen between two scrapes (its bucket's upper bound)."""
     if not after:
         return None
     prev = dict(before or ())
@@ -223,6 +240,7 @@ class ScaleMemory:
     history_seconds: float
     samples: dict[str, deque[MetricSample]] = field(default_factory=dict)
     ttft_buckets: dict[str, Buckets] = field(default_factory=dict)
+    tpot_buckets: dict[str, Buckets] = field(default_factory=dict)
     # When this loop first saw a gang serve, for gangs it saw starting: their counters start at zero there.
     serving_since: dict[str, float] = field(default_factory=dict)
     seen_starting: set[str] = field(default_factory=set)
@@ -233,10 +251,15 @@ class ScaleMemory:
     demand_history: tuple[tuple[float, float], ...] = ()
 
     def record(self, gang: str, scrape: Scrape) -> None:
-        """One gang's scrape; its TTFT p95 is that of the requests since the gang's previous scrape."""
+        """One gang's scrape; its TTFT (and TPOT) p95 is that of the requests since the gang's previous scrape."""
         p95 = p95_between(self.ttft_buckets.get(gang), scrape.ttft_buckets)
         self.ttft_buckets[gang] = scrape.ttft_buckets
-        self.samples.setdefault(gang, deque()).append(replace(scrape.sample, ttft_p95_seconds=p95))
+        sample = replace(scrape.sample, ttft_p95_seconds=p95)
+        if scrape.tpot_buckets:
+            tpot = p95_between(self.tpot_buckets.get(gang), scrape.tpot_buckets)
+            self.tpot_buckets[gang] = scrape.tpot_buckets
+            sample = replace(sample, tpot_p95_seconds=tpot)
+        self.samples.setdefault(gang, deque()).append(sample)
 
     def pending(self, routers: Sequence[RouterScrape] | None) -> int | None:
         """Requests the routers turned away for want of a gang since the previous scrape; None when unknown
@@ -271,6 +294,7 @@ class ScaleMemory:
             if not history:
                 del self.samples[name]
                 self.ttft_buckets.pop(name, None)
+                self.tpot_buckets.pop(name, None)
         live = {g.name for g in gangs}
         for name in list(self.serving_since):
             if name not in live:

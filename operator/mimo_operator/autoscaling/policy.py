@@ -102,6 +102,8 @@ class MetricSample:
     requests_total: float | None = None  # sglang:num_requests_total (finished requests)
     # sglang:cached_tokens_total: prompt tokens the prefix cache supplied; they cost no prefill
     cached_tokens_total: float | None = None
+    # From sglang:request_time_per_output_token_seconds, since the last scrape: a decode pool's ITL.
+    tpot_p95_seconds: float | None = None
 
 
 @dataclass(frozen=True)

@@ -238,6 +238,8 @@ class _Replica:
         "since",
         "start_sum",
         "step",
+        "tpot_buckets",
+        "tpots",
         "tree_running",
         "tree_tokens",
         "ttft_buckets",
@@ -272,6 +274,8 @@ class _Replica:
         self.finished_total = 0
         self.ttfts: list[float] = []
         self.ttft_buckets: Buckets = ()
+        self.tpots: list[float] = []  # per finished request: (finish − first token) / (tokens − 1)
+        self.tpot_buckets: Buckets = ()
         self.index = 0
         self.cache: RadixCache | None = None
         self.cached_total = 0  # sglang:cached_tokens_total (of finished requests, as prompt_total)
@@ -284,6 +288,17 @@ class _Replica:
 
     def empty(self) -> bool:
         return not self.waiting and not self.chunks and not self.decode_heap and self.partial < 0
+
+
+@dataclass
+class _Seen:
+    """What one scrape of the fleet saw: the input of a decision."""
+
+    router_refused_total: float
+    ttfts: list[float] = field(default_factory=list)  # first tokens since the previous tick, fleet-wide
+    scrapes: dict[str, Scrape] = field(default_factory=dict)
+    gangs: tuple[GangState, ...] = ()
+    observation: Observation = field(default_factory=lambda: Observation(0.0, (), {}))
 
 
 # Event kinds, ordered so that at equal times engine events come before the autoscaler tick.
@@ -318,6 +333,9 @@ def simulate(
 
 
 class _Engine:
+    # Gang names are "<prefix>-<serial>": a PD fleet's two pools name theirs apart.
+    gang_prefix = "gang"
+
     def __init__(
         self, trace: Trace, fleet: FleetConfig, autoscaler: Autoscaler, on_tick: Callable[[Tick], None] | None = None
     ) -> None:
@@ -381,7 +399,7 @@ class _Engine:
         heapq.heappush(self.events, (at, kind, self.seq, payload))
 
     def _new_replica(self, now: float, phase: GangPhase) -> _Replica:
-        name = f"gang-{self.next_name}"
+        name = f"{self.gang_prefix}-{self.next_name}"
         self.next_name += 1
         ready_at = now if phase is GangPhase.READY else now + self.fleet.startup_seconds
         replica = _Replica(name, now, ready_at, phase)
@@ -417,22 +435,33 @@ class _Engine:
                         self._kick(replica, now)
                 continue
             at, kind, _, payload = heapq.heappop(events)
-            if kind == _DECODE:
-                replica, epoch = cast(tuple[_Replica, int], payload)
-                if replica.epoch == epoch:
-                    self._kick(replica, at)
-            elif kind == _PREFILL_DONE:
-                self._prefill_done(cast(_Replica, payload), at)
-            elif kind == _TICK:
+            if kind == _TICK:
                 self._tick(at)
-                busy = any(not r.empty() for r in self.replicas if r.ended is None) or self.pending
-                if i < n or at < self.horizon or busy:
+                if i < n or at < self.horizon or self.busy():
                     self._push(at + self.fleet.decision_interval_seconds, _TICK, None)
-            elif kind == _GANG_READY:
-                self._gang_ready(cast(_Replica, payload), at)
-            elif kind == _DRAIN_DEADLINE:
-                self._drain_deadline(cast(_Replica, payload), at)
-        end = max(self.horizon, max((t for t in self.finish if not math.isnan(t)), default=0.0))
+            else:
+                self._handle(kind, payload, at)
+        self._close(max(self.horizon, max((t for t in self.finish if not math.isnan(t)), default=0.0)))
+
+    def _handle(self, kind: int, payload: object, at: float) -> None:
+        """One engine event (everything but the autoscaler's tick)."""
+        if kind == _DECODE:
+            replica, epoch = cast(tuple[_Replica, int], payload)
+            if replica.epoch == epoch:
+                self._kick(replica, at)
+        elif kind == _PREFILL_DONE:
+            self._prefill_done(cast(_Replica, payload), at)
+        elif kind == _GANG_READY:
+            self._gang_ready(cast(_Replica, payload), at)
+        elif kind == _DRAIN_DEADLINE:
+            self._drain_deadline(cast(_Replica, payload), at)
+
+    def busy(self) -> bool:
+        """Whether a live gang holds requests or requests wait at the router."""
+        return any(not r.empty() for r in self.replicas if r.ended is None) or bool(self.pending)
+
+    def _close(self, end: float) -> None:
+        """The run is over: gangs still up stop counting at `end`."""
         for replica in self.replicas:
             if replica.ended is None:
                 replica.ended = end
@@ -749,23 +778,33 @@ class _Engine:
         return Scrape(sample, replica.ttft_buckets)
 
     def _tick(self, now: float) -> None:
-        fleet_ttfts: list[float] = []
-        scrapes: dict[str, Scrape] = {}
+        seen = self._observe(now, float(self.refused_total))
+        tick = self._carry_out(seen, self.autoscaler.decide(seen.observation), now)
+        if self.on_tick is not None:
+            self.on_tick(tick)
+
+    def _observe(self, now: float, router_refused_total: float) -> _Seen:
+        """Scrape every ready gang into the memory and build the observation, as the operator's loop does."""
+        seen = _Seen(router_refused_total)
         for replica in self.serving:
-            fleet_ttfts.extend(replica.ttfts)
-            scrapes[replica.name] = scrape = self._scrape(replica, now)
+            seen.ttfts.extend(replica.ttfts)
+            seen.scrapes[replica.name] = scrape = self._scrape(replica, now)
             self.memory.record(replica.name, scrape)
-        gangs = self._gang_states()
-        observation: Observation = self.memory.observe(
-            now, gangs, self.memory.pending([RouterScrape(float(self.refused_total))])
+        seen.gangs = self._gang_states()
+        seen.observation = self.memory.observe(
+            now, seen.gangs, self.memory.pending([RouterScrape(router_refused_total)])
         )
-        decision = self.autoscaler.decide(observation)
+        return seen
+
+    def _carry_out(self, seen: _Seen, decision: Decision, now: float) -> Tick:
+        """Carry out a decision on what `_observe` saw, and record the interval in the timeline."""
         self.memory.decided(decision, now)
+        gangs = seen.gangs
         current = sum(1 for g in gangs if g.phase is not GangPhase.DRAINING)
         index = {r.name: r.index for r in self.replicas if r.ended is None}
         removed = self._apply(decision, now)
-        if self.on_tick is not None:
-            self.on_tick(Tick(now, gangs, scrapes, float(self.refused_total), index, decision, current, removed))
+        tick = Tick(now, gangs, seen.scrapes, seen.router_refused_total, index, decision, current, removed)
+        fleet_ttfts = seen.ttfts
         interval = max(now - self.last_tick, _EPS)
         ready = sum(1 for r in self.replicas if r.ended is None and r.phase is GangPhase.READY)
         starting = sum(1 for r in self.replicas if r.ended is None and r.phase is GangPhase.STARTING)
@@ -785,6 +824,7 @@ class _Engine:
         self.last_tick = now
         self.arrived_since_tick = 0
         self.prompt_since_tick = 0
+        return tick
 
     def _gang_states(self) -> tuple[GangState, ...]:
         live = [r for r in self.replicas if r.ended is None]

@@ -11,6 +11,14 @@ The trace is reshaped to a fleet's scale: ``--speedup`` compresses time, and ``-
 shifted copies (``--copy-offset`` apart). Without ``--copies``, as many copies as make the load's peak
 need ``--peak-replicas`` gangs.
 
+A manifest with ``spec.disaggregation`` runs a prefill/decode fleet instead: a prefill pool and a decode pool of
+gangs, each of its side's plan (``planner_pd``), each request prefilled on one, its KV moved in the planner's
+transfer time, decoded on the other (``autoscaling.pd_simulator``). ``mimo-pd`` sizes each pool on its own
+signals (``autoscaling.pools.decide_pools``, what the operator runs); ``static-pd`` holds the colocated
+oracle's peak in gangs, split between the pools by the trace's prefill and decode work. ``--compare-colocated``
+adds the same deployment without ``spec.disaggregation`` on the same GPUs (gangs of the same size, min and max
+replicas the pools' sums): ours (``mimo``), ``static-peak`` and the ``oracle``.
+
 Exit codes: 0 done; 1 the spec is invalid or its plan refused; 2 unreadable input or bad arguments.
 """
 
@@ -20,27 +28,34 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from mimo_operator.autoscaling.baselines import POLICY_NAMES, Comparison, copies_for_peak
 from mimo_operator.autoscaling.config import SCRAPE_INTERVAL_SECONDS, history_seconds, policy_config
+from mimo_operator.autoscaling.pd_simulator import PoolsFleet, PoolsResult, StaticPools, simulate_pools
+from mimo_operator.autoscaling.pools import DECODE, PREFILL, PoolsConfig, PoolsPolicy, pool_configs
 from mimo_operator.autoscaling.simulator import FleetConfig, PolicyResult, Router
 from mimo_operator.autoscaling.trace import Trace, TraceError, load_trace, reshape
 from mimo_operator.errors import SpecError
 from mimo_operator.perf import performance_of
 from mimo_operator.plan import Plan
 from mimo_operator.planner import plan_deployment
+from mimo_operator.planner_pd import DisaggregatedPlan, kv_transfer, plan_disaggregated
 from mimo_operator.spec import DeploymentSpec, parse_spec
 
 __all__ = [
     "DEFAULT_ITL_SLO_SECONDS",
     "DEFAULT_MANIFEST",
     "DEFAULT_TTFT_SLO_SECONDS",
+    "PD_POLICY_NAMES",
+    "PoolsComparison",
     "Setup",
+    "colocated_manifest",
     "comparison_for",
+    "pools_comparison_for",
     "register",
     "render_table",
     "run",
@@ -72,6 +87,8 @@ DEFAULT_MANIFEST: Mapping[str, Any] = {
 DEFAULT_TTFT_SLO_SECONDS = 2.0
 # At least 10 tokens/s per request (measured only: the policy's decode budget is the operator's).
 DEFAULT_ITL_SLO_SECONDS = 0.1
+# The autoscalers of a PD fleet: ours per pool, and a fixed split at the colocated oracle's peak.
+PD_POLICY_NAMES = ("mimo-pd", "static-pd")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -125,6 +142,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--hpa-target", type=float, help="its target (default: the manifest's KV target)")
     parser.add_argument("--keda-queue-target", type=float, help="queued requests per gang (default: the manifest's)")
+    parser.add_argument(
+        "--compare-colocated",
+        action="store_true",
+        help="with a PD manifest: also run the same deployment colocated on the same GPUs (mimo, static-peak, oracle)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -248,11 +270,7 @@ def comparison_for(
 
 
 def run(args: argparse.Namespace) -> int:
-    names = list(POLICY_NAMES) if args.policy == "all" else [n.strip() for n in args.policy.split(",") if n.strip()]
-    unknown = [n for n in names if n not in POLICY_NAMES]
     problems = []
-    if unknown:
-        problems.append(f"unknown policy {', '.join(unknown)} (choose from {', '.join(POLICY_NAMES)}, or all)")
     for flag in ("speedup", "ttft_slo", "itl_slo", "decision_interval"):
         value = getattr(args, flag)
         if value is not None and not (value > 0 and math.isfinite(value)):
@@ -263,16 +281,31 @@ def run(args: argparse.Namespace) -> int:
         problems.append("--peak-replicas must be at least 1")
     if args.startup_seconds is not None and args.startup_seconds < 0:
         problems.append("--startup-seconds must not be negative")
+    try:
+        manifest = DEFAULT_MANIFEST if args.filename is None else _load_manifest(args.filename)
+    except (OSError, ValueError) as error:
+        print(f"mimoctl simulate autoscaling: {error}", file=sys.stderr)
+        return 2
+    pd = _is_pd(manifest)
+    known = PD_POLICY_NAMES if pd else POLICY_NAMES
+    names = list(known) if args.policy == "all" else [n.strip() for n in args.policy.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        problems.append(f"unknown policy {', '.join(unknown)} (choose from {', '.join(known)}, or all"
+                        + (" for a PD manifest)" if pd else ")"))
+    if args.compare_colocated and not pd:
+        problems.append("--compare-colocated needs a manifest with spec.disaggregation (-f)")
     if problems:
         for problem in problems:
             print(f"mimoctl simulate autoscaling: {problem}", file=sys.stderr)
         return 2
     try:
         base = load_trace(args.trace)
-        manifest = DEFAULT_MANIFEST if args.filename is None else _load_manifest(args.filename)
     except (OSError, ValueError, TraceError) as error:
         print(f"mimoctl simulate autoscaling: {error}", file=sys.stderr)
         return 2
+    if pd:
+        return _run_pools(args, base, manifest, names)
     try:
         setup = _setup(args, base, manifest)
     except SpecError as error:
@@ -344,6 +377,230 @@ def _setup(args: argparse.Namespace, base: Trace, manifest: Mapping[str, Any]) -
     trace = reshape(base, speedup=args.speedup, copies=copies, copy_offset_seconds=args.copy_offset)
     plan, spec, comparison = build(trace)
     return Setup(plan, spec, trace, comparison, copies)
+
+
+# --------------------------------------------------------------------------- prefill/decode fleets
+
+
+def _is_pd(manifest: Mapping[str, Any]) -> bool:
+    spec = manifest.get("spec")
+    return isinstance(spec, Mapping) and spec.get("disaggregation") is not None
+
+
+def colocated_manifest(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The PD manifest's deployment without ``spec.disaggregation``, on the same GPUs: gangs of the pools' size
+    (they must agree), and minReplicas / maxReplicas the sums of the pools' (each unset one: the autoscaling
+    block's). Raises ValueError when the pools' gangs differ in size."""
+    spec = dict(manifest.get("spec") or {})
+    pd = dict(spec.pop("disaggregation"))
+    prefill, decode = dict(pd.get("prefill") or {}), dict(pd.get("decode") or {})
+    nodes = {prefill.get("nodesPerGang"), decode.get("nodesPerGang")}
+    if len(nodes) != 1:
+        raise ValueError("--compare-colocated needs prefill and decode gangs of the same nodesPerGang")
+    autoscaling = dict(spec.get("autoscaling") or {})
+    for key, default in (("minReplicas", 1), ("maxReplicas", 4)):
+        fallback = int(autoscaling.get(key, default))
+        autoscaling[key] = int(prefill.get(key, fallback)) + int(decode.get(key, fallback))
+    spec["autoscaling"] = autoscaling
+    (size,) = nodes
+    if size is not None:
+        spec["parallelism"] = {**dict(spec.get("parallelism") or {}), "nodesPerReplica": size}
+    spec["replicas"] = prefill.get("replicas", 1) + decode.get("replicas", 1)
+    return {**dict(manifest), "spec": spec}
+
+
+class PoolsComparison:
+    """A PD fleet and its pools' autoscalers for one manifest: what `mimoctl simulate autoscaling` runs on it."""
+
+    def __init__(self, spec: DeploymentSpec, pd: DisaggregatedPlan, config: PoolsConfig, fleet: PoolsFleet) -> None:
+        self.spec = spec
+        self.pd = pd
+        self.config = config
+        self.fleet = fleet
+
+    def split(self, trace: Trace, gangs: int) -> tuple[int, int]:
+        """`gangs` shared between the pools in proportion to the trace's prefill and decode work (priced by
+        each pool's capacity); at least one each."""
+        prefill = self.config.policies[PREFILL].capacity.prefill_tokens_per_second
+        decode = self.config.policies[DECODE].capacity.decode_tokens_per_second
+        work_p = sum(r.context_tokens for r in trace.requests) / prefill
+        work_d = sum(r.generated_tokens for r in trace.requests) / decode
+        share = work_p / (work_p + work_d) if work_p + work_d > 0 else 0.5
+        p = min(max(1, round(gangs * share)), max(1, gangs - 1))
+        return p, max(1, gangs - p)
+
+    def run(self, trace: Trace, names: Sequence[str], *, gangs: int, start: int) -> dict[str, PoolsResult]:
+        """Each named autoscaler on `trace`: `static-pd` holds `gangs` split by work, `mimo-pd` starts from
+        `start` split the same way (at least each pool's minReplicas)."""
+        results: dict[str, PoolsResult] = {}
+        for name in names:
+            if name == "static-pd":
+                p, d = self.split(trace, gangs)
+                autoscaler: StaticPools | PoolsPolicy = StaticPools(p, d)
+            else:
+                p, d = self.split(trace, start)
+                policies = self.config.policies
+                p = min(max(p, policies[PREFILL].min_replicas), policies[PREFILL].max_replicas)
+                d = min(max(d, policies[DECODE].min_replicas), policies[DECODE].max_replicas)
+                autoscaler = PoolsPolicy(self.config)
+            fleet = replace(self.fleet, prefill=replace(self.fleet.prefill, initial_replicas=p),
+                            decode=replace(self.fleet.decode, initial_replicas=d))
+            results[name] = simulate_pools(trace, fleet, autoscaler)
+        return results
+
+
+def pools_comparison_for(
+    manifest: Mapping[str, Any],
+    *,
+    ttft_slo_seconds: float | None = None,
+    itl_slo_seconds: float = DEFAULT_ITL_SLO_SECONDS,
+    startup_seconds: float | None = None,
+    min_replicas: int | None = None,
+    max_replicas: int | None = None,
+    router: str = Router.LEAST_OUTSTANDING,
+    decision_interval_seconds: float = SCRAPE_INTERVAL_SECONDS,
+) -> PoolsComparison:
+    """The PD fleet of a manifest with ``spec.disaggregation``. Raises SpecError.
+
+    The pools' configuration is the operator's (`autoscaling.pools.pool_configs` of the parsed spec and its
+    `planner_pd.plan_disaggregated` plan); the hand-over time is `planner_pd.kv_transfer`'s.
+    """
+    spec = parse_spec(
+        with_overrides(
+            manifest, ttft_slo_seconds=ttft_slo_seconds, min_replicas=min_replicas, max_replicas=max_replicas
+        )
+    )
+    pd = plan_disaggregated(spec)
+    config = pool_configs(spec, pd, startup_seconds=startup_seconds, scrape_interval_seconds=decision_interval_seconds)
+    measured_slo = spec.autoscaling.ttft_slo_seconds
+    fleets = {}
+    for pool in (pd.prefill, pd.decode):
+        fleets[pool.role] = FleetConfig(
+            performance=performance_of(pool.plan),
+            startup_seconds=pool.plan.startup.expected_seconds if startup_seconds is None else startup_seconds,
+            ttft_slo_seconds=DEFAULT_TTFT_SLO_SECONDS if measured_slo is None else measured_slo,
+            itl_slo_seconds=itl_slo_seconds,
+            initial_replicas=pool.replicas,
+            decision_interval_seconds=decision_interval_seconds,
+            history_seconds=history_seconds(config.policies[pool.role]),
+            drain_timeout_seconds=float(spec.autoscaling.drain_timeout_seconds),
+            router=router,
+        )
+    prefill_plan = pd.prefill.plan
+
+    def transfer(tokens: int) -> float:
+        return kv_transfer(spec, prefill_plan, tokens).seconds
+
+    return PoolsComparison(spec, pd, config, PoolsFleet(fleets[PREFILL], fleets[DECODE], transfer))
+
+
+def _run_pools(args: argparse.Namespace, base: Trace, manifest: Mapping[str, Any], names: Sequence[str]) -> int:
+    try:
+        colocated = colocated_manifest(manifest)
+        pools = pools_comparison_for(
+            manifest,
+            ttft_slo_seconds=args.ttft_slo,
+            itl_slo_seconds=args.itl_slo,
+            startup_seconds=args.startup_seconds,
+            min_replicas=args.min_replicas,
+            max_replicas=args.max_replicas,
+            router=args.router,
+            decision_interval_seconds=args.decision_interval,
+        )
+        # The colocated fleet on the same GPUs sizes the trace and the static split (its oracle's peak).
+        args.min_replicas = args.max_replicas = None
+        setup = _setup(args, base, colocated)
+    except SpecError as error:
+        print(f"mimoctl simulate autoscaling: refused: {error}", file=sys.stderr)
+        return 1
+    except ValueError as error:
+        print(f"mimoctl simulate autoscaling: {error}", file=sys.stderr)
+        return 2
+    trace = setup.trace
+    comparison = setup.comparison
+    oracle = comparison.oracle(trace)
+    gangs = max(oracle.counts)
+    start = max(comparison.policy.min_replicas, min(comparison.policy.max_replicas, oracle.at(0.0)))
+    settings = _pools_settings(pools, setup, args, gangs)
+    text = _pools_text(settings)
+    print(text, file=sys.stderr if args.output == "json" else sys.stdout)
+    results: dict[str, PolicyResult] = {}
+    per_pool: dict[str, Any] = {}
+    for name, result in pools.run(trace, names, gangs=gangs, start=start).items():
+        results[name] = result.fleet
+        per_pool[name] = {
+            role: {"peakGangs": r.peak_replicas, "scaleEvents": r.scale_events, "gpuHours": round(r.gpu_hours, 3)}
+            for role, r in result.pools.items()
+        }
+        per_pool[name]["transferP99Seconds"] = round(result.transfer_seconds_p99, 6)
+    if args.compare_colocated:
+        for name, colo in comparison.run(trace, ["mimo", "static-peak", "oracle"]).items():
+            results[f"{name} (colo)"] = colo
+    if args.output == "json":
+        data: dict[str, Any] = {
+            "policies": {name: result.summary() for name, result in results.items()},
+            "pools": per_pool,
+            "settings": settings,
+        }
+        print(json.dumps(data, indent=2))
+    else:
+        print()
+        print(render_table(results))
+        for name, pools_of in per_pool.items():
+            print(f"{name}: " + "; ".join(
+                f"{role} peak {v['peakGangs']} gangs, {v['scaleEvents']} scale events, {v['gpuHours']:g} GPU-h"
+                for role, v in pools_of.items() if isinstance(v, dict))
+                  + f"; KV hand-over p99 {pools_of['transferP99Seconds'] * 1e3:.2f} ms")
+    return 0
+
+
+def _pools_settings(pools: PoolsComparison, setup: Setup, args: argparse.Namespace, gangs: int) -> dict[str, Any]:
+    fleet = pools.fleet
+    out: dict[str, Any] = {
+        "model": f"{setup.plan.variant} {setup.plan.precision}",
+        "gpu": setup.plan.gpu.name,
+        "ttftSloSeconds": fleet.prefill.ttft_slo_seconds,
+        "itlSloSeconds": fleet.prefill.itl_slo_seconds,
+        "decisionIntervalSeconds": fleet.prefill.decision_interval_seconds,
+        "trace": setup.trace.name,
+        "requests": len(setup.trace.requests),
+        "traceHours": round(setup.trace.span_seconds / 3600, 3),
+        "copies": setup.copies,
+        "speedup": args.speedup,
+        "minDecodePerPrefill": round(pools.config.min_decode_per_prefill, 3),
+        "maxDecodePerPrefill": round(pools.config.max_decode_per_prefill, 3),
+        "staticGangs": gangs,
+        "colocatedNodesPerReplica": setup.plan.nodes_per_replica,
+    }
+    for pool in (pools.pd.prefill, pools.pd.decode):
+        config = pools.config.policies[pool.role]
+        capacity = config.capacity
+        rate = capacity.prefill_tokens_per_second if pool.role == PREFILL else capacity.decode_tokens_per_second
+        out[pool.role] = {
+            "nodesPerGang": pool.plan.nodes_per_replica,
+            "gpusPerGang": pool.plan.gpus_per_replica,
+            "startupSeconds": round(getattr(fleet, pool.role).startup_seconds, 1),
+            "minReplicas": config.min_replicas,
+            "maxReplicas": config.max_replicas,
+            "tokensPerSecond": round(rate),
+        }
+    return out
+
+
+def _pools_text(s: Mapping[str, Any]) -> str:
+    p, d = s["prefill"], s["decode"]
+    return (
+        f"PD fleet: {s['model']} on {s['gpu']}: prefill gangs of {p['nodesPerGang']} nodes ({p['gpusPerGang']} GPUs, "
+        f"{p['tokensPerSecond']:,} prompt tok/s, start-up {p['startupSeconds']:g} s, {p['minReplicas']}–"
+        f"{p['maxReplicas']}), decode gangs of {d['nodesPerGang']} nodes ({d['gpusPerGang']} GPUs, "
+        f"{d['tokensPerSecond']:,} output tok/s within the ITL budget, start-up {d['startupSeconds']:g} s, "
+        f"{d['minReplicas']}–{d['maxReplicas']}); decode gangs per prefill gang "
+        f"{s['minDecodePerPrefill']:g}–{s['maxDecodePerPrefill']:g}\n"
+        f"SLOs: TTFT ≤ {s['ttftSloSeconds']:g} s, ITL ≤ {s['itlSloSeconds']:g} s (mean per request); decisions "
+        f"every {s['decisionIntervalSeconds']:g} s; static-pd: {s['staticGangs']} gangs (the colocated oracle's peak)\n"
+        f"trace: {s['trace']}: {s['requests']:,} requests over {s['traceHours']:g} h ({s['copies']} copies, "
+        f"speed-up {s['speedup']:g}), sized for colocated gangs of {s['colocatedNodesPerReplica']} nodes"
+    )
 
 
 def _load_manifest(filename: str) -> Mapping[str, Any]:
