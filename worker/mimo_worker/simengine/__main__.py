@@ -3,6 +3,9 @@
     python -m mimo_worker.simengine --mimo-manifest deployment.yaml --port 30000 --host 127.0.0.1
     python -m mimo_worker.simengine <the plan's sglang.launch_server argv> [--mimo-manifest M]
 
+With ``--disaggregation-mode prefill`` or ``decode`` it is one side of a prefill/decode pair (``server.py``,
+``disaggregation.py``); a manifest with ``spec.disaggregation`` is planned for that side.
+
 Node rank 0 serves SGLang's API; node ranks ≥ 1 serve the dummy health server SGLang runs there. SIGTERM
 drains (``/health`` 503, requests in flight finish) and exits 0; SIGINT stops at once. Exit code 2: the
 command line or the manifest cannot be used (the reason on stderr).
@@ -35,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         replica: PlannedReplica | None = None
         base: list[str] = []
         if first.mimo_manifest is not None:
-            replica = planned_replica(first.mimo_manifest)
+            replica = planned_replica(first.mimo_manifest, role=first.disaggregation_mode)
             # the plan's argv and the manifest's speedup, under whatever the command line says
             base = [*replica.server_args(0), "--mimo-speedup", f"{replica.speedup:g}"]
         options = parse_options(args, base)
@@ -55,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             replica.performance,
             attention_dp=options.attention_dp,
             extra_server_info=replica.server_info(),
+            kv_transfer=replica.kv_transfer,
         )
     )
 

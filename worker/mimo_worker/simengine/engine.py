@@ -81,6 +81,12 @@ forward pass:
    sends back), so a conversation's next turn recomputes the previous answer.
 9. **Media.** A request may carry encoder seconds (its images and audio through the vision and audio
    encoders; the server prices them from the catalog): its first prefill pass lasts that much longer.
+10. **Transferred KV** (a decode server of a prefill/decode pair, ``disaggregation.py``): a request
+    submitted with ``transferred=True`` arrives with its prompt's KV cache already computed by the
+    prefill server, and the token that prefill sampled. It is admitted as any other (the full pool must
+    hold its prompt and output reservation: SGLang's decode preallocates exactly that), whole, outside
+    the step's prefill budget, and its admission pass computes nothing: it costs no forward time, counts
+    no prefill tokens, and hands out the prefill's token as the request's first.
 
 Not modelled: speculative decoding as a separate mechanism (the performance model's per-step time
 already folds its speed-up in), overlap scheduling, hierarchical (host/storage) caching, and grammar /
@@ -285,6 +291,7 @@ class Request:
     prefix: list[CacheNode] = field(default_factory=list)  # locked path of cached pages it reads
     encoder_seconds: float = 0.0  # vision/audio encoder time its first prefill chunk carries
     encoded: bool = False
+    transferred: bool = False  # its prompt's KV came from a prefill server: admission computes nothing
 
     shared: int = 0  # tokens of its KV that live in the prefix cache (locked pages), not in full_held
 
@@ -328,7 +335,11 @@ class Chunk:
 
 def prefill_pass_seconds(timer: StepTimer, chunks: Sequence[Chunk]) -> float:
     """One forward pass over several requests' prompt chunks: the new tokens of all of them go through
-    the model together (one pass, one fixed cost), and each attends to its own cached context."""
+    the model together (one pass, one fixed cost), and each attends to its own cached context. Chunks of
+    transferred KV cost nothing (the prefill server computed them)."""
+    chunks = [c for c in chunks if not c.request.transferred]
+    if not chunks:
+        return 0.0
     together = timer.prefill_seconds(sum(c.tokens for c in chunks), 0)
     context = sum(
         max(timer.prefill_seconds(c.tokens, c.cached_before) - timer.prefill_seconds(c.tokens, 0), 0.0)
@@ -467,11 +478,13 @@ class Engine:
         *,
         blocks: Sequence[int] = (),
         encoder_seconds: float = 0.0,
+        transferred: bool = False,
     ) -> Request:
         """Queue a request. Raises :class:`RequestRejected` if the replica can never serve it.
 
         ``blocks`` are the keys of the prompt's whole pages (``prefix.py``) for the prefix cache;
-        ``encoder_seconds`` the time its images and audio take in the encoders (added to its prefill).
+        ``encoder_seconds`` the time its images and audio take in the encoders (added to its prefill);
+        ``transferred``: its prompt's KV comes from a prefill server (docstring item 10).
         """
         if rid in self._requests:
             raise ValueError(f"request id {rid!r} is already in the engine")
@@ -500,6 +513,7 @@ class Engine:
             arrival=now,
             blocks=tuple(blocks[: prompt_tokens // self.limits.page_size]),
             encoder_seconds=max(encoder_seconds, 0.0),
+            transferred=transferred,
         )
         if self._epoch is None:
             self._epoch = now
@@ -568,7 +582,8 @@ class Engine:
                     continue  # aborted while the batch ran
                 request.computed = chunk.cached_before + chunk.tokens
                 request.encoded = True
-                self.counters.prefill_tokens_computed += chunk.tokens
+                if not request.transferred:
+                    self.counters.prefill_tokens_computed += chunk.tokens
                 self.counters.prefill_tokens_cached += chunk.hit
                 self._set_swa_held(request, self._swa_need(request.computed))
                 self._cache_prompt(request, end)
@@ -768,6 +783,10 @@ class Engine:
                 chunks.append(chunk)
                 admitted += 1
                 full_free -= need
+                if request.transferred:
+                    # received whole, outside the step's prefill budget; the SWA layers keep their window
+                    swa_free -= self._swa_need(chunk.cached_before + chunk.tokens)
+                    continue
                 budget -= chunk.tokens
                 swa_free -= chunk.tokens
                 if chunk.cached_before + chunk.tokens < request.prefill_target:
@@ -781,7 +800,10 @@ class Engine:
             # the pass writes the chunk's KV: its pages are held from the start of the step
             full = self._private(chunk.request, chunk.cached_before + chunk.tokens)
             self._set_full_held(chunk.request, max(full, chunk.request.full_held))
-            self._set_swa_held(chunk.request, chunk.request.swa_held + chunk.tokens)
+            if chunk.request.transferred:
+                self._set_swa_held(chunk.request, self._swa_need(chunk.cached_before + chunk.tokens))
+            else:
+                self._set_swa_held(chunk.request, chunk.request.swa_held + chunk.tokens)
         duration = prefill_pass_seconds(self.timer, chunks)
         return Batch(
             BatchKind.PREFILL,
@@ -798,6 +820,8 @@ class Engine:
     def _take_chunk(self, request: Request, budget: int, swa_free: int, *, hit: int = 0) -> Chunk | None:
         """The next piece of a request's prompt that fits this step's prefill budget and the SWA pool."""
         remaining = request.prefill_target - request.computed
+        if request.transferred:
+            return Chunk(request, remaining, request.computed, hit=hit)
         tokens = min(remaining, budget, swa_free)
         page = self.limits.page_size
         if tokens < remaining and tokens > page:
@@ -1024,12 +1048,26 @@ class ReplicaEngine:
         *,
         blocks: Sequence[int] = (),
         encoder_seconds: float = 0.0,
+        transferred: bool = False,
+        group: int | None = None,
     ) -> Request:
-        group = self.groups[self._next_group]
-        request = group.submit(rid, prompt_tokens, max_new_tokens, now, blocks=blocks, encoder_seconds=encoder_seconds)
-        request.group = self._next_group
-        self._next_group = (self._next_group + 1) % len(self.groups)
-        self._owner[rid] = group
+        """Queue a request on the next group in turn, or on ``group`` (a prefill server follows the
+        bootstrap room: SGLang's ``follow_bootstrap_room`` load-balance method)."""
+        index = self._next_group if group is None else group % len(self.groups)
+        engine = self.groups[index]
+        request = engine.submit(
+            rid,
+            prompt_tokens,
+            max_new_tokens,
+            now,
+            blocks=blocks,
+            encoder_seconds=encoder_seconds,
+            transferred=transferred,
+        )
+        request.group = index
+        if group is None:
+            self._next_group = (self._next_group + 1) % len(self.groups)
+        self._owner[rid] = engine
         return request
 
     def abort(self, rid: str, now: float) -> Request | None:

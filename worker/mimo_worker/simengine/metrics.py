@@ -8,6 +8,17 @@ dashboard, an alert or the autoscaler written against this engine works against 
   attention-DP group, labelled ``dp_rank`` too (``tp_rank`` = group × attention TP size);
 * tokenizer (request-level) metrics carry ``model_name`` and ``is_streaming``.
 
+A prefill or decode server (``--disaggregation-mode``) labels its scheduler series ``engine_type``
+``prefill`` or ``decode``, as SGLang does, and adds SGLang's PD metrics (its scheduler metrics
+collector, "PD disaggregation"): the queue gauges ``sglang:num_prefill_bootstrap_queue_reqs``,
+``sglang:num_prefill_inflight_queue_reqs``, ``sglang:num_decode_prealloc_queue_reqs`` and
+``sglang:num_decode_transfer_queue_reqs``; the prefill's transfer histograms
+``sglang:kv_transfer_latency_ms``, ``sglang:kv_transfer_total_mb`` and ``sglang:kv_transfer_speed_gb_s``;
+both sides' ``sglang:kv_transfer_bootstrap_ms`` and ``sglang:kv_transfer_alloc_ms``; and the failure
+counters ``sglang:num_bootstrap_failed_reqs_total`` and ``sglang:num_transfer_failed_reqs_total``. The
+queues are the server's (the simulation keeps them before the schedulers): their counts go on the first
+scheduler's series, 0 on the others, so a sum over series is the server's count.
+
 Times are simulated seconds: with ``--mimo-speedup 10`` a TTFT of 4 s in the metrics took 0.4 s of wall
 time. Everything lives in a private ``CollectorRegistry`` — several engines can share a process (tests)
 and nothing leaks into a host program's global registry.
@@ -15,7 +26,7 @@ and nothing leaks into a host program's global registry.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -41,7 +52,14 @@ class _Seen:
     cached: int = 0
 
 
-__all__ = ["SCHEDULER_LABELS", "TOKENIZER_LABELS", "EngineMetrics", "GroupTotals", "empty_exposition"]
+__all__ = [
+    "SCHEDULER_LABELS",
+    "TOKENIZER_LABELS",
+    "EngineMetrics",
+    "GroupTotals",
+    "PdQueues",
+    "empty_exposition",
+]
 
 SCHEDULER_LABELS = ("model_name", "engine_type", "tp_rank", "pp_rank", "moe_ep_rank")
 TOKENIZER_LABELS = ("model_name", "is_streaming")
@@ -80,6 +98,21 @@ QUEUE_BUCKETS = (
     0.0, 0.1, 0.2, 0.5, 1, 2, 3, 4, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 100,
     200, 300, 400, 500, 600, 700, 800, 900, 1000, 1200, 1400, 1600, 1800, 2000, 2500, 3000,
 )  # fmt: skip
+# SGLang's PD buckets (its scheduler metrics collector)
+KV_TRANSFER_LATENCY_MS_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+KV_TRANSFER_SPEED_GB_S_BUCKETS = (0.1, 0.5, 1, 5, 10, 25, 50, 100, 200, 400)
+KV_TRANSFER_TOTAL_MB_BUCKETS = (1, 5, 10, 50, 100, 500, 1000, 5000, 10000)
+KV_TRANSFER_BOOTSTRAP_MS_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500)
+
+
+@dataclass(frozen=True)
+class PdQueues:
+    """A PD server's requests outside its schedulers, by SGLang's queue."""
+
+    prefill_bootstrap: int = 0  # prefill: waiting for the decode server's handshake
+    prefill_inflight: int = 0  # prefill: prompt computed, KV in transfer
+    decode_prealloc: int = 0  # decode: handshake with the prefill's bootstrap server not done
+    decode_transfer: int = 0  # decode: waiting for the KV to arrive
 
 
 class EngineMetrics:
@@ -93,15 +126,18 @@ class EngineMetrics:
         attention_dp: int = 1,
         tp_size: int = 1,
         ep_size: int = 1,
+        disaggregation_mode: str = "null",
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.disaggregation_mode = disaggregation_mode
+        engine_type = disaggregation_mode if disaggregation_mode in ("prefill", "decode") else "unified"
         attention_tp = max(tp_size // attention_dp, 1)
         self._group_labels: list[dict[str, str]] = []
         for group in range(attention_dp):
             tp_rank = group * attention_tp
             group_labels = {
                 "model_name": model_name,
-                "engine_type": "unified",
+                "engine_type": engine_type,
                 "tp_rank": str(tp_rank),
                 "pp_rank": "0",
                 "moe_ep_rank": str(tp_rank % max(ep_size, 1)),
@@ -207,6 +243,9 @@ class EngineMetrics:
             registry=reg,
         )
 
+        if disaggregation_mode in ("prefill", "decode"):
+            self._pd_metrics(gauge, labels)
+
         for sched in self._group_labels:
             self.max_total_num_tokens.labels(**sched).set(limits.max_total_num_tokens)
             self.max_total_num_tokens_swa.labels(**sched).set(limits.swa_max_tokens)
@@ -214,6 +253,82 @@ class EngineMetrics:
             self.page_size.labels(**sched).set(limits.page_size)
         self._seen = [_Seen() for _ in self._group_labels]
         self.update(None)
+
+    def _pd_metrics(self, gauge: Callable[[str, str], Gauge], labels: tuple[str, ...]) -> None:
+        reg = self.registry
+
+        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(name, doc, labelnames=labels, buckets=buckets, registry=reg)
+
+        self.num_prefill_bootstrap_queue_reqs = gauge(
+            "sglang:num_prefill_bootstrap_queue_reqs", "The number of requests in the prefill bootstrap queue."
+        )
+        self.num_prefill_inflight_queue_reqs = gauge(
+            "sglang:num_prefill_inflight_queue_reqs", "The number of requests in the prefill inflight queue."
+        )
+        self.num_decode_prealloc_queue_reqs = gauge(
+            "sglang:num_decode_prealloc_queue_reqs", "The number of requests in the decode prealloc queue."
+        )
+        self.num_decode_transfer_queue_reqs = gauge(
+            "sglang:num_decode_transfer_queue_reqs", "The number of requests in the decode transfer queue."
+        )
+        self.kv_transfer_latency_ms = histogram(
+            "sglang:kv_transfer_latency_ms", "Histogram of KV cache transfer latency in ms.",
+            KV_TRANSFER_LATENCY_MS_BUCKETS,
+        )  # fmt: skip
+        self.kv_transfer_speed_gb_s = histogram(
+            "sglang:kv_transfer_speed_gb_s", "Histogram of KV cache transfer speed in GB/s.",
+            KV_TRANSFER_SPEED_GB_S_BUCKETS,
+        )  # fmt: skip
+        self.kv_transfer_total_mb = histogram(
+            "sglang:kv_transfer_total_mb", "Histogram of KV cache transfer size in MB.", KV_TRANSFER_TOTAL_MB_BUCKETS
+        )
+        self.kv_transfer_bootstrap_ms = histogram(
+            "sglang:kv_transfer_bootstrap_ms", "Histogram of KV transfer bootstrap time in ms.",
+            KV_TRANSFER_BOOTSTRAP_MS_BUCKETS,
+        )  # fmt: skip
+        self.kv_transfer_alloc_ms = histogram(
+            "sglang:kv_transfer_alloc_ms", "Histogram of KV transfer allocation waiting time in ms.",
+            KV_TRANSFER_BOOTSTRAP_MS_BUCKETS,
+        )  # fmt: skip
+        self.num_bootstrap_failed_reqs_total = Counter(
+            "sglang:num_bootstrap_failed_reqs_total", "The number of bootstrap failed requests.",
+            labelnames=labels, registry=reg,
+        )  # fmt: skip
+        self.num_transfer_failed_reqs_total = Counter(
+            "sglang:num_transfer_failed_reqs_total", "The number of transfer failed requests.",
+            labelnames=labels, registry=reg,
+        )  # fmt: skip
+        self.set_pd_queues(PdQueues())
+
+    def set_pd_queues(self, queues: PdQueues) -> None:
+        """The PD queue gauges: the counts on the first scheduler's series, 0 on the others."""
+        for index, sched in enumerate(self._group_labels):
+            first = index == 0
+            self.num_prefill_bootstrap_queue_reqs.labels(**sched).set(queues.prefill_bootstrap if first else 0)
+            self.num_prefill_inflight_queue_reqs.labels(**sched).set(queues.prefill_inflight if first else 0)
+            self.num_decode_prealloc_queue_reqs.labels(**sched).set(queues.decode_prealloc if first else 0)
+            self.num_decode_transfer_queue_reqs.labels(**sched).set(queues.decode_transfer if first else 0)
+
+    def observe_kv_transfer(self, group: int, seconds: float, total_bytes: int) -> None:
+        """A prefill server's finished hand-over of one request's KV (simulated seconds)."""
+        sched = self._group_labels[group % len(self._group_labels)]
+        total_mb = total_bytes / (1024 * 1024)
+        self.kv_transfer_latency_ms.labels(**sched).observe(seconds * 1000)
+        self.kv_transfer_total_mb.labels(**sched).observe(total_mb)
+        if seconds > 0:
+            self.kv_transfer_speed_gb_s.labels(**sched).observe(total_mb / 1024 / seconds)
+
+    def observe_kv_bootstrap(self, group: int, bootstrap_seconds: float, alloc_seconds: float) -> None:
+        """How long a request waited for the other side's handshake, then for its KV slots."""
+        sched = self._group_labels[group % len(self._group_labels)]
+        self.kv_transfer_bootstrap_ms.labels(**sched).observe(bootstrap_seconds * 1000)
+        self.kv_transfer_alloc_ms.labels(**sched).observe(alloc_seconds * 1000)
+
+    def count_pd_failure(self, stage: str) -> None:
+        """One request failed in ``stage`` ``"bootstrap"`` (no handshake) or ``"transfer"`` (no KV)."""
+        counter = self.num_bootstrap_failed_reqs_total if stage == "bootstrap" else self.num_transfer_failed_reqs_total
+        counter.labels(**self._group_labels[0]).inc()
 
     def observe(self, progress: Progress, streaming: bool) -> None:
         """Record one request's progress from a finished step (tokenizer-side metrics)."""

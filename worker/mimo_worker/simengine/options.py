@@ -22,6 +22,13 @@ Simulated-engine options:
 ``--mimo-gpu-type NAME``
     Without a manifest the replica is planned from the argv, and the argv has no GPU type: this is it
     (default H200-141GB).
+
+Prefill/decode disaggregation (``disaggregation.py``): ``--disaggregation-mode null|prefill|decode``
+(SGLang's default ``null``: a colocated server), ``--disaggregation-bootstrap-port`` (8998; the
+prefill server's bootstrap server listens there, on ``--host``), ``--disaggregation-transfer-backend``
+(SGLang's choices; it does not change the simulated transfer) and ``--disaggregation-ib-device`` (a
+comma-separated HCA list: how many HCAs carry the KV transfer). With a PD manifest
+(``spec.disaggregation``), the side the mode names is planned by ``planner_pd.plan_disaggregated``.
 """
 
 from __future__ import annotations
@@ -41,6 +48,12 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STARTUP_SECONDS = 1.0
 DEFAULT_GPU_TYPE = "H200-141GB"
+# SGLang 0.5.23's --disaggregation-mode and --disaggregation-transfer-backend choices and defaults
+# (sglang/srt/arg_groups/fields/disagg.py, arg_groups/choices.py).
+DISAGGREGATION_MODES = ("null", "prefill", "decode")
+TRANSFER_BACKENDS = ("mooncake", "nixl", "ascend", "fake", "mori", "mooncake_tcp")
+DEFAULT_TRANSFER_BACKEND = "mooncake"
+DEFAULT_BOOTSTRAP_PORT = 8998
 
 
 class OptionsError(ValueError):
@@ -80,6 +93,10 @@ class SimOptions:
     enable_cache_report: bool = False
     disable_radix_cache: bool = False
     mm_enable_dp_encoder: bool = False
+    disaggregation_mode: str = "null"
+    disaggregation_bootstrap_port: int = DEFAULT_BOOTSTRAP_PORT
+    disaggregation_transfer_backend: str = DEFAULT_TRANSFER_BACKEND
+    disaggregation_ib_device: str | None = None
     log_level: str = "info"
     mimo_manifest: Path | None = None
     mimo_startup_seconds: float = DEFAULT_STARTUP_SECONDS
@@ -94,6 +111,12 @@ class SimOptions:
         if self.attn_dp_size is not None:
             return self.attn_dp_size
         return self.dp_size if self.enable_dp_attention else 1
+
+    @property
+    def load_balance_method(self) -> str:
+        """SGLang's resolved ``--load-balance-method auto``: a prefill server follows the bootstrap room
+        to pick the attention-DP group, everything else takes groups in turn."""
+        return "follow_bootstrap_room" if self.disaggregation_mode == "prefill" else "round_robin"
 
     @property
     def model_name(self) -> str:
@@ -127,6 +150,11 @@ class SimOptions:
             "enable_cache_report": self.enable_cache_report,
             "disable_radix_cache": self.disable_radix_cache,
             "mm_enable_dp_encoder": self.mm_enable_dp_encoder,
+            "disaggregation_mode": self.disaggregation_mode,
+            "disaggregation_bootstrap_port": self.disaggregation_bootstrap_port,
+            "disaggregation_transfer_backend": self.disaggregation_transfer_backend,
+            "disaggregation_ib_device": self.disaggregation_ib_device,
+            "load_balance_method": self.load_balance_method,
             "log_level": self.log_level,
         }
 
@@ -175,6 +203,10 @@ def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
     sg.add_argument("--enable-cache-report", action="store_true", default=d(False))
     sg.add_argument("--disable-radix-cache", action="store_true", default=d(False))
     sg.add_argument("--mm-enable-dp-encoder", action="store_true", default=d(False))
+    sg.add_argument("--disaggregation-mode", choices=DISAGGREGATION_MODES, default=d("null"))
+    sg.add_argument("--disaggregation-bootstrap-port", type=int, default=d(DEFAULT_BOOTSTRAP_PORT))
+    sg.add_argument("--disaggregation-transfer-backend", choices=TRANSFER_BACKENDS, default=d(DEFAULT_TRANSFER_BACKEND))
+    sg.add_argument("--disaggregation-ib-device", default=d(None))
     sg.add_argument("--log-level", default=d("info"))
     sim = parser.add_argument_group("simulated engine")
     sim.add_argument("--mimo-manifest", type=Path, default=d(None), help="a MiMoDeployment manifest to plan")
@@ -230,6 +262,15 @@ def _check(options: SimOptions) -> None:
         raise OptionsError(f"--node-rank {options.node_rank} is outside 0..{options.nnodes - 1} (--nnodes)")
     if not 0 <= options.port < 65536:
         raise OptionsError(f"--port {options.port} is not a TCP port")
+    if options.disaggregation_mode == "prefill":
+        bootstrap = options.disaggregation_bootstrap_port
+        if not 0 <= bootstrap < 65536:
+            raise OptionsError(f"--disaggregation-bootstrap-port {bootstrap} is not a TCP port")
+        if bootstrap == options.port and bootstrap != 0:
+            raise OptionsError(
+                f"--disaggregation-bootstrap-port {bootstrap} is the HTTP --port: the prefill server's "
+                "bootstrap server needs a port of its own"
+            )
     if options.attention_dp < 1 or options.tp_size % options.attention_dp:
         raise OptionsError(f"attention DP size {options.attention_dp} must divide --tp-size {options.tp_size}")
     for name in ("context_length", "max_running_requests", "page_size", "max_total_tokens"):

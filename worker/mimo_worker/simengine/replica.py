@@ -11,6 +11,12 @@ from the argv itself: the variant from ``--model-path`` (its last path component
 ``--page-size``; the limits from ``--max-running-requests`` and ``--chunked-prefill-size``. The GPU type,
 which SGLang's argv does not carry, comes from ``--mimo-gpu-type`` (default H200-141GB): a launcher that
 swaps the program for a simulated engine should add it, and ``--mimo-speedup``.
+
+Prefill/decode. A manifest with ``spec.disaggregation`` is planned by ``planner_pd.plan_disaggregated``,
+and the replica is the side ``--disaggregation-mode`` names (a PD manifest with mode ``null`` is
+refused: there is no colocated replica to simulate). From an argv, the side's own flags plan it, and
+``--disaggregation-ib-device`` sets the HCAs that carry the KV. Either way a request's KV hand-over
+takes :meth:`PlannedReplica.kv_transfer`, ``planner_pd.kv_transfer`` of this side's plan.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from mimo_operator.errors import SpecError
 from mimo_operator.perf import ReplicaPerformance, performance_of
 from mimo_operator.plan import Plan
 from mimo_operator.planner import plan_deployment
+from mimo_operator.planner_pd import KvTransfer, kv_transfer, plan_disaggregated
 from mimo_operator.spec import DeploymentSpec, parse_spec
 from mimo_worker.simengine.engine import EngineLimits
 from mimo_worker.simengine.options import OptionsError, SimOptions, parse_options
@@ -48,6 +55,7 @@ class PlannedReplica:
     spec: DeploymentSpec
     plan: Plan
     performance: ReplicaPerformance
+    role: str = "null"  # --disaggregation-mode: "null" (colocated), "prefill" or "decode"
 
     @property
     def limits(self) -> EngineLimits:
@@ -60,6 +68,10 @@ class PlannedReplica:
     @property
     def speedup(self) -> float:
         return self.spec.engine.simulation.speedup
+
+    def kv_transfer(self, prompt_tokens: int) -> KvTransfer:
+        """What handing one request's KV to a decode server costs, from this (prefill) side's plan."""
+        return kv_transfer(self.spec, self.plan, max(prompt_tokens, 1))
 
     def server_args(self, rank: int = 0) -> list[str]:
         """The plan's ``sglang.launch_server`` arguments of one node rank."""
@@ -78,6 +90,7 @@ class PlannedReplica:
         """What ``/server_info`` adds under ``simulated``: where the numbers come from."""
         plan = self.plan
         return {
+            "role": self.role,
             "variant": plan.variant,
             "gpu_type": plan.gpu.name,
             "nodes_per_replica": plan.nodes_per_replica,
@@ -102,13 +115,22 @@ def load_manifest(path: str | Path) -> Mapping[str, Any]:
     return found[0]
 
 
-def planned_replica(manifest: Mapping[str, Any] | str | Path) -> PlannedReplica:
-    """Plan a manifest (a mapping, or a file). Raises SpecError/PlanRefused, or OptionsError for a file
-    that cannot be read."""
+def planned_replica(manifest: Mapping[str, Any] | str | Path, role: str = "null") -> PlannedReplica:
+    """Plan a manifest (a mapping, or a file); with ``spec.disaggregation``, the side ``role`` names.
+    Raises SpecError/PlanRefused, or OptionsError for a file that cannot be read or a PD manifest
+    without a role."""
     document = manifest if isinstance(manifest, Mapping) else load_manifest(manifest)
     spec = parse_spec(document)
-    plan = plan_deployment(spec)
-    return PlannedReplica(spec, plan, performance_of(plan))
+    if spec.disaggregation is None:
+        plan = plan_deployment(spec)
+        return PlannedReplica(spec, plan, performance_of(plan), role=role)
+    if role not in ("prefill", "decode"):
+        raise OptionsError(
+            "the manifest disaggregates prefill and decode (spec.disaggregation): give "
+            "--disaggregation-mode prefill or decode to say which side this engine simulates"
+        )
+    side = getattr(plan_disaggregated(spec), role).plan
+    return PlannedReplica(spec, side, performance_of(side), role=role)
 
 
 def replica_from_argv(options: SimOptions) -> PlannedReplica:
@@ -154,14 +176,17 @@ def replica_from_argv(options: SimOptions) -> PlannedReplica:
         value = getattr(options, flag)
         if value is not None and not (flag == "chunked_prefill_size" and value <= 0):
             engine[key] = value
-    spec = {
+    spec: dict[str, Any] = {
         "model": model,
         "hardware": {"gpuType": options.mimo_gpu_type, "gpusPerNode": max(options.tp_size // nodes, 1)},
         "parallelism": parallelism,
         "engine": engine,
     }
+    hcas = _ib_devices(options.disaggregation_ib_device)
+    if hcas:
+        spec["network"] = {"ibDevices": hcas}
     try:
-        replica = planned_replica({"spec": spec})
+        replica = planned_replica({"spec": spec}, role=options.disaggregation_mode)
     except SpecError as error:
         raise OptionsError(f"planning the replica from the SGLang arguments: {error}") from None
     differing = _differing_flags(options, replica)
@@ -172,6 +197,14 @@ def replica_from_argv(options: SimOptions) -> PlannedReplica:
             ", ".join(differing),
         )
     return replica
+
+
+def _ib_devices(value: str | None) -> list[str]:
+    """``--disaggregation-ib-device`` as a list of HCAs: the comma-separated form the planner writes. SGLang's
+    per-GPU JSON mapping (or a file of it) names no count the transfer arithmetic can use: none."""
+    if not value or value.lstrip().startswith("{") or value.endswith(".json"):
+        return []
+    return [d.strip() for d in value.split(",") if d.strip()]
 
 
 # What the planner decides from the argv, as SimOptions fields; addresses and ports do not count.

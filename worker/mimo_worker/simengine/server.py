@@ -38,6 +38,17 @@ which wins. The output is always ``max_tokens`` tokens (``max_completion_tokens`
 ``sampling_params.max_new_tokens`` for ``/generate``; 128 when absent, SGLang's default), with
 ``finish_reason`` ``"length"``.
 
+Prefill/decode (``--disaggregation-mode prefill|decode``; ``disaggregation.py`` says what sglang-router
+and SGLang do on the wire). A prefill server also runs the bootstrap server on ``--host``:
+``--disaggregation-bootstrap-port``; a generation request must carry ``bootstrap_room`` (400 otherwise,
+SGLang's message). It waits for the decode's handshake, computes the prompt (one output token, with
+``max_new_tokens`` forced to 1 as SGLang does), holds the room "transferring" for the plan's KV
+hand-over time of that prompt, and answers with that one token. A decode server takes
+``bootstrap_host``, ``bootstrap_port`` (default: its own ``--disaggregation-bootstrap-port``) and
+``bootstrap_room``, waits for the room's KV on that bootstrap server, then admits the request with its
+prompt's KV in place (no prefill compute; engine.py item 10) and decodes the rest of ``max_tokens``. A
+decode runs without prefix cache, as SGLang's does. Failures answer 500 with SGLang's messages.
+
 Drain. SIGTERM (see ``__main__``) calls :meth:`SimulatedEngineServer.begin_drain`: ``/health`` answers
 503 at once, new generation requests get 503 (SGLang itself keeps accepting them and relies on the
 readiness probe and the router to stop traffic; refusing is the stricter reading), requests in flight
@@ -63,11 +74,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from mimo_operator.catalog import CHECKPOINTS, Checkpoint
+from mimo_operator.planner_pd import KvTransfer
 from mimo_worker import __version__
+from mimo_worker.simengine.disaggregation import (
+    BOOTSTRAP_TIMEOUT_ENV,
+    WAITING_TIMEOUT_ENV,
+    BootstrapRooms,
+    PdError,
+    PrefillLayout,
+    RoomState,
+    bootstrap_app,
+    pd_timeout,
+    receive_kv,
+)
 from mimo_worker.simengine.engine import (
     EngineLimits,
     PauseMode,
@@ -78,7 +102,7 @@ from mimo_worker.simengine.engine import (
     StepTimer,
 )
 from mimo_worker.simengine.media import ENCODER_PARAMS, MediaError, MediaItem, encoder_seconds, media_of
-from mimo_worker.simengine.metrics import EngineMetrics, GroupTotals, empty_exposition
+from mimo_worker.simengine.metrics import EngineMetrics, GroupTotals, PdQueues, empty_exposition
 from mimo_worker.simengine.options import SimOptions
 from mimo_worker.simengine.prefix import id_blocks, segment_blocks, text_blocks
 
@@ -260,18 +284,28 @@ class SimulatedEngineServer:
         clock: ModelClock,
         *,
         extra_server_info: dict[str, Any] | None = None,
+        kv_transfer: Callable[[int], KvTransfer] | None = None,
     ) -> None:
         self.options = options
         self.engine = engine
         self.clock = clock
         self.limits: EngineLimits = engine.limits
+        self.mode = options.disaggregation_mode
         self.metrics = EngineMetrics(
             options.model_name,
             engine.group_limits,
             attention_dp=engine.attention_dp,
             tp_size=options.tp_size,
             ep_size=options.ep_size,
+            disaggregation_mode=self.mode,
         )
+        if self.mode == "prefill" and kv_transfer is None:
+            raise ValueError("a prefill server needs the plan's KV transfer arithmetic")
+        self._kv_transfer = kv_transfer
+        self.rooms = BootstrapRooms()
+        self._decode_prealloc = 0
+        self._decode_transfer = 0
+        self._session: aiohttp.ClientSession | None = None
         self.state = ServerState.STARTING
         self._extra_info = extra_server_info or {}
         self._jobs: dict[str, _Job] = {}
@@ -325,7 +359,22 @@ class SimulatedEngineServer:
             raise RuntimeError("the simulated scheduler failed") from scheduler.exception()
         self.state = ServerState.STOPPED
 
+    def bootstrap_app(self) -> web.Application:
+        """A prefill server's bootstrap server."""
+        attention_tp = max(self.options.tp_size // self.engine.attention_dp, 1)
+        layout = PrefillLayout(
+            attn_tp_size=attention_tp,
+            dp_size=self.engine.attention_dp,
+            page_size=self.limits.page_size,
+            kv_cache_dtype=self.options.kv_cache_dtype or "auto",
+            prefill_http_port=self.options.port,
+            rank_ip=self.options.host,
+        )
+        return bootstrap_app(self.rooms, layout)
+
     async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -392,15 +441,27 @@ class SimulatedEngineServer:
         streaming: bool,
         counted: bool = True,
         gen: _Generation | None = None,
+        *,
+        transferred: bool = False,
+        group: int | None = None,
+        arrival: float | None = None,
     ) -> _Job:
         rid = uuid.uuid4().hex
         blocks: tuple[int, ...] = ()
         encoder = 0.0
         if gen is not None:
             blocks = self._prompt_blocks(gen, rid)
-            encoder = self._encoder_seconds(gen.media)
+            encoder = 0.0 if transferred else self._encoder_seconds(gen.media)
+        now = self._arrival()
         request = self.engine.submit(
-            rid, prompt_tokens, max_new_tokens, self._arrival(), blocks=blocks, encoder_seconds=encoder
+            rid,
+            prompt_tokens,
+            max_new_tokens,
+            now if arrival is None else min(arrival, now),
+            blocks=blocks,
+            encoder_seconds=encoder,
+            transferred=transferred,
+            group=group,
         )
         job = _Job(rid, streaming, counted, asyncio.Queue(), int(time.time()), request)
         self._jobs[rid] = job
@@ -586,6 +647,8 @@ class SimulatedEngineServer:
 
     async def metrics_endpoint(self, request: web.Request) -> web.Response:
         now = self.clock.now()
+        if self.mode in ("prefill", "decode"):
+            self.metrics.set_pd_queues(self._pd_queues())
         if self.state is ServerState.STARTING:
             self.metrics.update(None)
         else:
@@ -669,6 +732,10 @@ class SimulatedEngineServer:
             if refused is not None:
                 return refused
             gen = dataclasses.replace(gen, cache_report=self.options.enable_cache_report)
+            if self.mode == "prefill":
+                return await self._serve_prefill(request, body, gen, fmt)
+            if self.mode == "decode":
+                return await self._serve_decode(request, body, gen, fmt)
             job = self._submit(gen.prompt_tokens, gen.max_new_tokens, gen.streaming, gen=gen)
         except (BadRequest, RequestRejected) as error:
             return _error(400, str(error), "BadRequestError")
@@ -684,6 +751,158 @@ class SimulatedEngineServer:
             self._finish_job(job, completed)
             self._in_flight -= 1
             self._check_drained()
+
+    # ---- prefill/decode ------------------------------------------------------------------------------
+
+    def _pd_queues(self) -> PdQueues:
+        return PdQueues(
+            prefill_bootstrap=self.rooms.count(RoomState.BOOTSTRAPPING),
+            prefill_inflight=self.rooms.count(RoomState.TRANSFERRING),
+            decode_prealloc=self._decode_prealloc,
+            decode_transfer=self._decode_transfer,
+        )
+
+    async def _serve_prefill(
+        self, request: web.Request, body: dict[str, Any], gen: _Generation, fmt: _Format
+    ) -> web.StreamResponse:
+        """The prefill side: wait for the decode's handshake, compute the prompt, hand its KV over, answer
+        with the one token it sampled."""
+        number = _bootstrap_room(body)
+        if number is None:
+            return _missing_room()
+        room = self.rooms.open(number)
+        if room is None:
+            return _error(400, f"bootstrap_room {number} is already in use by another request", "BadRequestError")
+        self._in_flight += 1
+        start = self.clock.now()
+        try:
+            timeout = pd_timeout(BOOTSTRAP_TIMEOUT_ENV)
+            try:
+                async with asyncio.timeout(self.clock.wall(timeout)):
+                    await room.handshake.wait()
+            except TimeoutError:
+                message = f"Request {number} timed out after {self.clock.now() - start:.1f}s in KVPoll.Bootstrapping"
+                room.set_state(RoomState.FAILED, message)
+                self.metrics.count_pd_failure("bootstrap")
+                return _error(500, message, "InternalServerError")
+            bootstrapped = self.clock.now()
+            room.set_state(RoomState.PREFILLING)
+            # SGLang's prefill server computes the first output token only (max_new_tokens = 1)
+            job = self._submit(gen.prompt_tokens, 1, False, gen=gen, group=number)
+            completed = False
+            try:
+                while not completed:
+                    item = await job.queue.get()
+                    if item is None:
+                        room.set_state(RoomState.FAILED, "the prefill request was aborted")
+                        return _error(503, "The request was aborted (/pause_generation).", "AbortedError")
+                    completed = item.finished
+            finally:
+                self._finish_job(job, completed)
+            transfer = self._transfer(gen.prompt_tokens)
+            room.prompt_tokens = gen.prompt_tokens
+            room.transfer_seconds = transfer.seconds
+            room.total_bytes = transfer.total_bytes
+            room.set_state(RoomState.TRANSFERRING)
+            await asyncio.sleep(self.clock.wall(transfer.seconds))
+            room.set_state(RoomState.SUCCESS)
+            group = job.request.group if job.request is not None else 0
+            self.metrics.observe_kv_transfer(group, transfer.seconds, transfer.total_bytes)
+            self.metrics.observe_kv_bootstrap(group, bootstrapped - start, 0.0)
+            return await self._answer(request, job, gen, fmt, tokens=1)
+        finally:
+            self.rooms.close(number)
+            self._in_flight -= 1
+            self._check_drained()
+
+    def _transfer(self, prompt_tokens: int) -> KvTransfer:
+        assert self._kv_transfer is not None  # checked in __init__
+        return self._kv_transfer(prompt_tokens)
+
+    async def _serve_decode(
+        self, request: web.Request, body: dict[str, Any], gen: _Generation, fmt: _Format
+    ) -> web.StreamResponse:
+        """The decode side: wait for the room's KV on the prefill's bootstrap server, then decode."""
+        number = _bootstrap_room(body)
+        host = body.get("bootstrap_host")
+        if number is None or not isinstance(host, str) or not host:
+            return _missing_room()
+        port = body.get("bootstrap_port")
+        if port is None:
+            port = self.options.disaggregation_bootstrap_port  # SGLang's scheduler fills it in the same way
+        if isinstance(port, bool) or not isinstance(port, int):
+            return _error(400, "bootstrap_port must be an integer", "BadRequestError")
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=2))
+        self._in_flight += 1
+        arrival = self.clock.now()
+        self._decode_prealloc += 1
+        stage = ["prealloc"]
+
+        def handshake() -> None:
+            self._decode_prealloc -= 1
+            self._decode_transfer += 1
+            stage[0] = "transfer"
+
+        completed = False
+        try:
+            try:
+                receipt = await receive_kv(
+                    self._session,
+                    host,
+                    port,
+                    number,
+                    now=self.clock.now,
+                    wall=self.clock.wall,
+                    give_up_after=pd_timeout(WAITING_TIMEOUT_ENV),
+                    on_handshake=handshake,
+                )
+            except PdError as error:
+                self.metrics.count_pd_failure(error.stage)
+                kind = "handshake" if error.stage == "bootstrap" else "transfer"
+                message = (
+                    f"Decode {kind} failed for request rank=0 decode_req.req.rid='{uuid.uuid4().hex}' "
+                    f"decode_req.req.bootstrap_room={number} with exception {error}"
+                )
+                log.warning("%s", message)
+                return _error(500, message, "InternalServerError")
+            finally:
+                if stage[0] == "prealloc":
+                    self._decode_prealloc -= 1
+                else:
+                    self._decode_transfer -= 1
+            self.metrics.observe_kv_bootstrap(0, receipt.handshake_after, 0.0)
+            job = self._submit(
+                gen.prompt_tokens, gen.max_new_tokens, gen.streaming, gen=gen, transferred=True, arrival=arrival
+            )
+            try:
+                if gen.streaming:
+                    response, completed = await self._stream(request, job, gen, fmt)
+                else:
+                    response, completed = await self._respond(request, job, gen, fmt)
+                return response
+            finally:
+                self._finish_job(job, completed)
+        finally:
+            self._in_flight -= 1
+            self._check_drained()
+
+    async def _answer(
+        self, request: web.Request, job: _Job, gen: _Generation, fmt: _Format, tokens: int
+    ) -> web.StreamResponse:
+        """A finished request's whole answer of ``tokens`` tokens, as one body or as a stream."""
+        if not gen.streaming:
+            return web.json_response(fmt.whole(job, gen, _filler(0, tokens), tokens))
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        for chunk in fmt.opening(job):
+            await _send_event(response, chunk)
+        await _send_event(response, fmt.delta(job, _filler(0, tokens), 0, tokens))
+        for chunk in fmt.closing(job, gen, "length", tokens):
+            await _send_event(response, chunk)
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
 
     async def _respond(
         self, request: web.Request, job: _Job, gen: _Generation, fmt: _Format
@@ -729,6 +948,20 @@ class SimulatedEngineServer:
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response, finish_reason != "abort"
+
+
+def _bootstrap_room(body: dict[str, Any]) -> int | None:
+    room = body.get("bootstrap_room")
+    return room if isinstance(room, int) and not isinstance(room, bool) else None
+
+
+def _missing_room() -> web.Response:
+    # SGLang's scheduler refuses it in the same words (managers/scheduler.py)
+    return _error(
+        400,
+        f"Invalid request: Disaggregated request received without bootstrap room id. req.rid='{uuid.uuid4().hex}'",
+        "BadRequestError",
+    )
 
 
 async def _send_event(response: web.StreamResponse, payload: dict[str, Any]) -> None:
@@ -972,18 +1205,29 @@ async def run_server(
     attention_dp: int = 1,
     extra_server_info: dict[str, Any] | None = None,
     ready: Callable[[str], None] | None = None,
+    kv_transfer: Callable[[int], KvTransfer] | None = None,
 ) -> int:
-    """Serve until drained (SIGTERM) or stopped (SIGINT); the process's exit code."""
+    """Serve until drained (SIGTERM) or stopped (SIGINT); the process's exit code. A prefill server also
+    serves its bootstrap server (``kv_transfer``: the plan's hand-over time of a prompt)."""
     clock = ModelClock(options.mimo_speedup)
-    engine = ReplicaEngine(limits, timer, attention_dp=attention_dp, prefix_cache=not options.disable_radix_cache)
-    server = SimulatedEngineServer(options, engine, clock, extra_server_info=extra_server_info)
+    # SGLang turns the radix cache off on a decode server
+    prefix_cache = not options.disable_radix_cache and options.disaggregation_mode != "decode"
+    engine = ReplicaEngine(limits, timer, attention_dp=attention_dp, prefix_cache=prefix_cache)
+    server = SimulatedEngineServer(options, engine, clock, extra_server_info=extra_server_info, kv_transfer=kv_transfer)
     runner = web.AppRunner(
         server.app, handler_cancellation=True, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS
     )
     await runner.setup()
+    bootstrap: web.AppRunner | None = None
     try:
         site = web.TCPSite(runner, options.host, options.port, reuse_address=True)
         await site.start()
+        if options.disaggregation_mode == "prefill":
+            bootstrap = web.AppRunner(server.bootstrap_app(), access_log=None)
+            await bootstrap.setup()
+            port = options.disaggregation_bootstrap_port
+            await web.TCPSite(bootstrap, options.host, port, reuse_address=True).start()
+            log.info("bootstrap server on http://%s", _address(bootstrap))
         await server.start()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, server.begin_drain)
@@ -1002,6 +1246,8 @@ async def run_server(
         await server.wait_stopped()
     finally:
         await server.close()
+        if bootstrap is not None:
+            await bootstrap.cleanup()
         await runner.cleanup()
     return 0
 
