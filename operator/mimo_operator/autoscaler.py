@@ -10,6 +10,11 @@ and decision are the functions `mimoctl simulate autoscaling` runs (`autoscaling
 ``/scale`` and hands `Decision.remove` to the steps planner, which takes gangs out in
 `autoscaling.observation.removal_order`. A ready gang without fresh metrics means no action. The
 signals are exported as the operator's metrics, so KEDA or HPA can scale on them instead.
+
+A prefill/decode deployment (``spec.disaggregation``) runs `step_pools` instead: the same scrape of each pool's
+Ready gangs (with that pool's plan) into that pool's own memory, the router read once for both, and
+`autoscaling.pools.decide_pools` for both pools at once (what `mimoctl simulate autoscaling` runs on a PD
+manifest).
 """
 
 from __future__ import annotations
@@ -35,9 +40,11 @@ from mimo_operator.autoscaling.observation import (
     parse_router_metrics,
     parse_sglang_metrics,
 )
-from mimo_operator.autoscaling.policy import Decision, GangPhase, decide
+from mimo_operator.autoscaling.policy import Decision, GangPhase, Observation, decide
+from mimo_operator.autoscaling.pools import ROLES, decide_pools, pool_configs
 from mimo_operator.gangs import GangHealth, Health, ObservedGang
 from mimo_operator.plan import Plan
+from mimo_operator.planner_pd import DisaggregatedPlan, Role
 from mimo_operator.spec import DeploymentSpec
 
 __all__ = [
@@ -48,6 +55,7 @@ __all__ = [
     "gang_states",
     "scrape_gang",
     "step",
+    "step_pools",
 ]
 
 log = logging.getLogger("mimo.operator.autoscaler")
@@ -149,19 +157,70 @@ async def step(*, port: MetricsPort, namespace: str, name: str, spec: Deployment
     memory.last_scrape = now
     config = policy_config(spec, plan)
     memory.history_seconds = history_seconds(config)
-    ready = [g for g in gangs if health[g.name].state is GangHealth.READY]
-    scrapes, refused = await asyncio.gather(asyncio.gather(*(scrape_gang(port, g, plan, now) for g in ready)),
-                                            _scrape_routers(port, routers))
-    for g, got in zip(ready, scrapes, strict=True):
-        if got is None:
-            SCRAPE_FAILURES.labels(namespace, name).inc()
-        else:
-            memory.record(g.name, got)
+    _, refused = await asyncio.gather(_record_pool(port, namespace, name, plan, gangs, health, memory, now),
+                                      _scrape_routers(port, routers))
     if routers and refused is None:
         SCRAPE_FAILURES.labels(namespace, name).inc()
     observation = memory.observe(now, gang_states(gangs, health), memory.pending(refused))
     decision = decide(observation, config)
     memory.decided(decision, now)
+    _export(namespace, name, "", decision, observation)
+    DESIRED.labels(namespace, name).set(decision.desired_replicas)
+    return decision
+
+
+async def step_pools(*, port: MetricsPort, namespace: str, name: str, spec: DeploymentSpec,
+                     pd_plan: DisaggregatedPlan, gangs_by_role: Mapping[Role, Sequence[ObservedGang]],
+                     health: Mapping[str, Health], memory_by_role: Mapping[Role, AutoscalerMemory], now: float,
+                     routers: Sequence[str] = ()) -> dict[Role, Decision] | None:
+    """`step` for a PD deployment: scrape each pool and decide both, at most once per scrape interval.
+
+    `gangs_by_role` and `memory_by_role` have one entry per role ("prefill", "decode"): the pool's gangs and the
+    pool's own `AutoscalerMemory` (kept across calls, like `step`'s); `health` covers the gangs of both pools;
+    `routers` as for `step` (the PD router's requests that found no gang reach both pools' memories). Returns each
+    pool's decision (`Decision.desired_replicas` for the pool; `Decision.remove` its gang to take out first), or
+    None between intervals. The caller writes a changed count and then calls
+    `memory_by_role[role].scaled(desired, current, now)`, as for `step`.
+    """
+    if any(now - memory_by_role[role].last_scrape < SCRAPE_INTERVAL_SECONDS for role in ROLES):
+        return None
+    config = pool_configs(spec, pd_plan)
+    plans = {pd_plan.prefill.role: pd_plan.prefill.plan, pd_plan.decode.role: pd_plan.decode.plan}
+    for role in ROLES:
+        memory_by_role[role].last_scrape = now
+        memory_by_role[role].history_seconds = history_seconds(config.policies[role])
+    *_, refused = await asyncio.gather(
+        *(_record_pool(port, namespace, name, plans[role], gangs_by_role.get(role, ()), health,
+                       memory_by_role[role], now) for role in ROLES),
+        _scrape_routers(port, routers))
+    if routers and refused is None:
+        SCRAPE_FAILURES.labels(namespace, name).inc()
+    observations: dict[Role, Observation] = {}
+    for role in ROLES:
+        memory = memory_by_role[role]
+        observations[role] = memory.observe(now, gang_states(gangs_by_role.get(role, ()), health),
+                                            memory.pending(refused))
+    decisions = decide_pools(observations, config)
+    for role in ROLES:
+        memory_by_role[role].decided(decisions[role], now)
+        _export(namespace, name, f"{role}_", decisions[role], observations[role])
+        SIGNAL.labels(namespace, name, f"{role}_desired_replicas").set(decisions[role].desired_replicas)
+    return decisions
+
+
+async def _record_pool(port: MetricsPort, namespace: str, name: str, plan: Plan, gangs: Sequence[ObservedGang],
+                       health: Mapping[str, Health], memory: AutoscalerMemory, now: float) -> None:
+    """Scrape every Ready gang of one pool (all gangs of `plan`) into its memory."""
+    ready = [g for g in gangs if health[g.name].state is GangHealth.READY]
+    scrapes = await asyncio.gather(*(scrape_gang(port, g, plan, now) for g in ready))
+    for g, got in zip(ready, scrapes, strict=True):
+        if got is None:
+            SCRAPE_FAILURES.labels(namespace, name).inc()
+        else:
+            memory.record(g.name, got)
+
+
+def _export(namespace: str, name: str, prefix: str, decision: Decision, observation: Observation) -> None:
     signals = decision.signals
     for key, value in (("demand", signals.demand), ("panic_demand", signals.panic_demand),
                        ("forecast_demand", signals.forecast_demand), ("token_usage", signals.token_usage),
@@ -169,6 +228,4 @@ async def step(*, port: MetricsPort, namespace: str, name: str, spec: Deployment
                        ("ttft_p95_seconds", signals.ttft_p95_seconds), ("utilisation", signals.utilisation),
                        ("router_pending_requests", observation.pending_requests)):
         if value is not None:
-            SIGNAL.labels(namespace, name, key).set(value)
-    DESIRED.labels(namespace, name).set(decision.desired_replicas)
-    return decision
+            SIGNAL.labels(namespace, name, prefix + key).set(value)
