@@ -28,9 +28,9 @@ What SGLang 0.5.23 does with such a request (``sglang/srt/disaggregation/``):
 
 The simulation keeps those routes and queues, and moves no bytes: SGLang's transfer engine (mooncake or
 nixl over RDMA, with a ZMQ side channel per rank) is replaced by one extra route on the bootstrap server,
-``GET /mimo/kv_transfer?room=R&wait=S``. The decode's first call is its handshake (the prefill request
-leaves the bootstrap queue); the call answers the room's state once it is done or after ``wait`` wall
-seconds: ``{"state": "bootstrapping"|"prefilling"|"transferring"|"success"|"failed", ...}``. The prefill
+``GET /mimo/kv_transfer?room=R&wait=S``. The decode's first call (``wait=0``) is its handshake (the
+prefill request leaves the bootstrap queue); a call answers the room's state once it is done or after
+``wait`` wall seconds: ``{"state": "bootstrapping"|"prefilling"|"transferring"|"success"|"failed", ...}``. The prefill
 holds a room in ``transferring`` for the plan's ``planner_pd.kv_transfer`` time of the request's prompt.
 Both timeouts are read from SGLang's environment variables and count simulated seconds.
 
@@ -293,7 +293,8 @@ async def receive_kv(
         left = give_up_after - (now() - start)
         if left <= 0:
             break
-        wait = min(POLL_WAIT_SECONDS, wall(left))
+        # the first call is the handshake and answers at once; later ones wait for the outcome
+        wait = 0.0 if handshake_after is None else min(POLL_WAIT_SECONDS, wall(left))
         try:
             async with session.get(url, params={"room": str(room), "wait": f"{wait:.3f}"}) as response:
                 if response.status != 200:
