@@ -96,6 +96,17 @@ def test_the_hand_over_time_is_planner_pds_for_the_prompt_from_the_manifest_and_
     assert from_argv.kv_transfer(30_000).total_bytes == replica.kv_transfer(30_000).total_bytes
 
 
+def test_a_sides_argv_with_the_link_speed_gives_the_manifests_hand_over_time() -> None:
+    document = pd_manifest()
+    document["spec"]["network"]["linkSpeedGbps"] = 100
+    replica = planned_replica(document, role="prefill")
+    argv = [*replica.server_args(0), "--mimo-gpu-type", replica.plan.gpu.name]
+    at_default = replica_from_argv(parse_options(argv)).kv_transfer(30_000)
+    at_100 = replica_from_argv(parse_options([*argv, "--mimo-link-speed-gbps", "100"])).kv_transfer(30_000)
+    assert at_100.seconds == pytest.approx(replica.kv_transfer(30_000).seconds)
+    assert at_default.seconds == pytest.approx(at_100.seconds / 4)  # 400 Gb/s HCAs by default
+
+
 # ---- transferred KV in the scheduler --------------------------------------------------------------------
 
 

@@ -22,6 +22,9 @@ Simulated-engine options:
 ``--mimo-gpu-type NAME``
     Without a manifest the replica is planned from the argv, and the argv has no GPU type: this is it
     (default H200-141GB).
+``--mimo-link-speed-gbps N``
+    Without a manifest: the line rate of one HCA (the manifest's ``spec.network.linkSpeedGbps``, which
+    SGLang's argv does not carry; default 400). Only the KV hand-over of a prefill server reads it.
 
 Prefill/decode disaggregation (``disaggregation.py``): ``--disaggregation-mode null|prefill|decode``
 (SGLang's default ``null``: a colocated server), ``--disaggregation-bootstrap-port`` (8998; the
@@ -102,6 +105,7 @@ class SimOptions:
     mimo_startup_seconds: float = DEFAULT_STARTUP_SECONDS
     mimo_speedup: float = 1.0
     mimo_gpu_type: str = DEFAULT_GPU_TYPE
+    mimo_link_speed_gbps: int | None = None
     ignored: tuple[str, ...] = field(default=())
 
     @property
@@ -227,6 +231,12 @@ def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
         default=d(DEFAULT_GPU_TYPE),
         help="the GPU type to plan for when there is no --mimo-manifest (SGLang's argv does not say)",
     )
+    sim.add_argument(
+        "--mimo-link-speed-gbps",
+        type=int,
+        default=d(None),
+        help="one HCA's line rate when there is no --mimo-manifest (spec.network.linkSpeedGbps; default 400)",
+    )
     return parser
 
 
@@ -273,7 +283,7 @@ def _check(options: SimOptions) -> None:
             )
     if options.attention_dp < 1 or options.tp_size % options.attention_dp:
         raise OptionsError(f"attention DP size {options.attention_dp} must divide --tp-size {options.tp_size}")
-    for name in ("context_length", "max_running_requests", "page_size", "max_total_tokens"):
+    for name in ("context_length", "max_running_requests", "page_size", "max_total_tokens", "mimo_link_speed_gbps"):
         value = getattr(options, name)
         if value is not None and value <= 0:
             raise OptionsError(f"--{name.replace('_', '-')} must be positive, got {value}")

@@ -14,9 +14,10 @@ swaps the program for a simulated engine should add it, and ``--mimo-speedup``.
 
 Prefill/decode. A manifest with ``spec.disaggregation`` is planned by ``planner_pd.plan_disaggregated``,
 and the replica is the side ``--disaggregation-mode`` names (a PD manifest with mode ``null`` is
-refused: there is no colocated replica to simulate). From an argv, the side's own flags plan it, and
-``--disaggregation-ib-device`` sets the HCAs that carry the KV. Either way a request's KV hand-over
-takes :meth:`PlannedReplica.kv_transfer`, ``planner_pd.kv_transfer`` of this side's plan.
+refused: there is no colocated replica to simulate). From an argv, the side's own flags plan it,
+``--disaggregation-ib-device`` sets the HCAs that carry the KV and ``--mimo-link-speed-gbps`` their line
+rate. Either way a request's KV hand-over takes :meth:`PlannedReplica.kv_transfer`,
+``planner_pd.kv_transfer`` of this side's plan.
 """
 
 from __future__ import annotations
@@ -182,9 +183,14 @@ def replica_from_argv(options: SimOptions) -> PlannedReplica:
         "parallelism": parallelism,
         "engine": engine,
     }
+    network: dict[str, Any] = {}
     hcas = _ib_devices(options.disaggregation_ib_device)
     if hcas:
-        spec["network"] = {"ibDevices": hcas}
+        network["ibDevices"] = hcas
+    if options.mimo_link_speed_gbps is not None:
+        network["linkSpeedGbps"] = options.mimo_link_speed_gbps
+    if network:
+        spec["network"] = network
     try:
         replica = planned_replica({"spec": spec}, role=options.disaggregation_mode)
     except SpecError as error:
