@@ -54,6 +54,7 @@ class ObservedGang:
     serving: bool = True                 # the head carries the router's serving label
     drain_started: float | None = None
     drain_reason: str | None = None
+    pool: str = ""                       # prefill | decode in a disaggregated deployment; "" colocated
 
     @property
     def created(self) -> float:
@@ -198,5 +199,6 @@ def gangs_from_pods(pods: Iterable[Mapping[str, Any]], sizes: Mapping[str, int] 
             serving=(head_meta.get("labels") or {}).get(L.LABEL_SERVING) == "true",
             drain_started=epoch(drain) if drain else None,
             drain_reason=annotations.get(L.ANNOTATION_DRAIN_REASON),
+            pool=labels.get(L.LABEL_POOL, ""),
         ))
     return gangs

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 
 __all__ = [
+    "ANNOTATION_BOOTSTRAP_PORT",
     "ANNOTATION_SPEC_HASH",
     "FIELD_MANAGER",
     "GROUP",
@@ -17,6 +18,7 @@ __all__ = [
     "LABEL_DEPLOYMENT",
     "LABEL_GANG",
     "LABEL_MANAGED_BY",
+    "LABEL_POOL",
     "LABEL_RANK",
     "LABEL_REPLICA",
     "LABEL_REVISION",
@@ -59,6 +61,9 @@ LABEL_REVISION = _PREFIX + "revision"
 LABEL_TEMPLATE = _PREFIX + "template"
 # Which attempt of this replica the gang is (bumped on every recreation after a failure).
 LABEL_ATTEMPT = _PREFIX + "attempt"
+# prefill | decode on every object of a gang of a disaggregated deployment (spec.disaggregation); absent on
+# a colocated deployment's gangs. The router's PD discovery selects each side on it.
+LABEL_POOL = _PREFIX + "pool"
 # head | member: the head runs Ray's head and node rank 0 (the only HTTP server of the gang).
 LABEL_ROLE = _PREFIX + "role"
 LABEL_RANK = _PREFIX + "rank"
@@ -74,6 +79,10 @@ ANNOTATION_SPEC_HASH = _PREFIX + "spec-hash"
 ANNOTATION_DRAIN_STARTED = _PREFIX + "drain-started"
 # Why a gang is draining (scale-down, rollout, autoscaler) for status and events.
 ANNOTATION_DRAIN_REASON = _PREFIX + "drain-reason"
+
+# The prefill head's KV bootstrap port, read by sglang-router's PD service discovery (its default
+# --bootstrap-port-annotation): the router tells the decode side where to fetch each request's KV from.
+ANNOTATION_BOOTSTRAP_PORT = "sglang.ai/bootstrap-port"
 
 ROLE_HEAD = "head"
 ROLE_MEMBER = "member"

@@ -35,7 +35,7 @@ from typing import Any
 
 from mimo_operator.cachepaths import CACHE_MOUNT_PATH
 from mimo_operator.catalog import Checkpoint, Precision, weights_bytes
-from mimo_operator.errors import NotYetSupported, PlanRefused
+from mimo_operator.errors import PlanRefused
 from mimo_operator.launchplan import EngineLaunch, RankLaunch
 from mimo_operator.plan import Decision, GpuMemorySplit, KvCachePlan, Plan
 from mimo_operator.planner import node_nic_gbps, plan_deployment
@@ -57,7 +57,6 @@ __all__ = [
     "expert_slot_bytes",
     "kv_transfer",
     "plan_disaggregated",
-    "refuse_disaggregation",
 ]
 
 DEFAULT_TRANSFER_BACKEND = "mooncake"  # SGLang 0.5.23's default for --disaggregation-transfer-backend
@@ -182,7 +181,8 @@ def plan_disaggregated(spec: DeploymentSpec) -> DisaggregatedPlan:
     decode = _pool(spec, pd, "decode", backend, bootstrap)
     check_attention_tp(prefill.plan, decode.plan)
     transfer = kv_transfer(spec, prefill.plan, pd.typical_prompt_tokens or DEFAULT_TYPICAL_PROMPT_TOKENS)
-    if spec.network.mode == "podNetwork":
+    # The simulated engine hands KV over in a pod network (a rehearsal has no RDMA); SGLang's engines do not.
+    if spec.network.mode == "podNetwork" and spec.engine.type != "simulated":
         raise PlanRefused(
             "spec.disaggregation.transferBackend",
             f"{backend} moves the KV cache between the pools by RDMA, and network.mode podNetwork has none: one "
@@ -199,24 +199,6 @@ def plan_disaggregated(spec: DeploymentSpec) -> DisaggregatedPlan:
     return DisaggregatedPlan(
         prefill=prefill, decode=decode, transfer_backend=backend, bootstrap_port=bootstrap, transfer=transfer,
         decisions=tuple(_decisions(spec, prefill, decode, backend, transfer)), warnings=tuple(warnings))
-
-
-def refuse_disaggregation(spec: DeploymentSpec) -> None:
-    """What the operator does with a PD spec today: refuse it whole, rather than run half of it.
-
-    Planning comes first, so a spec SGLang could not run is refused with its arithmetic; one that plans is
-    refused as not yet supported (gangs of two roles and the router's PD mode are not built), and status names
-    both pools so that `mimoctl plan` is the next step.
-    """
-    pd = plan_disaggregated(spec)
-    pools = ", ".join(f"{p.replicas} {p.role} gang(s) of {p.plan.nodes_per_replica} node(s)"
-                      for p in (pd.prefill, pd.decode))
-    raise NotYetSupported(
-        "spec.disaggregation",
-        f"prefill/decode disaggregation is not yet supported by this operator: the plan ({pools}, "
-        f"{pd.transfer_backend}, {_mb(pd.transfer.total_bytes)} of KV per {pd.transfer.prompt_tokens:,}-token "
-        "request) is shown by `mimoctl plan`, but running gangs of two roles and the router's PD mode are not "
-        "built; remove spec.disaggregation to serve colocated")
 
 
 # ------------------------------------------------------------------------------------------- sides

@@ -27,23 +27,27 @@ from mimo_operator.autoscaling.policy import Action
 from mimo_operator.build import (
     BuildContext,
     OperatorIdentity,
+    OperatorUpgrade,
+    Pool,
     gang_objects,
     operator_upgrade,
     outdated_marker,
+    pools_of,
     revision_of,
     router_url,
     shared_objects,
 )
 from mimo_operator.build.weights import WeightsOptions
 from mimo_operator.errors import NotYetSupported, PlanRefused, SpecError
-from mimo_operator.gangs import GangHealth, ObservedGang, epoch, gangs_from_pods
+from mimo_operator.gangs import GangHealth, Health, ObservedGang, epoch, gangs_from_pods
 from mimo_operator.heads import Heads
 from mimo_operator.kube import ApiError, Kube
 from mimo_operator.planner import plan_deployment
-from mimo_operator.planner_pd import refuse_disaggregation
+from mimo_operator.planner_pd import plan_disaggregated
 from mimo_operator.schedulers import missing_gang_scheduler
 from mimo_operator.spec import DeploymentSpec, parse_spec
 from mimo_operator.status import (
+    disaggregated_status,
     records_from_status,
     refusal_from_api,
     refusal_from_status,
@@ -118,8 +122,18 @@ class Memory:
     # Each gang's fabric check as its head reported it once the gang was Ready (read once per gang).
     fabric: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    # A disaggregated deployment's pools: each keeps its own attempts and autoscaler (gang names, the
+    # expectations and the fabric checks are the deployment's).
+    pools: dict[str, Memory] = field(default_factory=dict)
+
     def forget_status(self) -> None:
         self.latest = None
+
+    def pool(self, key: str) -> Memory:
+        """What one pool keeps: this memory for a colocated deployment (key ""), else the pool's own."""
+        if not key:
+            return self
+        return self.pools.setdefault(key, Memory())
 
 
 @dataclass(frozen=True)
@@ -134,6 +148,21 @@ class ReconcileResult:
     events: list[Event] = field(default_factory=list)
     requeue_after: float = 10.0
     gangs_by_state: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class PoolRun:
+    """What one reconcile did with one pool: the status is written from it once every pool has run."""
+
+    pool: Pool
+    revision: str
+    gangs: list[ObservedGang]
+    desired: Desired
+    outcome: Outcome
+    upgrade: OperatorUpgrade
+    autoscaling: dict[str, Any]
+    refused: dict[str, Any] | None  # the API refused one of this pool's objects just now
+    gates_refused: str | None  # a refusal already recorded in status held creations back
 
 
 def _stamp(obj: dict[str, Any]) -> dict[str, Any]:
@@ -175,9 +204,10 @@ class Reconciler:
         old_status: Mapping[str, Any] = body.get("status") or {}
         try:
             spec = parse_spec(body)
-            if spec.disaggregation is not None:
-                refuse_disaggregation(spec)  # before the colocated plan, whose settings the pools replace
-            plan = plan_deployment(spec)
+            # A disaggregated deployment is planned per side; its colocated plan is never used (and Pro's
+            # may not even exist on the pools' node counts). The deployment-wide plan is the decode side's.
+            pd = plan_disaggregated(spec) if spec.disaggregation is not None else None
+            plan = pd.decode.plan if pd is not None else plan_deployment(spec)
             if missing := await missing_gang_scheduler(self.kube, spec.scheduling.gang_scheduler):
                 raise PlanRefused("spec.scheduling.gangScheduler", missing)
         except SpecError as e:
@@ -192,52 +222,120 @@ class Reconciler:
         ctx = BuildContext(name=name, namespace=namespace, uid=meta["uid"], spec=spec, plan=plan,
                            operator=self.options.operator, distinct_gang_ports=self.options.distinct_gang_ports,
                            pod_labels=_pod_template(spec, "labels"),
-                           pod_annotations=_pod_template(spec, "annotations"))
-        revision = revision_of(ctx)
+                           pod_annotations=_pod_template(spec, "annotations"), disaggregated=pd)
+        pools = pools_of(ctx)
         now = self.clock()
 
         pods = await self.kube.list("v1", "Pod", namespace, {L.LABEL_DEPLOYMENT: name, L.LABEL_COMPONENT: "engine"})
         gangs = gangs_from_pods(pods)
-        upgrade = operator_upgrade(ctx, revision, pods)
+
+        # The gates every pool shares, decided before the planner and handed to it.
+        weights = await ensure_weights(self.kube, ctx, self.options.weights,
+                                       probe=WeightsProbe(self.heads.session))
+        result.events.extend(Event(e.type, e.reason, e.message) for e in weights.events)
+        result.requeue_after = min(result.requeue_after, weights.requeue_after)
+        shown = _weights_shown(weights, memory, now)
+        # GPUs do not wait on a download: no gang until its weights are ready where it will run.
+        weights_gate = shown.message if weights.blocks_gangs else None
+        refused = refusal_from_status(old_status, generation)
+        expected = self._unmet_expectations(memory, gangs, now)
+        if expected:
+            result.requeue_after = 1.0
+
+        # Gangs of a pool the deployment no longer has (it turned disaggregated, or colocated again).
+        keys = {p.key for p in pools}
+        for g in gangs:
+            if g.pool not in keys:
+                await self._delete_gang_objects(ctx, g.name)
+                what = f"the {g.pool} pool" if g.pool else "colocated gangs"
+                result.events.append(Event("Normal", "GangDeleted",
+                                           f"gang {g.name}: the deployment has no {what} any more"))
+        ran: list[PoolRun] = []
+        for pool in pools:
+            run = await self._reconcile_pool(pool, [g for g in gangs if g.pool == pool.key], pods, memory, now,
+                                             old_status, generation, weights_gate, refused, expected, result)
+            ran.append(run)
+            refused = refused or run.refused
+
+        if refused is None:
+            refusal = await self._apply_shared(ctx)
+            if refusal is not None:
+                refused = {**refusal, "generation": generation, "revision": ran[0].revision}
+                result.events.append(Event("Warning", "ChildRefused", refusal_text(refused)))
+        if refused is not None:
+            for run in ran:
+                if run.gates_refused is None:
+                    # Refused just now: the status says what the next reconcile will, so it is written once.
+                    run.outcome = dataclasses.replace(
+                        run.outcome, steps=[s for s in run.outcome.steps if not isinstance(s, CreateGang)],
+                        waiting=[*run.outcome.waiting, Gates(refused=refusal_text(refused)).blocking() or ""])
+        live = [g for g in gangs if g.pool in keys]
+        await self._collect_orphans(ctx, live, memory, now)
+
+        health = {n: h for run in ran for n, h in run.outcome.health.items()}
+        fabric = await self._fabric(live, health, ctx.ports.worker_http, old_status, memory, result)
+        endpoint = router_url(ctx) if spec.router.enabled else None
+        statuses = {}
+        for run in ran:
+            old = old_status if run.pool.role is None else ((old_status.get("pools") or {}).get(run.pool.key) or {})
+            statuses[run.pool.key] = running_status(
+                old=old, name=name, generation=generation, replicas=run.desired.replicas, plan=run.pool.ctx.plan,
+                revision=run.revision, gangs=run.gangs, outcome=run.outcome, endpoint=endpoint,
+                autoscaling=run.autoscaling, weights=shown, operator_upgrade=run.upgrade.condition(),
+                refused=refused, fabric=fabric)
+        status = (statuses[""] if pd is None
+                  else disaggregated_status(old=old_status, name=name, generation=generation, pools=statuses,
+                                            endpoint=endpoint, weights=shown, refused=refused))
+        await self._write_status(namespace, name, old_status, status, memory)
+        for g in live:
+            state = health[g.name].state.value
+            result.gangs_by_state[state] = result.gangs_by_state.get(state, 0) + 1
+        for run in ran:
+            if run.outcome.steps or any(health[g.name].state is not GangHealth.READY for g in run.gangs):
+                result.requeue_after = min(result.requeue_after, 2.0)
+            if run.outcome.deferred:
+                result.requeue_after = 0.0  # the bound on creations left work: the next reconcile does it now
+        return result
+
+    async def _reconcile_pool(self, pool: Pool, gangs: list[ObservedGang], pods: list[dict[str, Any]],
+                              memory: Memory, now: float, old_status: Mapping[str, Any], generation: int,
+                              weights_gate: str | None, refused: Mapping[str, Any] | None,
+                              expected: tuple[str, ...], result: ReconcileResult) -> PoolRun:
+        """One pool's gangs: plan the steps from its spec, records and gangs, and carry them out."""
+        ctx, spec = pool.ctx, pool.ctx.spec
+        own = memory.pool(pool.key)
+        revision = revision_of(ctx)
+        upgrade = operator_upgrade(ctx, revision, [p for p in pods if (p["metadata"].get("labels") or {}).get(
+            L.LABEL_GANG) in {g.name for g in gangs}])
         if upgrade.automatic:
             # The user opted in: gangs an older operator rendered roll like gangs of an older revision.
             gangs = [dataclasses.replace(g, revision=outdated_marker(revision)) if g.name in upgrade.outdated else g
                      for g in gangs]
         drained = await self._drained(gangs, ctx.ports.worker_http, now,
                                       float(spec.autoscaling.drain_timeout_seconds))
-        desired = self._desired(spec, revision, plan.nodes_per_replica)
-
-        # The gates, decided before the planner and handed to it.
-        weights = await ensure_weights(self.kube, ctx, self.options.weights,
-                                       probe=WeightsProbe(self.heads.session))
-        result.events.extend(Event(e.type, e.reason, e.message) for e in weights.events)
-        result.requeue_after = min(result.requeue_after, weights.requeue_after)
-        shown = _weights_shown(weights, memory, now)
-        refused = refusal_from_status(old_status, generation)
-        expected = self._unmet_expectations(memory, gangs, now)
-        if expected:
-            result.requeue_after = 1.0
+        desired = self._desired(spec, pool.replicas, revision, ctx.plan.nodes_per_replica)
+        mine = tuple(g for g in expected if g.startswith(f"{ctx.gang_prefix}-"))
         desired = dataclasses.replace(desired, gates=Gates(
-            # GPUs do not wait on a download: no gang until its weights are ready where it will run.
-            weights=shown.message if weights.blocks_gangs else None,
+            weights=weights_gate,
             # A read that does not show a gang we just created must not make us create it again.
-            expectations=expected,
+            expectations=mine,
             refused=refusal_text(refused) if refused else None))
 
         # The autoscaler decides first: its count and its choice of gang to remove feed the planner.
         autoscaling: dict[str, Any] = {}
-        if spec.autoscaling.enabled:
-            autoscaling = await self._autoscale(ctx, gangs, Outcome(health=health_map(desired, gangs, now)), memory,
+        if spec.autoscaling.enabled and pool.role is None:
+            autoscaling = await self._autoscale(ctx, gangs, Outcome(health=health_map(desired, gangs, now)), own,
                                                 now, result, old_status)
             result.requeue_after = min(result.requeue_after, autoscaler.SCRAPE_INTERVAL_SECONDS)
             scaled = autoscaling.get("lastScaleDecision")
             if scaled and scaled != old_status.get("lastScaleDecision"):
                 # Written through /scale just now: the planner acts on it in this same reconcile.
                 desired = dataclasses.replace(desired, replicas=int(scaled["to"]))
-            desired = dataclasses.replace(desired, remove_first=memory.autoscaler.remove_first)
-        records = {r: dataclasses.replace(rec, attempt=max(rec.attempt, memory.attempts.get(r, 0)))
-                   for r, rec in records_from_status(old_status).items()}
-        records.update({r: ReplicaRecord(attempt=a) for r, a in memory.attempts.items() if r not in records})
+            desired = dataclasses.replace(desired, remove_first=own.autoscaler.remove_first)
+        shown = old_status if pool.role is None else ((old_status.get("pools") or {}).get(pool.key) or {})
+        records = {r: dataclasses.replace(rec, attempt=max(rec.attempt, own.attempts.get(r, 0)))
+                   for r, rec in records_from_status(shown).items()}
+        records.update({r: ReplicaRecord(attempt=a) for r, a in own.attempts.items() if r not in records})
         outcome = next_steps(desired, gangs, records, now, drained)
 
         # Independent steps run concurrently: sixteen gangs are created in the time of one. Not more at
@@ -247,45 +345,23 @@ class Reconciler:
 
         async def execute(step: CreateGang | DeleteGang | StartDrain) -> tuple[Event, dict[str, str] | None]:
             if not isinstance(step, CreateGang):
-                return await self._execute(step, ctx, revision, gangs, memory, now)
+                return await self._execute(step, ctx, revision, gangs, memory, own, now)
             async with slots:
-                return await self._execute(step, ctx, revision, gangs, memory, self.clock())
+                return await self._execute(step, ctx, revision, gangs, memory, own, self.clock())
 
         executed = await asyncio.gather(*(execute(step) for step in outcome.steps))
+        run_refused = None
         for event, refusal in executed:
             result.events.append(event)
-            if refusal is not None and refused is None:
-                refused = {**refusal, "generation": generation, "revision": revision}
-        if refused is None:
-            refusal = await self._apply_shared(ctx)
-            if refusal is not None:
-                refused = {**refusal, "generation": generation, "revision": revision}
-                result.events.append(Event("Warning", "ChildRefused", refusal_text(refused)))
-        if refused is not None and desired.gates.refused is None:
-            # Refused just now: the status says what the next reconcile will, so it is written once.
-            outcome = dataclasses.replace(
-                outcome, steps=[s for s in outcome.steps if not isinstance(s, CreateGang)],
-                waiting=[*outcome.waiting, Gates(refused=refusal_text(refused)).blocking() or ""])
-        await self._collect_orphans(ctx, gangs, memory, now)
+            if refusal is not None and refused is None and run_refused is None:
+                run_refused = {**refusal, "generation": generation, "revision": revision}
+        return PoolRun(pool=pool, revision=revision, gangs=gangs, desired=desired, outcome=outcome,
+                       upgrade=upgrade, autoscaling=autoscaling, refused=run_refused,
+                       gates_refused=desired.gates.refused)
 
-        fabric = await self._fabric(gangs, outcome, ctx.ports.worker_http, old_status, memory, result)
-        endpoint = router_url(ctx) if spec.router.enabled else None
-        status = running_status(old=old_status, name=name, generation=generation, replicas=desired.replicas,
-                                plan=plan, revision=revision, gangs=gangs, outcome=outcome, endpoint=endpoint,
-                                autoscaling=autoscaling, weights=shown, operator_upgrade=upgrade.condition(),
-                                refused=refused, fabric=fabric)
-        await self._write_status(namespace, name, old_status, status, memory)
-        for g in gangs:
-            state = outcome.health[g.name].state.value
-            result.gangs_by_state[state] = result.gangs_by_state.get(state, 0) + 1
-        if outcome.steps or any(outcome.health[g.name].state is not GangHealth.READY for g in gangs):
-            result.requeue_after = min(result.requeue_after, 2.0)
-        if outcome.deferred:
-            result.requeue_after = 0.0  # the bound on creations left work: the next reconcile does it now
-        return result
-
-    async def _fabric(self, gangs: list[ObservedGang], outcome: Outcome, port: int, old_status: Mapping[str, Any],
-                      memory: Memory, result: ReconcileResult) -> dict[str, dict[str, Any]]:
+    async def _fabric(self, gangs: list[ObservedGang], health: Mapping[str, Health], port: int,
+                      old_status: Mapping[str, Any], memory: Memory,
+                      result: ReconcileResult) -> dict[str, dict[str, Any]]:
         """Each gang's fabric check: what status already shows, and for a gang that turned Ready since, its
         head's figures, read once (one Event per gang; a head that cannot say is asked again next time)."""
         live = {g.name for g in gangs}
@@ -294,7 +370,7 @@ class Reconciler:
                 memory.fabric.setdefault(shown["name"], dict(shown["fabric"]))
         for g in gangs:
             if (g.name in memory.fabric or g.head is None or not g.head.ip
-                    or outcome.health[g.name].state is not GangHealth.READY):
+                    or health[g.name].state is not GangHealth.READY):
                 continue
             got = await self.heads.fabric(g.head.ip, port)
             if got is None:
@@ -355,10 +431,10 @@ class Reconciler:
             result.events.append(Event("Warning", "AutoscalingNoData", decision.reason))
         return fields
 
-    def _desired(self, spec: DeploymentSpec, revision: str, size: int) -> Desired:
+    def _desired(self, spec: DeploymentSpec, replicas: int, revision: str, size: int) -> Desired:
         o = self.options
         return Desired(
-            replicas=spec.replicas, revision=revision, size=size, max_surge=spec.rollout.max_surge,
+            replicas=replicas, revision=revision, size=size, max_surge=spec.rollout.max_surge,
             max_unavailable=spec.rollout.max_unavailable, restart_budget=o.restart_budget,
             backoff_base=o.backoff_base, backoff_cap=o.backoff_cap, unschedulable_deadline=o.unschedulable_deadline,
             surge_unschedulable_deadline=o.surge_unschedulable_deadline,
@@ -419,7 +495,8 @@ class Reconciler:
         return frozenset(done)
 
     async def _execute(self, step: CreateGang | DeleteGang | StartDrain, ctx: BuildContext, revision: str,
-                       gangs: list[ObservedGang], memory: Memory, now: float) -> tuple[Event, dict[str, str] | None]:
+                       gangs: list[ObservedGang], memory: Memory, own: Memory,
+                       now: float) -> tuple[Event, dict[str, str] | None]:
         """Carry out one step; the event to post and, when the API refused an object (422), the refusal."""
         ns = ctx.namespace
         if isinstance(step, CreateGang):
@@ -427,7 +504,7 @@ class Reconciler:
             pods = [o for o in objects if o["kind"] == "Pod"]
             gang = pods[0]["metadata"]["labels"][L.LABEL_GANG]
             memory.expectations[gang] = (len(pods), now + _EXPECTATION_SECONDS)
-            memory.attempts[step.replica] = max(memory.attempts.get(step.replica, 0), step.attempt)
+            own.attempts[step.replica] = max(own.attempts.get(step.replica, 0), step.attempt)
             # A gang's objects never change after creation (a change is a new revision, so a new gang):
             # they are created, not applied. The launch plan, Service and NetworkPolicy come first.
             try:

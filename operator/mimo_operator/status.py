@@ -21,6 +21,7 @@ from mimo_operator.weights import WeightsState
 
 __all__ = [
     "condition",
+    "disaggregated_status",
     "merge_conditions",
     "plan_summary",
     "records_from_status",
@@ -266,6 +267,56 @@ def running_status(*, old: Mapping[str, Any], name: str, generation: int, replic
             for g in sorted(gangs, key=lambda g: (g.replica, g.name))
         ],
         "replicaRecords": records_to_status(outcome.records),
+        "pools": None,  # a deployment that was disaggregated before
+        "refusal": dict(refused) if refused else None,
+        "conditions": merge_conditions(old.get("conditions") or [], conditions),
+    }
+
+
+# How bad a phase is, for a deployment of several pools: it is as far along as its worst pool.
+_PHASE_ORDER = ("Refused", "Degraded", "Pending", "Progressing", "Ready")
+
+
+def disaggregated_status(*, old: Mapping[str, Any], name: str, generation: int, pools: Mapping[str, Mapping[str, Any]],
+                         endpoint: str | None, weights: WeightsState | None = None,
+                         refused: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A disaggregated deployment's status from its pools' (each a ``running_status``): every pool's own
+    under ``pools.<role>``, and the deployment's phase, counts, gangs and conditions over both.
+
+    Ready only when every pool is: a PD deployment with no prefill gang, or no decode gang, serves nothing.
+    """
+    shown: dict[str, dict[str, Any]] = {}
+    for role, pool in pools.items():
+        shown[role] = {k: pool[k] for k in ("phase", "replicas", "readyReplicas", "updatedReplicas", "plan",
+                                            "replicaRecords", "conditions") if k in pool}
+    phase = min((p["phase"] for p in pools.values()), key=_PHASE_ORDER.index, default="Pending")
+    conditions = []
+    for kind in ("Ready", "Progressing", "Degraded", "ChildrenAccepted"):
+        parts = [(role, next(c for c in p["conditions"] if c["type"] == kind)) for role, p in pools.items()]
+        # Ready and ChildrenAccepted hold when they hold in every pool; Progressing and Degraded in any.
+        every = kind in ("Ready", "ChildrenAccepted")
+        ok = all(c["status"] == "True" for _, c in parts) if every else any(c["status"] == "True" for _, c in parts)
+        deciding = [c for _, c in parts if (c["status"] == "True") == ok] or [c for _, c in parts]
+        conditions.append(condition(kind, ok, deciding[0]["reason"],
+                                    "; ".join(f"{role}: {c['message']}" for role, c in parts), generation))
+    if weights is not None:
+        c = weights.condition()
+        conditions.append(condition(c["type"], c["status"] == "True", c["reason"], c["message"], generation))
+    gangs = [{**g, "pool": role} for role, p in pools.items() for g in p.get("gangs") or []]
+    return {
+        "observedGeneration": generation,
+        "phase": phase,
+        "replicas": sum(int(p.get("replicas") or 0) for p in pools.values()),
+        "readyReplicas": sum(int(p.get("readyReplicas") or 0) for p in pools.values()),
+        "updatedReplicas": sum(int(p.get("updatedReplicas") or 0) for p in pools.values()),
+        "selector": selector(name),
+        "endpoint": endpoint,
+        "pools": shown,
+        "gangs": gangs,
+        # The colocated fields a deployment had before it turned disaggregated go (a merge patch keeps
+        # what it does not name).
+        "plan": None,
+        "replicaRecords": None,
         "refusal": dict(refused) if refused else None,
         "conditions": merge_conditions(old.get("conditions") or [], conditions),
     }

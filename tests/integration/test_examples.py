@@ -14,11 +14,10 @@ from typing import Any
 import pytest
 import yaml
 
-from mimo_operator.errors import NotYetSupported
 from mimo_operator.localcluster.cluster import LocalCluster
 from mimo_operator.plan import Plan
 from mimo_operator.planner import plan_deployment
-from mimo_operator.planner_pd import plan_disaggregated, refuse_disaggregation
+from mimo_operator.planner_pd import plan_disaggregated
 from mimo_operator.spec import parse_spec
 from tests.conftest import REPO
 from tests.helpers.packaging import CRD, EXAMPLES, kubeconform, tool, write_schemas
@@ -31,6 +30,7 @@ EXPECTED = {
     "mimo-v25-pro-hostnetwork-ib.yaml",
     "mimo-v25-pro-simulated.yaml",
     "mimo-v25-pro-pd.yaml",
+    "mimo-v25-pd-simulated.yaml",
     "mimo-v25-simulated-caching.yaml",
 }
 FILES = sorted(p.name for p in EXAMPLES.glob("*.yaml"))
@@ -113,15 +113,15 @@ def test_each_example_is_what_its_name_says() -> None:
     assert caching.replicas >= 2
     assert caching.engine.extra_args == ["--enable-cache-report"]
 
-    # The PD example plans on both sides as the public Pro PD recipe (2 + 2 nodes, tp16/ep16), and the operator
-    # refuses it whole as not yet supported rather than half-run it.
+    # The PD example plans on both sides as the public Pro PD recipe (2 + 2 nodes, tp16/ep16).
     pd_spec = parse_spec(load("mimo-v25-pro-pd.yaml"))
     pd = plan_disaggregated(pd_spec)
     assert (pd.prefill.plan.nodes_per_replica, pd.decode.plan.nodes_per_replica) == (2, 2)
     assert (pd.prefill.plan.tensor_parallel, pd.decode.plan.expert_parallel) == (16, 16)
     assert pd.decode.eplb is not None
-    with pytest.raises(NotYetSupported):
-        refuse_disaggregation(pd_spec)
+    rehearsal_pd = plan_disaggregated(parse_spec(load("mimo-v25-pd-simulated.yaml")))
+    assert (rehearsal_pd.prefill.plan.engine, rehearsal_pd.decode.plan.engine) == ("simulated", "simulated")
+    assert rehearsal_pd.prefill.plan.deepep_mode == "normal"
 
 
 def test_the_examples_are_valid_for_kubeconform_against_the_crd_schema(tmp_path: Path) -> None:

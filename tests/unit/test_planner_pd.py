@@ -15,7 +15,7 @@ import yaml
 
 from mimo_operator.build.revision import revision_inputs
 from mimo_operator.catalog import checkpoint
-from mimo_operator.errors import NotYetSupported, PlanRefused
+from mimo_operator.errors import PlanRefused
 from mimo_operator.plan import CACHE_MOUNT_PATH, HEAD_ADDRESS_PLACEHOLDER
 from mimo_operator.planner import plan_deployment
 from mimo_operator.planner_pd import (
@@ -26,7 +26,6 @@ from mimo_operator.planner_pd import (
     check_attention_tp,
     expert_slot_bytes,
     plan_disaggregated,
-    refuse_disaggregation,
 )
 from mimo_operator.spec import parse_spec
 from tests.helpers.specs import DeploymentBuilder, a_deployment
@@ -166,13 +165,10 @@ def test_a_spec_without_disaggregation_hashes_and_plans_as_before() -> None:
     assert "--disaggregation-mode" not in plan_deployment(spec).argv(0, "h")
 
 
-def test_the_operator_refuses_a_pd_spec_that_plans_as_not_yet_supported() -> None:
-    with pytest.raises(NotYetSupported, match="not yet supported by this operator: the plan \\(1 prefill gang"):
-        refuse_disaggregation(parse_spec(pro_pd().build()))
-    with pytest.raises(PlanRefused) as refused:  # an impossible PD spec is refused with its arithmetic first
-        refuse_disaggregation(parse_spec(pro_pd().network("podNetwork").set("parallelism.moeA2ABackend", "none")
-                                         .build()))
-    assert not isinstance(refused.value, NotYetSupported)
+def test_an_impossible_pd_spec_is_refused_with_its_arithmetic() -> None:
+    with pytest.raises(PlanRefused, match=r"spec\.disaggregation\.transferBackend.*RDMA"):
+        plan_disaggregated(parse_spec(pro_pd().network("podNetwork").set("parallelism.moeA2ABackend", "none")
+                                      .build()))
 
 
 def test_spec_rules_of_the_pools() -> None:
@@ -234,19 +230,6 @@ def test_sglang_parses_every_rank_of_both_sides(name: str) -> None:
                 assert args.disaggregation_bootstrap_port == pd.bootstrap_port
 
 
-def test_the_reconciler_writes_not_yet_supported_in_status_and_creates_no_gang() -> None:
-    from tests.helpers.operator_world import World
-
-    w = World(pro_pd().named("d").simulated())
-    w.reconcile()
-    status = w.status()
-    assert status["phase"] == "Refused"
-    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
-    assert ready["reason"] == "NotYetSupported"
-    assert "spec.disaggregation: prefill/decode disaggregation is not yet supported" in ready["message"]
-    assert [kind for _, kind, _ in w.kube.writes if kind in ("Pod", "ConfigMap", "Service")] == []
-
-
 def test_mimoctl_plan_shows_both_sides_and_the_hand_over(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from mimo_operator.cli import main
 
@@ -259,7 +242,6 @@ def test_mimoctl_plan_shows_both_sides_and_the_hand_over(tmp_path: Path, capsys:
     assert "KV hand-over" in table
     assert "--disaggregation-mode prefill" in table
     assert "--disaggregation-mode decode" in table
-    assert "NotYetSupported" in table
     assert main(["plan", "-f", str(path), "-o", "json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["kvTransfer"]["totalBytes"] == 229_376_000
@@ -288,11 +270,20 @@ def test_the_pools_replace_a_colocated_node_count_that_could_not_work(
     path.write_text(yaml.safe_dump(builder.build()))
     assert main_plan(["plan", "-f", str(path)]) == 0
     assert "=== DECODE SIDE ===" in capsys.readouterr().out
-    with pytest.raises(NotYetSupported):
-        refuse_disaggregation(parse_spec(builder.build()))
+    assert plan_of(builder).prefill.plan.nodes_per_replica == 2
 
 
 def main_plan(argv: list[str]) -> int:
     from mimo_operator.cli import main
 
     return main(argv)
+
+
+def test_a_simulated_pd_rehearsal_plans_in_a_pod_network() -> None:
+    # The simulated engine hands KV over without RDMA; SGLang's engines on the same spec are refused.
+    builder = (a_deployment("pd").v25().h200().simulated().network("podNetwork")
+               .set("disaggregation", {"prefill": {"replicas": 1}, "decode": {"replicas": 1}}))
+    pd = plan_of(builder)
+    assert (pd.prefill.plan.engine, pd.decode.plan.engine) == ("simulated", "simulated")
+    with pytest.raises(PlanRefused, match="podNetwork has none"):
+        plan_of(builder.set("engine.type", "sglang"))

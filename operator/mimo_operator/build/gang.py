@@ -63,11 +63,14 @@ def deployment_labels(ctx: BuildContext, component: str) -> dict[str, str]:
 
 def _gang_labels(ctx: BuildContext, gang: str, replica: int, attempt: int, revision: str,
                  template: str) -> dict[str, str]:
-    return {
+    labels = {
         **deployment_labels(ctx, "engine"), L.LABEL_GANG: gang, L.LABEL_REPLICA: str(replica),
         L.LABEL_ATTEMPT: str(attempt), L.LABEL_REVISION: revision, L.LABEL_TEMPLATE: template,
         L.LABEL_GANG_SIZE: str(ctx.plan.nodes_per_replica),
     }
+    if ctx.pool:
+        labels[L.LABEL_POOL] = ctx.pool
+    return labels
 
 
 def _meta(ctx: BuildContext, name: str, labels: dict[str, str]) -> dict[str, Any]:
@@ -81,7 +84,8 @@ def gang_ports(ctx: BuildContext, gang: str) -> tuple[int, int]:
     if not (ctx.distinct_gang_ports or ctx.spec.network.mode == "hostNetwork"):
         return ctx.ports.ray_gcs, ctx.ports.fabric
     # SGLang's dist-init port and the five after it (its ZMQ channels), the serving and worker ports.
-    taken = {*range(ctx.plan.dist_init_port, ctx.plan.dist_init_port + 6), ctx.plan.port, ctx.ports.worker_http}
+    taken = {*range(ctx.plan.dist_init_port, ctx.plan.dist_init_port + 6), ctx.plan.port, ctx.ports.worker_http,
+             bootstrap_port(ctx)}
     slot = int(L.short_hash(gang, length=8), 16) % 5000
     while {20000 + 2 * slot, 20001 + 2 * slot} & taken:
         slot = (slot + 1) % 5000
@@ -130,7 +134,7 @@ def _expected_bus_gbps(ctx: BuildContext) -> float | None:
 def gang_objects(ctx: BuildContext, replica: int, attempt: int, revision: str) -> list[dict[str, Any]]:
     """Every object of one gang: ConfigMap, Service, NetworkPolicy, [PodGroup], then the pods by rank.
     Each carries this operator's template (``template_of``), so a later operator can tell its own pods."""
-    return _objects(ctx, L.gang_name(ctx.name, replica, revision, attempt), replica, attempt, revision,
+    return _objects(ctx, L.gang_name(ctx.gang_prefix, replica, revision, attempt), replica, attempt, revision,
                     template_of(ctx))
 
 
@@ -163,6 +167,7 @@ def _objects(ctx: BuildContext, gang: str, replica: int, attempt: int, revision:
                     {"name": "engine-http", "port": plan.port},
                     {"name": "dist-init", "port": plan.dist_init_port},
                     {"name": "worker-http", "port": ports.worker_http},
+                    *([{"name": "bootstrap", "port": bootstrap}] if (bootstrap := bootstrap_port(ctx)) else []),
                 ],
             },
         },
@@ -173,26 +178,53 @@ def _objects(ctx: BuildContext, gang: str, replica: int, attempt: int, revision:
     return objects
 
 
+def bootstrap_port(ctx: BuildContext) -> int | None:
+    """The KV bootstrap port a prefill gang's head serves (the decode side asks it where each request's KV
+    is); None on decode and colocated gangs."""
+    if ctx.pool != "prefill" or ctx.disaggregated is None:
+        return None
+    return ctx.disaggregated.bootstrap_port
+
+
+# Where the KV transfer engines (mooncake, NIXL) open their TCP side channels: ports the OS hands out at
+# run time, in Linux's default ephemeral range. The KV itself moves by RDMA, which no NetworkPolicy sees.
+TRANSFER_PORTS = (32768, 60999)
+
+
 def _network_policy(ctx: BuildContext, gang: str, labels: dict[str, str]) -> dict[str, Any]:
     """Ray's ports (GCS, raylets, object store) and NCCL's are unauthenticated: only the gang's own pods
-    may reach them. The router reaches the serving port; the operator the worker and metrics ports."""
+    may reach them. The router reaches the serving port; the operator the worker and metrics ports.
+
+    A gang of a disaggregated deployment also admits the other pool's pods of the same deployment: on the
+    prefill head's bootstrap port, and on the transfer engines' side channels (``TRANSFER_PORTS``) in both
+    directions. Ray's GCS and SGLang's dist-init ports stay outside that range.
+    """
     ports = ctx.ports
     router = {"podSelector": {"matchLabels": {L.LABEL_DEPLOYMENT: ctx.name, L.LABEL_COMPONENT: "router"}}}
     operator = {
         "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ctx.operator.namespace}},
         "podSelector": {"matchLabels": dict(ctx.operator.pod_labels)},
     }
+    ingress: list[dict[str, Any]] = [
+        {"from": [{"podSelector": {"matchLabels": {L.LABEL_GANG: gang}}}]},
+        {"from": [router], "ports": [{"protocol": "TCP", "port": ctx.plan.port}]},
+        {"from": [operator], "ports": [{"protocol": "TCP", "port": ports.worker_http},
+                                       {"protocol": "TCP", "port": ctx.plan.port}]},
+    ]
+    if ctx.pool:
+        other = "decode" if ctx.pool == "prefill" else "prefill"
+        peers = {"podSelector": {"matchLabels": {L.LABEL_DEPLOYMENT: ctx.name, L.LABEL_COMPONENT: "engine",
+                                                 L.LABEL_POOL: other}}}
+        allowed = [{"protocol": "TCP", "port": TRANSFER_PORTS[0], "endPort": TRANSFER_PORTS[1]}]
+        if bootstrap := bootstrap_port(ctx):
+            allowed.insert(0, {"protocol": "TCP", "port": bootstrap})
+        ingress.append({"from": [peers], "ports": allowed})
     return {
         "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": _meta(ctx, gang, labels),
         "spec": {
             "podSelector": {"matchLabels": {L.LABEL_GANG: gang}},
             "policyTypes": ["Ingress"],
-            "ingress": [
-                {"from": [{"podSelector": {"matchLabels": {L.LABEL_GANG: gang}}}]},
-                {"from": [router], "ports": [{"protocol": "TCP", "port": ctx.plan.port}]},
-                {"from": [operator], "ports": [{"protocol": "TCP", "port": ports.worker_http},
-                                               {"protocol": "TCP", "port": ctx.plan.port}]},
-            ],
+            "ingress": ingress,
         },
     }
 
@@ -239,6 +271,9 @@ def _pod(ctx: BuildContext, gang: str, gang_labels: dict[str, str], rank: int) -
     if rank == 0:
         labels[L.LABEL_SERVING] = "true"
     annotations = {**dict(ctx.pod_annotations), **sched_annotations}
+    bootstrap = bootstrap_port(ctx)
+    if rank == 0 and bootstrap:
+        annotations[L.ANNOTATION_BOOTSTRAP_PORT] = str(bootstrap)
     network = spec.network
     if network.mode == "rdma" and network.rdma and network.rdma.networks:
         annotations["k8s.v1.cni.cncf.io/networks"] = ",".join(network.rdma.networks)
@@ -272,6 +307,7 @@ def _pod(ctx: BuildContext, gang: str, gang_labels: dict[str, str], rank: int) -
         {"name": "engine-http", "containerPort": plan.port},
         {"name": "dist-init", "containerPort": plan.dist_init_port},
         {"name": "worker-http", "containerPort": ports.worker_http},
+        *([{"name": "bootstrap", "containerPort": bootstrap}] if bootstrap else []),
     ]
     mounts: list[dict[str, Any]] = [
         {"name": "launch-plan", "mountPath": LAUNCH_PLAN_MOUNT, "readOnly": True},

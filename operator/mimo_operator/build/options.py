@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mimo_operator.plan import Plan
+from mimo_operator.planner_pd import DisaggregatedPlan, Role
 from mimo_operator.spec import DeploymentSpec
 
 __all__ = ["BuildContext", "OperatorIdentity", "WorkerPorts"]
@@ -47,3 +48,12 @@ class BuildContext:
     # Extra labels and annotations on every engine and router pod (from the spec's pod template).
     pod_labels: tuple[tuple[str, str], ...] = ()
     pod_annotations: tuple[tuple[str, str], ...] = ()
+    # A disaggregated deployment (spec.disaggregation): both pools' plans. ``pool`` names the side a gang
+    # builder builds for (``build.pools.pool_context``); ``plan`` is then that side's plan.
+    disaggregated: DisaggregatedPlan | None = None
+    pool: Role | None = None
+
+    @property
+    def gang_prefix(self) -> str:
+        """What gang names start with: the deployment's name, and a pool's role after it."""
+        return f"{self.name}-{self.pool}" if self.pool else self.name

@@ -32,6 +32,7 @@ from mimo_operator.spec import DeploymentSpec
 
 __all__ = [
     "NON_POD_FIELDS",
+    "NON_POD_POOL_FIELDS",
     "NON_POD_SUBFIELDS",
     "OPERATOR_UPGRADE_CONDITION",
     "POD_FIELDS",
@@ -39,6 +40,7 @@ __all__ = [
     "OperatorUpgrade",
     "operator_upgrade",
     "outdated_marker",
+    "pool_revision_inputs",
     "revision_inputs",
     "revision_of",
 ]
@@ -86,9 +88,28 @@ def revision_inputs(spec: DeploymentSpec) -> dict[str, Any]:
     return pruned if isinstance(pruned, dict) else {}
 
 
+# Fields of a pool (spec.disaggregation.<role>) that change no pod: how many gangs the pool runs.
+NON_POD_POOL_FIELDS: tuple[str, ...] = ("replicas", "min_replicas", "max_replicas")
+
+
+def pool_revision_inputs(spec: DeploymentSpec, role: str) -> dict[str, Any]:
+    """The inputs that change a pod of one pool of a disaggregated deployment: the deployment's, with only
+    this pool's section of spec.disaggregation (the other pool's gangs are planned apart) and without its
+    replica counts, so that scaling or reshaping one pool never rolls the other."""
+    inputs = revision_inputs(spec)
+    pd = dict(inputs.get("disaggregation") or {})
+    own = {k: v for k, v in (pd.get(role) or {}).items() if k not in NON_POD_POOL_FIELDS}
+    for side in ("prefill", "decode"):
+        pd.pop(side, None)
+    inputs["disaggregation"] = {**pd, "pool": role, **({role: own} if own else {})}
+    return inputs
+
+
 def revision_of(ctx: BuildContext) -> str:
-    """``r1-<10 hex>``: the revision of the deployment's gangs (a label value and part of gang names)."""
-    canonical = json.dumps(revision_inputs(ctx.spec), sort_keys=True, separators=(",", ":"))
+    """``r1-<10 hex>``: the revision of the deployment's gangs (a label value and part of gang names); a
+    pool's own (``pool_revision_inputs``) for a gang of a disaggregated deployment."""
+    inputs = pool_revision_inputs(ctx.spec, ctx.pool) if ctx.pool else revision_inputs(ctx.spec)
+    canonical = json.dumps(inputs, sort_keys=True, separators=(",", ":"))
     return f"{REVISION_SCHEMA}-{L.short_hash(canonical, length=10)}"
 
 

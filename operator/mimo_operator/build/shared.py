@@ -8,6 +8,7 @@ from typing import Any
 from mimo_operator import labels as L
 from mimo_operator.build.gang import deployment_labels, owner_reference
 from mimo_operator.build.options import BuildContext
+from mimo_operator.build.pools import pools_of
 
 __all__ = ["router_name", "router_url", "shared_objects"]
 
@@ -27,24 +28,44 @@ def _meta(ctx: BuildContext, name: str, component: str) -> dict[str, Any]:
 
 
 def shared_objects(ctx: BuildContext) -> list[dict[str, Any]]:
-    objects = [_disruption_budget(ctx)]
+    objects = _disruption_budget(ctx)
     if ctx.spec.router.enabled:
         objects += _router(ctx)
     return objects
 
 
-def _disruption_budget(ctx: BuildContext) -> dict[str, Any]:
+def _disruption_budget(ctx: BuildContext) -> list[dict[str, Any]]:
     # Pods are counted, gangs are what matters: evicting any pod of a gang ends the gang, so a voluntary
-    # disruption may take at most one gang's worth of pods at a time.
-    return {
-        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
-        "metadata": _meta(ctx, f"{ctx.name}-engine", "engine"),
-        "spec": {
-            "maxUnavailable": ctx.plan.nodes_per_replica,
-            "selector": {"matchLabels": {L.LABEL_DEPLOYMENT: ctx.name, L.LABEL_COMPONENT: "engine"}},
-            "unhealthyPodEvictionPolicy": "AlwaysAllow",
-        },
-    }
+    # disruption may take at most one gang's worth of pods at a time — per pool, whose gangs differ in size.
+    budgets = []
+    for pool in pools_of(ctx):
+        selector = {L.LABEL_DEPLOYMENT: ctx.name, L.LABEL_COMPONENT: "engine"}
+        if pool.role:
+            selector[L.LABEL_POOL] = pool.role
+        budgets.append({
+            "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": _meta(ctx, f"{pool.ctx.gang_prefix}-engine", "engine"),
+            "spec": {
+                "maxUnavailable": pool.ctx.plan.nodes_per_replica,
+                "selector": {"matchLabels": selector},
+                "unhealthyPodEvictionPolicy": "AlwaysAllow",
+            },
+        })
+    return budgets
+
+
+def _discovery(ctx: BuildContext) -> list[str]:
+    """The router's pod discovery: only head pods that are Ready and still serving (a draining gang's head
+    loses the serving label first, so it leaves the router before its pods go); in PD mode one selector per
+    pool, and the prefill heads' bootstrap port from their annotation (``labels.ANNOTATION_BOOTSTRAP_PORT``, the
+    router's default --bootstrap-port-annotation)."""
+    heads = [f"{L.LABEL_DEPLOYMENT}={ctx.name}", f"{L.LABEL_ROLE}={L.ROLE_HEAD}", f"{L.LABEL_SERVING}=true"]
+    if ctx.disaggregated is None:
+        return ["--service-discovery", "--selector", *heads]
+    # spec.router.policy serves both sides (sglang-router's --policy in PD mode).
+    return ["--pd-disaggregation", "--service-discovery",
+            "--prefill-selector", *heads, f"{L.LABEL_POOL}=prefill",
+            "--decode-selector", *heads, f"{L.LABEL_POOL}=decode"]
 
 
 def _router(ctx: BuildContext) -> list[dict[str, Any]]:
@@ -53,14 +74,11 @@ def _router(ctx: BuildContext) -> list[dict[str, Any]]:
     router = ctx.spec.router
     labels = {**dict(ctx.pod_labels), **deployment_labels(ctx, "router")}
     selector = {L.LABEL_DEPLOYMENT: ctx.name, L.LABEL_COMPONENT: "router"}
-    # The router discovers the heads itself: only head pods that are Ready and still serving (a draining
-    # gang's head loses the serving label first, so it leaves the router before its pods go).
-    discovery = [f"{L.LABEL_DEPLOYMENT}={ctx.name}", f"{L.LABEL_ROLE}={L.ROLE_HEAD}", f"{L.LABEL_SERVING}=true"]
     args = [
         # The pod's own IP, not every interface: the same in a pod, and safe where pods share a host's
         # network (the local cluster, hostNetwork).
         "--host", "$(POD_IP)", "--port", str(ports.router_http), "--policy", router.policy,
-        "--service-discovery", "--selector", *discovery,
+        *_discovery(ctx),
         "--service-discovery-port", str(ctx.plan.port), "--service-discovery-namespace", ctx.namespace,
         "--prometheus-host", "$(POD_IP)", "--prometheus-port", str(ports.router_metrics),
         # A Pro gang takes minutes to load; the router must not give up on a discovered head meanwhile.

@@ -144,8 +144,6 @@ def _print_disaggregated(pd: DisaggregatedPlan, output: str) -> int:
                   f"gang; its KV crosses to decode in ≈{pd.transfer.seconds * 1e3:.2f} ms"]
     if pd.warnings:
         lines += ["", "WARNINGS"] + [f"  - {w}" for w in pd.warnings]
-    lines += ["", "NOTE: this operator does not run PD gangs yet; it refuses this deployment in status "
-                  "(reason NotYetSupported)."]
     for pool in (pd.prefill, pd.decode):
         lines += ["", f"=== {pool.role.upper()} SIDE ===", render_table(pool.plan)]
     print("\n".join(lines))
