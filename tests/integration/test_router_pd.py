@@ -80,7 +80,8 @@ def pd_rehearsal(tmp: Path) -> Iterator[Rehearsal]:
     prefill, decode = f"http://127.0.0.1:{prefill_port}", f"http://127.0.0.1:{decode_port}"
     router = subprocess.Popen(
         [sys.executable, "-m", "sglang_router.launch_router", "--host", "127.0.0.1", "--port", str(router_port),
-         "--prometheus-port", str(free_port()), "--pd-disaggregation", "--prefill", prefill, str(bootstrap_port),
+         "--prometheus-host", "127.0.0.1", "--prometheus-port", str(free_port()), "--pd-disaggregation",
+         "--prefill", prefill, str(bootstrap_port),
          "--decode", decode],
         stdout=(tmp / "router.log").open("wb"), stderr=subprocess.STDOUT, cwd=REPO,
     )  # fmt: skip
