@@ -321,3 +321,20 @@ async def test_a_decode_waits_for_a_prefill_that_gets_the_request_late() -> None
 def test_the_example_pd_manifest_file_plans_both_sides() -> None:
     for role in ("prefill", "decode"):
         assert planned_replica(PD_EXAMPLE, role=role).role == role
+
+
+async def test_a_request_too_long_for_the_model_is_refused_on_both_sides_before_any_hand_over() -> None:
+    too_long = {**CHAT, "max_tokens": REPLICA.context_length}
+    async with pd_pair(speedup=10.0) as pair:
+        body = routed(too_long, pair, room=13)
+        answers = await asyncio.wait_for(
+            asyncio.gather(
+                post(pair.session, pair.prefill_url + "/v1/chat/completions", body),
+                post(pair.session, pair.decode_url + "/v1/chat/completions", body),
+            ),
+            timeout=5,
+        )
+        prefill = await samples(pair.session, pair.prefill_url)
+    assert [status for status, _ in answers] == [400, 400]
+    assert all("maximum context length" in answer["message"] for _, answer in answers)
+    assert prefill["sglang:num_prefill_bootstrap_queue_reqs"] == 0

@@ -11,10 +11,10 @@ current time (simulated seconds) as an argument, so the same core runs
 The model
 =========
 
-It follows the scheduler loop of SGLang 0.5 (a "unified" scheduler, no prefill/decode disaggregation,
-no mixed chunks — SGLang's defaults). :class:`Engine` is one scheduler; :class:`ReplicaEngine` is a
-replica, with one scheduler per attention-DP group stepping in lockstep (item 7). Each step is one
-forward pass:
+It follows the scheduler loop of SGLang 0.5 (a "unified" scheduler, no mixed chunks — SGLang's
+defaults; a decode server of a prefill/decode pair runs the same loop over transferred KV, item 10).
+:class:`Engine` is one scheduler; :class:`ReplicaEngine` is a replica, with one scheduler per
+attention-DP group stepping in lockstep (item 7). Each step is one forward pass:
 
 1. **Prefill first.** If a prompt is half-prefilled (chunked prefill), or waiting requests can be
    admitted, the step is a prefill (extend) batch and running requests do not decode in it. Otherwise
@@ -125,6 +125,7 @@ __all__ = [
     "StepTimer",
     "VirtualRun",
     "Workload",
+    "check_request",
     "run_virtual",
 ]
 
@@ -426,6 +427,28 @@ class _Counters:
     steps: int = 0
 
 
+def check_request(limits: EngineLimits, prompt_tokens: int, max_new_tokens: int) -> None:
+    """Raise :class:`RequestRejected` for a request a scheduler with ``limits`` can never serve."""
+    if prompt_tokens < 1:
+        raise RequestRejected("the prompt must have at least one token")
+    if max_new_tokens < 1:
+        raise RequestRejected("max_tokens must be at least 1")
+    total = prompt_tokens + max_new_tokens
+    if total > limits.context_length:
+        raise RequestRejected(
+            f"Requested token count exceeds the model's maximum context length of "
+            f"{limits.context_length} tokens. You requested a total of {total} tokens: "
+            f"{prompt_tokens} tokens from the input messages and {max_new_tokens} tokens for the "
+            f"completion. Please reduce the number of tokens in the input messages or the completion "
+            f"to fit within the limit."
+        )
+    if math.ceil(total / limits.page_size) * limits.page_size > limits.max_total_num_tokens:
+        raise RequestRejected(
+            f"the request needs {total} KV tokens but the replica's KV cache holds "
+            f"{limits.max_total_num_tokens} (max_total_num_tokens)"
+        )
+
+
 class Engine:
     """One replica's scheduler. Not thread-safe; drive it from one task or one loop.
 
@@ -488,24 +511,7 @@ class Engine:
         """
         if rid in self._requests:
             raise ValueError(f"request id {rid!r} is already in the engine")
-        if prompt_tokens < 1:
-            raise RequestRejected("the prompt must have at least one token")
-        if max_new_tokens < 1:
-            raise RequestRejected("max_tokens must be at least 1")
-        total = prompt_tokens + max_new_tokens
-        if total > self.limits.context_length:
-            raise RequestRejected(
-                f"Requested token count exceeds the model's maximum context length of "
-                f"{self.limits.context_length} tokens. You requested a total of {total} tokens: "
-                f"{prompt_tokens} tokens from the input messages and {max_new_tokens} tokens for the "
-                f"completion. Please reduce the number of tokens in the input messages or the completion "
-                f"to fit within the limit."
-            )
-        if self._page_round(total) > self.limits.max_total_num_tokens:
-            raise RequestRejected(
-                f"the request needs {total} KV tokens but the replica's KV cache holds "
-                f"{self.limits.max_total_num_tokens} (max_total_num_tokens)"
-            )
+        check_request(self.limits, prompt_tokens, max_new_tokens)
         request = Request(
             rid=rid,
             prompt_tokens=prompt_tokens,

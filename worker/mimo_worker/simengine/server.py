@@ -100,6 +100,7 @@ from mimo_worker.simengine.engine import (
     Request,
     RequestRejected,
     StepTimer,
+    check_request,
 )
 from mimo_worker.simengine.media import ENCODER_PARAMS, MediaError, MediaItem, encoder_seconds, media_of
 from mimo_worker.simengine.metrics import EngineMetrics, GroupTotals, PdQueues, empty_exposition
@@ -770,6 +771,8 @@ class SimulatedEngineServer:
         number = _bootstrap_room(body)
         if number is None:
             return _missing_room()
+        # refused on both sides before any hand-over, as SGLang's tokenizer refuses it on both servers
+        check_request(self.engine.group_limits, gen.prompt_tokens, gen.max_new_tokens)
         room = self.rooms.open(number)
         if room is None:
             return _error(400, f"bootstrap_room {number} is already in use by another request", "BadRequestError")
@@ -832,6 +835,7 @@ class SimulatedEngineServer:
             port = self.options.disaggregation_bootstrap_port  # SGLang's scheduler fills it in the same way
         if isinstance(port, bool) or not isinstance(port, int):
             return _error(400, "bootstrap_port must be an integer", "BadRequestError")
+        check_request(self.engine.group_limits, gen.prompt_tokens, gen.max_new_tokens)
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=2))
         self._in_flight += 1
