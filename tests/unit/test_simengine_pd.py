@@ -18,6 +18,7 @@ import yaml
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from mimo_operator.launchplan import substitute
 from mimo_operator.planner_pd import KvTransfer, kv_transfer, plan_disaggregated
 from mimo_operator.spec import parse_spec
 from mimo_worker.simengine.disaggregation import WAITING_TIMEOUT_ENV
@@ -338,3 +339,22 @@ async def test_a_request_too_long_for_the_model_is_refused_on_both_sides_before_
     assert [status for status, _ in answers] == [400, 400]
     assert all("maximum context length" in answer["message"] for _, answer in answers)
     assert prefill["sglang:num_prefill_bootstrap_queue_reqs"] == 0
+
+
+@pytest.mark.parametrize("role", ["prefill", "decode"])
+def test_the_launch_the_operator_writes_for_a_simulated_side_plans_that_side_again(role: str) -> None:
+    document = pd_manifest()
+    document["spec"]["engine"] = {"type": "simulated", "simulation": {"speedup": 5}}
+    spec = parse_spec(document["spec"])
+    side = getattr(plan_disaggregated(spec), role).plan
+    launch = side.launch.ranks[0]
+    argv = [substitute(a, head_ip="127.0.0.1", node_ip="127.0.0.1") for a in launch.argv]
+    assert side.launch.program[-1] == "mimo_worker.simengine"
+    again = replica_from_argv(parse_options(argv))
+    manifest = planned_replica(document, role=role)
+    assert again.role == role
+    assert again.plan.kv == manifest.plan.kv  # the decode side's redundant experts come out of its KV as planned
+    assert again.plan.memory == manifest.plan.memory
+    assert again.limits == manifest.limits
+    assert again.performance == manifest.performance
+    assert again.kv_transfer(20_000) == manifest.kv_transfer(20_000)

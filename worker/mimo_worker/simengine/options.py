@@ -3,8 +3,8 @@
 The worker swaps the program and keeps the argv the plan generated, so everything SGLang accepts is
 accepted here. The flags that shape serving (ports, model name, node rank, the scheduler's limits) and
 those the planner needs to plan the replica again from the argv (parallelism, KV cache dtype,
-quantization, DeepEP, speculative decoding) are read; every other SGLang flag (attention backend,
-parsers, loader options, …) is accepted and ignored, and logged at debug level.
+quantization, DeepEP, speculative decoding, prefill/decode and EPLB) are read; every other SGLang flag
+(attention backend, parsers, loader options, …) is accepted and ignored, and logged at debug level.
 
 Simulated-engine options:
 
@@ -100,6 +100,9 @@ class SimOptions:
     disaggregation_bootstrap_port: int = DEFAULT_BOOTSTRAP_PORT
     disaggregation_transfer_backend: str = DEFAULT_TRANSFER_BACKEND
     disaggregation_ib_device: str | None = None
+    ep_num_redundant_experts: int | None = None
+    eplb_algorithm: str | None = None
+    enable_eplb: bool = False
     log_level: str = "info"
     mimo_manifest: Path | None = None
     mimo_startup_seconds: float = DEFAULT_STARTUP_SECONDS
@@ -211,6 +214,9 @@ def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
     sg.add_argument("--disaggregation-bootstrap-port", type=int, default=d(DEFAULT_BOOTSTRAP_PORT))
     sg.add_argument("--disaggregation-transfer-backend", choices=TRANSFER_BACKENDS, default=d(DEFAULT_TRANSFER_BACKEND))
     sg.add_argument("--disaggregation-ib-device", default=d(None))
+    sg.add_argument("--ep-num-redundant-experts", type=int, default=d(None))
+    sg.add_argument("--eplb-algorithm", default=d(None))
+    sg.add_argument("--enable-eplb", action="store_true", default=d(False))
     sg.add_argument("--log-level", default=d("info"))
     sim = parser.add_argument_group("simulated engine")
     sim.add_argument("--mimo-manifest", type=Path, default=d(None), help="a MiMoDeployment manifest to plan")

@@ -14,10 +14,11 @@ swaps the program for a simulated engine should add it, and ``--mimo-speedup``.
 
 Prefill/decode. A manifest with ``spec.disaggregation`` is planned by ``planner_pd.plan_disaggregated``,
 and the replica is the side ``--disaggregation-mode`` names (a PD manifest with mode ``null`` is
-refused: there is no colocated replica to simulate). From an argv, the side's own flags plan it,
-``--disaggregation-ib-device`` sets the HCAs that carry the KV and ``--mimo-link-speed-gbps`` their line
-rate. Either way a request's KV hand-over takes :meth:`PlannedReplica.kv_transfer`,
-``planner_pd.kv_transfer`` of this side's plan.
+refused: there is no colocated replica to simulate). From an argv with ``--disaggregation-mode``, the
+argv becomes a PD spec whose pools have the argv's nodes (and its EPLB flags on its own side) and goes
+through ``plan_disaggregated`` too; ``--disaggregation-ib-device`` sets the HCAs that carry the KV and
+``--mimo-link-speed-gbps`` their line rate. Either way a request's KV hand-over takes
+:meth:`PlannedReplica.kv_transfer`, ``planner_pd.kv_transfer`` of this side's plan.
 """
 
 from __future__ import annotations
@@ -191,6 +192,8 @@ def replica_from_argv(options: SimOptions) -> PlannedReplica:
         network["linkSpeedGbps"] = options.mimo_link_speed_gbps
     if network:
         spec["network"] = network
+    if options.disaggregation_mode in ("prefill", "decode"):
+        spec["disaggregation"] = _disaggregation(options, nodes)
     try:
         replica = planned_replica({"spec": spec}, role=options.disaggregation_mode)
     except SpecError as error:
@@ -203,6 +206,26 @@ def replica_from_argv(options: SimOptions) -> PlannedReplica:
             ", ".join(differing),
         )
     return replica
+
+
+def _disaggregation(options: SimOptions, nodes: int) -> dict[str, Any]:
+    """The PD block an argv of one side implies: both pools of its nodes, its EPLB on its own side."""
+    pools: dict[str, Any] = {"prefill": {"nodesPerGang": nodes}, "decode": {"nodesPerGang": nodes}}
+    eplb: dict[str, Any] = {}
+    if options.ep_num_redundant_experts is not None:
+        eplb["redundantExperts"] = options.ep_num_redundant_experts
+    if options.eplb_algorithm is not None:
+        eplb["algorithm"] = options.eplb_algorithm
+    if options.enable_eplb:
+        eplb["rebalance"] = True
+    if eplb:
+        pools[options.disaggregation_mode]["eplb"] = eplb
+    block: dict[str, Any] = dict(pools)
+    if options.disaggregation_transfer_backend in ("mooncake", "nixl"):
+        block["transferBackend"] = options.disaggregation_transfer_backend
+    if options.disaggregation_mode == "prefill" and options.disaggregation_bootstrap_port >= 1024:
+        block["bootstrapPort"] = options.disaggregation_bootstrap_port
+    return block
 
 
 def _ib_devices(value: str | None) -> list[str]:
