@@ -65,3 +65,32 @@ def test_an_impossible_manifest_is_refused_with_the_reason(tmp_path: Path) -> No
     assert result.returncode == 1
     assert "GB" in result.stderr
     assert time.monotonic() - started < 60
+
+
+def test_a_pd_manifest_serves_the_side_named_by_role_and_needs_one(tmp_path: Path) -> None:
+    pd_manifest = REPO / "examples" / "mimo-v25-pro-pd.yaml"
+    refused = subprocess.run([sys.executable, "-m", "mimo_operator.cli", "simulate", "engine", "-f", str(pd_manifest)],
+                             cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2
+    assert "--role prefill or --role decode" in refused.stderr
+    port, bootstrap = free_port(), free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "mimo_operator.cli", "simulate", "engine", "-f", str(pd_manifest),
+                             "--port", str(port), "--role", "prefill", "--bootstrap-port", str(bootstrap)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def info() -> dict[str, object] | None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2) as r:
+                    return dict(json.loads(r.read()))
+            except OSError:
+                return None
+
+        server = wait_for(info, 60, what="the simulated prefill engine to serve")
+        assert server["disaggregation_mode"] == "prefill"
+        assert server["disaggregation_bootstrap_port"] == bootstrap
+        with urllib.request.urlopen(f"http://127.0.0.1:{bootstrap}/health", timeout=5) as r:
+            assert r.read() == b"OK"  # SGLang's bootstrap server
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    assert proc.returncode == 0
