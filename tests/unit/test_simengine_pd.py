@@ -358,3 +358,21 @@ def test_the_launch_the_operator_writes_for_a_simulated_side_plans_that_side_aga
     assert again.limits == manifest.limits
     assert again.performance == manifest.performance
     assert again.kv_transfer(20_000) == manifest.kv_transfer(20_000)
+
+
+async def test_a_prefill_request_that_goes_away_fails_the_decode_at_once() -> None:
+    async with pd_pair(speedup=1.0) as pair:  # a 2 s hand-over: time to cut the prefill's connection
+        body = routed(CHAT, pair, room=17)
+        prefill = asyncio.create_task(post(pair.session, pair.prefill_url + "/v1/chat/completions", body))
+        decode = asyncio.create_task(post(pair.session, pair.decode_url + "/v1/chat/completions", body))
+        await asyncio.sleep(0.3)
+        prefill.cancel()
+        start = time.monotonic()
+        status, answer = await asyncio.wait_for(decode, timeout=5)
+        took = time.monotonic() - start
+        metrics = await samples(pair.session, pair.decode_url)
+    assert status == 500
+    assert "Decode transfer failed" in answer["message"]
+    assert "was aborted" in answer["message"]
+    assert took < TRANSFER_SECONDS
+    assert metrics["sglang:num_transfer_failed_reqs_total"] == 1

@@ -814,6 +814,9 @@ class SimulatedEngineServer:
             self.metrics.observe_kv_bootstrap(group, bootstrapped - start, 0.0)
             return await self._answer(request, job, gen, fmt, tokens=1)
         finally:
+            if room.state not in (RoomState.SUCCESS, RoomState.FAILED):
+                # the prefill request went away (its client disconnected): the decode must not wait for it
+                room.set_state(RoomState.FAILED, f"the prefill request of room {number} was aborted")
             self.rooms.close(number)
             self._in_flight -= 1
             self._check_drained()
