@@ -505,6 +505,9 @@ def _launch(spec: DeploymentSpec, gpu: GpuType, ranks: tuple[tuple[str, ...], ..
         # the plan's GPU and runs at the spec's time compression; later flags win over SGLang's.
         program = SIMULATED_PROGRAM
         extra = ("--host", NODE_IP, "--mimo-gpu-type", gpu.name, "--mimo-speedup", repr(spec.engine.simulation.speedup))
+        if spec.network.link_speed_gbps is not None:
+            # The HCAs' line rate, which SGLang's argv does not carry: a PD side's KV hand-over time.
+            extra += ("--mimo-link-speed-gbps", str(spec.network.link_speed_gbps))
     elif spec.engine.launcher == "sglang-ray":
         # SGLang's own Ray engine: one driver on the head with --use-ray and rank 0's arguments (--nnodes sizes
         # its placement group); it places the schedulers of every node on the gang's Ray cluster itself.

@@ -287,3 +287,16 @@ def test_a_simulated_pd_rehearsal_plans_in_a_pod_network() -> None:
     assert (pd.prefill.plan.engine, pd.decode.plan.engine) == ("simulated", "simulated")
     with pytest.raises(PlanRefused, match="podNetwork has none"):
         plan_of(builder.set("engine.type", "sglang"))
+
+
+def test_a_simulated_side_carries_the_line_rate_its_hand_over_time_needs() -> None:
+    builder = (a_deployment("pd").v25().h200().simulated().network("podNetwork", linkSpeedGbps=200)
+               .set("disaggregation", {"prefill": {"replicas": 1}, "decode": {"replicas": 1}}))
+    pd = plan_of(builder)
+    for side in (pd.prefill, pd.decode):
+        assert all(flag(r.argv, "--mimo-link-speed-gbps") == "200" for r in side.plan.launch.ranks)
+    # Half the line rate of the default (400 Gb/s NDR): twice the hand-over time.
+    default = plan_of(a_deployment("pd").v25().h200().simulated().network("podNetwork")
+                      .set("disaggregation", {"prefill": {"replicas": 1}, "decode": {"replicas": 1}}))
+    assert pd.transfer.seconds == pytest.approx(2 * default.transfer.seconds)
+    assert flag(default.prefill.plan.launch.ranks[0].argv, "--mimo-link-speed-gbps") is None
