@@ -128,6 +128,22 @@ def test_a_request_with_transferred_kv_decodes_at_once_without_prefill_compute()
     assert received.stats(first_received.end).full_used_tokens >= 8000  # its KV is held all the same
 
 
+def test_a_prefill_request_keeps_its_kv_after_its_token_until_released() -> None:
+    engine = ReplicaEngine(REPLICA.limits, REPLICA, attention_dp=2, prefix_cache=False)
+    engine.submit("a", 1500, 1, 0.0, hold_kv=True, group=3)  # the bootstrap room picks the group
+    batch = engine.next_batch(0.0)
+    assert batch is not None
+    [progress] = engine.complete(batch)
+    assert progress.finished
+    assert progress.request.group == 1
+    used = engine.stats(batch.end).full_used_tokens
+    assert used >= 1500
+    assert engine.idle  # finished: it no longer runs, it only holds KV
+    assert engine.release("a", batch.end)
+    assert engine.stats(batch.end).full_used_tokens == 0
+    assert not engine.release("a", batch.end)
+
+
 # ---- a prefill and a decode server, spoken to as the router does ----------------------------------------
 
 
@@ -245,6 +261,9 @@ async def test_the_decode_answers_after_the_prefill_computed_and_handed_over_the
     }  # fmt: skip
     assert waited >= TRANSFER_SECONDS / 10.0
     assert mid_prefill["sglang:num_prefill_inflight_queue_reqs"] == 1
+    # the prefill keeps the prompt's KV while it moves, and frees it after
+    assert mid_prefill["sglang:kv_used_tokens"] >= chat_prompt_tokens(CHAT["messages"])
+    assert after_prefill["sglang:kv_used_tokens"] == 0
     assert mid_decode["sglang:num_decode_transfer_queue_reqs"] == 1
     assert after_prefill["sglang:kv_transfer_latency_ms_count"] == 1
     assert after_prefill["sglang:kv_transfer_latency_ms_sum"] == pytest.approx(TRANSFER_SECONDS * 1000)

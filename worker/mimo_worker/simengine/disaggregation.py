@@ -35,7 +35,8 @@ holds a room in ``transferring`` for the plan's ``planner_pd.kv_transfer`` time 
 Both timeouts are read from SGLang's environment variables and count simulated seconds.
 
 Not modelled: the decode's KV reservation before the transfer (its scheduler admits the request when the KV
-has arrived), the prefill's KV held during the transfer, and retries of a failed transfer.
+has arrived) and retries of a failed transfer. The prefill keeps the request's KV until the transfer ends
+(``engine.py`` item 10).
 """
 
 from __future__ import annotations

@@ -86,7 +86,9 @@ attention-DP group stepping in lockstep (item 7). Each step is one forward pass:
     prefill server, and the token that prefill sampled. It is admitted as any other (the full pool must
     hold its prompt and output reservation: SGLang's decode preallocates exactly that), whole, outside
     the step's prefill budget, and its admission pass computes nothing: it costs no forward time, counts
-    no prefill tokens, and hands out the prefill's token as the request's first.
+    no prefill tokens, and hands out the prefill's token as the request's first. On the other side, a
+    request submitted with ``hold_kv=True`` (a prefill server's) keeps its KV cache after it finishes,
+    until :meth:`Engine.release`: SGLang's prefill holds it in the inflight queue while it moves.
 
 Not modelled: speculative decoding as a separate mechanism (the performance model's per-step time
 already folds its speed-up in), overlap scheduling, hierarchical (host/storage) caching, and grammar /
@@ -293,6 +295,7 @@ class Request:
     encoder_seconds: float = 0.0  # vision/audio encoder time its first prefill chunk carries
     encoded: bool = False
     transferred: bool = False  # its prompt's KV came from a prefill server: admission computes nothing
+    hold_kv: bool = False  # keeps its KV after it finishes, until released (a prefill's, while it transfers)
 
     shared: int = 0  # tokens of its KV that live in the prefix cache (locked pages), not in full_held
 
@@ -482,6 +485,7 @@ class Engine:
         self._prefilling: list[Request] = []  # admitted, prompt not complete (at most one is mid-chunk)
         self._running: list[Request] = []  # decoding
         self._requests: dict[str, Request] = {}
+        self._held: dict[str, Request] = {}  # finished, KV kept until release()
         self._in_flight: Batch | None = None
         self._full_used = 0  # private pages of requests; the prefix cache's pages are counted apart
         self._swa_used = 0
@@ -502,12 +506,14 @@ class Engine:
         blocks: Sequence[int] = (),
         encoder_seconds: float = 0.0,
         transferred: bool = False,
+        hold_kv: bool = False,
     ) -> Request:
         """Queue a request. Raises :class:`RequestRejected` if the replica can never serve it.
 
         ``blocks`` are the keys of the prompt's whole pages (``prefix.py``) for the prefix cache;
         ``encoder_seconds`` the time its images and audio take in the encoders (added to its prefill);
-        ``transferred``: its prompt's KV comes from a prefill server (docstring item 10).
+        ``transferred``: its prompt's KV comes from a prefill server; ``hold_kv``: its KV stays after it
+        finishes, until :meth:`release` (docstring item 10).
         """
         if rid in self._requests:
             raise ValueError(f"request id {rid!r} is already in the engine")
@@ -520,6 +526,7 @@ class Engine:
             blocks=tuple(blocks[: prompt_tokens // self.limits.page_size]),
             encoder_seconds=max(encoder_seconds, 0.0),
             transferred=transferred,
+            hold_kv=hold_kv,
         )
         if self._epoch is None:
             self._epoch = now
@@ -540,6 +547,16 @@ class Engine:
         self.counters.aborted_requests += 1
         self._forget(request)
         return request
+
+    def release(self, rid: str, now: float) -> bool:
+        """Free the KV a finished ``hold_kv`` request kept; False if there is none."""
+        request = self._held.pop(rid, None)
+        if request is None:
+            return False
+        self._set_full_held(request, 0)
+        self._set_swa_held(request, 0)
+        self._release_prefix(request, now)
+        return True
 
     def pause(self, mode: PauseMode, now: float) -> list[Request]:
         """Stop stepping (``/pause_generation``). Returns the requests that abort mode dropped."""
@@ -643,7 +660,7 @@ class Engine:
 
     def flush_cache(self) -> bool:
         """``/flush_cache``: empty the prefix cache; False while requests are running (SGLang refuses too)."""
-        return self.cache is None or (self.idle and self.cache.clear())
+        return self.cache is None or (self.idle and not self._held and self.cache.clear())
 
     @property
     def idle(self) -> bool:
@@ -922,9 +939,12 @@ class Engine:
         if finished:
             if request in self._running:
                 self._running.remove(request)
-            self._set_full_held(request, 0)
-            self._set_swa_held(request, 0)
-            self._release_prefix(request, now)
+            if request.hold_kv:
+                self._held[request.rid] = request
+            else:
+                self._set_full_held(request, 0)
+                self._set_swa_held(request, 0)
+                self._release_prefix(request, now)
             request.state = RequestState.FINISHED
             request.finished_at = now
             self.counters.finished_requests += 1
@@ -1035,6 +1055,7 @@ class ReplicaEngine:
         )
         self.groups = [Engine(self.group_limits, timer, policy, prefix_cache=prefix_cache) for _ in range(attention_dp)]
         self._owner: dict[str, Engine] = {}
+        self._holder: dict[str, Engine] = {}  # finished hold_kv requests, by the group that keeps their KV
         self._next_group = 0
         self._in_flight: ReplicaBatch | None = None
 
@@ -1055,6 +1076,7 @@ class ReplicaEngine:
         blocks: Sequence[int] = (),
         encoder_seconds: float = 0.0,
         transferred: bool = False,
+        hold_kv: bool = False,
         group: int | None = None,
     ) -> Request:
         """Queue a request on the next group in turn, or on ``group`` (a prefill server follows the
@@ -1069,6 +1091,7 @@ class ReplicaEngine:
             blocks=blocks,
             encoder_seconds=encoder_seconds,
             transferred=transferred,
+            hold_kv=hold_kv,
         )
         request.group = index
         if group is None:
@@ -1127,8 +1150,15 @@ class ReplicaEngine:
                 progress.extend(group.complete(part, batch.end))
         for item in progress:
             if item.finished:
-                self._owner.pop(item.request.rid, None)
+                owner = self._owner.pop(item.request.rid, None)
+                if owner is not None and item.request.hold_kv:
+                    self._holder[item.request.rid] = owner
         return progress
+
+    def release(self, rid: str, now: float) -> bool:
+        """Free the KV a finished ``hold_kv`` request kept; False if there is none."""
+        group = self._holder.pop(rid, None)
+        return group is not None and group.release(rid, now)
 
     def stats(self, now: float) -> EngineStats:
         """The replica as a whole (sums; usage over the replica's pools)."""

@@ -42,8 +42,8 @@ Prefill/decode (``--disaggregation-mode prefill|decode``; ``disaggregation.py`` 
 and SGLang do on the wire). A prefill server also runs the bootstrap server on ``--host``:
 ``--disaggregation-bootstrap-port``; a generation request must carry ``bootstrap_room`` (400 otherwise,
 SGLang's message). It waits for the decode's handshake, computes the prompt (one output token, with
-``max_new_tokens`` forced to 1 as SGLang does), holds the room "transferring" for the plan's KV
-hand-over time of that prompt, and answers with that one token. A decode server takes
+``max_new_tokens`` forced to 1 as SGLang does), holds the room "transferring" — and the prompt's KV in
+its cache — for the plan's KV hand-over time of that prompt, and answers with that one token. A decode server takes
 ``bootstrap_host``, ``bootstrap_port`` (default: its own ``--disaggregation-bootstrap-port``) and
 ``bootstrap_room``, waits for the room's KV on that bootstrap server, then admits the request with its
 prompt's KV in place (no prefill compute; engine.py item 10) and decodes the rest of ``max_tokens``. A
@@ -444,6 +444,7 @@ class SimulatedEngineServer:
         gen: _Generation | None = None,
         *,
         transferred: bool = False,
+        hold_kv: bool = False,
         group: int | None = None,
         arrival: float | None = None,
     ) -> _Job:
@@ -462,6 +463,7 @@ class SimulatedEngineServer:
             blocks=blocks,
             encoder_seconds=encoder,
             transferred=transferred,
+            hold_kv=hold_kv,
             group=group,
         )
         job = _Job(rid, streaming, counted, asyncio.Queue(), int(time.time()), request)
@@ -778,6 +780,7 @@ class SimulatedEngineServer:
             return _error(400, f"bootstrap_room {number} is already in use by another request", "BadRequestError")
         self._in_flight += 1
         start = self.clock.now()
+        held: str | None = None  # the request whose KV the engine keeps while it transfers
         try:
             timeout = pd_timeout(BOOTSTRAP_TIMEOUT_ENV)
             try:
@@ -790,8 +793,10 @@ class SimulatedEngineServer:
                 return _error(500, message, "InternalServerError")
             bootstrapped = self.clock.now()
             room.set_state(RoomState.PREFILLING)
-            # SGLang's prefill server computes the first output token only (max_new_tokens = 1)
-            job = self._submit(gen.prompt_tokens, 1, False, gen=gen, group=number)
+            # SGLang's prefill server computes the first output token only (max_new_tokens = 1), and keeps
+            # the prompt's KV until it has moved
+            job = self._submit(gen.prompt_tokens, 1, False, gen=gen, group=number, hold_kv=True)
+            held = job.rid
             completed = False
             try:
                 while not completed:
@@ -817,6 +822,9 @@ class SimulatedEngineServer:
             if room.state not in (RoomState.SUCCESS, RoomState.FAILED):
                 # the prefill request went away (its client disconnected): the decode must not wait for it
                 room.set_state(RoomState.FAILED, f"the prefill request of room {number} was aborted")
+            if held is not None:
+                self.engine.release(held, self.clock.now())
+                self._work.set()  # the freed KV may admit a waiting request
             self.rooms.close(number)
             self._in_flight -= 1
             self._check_drained()
