@@ -7,9 +7,13 @@ A PD deployment (``spec.disaggregation``) runs two pools of gangs. Each is sized
   the prompt tokens reaching it (queued, in flight, finished) at the side's prefill rate; it holds to the
   TTFT objective (``ttftSloSeconds``) on the TTFT its gangs report (arrival to the prompt's last chunk);
 * **decode** prices a request by its output alone (its prompt arrives as KV, computed elsewhere), so its
-  demand is generated tokens at the side's decode rate, KV-cache use and running requests; it holds to the
-  ITL budget on ``sglang:request_time_per_output_token_seconds`` (a request's mean ITL): when most ready decode
-  gangs report a p95 above it and none is starting, one more decode gang.
+  demand is generated tokens at the side's decode rate, KV-cache use and running requests. Two signals of its
+  own come on top, each when most ready decode gangs show it and no decode gang is starting: the ITL budget on
+  ``sglang:request_time_per_output_token_seconds`` (a request's mean ITL; its p95 above the budget: one more
+  gang), and requests queued on a decode gang throughout the panic window (a decode server queues a request only
+  while its KV pool or running-request limit is full: with long contexts and long answers these bind long before
+  the token rate does; then as many gangs as the requests running and queued fill at the running target, gangs
+  still starting included).
 
 The two pools share one stream of requests, so neither may run far from the other: the ratio of decode to
 prefill gangs stays within `PoolsConfig.min_decode_per_prefill`..`max_decode_per_prefill`, derived from the
@@ -106,6 +110,8 @@ def pool_configs(
     """Each pool's configuration: `config.policy_config` of the pool's plan (windows, targets, start-up from the
     spec's autoscaling block and the side's plan), its bounds from ``spec.disaggregation.<pool>`` (unset: the
     autoscaling block's), its capacity priced on its own phase only, and the TTFT objective on prefill alone."""
+    pd = spec.disaggregation
+    prompt = pd.typical_prompt_tokens if pd is not None and pd.typical_prompt_tokens else DEFAULT_TYPICAL_PROMPT_TOKENS
     policies: dict[Role, PolicyConfig] = {}
     for pool in (pd_plan.prefill, pd_plan.decode):
         base = policy_config(spec, pool.plan, startup_seconds=startup_seconds,
@@ -129,8 +135,6 @@ def pool_configs(
             max_replicas=max(high, low, 1),
             ttft_slo_seconds=base.ttft_slo_seconds if pool.role == PREFILL else None,
         )
-    pd = spec.disaggregation
-    prompt = pd.typical_prompt_tokens if pd is not None and pd.typical_prompt_tokens else DEFAULT_TYPICAL_PROMPT_TOKENS
     low_ratio, high_ratio = ratio_bounds(pd_plan.prefill, pd_plan.decode, prompt_tokens=prompt,
                                          output_tokens=TYPICAL_OUTPUT_TOKENS)
     return PoolsConfig(policies=policies, min_decode_per_prefill=low_ratio, max_decode_per_prefill=high_ratio)
@@ -139,7 +143,7 @@ def pool_configs(
 def decide_pools(observations: Mapping[Role, Observation], config: PoolsConfig) -> dict[Role, Decision]:
     """Each pool's desired gangs: its own policy on its own observation, the decode ITL objective, the ratio."""
     decisions = {role: decide(observations[role], config.policies[role]) for role in ROLES}
-    decisions[DECODE] = _itl(observations[DECODE], config, decisions[DECODE])
+    decisions[DECODE] = _decode_short(observations[DECODE], config, decisions[DECODE])
     current = {role: _current(observations[role]) for role in ROLES}
     for _ in range(4):  # raising one pool can raise the other's floor once more; the counts are capped
         changed = False
@@ -172,27 +176,47 @@ def _current(observation: Observation) -> int:
     return sum(1 for g in observation.gangs if g.phase is not GangPhase.DRAINING)
 
 
-def _itl(observation: Observation, config: PoolsConfig, decision: Decision) -> Decision:
-    """One more decode gang when most ready decode gangs saw a request's mean ITL p95 above the objective."""
+def _decode_short(observation: Observation, config: PoolsConfig, decision: Decision) -> Decision:
+    """More decode gangs when most ready ones saw a request's mean ITL p95 above the objective, or held requests
+    queued (waiting for KV or a running slot) throughout the panic window."""
     policy = config.policies[DECODE]
-    if decision.action is not Action.HOLD:
+    if decision.action not in (Action.HOLD, Action.SCALE_UP):
         return decision
     gangs = observation.gangs
     ready = [g.name for g in gangs if g.phase is GangPhase.READY]
     starting = sum(1 for g in gangs if g.phase is GangPhase.STARTING)
     current = len(ready) + starting
-    if not ready or starting or current >= policy.max_replicas:
+    if not ready or current >= policy.max_replicas:
         return decision
     start = observation.now - policy.panic_window_seconds
     worst: float | None = None
     missing = 0
+    waiting = 0
+    held = 0.0  # requests on the ready gangs now, running or queued
     for name in ready:
-        seen = [s.tpot_p95_seconds for s in observation.samples.get(name, ()) if s.at > start
-                and s.tpot_p95_seconds is not None]
+        window = [s for s in observation.samples.get(name, ()) if s.at > start]
+        seen = [s.tpot_p95_seconds for s in window if s.tpot_p95_seconds is not None]
         if seen:
             worst = max(worst or 0.0, max(seen))
             missing += any(v > config.itl_slo_seconds for v in seen)
-    if worst is None or 2 * missing < len(ready):
+        if window:
+            held += window[-1].queue_requests + window[-1].running_requests
+        if len(window) >= 2 and all(s.queue_requests >= 1 for s in window):
+            waiting += 1
+    per_gang = policy.target_running_fraction * policy.capacity.max_running_requests
+    needed = min(policy.max_replicas, math.ceil(held / per_gang - 1e-9))
+    if 2 * waiting >= len(ready) and needed > max(current, decision.desired_replicas):
+        # Gangs still starting count: what is queued now is what they must take.
+        return replace(
+            decision,
+            desired_replicas=needed,
+            action=Action.SCALE_UP,
+            reason=(f"requests queued for KV or a running slot on {waiting} of {len(ready)} ready decode gang(s) "
+                    f"throughout {policy.panic_window_seconds:g}s; {held:g} running or queued need {needed} gangs "
+                    f"at {policy.target_running_fraction:g} of {policy.capacity.max_running_requests} running: "
+                    f"add {needed - current}"),
+        )
+    if decision.action is not Action.HOLD or starting or worst is None or 2 * missing < len(ready):
         return decision
     return replace(
         decision,
