@@ -22,7 +22,7 @@ from mimo_operator.launchplan import substitute
 from mimo_operator.planner_pd import KvTransfer, kv_transfer, plan_disaggregated
 from mimo_operator.spec import parse_spec
 from mimo_worker.simengine.disaggregation import WAITING_TIMEOUT_ENV
-from mimo_worker.simengine.engine import Engine, ReplicaEngine
+from mimo_worker.simengine.engine import Engine, ReplicaEngine, RequestState
 from mimo_worker.simengine.options import OptionsError, SimOptions, parse_options
 from mimo_worker.simengine.replica import planned_replica, replica_from_argv
 from mimo_worker.simengine.server import ModelClock, SimulatedEngineServer, chat_prompt_tokens
@@ -144,6 +144,25 @@ def test_a_prefill_request_keeps_its_kv_after_its_token_until_released() -> None
     assert not engine.release("a", batch.end)
 
 
+def test_a_request_awaiting_its_kv_reserves_its_pages_at_admission_and_runs_once_it_arrives() -> None:
+    small = SmallReplica(max_total_num_tokens=1600)
+    engine = Engine(small.limits, small, prefix_cache=False)
+    engine.submit("a", 1000, 4, 0.0, awaiting_kv=True)
+    engine.submit("b", 1000, 4, 0.0, awaiting_kv=True)
+    assert engine.next_batch(0.0) is None  # admission alone runs no step
+    assert engine.request("a").state is RequestState.RECEIVING  # type: ignore[union-attr]
+    assert engine.request("b").state is RequestState.WAITING  # type: ignore[union-attr]  # no room for two
+    assert engine.stats(0.0).full_used_tokens == 1024  # a's pages, reserved before its KV is there
+    assert engine.stats(0.0).num_running_reqs == 0
+    assert engine.kv_arrived("a")
+    batch = engine.next_batch(0.0)
+    assert batch is not None
+    assert batch.duration < 1e-5  # its KV arrived: nothing to compute
+    [first] = engine.complete(batch)
+    assert first.first
+    assert engine.counters.prefill_tokens_computed == 0
+
+
 # ---- a prefill and a decode server, spoken to as the router does ----------------------------------------
 
 
@@ -165,7 +184,7 @@ def fixed_transfer(prompt_tokens: int) -> KvTransfer:
 
 
 @asynccontextmanager
-async def pd_pair(speedup: float = 10.0) -> AsyncIterator[Pair]:
+async def pd_pair(speedup: float = 10.0, decode_replica: SmallReplica = REPLICA) -> AsyncIterator[Pair]:
     bootstrap_port = free_port()
     runners: list[web.AppRunner] = []
     servers: list[SimulatedEngineServer] = []
@@ -177,7 +196,7 @@ async def pd_pair(speedup: float = 10.0) -> AsyncIterator[Pair]:
         )  # fmt: skip
         server = SimulatedEngineServer(
             options,
-            ReplicaEngine(REPLICA.limits, REPLICA, prefix_cache=mode != "decode"),
+            ReplicaEngine(*(2 * (decode_replica if mode == "decode" else REPLICA,)), prefix_cache=mode != "decode"),
             ModelClock(speedup),
             kv_transfer=fixed_transfer if mode == "prefill" else None,
         )
@@ -395,3 +414,23 @@ async def test_a_prefill_request_that_goes_away_fails_the_decode_at_once() -> No
     assert "was aborted" in answer["message"]
     assert took < TRANSFER_SECONDS
     assert metrics["sglang:num_transfer_failed_reqs_total"] == 1
+
+
+async def test_a_decode_without_kv_room_holds_the_next_request_and_so_its_prefill() -> None:
+    one_at_a_time = SmallReplica(max_total_num_tokens=1600)  # one ~1,000-token request's pages at a time
+    async with pd_pair(speedup=5.0, decode_replica=one_at_a_time) as pair:  # a 0.4 s hand-over
+        requests = []
+        for room in (21, 22):
+            body = routed({**CHAT, "max_tokens": 30}, pair, room=room)
+            for url in (pair.prefill_url, pair.decode_url):
+                requests.append(asyncio.create_task(post(pair.session, url + "/v1/chat/completions", body)))
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)
+        prefill, decode = await samples(pair.session, pair.prefill_url), await samples(pair.session, pair.decode_url)
+        answers = await asyncio.gather(*requests)
+    assert [status for status, _ in answers] == [200, 200, 200, 200]
+    # the first request's KV is on its way; the second waits for decode KV slots, so its prefill waits too
+    assert decode["sglang:num_decode_transfer_queue_reqs"] == 1
+    assert decode["sglang:num_decode_prealloc_queue_reqs"] == 1
+    assert prefill["sglang:num_prefill_inflight_queue_reqs"] == 1
+    assert prefill["sglang:num_prefill_bootstrap_queue_reqs"] == 1

@@ -34,9 +34,9 @@ prefill request leaves the bootstrap queue); a call answers the room's state onc
 holds a room in ``transferring`` for the plan's ``planner_pd.kv_transfer`` time of the request's prompt.
 Both timeouts are read from SGLang's environment variables and count simulated seconds.
 
-Not modelled: the decode's KV reservation before the transfer (its scheduler admits the request when the KV
-has arrived) and retries of a failed transfer. The prefill keeps the request's KV until the transfer ends
-(``engine.py`` item 10).
+The decode reserves the request's KV slots before its handshake (so a full decode holds prefills in their
+bootstrap queue, as in SGLang), and the prefill keeps the request's KV until the transfer ends
+(``engine.py`` item 10). Not modelled: retries of a failed transfer.
 """
 
 from __future__ import annotations
@@ -278,7 +278,6 @@ async def receive_kv(
     now: Callable[[], float],
     wall: Callable[[float], float],
     give_up_after: float,
-    on_handshake: Callable[[], None],
 ) -> KvReceipt:
     """Wait, as a decode server, for a room's KV from the prefill's bootstrap server at ``host:port``.
 
@@ -306,7 +305,6 @@ async def receive_kv(
             continue
         if handshake_after is None:
             handshake_after = now() - start
-            on_handshake()
         last_state = str(state.get("state"))
         if last_state == RoomState.SUCCESS.value:
             return KvReceipt(state, handshake_after, now() - start)

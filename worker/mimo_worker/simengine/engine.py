@@ -86,7 +86,10 @@ attention-DP group stepping in lockstep (item 7). Each step is one forward pass:
     prefill server, and the token that prefill sampled. It is admitted as any other (the full pool must
     hold its prompt and output reservation: SGLang's decode preallocates exactly that), whole, outside
     the step's prefill budget, and its admission pass computes nothing: it costs no forward time, counts
-    no prefill tokens, and hands out the prefill's token as the request's first. On the other side, a
+    no prefill tokens, and hands out the prefill's token as the request's first. Submitted with
+    ``awaiting_kv=True`` as well, it is admitted before its KV arrives — its pages are reserved then
+    (SGLang's decode preallocates them, and only then tells the prefill where to write) — and waits,
+    holding them and a running slot but taking no step, until :meth:`Engine.kv_arrived`. On the other side, a
     request submitted with ``hold_kv=True`` (a prefill server's) keeps its KV cache after it finishes,
     until :meth:`Engine.release`: SGLang's prefill holds it in the inflight queue while it moves.
 
@@ -252,6 +255,7 @@ class RequestRejected(ValueError):
 class RequestState(enum.Enum):
     WAITING = "waiting"
     PREFILLING = "prefilling"  # admitted, holds KV, prompt not fully computed yet
+    RECEIVING = "receiving"  # admitted with KV reserved, waiting for a prefill server's KV (awaiting_kv)
     RUNNING = "running"  # decoding
     FINISHED = "finished"
     ABORTED = "aborted"
@@ -296,6 +300,7 @@ class Request:
     encoded: bool = False
     transferred: bool = False  # its prompt's KV came from a prefill server: admission computes nothing
     hold_kv: bool = False  # keeps its KV after it finishes, until released (a prefill's, while it transfers)
+    awaiting_kv: bool = False  # transferred, and the KV is not there yet: admitted, it waits for kv_arrived()
 
     shared: int = 0  # tokens of its KV that live in the prefix cache (locked pages), not in full_held
 
@@ -483,6 +488,7 @@ class Engine:
         self._seq: dict[str, int] = {}
         self._next_seq = 0
         self._prefilling: list[Request] = []  # admitted, prompt not complete (at most one is mid-chunk)
+        self._receiving: list[Request] = []  # admitted with KV reserved, waiting for it to arrive
         self._running: list[Request] = []  # decoding
         self._requests: dict[str, Request] = {}
         self._held: dict[str, Request] = {}  # finished, KV kept until release()
@@ -507,13 +513,15 @@ class Engine:
         encoder_seconds: float = 0.0,
         transferred: bool = False,
         hold_kv: bool = False,
+        awaiting_kv: bool = False,
     ) -> Request:
         """Queue a request. Raises :class:`RequestRejected` if the replica can never serve it.
 
         ``blocks`` are the keys of the prompt's whole pages (``prefix.py``) for the prefix cache;
         ``encoder_seconds`` the time its images and audio take in the encoders (added to its prefill);
-        ``transferred``: its prompt's KV comes from a prefill server; ``hold_kv``: its KV stays after it
-        finishes, until :meth:`release` (docstring item 10).
+        ``transferred``: its prompt's KV comes from a prefill server (``awaiting_kv``: not yet, see
+        :meth:`kv_arrived`); ``hold_kv``: its KV stays after it finishes, until :meth:`release`
+        (docstring item 10).
         """
         if rid in self._requests:
             raise ValueError(f"request id {rid!r} is already in the engine")
@@ -525,8 +533,9 @@ class Engine:
             arrival=now,
             blocks=tuple(blocks[: prompt_tokens // self.limits.page_size]),
             encoder_seconds=max(encoder_seconds, 0.0),
-            transferred=transferred,
+            transferred=transferred or awaiting_kv,
             hold_kv=hold_kv,
+            awaiting_kv=awaiting_kv,
         )
         if self._epoch is None:
             self._epoch = now
@@ -547,6 +556,20 @@ class Engine:
         self.counters.aborted_requests += 1
         self._forget(request)
         return request
+
+    def kv_arrived(self, rid: str) -> bool:
+        """An ``awaiting_kv`` request's KV is there: it runs from the next step. False if it was not
+        admitted yet (or is gone); a request not admitted yet runs at admission once this was said."""
+        request = self._requests.get(rid)
+        if request is None or not request.awaiting_kv:
+            return False
+        request.awaiting_kv = False
+        if request.state is not RequestState.RECEIVING:
+            return False
+        self._receiving.remove(request)
+        request.state = RequestState.PREFILLING
+        self._prefilling.append(request)
+        return True
 
     def release(self, rid: str, now: float) -> bool:
         """Free the KV a finished ``hold_kv`` request kept; False if there is none."""
@@ -665,12 +688,12 @@ class Engine:
     @property
     def idle(self) -> bool:
         """Nothing queued, nothing admitted."""
-        return not (self._waiting or self._prefilling or self._running)
+        return not (self._waiting or self._prefilling or self._running or self._receiving)
 
     @property
     def num_requests(self) -> int:
         """Requests in the engine (waiting, prefilling or running)."""
-        return len(self._waiting) + len(self._prefilling) + len(self._running)
+        return len(self._waiting) + len(self._prefilling) + len(self._running) + len(self._receiving)
 
     def request(self, rid: str) -> Request | None:
         return self._requests.get(rid)
@@ -775,14 +798,17 @@ class Engine:
                 retracted.append(request)
                 continue
             chunks.append(chunk)
+            if request.transferred:
+                swa_free -= self._swa_need(chunk.cached_before + chunk.tokens)
+                continue
             budget -= chunk.tokens
             swa_free -= chunk.tokens
         mid_chunk = any(c.cached_before + c.tokens < c.request.prefill_target for c in chunks)
         if self._waiting and not mid_chunk:
-            reserved = sum(self._reservation(r) for r in self._running + self._prefilling)
+            reserved = sum(self._reservation(r) for r in self._running + self._prefilling + self._receiving)
             # cached pages nobody uses are as good as free: admission evicts them when it needs the room
             full_free = self._pool_free() + self._evictable() - reserved
-            admitted = len(self._running) + len(self._prefilling)
+            admitted = len(self._running) + len(self._prefilling) + len(self._receiving)
             while self._waiting and budget > 0 and admitted < self.limits.max_running_requests:
                 request = self._waiting[0]
                 evictable = self._evictable()
@@ -793,6 +819,12 @@ class Engine:
                     full_free += evictable - self._evictable()
                     self._release_prefix(request, now)
                     break  # head-of-line blocking, as SGLang's FCFS admission
+                if request.awaiting_kv:
+                    self._reserve_for_transfer(request, now)
+                    admitted += 1
+                    full_free -= need
+                    swa_free -= self._swa_need(request.prefill_target)
+                    continue
                 request.computed = hit
                 chunk = self._take_chunk(request, budget, swa_free, hit=hit)
                 if chunk is None:
@@ -853,6 +885,18 @@ class Engine:
             return None
         encoder = 0.0 if request.encoded else request.encoder_seconds
         return Chunk(request, tokens, request.computed, hit=hit, encoder_seconds=encoder)
+
+    def _reserve_for_transfer(self, request: Request, now: float) -> None:
+        """Admit an ``awaiting_kv`` request: reserve the pages its KV will land in, then wait for it."""
+        self._dequeue(request)
+        full = self._private(request, request.prefill_target)
+        self._reclaim(full)
+        self._set_full_held(request, full)
+        self._set_swa_held(request, self._swa_need(request.prefill_target))
+        request.state = RequestState.RECEIVING
+        if request.admitted_at is None:
+            request.admitted_at = now
+        self._receiving.append(request)
 
     def _admit(self, request: Request, now: float) -> None:
         self._dequeue(request)
@@ -969,6 +1013,8 @@ class Engine:
             self._dequeue(request)
         elif request in self._prefilling:
             self._prefilling.remove(request)
+        elif request in self._receiving:
+            self._receiving.remove(request)
         elif request in self._running:
             self._running.remove(request)
         self._set_full_held(request, 0)
@@ -1077,6 +1123,7 @@ class ReplicaEngine:
         encoder_seconds: float = 0.0,
         transferred: bool = False,
         hold_kv: bool = False,
+        awaiting_kv: bool = False,
         group: int | None = None,
     ) -> Request:
         """Queue a request on the next group in turn, or on ``group`` (a prefill server follows the
@@ -1092,6 +1139,7 @@ class ReplicaEngine:
             encoder_seconds=encoder_seconds,
             transferred=transferred,
             hold_kv=hold_kv,
+            awaiting_kv=awaiting_kv,
         )
         request.group = index
         if group is None:
@@ -1154,6 +1202,11 @@ class ReplicaEngine:
                 if owner is not None and item.request.hold_kv:
                     self._holder[item.request.rid] = owner
         return progress
+
+    def kv_arrived(self, rid: str) -> bool:
+        """An ``awaiting_kv`` request's KV is there (see :meth:`Engine.kv_arrived`)."""
+        group = self._owner.get(rid)
+        return group is not None and group.kv_arrived(rid)
 
     def release(self, rid: str, now: float) -> bool:
         """Free the KV a finished ``hold_kv`` request kept; False if there is none."""

@@ -45,8 +45,9 @@ SGLang's message). It waits for the decode's handshake, computes the prompt (one
 ``max_new_tokens`` forced to 1 as SGLang does), holds the room "transferring" — and the prompt's KV in
 its cache — for the plan's KV hand-over time of that prompt, and answers with that one token. A decode server takes
 ``bootstrap_host``, ``bootstrap_port`` (default: its own ``--disaggregation-bootstrap-port``) and
-``bootstrap_room``, waits for the room's KV on that bootstrap server, then admits the request with its
-prompt's KV in place (no prefill compute; engine.py item 10) and decodes the rest of ``max_tokens``. A
+``bootstrap_room``; its scheduler admits the request by reserving the pages for its KV (the prealloc
+queue; engine.py item 10), then it tells that bootstrap server and waits for the room's KV (the
+transfer queue), then decodes from the prefill's token with no prefill compute, to ``max_tokens``. A
 decode runs without prefix cache, as SGLang's does. Failures answer 500 with SGLang's messages.
 
 Drain. SIGTERM (see ``__main__``) calls :meth:`SimulatedEngineServer.begin_drain`: ``/health`` answers
@@ -306,6 +307,7 @@ class SimulatedEngineServer:
         self.rooms = BootstrapRooms()
         self._decode_prealloc = 0
         self._decode_transfer = 0
+        self._admissions: dict[str, asyncio.Event] = {}  # decode requests waiting for their KV slots
         self._session: aiohttp.ClientSession | None = None
         self.state = ServerState.STARTING
         self._extra_info = extra_server_info or {}
@@ -407,6 +409,8 @@ class SimulatedEngineServer:
             if now - self._timeline > self.clock.speedup * MAX_LAG_SECONDS:
                 self._timeline = now
             batch = self.engine.next_batch(self._timeline)
+            if self._admissions:
+                self._note_admissions()
             if batch is None:
                 self._work.clear()
                 self._idle = True
@@ -418,6 +422,14 @@ class SimulatedEngineServer:
             lead = self.clock.wall(batch.end - self.clock.now())
             await asyncio.sleep(lead if lead > MAX_LEAD_SECONDS else 0)
             self._dispatch(self.engine.complete(batch), batch.end)
+
+    def _note_admissions(self) -> None:
+        """Wake the decode requests the scheduler has just admitted (their KV slots are reserved)."""
+        for rid, event in list(self._admissions.items()):
+            job = self._jobs.get(rid)
+            if job is None or job.request is None or job.request.admitted_at is not None:
+                event.set()
+                del self._admissions[rid]
 
     def _arrival(self) -> float:
         """A new request's arrival time: now, but never after the end of the step in flight."""
@@ -445,6 +457,7 @@ class SimulatedEngineServer:
         *,
         transferred: bool = False,
         hold_kv: bool = False,
+        awaiting_kv: bool = False,
         group: int | None = None,
         arrival: float | None = None,
     ) -> _Job:
@@ -453,7 +466,7 @@ class SimulatedEngineServer:
         encoder = 0.0
         if gen is not None:
             blocks = self._prompt_blocks(gen, rid)
-            encoder = 0.0 if transferred else self._encoder_seconds(gen.media)
+            encoder = 0.0 if transferred or awaiting_kv else self._encoder_seconds(gen.media)
         now = self._arrival()
         request = self.engine.submit(
             rid,
@@ -464,6 +477,7 @@ class SimulatedEngineServer:
             encoder_seconds=encoder,
             transferred=transferred,
             hold_kv=hold_kv,
+            awaiting_kv=awaiting_kv,
             group=group,
         )
         job = _Job(rid, streaming, counted, asyncio.Queue(), int(time.time()), request)
@@ -836,7 +850,8 @@ class SimulatedEngineServer:
     async def _serve_decode(
         self, request: web.Request, body: dict[str, Any], gen: _Generation, fmt: _Format
     ) -> web.StreamResponse:
-        """The decode side: wait for the room's KV on the prefill's bootstrap server, then decode."""
+        """The decode side: reserve the request's KV slots, then wait for the room's KV on the prefill's
+        bootstrap server, then decode."""
         number = _bootstrap_room(body)
         host = body.get("bootstrap_host")
         if number is None or not isinstance(host, str) or not host:
@@ -846,22 +861,35 @@ class SimulatedEngineServer:
             port = self.options.disaggregation_bootstrap_port  # SGLang's scheduler fills it in the same way
         if isinstance(port, bool) or not isinstance(port, int):
             return _error(400, "bootstrap_port must be an integer", "BadRequestError")
-        check_request(self.engine.group_limits, gen.prompt_tokens, gen.max_new_tokens)
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=2))
-        self._in_flight += 1
         arrival = self.clock.now()
+        # the prealloc queue: the scheduler admits the request by reserving the pages its KV lands in
+        job = self._submit(
+            gen.prompt_tokens, gen.max_new_tokens, gen.streaming, gen=gen, awaiting_kv=True, arrival=arrival
+        )
+        admitted = self._admissions[job.rid] = asyncio.Event()
+        self._work.set()
+        self._in_flight += 1
         self._decode_prealloc += 1
-        stage = ["prealloc"]
-
-        def handshake() -> None:
-            self._decode_prealloc -= 1
-            self._decode_transfer += 1
-            stage[0] = "transfer"
-
+        stage = "prealloc"
         completed = False
+        timeout = pd_timeout(WAITING_TIMEOUT_ENV)
         try:
             try:
+                try:
+                    async with asyncio.timeout(self.clock.wall(timeout)):
+                        await admitted.wait()
+                except TimeoutError:
+                    raise PdError(
+                        "bootstrap",
+                        f"Request {number} timed out after {self.clock.now() - arrival:.1f}s in KVPoll.Bootstrapping "
+                        "(no KV slots free on the decode server)",
+                    ) from None
+                reserved = self.clock.now()
+                self._decode_prealloc -= 1
+                self._decode_transfer += 1
+                stage = "transfer"
                 receipt = await receive_kv(
                     self._session,
                     host,
@@ -869,36 +897,34 @@ class SimulatedEngineServer:
                     number,
                     now=self.clock.now,
                     wall=self.clock.wall,
-                    give_up_after=pd_timeout(WAITING_TIMEOUT_ENV),
-                    on_handshake=handshake,
+                    give_up_after=max(timeout - (reserved - arrival), 0.0),
                 )
             except PdError as error:
                 self.metrics.count_pd_failure(error.stage)
                 kind = "handshake" if error.stage == "bootstrap" else "transfer"
                 message = (
-                    f"Decode {kind} failed for request rank=0 decode_req.req.rid='{uuid.uuid4().hex}' "
+                    f"Decode {kind} failed for request rank=0 decode_req.req.rid='{job.rid}' "
                     f"decode_req.req.bootstrap_room={number} with exception {error}"
                 )
                 log.warning("%s", message)
                 return _error(500, message, "InternalServerError")
             finally:
-                if stage[0] == "prealloc":
+                self._admissions.pop(job.rid, None)
+                if stage == "prealloc":
                     self._decode_prealloc -= 1
                 else:
                     self._decode_transfer -= 1
-            self.metrics.observe_kv_bootstrap(0, receipt.handshake_after, 0.0)
-            job = self._submit(
-                gen.prompt_tokens, gen.max_new_tokens, gen.streaming, gen=gen, transferred=True, arrival=arrival
-            )
-            try:
-                if gen.streaming:
-                    response, completed = await self._stream(request, job, gen, fmt)
-                else:
-                    response, completed = await self._respond(request, job, gen, fmt)
-                return response
-            finally:
-                self._finish_job(job, completed)
+            group = job.request.group if job.request is not None else 0
+            self.metrics.observe_kv_bootstrap(group, receipt.handshake_after, reserved - arrival)
+            self.engine.kv_arrived(job.rid)
+            self._work.set()
+            if gen.streaming:
+                response, completed = await self._stream(request, job, gen, fmt)
+            else:
+                response, completed = await self._respond(request, job, gen, fmt)
+            return response
         finally:
+            self._finish_job(job, completed)
             self._in_flight -= 1
             self._check_drained()
 
