@@ -432,5 +432,7 @@ async def test_a_decode_without_kv_room_holds_the_next_request_and_so_its_prefil
     # the first request's KV is on its way; the second waits for decode KV slots, so its prefill waits too
     assert decode["sglang:num_decode_transfer_queue_reqs"] == 1
     assert decode["sglang:num_decode_prealloc_queue_reqs"] == 1
+    # the first request's slots are reserved while its KV is on its way
+    assert decode["sglang:prealloc_full_token_usage"] == pytest.approx(1024 / 1600)
     assert prefill["sglang:num_prefill_inflight_queue_reqs"] == 1
     assert prefill["sglang:num_prefill_bootstrap_queue_reqs"] == 1

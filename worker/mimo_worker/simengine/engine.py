@@ -402,6 +402,8 @@ class EngineStats:
     paused: bool
     full_evictable_tokens: int = 0  # prefix-cache pages no running request uses (not in full_used_tokens)
     cache_hit_rate: float = 0.0  # SGLang's gauge: hit / (hit + computed) prompt tokens of the last prefill
+    prealloc_full_tokens: int = 0  # of full_used_tokens, reserved for KV on its way (awaiting_kv requests)
+    prealloc_swa_tokens: int = 0  # of swa_used_tokens, the same
 
     @property
     def full_token_usage(self) -> float:
@@ -679,6 +681,8 @@ class Engine:
             paused=self.paused,
             full_evictable_tokens=self.cache.evictable_tokens if self.cache else 0,
             cache_hit_rate=self.last_cache_hit_rate,
+            prealloc_full_tokens=sum(r.full_held for r in self._receiving),
+            prealloc_swa_tokens=sum(r.swa_held for r in self._receiving),
         )
 
     def flush_cache(self) -> bool:
@@ -1230,6 +1234,8 @@ class ReplicaEngine:
             paused=self.paused,
             full_evictable_tokens=sum(p.full_evictable_tokens for p in parts),
             cache_hit_rate=sum(p.cache_hit_rate for p in parts) / len(parts),
+            prealloc_full_tokens=sum(p.prealloc_full_tokens for p in parts),
+            prealloc_swa_tokens=sum(p.prealloc_swa_tokens for p in parts),
         )
 
     def group_stats(self, now: float) -> list[EngineStats]:

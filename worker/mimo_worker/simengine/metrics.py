@@ -12,7 +12,9 @@ A prefill or decode server (``--disaggregation-mode``) labels its scheduler seri
 ``prefill`` or ``decode``, as SGLang does, and adds SGLang's PD metrics (its scheduler metrics
 collector, "PD disaggregation"): the queue gauges ``sglang:num_prefill_bootstrap_queue_reqs``,
 ``sglang:num_prefill_inflight_queue_reqs``, ``sglang:num_decode_prealloc_queue_reqs`` and
-``sglang:num_decode_transfer_queue_reqs``; the prefill's transfer histograms
+``sglang:num_decode_transfer_queue_reqs``; the decode's ``sglang:prealloc_full_token_usage`` and
+``sglang:prealloc_swa_token_usage`` (the pools' share reserved for KV on its way); the prefill's transfer
+histograms
 ``sglang:kv_transfer_latency_ms``, ``sglang:kv_transfer_total_mb`` and ``sglang:kv_transfer_speed_gb_s``;
 both sides' ``sglang:kv_transfer_bootstrap_ms`` and ``sglang:kv_transfer_alloc_ms``; and the failure
 counters ``sglang:num_bootstrap_failed_reqs_total`` and ``sglang:num_transfer_failed_reqs_total``. The
@@ -291,6 +293,14 @@ class EngineMetrics:
             "sglang:kv_transfer_alloc_ms", "Histogram of KV transfer allocation waiting time in ms.",
             KV_TRANSFER_BOOTSTRAP_MS_BUCKETS,
         )  # fmt: skip
+        self.prealloc_full_token_usage = gauge(
+            "sglang:prealloc_full_token_usage",
+            "Share of the full-attention KV pool held by decode requests whose KV transfer is pending.",
+        )
+        self.prealloc_swa_token_usage = gauge(
+            "sglang:prealloc_swa_token_usage",
+            "Share of the SWA KV pool held by decode requests whose KV transfer is pending.",
+        )
         self.num_bootstrap_failed_reqs_total = Counter(
             "sglang:num_bootstrap_failed_reqs_total", "The number of bootstrap failed requests.",
             labelnames=labels, registry=reg,
@@ -379,6 +389,9 @@ class EngineMetrics:
             self.num_retracted_reqs.labels(**sched).set(stats.num_retracted_reqs)
             self.num_paused_reqs.labels(**sched).set(0)
             self.new_token_ratio.labels(**sched).set(stats.new_token_ratio)
+            if self.disaggregation_mode in ("prefill", "decode"):
+                self.prealloc_full_token_usage.labels(**sched).set(stats.prealloc_full_tokens / stats.full_capacity)
+                self.prealloc_swa_token_usage.labels(**sched).set(stats.prealloc_swa_tokens / stats.swa_capacity)
             # counters only move forward: add what happened since the last update
             self.num_retracted_requests_total.labels(**sched).inc(max(totals.retracted - seen.retracted, 0))
             self.realtime_tokens_total.labels(**sched, mode="prefill_compute").inc(
