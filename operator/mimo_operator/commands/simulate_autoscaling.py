@@ -545,7 +545,7 @@ def _run_pools(args: argparse.Namespace, base: Trace, manifest: Mapping[str, Any
         print(json.dumps(data, indent=2))
     else:
         print()
-        print(render_table(results))
+        print(render_table(results, "oracle (colo)"))
         for name, pools_of in per_pool.items():
             print(f"{name}: " + "; ".join(
                 f"{role} peak {v['peakGangs']} gangs, {v['scaleEvents']} scale events, {v['gpuHours']:g} GPU-h"
@@ -626,8 +626,8 @@ def _defaults_text(defaults: Mapping[str, Any]) -> str:
     )
 
 
-def render_table(results: Mapping[str, PolicyResult]) -> str:
-    oracle = results.get("oracle")
+def render_table(results: Mapping[str, PolicyResult], oracle_name: str = "oracle") -> str:
+    oracle = results.get(oracle_name)
     header = (
         f"{'POLICY':<17}{'TTFT OK':>9}{'ITL OK':>9}{'GPU-HOURS':>11}{'×ORACLE':>9}{'SCALE EVENTS':>14}"
         f"{'PEAK':>6}{'FAILED':>8}{'TTFT P99':>10}{'CPU S':>7}"
