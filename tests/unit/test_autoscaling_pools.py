@@ -126,10 +126,10 @@ CASES = {
         prefill=Load(2, rate=2.5, prompt=8192, output=100),
         decode=Load(2, rate=2.5, prompt=8192, output=100, usage=0.5, running=20, tpot_p95=0.2),
         actions=(Action.HOLD, Action.SCALE_UP), desired=(2, 3), reason=("", "ITL p95 0.2s above 0.1s")),
-    "requests queued on the decode gangs scale decode to what the running and queued requests fill": Case(
-        prefill=Load(2, rate=2.5, prompt=8192, output=600),
-        decode=Load(2, rate=2.5, prompt=8192, output=600, usage=0.3, running=128, queue=100),
-        actions=(Action.HOLD, Action.SCALE_UP), desired=(2, 5), reason=("", "456 running or queued need 5 gangs")),
+    "requests queued on most decode gangs throughout the panic window add one decode gang": Case(
+        prefill=Load(2, rate=2.5, prompt=8192, output=100),
+        decode=Load(2, rate=2.5, prompt=8192, output=100, usage=0.5, running=90, queue=30),
+        actions=(Action.HOLD, Action.SCALE_UP), desired=(2, 3), reason=("", "60 request(s) queued for KV")),
     "a prefill pool that grows past the bound raises the decode pool with it": Case(
         prefill=Load(1, rate=40.0, prompt=8192, output=16, running=1, queue=20),
         decode=Load(1, rate=40.0, prompt=8192, output=16, usage=0.1, running=10),

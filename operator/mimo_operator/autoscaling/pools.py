@@ -11,9 +11,8 @@ A PD deployment (``spec.disaggregation``) runs two pools of gangs. Each is sized
   own come on top, each when most ready decode gangs show it and no decode gang is starting: the ITL budget on
   ``sglang:request_time_per_output_token_seconds`` (a request's mean ITL; its p95 above the budget: one more
   gang), and requests queued on a decode gang throughout the panic window (a decode server queues a request only
-  while its KV pool or running-request limit is full: with long contexts and long answers these bind long before
-  the token rate does; then as many gangs as the requests running and queued fill at the running target, gangs
-  still starting included).
+  while its KV pool or running-request limit is full: with long contexts and long answers these bind before the
+  token rate does; one more gang).
 
 The two pools share one stream of requests, so neither may run far from the other: the ratio of decode to
 prefill gangs stays within `PoolsConfig.min_decode_per_prefill`..`max_decode_per_prefill`, derived from the
@@ -180,7 +179,7 @@ def _decode_short(observation: Observation, config: PoolsConfig, decision: Decis
     """More decode gangs when most ready ones saw a request's mean ITL p95 above the objective, or held requests
     queued (waiting for KV or a running slot) throughout the panic window."""
     policy = config.policies[DECODE]
-    if decision.action not in (Action.HOLD, Action.SCALE_UP):
+    if decision.action is not Action.HOLD:
         return decision
     gangs = observation.gangs
     ready = [g.name for g in gangs if g.phase is GangPhase.READY]
@@ -192,31 +191,29 @@ def _decode_short(observation: Observation, config: PoolsConfig, decision: Decis
     worst: float | None = None
     missing = 0
     waiting = 0
-    held = 0.0  # requests on the ready gangs now, running or queued
+    queued = 0.0
     for name in ready:
         window = [s for s in observation.samples.get(name, ()) if s.at > start]
         seen = [s.tpot_p95_seconds for s in window if s.tpot_p95_seconds is not None]
         if seen:
             worst = max(worst or 0.0, max(seen))
             missing += any(v > config.itl_slo_seconds for v in seen)
-        if window:
-            held += window[-1].queue_requests + window[-1].running_requests
         if len(window) >= 2 and all(s.queue_requests >= 1 for s in window):
             waiting += 1
-    per_gang = policy.target_running_fraction * policy.capacity.max_running_requests
-    needed = min(policy.max_replicas, math.ceil(held / per_gang - 1e-9))
-    if 2 * waiting >= len(ready) and needed > max(current, decision.desired_replicas):
-        # Gangs still starting count: what is queued now is what they must take.
+            queued += window[-1].queue_requests
+    if decision.action is not Action.HOLD or starting:
+        # A gang on its way is the answer to both; a queue is not moved to a new gang (the router does not move
+        # queued requests), so more gangs for it would serve only new arrivals: one at a time, as for the TTFT SLO.
+        return decision
+    if 2 * waiting >= len(ready):
         return replace(
             decision,
-            desired_replicas=needed,
+            desired_replicas=current + 1,
             action=Action.SCALE_UP,
-            reason=(f"requests queued for KV or a running slot on {waiting} of {len(ready)} ready decode gang(s) "
-                    f"throughout {policy.panic_window_seconds:g}s; {held:g} running or queued need {needed} gangs "
-                    f"at {policy.target_running_fraction:g} of {policy.capacity.max_running_requests} running: "
-                    f"add {needed - current}"),
+            reason=(f"{queued:g} request(s) queued for KV or a running slot on {waiting} of {len(ready)} ready "
+                    f"decode gang(s) throughout {policy.panic_window_seconds:g}s: add 1"),
         )
-    if decision.action is not Action.HOLD or starting or worst is None or 2 * missing < len(ready):
+    if worst is None or 2 * missing < len(ready):
         return decision
     return replace(
         decision,
