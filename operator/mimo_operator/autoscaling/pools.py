@@ -17,7 +17,7 @@ A PD deployment (``spec.disaggregation``) runs two pools of gangs. Each is sized
 The two pools share one stream of requests, so neither may run far from the other: the ratio of decode to
 prefill gangs stays within `PoolsConfig.min_decode_per_prefill`..`max_decode_per_prefill`, derived from the
 plans' capacities (see `ratio_bounds`). A pool that the other's decision would leave short is raised (its
-decision becomes a scale-up that names the bound), and a scale-down that would break the bound is held.
+decision becomes a scale-up that names the bound), and a scale-down that would break the bound stops at it.
 
 `pool_configs(spec, pd_plan)` is the one translation of a PD deployment into this configuration, and
 `decide_pools(observations, config)` the one decision: the operator's loop (`autoscaler.step_pools`), the
