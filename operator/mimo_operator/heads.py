@@ -1,4 +1,5 @@
-"""The operator's one boundary to the gangs' heads: their worker endpoints over HTTP (drain, status).
+"""The operator's one boundary to the gangs' heads: their worker endpoints over HTTP (drain, status), and to
+the routers in front of them (taking a head out of a router's worker set).
 
 Heads are addressed by pod IP, as the router addresses them; the gang's NetworkPolicy admits the
 operator to the worker port only.
@@ -58,6 +59,31 @@ class Heads:
         return DrainState(done=state in ("drained", "timed-out"), idle=state == "idle",
                           running=body.get("running_requests"),
                           message=str(body.get("message") or state))
+
+    async def leave_router(self, router: str, worker: str) -> bool:
+        """Take ``worker`` (``http://<head ip>:<port>``) out of the router at ``router`` (its base URL); True when
+        the router no longer lists it.
+
+        sglang-router's pod discovery drops a head whose serving label goes only in its regular mode: in PD
+        mode it watches every pod and filters each event by the pools' selectors, so a head that leaves a
+        selector is never seen again, and stays a worker after its pods are gone. The router's own API
+        (``GET /workers``, ``DELETE /workers/{id}``) takes it out whatever the mode.
+        """
+        try:
+            async with self.session.get(f"{router}/workers", timeout=self.timeout) as resp:
+                if resp.status != 200:
+                    return False
+                body: dict[str, Any] = await resp.json()
+            ids = [w.get("id") for w in body.get("workers") or []
+                   if w.get("url") == worker or str(w.get("url", "")).startswith(worker + "@")]
+            for worker_id in ids:
+                async with self.session.delete(f"{router}/workers/{worker_id}", timeout=self.timeout) as resp:
+                    if resp.status not in (200, 202, 204, 404):
+                        return False
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as e:
+            log.info("removing %s from the router at %s failed: %s", worker, router, e)
+            return False
+        return True
 
     async def fabric(self, ip: str, port: int) -> dict[str, Any] | None:
         """The gang's fabric check as the head's ``/status`` shows it (``fabric_of``); None when the head cannot

@@ -311,6 +311,7 @@ class Reconciler:
             # The user opted in: gangs an older operator rendered roll like gangs of an older revision.
             gangs = [dataclasses.replace(g, revision=outdated_marker(revision)) if g.name in upgrade.outdated else g
                      for g in gangs]
+        await self._leave_routers(ctx, [g for g in gangs if g.drain_started is not None])
         drained = await self._drained(gangs, ctx.ports.worker_http, now,
                                       float(spec.autoscaling.drain_timeout_seconds))
         desired = self._desired(spec, pool.replicas, revision, ctx.plan.nodes_per_replica)
@@ -394,14 +395,8 @@ class Reconciler:
         """
         kept = {k: old_status[k] for k in ("lastScaleDecision", "kvCacheUsage", "queue", "autoscaling")
                 if k in old_status}
-        routers: list[str] = []
-        if ctx.spec.router.enabled:
-            # The router's own metrics say how many requests found no gang: the demand at zero gangs.
-            pods = await self.kube.list("v1", "Pod", ctx.namespace,
-                                        {L.LABEL_DEPLOYMENT: ctx.name, L.LABEL_COMPONENT: "router"})
-            routers = [f"http://{ip}:{ctx.ports.router_metrics}/metrics" for p in pods
-                       if not (p["metadata"].get("deletionTimestamp"))
-                       and (ip := (p.get("status") or {}).get("podIP"))]
+        # The router's own metrics say how many requests found no gang: the demand at zero gangs.
+        routers = [f"http://{ip}:{ctx.ports.router_metrics}/metrics" for ip in await self._router_ips(ctx)]
         decision = await autoscaler.step(port=autoscaler.HttpMetrics(self.heads.session), namespace=ctx.namespace,
                                          name=ctx.name, spec=ctx.spec, plan=ctx.plan, gangs=gangs,
                                          health=outcome.health, memory=memory.autoscaler, now=now, routers=routers)
@@ -430,6 +425,26 @@ class Reconciler:
         elif decision.action is Action.NO_DATA and kept.get("autoscaling", {}).get("action") != Action.NO_DATA.value:
             result.events.append(Event("Warning", "AutoscalingNoData", decision.reason))
         return fields
+
+    async def _router_ips(self, ctx: BuildContext) -> list[str]:
+        """The pod IPs of the deployment's router pods (none when the router is off)."""
+        if not ctx.spec.router.enabled:
+            return []
+        pods = await self.kube.list("v1", "Pod", ctx.namespace,
+                                    {L.LABEL_DEPLOYMENT: ctx.name, L.LABEL_COMPONENT: "router"})
+        return [ip for p in pods if not p["metadata"].get("deletionTimestamp")
+                and (ip := (p.get("status") or {}).get("podIP"))]
+
+    async def _leave_routers(self, ctx: BuildContext, gangs: list[ObservedGang]) -> None:
+        """Take the heads of ``gangs`` out of every router pod's worker set (``Heads.leave_router``): asked on
+        every reconcile while a gang drains, so a router that missed it (down, restarted) is asked again."""
+        heads = [g.head.ip for g in gangs if g.head is not None and g.head.ip]
+        if not heads:
+            return
+        routers = await self._router_ips(ctx)
+        await asyncio.gather(*(self.heads.leave_router(f"http://{r}:{ctx.ports.router_http}",
+                                                       f"http://{h}:{ctx.plan.port}")
+                               for r in routers for h in heads))
 
     def _desired(self, spec: DeploymentSpec, replicas: int, revision: str, size: int) -> Desired:
         o = self.options
@@ -530,6 +545,7 @@ class Reconciler:
                      step.attempt, step.reason)
             return Event("Normal", "GangCreated", f"gang {gang} for replica {step.replica}: {step.reason}"), None
         if isinstance(step, DeleteGang):
+            await self._leave_routers(ctx, [g for g in gangs if g.name == step.gang])
             await self._delete_gang_objects(ctx, step.gang)
             failed = step.reason.startswith("gang failed")
             if failed:
@@ -544,6 +560,7 @@ class Reconciler:
             await self.kube.merge_patch("v1", "Pod", ns, head.name, {"metadata": {
                 "labels": {L.LABEL_SERVING: None},
                 "annotations": {L.ANNOTATION_DRAIN_STARTED: _iso(now), L.ANNOTATION_DRAIN_REASON: step.reason}}})
+            await self._leave_routers(ctx, [gang])
         log.info("%s/%s: draining gang %s: %s", ns, ctx.name, step.gang, step.reason)
         return Event("Normal", "GangDraining", f"gang {step.gang}: {step.reason}"), None
 

@@ -63,9 +63,14 @@ class FakeHeads:
         self.asked: dict[str, float] = {}
         self.fabric_reports: dict[str, dict[str, Any]] = {}  # head IP → heads.fabric_of(its /status)
         self.fabric_asked: list[str] = []
+        self.left_router: list[tuple[str, str]] = []  # (router, worker) the operator took out
 
     async def start_drain(self, ip: str, port: int, seconds: float | None = None) -> bool:
         self.asked.setdefault(ip, self.clock())
+        return True
+
+    async def leave_router(self, router: str, worker: str) -> bool:
+        self.left_router.append((router, worker))
         return True
 
     async def fabric(self, ip: str, port: int) -> dict[str, Any] | None:
