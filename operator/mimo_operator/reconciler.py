@@ -43,7 +43,7 @@ from mimo_operator.gangs import GangHealth, Health, ObservedGang, epoch, gangs_f
 from mimo_operator.heads import Heads
 from mimo_operator.kube import ApiError, Kube
 from mimo_operator.planner import plan_deployment
-from mimo_operator.planner_pd import plan_disaggregated
+from mimo_operator.planner_pd import DisaggregatedPlan, plan_disaggregated
 from mimo_operator.schedulers import missing_gang_scheduler
 from mimo_operator.spec import DeploymentSpec, parse_spec
 from mimo_operator.status import (
@@ -250,10 +250,19 @@ class Reconciler:
                 what = f"the {g.pool} pool" if g.pool else "colocated gangs"
                 result.events.append(Event("Normal", "GangDeleted",
                                            f"gang {g.name}: the deployment has no {what} any more"))
+        scaling: dict[str, dict[str, Any]] = {}
+        if pd is not None and spec.autoscaling.enabled:
+            # Both pools decided at once (their ratio is bounded); each pool's count is written to its spec.
+            scaling = await self._autoscale_pools(ctx, pd, pools, gangs, memory, now, result, old_status)
+            result.requeue_after = min(result.requeue_after, autoscaler.SCRAPE_INTERVAL_SECONDS)
+            pools = [dataclasses.replace(p, replicas=int(scaling[p.key]["replicas"])) if p.key in scaling else p
+                     for p in pools]
         ran: list[PoolRun] = []
         for pool in pools:
             run = await self._reconcile_pool(pool, [g for g in gangs if g.pool == pool.key], pods, memory, now,
                                              old_status, generation, weights_gate, refused, expected, result)
+            if pool.key in scaling:
+                run.autoscaling = scaling[pool.key]["status"]
             ran.append(run)
             refused = refused or run.refused
 
@@ -332,6 +341,8 @@ class Reconciler:
             if scaled and scaled != old_status.get("lastScaleDecision"):
                 # Written through /scale just now: the planner acts on it in this same reconcile.
                 desired = dataclasses.replace(desired, replicas=int(scaled["to"]))
+            desired = dataclasses.replace(desired, remove_first=own.autoscaler.remove_first)
+        if spec.autoscaling.enabled and pool.role is not None:
             desired = dataclasses.replace(desired, remove_first=own.autoscaler.remove_first)
         shown = old_status if pool.role is None else ((old_status.get("pools") or {}).get(pool.key) or {})
         records = {r: dataclasses.replace(rec, attempt=max(rec.attempt, own.attempts.get(r, 0)))
@@ -425,6 +436,58 @@ class Reconciler:
         elif decision.action is Action.NO_DATA and kept.get("autoscaling", {}).get("action") != Action.NO_DATA.value:
             result.events.append(Event("Warning", "AutoscalingNoData", decision.reason))
         return fields
+
+    async def _autoscale_pools(self, ctx: BuildContext, pd: DisaggregatedPlan, pools: list[Pool],
+                               gangs: list[ObservedGang], memory: Memory, now: float, result: ReconcileResult,
+                               old_status: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        """One autoscaler step of a disaggregated deployment (``autoscaler.step_pools``): per pool, the count
+        it serves at now and the status fields the autoscaler owns (kept from before between scrapes).
+
+        A pool has no /scale of its own: a changed count is written to ``spec.disaggregation.<pool>.replicas``
+        (and nothing else of the spec), where the user set it; the policy's gang to take out first goes to
+        the pool's ``Desired.remove_first``.
+        """
+        by_role = {p.key: [g for g in gangs if g.pool == p.key] for p in pools}
+        health = {n: h for p in pools for n, h in health_map(
+            self._desired(p.ctx.spec, p.replicas, "", p.ctx.plan.nodes_per_replica), by_role[p.key], now).items()}
+        routers = [f"http://{ip}:{ctx.ports.router_metrics}/metrics" for ip in await self._router_ips(ctx)]
+        decisions = await autoscaler.step_pools(
+            port=autoscaler.HttpMetrics(self.heads.session), namespace=ctx.namespace, name=ctx.name, spec=ctx.spec,
+            pd_plan=pd, gangs_by_role=by_role, health=health,
+            memory_by_role={p.key: memory.pool(p.key).autoscaler for p in pools}, now=now, routers=routers)
+        out: dict[str, dict[str, Any]] = {}
+        written: dict[str, int] = {}
+        for pool in pools:
+            own = memory.pool(pool.key)
+            shown = (old_status.get("pools") or {}).get(pool.key) or {}
+            kept = {k: shown[k] for k in ("lastScaleDecision", "kvCacheUsage", "queue", "autoscaling") if k in shown}
+            decision = (decisions or {}).get(pool.key)
+            if decision is None:
+                out[pool.key] = {"replicas": pool.replicas, "status": kept}
+                continue
+            fields: dict[str, Any] = {**kept, "autoscaling": {
+                "action": decision.action.value, "reason": decision.reason,
+                "desiredReplicas": decision.desired_replicas}}
+            if decision.signals.token_usage is not None:
+                fields["kvCacheUsage"] = round(decision.signals.token_usage, 4)
+            if decision.signals.queue_requests is not None:
+                fields["queue"] = int(decision.signals.queue_requests)
+            replicas = pool.replicas
+            if decision.action in (Action.SCALE_UP, Action.SCALE_DOWN) and decision.desired_replicas != pool.replicas:
+                replicas = written[pool.key] = decision.desired_replicas
+                autoscaler.DECISIONS.labels(ctx.namespace, ctx.name, f"{pool.key}_{decision.action.value}").inc()
+                own.autoscaler.scaled(replicas, pool.replicas, now)
+                own.autoscaler.remove_first = (decision.remove,) if decision.remove else ()
+                fields["lastScaleDecision"] = {"time": _iso(now), "from": pool.replicas, "to": replicas,
+                                               "reason": decision.reason}
+                verb = "ScaledUp" if decision.action is Action.SCALE_UP else "ScaledDown"
+                result.events.append(Event("Normal", verb, f"{pool.key} pool: {pool.replicas} → {replicas} "
+                                                           f"gangs: {decision.reason}"))
+            out[pool.key] = {"replicas": replicas, "status": fields}
+        if written:
+            await self.kube.merge_patch(f"{L.GROUP}/{L.VERSION}", L.KIND, ctx.namespace, ctx.name, {
+                "spec": {"disaggregation": {role: {"replicas": n} for role, n in written.items()}}})
+        return out
 
     async def _router_ips(self, ctx: BuildContext) -> list[str]:
         """The pod IPs of the deployment's router pods (none when the router is off)."""

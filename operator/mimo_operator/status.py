@@ -288,7 +288,8 @@ def disaggregated_status(*, old: Mapping[str, Any], name: str, generation: int, 
     shown: dict[str, dict[str, Any]] = {}
     for role, pool in pools.items():
         shown[role] = {k: pool[k] for k in ("phase", "replicas", "readyReplicas", "updatedReplicas", "plan",
-                                            "replicaRecords", "conditions") if k in pool}
+                                            "replicaRecords", "conditions", "autoscaling", "lastScaleDecision",
+                                            "kvCacheUsage", "queue") if k in pool}
     phase = min((p["phase"] for p in pools.values()), key=_PHASE_ORDER.index, default="Pending")
     conditions = []
     for kind in ("Ready", "Progressing", "Degraded", "ChildrenAccepted"):

@@ -237,3 +237,67 @@ def test_a_deployment_at_zero_gangs_scales_from_zero_on_the_routers_refusals_and
     wait_spec_replicas(cluster, namespace, "zero", 0, 240)
     wait_for(lambda: cluster.kubectl_json("get", "pods", "-n", namespace, "-l", engines)["items"] == [], 180,
              what="the gang's pods to go")
+
+
+def router_workers(base: str) -> str:
+    try:
+        with urllib.request.urlopen(f"{base}/workers", timeout=10) as resp:
+            return str(resp.read()[:2000])
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+        return str(e)
+
+
+def pool_gangs(cluster: LocalCluster, namespace: str, name: str, pool: str) -> set[str]:
+    pods = cluster.kubectl_json("get", "pods", "-n", namespace, "-l",
+                                f"mimo-operator.io/deployment={name},app.kubernetes.io/component=engine,"
+                                f"mimo-operator.io/pool={pool}")["items"]
+    return {p["metadata"]["labels"]["mimo-operator.io/gang"] for p in pods}
+
+
+def wait_pool_ready(cluster: LocalCluster, namespace: str, name: str, pool: str, ready: int, timeout: float) -> None:
+    def check() -> bool:
+        status = (get(cluster, "mimodeployment", namespace, name) or {}).get("status", {})
+        return bool(((status.get("pools") or {}).get(pool) or {}).get("readyReplicas") == ready)
+
+    wait_for(check, timeout, what=f"{ready} ready {pool} gang(s)")
+
+
+def test_a_pd_rehearsal_serves_through_the_router_in_pd_mode_while_each_pool_scales_up_and_drains(
+        cluster: LocalCluster, operator: RunningOperator, namespace: str, node_pool: NodePool) -> None:
+    node_pool.add(3)
+    spec = rehearsal(node_pool, "pd").set("disaggregation", {
+        "typicalPromptTokens": 1024, "prefill": {"replicas": 1}, "decode": {"replicas": 1}})
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(spec.build()))
+    obj = wait_phase(cluster, namespace, "pd", "Ready", timeout=300)
+    assert {p: obj["status"]["pools"][p]["phase"] for p in ("prefill", "decode")} == {
+        "prefill": "Ready", "decode": "Ready"}
+    base = router_address(cluster, namespace, "pd")
+    wait_for(lambda: routed(base), 120, what="the PD router to discover both pools")
+
+    load = Load(base, max_tokens=64)
+    try:
+        load.set_clients(4)
+        for pool in ("prefill", "decode"):
+            first = pool_gangs(cluster, namespace, "pd", pool)
+            cluster.kubectl("patch", "mimodeployment", "pd", "-n", namespace, "--type", "merge", "-p",
+                            json.dumps({"spec": {"disaggregation": {pool: {"replicas": 2}}}}))
+            wait_pool_ready(cluster, namespace, "pd", pool, 2, 240)
+            served = load.ok + 8
+            try:
+                wait_for(lambda n=served: load.ok > n, 120,  # type: ignore[misc]
+                         what=f"requests served with two {pool} gangs")
+            except pytest.fail.Exception as e:
+                raise AssertionError(f"{e}: {load.ok} served, failed {load.failed[:3]}; the router's workers: "
+                                     f"{router_workers(base)}") from None
+            cluster.kubectl("patch", "mimodeployment", "pd", "-n", namespace, "--type", "merge", "-p",
+                            json.dumps({"spec": {"disaggregation": {pool: {"replicas": 1}}}}))
+            wait_for(lambda p=pool: len(pool_gangs(cluster, namespace, "pd", p)) == 1, 240,  # type: ignore[misc]
+                     what=f"the drained {pool} gang's pods to go")
+            # The slot kept is the lowest: the first gang serves on, the scale-up's gang drained.
+            assert pool_gangs(cluster, namespace, "pd", pool) == first
+    finally:
+        load.close()
+    assert load.ok > 20
+    assert load.failed == [], load.failed[:5]
+    drained = cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout
+    assert drained.count("GangDraining") >= 2

@@ -170,3 +170,69 @@ def test_the_router_runs_in_pd_mode_and_gangs_admit_the_other_pool() -> None:
         assert (pd.bootstrap_port in ports) == (pool.role == "prefill")
         # Ray's GCS stays closed to the other pool.
         assert all(not (p["port"] <= 6379 <= p.get("endPort", p["port"])) for p in peers[0]["ports"])
+
+
+class _Exposition:
+    """A metrics answer with no sample: the pools' policy then holds each pool within its own bounds."""
+
+    status = 200
+
+    async def text(self) -> str:
+        return ""
+
+    async def __aenter__(self) -> _Exposition:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+class _Scrapes:
+    def get(self, url: str, **_: Any) -> _Exposition:
+        return _Exposition()
+
+
+def test_each_pool_is_autoscaled_on_its_own_and_its_count_written_to_its_spec() -> None:
+    w = World(pro_pd(prefill={"nodesPerGang": 2, "replicas": 1, "minReplicas": 2, "maxReplicas": 3},
+                     decode={"nodesPerGang": 2, "replicas": 1}).named("d").simulated()
+              .set("autoscaling", {"enabled": True, "minReplicas": 1, "maxReplicas": 4}))
+    w.heads.session = _Scrapes()  # type: ignore[assignment]
+    result = w.reconcile()
+    spec = w.body()["spec"]["disaggregation"]
+    assert (spec["prefill"]["replicas"], spec["decode"]["replicas"]) == (2, 1)
+    assert len(_pools(w)["prefill"]) == 2  # acted on in the same reconcile
+    assert len(_pools(w)["decode"]) == 1
+    scaled = [e.message for e in result.events if e.reason == "ScaledUp"]
+    assert len(scaled) == 1
+    assert scaled[0].startswith("prefill pool: 1 → 2 gangs")
+    pools = w.status()["pools"]
+    assert (pools["prefill"]["lastScaleDecision"]["from"], pools["prefill"]["lastScaleDecision"]["to"]) == (1, 2)
+    assert "lastScaleDecision" not in pools["decode"]
+    assert pools["decode"]["autoscaling"]["desiredReplicas"] == 1
+    # Between scrapes the pools' autoscaling status stays as it was.
+    w.run_pods()
+    w.now += 2
+    w.reconcile()
+    assert w.status()["pools"]["prefill"]["lastScaleDecision"] == pools["prefill"]["lastScaleDecision"]
+
+
+def test_a_pools_expert_placement_from_a_configmap_is_mounted_where_its_argv_reads_it() -> None:
+    spec = parse_spec(pro_pd(decode={"nodesPerGang": 2, "eplb": {"expertLocation": {
+        "configMap": {"name": "experts", "key": "placement.json"}}}}).named("d").build())
+    pd = plan_disaggregated(spec)
+    ctx = BuildContext(name="d", namespace=NS, uid="u", spec=spec, plan=pd.decode.plan, disaggregated=pd)
+    for pool in pools_of(ctx):
+        pods = [o for o in gang_objects(pool.ctx, 0, 1, revision_of(pool.ctx)) if o["kind"] == "Pod"]
+        for pod in pods:
+            container = pod["spec"]["containers"][0]
+            mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+            volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+            if pool.role == "decode":
+                argv = pool.ctx.plan.launch.ranks[0].argv
+                path = argv[argv.index("--init-expert-location") + 1]
+                assert path.startswith(mounts["expert-location"] + "/")
+                items = volumes["expert-location"]["configMap"]["items"]
+                assert items == [{"key": "placement.json", "path": path.rsplit("/", 1)[1]}]
+                assert volumes["expert-location"]["configMap"]["name"] == "experts"
+            else:
+                assert "expert-location" not in mounts

@@ -28,6 +28,8 @@ from mimo_operator.launchplan import (
     Ports,
 )
 from mimo_operator.planner import node_nic_gbps
+from mimo_operator.planner_pd import EXPERT_LOCATION_FILE, EXPERT_LOCATION_MOUNT
+from mimo_operator.spec import ConfigMapKeyRef
 
 __all__ = [
     "LAUNCH_PLAN_MOUNT",
@@ -178,6 +180,17 @@ def _objects(ctx: BuildContext, gang: str, replica: int, attempt: int, revision:
     return objects
 
 
+def _expert_location(ctx: BuildContext) -> ConfigMapKeyRef | None:
+    """The ConfigMap key a pool's EPLB placement comes from, when the spec names one (a weights-cache file is
+    read where the cache is mounted)."""
+    pd = ctx.spec.disaggregation
+    if ctx.pool is None or pd is None:
+        return None
+    eplb = getattr(pd, ctx.pool).eplb
+    location = eplb.expert_location if eplb is not None else None
+    return location.config_map if location is not None else None
+
+
 def bootstrap_port(ctx: BuildContext) -> int | None:
     """The KV bootstrap port a prefill gang's head serves (the decode side asks it where each request's KV
     is); None on decode and colocated gangs."""
@@ -318,6 +331,11 @@ def _pod(ctx: BuildContext, gang: str, gang_labels: dict[str, str], rank: int) -
         # NCCL and DeepEP need far more than the runtime's 64 MiB default /dev/shm.
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.engine.shm_size}},
     ]
+    if (placement := _expert_location(ctx)) is not None:
+        # EPLB's initial expert placement (--init-expert-location), from the user's ConfigMap key.
+        mounts.append({"name": "expert-location", "mountPath": EXPERT_LOCATION_MOUNT, "readOnly": True})
+        volumes.append({"name": "expert-location", "configMap": {
+            "name": placement.name, "items": [{"key": placement.key, "path": EXPERT_LOCATION_FILE}]}})
     cache = spec.model.cache
     if cache.mode == "shared-volume" and cache.claim_name:
         mounts.append({"name": "weights", "mountPath": CACHE_MOUNT_PATH})
