@@ -44,6 +44,7 @@ SCHEDULER_GAUGES = (
 HISTOGRAMS = (
     "sglang:time_to_first_token_seconds",
     "sglang:inter_token_latency_seconds",
+    "sglang:request_time_per_output_token_seconds",
     "sglang:e2e_request_latency_seconds",
     "sglang:queue_time_seconds",
 )
@@ -362,6 +363,10 @@ async def test_metrics_parse_and_carry_sglang_names_and_labels() -> None:
         assert total("sglang:generation_tokens", "true") == 3
         ttft_count = [s for s in families["sglang:time_to_first_token_seconds"].samples if s.name.endswith("_count")]
         assert sum(s.value for s in ttft_count) == 2
+        # One sample per finished request of more than one token, as SGLang's tokenizer manager records it.
+        tpot = families["sglang:request_time_per_output_token_seconds"].samples
+        assert sum(s.value for s in tpot if s.name.endswith("_count")) == 2
+        assert sum(s.value for s in tpot if s.name.endswith("_sum")) > 0
         assert families["sglang:max_total_num_tokens"].samples[0].value == REPLICA.max_total_num_tokens
 
 

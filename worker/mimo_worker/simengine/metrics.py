@@ -237,6 +237,13 @@ class EngineMetrics:
             buckets=ITL_BUCKETS,
             registry=reg,
         )
+        self.request_time_per_output_token = Histogram(
+            "sglang:request_time_per_output_token_seconds",
+            "Histogram of request time per output token in seconds.",
+            labelnames=tok,
+            buckets=ITL_BUCKETS,
+            registry=reg,
+        )
         self.e2e_request_latency = Histogram(
             "sglang:e2e_request_latency_seconds",
             "Histogram of end-to-end request latency in seconds.",
@@ -360,6 +367,10 @@ class EngineMetrics:
             self.generation_tokens_total.labels(**tok).inc(request.output_tokens)
             self.num_requests_total.labels(**tok).inc()
             self.e2e_request_latency.labels(**tok).observe(request.e2e_seconds)
+            if request.ttft is not None and request.output_tokens > 1 and request.e2e_seconds > request.ttft:
+                # SGLang's time per output token: the decode latency after the first token over the tokens after it.
+                self.request_time_per_output_token.labels(**tok).observe(
+                    (request.e2e_seconds - request.ttft) / (request.output_tokens - 1))
 
     def observe_abort(self, streaming: bool) -> None:
         tok = {"model_name": self._model_name, "is_streaming": "true" if streaming else "false"}
