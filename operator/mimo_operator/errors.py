@@ -5,12 +5,11 @@
     field (``spec.hardware.gpuType``) and the message says what is allowed.
     - ``PlanRefused``: the spec is well-formed but cannot work (weights do not fit, EP does not
       divide the experts, …); the message carries the numbers.
-      - ``NotYetSupported``: the spec plans, but this operator cannot run it yet (prefill/decode gangs).
 """
 
 from __future__ import annotations
 
-__all__ = ["MimoError", "NotYetSupported", "PlanRefused", "SpecError"]
+__all__ = ["MimoError", "PlanRefused", "SpecError"]
 
 
 class MimoError(Exception):
@@ -28,7 +27,3 @@ class SpecError(MimoError):
 
 class PlanRefused(SpecError):
     """A spec that parses but cannot be served; the message carries the numbers."""
-
-
-class NotYetSupported(PlanRefused):
-    """A spec the planner can plan but this operator cannot run yet: refused whole rather than half-run."""

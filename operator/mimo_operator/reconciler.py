@@ -38,7 +38,7 @@ from mimo_operator.build import (
     shared_objects,
 )
 from mimo_operator.build.weights import WeightsOptions
-from mimo_operator.errors import NotYetSupported, PlanRefused, SpecError
+from mimo_operator.errors import PlanRefused, SpecError
 from mimo_operator.gangs import GangHealth, Health, ObservedGang, epoch, gangs_from_pods
 from mimo_operator.heads import Heads
 from mimo_operator.kube import ApiError, Kube
@@ -211,8 +211,7 @@ class Reconciler:
             if missing := await missing_gang_scheduler(self.kube, spec.scheduling.gang_scheduler):
                 raise PlanRefused("spec.scheduling.gangScheduler", missing)
         except SpecError as e:
-            reason = ("NotYetSupported" if isinstance(e, NotYetSupported)
-                      else "PlanRefused" if isinstance(e, PlanRefused) else "InvalidSpec")
+            reason = "PlanRefused" if isinstance(e, PlanRefused) else "InvalidSpec"
             status = refused_status(old_status, generation, e.field, str(e), reason)
             if await self._write_status(namespace, name, old_status, status, memory):
                 result.events.append(Event("Warning", reason, str(e)))
