@@ -504,7 +504,9 @@ def _launch(spec: DeploymentSpec, gpu: GpuType, ranks: tuple[tuple[str, ...], ..
         # The simulator binds its pod's own IP (pods may share a machine, as in the local cluster), models
         # the plan's GPU and runs at the spec's time compression; later flags win over SGLang's.
         program = SIMULATED_PROGRAM
-        extra = ("--host", NODE_IP, "--mimo-gpu-type", gpu.name, "--mimo-speedup", repr(spec.engine.simulation.speedup))
+        extra = ("--host", NODE_IP, "--mimo-gpu-type", gpu.name, "--mimo-speedup", repr(spec.engine.simulation.speedup),
+                 # Every node runs a process of its own: each shows its own attention-DP groups' metrics.
+                 "--mimo-metrics-per-node")
         if spec.network.link_speed_gbps is not None:
             # The HCAs' line rate, which SGLang's argv does not carry: a PD side's KV hand-over time.
             extra += ("--mimo-link-speed-gbps", str(spec.network.link_speed_gbps))

@@ -116,6 +116,15 @@ class Gang:
     def engine_url(self) -> str:
         return f"http://{self.ips[0]}:{self.ports['engine_http']}"
 
+    def running_requests(self) -> float:
+        """sglang:num_running_reqs over every node's /metrics: each node shows its own attention-DP groups."""
+        total = 0.0
+        for ip in self.ips:
+            code, body = _http(f"http://{ip}:{self.ports['engine_http']}/metrics", timeout=5)
+            if code == 200:
+                total += _metric(body.decode(), "sglang:num_running_reqs")
+        return total
+
     def start(self, rank: int) -> subprocess.Popen[bytes]:
         env = {
             **os.environ,
@@ -336,10 +345,7 @@ def test_a_gang_forms_checks_its_fabric_serves_and_drains(make_gang: Callable[..
     for c in clients:
         c.start()
 
-    def running() -> float:
-        return _metric(_http(f"{gang.engine_url}/metrics", timeout=5)[1].decode(), "sglang:num_running_reqs")
-
-    wait_for(lambda: running() >= 4, 30, "4 requests running on the engine", gang)
+    wait_for(lambda: gang.running_requests() >= 4, 30, "4 requests running on the engine", gang)
     code, body = _http(f"{gang.head_url}/drain", "POST", timeout=90)
     drain_returned = time.monotonic()
     for c in clients:
@@ -427,10 +433,7 @@ def test_sigterm_on_a_serving_head_drains_then_stops_everything(make_gang: Calla
     for c in clients:
         c.start()
 
-    def running() -> float:
-        return _metric(_http(f"{gang.engine_url}/metrics", timeout=5)[1].decode(), "sglang:num_running_reqs")
-
-    wait_for(lambda: running() >= 2, 30, "2 requests running on the engine", gang)
+    wait_for(lambda: gang.running_requests() >= 2, 30, "2 requests running on the engine", gang)
     gang.procs[0].send_signal(signal.SIGTERM)  # the head's pod is deleted
     assert gang.wait_exit(0, 60) == 0, gang.log(0)[-5000:]
     head_exited = time.monotonic()

@@ -100,9 +100,11 @@ async def serving(
     enable_metrics: bool = True,
     attention_dp: int = 1,
     tp_size: int = 1,
+    nnodes: int = 1,
 ) -> AsyncIterator[Running]:
     options = SimOptions(
         model_path=MODEL,
+        nnodes=nnodes,
         tp_size=tp_size,
         ep_size=tp_size,
         dp_size=attention_dp,
@@ -111,6 +113,7 @@ async def serving(
         enable_metrics=enable_metrics,
         mimo_speedup=speedup,
         mimo_startup_seconds=startup,
+        mimo_metrics_per_node=nnodes > 1,
     )
     server = SimulatedEngineServer(
         options, ReplicaEngine(replica.limits, replica, attention_dp=attention_dp), ModelClock(speedup)
@@ -472,6 +475,46 @@ async def test_node_ranks_above_zero_serve_a_dummy_health_server() -> None:
                     assert response.status == 200, path
             async with session.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=chat(3)) as response:
                 assert response.status in (404, 405)  # no API on non-zero ranks
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_multi_node_gang_shows_each_groups_scheduler_on_the_node_that_hosts_it() -> None:
+    # Pro's shape: TP 16 over two nodes, two attention-DP groups; group 1's first GPU (tp_rank 8) is on node 1.
+    async with serving(attention_dp=2, tp_size=16, nnodes=2) as running:
+        await asyncio.gather(*(running.post("/v1/chat/completions", chat(3, prompt_tokens=100)) for _ in range(4)))
+        node0 = await running.metrics()
+        assert [s.labels["dp_rank"] for s in node0["sglang:max_total_num_tokens"].samples] == ["0"]
+        assert sum(s.value for s in node0["sglang:num_requests"].samples if s.name.endswith("_total")) == 4
+
+        # Node 1's dummy server asks node 0's process for its groups, as the operator's scrape reaches node 1.
+        port = free_port()
+        node_metrics = running.base + "/mimo/metrics/node/1"
+        runner = web.AppRunner(dummy_health_app(enable_metrics=True, node_metrics=node_metrics))
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            async with running.session.get(f"http://127.0.0.1:{port}/metrics") as response:
+                assert response.status == 200
+                node1 = {f.name: f for f in text_string_to_metric_families(await response.text())}
+        finally:
+            await runner.cleanup()
+        assert [s.labels["dp_rank"] for s in node1["sglang:max_total_num_tokens"].samples] == ["1"]
+        assert [s.labels["tp_rank"] for s in node1["sglang:num_running_reqs"].samples] == ["8"]
+        assert not node1.get("sglang:num_requests") or not node1["sglang:num_requests"].samples
+        status, _ = await running.get("/mimo/metrics/node/2")
+        assert status == 404
+
+
+async def test_a_dummy_server_whose_node_zero_cannot_be_asked_answers_503() -> None:
+    port = free_port()
+    runner = web.AppRunner(dummy_health_app(enable_metrics=True,
+                                            node_metrics=f"http://127.0.0.1:{free_port()}/mimo/metrics/node/1"))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/metrics") as response:
+            assert response.status == 503
     finally:
         await runner.cleanup()
 

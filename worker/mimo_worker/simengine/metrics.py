@@ -28,12 +28,15 @@ and nothing leaks into a host program's global registry.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from mimo_worker.simengine.engine import EngineLimits, EngineStats, Progress
+
+_DP_RANK = re.compile(r'[{,]dp_rank="(\d+)"')
 
 
 @dataclass(frozen=True)
@@ -129,8 +132,12 @@ class EngineMetrics:
         tp_size: int = 1,
         ep_size: int = 1,
         disaggregation_mode: str = "null",
+        nnodes: int = 1,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._nodes = max(nnodes, 1)
+        self._attention_tp = max(tp_size // max(attention_dp, 1), 1)
+        self._gpus_per_node = max(tp_size // self._nodes, 1)
         self.disaggregation_mode = disaggregation_mode
         engine_type = disaggregation_mode if disaggregation_mode in ("prefill", "decode") else "unified"
         attention_tp = max(tp_size // attention_dp, 1)
@@ -415,8 +422,27 @@ class EngineMetrics:
             seen.decode = max(totals.decode, seen.decode)
             seen.cached = max(totals.cached, seen.cached)
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, node: int = 0) -> bytes:
+        """The exposition one node's /metrics shows: node 0 the tokenizer's series and the schedulers of the
+        attention-DP groups whose first GPU it hosts; node ``n`` ≥ 1 only its own groups' schedulers (SGLang
+        exports a scheduler's metrics on the node it runs on)."""
+        text = generate_latest(self.registry).decode()
+        if self._nodes <= 1:
+            return text.encode() if node == 0 else empty_exposition()
+        kept = []
+        for line in text.splitlines():
+            if line.startswith("#"):
+                kept.append(line)
+                continue
+            match = _DP_RANK.search(line)
+            owner = self._leader_node(int(match.group(1))) if match else 0
+            if owner == node:
+                kept.append(line)
+        return ("\n".join(kept) + "\n").encode()
+
+    def _leader_node(self, group: int) -> int:
+        """The node rank hosting the first GPU of attention-DP group ``group``."""
+        return min(group * self._attention_tp // self._gpus_per_node, self._nodes - 1)
 
 
 def empty_exposition() -> bytes:

@@ -25,6 +25,11 @@ Simulated-engine options:
 ``--mimo-link-speed-gbps N``
     Without a manifest: the line rate of one HCA (the manifest's ``spec.network.linkSpeedGbps``, which
     SGLang's argv does not carry; default 400). Only the KV hand-over of a prefill server reads it.
+``--mimo-metrics-per-node``
+    This process is node rank 0 of a gang whose other nodes run processes of their own (the operator's
+    launches say so): its ``/metrics`` then shows only the attention-DP groups on node 0, and each other
+    node's dummy server shows its own, as SGLang's nodes do. Without it one process stands for the whole
+    replica and shows every group.
 
 Prefill/decode disaggregation (``disaggregation.py``): ``--disaggregation-mode null|prefill|decode``
 (SGLang's default ``null``: a colocated server), ``--disaggregation-bootstrap-port`` (8998; the
@@ -109,6 +114,7 @@ class SimOptions:
     mimo_speedup: float = 1.0
     mimo_gpu_type: str = DEFAULT_GPU_TYPE
     mimo_link_speed_gbps: int | None = None
+    mimo_metrics_per_node: bool = False
     ignored: tuple[str, ...] = field(default=())
 
     @property
@@ -242,6 +248,12 @@ def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
         type=int,
         default=d(None),
         help="one HCA's line rate when there is no --mimo-manifest (spec.network.linkSpeedGbps; default 400)",
+    )
+    sim.add_argument(
+        "--mimo-metrics-per-node",
+        action="store_true",
+        default=d(False),
+        help="node 0 of a gang of processes: /metrics shows node 0's attention-DP groups only, as SGLang's node 0",
     )
     return parser
 

@@ -14,7 +14,11 @@ Endpoints (node rank 0), as SGLang 0.5 serves them (``reference/sglang-mimo-fact
 * ``GET /server_info`` (and the deprecated ``/get_server_info``): server arguments,
   ``max_total_num_tokens``, ``max_req_input_len`` and per-scheduler ``internal_states``.
 * ``GET /metrics`` — SGLang's Prometheus metrics; only with ``--enable-metrics``, as in SGLang
-  (without it the route does not exist).
+  (without it the route does not exist). Node 0 shows the tokenizer's series and the schedulers of the
+  attention-DP groups whose first GPU it hosts (with ``--mimo-metrics-per-node``, as the operator's gangs run
+  it; a lone process standing for the whole replica shows every group); node ranks ≥ 1 run SGLang's dummy
+  health server, whose ``/metrics`` shows that node's groups' schedulers, fetched from node 0's
+  ``/mimo/metrics/node/<rank>`` (this process simulates every group of the gang).
 * ``POST /pause_generation`` (``{"mode": "abort" | "retract" | "in_place"}``), ``POST
   /continue_generation``, ``POST /flush_cache`` (empties the prefix cache; refused while requests run).
 
@@ -300,6 +304,7 @@ class SimulatedEngineServer:
             tp_size=options.tp_size,
             ep_size=options.ep_size,
             disaggregation_mode=self.mode,
+            nnodes=options.nnodes if options.mimo_metrics_per_node else 1,
         )
         if self.mode == "prefill" and kv_transfer is None:
             raise ValueError("a prefill server needs the plan's KV transfer arithmetic")
@@ -558,6 +563,7 @@ class SimulatedEngineServer:
         app.router.add_post("/flush_cache", self.flush_cache)
         if self.options.enable_metrics:
             app.router.add_get("/metrics", self.metrics_endpoint)
+            app.router.add_get(NODE_METRICS_PATH + "/{rank}", self.node_metrics_endpoint)
         return app
 
     def _unavailable(self) -> web.Response | None:
@@ -663,6 +669,20 @@ class SimulatedEngineServer:
         return web.json_response(info)
 
     async def metrics_endpoint(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._metrics_of(0), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def node_metrics_endpoint(self, request: web.Request) -> web.Response:
+        """What node rank ``{rank}`` ≥ 1 shows at its own /metrics (its dummy server asks here): the schedulers
+        of the attention-DP groups it hosts, which this process simulates for the whole gang."""
+        try:
+            rank = int(request.match_info["rank"])
+        except ValueError:
+            return web.json_response({"error": "node rank must be a number"}, status=400)
+        if not 0 <= rank < max(self.options.nnodes, 1):
+            return web.json_response({"error": f"no node rank {rank} in --nnodes {self.options.nnodes}"}, status=404)
+        return web.Response(body=self._metrics_of(rank), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    def _metrics_of(self, node: int) -> bytes:
         now = self.clock.now()
         if self.mode in ("prefill", "decode"):
             self.metrics.set_pd_queues(self._pd_queues())
@@ -683,7 +703,7 @@ class SimulatedEngineServer:
                     for group in self.engine.groups
                 ]
             )
-        return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return self.metrics.render(node)
 
     async def pause_generation(self, request: web.Request) -> web.Response:
         body = await self._json_body(request, required=False)
@@ -1215,14 +1235,30 @@ class _NativeFormat(_Format):
 # ---- node ranks >= 1 ---------------------------------------------------------------------------------
 
 
-def dummy_health_app(enable_metrics: bool) -> web.Application:
-    """What SGLang runs on node ranks ≥ 1: a health server that always answers 200, and no API."""
+# Where node 0's simulated engine serves another node's scheduler metrics (not an SGLang endpoint).
+NODE_METRICS_PATH = "/mimo/metrics/node"
+
+
+def dummy_health_app(enable_metrics: bool, node_metrics: str | None = None) -> web.Application:
+    """What SGLang runs on node ranks ≥ 1: a health server that always answers 200, and no API; with metrics,
+    the schedulers of this node's attention-DP groups. Node 0's process simulates every group, so this node's
+    series come from it (``node_metrics``: its URL for this node); 503 while it cannot be asked."""
 
     async def ok(request: web.Request) -> web.Response:
         return web.Response(status=200)
 
     async def metrics(request: web.Request) -> web.Response:
-        return web.Response(body=empty_exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        if node_metrics is None:
+            return web.Response(body=empty_exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        try:
+            async with aiohttp.ClientSession() as session, session.get(
+                node_metrics, timeout=aiohttp.ClientTimeout(total=5)
+            ) as response:
+                if response.status == 200:
+                    return web.Response(body=await response.read(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            pass
+        return web.json_response({"error": "node rank 0 cannot be asked for this node's metrics"}, status=503)
 
     app = web.Application()
     for path in ("/health", "/health_generate", "/ping"):
@@ -1295,7 +1331,12 @@ async def run_server(
 
 async def run_dummy_server(options: SimOptions, ready: Callable[[str], None] | None = None) -> int:
     """Node ranks ≥ 1: the health server SGLang runs there, until SIGTERM or SIGINT."""
-    runner = web.AppRunner(dummy_health_app(options.enable_metrics), access_log=None)
+    node_metrics = None
+    if options.dist_init_addr:
+        head = options.dist_init_addr.rsplit(":", 1)[0].strip("[]")
+        host = f"[{head}]" if ":" in head else head
+        node_metrics = f"http://{host}:{options.port}{NODE_METRICS_PATH}/{options.node_rank}"
+    runner = web.AppRunner(dummy_health_app(options.enable_metrics, node_metrics), access_log=None)
     await runner.setup()
     stop = asyncio.Event()
     try:
