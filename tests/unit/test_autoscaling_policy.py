@@ -429,6 +429,25 @@ def test_ttft_above_the_slo_on_most_gangs_adds_a_gang_when_none_is_starting() ->
     assert decide(observation, config()).action is not Action.SCALE_UP, "without an SLO, nothing to see"
 
 
+@pytest.mark.parametrize(
+    ("per_second", "queue", "scales"),
+    [
+        (1.0, 0.0, False),  # a tenth of a replica, nothing queued: one long prompt's TTFT, not capacity
+        (1.0, 2.0, True),  # requests waited in the queue: capacity
+        (1.2, 0.0, False),  # busier, but 18 requests a window: their p95 is the slowest one's TTFT
+        (5.0, 0.0, True),  # half the target and more, over 75 requests a window
+    ],
+)
+def test_a_ttft_miss_orders_a_gang_only_where_the_gangs_were_busy(
+    per_second: float, queue: float, scales: bool
+) -> None:
+    now = 1_000.0
+    samples = {n: steady(n, now, per_second, queue=queue, ttft=3.0) for n in "ab"}
+    observation = Observation(now=now, gangs=ready("a", "b"), samples=samples)
+    decision = decide(observation, config(ttft_slo_seconds=2.0))
+    assert (decision.action is Action.SCALE_UP) is scales, decision.reason
+
+
 def test_ttft_above_the_slo_on_one_gang_with_an_old_backlog_adds_nothing() -> None:
     now = 1_000.0
     samples = {"a": steady("a", now, 3.5, ttft=30.0), "b": steady("b", now, 3.5, ttft=0.2)}
@@ -538,7 +557,7 @@ def test_bursts_at_a_steady_period_are_recognised_with_their_size_and_next_onset
 @pytest.mark.parametrize(
     ("onsets", "until", "why"),
     [
-        ([600, 1500], 1900, "two bursts are not yet a period"),
+        ([600], 1200, "one burst is no period"),
         ([600, 1500, 2700], 3000, "intervals of 900 and 1200 s are no period"),
         ([600, 1500, 2400], 3600, "the expected onset at 3300 s passed a quarter period ago without a burst"),
     ],
@@ -546,6 +565,30 @@ def test_bursts_at_a_steady_period_are_recognised_with_their_size_and_next_onset
 def test_no_recurrence_without_a_steady_period(onsets: list[float], until: float, why: str) -> None:
     history = bursts(onsets, length=300, high=8.0, low=1.0, until=until)
     assert recurrence(history, until, config()) is None, why
+
+
+def test_two_bursts_alike_in_size_and_length_are_a_period_already() -> None:
+    history = bursts([600, 1500], length=300, high=8.0, low=1.0, until=1900)
+    found = recurrence(history, 1900.0, config())
+    assert found is not None
+    assert found.period_seconds == pytest.approx(900, abs=15)
+    assert found.next_onset == pytest.approx(2400, abs=15)
+    assert found.demand == 8.0
+
+
+@pytest.mark.parametrize(
+    ("second", "why"),
+    [
+        ({"length": 300, "high": 4.0}, "the second burst is half the first's size"),
+        ({"length": 90, "high": 8.0}, "the second burst is a third of the first's length"),
+        ({"length": 700, "high": 8.0}, "the second burst lasts more than twice the first"),
+    ],
+)
+def test_two_unlike_bursts_are_no_period(second: dict[str, float], why: str) -> None:
+    first = bursts([600], length=300, high=8.0, low=1.0, until=2600)
+    other = bursts([1500], low=1.0, until=2600, **second)
+    history = tuple((t, max(a, b)) for (t, a), (_, b) in zip(first, other, strict=True))
+    assert recurrence(history, 2600.0, config()) is None, why
 
 
 def test_swings_smaller_than_a_gang_are_not_bursts() -> None:

@@ -57,8 +57,11 @@ __all__ = [
 
 
 # How far back the policy's own record of demand (`Observation.demand_history`) reaches: it finds bursts
-# that recur within it (three onsets at least), so periods of up to about 40 minutes are recognised.
+# that recur within it (two alike onsets at least), so periods of up to about 40 minutes are recognised.
 DEMAND_HISTORY_SECONDS = 7200.0
+# Requests a gang must have taken in a window, without queueing, for its TTFT p95 to count as a capacity
+# signal: over fewer, the p95 is the slowest request's TTFT.
+TTFT_TAIL_REQUESTS = 20
 
 
 class GangPhase(enum.Enum):
@@ -447,7 +450,7 @@ def recurrence(history: Sequence[tuple[float, float]], now: float, config: Polic
     if episodes and episodes[0][0] <= points[0][0]:
         episodes.pop(0)
         sizes.pop(0)
-    if len(episodes) < 3:
+    if len(episodes) < 2 or (len(episodes) == 2 and not _alike(episodes, sizes)):
         return None
     onsets = [e[0] for e in episodes]
     intervals = [b - a for a, b in itertools.pairwise(onsets)][-3:]
@@ -472,6 +475,21 @@ def recurrence(history: Sequence[tuple[float, float]], now: float, config: Polic
         # Onsets are read from windowed demand, which crosses the burst level up to a stable window late.
         lead_seconds=config.stable_window_seconds + 2 * tick + (max(intervals) - min(intervals)),
     )
+
+
+def _alike(episodes: Sequence[Sequence[float]], sizes: Sequence[Sequence[float]]) -> bool:
+    """Whether two bursts are enough to call a period: the first is over, and they match in size and length.
+
+    A workload of recurring bursts pays one unforeseen burst less than waiting for a third onset; a guess
+    that fails costs one pre-warm, ended when the expected onset passes a quarter period without a burst.
+    """
+    (first_at, first_end), (second_at, second_end) = episodes
+    first, second = _quantile(sizes[0], 0.75), _quantile(sizes[1], 0.75)
+    if abs(first - second) > 0.25 * max(first, second):
+        return False
+    first_length, second_length = first_end - first_at, second_end - second_at
+    # The second may still be on: it must have lasted most of the first by now, and no much longer.
+    return 0.75 * first_length <= second_length + 60.0 and second_length <= 1.25 * first_length + 60.0
 
 
 def _quantile(values: Sequence[float], q: float) -> float:
@@ -750,9 +768,28 @@ class _Loads:
             if not inside:
                 continue
             serving += 1
-            if any(s.ttft_p95_seconds is not None and s.ttft_p95_seconds > slo for s in inside):
+            missed = any(s.ttft_p95_seconds is not None and s.ttft_p95_seconds > slo for s in inside)
+            if missed and self._loaded(name, start, end):
                 missing += 1
         return float(serving + 1) if serving and 2 * missing >= serving else 0.0
+
+    def _loaded(self, name: str, start: float, end: float) -> bool:
+        """Whether the gang was busy enough in (start, end] for a TTFT miss to say it lacked capacity.
+
+        Busy: a request waited in its queue; or, without a queue, its compute ran at half the target or
+        more over enough requests (20) that their p95 is not the slowest one's TTFT. A miss on a gang with
+        neither is one prompt whose prefill is longer than the SLO, or the tail of a handful of requests:
+        another gang does not shorten it, and reading it as capacity ordered a gang in the lulls of an
+        on/off load and cut the targets by 40 % for its next burst.
+        """
+        base, inside = self._in(name, start, end)
+        if any(s.queue_requests >= 1 for s in inside) or (base is not None and base.queue_requests >= 1):
+            return True
+        arrivals = self._arrivals(name, start, end)
+        if arrivals is None:
+            return True  # no count to judge by: the miss stands
+        busy = arrivals * self._work_per_request / (end - start)
+        return arrivals >= TTFT_TAIL_REQUESTS and busy >= 0.5 * self._config.target_utilisation
 
     def covered(self, window: float | None = None) -> bool:
         """Whether the history reaches back over the window (default: the scale-down window)."""
