@@ -434,7 +434,7 @@ def test_ttft_above_the_slo_on_most_gangs_adds_a_gang_when_none_is_starting() ->
     [
         (1.0, 0.0, False),  # a tenth of a replica, nothing queued: one long prompt's TTFT, not capacity
         (1.0, 2.0, True),  # requests waited in the queue: capacity
-        (1.2, 0.0, False),  # busier, but 18 requests a window: their p95 is the slowest one's TTFT
+        (1.2, 0.0, False),  # 18 requests a window, under half the target: a tail, not capacity
         (5.0, 0.0, True),  # half the target and more, over 75 requests a window
     ],
 )

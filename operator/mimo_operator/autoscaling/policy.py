@@ -62,6 +62,8 @@ DEMAND_HISTORY_SECONDS = 7200.0
 # Requests a gang must have taken in a window, without queueing, for its TTFT p95 to count as a capacity
 # signal: over fewer, the p95 is the slowest request's TTFT.
 TTFT_TAIL_REQUESTS = 20
+# Stretches of burst-level demand less than this apart are one burst.
+BURST_MERGE_SECONDS = 60.0
 
 
 class GangPhase(enum.Enum):
@@ -422,8 +424,9 @@ def recurrence(history: Sequence[tuple[float, float]], now: float, config: Polic
 
     A burst is a stretch of demand above the midpoint between the history's low (its 20th percentile)
     and its peak, stretches less than a minute apart taken as one; the history must hold at least three
-    burst onsets whose last intervals agree within 15 %, and the bursts must differ from the low by a
-    gang or more (smaller swings are the stable and panic views' business). A pattern that misses its
+    burst onsets whose last intervals agree within 15 %, or two bursts alike in size and length
+    (`_alike`), and the bursts must differ from the low by a gang or more (smaller swings are the stable
+    and panic views' business). A pattern that misses its
     next onset by a quarter period is over. Bursts that began before the history are not counted: their
     onset is unknown.
     """
@@ -435,7 +438,7 @@ def recurrence(history: Sequence[tuple[float, float]], now: float, config: Polic
     if high - low < 1.0:
         return None
     level = low + 0.5 * (high - low)
-    merge = 60.0
+    merge = BURST_MERGE_SECONDS
     episodes: list[list[float]] = []  # [onset, last time above the level]
     sizes: list[list[float]] = []  # the demand figures of each episode
     for at, demand in points:
@@ -488,8 +491,9 @@ def _alike(episodes: Sequence[Sequence[float]], sizes: Sequence[Sequence[float]]
     if abs(first - second) > 0.25 * max(first, second):
         return False
     first_length, second_length = first_end - first_at, second_end - second_at
-    # The second may still be on: it must have lasted most of the first by now, and no much longer.
-    return 0.75 * first_length <= second_length + 60.0 and second_length <= 1.25 * first_length + 60.0
+    # The second may still be on: it must have lasted most of the first by now, and not much longer.
+    slack = BURST_MERGE_SECONDS  # a burst's ends are known to within the gap that merges its stretches
+    return 0.75 * first_length <= second_length + slack and second_length <= 1.25 * first_length + slack
 
 
 def _quantile(values: Sequence[float], q: float) -> float:
@@ -764,16 +768,18 @@ class _Loads:
         serving = 0
         missing = 0
         for name in self._samples:
-            _, inside = self._in(name, start, end)
+            base, inside = self._in(name, start, end)
             if not inside:
                 continue
             serving += 1
             missed = any(s.ttft_p95_seconds is not None and s.ttft_p95_seconds > slo for s in inside)
-            if missed and self._loaded(name, start, end):
+            if missed and self._loaded(name, start, end, base, inside):
                 missing += 1
         return float(serving + 1) if serving and 2 * missing >= serving else 0.0
 
-    def _loaded(self, name: str, start: float, end: float) -> bool:
+    def _loaded(
+        self, name: str, start: float, end: float, base: MetricSample | None, inside: Sequence[MetricSample]
+    ) -> bool:
         """Whether the gang was busy enough in (start, end] for a TTFT miss to say it lacked capacity.
 
         Busy: a request waited in its queue; or, without a queue, its compute ran at half the target or
@@ -782,7 +788,6 @@ class _Loads:
         another gang does not shorten it, and reading it as capacity ordered a gang in the lulls of an
         on/off load and cut the targets by 40 % for its next burst.
         """
-        base, inside = self._in(name, start, end)
         if any(s.queue_requests >= 1 for s in inside) or (base is not None and base.queue_requests >= 1):
             return True
         arrivals = self._arrivals(name, start, end)
