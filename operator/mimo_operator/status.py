@@ -250,6 +250,8 @@ def running_status(*, old: Mapping[str, Any], name: str, generation: int, replic
         "observedGeneration": generation,
         "phase": phase,
         "replicas": len({g.replica for g in in_range}),
+        "desiredReplicas": replicas,
+        "nodes": replicas * plan.nodes_per_replica,
         "readyReplicas": len(ready),
         "updatedReplicas": len({g.replica for g in current}),
         "selector": selector(name),
@@ -287,7 +289,8 @@ def disaggregated_status(*, old: Mapping[str, Any], name: str, generation: int, 
     """
     shown: dict[str, dict[str, Any]] = {}
     for role, pool in pools.items():
-        shown[role] = {k: pool[k] for k in ("phase", "replicas", "readyReplicas", "updatedReplicas", "plan",
+        shown[role] = {k: pool[k] for k in ("phase", "replicas", "desiredReplicas", "nodes", "readyReplicas",
+                                            "updatedReplicas", "plan",
                                             "replicaRecords", "conditions", "autoscaling", "lastScaleDecision",
                                             "kvCacheUsage", "queue") if k in pool}
     phase = min((p["phase"] for p in pools.values()), key=_PHASE_ORDER.index, default="Pending")
@@ -307,9 +310,8 @@ def disaggregated_status(*, old: Mapping[str, Any], name: str, generation: int, 
     return {
         "observedGeneration": generation,
         "phase": phase,
-        "replicas": sum(int(p.get("replicas") or 0) for p in pools.values()),
-        "readyReplicas": sum(int(p.get("readyReplicas") or 0) for p in pools.values()),
-        "updatedReplicas": sum(int(p.get("updatedReplicas") or 0) for p in pools.values()),
+        **{k: sum(int(p.get(k) or 0) for p in pools.values())
+           for k in ("replicas", "desiredReplicas", "nodes", "readyReplicas", "updatedReplicas")},
         "selector": selector(name),
         "endpoint": endpoint,
         "pools": shown,

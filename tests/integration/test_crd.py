@@ -134,7 +134,8 @@ def test_scale_and_status_subresources_and_printer_columns(crd: Any, ns: str) ->
     try:
         crd.kubectl("scale", "mimodeployment", name, "-n", ns, "--replicas=3")
         assert crd.kubectl_json("get", "mimodeployment", name, "-n", ns)["spec"]["replicas"] == 3
-        status = {"status": {"phase": "Progressing", "replicas": 3, "readyReplicas": 1, "queue": 7,
+        status = {"status": {"phase": "Progressing", "replicas": 3, "desiredReplicas": 3, "nodes": 6,
+                             "readyReplicas": 1, "queue": 7,
                              "kvCacheUsage": 0.42, "selector": "mimo.dev/deployment=" + name,
                              "plan": {"nodesPerReplica": 2, "gpusPerReplica": 16}}}
         crd.kubectl("patch", "mimodeployment", name, "-n", ns, "--subresource=status", "--type=merge",
@@ -147,7 +148,7 @@ def test_scale_and_status_subresources_and_printer_columns(crd: Any, ns: str) ->
         assert scale["status"]["selector"] == "mimo.dev/deployment=" + name
         table = crd.kubectl("get", "mimo", name, "-n", ns).stdout.splitlines()
         assert table[0].split() == ["NAME", "VARIANT", "READY", "DESIRED", "NODES", "KV", "QUEUE", "PHASE", "AGE"]
-        assert table[1].split()[:8] == [name, "MiMo-V2.5-Pro", "1", "3", "2", "0.42", "7", "Progressing"]
+        assert table[1].split()[:8] == [name, "MiMo-V2.5-Pro", "1", "3", "6", "0.42", "7", "Progressing"]
         # A spec write does not touch status, and a status write does not touch spec.
         assert crd.kubectl_json("get", "mimodeployment", name, "-n", ns)["spec"]["replicas"] == 3
     finally:

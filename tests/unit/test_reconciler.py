@@ -197,6 +197,17 @@ def test_an_api_refusal_of_a_child_names_the_field_and_stops_gang_creation_until
     assert w.status().get("refusal") is None
 
 
+def test_status_shows_the_desired_replicas_and_the_nodes_they_take_before_any_gang_exists() -> None:
+    w = World(a_deployment("d").replicas(3))
+    w.reconcile()
+    status = w.status()
+    assert status["desiredReplicas"] == 3
+    assert status["nodes"] == 3 * status["plan"]["nodesPerReplica"]
+    w.edit("replicas", 1)
+    w.reconcile()
+    assert (w.status()["desiredReplicas"], w.status()["nodes"]) == (1, w.status()["plan"]["nodesPerReplica"])
+
+
 def test_a_settled_deployment_writes_nothing() -> None:
     w = World(a_deployment("d").replicas(2))
     w.reconcile()

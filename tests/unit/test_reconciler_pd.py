@@ -67,6 +67,10 @@ def test_status_shows_each_pool_and_the_deployment_is_ready_only_when_both_are()
     assert ready["status"] == "False"
     assert "prefill: 0 of 1 replicas ready" in ready["message"]
     assert {g["pool"] for g in status["gangs"]} == {"prefill", "decode"}
+    # kubectl get's Desired and Nodes columns: both pools together, each pool's own under pools.<role>.
+    assert (status["pools"]["prefill"]["desiredReplicas"], status["pools"]["decode"]["desiredReplicas"]) == (1, 2)
+    assert status["desiredReplicas"] == 3
+    assert status["nodes"] == 2 * 1 + 2 * 2
     w.run_pods()
     w.now += 5
     w.reconcile()
