@@ -1,5 +1,5 @@
-"""Gangs under contention: two deployments asking for more nodes than exist, with no gang scheduler and
-with scheduler-plugins' coscheduling, on one local cluster.
+"""Gangs under contention: two deployments asking for more nodes than exist, with no gang scheduler, with
+scheduler-plugins' coscheduling and with kube-scheduler's own gang scheduling, on one local cluster.
 
     .venv/bin/python bench/gang_contention.py [--nodes 10] [--replicas 2] [--seconds 60]
 
@@ -43,7 +43,7 @@ def main() -> int:
     lines = []
     with tempfile.TemporaryDirectory(prefix="mimo-bench-") as tmp:
         cluster = LocalCluster.up(Path(tmp) / "c", nodes=args.nodes, gpu_type="H100-80GB", exit_with_parent=True,
-                                  gang_scheduler="scheduler-plugins")
+                                  gang_schedulers=("scheduler-plugins", "kubernetes"))
         op = None
         try:
             watch = PodWatch(cluster)
@@ -52,7 +52,7 @@ def main() -> int:
             op = RunningOperator(cluster, token_kubeconfig(cluster, token, Path(tmp) / "op.kubeconfig"),
                                  Path(tmp) / "operator.log", ["--unschedulable-seconds", "3600"])
             op.start()
-            for scheduler in ("none", "scheduler-plugins"):
+            for scheduler in ("none", "scheduler-plugins", "kubernetes"):
                 ns = f"contention-{scheduler}"
                 cluster.kubectl("create", "namespace", ns)
                 items = [a_deployment(f"team-{t}").pro().h100().replicas(args.replicas)

@@ -47,6 +47,7 @@ _KINDS: dict[tuple[str, str], str] = {
     ("coordination.k8s.io/v1", "Lease"): "leases",
     ("scheduling.x-k8s.io/v1alpha1", "PodGroup"): "podgroups",
     ("scheduling.volcano.sh/v1beta1", "PodGroup"): "podgroups",
+    **{(api, "PodGroup"): "podgroups" for api in L.NATIVE_PODGROUP_APIS},
     (f"{L.GROUP}/{L.VERSION}", L.KIND): L.PLURAL,
 }
 

@@ -35,6 +35,9 @@ GROUP = "serving.mimo-operator.io"
 VERSION = "v1alpha1"
 PLURAL = "mimodeployments"
 KIND = "MiMoDeployment"
+# kube-scheduler's own gang scheduling (spec.scheduling.gangScheduler: kubernetes): the scheduling.k8s.io
+# versions with a standalone PodGroup, newest first (v1alpha3 in Kubernetes 1.37, v1alpha2 in 1.36).
+NATIVE_PODGROUP_APIS = ("scheduling.k8s.io/v1alpha3", "scheduling.k8s.io/v1alpha2")
 
 # The one field manager of every server-side apply the operator makes.
 FIELD_MANAGER = "mimo-operator"

@@ -44,7 +44,7 @@ from mimo_operator.heads import Heads
 from mimo_operator.kube import ApiError, Kube
 from mimo_operator.planner import plan_deployment
 from mimo_operator.planner_pd import DisaggregatedPlan, plan_disaggregated
-from mimo_operator.schedulers import missing_gang_scheduler
+from mimo_operator.schedulers import missing_gang_scheduler, served_gang_api
 from mimo_operator.spec import DeploymentSpec, parse_spec
 from mimo_operator.status import (
     disaggregated_status,
@@ -210,6 +210,7 @@ class Reconciler:
             plan = pd.decode.plan if pd is not None else plan_deployment(spec)
             if missing := await missing_gang_scheduler(self.kube, spec.scheduling.gang_scheduler):
                 raise PlanRefused("spec.scheduling.gangScheduler", missing)
+            gang_api = await served_gang_api(self.kube, spec.scheduling.gang_scheduler)
         except SpecError as e:
             reason = "PlanRefused" if isinstance(e, PlanRefused) else "InvalidSpec"
             status = refused_status(old_status, generation, e.field, str(e), reason)
@@ -221,7 +222,7 @@ class Reconciler:
         ctx = BuildContext(name=name, namespace=namespace, uid=meta["uid"], spec=spec, plan=plan,
                            operator=self.options.operator, distinct_gang_ports=self.options.distinct_gang_ports,
                            pod_labels=_pod_template(spec, "labels"),
-                           pod_annotations=_pod_template(spec, "annotations"), disaggregated=pd)
+                           pod_annotations=_pod_template(spec, "annotations"), disaggregated=pd, gang_api=gang_api)
         pools = pools_of(ctx)
         now = self.clock()
 
@@ -632,6 +633,8 @@ class Reconciler:
             return ("scheduling.x-k8s.io/v1alpha1", "PodGroup")
         if scheduler == "volcano":
             return ("scheduling.volcano.sh/v1beta1", "PodGroup")
+        if scheduler == "kubernetes":
+            return (ctx.gang_api or L.NATIVE_PODGROUP_APIS[0], "PodGroup")
         return None
 
     async def _delete_gang_objects(self, ctx: BuildContext, gang: str) -> None:

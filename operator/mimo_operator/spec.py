@@ -291,7 +291,7 @@ class RouterSpec(_Spec):
 
 
 class SchedulingSpec(_Spec):
-    gang_scheduler: Literal["none", "scheduler-plugins", "volcano", "kueue"] = "none"
+    gang_scheduler: Literal["none", "scheduler-plugins", "volcano", "kueue", "kubernetes"] = "none"
     topology_key: str | None = Field(None, max_length=253)
     priority_class_name: str | None = Field(None, max_length=253)
     queue_name: str | None = Field(None, max_length=253)

@@ -129,7 +129,8 @@ _REFUSED_FIELDS: tuple[tuple[str, str, str], ...] = (
     ("Pod", r"^spec\.(initContainers|containers)\[\d+\]\.env", "spec.engine.env"),
     ("Pod", r"^spec\.(initContainers|containers)\[\d+\]\.resources", "spec.hardware"),
     ("Pod", r"^spec\.(initContainers|containers)\[\d+\]\.(command|args)", "spec.engine.extraArgs"),
-    ("Pod", r"^spec\.schedulerName", "spec.scheduling.gangScheduler"),
+    ("Pod", r"^spec\.(schedulerName|schedulingGroup)", "spec.scheduling.gangScheduler"),
+    ("PodGroup", r"^spec\.", "spec.scheduling.gangScheduler"),
     ("", r"^metadata\.(name|labels|namespace)", "metadata.name"),
     ("", r"^spec\.selector", "metadata.name"),
 )

@@ -1,7 +1,8 @@
-"""A real gang scheduler in the local cluster: scheduler-plugins' coscheduling, built from its Go module,
-running next to kube-scheduler. Under contention (two deployments wanting more nodes than exist) no node
-is held by a gang that is not whole, and gangs still start (no deadlock). A deployment naming a gang
-scheduler that is not installed is refused in status.
+"""Real gang schedulers in the local cluster: scheduler-plugins' coscheduling, built from its Go module and
+running next to kube-scheduler, and kube-scheduler's own gang scheduling (scheduling.k8s.io PodGroups, its
+alpha feature gates on). Under contention (two deployments wanting more nodes than exist) no node is held
+by a gang that is not whole, and gangs still start (no deadlock). A deployment naming a gang scheduler that
+is not installed is refused in status.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def gang_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClus
             pytest.fail(message)
         pytest.skip(message)
     cluster = LocalCluster.up(tmp_path_factory.mktemp("gang") / "c", nodes=NODES, gpu_type="H100-80GB",
-                              exit_with_parent=True, gang_scheduler="scheduler-plugins")
+                              exit_with_parent=True, gang_schedulers=("scheduler-plugins", "kubernetes"))
     try:
         yield cluster
     finally:
@@ -47,12 +48,20 @@ def gang_operator(gang_cluster: LocalCluster, tmp_path_factory: pytest.TempPathF
     yield from operator_fixture(gang_cluster, tmp_path_factory.mktemp("op"), ["--unschedulable-seconds", "3600"])
 
 
-def test_coscheduling_holds_no_node_for_an_incomplete_gang_under_contention(
-        gang_cluster: LocalCluster, gang_operator: RunningOperator) -> None:
-    ns = "contention"
+# What each gang scheduler's PodGroup is, and how its size reads.
+GROUPS = {
+    "scheduler-plugins": ("podgroups.scheduling.x-k8s.io", lambda g: g["spec"]["minMember"]),
+    "kubernetes": ("podgroups.scheduling.k8s.io", lambda g: g["spec"]["schedulingPolicy"]["gang"]["minCount"]),
+}
+
+
+@pytest.mark.parametrize("scheduler", list(GROUPS))
+def test_a_gang_scheduler_holds_no_node_for_an_incomplete_gang_under_contention(
+        gang_cluster: LocalCluster, gang_operator: RunningOperator, scheduler: str) -> None:
+    ns = f"contention-{scheduler}"
     gang_cluster.kubectl("create", "namespace", ns)
     items = [a_deployment(f"team-{t}").pro().h100().replicas(2).set("parallelism.nodesPerReplica", SIZE)
-             .set("scheduling.gangScheduler", "scheduler-plugins").build() for t in ("a", "b")]
+             .set("scheduling.gangScheduler", scheduler).build() for t in ("a", "b")]
     watch = PodWatch(gang_cluster)
     try:
         gang_cluster.kubectl("apply", "-n", ns, "-f", "-",
@@ -61,6 +70,11 @@ def test_coscheduling_holds_no_node_for_an_incomplete_gang_under_contention(
         wait_for(lambda: gang_holding(watch, [ns], SIZE, 0).complete_gangs == 2, 90,
                  what="two whole gangs (no deadlock)")
         held = gang_holding(watch, [ns], SIZE, 15)
+        resource, size_of = GROUPS[scheduler]
+        groups = gang_cluster.kubectl_json("get", resource, "-n", ns)["items"]
+        # The next case needs the nodes back.
+        gang_cluster.kubectl("delete", "mimodeployments", "--all", "-n", ns, "--wait=true", "--timeout=120s")
+        wait_for(lambda: watch.count(ns) == 0, 120, what="the gangs' pods gone")
     finally:
         watch.stop()
     assert held.complete_gangs == 2
@@ -68,9 +82,8 @@ def test_coscheduling_holds_no_node_for_an_incomplete_gang_under_contention(
     assert held.bound_pods == 2 * SIZE
     # Sampled every 0.2 s: a gang caught between its members' binds would count 0.2 s per bound pod.
     assert held.node_seconds < 1.0
-    groups = gang_cluster.kubectl_json("get", "podgroups.scheduling.x-k8s.io", "-n", ns)["items"]
     assert len(groups) == 4
-    assert {g["spec"]["minMember"] for g in groups} == {SIZE}
+    assert {size_of(g) for g in groups} == {SIZE}
 
 
 def test_a_gang_scheduler_that_is_not_installed_is_refused_in_status(

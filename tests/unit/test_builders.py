@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -158,6 +159,24 @@ def test_gang_schedulers_get_their_pod_group(scheduler: str, kinds: list[str], l
     pod = by_kind(objects, "Pod")[0]
     if label:
         assert pod["metadata"]["labels"][label] == L.gang_name("pro", 0, "abc", 1)
+
+
+@pytest.mark.parametrize("served", [None, "scheduling.k8s.io/v1alpha2"])
+def test_kubernetes_gang_scheduling_gets_a_pod_group_of_the_served_version_and_every_pod_names_it(
+        served: str | None) -> None:
+    ctx = dataclasses.replace(context(PRO_H200.set("scheduling.gangScheduler", "kubernetes")), gang_api=served)
+    objects = gang_objects(ctx, 0, 1, "abc")
+    gang = L.gang_name("pro", 0, "abc", 1)
+    (group,) = by_kind(objects, "PodGroup")
+    assert group["apiVersion"] == (served or "scheduling.k8s.io/v1alpha3")
+    assert group["metadata"]["name"] == gang
+    assert group["spec"] == {"schedulingPolicy": {"gang": {"minCount": ctx.plan.nodes_per_replica}}}
+    pods = by_kind(objects, "Pod")
+    assert len(pods) == ctx.plan.nodes_per_replica
+    assert all(p["spec"]["schedulingGroup"] == {"podGroupName": gang} for p in pods)
+    assert all("schedulerName" not in p["spec"] for p in pods), "kube-scheduler itself schedules the gang"
+    plain = by_kind(gang_objects(context(PRO_H200), 0, 1, "abc"), "Pod")
+    assert all("schedulingGroup" not in p["spec"] for p in plain)
 
 
 def test_the_token_goes_by_secret_reference_only() -> None:

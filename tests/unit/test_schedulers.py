@@ -10,20 +10,25 @@ from aiohttp.test_utils import TestServer
 
 from mimo_operator import kube
 from mimo_operator.kube import Kube, KubeConfig
-from mimo_operator.schedulers import missing_gang_scheduler
+from mimo_operator.schedulers import missing_gang_scheduler, served_gang_api
 
 
 @pytest.fixture
 async def api() -> AsyncIterator[tuple[Kube, list[str]]]:
-    """An API server that serves scheduler-plugins' PodGroups and nothing else of the gang schedulers."""
+    """An API server that serves scheduler-plugins' PodGroups and Kubernetes 1.36's (scheduling.k8s.io/v1alpha2),
+    and nothing else of the gang schedulers."""
     seen: list[str] = []
 
     async def discovery(request: web.Request) -> web.Response:
         seen.append(request.path)
-        if request.match_info["gv"] == "scheduling.x-k8s.io/v1alpha1":
-            return web.json_response({"kind": "APIResourceList", "groupVersion": "scheduling.x-k8s.io/v1alpha1",
+        gv = request.match_info["gv"]
+        if gv in ("scheduling.x-k8s.io/v1alpha1", "scheduling.k8s.io/v1alpha2"):
+            return web.json_response({"kind": "APIResourceList", "groupVersion": gv,
                                       "resources": [{"name": "podgroups", "namespaced": True, "kind": "PodGroup"},
                                                     {"name": "podgroups/status", "namespaced": True}]})
+        if gv == "scheduling.k8s.io/v1":  # what every cluster serves there: no gangs
+            return web.json_response({"kind": "APIResourceList", "groupVersion": gv, "resources": [
+                {"name": "priorityclasses", "namespaced": False, "kind": "PriorityClass"}]})
         return web.json_response({"kind": "Status", "code": 404, "message": "not found"}, status=404)
 
     app = web.Application()
@@ -70,3 +75,13 @@ async def test_discovery_is_read_once_a_minute(api: tuple[Kube, list[str]], monk
     monkeypatch.setattr(kube, "_DISCOVERY_SECONDS", 0.0)
     await missing_gang_scheduler(client, "volcano")
     assert len(seen) == 2
+
+
+async def test_kubernetes_gang_scheduling_is_found_in_the_version_the_cluster_serves(
+        api: tuple[Kube, list[str]]) -> None:
+    client, seen = api
+    assert await missing_gang_scheduler(client, "kubernetes") is None
+    assert await served_gang_api(client, "kubernetes") == "scheduling.k8s.io/v1alpha2"
+    assert seen == ["/apis/scheduling.k8s.io/v1alpha3", "/apis/scheduling.k8s.io/v1alpha2"], "newest first, then cached"
+    assert await served_gang_api(client, "none") is None
+    assert await served_gang_api(client, "volcano") is None

@@ -256,6 +256,11 @@ def _pod_group(ctx: BuildContext, gang: str, labels: dict[str, str]) -> list[dic
             group["priorityClassName"] = ctx.spec.scheduling.priority_class_name
         return [{"apiVersion": "scheduling.volcano.sh/v1beta1", "kind": "PodGroup",
                  "metadata": _meta(ctx, gang, labels), "spec": group}]
+    if scheduler == "kubernetes":
+        # A standalone PodGroup (no Workload): kube-scheduler binds none of the gang's pods until all of them
+        # fit. Its spec is immutable; a gang's PodGroup lives and dies with the gang.
+        return [{"apiVersion": ctx.gang_api or L.NATIVE_PODGROUP_APIS[0], "kind": "PodGroup",
+                 "metadata": _meta(ctx, gang, labels), "spec": {"schedulingPolicy": {"gang": {"minCount": size}}}}]
     return []  # kueue: labels on the pods; none: the default scheduler
 
 
@@ -411,6 +416,8 @@ def _pod(ctx: BuildContext, gang: str, gang_labels: dict[str, str], rank: int) -
         pod_spec["priorityClassName"] = spec.scheduling.priority_class_name
     if scheduler_name:
         pod_spec["schedulerName"] = scheduler_name
+    if spec.scheduling.gang_scheduler == "kubernetes":
+        pod_spec["schedulingGroup"] = {"podGroupName": gang}
     if rank == 0:
         # The gang's readiness: the engine's own /health on node 0, through the head's worker. Members
         # serve nothing of their own (SGLang's dummy health server on nodes ≥ 1 always says yes); a member

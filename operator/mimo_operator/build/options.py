@@ -52,6 +52,9 @@ class BuildContext:
     # builder builds for (``build.pools.pool_context``); ``plan`` is then that side's plan.
     disaggregated: DisaggregatedPlan | None = None
     pool: Role | None = None
+    # The group version of the gang scheduler's PodGroup that the cluster serves (read from discovery by the
+    # reconciler); None renders the newest one the builders know.
+    gang_api: str | None = None
 
     @property
     def gang_prefix(self) -> str:

@@ -11,8 +11,10 @@ __all__ = ["GANG_SCHEDULERS", "REQUIRED", "BinariesMissing", "binaries_missing",
            "kwok_stages_dir", "podgroup_crd"]
 
 REQUIRED = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kubectl")
-# Gang schedulers the local cluster can run next to kube-scheduler (built by hack/build-binaries.sh too).
-GANG_SCHEDULERS = ("scheduler-plugins",)
+# Gang schedulers the local cluster can run, and the binary each needs beyond the control plane's (built by
+# hack/build-binaries.sh too): scheduler-plugins' coscheduling runs next to kube-scheduler; "kubernetes" is
+# kube-scheduler's own gang scheduling (scheduling.k8s.io PodGroups, an alpha API turned on by feature gates).
+GANG_SCHEDULERS: dict[str, tuple[str, ...]] = {"scheduler-plugins": ("scheduler-plugins",), "kubernetes": ()}
 
 
 class BinariesMissing(MimoError):

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mimo_operator.errors import MimoError
-from mimo_operator.localcluster.binaries import binaries_missing, cache_dir
+from mimo_operator.localcluster.binaries import GANG_SCHEDULERS, binaries_missing, cache_dir
 from mimo_operator.localcluster.processes import kill_pid, log_tail
 
 __all__ = ["RUN_STATE", "ClusterError", "LocalCluster", "default_state_dir"]
@@ -88,13 +88,17 @@ class LocalCluster:
 
     @classmethod
     def up(cls, state_dir: Path, nodes: int = 4, gpu_type: str = "H200-141GB", blocks: int = 1,
-           timeout: float = 180.0, exit_with_parent: bool = False, gang_scheduler: str = "none") -> LocalCluster:
+           timeout: float = 180.0, exit_with_parent: bool = False,
+           gang_schedulers: tuple[str, ...] = ()) -> LocalCluster:
         """Start a cluster in ``state_dir`` and return once its nodes are schedulable.
 
         With ``exit_with_parent`` the cluster stops by itself when this process exits (tests);
         without it the cluster keeps running until :meth:`down` (``mimoctl cluster up``).
         """
-        if missing := binaries_missing(() if gang_scheduler == "none" else (gang_scheduler,)):
+        unknown = sorted(set(gang_schedulers) - set(GANG_SCHEDULERS))
+        if unknown:
+            raise ClusterError(f"no gang scheduler {', '.join(unknown)} here; one of {', '.join(GANG_SCHEDULERS)}")
+        if missing := binaries_missing(tuple(b for s in gang_schedulers for b in GANG_SCHEDULERS[s])):
             raise ClusterError(
                 f"the local cluster's binaries are not built ({', '.join(missing)} missing in "
                 f"{cache_dir() / 'bin'}): run hack/build-binaries.sh first"
@@ -106,7 +110,7 @@ class LocalCluster:
         cluster._forget_last_run()
         argv = [sys.executable, "-m", "mimo_operator.localcluster.supervisor", "--state-dir", str(state_dir),
                 "--nodes", str(nodes), "--gpu-type", gpu_type, "--blocks", str(blocks),
-                "--gang-scheduler", gang_scheduler]
+                *(a for s in gang_schedulers for a in ("--gang-scheduler", s))]
         if exit_with_parent:
             argv.append("--exit-with-parent")
         (state_dir / "logs").mkdir(exist_ok=True)

@@ -47,13 +47,30 @@ class ClusterConfig:
     component_timeout: float = 90.0
     # Ports to use instead of free ones, by component ("apiserver", "etcd", …).
     fixed_ports: tuple[tuple[str, int], ...] = ()
-    # A gang scheduler to run next to kube-scheduler: "none" or "scheduler-plugins" (coscheduling, serving
-    # pods whose schedulerName is scheduler-plugins-scheduler, as the operator renders them).
-    gang_scheduler: str = "none"
+    # Gang schedulers to run (binaries.GANG_SCHEDULERS): "scheduler-plugins" (coscheduling next to
+    # kube-scheduler, serving pods whose schedulerName is scheduler-plugins-scheduler, as the operator renders
+    # them) and "kubernetes" (kube-scheduler's own gang scheduling: its feature gates and API turned on).
+    gang_schedulers: tuple[str, ...] = ()
 
 
 # The scheduler name the operator's builders give gang pods under scheduling.gangScheduler: scheduler-plugins.
 COSCHEDULING_SCHEDULER_NAME = "scheduler-plugins-scheduler"
+
+# Kubernetes' own gang scheduling (KEP-4671): the PodGroup API and the scheduler's GangScheduling plugin,
+# both alpha, behind these gates; the API's version by Kubernetes minor (v1alpha2 in 1.36, v1alpha3 in 1.37).
+_WORKLOAD_GATES = "GenericWorkload=true,GangScheduling=true"
+_WORKLOAD_API_BY_MINOR = {36: "scheduling.k8s.io/v1alpha2", 37: "scheduling.k8s.io/v1alpha3"}
+
+
+def workload_api(apiserver: str) -> str:
+    """The scheduling.k8s.io version with PodGroups that this kube-apiserver binary serves when asked to."""
+    out = subprocess.run([apiserver, "--version"], capture_output=True, text=True, timeout=30).stdout
+    parts = out.split()[-1].lstrip("v").split(".") if out.strip() else []
+    minor = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+    if minor not in _WORKLOAD_API_BY_MINOR:
+        raise ComponentFailed(f"kube-apiserver {out.strip() or '(no version)'} has no PodGroup API this cluster "
+                              f"knows (Kubernetes 1.{min(_WORKLOAD_API_BY_MINOR)}–1.{max(_WORKLOAD_API_BY_MINOR)})")
+    return _WORKLOAD_API_BY_MINOR[minor]
 
 
 def node_lease_seconds(nodes: int) -> int:
@@ -120,6 +137,9 @@ class ControlPlane:
         ], f"{etcd_url}/health", expect='"health":"true"')
 
         pki = self.pki
+        native = "kubernetes" in self.config.gang_schedulers
+        gates = [f"--feature-gates={_WORKLOAD_GATES}"] if native else []
+        runtime = [f"--runtime-config={workload_api(bins['kube-apiserver'])}=true"] if native else []
         self._start("kube-apiserver", [
             bins["kube-apiserver"], f"--etcd-servers={etcd_url}",
             "--bind-address=127.0.0.1", f"--secure-port={self.ports['apiserver']}",
@@ -131,7 +151,7 @@ class ControlPlane:
             "--authorization-mode=Node,RBAC", "--allow-privileged=true",
             "--endpoint-reconciler-type=none",
             "--default-not-ready-toleration-seconds=30", "--default-unreachable-toleration-seconds=30",
-            "--profiling=false", "--v=1",
+            "--profiling=false", "--v=1", *gates, *runtime,
         ], f"{self.api_url}/readyz", ctx=self._tls())
 
         self._start("kube-controller-manager", [
@@ -146,7 +166,7 @@ class ControlPlane:
             # untaint 2,000 new nodes, and StatefulSets as long to create their pods.
             "--kube-api-qps=400", "--kube-api-burst=800",
             "--node-monitor-period=2s", f"--node-monitor-grace-period={node_lease_seconds(self.config.nodes) // 2}s",
-            "--concurrent-gc-syncs=10", "--profiling=false", "--v=1",
+            "--concurrent-gc-syncs=10", "--profiling=false", "--v=1", *gates,
         ], f"https://127.0.0.1:{self.ports['controller-manager']}/healthz", ctx=insecure)
 
         scheduler_config = self.dir / "scheduler.yaml"
@@ -159,10 +179,10 @@ class ControlPlane:
         self._start("kube-scheduler", [
             bins["kube-scheduler"], f"--config={scheduler_config}",
             f"--authentication-kubeconfig={self.kubeconfig}", f"--authorization-kubeconfig={self.kubeconfig}",
-            "--bind-address=127.0.0.1", f"--secure-port={self.ports['scheduler']}", "--v=1",
+            "--bind-address=127.0.0.1", f"--secure-port={self.ports['scheduler']}", "--v=1", *gates,
         ], f"https://127.0.0.1:{self.ports['scheduler']}/healthz", ctx=insecure)
 
-        if self.config.gang_scheduler == "scheduler-plugins":
+        if "scheduler-plugins" in self.config.gang_schedulers:
             self._start_coscheduling(insecure)
 
         kwok_home = self.dir / "kwok-home"

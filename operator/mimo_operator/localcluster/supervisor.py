@@ -208,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--blocks", type=int, default=1)
     p.add_argument("--timeout", type=float, default=90.0)
     p.add_argument("--exit-with-parent", action="store_true")
-    p.add_argument("--gang-scheduler", choices=["none", *binaries.GANG_SCHEDULERS], default="none")
+    p.add_argument("--gang-scheduler", choices=list(binaries.GANG_SCHEDULERS), action="append", default=[],
+                   help="a gang scheduler to run (repeat for several)")
     args = p.parse_args(argv)
     args.state_dir.mkdir(parents=True, exist_ok=True)
     (args.state_dir / "logs").mkdir(exist_ok=True)
@@ -219,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx2").setLevel(logging.WARNING)  # one line per API request otherwise
     logging.getLogger("httpx").setLevel(logging.WARNING)
     config = ClusterConfig(state_dir=args.state_dir, nodes=args.nodes, gpu_type=args.gpu_type,
-                           blocks=args.blocks, component_timeout=args.timeout, gang_scheduler=args.gang_scheduler)
+                           blocks=args.blocks, component_timeout=args.timeout,
+                           gang_schedulers=tuple(args.gang_scheduler))
     return run(config, args.exit_with_parent)
 
 
