@@ -686,6 +686,17 @@ def test_a_backlog_being_cleared_is_not_read_as_demand() -> None:
     assert decision.action is Action.SCALE_UP, "a growing queue is load arriving"
 
 
+def test_the_running_limit_at_the_tail_of_a_short_backlog_is_not_read_as_demand() -> None:
+    now = 1_000.0
+    # Two gangs at 5 req/s each (0.5 of a gang's compute) empty the last 60 queued requests each, a
+    # few seconds of work: a gang with a queue runs at its running-request limit (1,000), which would
+    # read as 1.25 replicas each, 2.5 for the two. What arrives is 5 req/s each: no gang to add.
+    tail = {n: backlog(n, now, start=60.0, end=0.0, served=6.0, running=1_000.0) for n in "ab"}
+    decision = decide(Observation(now=now, gangs=ready("a", "b"), samples=tail), config())
+    assert decision.action is not Action.SCALE_UP, decision.reason
+    assert decision.signals.demand < 2.0
+
+
 def test_late_first_tokens_while_a_backlog_clears_add_no_gang() -> None:
     now = 1_000.0
     samples = {n: backlog(n, now, start=100.0, end=40.0, served=3.5, running=0.0) for n in "ab"}

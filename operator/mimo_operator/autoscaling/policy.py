@@ -884,11 +884,12 @@ class _Loads:
         if (
             base is not None
             and inside[-1].queue_requests < base.queue_requests
-            and base.queue_requests * self._work_per_request > end - start
+            and base.queue_requests >= 1.0
         ):
-            # A gang clearing a backlog longer than the window runs requests that arrived before it:
-            # its running count says how much was late, not how much is arriving, and counting it
-            # orders gangs for load already in a queue (the router never moves it to a new gang).
+            # A gang clearing a backlog runs requests that arrived before the window, and one with any
+            # queue runs at its running-request limit: its running count says how much was late, not
+            # how much is arriving, and counting it orders gangs for load already in a queue (the
+            # router never moves it to a new gang), however short the queue.
             # Its KV use still counts: where prompts are long the pool, not compute, is what binds.
             demand = usage
         arrivals = self._arrivals(name, start, end)
