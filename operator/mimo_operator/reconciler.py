@@ -44,7 +44,7 @@ from mimo_operator.heads import Heads
 from mimo_operator.kube import ApiError, Kube
 from mimo_operator.planner import plan_deployment
 from mimo_operator.planner_pd import DisaggregatedPlan, plan_disaggregated
-from mimo_operator.schedulers import missing_gang_scheduler, served_gang_api
+from mimo_operator.schedulers import GANG_SCHEDULER_APIS, missing_gang_scheduler, served_gang_api
 from mimo_operator.spec import DeploymentSpec, parse_spec
 from mimo_operator.status import (
     disaggregated_status,
@@ -627,29 +627,30 @@ class Reconciler:
         log.info("%s/%s: draining gang %s: %s", ns, ctx.name, step.gang, step.reason)
         return Event("Normal", "GangDraining", f"gang {step.gang}: {step.reason}"), None
 
-    def _pod_group_kind(self, ctx: BuildContext) -> tuple[str, str] | None:
-        scheduler = ctx.spec.scheduling.gang_scheduler
-        if scheduler == "scheduler-plugins":
-            return ("scheduling.x-k8s.io/v1alpha1", "PodGroup")
-        if scheduler == "volcano":
-            return ("scheduling.volcano.sh/v1beta1", "PodGroup")
-        if scheduler == "kubernetes":
-            return (ctx.gang_api or L.NATIVE_PODGROUP_APIS[0], "PodGroup")
-        return None
+    async def _pod_group_kinds(self) -> list[tuple[str, str]]:
+        """The PodGroup kinds a gang may have: every gang scheduler's that this cluster serves, not only the
+        one the spec names now, since a gang made before the spec named another keeps its own PodGroup
+        until the gang goes (discovery is cached: no round trip in most reconciles)."""
+        kinds = []
+        for name, api in GANG_SCHEDULER_APIS.items():
+            served = await served_gang_api(self.kube, name) if api.resource == "podgroups" else None
+            if served is not None:
+                kinds.append((served, "PodGroup"))
+        return kinds
 
     async def _delete_gang_objects(self, ctx: BuildContext, gang: str) -> None:
         ns = ctx.namespace
         await asyncio.gather(*(self.kube.delete_collection(api_version, kind, ns, {L.LABEL_GANG: gang})
                                for api_version, kind in [("v1", "Pod"), *_GANG_KINDS]))
-        if group := self._pod_group_kind(ctx):
-            await self.kube.delete(group[0], group[1], ns, gang)
+        groups = await self._pod_group_kinds()
+        await asyncio.gather(*(self.kube.delete(api_version, kind, ns, gang) for api_version, kind in groups))
 
     async def _collect_orphans(self, ctx: BuildContext, gangs: list[ObservedGang], memory: Memory,
                                now: float) -> None:
         """No gang object outlives its pods: a ConfigMap, Service, NetworkPolicy or PodGroup of a gang that
         has no pod (and was not just created: its objects come before its pods) is deleted."""
         with_pods = {g.name for g in gangs}
-        kinds = [*_GANG_KINDS, *([group] if (group := self._pod_group_kind(ctx)) else [])]
+        kinds = [*_GANG_KINDS, *await self._pod_group_kinds()]
         orphans: dict[str, tuple[str, str]] = {}
         # One round trip for all kinds: on a busy apiserver each list waits its turn, and a reconcile's
         # latency is the sum of its sequential round trips.

@@ -45,6 +45,8 @@ class FakeKube:
         self.objects: dict[Key, dict[str, Any]] = {}
         self.writes: list[tuple[str, str, str]] = []     # (verb, kind, name)
         self.failures: list[Failure] = []
+        # API discovery: group version → the resources it serves (none served unless a test says so).
+        self.served: dict[str, frozenset[str]] = {}
         self._versions = itertools.count(1)
 
     # --- test controls
@@ -85,7 +87,7 @@ class FakeKube:
         return copy.deepcopy(obj) if obj is not None else None
 
     async def served_resources(self, group_version: str) -> frozenset[str] | None:
-        return None
+        return self.served.get(group_version)
 
     async def create(self, obj: Mapping[str, Any], exist_ok: bool = False) -> dict[str, Any] | None:
         key = _key(obj)

@@ -152,6 +152,28 @@ def test_an_object_of_a_gang_without_pods_is_collected() -> None:
     assert w.orphans() == []
 
 
+def test_the_pod_group_of_a_scheduler_the_spec_no_longer_names_goes_with_its_gang() -> None:
+    w = World(one_replica().set("scheduling.gangScheduler", "scheduler-plugins"))
+    w.kube.served = {"scheduling.x-k8s.io/v1alpha1": frozenset({"podgroups"}),
+                     "scheduling.k8s.io/v1alpha2": frozenset({"podgroups"})}
+    w.reconcile()
+    (old,) = w.kube.of("PodGroup", NS)
+    assert old["apiVersion"] == "scheduling.x-k8s.io/v1alpha1"
+    gang = old["metadata"]["name"]
+    # The spec now names Kubernetes' own gang scheduling; the old gang's pods are gone (a failure or a
+    # rollout), and its scheduler-plugins PodGroup goes with them although the spec no longer names it.
+    w.edit("scheduling.gangScheduler", "kubernetes")
+    for pod in w.kube.of("Pod", NS, {L.LABEL_GANG: gang}):
+        asyncio.run(w.kube.delete("v1", "Pod", NS, pod["metadata"]["name"]))
+    for _ in range(3):
+        w.kube.finish_deletions()
+        w.now += 31
+        w.reconcile()
+    groups = {(g["apiVersion"], g["metadata"]["name"]) for g in w.kube.of("PodGroup", NS)}
+    assert ("scheduling.x-k8s.io/v1alpha1", gang) not in groups
+    assert {api for api, _ in groups} == {"scheduling.k8s.io/v1alpha2"}, "the new gangs' PodGroups"
+
+
 REFUSALS = [
     ("a pod label value with a space", "Pod",
      'Pod "d-0-1a2b3-0" is invalid: metadata.labels: Invalid value: "a b": a valid label must be ...',
