@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from mimo_operator.localcluster.binaries import GANG_SCHEDULERS
 from mimo_operator.localcluster.cluster import ClusterError, LocalCluster, default_state_dir
 from mimo_operator.localcluster.nodes import NODE_GPU_TYPES
 
@@ -25,6 +26,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                     help="the GPU the nodes report (default: %(default)s)")
     up.add_argument("--blocks", type=int, default=1,
                     help="InfiniBand blocks the nodes are spread over (default: %(default)s)")
+    up.add_argument("--gang-scheduler", choices=list(GANG_SCHEDULERS), action="append", default=[],
+                    help="a gang scheduler to run, for spec.scheduling.gangScheduler (repeat for both): "
+                         "scheduler-plugins (its coscheduling scheduler next to kube-scheduler) or kubernetes "
+                         "(kube-scheduler's own gang scheduling, its feature gates on)")
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait (default: %(default)s)")
     up.set_defaults(func=_up)
 
@@ -43,7 +48,7 @@ def _up(args: argparse.Namespace) -> int:
           f"InfiniBand block(s) …", file=sys.stderr)
     try:
         cluster = LocalCluster.up(args.state_dir, nodes=args.nodes, gpu_type=args.gpu_type, blocks=args.blocks,
-                                  timeout=args.timeout)
+                                  timeout=args.timeout, gang_schedulers=tuple(dict.fromkeys(args.gang_scheduler)))
     except ClusterError as e:
         print(f"mimoctl cluster up: {e}", file=sys.stderr)
         return 1
