@@ -36,8 +36,9 @@ VERSION = "v1alpha1"
 PLURAL = "mimodeployments"
 KIND = "MiMoDeployment"
 # kube-scheduler's own gang scheduling (spec.scheduling.gangScheduler: kubernetes): the scheduling.k8s.io
-# versions with a standalone PodGroup, newest first (v1alpha3 in Kubernetes 1.37, v1alpha2 in 1.36).
-NATIVE_PODGROUP_APIS = ("scheduling.k8s.io/v1alpha3", "scheduling.k8s.io/v1alpha2")
+# version with a standalone PodGroup in each Kubernetes minor that has one, and those versions newest first.
+NATIVE_PODGROUP_API_BY_MINOR = {37: "scheduling.k8s.io/v1alpha3", 36: "scheduling.k8s.io/v1alpha2"}
+NATIVE_PODGROUP_APIS = tuple(api for _, api in sorted(NATIVE_PODGROUP_API_BY_MINOR.items(), reverse=True))
 
 # The one field manager of every server-side apply the operator makes.
 FIELD_MANAGER = "mimo-operator"

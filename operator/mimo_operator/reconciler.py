@@ -633,8 +633,7 @@ class Reconciler:
         until the gang goes (discovery is cached: no round trip in most reconciles)."""
         kinds = []
         for name, api in GANG_SCHEDULER_APIS.items():
-            served = await served_gang_api(self.kube, name) if api.resource == "podgroups" else None
-            if served is not None:
+            if api.resource == "podgroups" and (served := await served_gang_api(self.kube, name)):
                 kinds.append((served, "PodGroup"))
         return kinds
 

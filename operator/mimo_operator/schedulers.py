@@ -44,9 +44,11 @@ async def served_gang_api(kube: Discovery, name: str) -> str | None:
     """The first of the gang scheduler's group versions that this cluster serves its resource in (None when
     none does, or when ``name``, "none" included, needs no API)."""
     api = GANG_SCHEDULER_APIS.get(name)
-    for group_version in api.group_versions if api else ():
+    if api is None:
+        return None
+    for group_version in api.group_versions:
         served = await kube.served_resources(group_version)
-        if served is not None and api is not None and api.resource in served:
+        if served is not None and api.resource in served:
             return group_version
     return None
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from mimo_operator import labels as L
 from mimo_operator.localcluster import binaries
 from mimo_operator.localcluster.pki import Pki, issue_pki, write_kubeconfig
 from mimo_operator.localcluster.processes import ComponentFailed, Process, free_port, http_ok, log_tail
@@ -57,9 +58,8 @@ class ClusterConfig:
 COSCHEDULING_SCHEDULER_NAME = "scheduler-plugins-scheduler"
 
 # Kubernetes' own gang scheduling (KEP-4671): the PodGroup API and the scheduler's GangScheduling plugin,
-# both alpha, behind these gates; the API's version by Kubernetes minor (v1alpha2 in 1.36, v1alpha3 in 1.37).
+# both alpha, behind these gates; the API's version by Kubernetes minor is labels.NATIVE_PODGROUP_API_BY_MINOR.
 _WORKLOAD_GATES = "GenericWorkload=true,GangScheduling=true"
-_WORKLOAD_API_BY_MINOR = {36: "scheduling.k8s.io/v1alpha2", 37: "scheduling.k8s.io/v1alpha3"}
 
 
 def workload_api(apiserver: str) -> str:
@@ -67,10 +67,11 @@ def workload_api(apiserver: str) -> str:
     out = subprocess.run([apiserver, "--version"], capture_output=True, text=True, timeout=30).stdout
     parts = out.split()[-1].lstrip("v").split(".") if out.strip() else []
     minor = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
-    if minor not in _WORKLOAD_API_BY_MINOR:
+    known = L.NATIVE_PODGROUP_API_BY_MINOR
+    if minor not in known:
         raise ComponentFailed(f"kube-apiserver {out.strip() or '(no version)'} has no PodGroup API this cluster "
-                              f"knows (Kubernetes 1.{min(_WORKLOAD_API_BY_MINOR)}–1.{max(_WORKLOAD_API_BY_MINOR)})")
-    return _WORKLOAD_API_BY_MINOR[minor]
+                              f"knows (Kubernetes 1.{min(known)}–1.{max(known)})")
+    return known[minor]
 
 
 def node_lease_seconds(nodes: int) -> int:
