@@ -1,5 +1,6 @@
 """Gangs under contention: two deployments asking for more nodes than exist, with no gang scheduler, with
-scheduler-plugins' coscheduling and with kube-scheduler's own gang scheduling, on one local cluster.
+scheduler-plugins' coscheduling, with kube-scheduler's own gang scheduling and with Kueue, on one local
+cluster.
 
     .venv/bin/python bench/gang_contention.py [--nodes 10] [--replicas 2] [--seconds 60]
 
@@ -22,8 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.helpers.podwatch import PodWatch, gang_holding  # noqa: E402
-from tests.helpers.specs import a_deployment  # noqa: E402
+from tests.helpers.podwatch import PodWatch, contending_deployments, gang_holding  # noqa: E402
 from tests.integration.operator_harness import RunningOperator, install_rbac, token_kubeconfig  # noqa: E402
 
 from mimo_operator.localcluster.cluster import LocalCluster  # noqa: E402
@@ -43,7 +43,7 @@ def main() -> int:
     lines = []
     with tempfile.TemporaryDirectory(prefix="mimo-bench-") as tmp:
         cluster = LocalCluster.up(Path(tmp) / "c", nodes=args.nodes, gpu_type="H100-80GB", exit_with_parent=True,
-                                  gang_schedulers=("scheduler-plugins", "kubernetes"))
+                                  gang_schedulers=("scheduler-plugins", "kubernetes", "kueue"))
         op = None
         try:
             watch = PodWatch(cluster)
@@ -52,12 +52,10 @@ def main() -> int:
             op = RunningOperator(cluster, token_kubeconfig(cluster, token, Path(tmp) / "op.kubeconfig"),
                                  Path(tmp) / "operator.log", ["--unschedulable-seconds", "3600"])
             op.start()
-            for scheduler in ("none", "scheduler-plugins", "kubernetes"):
+            for scheduler in ("none", "scheduler-plugins", "kubernetes", "kueue"):
                 ns = f"contention-{scheduler}"
                 cluster.kubectl("create", "namespace", ns)
-                items = [a_deployment(f"team-{t}").pro().h100().replicas(args.replicas)
-                         .set("parallelism.nodesPerReplica", SIZE).set("scheduling.gangScheduler", scheduler)
-                         .build() for t in ("a", "b")]
+                items = contending_deployments(cluster, ns, scheduler, args.replicas, SIZE)
                 cluster.kubectl("apply", "-n", ns, "-f", "-",
                                 input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
                 held = gang_holding(watch, [ns], SIZE, args.seconds)

@@ -4,7 +4,7 @@
 #
 #   hack/build-binaries.sh [--check]     (--check: only report what is missing, exit 1 if anything is)
 #   hack/build-binaries.sh --only NAME   (one component: kubernetes, etcd, kwok, helm, kubeconform,
-#                                         scheduler-plugins)
+#                                         scheduler-plugins, kueue)
 #
 # Cache: ${MIMO_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/mimo-operator}; binaries in its bin/,
 # kwok's stage files in kwok-stages/, one throwaway Go module per component in build/.
@@ -51,6 +51,7 @@ built helm "$HELM_VERSION" || missing+=(helm)
 built kubeconform "$KUBECONFORM_VERSION" || missing+=(kubeconform)
 built scheduler-plugins "$SCHEDULER_PLUGINS_VERSION" && [ -f "$CACHE/scheduler-plugins/podgroup-crd.yaml" ] \
   || missing+=(scheduler-plugins)
+built kueue "$KUEUE_VERSION" && [ -f "$CACHE/kueue/crd/kustomization.yaml" ] && [ -f "$CACHE/kueue/webhooks.yaml" ] || missing+=(kueue)
 if [ -n "$only" ]; then
   case " ${missing[*]} " in *" $only "*) missing=("$only") ;; *) missing=() ;; esac
 fi
@@ -241,6 +242,33 @@ build_scheduler_plugins() {
   log "scheduler-plugins: $("$BIN/scheduler-plugins" --version 2>&1 | head -1)"
 }
 
+# Kueue's manager (its pod integration admits a gang's pods as one workload when its quota fits). A plain
+# module with no replace directives; its CRDs and webhook configurations ship in the module.
+build_kueue() {
+  local version=$KUEUE_VERSION dir=$BUILD/kueue-$KUEUE_VERSION moddir
+  log "kueue $version: resolving"
+  new_module "$dir"
+  (
+    cd "$dir"
+    modfile=$(proxy_gomod "sigs.k8s.io/kueue@$version")
+    go mod edit -go="$(awk '/^go /{print $2; exit}' "$modfile")" -require="sigs.k8s.io/kueue@$version"
+    printf '//go:build tools\n\npackage tools\n\nimport _ "sigs.k8s.io/kueue/cmd/kueue"\n' >tools.go
+    go mod tidy
+    log "kueue $version: go build"
+    go build -p 2 -trimpath -ldflags "-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=$version" \
+      -o "$BIN/kueue.tmp" sigs.k8s.io/kueue/cmd/kueue
+    mv "$BIN/kueue.tmp" "$BIN/kueue"
+  )
+  moddir=$(cd "$(mktemp -d)" && go mod download -json "sigs.k8s.io/kueue@$version" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  # Its CRDs with the kustomization that says which of them convert through its webhook, and its webhooks.
+  rm -rf "$CACHE/kueue" && mkdir -p "$CACHE/kueue"
+  cp -r "$moddir/config/components/crd" "$CACHE/kueue/crd"
+  cp "$moddir/config/components/webhook/manifests.yaml" "$CACHE/kueue/webhooks.yaml"
+  chmod -R u+w "$CACHE/kueue"
+  stamp kueue "$version"
+  log "kueue: built $version"
+}
+
 for what in "${missing[@]}"; do
   case $what in
     kubernetes)
@@ -253,6 +281,7 @@ for what in "${missing[@]}"; do
     helm) build_helm ;;
     kubeconform) build_kubeconform ;;
     scheduler-plugins) build_scheduler_plugins ;;
+    kueue) build_kueue ;;
   esac
 done
 log "done: $(ls "$BIN" | tr '\n' ' ')"

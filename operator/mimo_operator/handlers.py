@@ -27,6 +27,7 @@ from mimo_operator.heads import Heads
 from mimo_operator.kube import ApiError, Kube, KubeConfig
 from mimo_operator.leader import LeaderElection
 from mimo_operator.reconciler import Memory, Reconciler, ReconcilerOptions
+from mimo_operator.schedulers import KUEUE_GROUP_LABEL, KueueGroups
 from mimo_operator.weights import WeightsCollector
 
 __all__ = ["Loops", "OperatorConfig", "intent_of"]
@@ -89,6 +90,9 @@ class Loops:
         if intent != loop.seen:
             loop.seen = intent
             loop.poke.set()
+
+    def leading(self) -> bool:
+        return self.leader is None or self.leader.is_leader()
 
     def poke(self, namespace: str, name: str) -> None:
         loop = self.loops.get((namespace, name))
@@ -180,6 +184,7 @@ def register(config: OperatorConfig) -> None:
             memo.leader_task = asyncio.create_task(leader.run(), name="leader election")
         reconciler = Reconciler(memo.kube, Heads(memo.http), config.reconciler)
         memo.loops = Loops(reconciler, leader, config.resync_seconds)
+        memo.kueue_groups = KueueGroups(memo.kube)
         # Caches whose last user asked for their removal go when that deployment goes (see WeightsCollector).
         memo.collector = WeightsCollector(memo.kube, config.reconciler.weights, leader)
         memo.collector_task = asyncio.create_task(memo.collector.run(), name="weights cache clean-up")
@@ -204,6 +209,14 @@ def register(config: OperatorConfig) -> None:
         owner = (body.get("metadata", {}).get("labels") or {}).get(L.LABEL_DEPLOYMENT)
         if owner:
             memo.loops.poke(body["metadata"]["namespace"], owner)
+        if memo.loops.leading():
+            try:
+                if await memo.kueue_groups.pod_seen(body):
+                    log.info("%s: gang %s is being deleted: deleted its Kueue Workload, so that Kueue lets its pods "
+                             "go", body["metadata"]["namespace"], body["metadata"]["labels"][KUEUE_GROUP_LABEL])
+            except (TimeoutError, ApiError, aiohttp.ClientError, OSError) as e:
+                log.warning("%s/%s: could not end its Kueue pod group: %s", body["metadata"]["namespace"],
+                            body["metadata"]["name"], e)
 
     @kopf.on.probe(id="loops")
     def loops_probe(memo: kopf.Memo, **_: Any) -> int:

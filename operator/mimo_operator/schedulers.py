@@ -7,12 +7,14 @@ read from API discovery (the scheduler's CRD served), which is what each schedul
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from mimo_operator import labels as L
 
-__all__ = ["GANG_SCHEDULER_APIS", "GangSchedulerApi", "missing_gang_scheduler", "served_gang_api"]
+__all__ = ["GANG_SCHEDULER_APIS", "KUEUE_FINALIZER", "KUEUE_GROUP_LABEL", "GangSchedulerApi", "KueueGroups",
+           "missing_gang_scheduler", "served_gang_api"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,52 @@ GANG_SCHEDULER_APIS: dict[str, GangSchedulerApi] = {
 
 class Discovery(Protocol):
     async def served_resources(self, group_version: str) -> frozenset[str] | None: ...
+
+
+class _Deleter(Discovery, Protocol):
+    async def delete(self, api_version: str, kind: str, namespace: str, name: str, uid: str | None = None,
+                     grace_seconds: int | None = None) -> bool: ...
+
+
+# Kueue's pod integration: the label naming a pod's group (the operator gives each gang's pods the gang's
+# name), and the finalizer Kueue keeps on every pod of a group.
+KUEUE_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
+KUEUE_FINALIZER = "kueue.x-k8s.io/managed"
+
+
+class KueueGroups:
+    """Ends the Kueue pod group of a gang whose pods are being deleted.
+
+    Kueue keeps its finalizer on a group's pods until the group has finished (every pod succeeded), until a
+    failed pod is replaced, or until the group's Workload is deleted (Kueue's troubleshooting guide, "Why
+    aren't Pods in a Pod group deleted"). A gang is never repaired pod by pod: once one of its pods is being
+    deleted (by the operator replacing or draining the gang, by garbage collection after its deployment
+    was deleted, by an eviction) the gang is over, so its Workload is deleted and Kueue lets every pod go
+    and releases the quota. Without that, a gang deleted while it waited in the queue would stay
+    Terminating for ever."""
+
+    def __init__(self, kube: _Deleter) -> None:
+        self.kube = kube
+        self._ended: dict[tuple[str, str], None] = {}  # recent groups, oldest first (bounded)
+
+    async def pod_seen(self, pod: Mapping[str, Any]) -> bool:
+        """Delete the Workload of ``pod``'s group when the pod is being deleted and still held by Kueue
+        (True when this call deleted it)."""
+        meta = pod.get("metadata") or {}
+        group = (meta.get("labels") or {}).get(KUEUE_GROUP_LABEL)
+        if not group or not meta.get("deletionTimestamp") or KUEUE_FINALIZER not in (meta.get("finalizers") or []):
+            return False
+        key = (str(meta.get("namespace")), group)
+        if key in self._ended:
+            return False
+        api = await served_gang_api(self.kube, "kueue")
+        if api is None:
+            return False
+        self._ended[key] = None
+        while len(self._ended) > 4096:
+            del self._ended[next(iter(self._ended))]
+        # The pod group's Workload has the group's name.
+        return await self.kube.delete(api, "Workload", key[0], group)
 
 
 async def served_gang_api(kube: Discovery, name: str) -> str | None:

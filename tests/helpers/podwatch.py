@@ -15,6 +15,8 @@ import httpx
 
 from mimo_operator import labels as L
 from mimo_operator.localcluster.cluster import LocalCluster
+from mimo_operator.localcluster.controlplane import KUEUE_CLUSTER_QUEUE
+from tests.helpers.specs import a_deployment
 
 
 @dataclass(frozen=True)
@@ -138,3 +140,18 @@ def gang_holding(watch: PodWatch, namespaces: list[str], size: int, seconds: flo
         if now >= end:
             return out
         time.sleep(every)
+
+
+def contending_deployments(cluster: LocalCluster, ns: str, scheduler: str, replicas: int, size: int
+                           ) -> list[dict[str, Any]]:
+    """Two deployments (team-a, team-b) of ``replicas`` gangs of ``size`` nodes under ``scheduler``; for
+    Kueue, the namespace's LocalQueue on the local cluster's ClusterQueue goes in first and the deployments
+    name it."""
+    builders = [a_deployment(f"team-{t}").pro().h100().replicas(replicas).set("parallelism.nodesPerReplica", size)
+                .set("scheduling.gangScheduler", scheduler) for t in ("a", "b")]
+    if scheduler == "kueue":
+        cluster.kubectl("apply", "-f", "-", input=json.dumps({
+            "apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "LocalQueue",
+            "metadata": {"name": "gpus", "namespace": ns}, "spec": {"clusterQueue": KUEUE_CLUSTER_QUEUE}}))
+        builders = [b.set("scheduling.queueName", "gpus") for b in builders]
+    return [b.build() for b in builders]

@@ -1,8 +1,9 @@
 """Real gang schedulers in the local cluster: scheduler-plugins' coscheduling, built from its Go module and
-running next to kube-scheduler, and kube-scheduler's own gang scheduling (scheduling.k8s.io PodGroups, its
-alpha feature gates on). Under contention (two deployments wanting more nodes than exist) no node is held
-by a gang that is not whole, and gangs still start (no deadlock). A deployment naming a gang scheduler that
-is not installed is refused in status.
+running next to kube-scheduler, kube-scheduler's own gang scheduling (scheduling.k8s.io PodGroups, its
+alpha feature gates on), and Kueue's manager (built from its Go module; its pod integration admits a
+gang's pods together when a ClusterQueue's quota has room for all of them). Under contention (two
+deployments wanting more nodes than exist) no node is held by a gang that is not whole, and gangs still
+start (no deadlock). A deployment naming a gang scheduler that is not installed is refused in status.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 from mimo_operator.localcluster.binaries import binaries_missing
 from mimo_operator.localcluster.cluster import LocalCluster
 from tests.conftest import wait_for
-from tests.helpers.podwatch import PodWatch, gang_holding
+from tests.helpers.podwatch import PodWatch, contending_deployments, gang_holding
 from tests.helpers.specs import a_deployment
 from tests.integration.operator_harness import RunningOperator, operator_fixture, wait_phase
 
@@ -29,13 +30,13 @@ NODES = 10  # two deployments × 2 gangs × 4 nodes = 16 wanted
 
 @pytest.fixture(scope="module")
 def gang_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    if missing := binaries_missing(("scheduler-plugins",)):
+    if missing := binaries_missing(("scheduler-plugins", "kueue")):
         message = f"not built: {', '.join(missing)} (run hack/build-binaries.sh)"
         if os.environ.get("MIMO_REQUIRE_CLUSTER"):
             pytest.fail(message)
         pytest.skip(message)
     cluster = LocalCluster.up(tmp_path_factory.mktemp("gang") / "c", nodes=NODES, gpu_type="H100-80GB",
-                              exit_with_parent=True, gang_schedulers=("scheduler-plugins", "kubernetes"))
+                              exit_with_parent=True, gang_schedulers=("scheduler-plugins", "kubernetes", "kueue"))
     try:
         yield cluster
     finally:
@@ -48,11 +49,14 @@ def gang_operator(gang_cluster: LocalCluster, tmp_path_factory: pytest.TempPathF
     yield from operator_fixture(gang_cluster, tmp_path_factory.mktemp("op"), ["--unschedulable-seconds", "3600"])
 
 
-# What each gang scheduler's PodGroup is, and how its size reads.
+# What each gang scheduler's group object is, and how its size reads (Kueue: the Workload its pod
+# integration makes of a gang's pods).
 GROUPS = {
     "scheduler-plugins": ("podgroups.scheduling.x-k8s.io", lambda g: g["spec"]["minMember"]),
     "kubernetes": ("podgroups.scheduling.k8s.io", lambda g: g["spec"]["schedulingPolicy"]["gang"]["minCount"]),
+    "kueue": ("workloads.kueue.x-k8s.io", lambda g: sum(s["count"] for s in g["spec"]["podSets"])),
 }
+
 
 
 @pytest.mark.parametrize("scheduler", list(GROUPS))
@@ -60,8 +64,7 @@ def test_a_gang_scheduler_holds_no_node_for_an_incomplete_gang_under_contention(
         gang_cluster: LocalCluster, gang_operator: RunningOperator, scheduler: str) -> None:
     ns = f"contention-{scheduler}"
     gang_cluster.kubectl("create", "namespace", ns)
-    items = [a_deployment(f"team-{t}").pro().h100().replicas(2).set("parallelism.nodesPerReplica", SIZE)
-             .set("scheduling.gangScheduler", scheduler).build() for t in ("a", "b")]
+    items = contending_deployments(gang_cluster, ns, scheduler, 2, SIZE)
     watch = PodWatch(gang_cluster)
     try:
         gang_cluster.kubectl("apply", "-n", ns, "-f", "-",

@@ -276,6 +276,10 @@ def _scheduler_fields(ctx: BuildContext, gang: str) -> tuple[dict[str, str], dic
         kueue_labels = {"kueue.x-k8s.io/pod-group-name": gang}
         if scheduling.queue_name:
             kueue_labels["kueue.x-k8s.io/queue-name"] = scheduling.queue_name
+        # A plain pod group, not a "serving" one: Kueue keeps its finalizer on a serving group's pods until
+        # someone deletes the group's Workload, while the operator ends a gang by deleting its pods (and a
+        # deleted deployment's pods go by garbage collection). A plain group's Workload finishes once every
+        # pod of the gang has stopped, and Kueue lets the pods go and releases the quota.
         return kueue_labels, {"kueue.x-k8s.io/pod-group-total-count": size}, None
     return {}, {}, None
 

@@ -27,9 +27,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     up.add_argument("--blocks", type=int, default=1,
                     help="InfiniBand blocks the nodes are spread over (default: %(default)s)")
     up.add_argument("--gang-scheduler", choices=list(GANG_SCHEDULERS), action="append", default=[],
-                    help="a gang scheduler to run, for spec.scheduling.gangScheduler (repeat for both): "
-                         "scheduler-plugins (its coscheduling scheduler next to kube-scheduler) or kubernetes "
-                         "(kube-scheduler's own gang scheduling, its feature gates on)")
+                    help="a gang scheduler to run, for spec.scheduling.gangScheduler (repeatable): "
+                         "scheduler-plugins (its coscheduling scheduler next to kube-scheduler), kubernetes "
+                         "(kube-scheduler's own gang scheduling, its feature gates on) or kueue (Kueue's manager "
+                         "with its pod integration and a ClusterQueue 'gpus' of every GPU: add a LocalQueue that "
+                         "points at it and name that in spec.scheduling.queueName)")
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait (default: %(default)s)")
     up.set_defaults(func=_up)
 

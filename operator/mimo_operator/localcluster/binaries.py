@@ -8,13 +8,15 @@ from pathlib import Path
 from mimo_operator.errors import MimoError
 
 __all__ = ["GANG_SCHEDULERS", "REQUIRED", "BinariesMissing", "binaries_missing", "binary", "cache_dir",
-           "kwok_stages_dir", "podgroup_crd"]
+           "kueue_file", "kwok_stages_dir", "podgroup_crd"]
 
 REQUIRED = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kubectl")
 # Gang schedulers the local cluster can run, and the binary each needs beyond the control plane's (built by
 # hack/build-binaries.sh too): scheduler-plugins' coscheduling runs next to kube-scheduler; "kubernetes" is
 # kube-scheduler's own gang scheduling (scheduling.k8s.io PodGroups, an alpha API turned on by feature gates).
-GANG_SCHEDULERS: dict[str, tuple[str, ...]] = {"scheduler-plugins": ("scheduler-plugins",), "kubernetes": ()}
+# Kueue's manager admits a gang's pods together when its ClusterQueue's quota has room for all of them.
+GANG_SCHEDULERS: dict[str, tuple[str, ...]] = {"scheduler-plugins": ("scheduler-plugins",), "kubernetes": (),
+                                               "kueue": ("kueue",)}
 
 
 class BinariesMissing(MimoError):
@@ -61,4 +63,13 @@ def podgroup_crd() -> Path:
     path = cache_dir() / "scheduler-plugins" / "podgroup-crd.yaml"
     if not path.is_file():
         raise BinariesMissing(f"scheduler-plugins' PodGroup CRD is missing at {path}: run hack/build-binaries.sh")
+    return path
+
+
+def kueue_file(name: str) -> Path:
+    """Kueue's CRDs and their kustomization (``crd``) or its webhook configurations (``webhooks.yaml``), copied
+    from its module by the build script."""
+    path = cache_dir() / "kueue" / name
+    if not path.exists():
+        raise BinariesMissing(f"Kueue's {name} is missing at {path}: run hack/build-binaries.sh")
     return path

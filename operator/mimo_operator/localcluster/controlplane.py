@@ -10,21 +10,26 @@ The recipe: shared/reference/test-cluster.md §9. Notes on the choices:
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import ssl
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from mimo_operator import labels as L
 from mimo_operator.localcluster import binaries
-from mimo_operator.localcluster.pki import Pki, issue_pki, write_kubeconfig
+from mimo_operator.localcluster.nodes import GPU_RESOURCE
+from mimo_operator.localcluster.pki import Pki, issue_pki, issue_webhook_certs, write_kubeconfig
 from mimo_operator.localcluster.processes import ComponentFailed, Process, free_port, http_ok, log_tail
 
-__all__ = ["COSCHEDULING_SCHEDULER_NAME", "ClusterConfig", "ControlPlane", "node_lease_seconds"]
+__all__ = ["COSCHEDULING_SCHEDULER_NAME", "KUEUE_CLUSTER_QUEUE", "KUEUE_NAMESPACE", "ClusterConfig", "ControlPlane",
+           "kueue_crds", "kueue_webhooks", "node_lease_seconds"]
 
 _STAGES = Path(__file__).parent / "stages"
 # kwok's own stages for nodes, chaos and deletion; pod start/complete/delete are ours (stages/).
@@ -50,12 +55,18 @@ class ClusterConfig:
     fixed_ports: tuple[tuple[str, int], ...] = ()
     # Gang schedulers to run (binaries.GANG_SCHEDULERS): "scheduler-plugins" (coscheduling next to
     # kube-scheduler, serving pods whose schedulerName is scheduler-plugins-scheduler, as the operator renders
-    # them) and "kubernetes" (kube-scheduler's own gang scheduling: its feature gates and API turned on).
+    # them), "kubernetes" (kube-scheduler's own gang scheduling: its feature gates and API turned on) and
+    # "kueue" (Kueue's manager with its pod integration, and a ClusterQueue of every GPU).
     gang_schedulers: tuple[str, ...] = ()
 
 
 # The scheduler name the operator's builders give gang pods under scheduling.gangScheduler: scheduler-plugins.
 COSCHEDULING_SCHEDULER_NAME = "scheduler-plugins-scheduler"
+
+# Kueue's namespace, and the ClusterQueue the local cluster gives every fake GPU (a namespace's LocalQueue
+# points at it; scheduling.queueName names the LocalQueue).
+KUEUE_NAMESPACE = "kueue-system"
+KUEUE_CLUSTER_QUEUE = "gpus"
 
 # Kubernetes' own gang scheduling (KEP-4671): the PodGroup API and the scheduler's GangScheduling plugin,
 # both alpha, behind these gates; the API's version by Kubernetes minor is labels.NATIVE_PODGROUP_API_BY_MINOR.
@@ -72,6 +83,46 @@ def workload_api(apiserver: str) -> str:
         raise ComponentFailed(f"kube-apiserver {out.strip() or '(no version)'} has no PodGroup API this cluster "
                               f"knows (Kubernetes 1.{min(known)}–1.{max(known)})")
     return known[minor]
+
+
+def kueue_webhooks(manifests: Path, url: str, ca_bundle: bytes) -> list[dict[str, Any]]:
+    """Kueue's webhook configurations (as its module ships them, for a Service in its namespace) served at
+    ``url`` instead: only the webhooks of pods and of Kueue's own objects (the others belong to integrations
+    not enabled here, and a webhook nobody serves would refuse every Deployment), pods outside the system
+    namespaces, as Kueue's own install does."""
+    configs = []
+    for doc in yaml.safe_load_all(manifests.read_text()):
+        if not doc:
+            continue
+        hooks = []
+        for hook in doc["webhooks"]:
+            groups = {g for rule in hook["rules"] for g in rule["apiGroups"]}
+            if not groups <= {"", "kueue.x-k8s.io"}:
+                continue
+            path = hook["clientConfig"]["service"]["path"]
+            hook["clientConfig"] = {"url": url + path, "caBundle": base64.b64encode(ca_bundle).decode()}
+            if groups == {""}:
+                hook["namespaceSelector"] = {"matchExpressions": [{
+                    "key": "kubernetes.io/metadata.name", "operator": "NotIn",
+                    "values": ["kube-system", KUEUE_NAMESPACE]}]}
+            hooks.append(hook)
+        configs.append({**doc, "metadata": {"name": f"kueue-{doc['metadata']['name']}"}, "webhooks": hooks})
+    return configs
+
+
+def kueue_crds(crd_dir: Path, url: str, ca_bundle: bytes) -> list[dict[str, Any]]:
+    """Kueue's CRDs as its kustomization lists them, those it patches for conversion converting through its
+    webhook at ``url``."""
+    kustomization = yaml.safe_load((crd_dir / "kustomization.yaml").read_text())
+    converting = {yaml.safe_load((crd_dir / patch["path"]).read_text())["metadata"]["name"]
+                  for patch in kustomization.get("patches") or []}
+    crds = [yaml.safe_load((crd_dir / resource).read_text()) for resource in kustomization["resources"]]
+    for crd in crds:
+        if crd["metadata"]["name"] in converting:
+            crd["spec"]["conversion"] = {"strategy": "Webhook", "webhook": {
+                "conversionReviewVersions": ["v1"],
+                "clientConfig": {"url": f"{url}/convert", "caBundle": base64.b64encode(ca_bundle).decode()}}}
+    return crds
 
 
 def node_lease_seconds(nodes: int) -> int:
@@ -185,6 +236,8 @@ class ControlPlane:
 
         if "scheduler-plugins" in self.config.gang_schedulers:
             self._start_coscheduling(insecure)
+        if "kueue" in self.config.gang_schedulers:
+            self._start_kueue()
 
         kwok_home = self.dir / "kwok-home"
         kwok_home.mkdir(exist_ok=True)
@@ -206,26 +259,35 @@ class ControlPlane:
             f"--node-lease-duration-seconds={node_lease_seconds(self.config.nodes)}", *stage_args,
         ], None, env={**os.environ, "HOME": str(kwok_home), "KWOK_WORKDIR": str(kwok_home)})
 
-    def _start_coscheduling(self, insecure: ssl.SSLContext) -> None:
-        """scheduler-plugins' scheduler as a second scheduler, with only its coscheduling profile. Its
-        PodGroup CRD goes in first: the plugin's informer waits for the API it watches."""
-        kubectl = str(binaries.binary("kubectl"))
+    def _kubectl(self, what: str, *args: str, stdin: str | None = None) -> str:
+        """kubectl against this cluster as its admin; ComponentFailed naming ``what`` when it fails."""
+        done = subprocess.run([str(binaries.binary("kubectl")), f"--kubeconfig={self.kubeconfig}", *args],
+                              capture_output=True, text=True, timeout=90, input=stdin)
+        if done.returncode != 0:
+            raise ComponentFailed(f"{what}: {done.stderr.strip()[-2000:]}")
+        return done.stdout.strip()
 
-        def kubectl_ok(*args: str) -> str:
-            done = subprocess.run([kubectl, f"--kubeconfig={self.kubeconfig}", *args], capture_output=True,
-                                  text=True, timeout=90)
-            if done.returncode != 0:
-                raise ComponentFailed(f"installing scheduler-plugins' PodGroup CRD: {done.stderr.strip()}")
-            return done.stdout.strip()
-
-        kubectl_ok("apply", "-f", str(binaries.podgroup_crd()))
+    def _install_crds(self, what: str, crds: Path | list[dict[str, Any]], names: tuple[str, ...]) -> None:
+        """Apply ``crds`` (a file, or the objects) and wait until ``names`` are Established: a controller's
+        informer waits for the API it watches. Server-side, as some CRDs outgrow the last-applied annotation."""
+        if isinstance(crds, Path):
+            self._kubectl(f"installing {what}", "apply", "--server-side", "-f", str(crds))
+        else:
+            self._apply(f"installing {what}", crds)
         # Polled, not `kubectl wait`: that fails when it reads the CRD before any condition is written.
-        established = 'jsonpath={.status.conditions[?(@.type=="Established")].status}'
         deadline = time.monotonic() + 60
-        while kubectl_ok("get", "crd/podgroups.scheduling.x-k8s.io", "-o", established) != "True":
-            if time.monotonic() > deadline:
-                raise ComponentFailed("scheduler-plugins' PodGroup CRD not Established after 60 s")
-            time.sleep(0.2)
+        for name in names:
+            while not any(c.get("type") == "Established" and c.get("status") == "True" for c in json.loads(
+                    self._kubectl(f"reading {what}", "get", f"crd/{name}", "-o", "json")
+            ).get("status", {}).get("conditions") or []):
+                if time.monotonic() > deadline:
+                    raise ComponentFailed(f"{what}: {name} not Established after 60 s")
+                time.sleep(0.2)
+
+    def _start_coscheduling(self, insecure: ssl.SSLContext) -> None:
+        """scheduler-plugins' scheduler as a second scheduler, with only its coscheduling profile."""
+        self._install_crds("scheduler-plugins' PodGroup CRD", binaries.podgroup_crd(),
+                           ("podgroups.scheduling.x-k8s.io",))
         config = self.dir / "gang-scheduler.yaml"
         config.write_text(yaml.safe_dump({
             "apiVersion": "kubescheduler.config.k8s.io/v1",
@@ -245,6 +307,61 @@ class ControlPlane:
             f"--authentication-kubeconfig={self.kubeconfig}", f"--authorization-kubeconfig={self.kubeconfig}",
             "--bind-address=127.0.0.1", f"--secure-port={port}", "--v=1",
         ], f"https://127.0.0.1:{port}/healthz", ctx=insecure)
+
+    def _start_kueue(self) -> None:
+        """Kueue's manager with only its pod integration: a pod labelled with a queue is gated at creation,
+        a pod group (a gang) becomes one Workload once all its pods exist, and its pods are ungated together
+        when the ClusterQueue's quota has room for all of them. The ClusterQueue ``KUEUE_CLUSTER_QUEUE`` holds
+        every fake GPU.
+
+        Installed as Kueue installs itself, with its webhooks (admission and CRD conversion) at a loopback URL
+        instead of a Service: its certificates are ours, seeded into the Secret its cert rotator keeps, which
+        then finds them valid and only injects their CA into the webhooks."""
+        ports = {name: free_port() for name in ("webhook", "health", "metrics")}
+        url = f"https://127.0.0.1:{ports['webhook']}"
+        service = "kueue-webhook-service"
+        certs_dir = self.dir / "kueue-certs"
+        certs = issue_webhook_certs(certs_dir, "kueue-ca", f"{service}.{KUEUE_NAMESPACE}.svc")
+        self._install_crds("Kueue's CRDs", kueue_crds(binaries.kueue_file("crd"), url, certs["ca.crt"]), tuple(
+            f"{kind}.kueue.x-k8s.io" for kind in ("workloads", "clusterqueues", "localqueues", "resourceflavors")))
+        self._apply("installing Kueue", [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": KUEUE_NAMESPACE}},
+            {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+             "metadata": {"name": "kueue-webhook-server-cert", "namespace": KUEUE_NAMESPACE},
+             "data": {name: base64.b64encode(data).decode() for name, data in certs.items()}},
+            *kueue_webhooks(binaries.kueue_file("webhooks.yaml"), url, certs["ca.crt"]),
+        ])
+        config = self.dir / "kueue.yaml"
+        config.write_text(yaml.safe_dump({
+            "apiVersion": "config.kueue.x-k8s.io/v1beta2", "kind": "Configuration",
+            "namespace": KUEUE_NAMESPACE,
+            "health": {"healthProbeBindAddress": f"127.0.0.1:{ports['health']}"},
+            "metrics": {"bindAddress": f"127.0.0.1:{ports['metrics']}"},
+            "webhook": {"host": "127.0.0.1", "port": ports["webhook"], "certDir": str(certs_dir)},
+            "leaderElection": {"leaderElect": False},
+            "internalCertManagement": {"enable": True, "webhookServiceName": service,
+                                       "webhookSecretName": "kueue-webhook-server-cert"},
+            "clientConnection": {"qps": 100, "burst": 200},
+            "integrations": {"frameworks": ["pod"]},
+        }))
+        # The visibility API server would listen on every interface; nothing here reads it.
+        self._start("kueue", [str(binaries.binary("kueue")), f"--config={config}",
+                              "--feature-gates=VisibilityOnDemand=false"],
+                    f"http://127.0.0.1:{ports['health']}/readyz",
+                    env={**os.environ, "KUBECONFIG": str(self.kubeconfig)})
+        self._apply("creating Kueue's queue", [
+            {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ResourceFlavor", "metadata": {"name": "gpu-nodes"}},
+            {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ClusterQueue", "metadata": {"name": KUEUE_CLUSTER_QUEUE},
+             "spec": {"namespaceSelector": {}, "resourceGroups": [{
+                 "coveredResources": [GPU_RESOURCE],
+                 "flavors": [{"name": "gpu-nodes",
+                              "resources": [{"name": GPU_RESOURCE, "nominalQuota": 8 * self.config.nodes}]}]}]}},
+        ])
+
+    def _apply(self, what: str, items: list[dict[str, Any]]) -> None:
+        """Server-side apply of ``items`` (passed on stdin: a Secret's data never reaches a command line)."""
+        self._kubectl(what, "apply", "--server-side", "-f", "-",
+                      stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
 
     def stop(self) -> None:
         """Stop every component, last started first."""
