@@ -41,6 +41,7 @@ class ObservedPod:
     terminated: str | None = None        # "exit code 137 (OOMKilled)" once a container ended
     ip: str | None = None
     ready_since: float | None = None     # when the pod last turned Ready (its condition's transition time)
+    gates: tuple[str, ...] = ()          # scheduling gates still on the pod (a queue such as Kueue's holds it)
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,12 @@ def health_of(gang: ObservedGang, now: float, unschedulable_deadline: float, mis
             if now - worst.created > unschedulable_deadline:
                 return Health(GangHealth.FAILED, f"{message} (for more than {unschedulable_deadline:.0f} s)")
             return Health(GangHealth.PENDING, message, {"unschedulable": True})
+        gates = sorted({g for p in waiting for g in p.gates})
+        if gates:
+            # Held before the scheduler, by a queue (Kueue's admission gate): it waits its turn for quota,
+            # however long that takes; no unschedulable deadline runs.
+            return Health(GangHealth.PENDING, f"{len(waiting)} of {gang.size} pods wait for their scheduling "
+                                              f"gate(s) {', '.join(gates)} (admission by the gang's queue)")
         return Health(GangHealth.PENDING, f"{len(waiting) + len(missing)} of {gang.size} pods not yet scheduled")
     not_ready = [p for p in pods if not p.ready]
     if not_ready:
@@ -188,6 +195,7 @@ def gangs_from_pods(pods: Iterable[Mapping[str, Any]], sizes: Mapping[str, int] 
                 node=(pod.get("spec") or {}).get("nodeName"), created=epoch(meta.get("creationTimestamp")),
                 unschedulable=_unschedulable(pod), terminated=_terminated(pod), ip=status.get("podIP"),
                 ready_since=_ready_since(pod),
+                gates=tuple(str(g.get("name")) for g in (pod.get("spec") or {}).get("schedulingGates") or []),
             ))
         annotations = head_meta.get("annotations") or {}
         drain = annotations.get(L.ANNOTATION_DRAIN_STARTED)
