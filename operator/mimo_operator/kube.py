@@ -50,6 +50,8 @@ _KINDS: dict[tuple[str, str], str] = {
     **{(api, "PodGroup"): "podgroups" for api in L.NATIVE_PODGROUP_APIS},
     ("kueue.x-k8s.io/v1beta2", "Workload"): "workloads",
     ("kueue.x-k8s.io/v1beta1", "Workload"): "workloads",
+    ("kueue.x-k8s.io/v1beta2", "LocalQueue"): "localqueues",
+    ("kueue.x-k8s.io/v1beta1", "LocalQueue"): "localqueues",
     (f"{L.GROUP}/{L.VERSION}", L.KIND): L.PLURAL,
 }
 

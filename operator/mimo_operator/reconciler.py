@@ -44,7 +44,7 @@ from mimo_operator.heads import Heads
 from mimo_operator.kube import ApiError, Kube
 from mimo_operator.planner import plan_deployment
 from mimo_operator.planner_pd import DisaggregatedPlan, plan_disaggregated
-from mimo_operator.schedulers import GANG_SCHEDULER_APIS, missing_gang_scheduler, served_gang_api
+from mimo_operator.schedulers import GANG_SCHEDULER_APIS, missing_gang_scheduler, missing_queue, served_gang_api
 from mimo_operator.spec import DeploymentSpec, parse_spec
 from mimo_operator.status import (
     disaggregated_status,
@@ -210,6 +210,9 @@ class Reconciler:
             plan = pd.decode.plan if pd is not None else plan_deployment(spec)
             if missing := await missing_gang_scheduler(self.kube, spec.scheduling.gang_scheduler):
                 raise PlanRefused("spec.scheduling.gangScheduler", missing)
+            if missing := await missing_queue(self.kube, spec.scheduling.gang_scheduler, namespace,
+                                              spec.scheduling.queue_name):
+                raise PlanRefused("spec.scheduling.queueName", missing)
             gang_api = await served_gang_api(self.kube, spec.scheduling.gang_scheduler)
         except SpecError as e:
             reason = "PlanRefused" if isinstance(e, PlanRefused) else "InvalidSpec"

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from mimo_operator import labels as L
 
 __all__ = ["GANG_SCHEDULER_APIS", "KUEUE_FINALIZER", "KUEUE_GROUP_LABEL", "GangSchedulerApi", "KueueGroups",
-           "missing_gang_scheduler", "served_gang_api"]
+           "missing_gang_scheduler", "missing_queue", "served_gang_api"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,23 @@ GANG_SCHEDULER_APIS: dict[str, GangSchedulerApi] = {
 
 class Discovery(Protocol):
     async def served_resources(self, group_version: str) -> frozenset[str] | None: ...
+
+
+class _Getter(Discovery, Protocol):
+    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+
+async def missing_queue(kube: _Getter, gang_scheduler: str, namespace: str, queue: str | None) -> str | None:
+    """None when the queue the gangs name exists, else why not (for the status). Kueue's pod integration
+    leaves pods naming a LocalQueue that does not exist gated for ever, with nothing said where the
+    deployment's owner looks; Volcano's queues are not checked."""
+    if gang_scheduler != "kueue" or not queue:
+        return None
+    api = await served_gang_api(kube, "kueue")
+    if api is None or await kube.get(api, "LocalQueue", namespace, queue) is not None:
+        return None
+    return (f"no Kueue LocalQueue {queue!r} in namespace {namespace!r}: create one that points at a ClusterQueue "
+            "(kind: LocalQueue, spec.clusterQueue), or name an existing one")
 
 
 class _Deleter(Discovery, Protocol):

@@ -174,6 +174,23 @@ def test_the_pod_group_of_a_scheduler_the_spec_no_longer_names_goes_with_its_gan
     assert {api for api, _ in groups} == {"scheduling.k8s.io/v1alpha2"}, "the new gangs' PodGroups"
 
 
+def test_a_kueue_queue_that_does_not_exist_is_refused_naming_the_field_until_it_is_created() -> None:
+    w = World(one_replica().set("scheduling.gangScheduler", "kueue").set("scheduling.queueName", "gpus"))
+    w.kube.served = {"kueue.x-k8s.io/v1beta2": frozenset({"workloads", "localqueues"})}
+    w.reconcile()
+    status = w.status()
+    assert status["phase"] == "Refused"
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["message"].startswith("spec.scheduling.queueName: no Kueue LocalQueue 'gpus' in namespace")
+    assert w.kube.of("Pod", NS) == []
+    asyncio.run(w.kube.create({"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "LocalQueue",
+                               "metadata": {"name": "gpus", "namespace": NS}, "spec": {"clusterQueue": "gpus"}}))
+    w.reconcile()
+    assert w.status()["phase"] != "Refused"
+    pods = w.kube.of("Pod", NS)
+    assert pods and all(p["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpus" for p in pods)
+
+
 REFUSALS = [
     ("a pod label value with a space", "Pod",
      'Pod "d-0-1a2b3-0" is invalid: metadata.labels: Invalid value: "a b": a valid label must be ...',
