@@ -84,9 +84,11 @@ class Health:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
-def health_of(gang: ObservedGang, now: float, unschedulable_deadline: float, missing_grace: float = 10.0) -> Health:
+def health_of(gang: ObservedGang, now: float, unschedulable_deadline: float, missing_grace: float = 10.0,
+              gated_deadline: float | None = None) -> Health:
     """Classify a gang. ``unschedulable_deadline``: seconds a pod may stay unschedulable before the
-    gang counts as failed (the scheduler's reason is carried either way)."""
+    gang counts as failed (the scheduler's reason is carried either way). ``gated_deadline``: the same for
+    a gang its queue holds (scheduling gates), None for no limit: a gang waits its turn for quota."""
     pods = gang.pods
     if pods and all(p.deleting for p in pods):
         return Health(GangHealth.TERMINATING, "its pods are being deleted")
@@ -108,14 +110,18 @@ def health_of(gang: ObservedGang, now: float, unschedulable_deadline: float, mis
             worst = min(blocked, key=lambda p: p.created)
             message = f"pod {worst.name} cannot be scheduled: {worst.unschedulable}"
             if now - worst.created > unschedulable_deadline:
-                return Health(GangHealth.FAILED, f"{message} (for more than {unschedulable_deadline:.0f} s)")
+                return Health(GangHealth.FAILED, f"{message} (for more than {unschedulable_deadline:.0f} s)",
+                              {"unplaced": True})
             return Health(GangHealth.PENDING, message, {"unschedulable": True})
-        gates = sorted({g for p in waiting for g in p.gates})
-        if gates:
-            # Held before the scheduler, by a queue (Kueue's admission gate): it waits its turn for quota,
-            # however long that takes; no unschedulable deadline runs.
-            return Health(GangHealth.PENDING, f"{len(waiting)} of {gang.size} pods wait for their scheduling "
-                                              f"gate(s) {', '.join(gates)} (admission by the gang's queue)")
+        gated = [p for p in waiting if p.gates]
+        if gated:
+            # Held before the scheduler, by a queue (Kueue's admission gate): it waits its turn for quota.
+            first = min(gated, key=lambda p: p.created)
+            message = (f"{len(waiting)} of {gang.size} pods wait for their scheduling gate(s) "
+                       f"{', '.join(sorted({g for p in gated for g in p.gates}))} (admission by the gang's queue)")
+            if gated_deadline is not None and now - first.created > gated_deadline:
+                return Health(GangHealth.FAILED, f"{message} for more than {gated_deadline:.0f} s", {"unplaced": True})
+            return Health(GangHealth.PENDING, message)
         return Health(GangHealth.PENDING, f"{len(waiting) + len(missing)} of {gang.size} pods not yet scheduled")
     not_ready = [p for p in pods if not p.ready]
     if not_ready:

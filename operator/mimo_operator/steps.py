@@ -148,12 +148,14 @@ def backoff(desired: Desired, restarts: int) -> float:
 
 
 def health_map(desired: Desired, gangs: Sequence[ObservedGang], now: float) -> dict[str, Health]:
-    """Every gang's health. A surge gang that cannot be placed gives up sooner: the rollout can go on in place."""
+    """Every gang's health. A surge gang that cannot be placed gives up sooner: the rollout can go on in place.
+    That holds for a surge gang its queue holds too (Kueue with no quota left for it): while it waited, the
+    old gang it would replace keeps the quota, and neither would move."""
     out = {}
     for g in gangs:
         surge = _is_surge(g, gangs, desired)
         deadline = desired.surge_unschedulable_deadline if surge else desired.unschedulable_deadline
-        out[g.name] = health_of(g, now, deadline)
+        out[g.name] = health_of(g, now, deadline, gated_deadline=deadline if surge else None)
     return out
 
 
@@ -188,8 +190,9 @@ def next_steps(desired: Desired, gangs: Sequence[ObservedGang], records: Mapping
         reason = out.health[g.name].reason
         out.steps.append(DeleteGang(g.name, f"gang failed: {reason}"))
         rec = record(g.replica)
-        if "cannot be scheduled" in reason and _is_surge(g, gangs, desired):
-            # A surge gang that does not fit is not the replica's failure: replace in place instead.
+        if out.health[g.name].extra.get("unplaced") and _is_surge(g, gangs, desired):
+            # A surge gang that does not fit (or that its queue will not admit) is not the replica's failure:
+            # replace in place instead.
             out.records[g.replica] = replace(rec, surge_blocked_revision=desired.revision)
         elif g.revision == desired.revision and g.drain_started is None and rec.last_failed_gang != g.name:
             restarts = rec.restarts + 1
@@ -345,7 +348,7 @@ def _roll_one(desired: Desired, in_range: list[ObservedGang], old: ObservedGang,
         return
     after = ready - (1 if st(old) is GangHealth.READY else 0)
     if after >= min_ready:
-        why = "no surge allowed" if desired.max_surge == 0 else "the surge gang could not be scheduled"
+        why = "no surge allowed" if desired.max_surge == 0 else "the surge gang could not be placed"
         out.steps.append(_leave(old, st(old), f"rollout: replacing in place ({why})"))
     else:
         out.waiting.append(f"rollout: replacing replica {replica} would leave {after} ready gangs, "

@@ -188,7 +188,8 @@ def test_a_kueue_queue_that_does_not_exist_is_refused_naming_the_field_until_it_
     w.reconcile()
     assert w.status()["phase"] != "Refused"
     pods = w.kube.of("Pod", NS)
-    assert pods and all(p["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpus" for p in pods)
+    assert pods
+    assert all(p["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpus" for p in pods)
 
 
 REFUSALS = [

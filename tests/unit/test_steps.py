@@ -21,7 +21,8 @@ TICK = 5.0
 
 
 def pods(
-    name: str, size: int, t: float, *, node: bool = True, ready: bool = False, unschedulable: str | None = None
+    name: str, size: int, t: float, *, node: bool = True, ready: bool = False, unschedulable: str | None = None,
+    gates: tuple[str, ...] = (),
 ) -> tuple[ObservedPod, ...]:
     return tuple(
         ObservedPod(
@@ -34,6 +35,7 @@ def pods(
             node=f"node-{name}-{r}" if node else None,
             created=t,
             unschedulable=None if node else unschedulable,
+            gates=() if node else gates,
         )
         for r in range(size)
     )
@@ -43,6 +45,7 @@ def pods(
 class World:
     desired: Desired
     capacity: int = 100  # gangs that fit; more stay unschedulable
+    queued: bool = False  # the gangs beyond capacity are held by their queue (Kueue's gate) instead
     now: float = 0.0
     gangs: dict[str, ObservedGang] = field(default_factory=dict)
     born: dict[str, float] = field(default_factory=dict)
@@ -79,7 +82,8 @@ class World:
                         g.size,
                         self.born[name],
                         node=False,
-                        unschedulable="0/8 nodes are available: Insufficient nvidia.com/gpu",
+                        unschedulable=None if self.queued else "0/8 nodes are available: Insufficient nvidia.com/gpu",
+                        gates=("kueue.x-k8s.io/admission",) if self.queued else (),
                     ),
                 )
                 continue
@@ -192,6 +196,31 @@ def test_a_surge_gang_that_cannot_be_scheduled_gives_way_to_an_in_place_replacem
         "t=145 create r1",
     ]
     assert min(world.ready_history) >= 1
+
+
+def test_a_surge_gang_its_queue_holds_gives_way_to_an_in_place_replacement() -> None:
+    # Kueue with no quota for a surge gang: the old gangs keep theirs while it waits, so it gives up as an
+    # unschedulable surge gang does, and the rollout goes on in place.
+    world = World(
+        Desired(replicas=2, revision="new", size=2, max_surge=1, max_unavailable=1, surge_unschedulable_deadline=60),
+        capacity=2, queued=True,
+    )
+    world.seed(2, "old")
+    world.born.update({n: -1000.0 for n in world.gangs})
+    world.run()
+    assert {g.revision for g in world.gangs.values()} == {"new"}, world.log
+    assert world.log[:2] == ["t=0 create r0", "t=65 delete r0"]
+    assert min(world.ready_history) >= 1
+
+
+def test_a_gang_its_queue_holds_waits_without_a_deadline_unless_it_is_a_surge_gang() -> None:
+    desired = Desired(replicas=1, revision="r", size=2, unschedulable_deadline=300)
+    name = gang_name("d", 0, "r", 1)
+    gang = ObservedGang(name, 0, "r", 1, 2, pods(name, 2, 0.0, node=False, gates=("kueue.x-k8s.io/admission",)))
+    out = next_steps(desired, [gang], {0: ReplicaRecord(attempt=1)}, 10_000.0)
+    assert out.health[name].state is GangHealth.PENDING
+    assert "kueue.x-k8s.io/admission" in out.health[name].reason
+    assert out.steps == []
 
 
 def test_a_failed_gang_is_recreated_with_growing_back_off_until_its_budget_is_spent() -> None:
