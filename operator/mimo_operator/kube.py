@@ -130,8 +130,9 @@ def path_of(api_version: str, kind: str, namespace: str | None, name: str | None
     return path
 
 
-def _selector(labels: Mapping[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+def _selector(labels: Mapping[str, str | None]) -> str:
+    """``key=value`` for each label; ``!key`` (the label absent) where the value is None."""
+    return ",".join(f"!{k}" if v is None else f"{k}={v}" for k, v in sorted(labels.items()))
 
 
 class Kube:
@@ -197,8 +198,9 @@ class Kube:
         return served
 
     async def list(self, api_version: str, kind: str, namespace: str | None,
-                   labels: Mapping[str, str]) -> list[dict[str, Any]]:
-        """Objects of a kind with these labels; ``namespace`` None for a cluster-scoped kind."""
+                   labels: Mapping[str, str | None]) -> list[dict[str, Any]]:
+        """Objects of a kind with these labels (a None value: without that label); ``namespace`` None for a
+        cluster-scoped kind."""
         result = await self._request("list", kind, "GET", path_of(api_version, kind, namespace),
                                      params={"labelSelector": _selector(labels)}, write=False)
         return list(result.get("items") or [])

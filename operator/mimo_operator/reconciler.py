@@ -78,6 +78,7 @@ log = logging.getLogger("mimo.operator")
 ROUTER_GRACE_SECONDS = 5.0
 # Seconds a just-created gang may take to show whole in the API before the guard lets go.
 _EXPECTATION_SECONDS = 30.0
+_ORPHAN_CHECK_SECONDS = 30.0
 _CREATE_CONCURRENCY = 16  # gangs created at once by one reconcile
 # Gangs one reconcile creates at most; the rest are created by the next reconcile, which follows at once.
 # A reconcile that created a deployment's hundred gangs lasted 30 s at 2,000 nodes, and every other event of
@@ -121,6 +122,7 @@ class Memory:
     attempts: dict[int, int] = field(default_factory=dict)
     # Each gang's fabric check as its head reported it once the gang was Ready (read once per gang).
     fabric: dict[str, dict[str, Any]] = field(default_factory=dict)
+    orphans_checked_at: float = float("-inf")  # when the gangs' objects were last listed for orphans
 
     # A disaggregated deployment's pools: each keeps its own attempts and autoscaler (gang names, the
     # expectations and the fabric checks are the deployment's).
@@ -282,7 +284,12 @@ class Reconciler:
                         run.outcome, steps=[s for s in run.outcome.steps if not isinstance(s, CreateGang)],
                         waiting=[*run.outcome.waiting, Gates(refused=refusal_text(refused)).blocking() or ""])
         live = [g for g in gangs if g.pool in keys]
-        await self._collect_orphans(ctx, live, memory, now)
+        # An orphan comes of an interrupted creation or deletion and may wait a little: the gangs' objects
+        # are listed for it at most every _ORPHAN_CHECK_SECONDS, not on every reconcile (at a hundred gangs
+        # that list was a large part of the operator's CPU).
+        if now - memory.orphans_checked_at >= _ORPHAN_CHECK_SECONDS:
+            memory.orphans_checked_at = now
+            await self._collect_orphans(ctx, live, memory, now)
 
         health = {n: h for run in ran for n, h in run.outcome.health.items()}
         fabric = await self._fabric(live, health, ctx.ports.worker_http, old_status, memory, result)
@@ -674,8 +681,11 @@ class Reconciler:
     async def _apply_shared(self, ctx: BuildContext) -> dict[str, str] | None:
         """Apply the deployment's shared objects; the refusal when the API refused one (422)."""
         desired = {(o["kind"], o["metadata"]["name"]): _stamp(o) for o in shared_objects(ctx)}
-        # Every kind listed at once (one round trip, not six); the writes below keep their order.
-        listed = await asyncio.gather(*(self.kube.list(api_version, kind, ctx.namespace, {L.LABEL_DEPLOYMENT: ctx.name})
+        # Every kind listed at once (one round trip, not six); the writes below keep their order. The gangs'
+        # own objects (a hundred launch plans, Services and policies at a hundred gangs) are left out by the
+        # selector: decoding them on every reconcile was a large part of the operator's CPU at scale.
+        listed = await asyncio.gather(*(self.kube.list(api_version, kind, ctx.namespace,
+                                                       {L.LABEL_DEPLOYMENT: ctx.name, L.LABEL_GANG: None})
                                         for api_version, kind in _SHARED_KINDS))
         for (api_version, kind), objects in zip(_SHARED_KINDS, listed, strict=True):
             existing = {o["metadata"]["name"]: o for o in objects

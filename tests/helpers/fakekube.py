@@ -76,7 +76,7 @@ class FakeKube:
 
     # --- the Kube boundary
     async def list(self, api_version: str, kind: str, namespace: str | None,
-                   labels: Mapping[str, str]) -> list[dict[str, Any]]:
+                   labels: Mapping[str, str | None]) -> list[dict[str, Any]]:
         self._maybe_fail("list", kind)
         return [copy.deepcopy(o) for (av, k, ns, _), o in sorted(self.objects.items())
                 if av == api_version and k == kind and (namespace is None or ns == namespace) and _matches(o, labels)]
@@ -181,9 +181,9 @@ def _key(obj: Mapping[str, Any]) -> Key:
     return (obj["apiVersion"], obj["kind"], meta.get("namespace") or "", meta["name"])
 
 
-def _matches(obj: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+def _matches(obj: Mapping[str, Any], labels: Mapping[str, str | None]) -> bool:
     have = obj["metadata"].get("labels") or {}
-    return all(have.get(k) == v for k, v in labels.items())
+    return all((k not in have) if v is None else have.get(k) == v for k, v in labels.items())
 
 
 def _iso(epoch: float) -> str:
