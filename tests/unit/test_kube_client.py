@@ -17,6 +17,11 @@ def test_paths_of_namespaced_cluster_scoped_and_sub_resources() -> None:
         "/apis/serving.mimo-operator.io/v1alpha1/namespaces/ns/mimodeployments/d/scale"
 
 
+def test_a_label_selector_can_ask_for_a_label_to_be_absent() -> None:
+    # The shared objects are listed without the gangs' own: deployment=d,!gang.
+    assert kube._selector({"mimo/gang": None, "mimo/deployment": "d"}) == "mimo/deployment=d,!mimo/gang"
+
+
 async def test_a_rotated_token_file_is_read_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     token = tmp_path / "token"
     token.write_text("first\n")
