@@ -27,7 +27,7 @@ from mimo_operator.heads import Heads
 from mimo_operator.kube import ApiError, Kube, KubeConfig
 from mimo_operator.leader import LeaderElection
 from mimo_operator.reconciler import Memory, Reconciler, ReconcilerOptions
-from mimo_operator.schedulers import KUEUE_GROUP_LABEL, KueueGroups
+from mimo_operator.schedulers import KueueGroups
 from mimo_operator.weights import WeightsCollector
 
 __all__ = ["Loops", "OperatorConfig", "intent_of"]
@@ -213,7 +213,7 @@ def register(config: OperatorConfig) -> None:
             try:
                 if await memo.kueue_groups.pod_seen(body):
                     log.info("%s: gang %s is being deleted: deleted its Kueue Workload, so that Kueue lets its pods "
-                             "go", body["metadata"]["namespace"], body["metadata"]["labels"][KUEUE_GROUP_LABEL])
+                             "go", body["metadata"]["namespace"], body["metadata"]["labels"][L.KUEUE_GROUP_LABEL])
             except (TimeoutError, ApiError, aiohttp.ClientError, OSError) as e:
                 log.warning("%s/%s: could not end its Kueue pod group: %s", body["metadata"]["namespace"],
                             body["metadata"]["name"], e)

@@ -48,10 +48,8 @@ _KINDS: dict[tuple[str, str], str] = {
     ("scheduling.x-k8s.io/v1alpha1", "PodGroup"): "podgroups",
     ("scheduling.volcano.sh/v1beta1", "PodGroup"): "podgroups",
     **{(api, "PodGroup"): "podgroups" for api in L.NATIVE_PODGROUP_APIS},
-    ("kueue.x-k8s.io/v1beta2", "Workload"): "workloads",
-    ("kueue.x-k8s.io/v1beta1", "Workload"): "workloads",
-    ("kueue.x-k8s.io/v1beta2", "LocalQueue"): "localqueues",
-    ("kueue.x-k8s.io/v1beta1", "LocalQueue"): "localqueues",
+    **{(api, "Workload"): "workloads" for api in L.KUEUE_APIS},
+    **{(api, "LocalQueue"): "localqueues" for api in L.KUEUE_APIS},
     (f"{L.GROUP}/{L.VERSION}", L.KIND): L.PLURAL,
 }
 

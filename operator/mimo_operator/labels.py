@@ -13,6 +13,9 @@ __all__ = [
     "ANNOTATION_SPEC_HASH",
     "FIELD_MANAGER",
     "GROUP",
+    "KUEUE_APIS",
+    "KUEUE_FINALIZER",
+    "KUEUE_GROUP_LABEL",
     "LABEL_ATTEMPT",
     "LABEL_COMPONENT",
     "LABEL_DEPLOYMENT",
@@ -39,6 +42,12 @@ KIND = "MiMoDeployment"
 # version with a standalone PodGroup in each Kubernetes minor that has one, and those versions newest first.
 NATIVE_PODGROUP_API_BY_MINOR = {37: "scheduling.k8s.io/v1alpha3", 36: "scheduling.k8s.io/v1alpha2"}
 NATIVE_PODGROUP_APIS = tuple(api for _, api in sorted(NATIVE_PODGROUP_API_BY_MINOR.items(), reverse=True))
+# Kueue (spec.scheduling.gangScheduler: kueue): its API versions, newest first; the label that makes a gang's
+# pods one pod group (the operator gives it the gang's name, which is also the group's Workload's name);
+# the finalizer Kueue keeps on every pod of a group.
+KUEUE_APIS = ("kueue.x-k8s.io/v1beta2", "kueue.x-k8s.io/v1beta1")
+KUEUE_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
+KUEUE_FINALIZER = "kueue.x-k8s.io/managed"
 
 # The one field manager of every server-side apply the operator makes.
 FIELD_MANAGER = "mimo-operator"

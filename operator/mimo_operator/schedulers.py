@@ -13,8 +13,8 @@ from typing import Any, Protocol
 
 from mimo_operator import labels as L
 
-__all__ = ["GANG_SCHEDULER_APIS", "KUEUE_FINALIZER", "KUEUE_GROUP_LABEL", "GangSchedulerApi", "KueueGroups",
-           "missing_gang_scheduler", "missing_queue", "served_gang_api"]
+__all__ = ["GANG_SCHEDULER_APIS", "GangSchedulerApi", "KueueGroups", "missing_gang_scheduler", "missing_queue",
+           "served_gang_api"]
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ GANG_SCHEDULER_APIS: dict[str, GangSchedulerApi] = {
     "scheduler-plugins": GangSchedulerApi(("scheduling.x-k8s.io/v1alpha1",), "podgroups",
                                           "scheduler-plugins' coscheduling scheduler and its PodGroup CRD"),
     "volcano": GangSchedulerApi(("scheduling.volcano.sh/v1beta1",), "podgroups", "Volcano"),
-    "kueue": GangSchedulerApi(("kueue.x-k8s.io/v1beta2", "kueue.x-k8s.io/v1beta1"), "workloads",
+    "kueue": GangSchedulerApi(L.KUEUE_APIS, "workloads",
                               "Kueue (with its pod integration enabled)"),
     # kube-scheduler's own gang scheduling (KEP-4671): standalone PodGroups, the newest version first.
     "kubernetes": GangSchedulerApi(L.NATIVE_PODGROUP_APIS, "podgroups",
@@ -64,12 +64,6 @@ class _Deleter(Discovery, Protocol):
                      grace_seconds: int | None = None) -> bool: ...
 
 
-# Kueue's pod integration: the label naming a pod's group (the operator gives each gang's pods the gang's
-# name), and the finalizer Kueue keeps on every pod of a group.
-KUEUE_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
-KUEUE_FINALIZER = "kueue.x-k8s.io/managed"
-
-
 class KueueGroups:
     """Ends the Kueue pod group of a gang whose pods are being deleted.
 
@@ -89,8 +83,8 @@ class KueueGroups:
         """Delete the Workload of ``pod``'s group when the pod is being deleted and still held by Kueue
         (True when this call deleted it)."""
         meta = pod.get("metadata") or {}
-        group = (meta.get("labels") or {}).get(KUEUE_GROUP_LABEL)
-        if not group or not meta.get("deletionTimestamp") or KUEUE_FINALIZER not in (meta.get("finalizers") or []):
+        group = (meta.get("labels") or {}).get(L.KUEUE_GROUP_LABEL)
+        if not group or not meta.get("deletionTimestamp") or L.KUEUE_FINALIZER not in (meta.get("finalizers") or []):
             return False
         key = (str(meta.get("namespace")), group)
         if key in self._ended:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mimo_operator.schedulers import KUEUE_FINALIZER, KUEUE_GROUP_LABEL, KueueGroups
+from mimo_operator.labels import KUEUE_FINALIZER, KUEUE_GROUP_LABEL
+from mimo_operator.schedulers import KueueGroups
 from tests.helpers.fakekube import FakeKube
 
 

@@ -273,7 +273,7 @@ def _scheduler_fields(ctx: BuildContext, gang: str) -> tuple[dict[str, str], dic
     if scheduling.gang_scheduler == "volcano":
         return {}, {"scheduling.k8s.io/group-name": gang}, "volcano"
     if scheduling.gang_scheduler == "kueue":
-        kueue_labels = {"kueue.x-k8s.io/pod-group-name": gang}
+        kueue_labels = {L.KUEUE_GROUP_LABEL: gang}
         if scheduling.queue_name:
             kueue_labels["kueue.x-k8s.io/queue-name"] = scheduling.queue_name
         # A plain pod group, not a "serving" one: Kueue keeps its finalizer on a serving group's pods until
