@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 
 import kopf
@@ -22,7 +23,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     env = os.environ.get
     p = argparse.ArgumentParser(prog="mimo-operator", description="Serve MiMo-V2.5 models on Kubernetes.")
     scope = p.add_mutually_exclusive_group()
-    scope.add_argument("-n", "--namespace", action="append", default=[],
+    scope.add_argument("-n", "--namespace", action="append", default=[], type=_namespace,
                        help="watch only this namespace (repeatable); default: all namespaces")
     scope.add_argument("-A", "--all-namespaces", action="store_true")
     p.add_argument("--metrics-address", default=env("MIMO_METRICS_ADDRESS", "0.0.0.0:9090"),
@@ -51,6 +52,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _namespace(text: str) -> str:
+    """A namespace's name (Kopf would also take a pattern; the operator's own pod watch needs names)."""
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", text) or len(text) > 63:
+        raise argparse.ArgumentTypeError(f"a namespace's name (lower-case letters, digits and '-'), got {text!r}")
+    return text
+
+
 def _label(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -69,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                         format='{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":%(message)r}')
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     if not args.verbose:
-        # Kopf logs a line per handled watch event ("Handler 'pod_event' succeeded"): at fleet scale that is one
-        # line per pod change and a noticeable share of the operator's CPU. Our own decisions are logged apart.
+        # Kopf logs a line per handled watch event ("Handler 'deployment_event' succeeded"): one line per status
+        # write of every deployment. Our own decisions are logged apart.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     host, port = _split(args.metrics_address)
     prometheus_client.start_http_server(port, addr=host)
@@ -83,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             weights=WeightsOptions(pod_labels=tuple(_label(x) for x in args.weights_pod_label),
                                    hub_endpoint=args.hub_endpoint)),
         leader_election=args.leader_election, lease_namespace=args.lease_namespace,
-        resync_seconds=args.resync_seconds,
+        resync_seconds=args.resync_seconds, namespaces=tuple(args.namespace),
     )
     register(config)
     health_host, health_port = _split(args.health_address)

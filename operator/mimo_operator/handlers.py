@@ -45,6 +45,7 @@ class OperatorConfig:
     lease_name: str = "mimo-operator"
     identity: str = field(default_factory=lambda: os.environ.get("POD_NAME") or f"mimo-operator-{os.getpid()}")
     resync_seconds: float = 30.0
+    namespaces: tuple[str, ...] = ()  # watched namespaces; none: every namespace
 
 
 @dataclass
@@ -156,6 +157,41 @@ def in_cluster_connection() -> kopf.ConnectionInfo | None:
                                scheme="Bearer")
 
 
+class PodEvents:
+    """What a change of a deployment's pod sets off: its reconcile loop is poked, and a gang's Kueue group is
+    ended once one of its pods is being deleted (leader only)."""
+
+    def __init__(self, loops: Loops, kueue_groups: KueueGroups) -> None:
+        self.loops = loops
+        self.kueue_groups = kueue_groups
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def seen(self, kind: str, pod: Mapping[str, Any]) -> None:
+        meta = pod["metadata"]
+        labels = meta.get("labels") or {}
+        if owner := labels.get(L.LABEL_DEPLOYMENT):
+            self.loops.poke(meta["namespace"], owner)
+        if (kind != "DELETED" and labels.get(L.KUEUE_GROUP_LABEL) and meta.get("deletionTimestamp")
+                and self.loops.leading()):
+            task = asyncio.create_task(self._end_group(pod))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _end_group(self, pod: Mapping[str, Any]) -> None:
+        meta = pod["metadata"]
+        try:
+            if await self.kueue_groups.pod_seen(pod):
+                log.info("%s: gang %s is being deleted: deleted its Kueue Workload, so that Kueue lets its pods "
+                         "go", meta["namespace"], meta["labels"][L.KUEUE_GROUP_LABEL])
+        except (TimeoutError, ApiError, aiohttp.ClientError, OSError) as e:
+            log.warning("%s/%s: could not end its Kueue pod group: %s", meta["namespace"], meta["name"], e)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
 def register(config: OperatorConfig) -> None:
     """Register the handlers on Kopf's default registry (called by ``mimo_operator.__main__``)."""
 
@@ -184,7 +220,13 @@ def register(config: OperatorConfig) -> None:
             memo.leader_task = asyncio.create_task(leader.run(), name="leader election")
         reconciler = Reconciler(memo.kube, Heads(memo.http), config.reconciler)
         memo.loops = Loops(reconciler, leader, config.resync_seconds)
-        memo.kueue_groups = KueueGroups(memo.kube)
+        memo.pods = pods = PodEvents(memo.loops, KueueGroups(memo.kube))
+        # One watch of the gangs' and routers' pods per watched namespace: it pokes their deployment's loop
+        # and is the cache the reconciler's pod lists are answered from.
+        memo.pod_watches = [
+            asyncio.create_task(memo.kube.informer("v1", "Pod", ns, L.LABEL_DEPLOYMENT, pods.seen).run(),
+                                name=f"pod watch {ns or 'all namespaces'}")
+            for ns in (config.namespaces or (None,))]
         # Caches whose last user asked for their removal go when that deployment goes (see WeightsCollector).
         memo.collector = WeightsCollector(memo.kube, config.reconciler.weights, leader)
         memo.collector_task = asyncio.create_task(memo.collector.run(), name="weights cache clean-up")
@@ -193,6 +235,10 @@ def register(config: OperatorConfig) -> None:
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         await memo.loops.stop()
         memo.collector_task.cancel()
+        for task in memo.pod_watches:
+            task.cancel()
+        await asyncio.gather(*memo.pod_watches, return_exceptions=True)
+        await memo.pods.stop()
         if getattr(memo, "leader_task", None):
             memo.leader_task.cancel()
         await memo.http.close()
@@ -203,20 +249,6 @@ def register(config: OperatorConfig) -> None:
         memo.loops.seen(dict(body), deleted=event.get("type") == "DELETED")
         if event.get("type") == "DELETED":
             memo.collector.deleted(body["metadata"]["namespace"])
-
-    @kopf.on.event("", "v1", "pods", labels={L.LABEL_MANAGED_BY: L.MANAGED_BY})
-    async def pod_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        owner = (body.get("metadata", {}).get("labels") or {}).get(L.LABEL_DEPLOYMENT)
-        if owner:
-            memo.loops.poke(body["metadata"]["namespace"], owner)
-        if memo.loops.leading():
-            try:
-                if await memo.kueue_groups.pod_seen(body):
-                    log.info("%s: gang %s is being deleted: deleted its Kueue Workload, so that Kueue lets its pods "
-                             "go", body["metadata"]["namespace"], body["metadata"]["labels"][L.KUEUE_GROUP_LABEL])
-            except (TimeoutError, ApiError, aiohttp.ClientError, OSError) as e:
-                log.warning("%s/%s: could not end its Kueue pod group: %s", body["metadata"]["namespace"],
-                            body["metadata"]["name"], e)
 
     @kopf.on.probe(id="loops")
     def loops_probe(memo: kopf.Memo, **_: Any) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -34,3 +35,46 @@ async def test_a_rotated_token_file_is_read_again(tmp_path: Path, monkeypatch: p
         assert client._current_token() == "second"
     finally:
         await client.close()
+
+
+async def test_an_informer_that_cannot_list_serves_nothing_and_tries_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kube, "_RETRY_SECONDS", (0.01, 0.02))
+    client = Kube(KubeConfig(server="https://127.0.0.1:1", insecure=True))  # nothing listens there
+    informer = client.informer("v1", "Pod", "ns", "mimo/deployment")
+    task = asyncio.create_task(informer.run())
+    try:
+        for _ in range(200):
+            if informer._failures >= 3:
+                break
+            await asyncio.sleep(0.01)
+        assert informer._failures >= 3, "it keeps trying"
+        assert not informer.synced
+        assert not informer.covers("v1", "Pod", "ns", {"mimo/deployment": "d"})
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await client.close()
+
+
+def test_the_cache_answers_a_selector_as_the_api_server_would() -> None:
+    informer = kube.Informer(None, "v1", "Pod", None, "d", None)  # type: ignore[arg-type]
+    informer.synced = True
+    informer.objects = {
+        ("a", "p1"): {"metadata": {"name": "p1", "labels": {"d": "x", "c": "engine"}}},
+        ("a", "p2"): {"metadata": {"name": "p2", "labels": {"d": "x", "c": "router"}}},
+        ("b", "p3"): {"metadata": {"name": "p3", "labels": {"d": "x", "c": "engine", "g": "0"}}},
+        ("a", "p4"): {"metadata": {"name": "p4", "labels": {"d": "y"}}},
+    }
+    assert informer.covers("v1", "Pod", "a", {"d": "x"})
+    assert informer.covers("v1", "Pod", None, {"d": "x"})
+    assert not informer.covers("v1", "Pod", "a", {"c": "engine"}), "the informer's label must be named"
+    assert not informer.covers("v1", "Pod", "a", {"d": None}), "its absence is not what it keeps"
+    assert not informer.covers("v1", "Service", "a", {"d": "x"})
+
+    def select(ns: str | None, labels: dict[str, str | None]) -> list[str]:
+        return sorted(o["metadata"]["name"] for o in informer.select(ns, labels))
+
+    assert select("a", {"d": "x"}) == ["p1", "p2"]
+    assert select("a", {"d": "x", "c": "engine"}) == ["p1"]
+    assert select(None, {"d": "x", "c": "engine"}) == ["p1", "p3"]
+    assert select(None, {"d": "x", "g": None}) == ["p1", "p2"]
