@@ -57,11 +57,12 @@ MANAGED_BY = "mimo-operator"
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_COMPONENT = "app.kubernetes.io/component"  # engine | router | weights
-# Read by the operator's pod watch (which objects are ours) and by the chart's NOTES.
+# Read by the chart's NOTES and by people (which objects the operator made).
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 
 _PREFIX = "mimo-operator.io/"
-# The MiMoDeployment a child belongs to: the observe layer lists children by it.
+# The MiMoDeployment a child belongs to: the observe layer lists children by it, and the operator's pod watch
+# keeps every pod that carries it.
 LABEL_DEPLOYMENT = _PREFIX + "deployment"
 # The replica slot (0 … replicas-1) a gang fills; scale-down removes the highest first.
 LABEL_REPLICA = _PREFIX + "replica"
