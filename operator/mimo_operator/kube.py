@@ -145,6 +145,7 @@ class Kube:
         self._token_read_at = time.monotonic()
         self._discovery: dict[str, tuple[float, frozenset[str] | None]] = {}
         self._informers: list[Informer] = []
+        self._accepted: dict[str, tuple[float, bool]] = {}
         headers = {"Accept": "application/json"}
         self._session = aiohttp.ClientSession(
             # Per request on the wire, not counting the wait for one of the pooled connections: a reconcile
@@ -270,6 +271,30 @@ class Kube:
                 return None
             raise
         return dict(result)
+
+    async def accepts(self, key: str, obj: Mapping[str, Any]) -> bool:
+        """Whether the API server would create ``obj`` (a dry run, not stored), for features that discovery
+        does not show (a field behind a feature gate); remembered under ``key`` for a minute. A refusal
+        (400, 404, 422) is False, a name taken (409, after validation) True; other errors are raised."""
+        now = time.monotonic()
+        cached = self._accepted.get(key)
+        if cached is not None and now - cached[0] < _DISCOVERY_SECONDS:
+            return cached[1]
+        meta = obj["metadata"]
+        try:
+            await self._request("dryrun", obj["kind"], "POST",
+                                path_of(obj["apiVersion"], obj["kind"], meta.get("namespace")), body=obj,
+                                params={"dryRun": "All", "fieldManager": L.FIELD_MANAGER}, write=False)
+            accepted = True
+        except ApiError as e:
+            if e.code == 409:  # one of that name exists: the request got past validation to storage
+                accepted = True
+            elif e.code in (400, 404, 422):
+                accepted = False
+            else:
+                raise
+        self._accepted[key] = (now, accepted)
+        return accepted
 
     def informer(self, api_version: str, kind: str, namespace: str | None, label: str,
                  on_event: Callable[[str, dict[str, Any]], None] | None = None) -> Informer:

@@ -44,7 +44,13 @@ from mimo_operator.heads import Heads
 from mimo_operator.kube import ApiError, Kube
 from mimo_operator.planner import plan_deployment
 from mimo_operator.planner_pd import DisaggregatedPlan, plan_disaggregated
-from mimo_operator.schedulers import GANG_SCHEDULER_APIS, missing_gang_scheduler, missing_queue, served_gang_api
+from mimo_operator.schedulers import (
+    GANG_SCHEDULER_APIS,
+    gang_topology_served,
+    missing_gang_scheduler,
+    missing_queue,
+    served_gang_api,
+)
 from mimo_operator.spec import DeploymentSpec, parse_spec
 from mimo_operator.status import (
     disaggregated_status,
@@ -216,6 +222,9 @@ class Reconciler:
                                               spec.scheduling.queue_name):
                 raise PlanRefused("spec.scheduling.queueName", missing)
             gang_api = await served_gang_api(self.kube, spec.scheduling.gang_scheduler)
+            topology = spec.scheduling.topology_key
+            gang_topology = bool(spec.scheduling.gang_scheduler == "kubernetes" and gang_api and topology
+                                 and await gang_topology_served(self.kube, gang_api, namespace, topology))
         except SpecError as e:
             reason = "PlanRefused" if isinstance(e, PlanRefused) else "InvalidSpec"
             status = refused_status(old_status, generation, e.field, str(e), reason)
@@ -227,7 +236,8 @@ class Reconciler:
         ctx = BuildContext(name=name, namespace=namespace, uid=meta["uid"], spec=spec, plan=plan,
                            operator=self.options.operator, distinct_gang_ports=self.options.distinct_gang_ports,
                            pod_labels=_pod_template(spec, "labels"),
-                           pod_annotations=_pod_template(spec, "annotations"), disaggregated=pd, gang_api=gang_api)
+                           pod_annotations=_pod_template(spec, "annotations"), disaggregated=pd, gang_api=gang_api,
+                           gang_topology=gang_topology)
         pools = pools_of(ctx)
         now = self.clock()
 

@@ -13,8 +13,15 @@ from typing import Any, Protocol
 
 from mimo_operator import labels as L
 
-__all__ = ["GANG_SCHEDULER_APIS", "GangSchedulerApi", "KueueGroups", "missing_gang_scheduler", "missing_queue",
-           "served_gang_api"]
+__all__ = [
+    "GANG_SCHEDULER_APIS",
+    "GangSchedulerApi",
+    "KueueGroups",
+    "gang_topology_served",
+    "missing_gang_scheduler",
+    "missing_queue",
+    "served_gang_api",
+]
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,21 @@ GANG_SCHEDULER_APIS: dict[str, GangSchedulerApi] = {
 
 class Discovery(Protocol):
     async def served_resources(self, group_version: str) -> frozenset[str] | None: ...
+
+
+class _Prober(Protocol):
+    async def accepts(self, key: str, obj: Mapping[str, Any]) -> bool: ...
+
+
+async def gang_topology_served(kube: _Prober, api: str, namespace: str, topology_key: str) -> bool:
+    """Whether the cluster takes a topology constraint on a native PodGroup of ``api``: the field is refused
+    unless the apiserver runs the TopologyAwareWorkloadScheduling gate, which discovery does not show, so a
+    PodGroup is created in a dry run (needs only the create permission the operator has)."""
+    probe = {"apiVersion": api, "kind": "PodGroup",
+             "metadata": {"name": "mimo-operator-topology-probe", "namespace": namespace},
+             "spec": {"schedulingPolicy": {"gang": {"minCount": 1}},
+                      "schedulingConstraints": {"topology": [{"key": topology_key}]}}}
+    return await kube.accepts(f"{api} PodGroup topology", probe)
 
 
 class _Getter(Discovery, Protocol):

@@ -47,6 +47,8 @@ class FakeKube:
         self.failures: list[Failure] = []
         # API discovery: group version → the resources it serves (none served unless a test says so).
         self.served: dict[str, frozenset[str]] = {}
+        self.accepted: dict[str, bool] = {}  # Kube.accepts by key (a dry run)
+        self.dry_runs: list[str] = []
         self._versions = itertools.count(1)
 
     # --- test controls
@@ -88,6 +90,11 @@ class FakeKube:
 
     async def served_resources(self, group_version: str) -> frozenset[str] | None:
         return self.served.get(group_version)
+
+    async def accepts(self, key: str, obj: Mapping[str, Any]) -> bool:
+        """What a dry run would say: the test's answer under ``key`` (refused unless it says otherwise)."""
+        self.dry_runs.append(key)
+        return self.accepted.get(key, False)
 
     async def create(self, obj: Mapping[str, Any], exist_ok: bool = False) -> dict[str, Any] | None:
         key = _key(obj)

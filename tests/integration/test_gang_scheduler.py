@@ -17,6 +17,7 @@ import pytest
 
 from mimo_operator.localcluster.binaries import binaries_missing
 from mimo_operator.localcluster.cluster import LocalCluster
+from mimo_operator.localcluster.nodes import IB_BLOCK_LABEL
 from tests.conftest import wait_for
 from tests.helpers.podwatch import PodWatch, contending_deployments, gang_holding
 from tests.helpers.specs import a_deployment
@@ -35,7 +36,7 @@ def gang_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClus
         if os.environ.get("MIMO_REQUIRE_CLUSTER"):
             pytest.fail(message)
         pytest.skip(message)
-    cluster = LocalCluster.up(tmp_path_factory.mktemp("gang") / "c", nodes=NODES, gpu_type="H100-80GB",
+    cluster = LocalCluster.up(tmp_path_factory.mktemp("gang") / "c", nodes=NODES, gpu_type="H100-80GB", blocks=2,
                               exit_with_parent=True, gang_schedulers=("scheduler-plugins", "kubernetes", "kueue"))
     try:
         yield cluster
@@ -102,3 +103,28 @@ def test_a_gang_scheduler_that_is_not_installed_is_refused_in_status(
     assert "'volcano' is not installed" in ready["message"]
     pods = gang_cluster.kubectl_json("get", "pods", "-n", ns)["items"]
     assert pods == []
+
+
+def test_kubernetes_gang_scheduling_places_a_gang_inside_one_block_by_its_pod_group(
+        gang_cluster: LocalCluster, gang_operator: RunningOperator) -> None:
+    # The local cluster turns on the topology gate with the others; the operator finds it by a dry run and
+    # puts the deployment's topology key into each gang's PodGroup.
+    ns = "native-topology"
+    gang_cluster.kubectl("create", "namespace", ns)
+    manifest = a_deployment("blocked").pro().h100().set("parallelism.nodesPerReplica", SIZE) \
+        .set("scheduling.gangScheduler", "kubernetes").set("scheduling.topologyKey", IB_BLOCK_LABEL).build()
+    watch = PodWatch(gang_cluster)
+    try:
+        gang_cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(manifest))
+        wait_for(lambda: gang_holding(watch, [ns], SIZE, 0).complete_gangs == 1, 90, what="the gang placed")
+        groups = gang_cluster.kubectl_json("get", "podgroups.scheduling.k8s.io", "-n", ns)["items"]
+        pods = gang_cluster.kubectl_json("get", "pods", "-n", ns, "-l", "app.kubernetes.io/component=engine")["items"]
+        nodes = {n["metadata"]["name"]: n["metadata"]["labels"][IB_BLOCK_LABEL]
+                 for n in gang_cluster.kubectl_json("get", "nodes")["items"]}
+        gang_cluster.kubectl("delete", "mimodeployments", "--all", "-n", ns, "--wait=true", "--timeout=120s")
+        wait_for(lambda: watch.count(ns) == 0, 120, what="the gang's pods gone")
+    finally:
+        watch.stop()
+    assert [g["spec"].get("schedulingConstraints") for g in groups] == [{"topology": [{"key": IB_BLOCK_LABEL}]}]
+    assert len(pods) == SIZE
+    assert len({nodes[p["spec"]["nodeName"]] for p in pods}) == 1, "the whole gang in one block"

@@ -179,6 +179,19 @@ def test_kubernetes_gang_scheduling_gets_a_pod_group_of_the_served_version_and_e
     assert all("schedulingGroup" not in p["spec"] for p in plain)
 
 
+
+@pytest.mark.parametrize(("topology_key", "served"), [("block", True), ("block", False), (None, True)])
+def test_a_native_pod_group_carries_the_topology_key_where_the_cluster_takes_it(topology_key: str | None,
+                                                                                served: bool) -> None:
+    spec = PRO_H200.set("scheduling.gangScheduler", "kubernetes")
+    if topology_key:
+        spec = spec.set("scheduling.topologyKey", topology_key)
+    ctx = dataclasses.replace(context(spec), gang_topology=served)
+    (group,) = by_kind(gang_objects(ctx, 0, 1, "abc"), "PodGroup")
+    want = {"topology": [{"key": topology_key}]} if topology_key and served else None
+    assert group["spec"].get("schedulingConstraints") == want
+    assert group["spec"]["schedulingPolicy"] == {"gang": {"minCount": ctx.plan.nodes_per_replica}}
+
 def test_the_token_goes_by_secret_reference_only() -> None:
     ctx = context(PRO_H200.set("model.tokenSecretRef", {"name": "hf", "key": "token"}))
     objects = gang_objects(ctx, 0, 1, "abc")

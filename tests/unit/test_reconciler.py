@@ -174,6 +174,18 @@ def test_the_pod_group_of_a_scheduler_the_spec_no_longer_names_goes_with_its_gan
     assert {api for api, _ in groups} == {"scheduling.k8s.io/v1alpha2"}, "the new gangs' PodGroups"
 
 
+
+@pytest.mark.parametrize("accepted", [True, False])
+def test_the_topology_key_goes_into_native_pod_groups_only_where_a_dry_run_takes_it(accepted: bool) -> None:
+    w = World(one_replica().set("scheduling.gangScheduler", "kubernetes").set("scheduling.topologyKey", "block"))
+    w.kube.served = {"scheduling.k8s.io/v1alpha3": frozenset({"podgroups"})}
+    w.kube.accepted = {"scheduling.k8s.io/v1alpha3 PodGroup topology": accepted}
+    w.reconcile()
+    (group,) = w.kube.of("PodGroup", NS)
+    assert w.kube.dry_runs
+    assert group["spec"].get("schedulingConstraints") == ({"topology": [{"key": "block"}]} if accepted else None)
+    assert w.kube.of("Pod", NS), "the gang is created either way"
+
 def test_a_kueue_queue_that_does_not_exist_is_refused_naming_the_field_until_it_is_created() -> None:
     w = World(one_replica().set("scheduling.gangScheduler", "kueue").set("scheduling.queueName", "gpus"))
     w.kube.served = {"kueue.x-k8s.io/v1beta2": frozenset({"workloads", "localqueues"})}

@@ -259,8 +259,13 @@ def _pod_group(ctx: BuildContext, gang: str, labels: dict[str, str]) -> list[dic
     if scheduler == "kubernetes":
         # A standalone PodGroup (no Workload): kube-scheduler binds none of the gang's pods until all of them
         # fit. Its spec is immutable; a gang's PodGroup lives and dies with the gang.
+        spec: dict[str, Any] = {"schedulingPolicy": {"gang": {"minCount": size}}}
+        if ctx.gang_topology and (key := ctx.spec.scheduling.topology_key):
+            # The scheduler then places the whole gang inside one block at once, instead of following the
+            # block of whichever pod it placed first (the pods' affinity, kept for other schedulers).
+            spec["schedulingConstraints"] = {"topology": [{"key": key}]}
         return [{"apiVersion": ctx.gang_api or L.NATIVE_PODGROUP_APIS[0], "kind": "PodGroup",
-                 "metadata": _meta(ctx, gang, labels), "spec": {"schedulingPolicy": {"gang": {"minCount": size}}}}]
+                 "metadata": _meta(ctx, gang, labels), "spec": spec}]
     return []  # kueue: labels on the pods; none: the default scheduler
 
 

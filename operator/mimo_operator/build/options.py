@@ -55,6 +55,9 @@ class BuildContext:
     # The group version of the gang scheduler's PodGroup that the cluster serves (read from discovery by the
     # reconciler); None renders the newest one the builders know.
     gang_api: str | None = None
+    # Whether that PodGroup may carry a topology constraint (kube-scheduler's topology-aware workload
+    # scheduling, an alpha gate the API refuses the field without; probed by the reconciler).
+    gang_topology: bool = False
 
     @property
     def gang_prefix(self) -> str:

@@ -69,8 +69,9 @@ KUEUE_NAMESPACE = "kueue-system"
 KUEUE_CLUSTER_QUEUE = "gpus"
 
 # Kubernetes' own gang scheduling (KEP-4671): the PodGroup API and the scheduler's GangScheduling plugin,
-# both alpha, behind these gates; the API's version by Kubernetes minor is labels.NATIVE_PODGROUP_API_BY_MINOR.
-_WORKLOAD_GATES = "GenericWorkload=true,GangScheduling=true"
+# both alpha, behind these gates, with a PodGroup's topology constraint (KEP-5732) behind the third; the
+# API's version by Kubernetes minor is labels.NATIVE_PODGROUP_API_BY_MINOR.
+_WORKLOAD_GATES = "GenericWorkload=true,GangScheduling=true,TopologyAwareWorkloadScheduling=true"
 
 
 def workload_api(apiserver: str) -> str:
