@@ -205,7 +205,8 @@ class Kube:
     async def list(self, api_version: str, kind: str, namespace: str | None,
                    labels: Mapping[str, str | None]) -> list[dict[str, Any]]:
         """Objects of a kind with these labels (a None value: without that label); ``namespace`` None for a
-        cluster-scoped kind. Served from an informer's cache where one holds every object that can match."""
+        cluster-scoped kind. Served from an informer's cache where one holds every object that can match (then
+        the objects are the cache's own: read them, never change them)."""
         for informer in self._informers:
             if informer.covers(api_version, kind, namespace, labels):
                 return informer.select(namespace, labels)
