@@ -343,8 +343,8 @@ class Informer:
     Until its first list has come back (and again after an error, until it has listed again) it serves
     nothing, and ``Kube.list`` asks the API server. A change the watch has not delivered yet (milliseconds
     behind the server) is what the reconciler's expectations already allow for: a gang created by the last
-    reconcile may not be seen whole by the next. Managed fields are dropped: nothing reads them, and they
-    are a third of a pod."""
+    reconcile may not be seen whole by the next. Managed fields are dropped: nothing reads them, and kept they
+    would be a large part of the cache."""
 
     def __init__(self, kube: Kube, api_version: str, kind: str, namespace: str | None, label: str,
                  on_event: Callable[[str, dict[str, Any]], None] | None) -> None:
