@@ -171,8 +171,7 @@ class PodEvents:
         labels = meta.get("labels") or {}
         if owner := labels.get(L.LABEL_DEPLOYMENT):
             self.loops.poke(meta["namespace"], owner)
-        if (kind != "DELETED" and labels.get(L.KUEUE_GROUP_LABEL) and meta.get("deletionTimestamp")
-                and self.loops.leading()):
+        if kind != "DELETED" and self.kueue_groups.held(pod) and self.loops.leading():
             task = asyncio.create_task(self._end_group(pod))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)

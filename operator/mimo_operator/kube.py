@@ -161,9 +161,7 @@ class Kube:
     async def _request(self, verb: str, kind: str, method: str, path: str, *, params: Mapping[str, str] | None = None,
                        body: Any = None, content_type: str = "application/json", write: bool = True) -> Any:
         data = json.dumps(body) if body is not None else None
-        headers = {"Content-Type": content_type}
-        if token := self._current_token():
-            headers["Authorization"] = f"Bearer {token}"
+        headers = {"Content-Type": content_type, **self._auth()}
         async with self._session.request(method, path, params=params, data=data, headers=headers) as resp:
             text = await resp.text()
             if write:
@@ -172,6 +170,10 @@ class Kube:
                 API_ERRORS.labels(verb, kind, str(resp.status)).inc()
                 raise ApiError(resp.status, verb, f"{kind} {path}", text)
             return json.loads(text) if text else None
+
+    def _auth(self) -> dict[str, str]:
+        token = self._current_token()
+        return {"Authorization": f"Bearer {token}"} if token else {}
 
     def _current_token(self) -> str | None:
         path = self.config.token_path
@@ -306,16 +308,14 @@ class Kube:
         self._informers.append(informer)
         return informer
 
-    async def _watch(self, path: str, params: Mapping[str, str], read_seconds: float) -> AsyncIterator[dict[str, Any]]:
+    async def _watch(self, kind: str, path: str, params: Mapping[str, str],
+                     read_seconds: float) -> AsyncIterator[dict[str, Any]]:
         """The events of one watch request, as they arrive, until the server ends it."""
-        headers = {}
-        if token := self._current_token():
-            headers["Authorization"] = f"Bearer {token}"
-        async with self._session.get(path, params={**params, "watch": "true"}, headers=headers,
+        async with self._session.get(path, params={**params, "watch": "true"}, headers=self._auth(),
                                      timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=read_seconds)
                                      ) as resp:
             if resp.status >= 400:
-                API_ERRORS.labels("watch", path.rsplit("/", 1)[-1], str(resp.status)).inc()
+                API_ERRORS.labels("watch", kind, str(resp.status)).inc()
                 raise ApiError(resp.status, "watch", path, await resp.text())
             buffer = b""
             async for chunk in resp.content.iter_any():
@@ -429,7 +429,7 @@ class Informer:
     async def _watch(self) -> None:
         params = {"labelSelector": self.label, "resourceVersion": self.resource_version,
                   "allowWatchBookmarks": "true", "timeoutSeconds": str(_WATCH_SECONDS)}
-        async for event in self.kube._watch(self._path(), params, read_seconds=_WATCH_SECONDS + 30):
+        async for event in self.kube._watch(self.kind, self._path(), params, read_seconds=_WATCH_SECONDS + 30):
             kind, obj = event.get("type"), event.get("object") or {}
             if kind == "ERROR":
                 if obj.get("code") == 410:

@@ -101,14 +101,22 @@ class KueueGroups:
         self.kube = kube
         self._ended: dict[tuple[str, str], None] = {}  # recent groups, oldest first (bounded)
 
-    async def pod_seen(self, pod: Mapping[str, Any]) -> bool:
-        """Delete the Workload of ``pod``'s group when the pod is being deleted and still held by Kueue
-        (True when this call deleted it)."""
+    @staticmethod
+    def held(pod: Mapping[str, Any]) -> str | None:
+        """The Kueue pod group of ``pod`` when the pod is being deleted and Kueue still holds it, else None."""
         meta = pod.get("metadata") or {}
         group = (meta.get("labels") or {}).get(L.KUEUE_GROUP_LABEL)
         if not group or not meta.get("deletionTimestamp") or L.KUEUE_FINALIZER not in (meta.get("finalizers") or []):
+            return None
+        return str(group)
+
+    async def pod_seen(self, pod: Mapping[str, Any]) -> bool:
+        """Delete the Workload of ``pod``'s group when the pod is being deleted and still held by Kueue
+        (True when this call deleted it)."""
+        group = self.held(pod)
+        if group is None:
             return False
-        key = (str(meta.get("namespace")), group)
+        key = (str((pod.get("metadata") or {}).get("namespace")), group)
         if key in self._ended:
             return False
         api = await served_gang_api(self.kube, "kueue")
