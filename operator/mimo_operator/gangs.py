@@ -176,7 +176,7 @@ def epoch(timestamp: str | None) -> float:
 def gangs_from_pods(pods: Iterable[Mapping[str, Any]], sizes: Mapping[str, int] | None = None) -> list[ObservedGang]:
     """Group the deployment's engine pods into gangs by their gang label.
 
-    ``sizes`` gives each gang's expected pod count when known (from its launch-plan ConfigMap); otherwise
+    ``sizes`` gives each gang's expected pod count when known (from its launch plan); otherwise
     the size label on the pods is used.
     """
     by_gang: dict[str, list[Mapping[str, Any]]] = {}

@@ -10,6 +10,7 @@ import hashlib
 
 __all__ = [
     "ANNOTATION_BOOTSTRAP_PORT",
+    "ANNOTATION_LAUNCH_PLAN",
     "ANNOTATION_SPEC_HASH",
     "FIELD_MANAGER",
     "GROUP",
@@ -93,6 +94,9 @@ ANNOTATION_SPEC_HASH = _PREFIX + "spec-hash"
 ANNOTATION_DRAIN_STARTED = _PREFIX + "drain-started"
 # Why a gang is draining (scale-down, rollout, autoscaler) for status and events.
 ANNOTATION_DRAIN_REASON = _PREFIX + "drain-reason"
+# Every pod of a gang carries the gang's launch plan (JSON), which a downward-API volume shows the worker as a
+# file: the plan travels with the pods, so a gang is its pods and one NetworkPolicy, nothing else to write.
+ANNOTATION_LAUNCH_PLAN = _PREFIX + "launch-plan"
 
 # The prefill head's KV bootstrap port, read by sglang-router's PD service discovery (its default
 # --bootstrap-port-annotation): the router tells the decode side where to fetch each request's KV from.

@@ -50,7 +50,8 @@ __all__ = [
 
 LAUNCH_PLAN_KIND = "MiMoLaunchPlan"
 LAUNCH_PLAN_VERSION = 1
-# Where the builders mount the gang's ConfigMap, and its key; read by head and members alike.
+# Where the builders mount the gang's launch plan (a downward-API volume of the pod's annotation), and its file
+# name; read by head and members alike.
 LAUNCH_PLAN_MOUNT = "/etc/mimo/launch"
 LAUNCH_PLAN_KEY = "plan.json"
 DEFAULT_PLAN_PATH = PurePosixPath(LAUNCH_PLAN_MOUNT) / LAUNCH_PLAN_KEY
@@ -81,7 +82,7 @@ class DeploymentRef(_Model):
 class GangInfo(_Model):
     """One replica of the deployment: its pods, one per node, and the head's stable address."""
 
-    name: str = Field(min_length=1, description="the gang's name, also its headless Service's name")
+    name: str = Field(min_length=1, description="the gang's name, also its pods' name prefix")
     replica: int = Field(ge=0, description="the replica index within the deployment")
     revision: str = Field(min_length=1, description="hash of everything that needs a restart when it changes")
     nodes: int = Field(ge=1, description="pods (= nodes) in the gang, head included")

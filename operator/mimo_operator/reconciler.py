@@ -96,7 +96,10 @@ PROGRESS_STATUS_SECONDS = 60.0
 _SHARED_KINDS = [("v1", "ServiceAccount"), ("rbac.authorization.k8s.io/v1", "Role"),
                  ("rbac.authorization.k8s.io/v1", "RoleBinding"), ("apps/v1", "Deployment"), ("v1", "Service"),
                  ("policy/v1", "PodDisruptionBudget")]
-_GANG_KINDS = [("v1", "ConfigMap"), ("v1", "Service"), ("networking.k8s.io/v1", "NetworkPolicy")]
+# A gang's objects besides its pods and PodGroup: its NetworkPolicy, and the launch-plan ConfigMap and headless
+# Service that gangs made by earlier operators still have (today's carry the plan in their pods and share the
+# deployment's Service), so that those go with their gangs too.
+_GANG_KINDS = [("networking.k8s.io/v1", "NetworkPolicy"), ("v1", "ConfigMap"), ("v1", "Service")]
 
 
 @dataclass(frozen=True)

@@ -131,6 +131,7 @@ _REFUSED_FIELDS: tuple[tuple[str, str, str], ...] = (
     ("Pod", r"^spec\.(initContainers|containers)\[\d+\]\.(command|args)", "spec.engine.extraArgs"),
     ("Pod", r"^spec\.(schedulerName|schedulingGroup)", "spec.scheduling.gangScheduler"),
     ("PodGroup", r"^spec\.", "spec.scheduling.gangScheduler"),
+    ("Pod", r"^spec\.(hostname|subdomain)", "metadata.name"),
     ("", r"^metadata\.(name|labels|namespace)", "metadata.name"),
     ("", r"^spec\.selector", "metadata.name"),
 )

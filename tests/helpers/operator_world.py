@@ -166,7 +166,8 @@ class World:
         with_pods = self.gang_names()
         return sorted(f"{kind} {o['metadata']['name']}" for kind in ("ConfigMap", "Service", "NetworkPolicy")
                       for o in self.kube.of(kind, NS, {L.LABEL_COMPONENT: "engine"})
-                      if o["metadata"]["labels"].get(L.LABEL_GANG) not in with_pods)
+                      if L.LABEL_GANG in o["metadata"]["labels"]
+                      and o["metadata"]["labels"][L.LABEL_GANG] not in with_pods)
 
 
 @dataclass(frozen=True)

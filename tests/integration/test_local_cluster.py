@@ -150,9 +150,10 @@ SERVER = """
 import http.server, os, sys
 ip, port = os.environ["POD_IP"], int(os.environ["PORT"])
 plan = open("/etc/mimo/launch/plan.txt").read()
+note = open("/etc/mimo/pod/note.txt").read()
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
-        body = f"{os.environ['POD_NAME']} {plan} {os.getpid()}".encode()
+        body = f"{os.environ['POD_NAME']} {plan} {note} {os.getpid()}".encode()
         self.send_response(200); self.end_headers(); self.wfile.write(body)
     def log_message(self, *a): pass
 http.server.HTTPServer((ip, port), H).serve_forever()
@@ -162,7 +163,7 @@ http.server.HTTPServer((ip, port), H).serve_forever()
 def process_pod(name: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "labels": {PROCESS_LABEL: "true"}},
+        "metadata": {"name": name, "labels": {PROCESS_LABEL: "true"}, "annotations": {"example.com/note": "noted"}},
         "spec": {
             "restartPolicy": "Never",
             "terminationGracePeriodSeconds": 5,
@@ -176,9 +177,12 @@ def process_pod(name: str) -> dict[str, Any]:
                     {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
                 ],
                 "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
-                "volumeMounts": [{"name": "launch", "mountPath": "/etc/mimo/launch"}],
+                "volumeMounts": [{"name": "launch", "mountPath": "/etc/mimo/launch"},
+                                 {"name": "pod", "mountPath": "/etc/mimo/pod"}],
             }],
-            "volumes": [{"name": "launch", "configMap": {"name": "launch-plan"}}],
+            "volumes": [{"name": "launch", "configMap": {"name": "launch-plan"}},
+                        {"name": "pod", "downwardAPI": {"items": [{"path": "note.txt", "fieldRef": {
+                            "fieldPath": "metadata.annotations['example.com/note']"}}]}}],
         },
     }
 
@@ -204,8 +208,9 @@ def test_a_labelled_pod_runs_its_command_as_a_local_process_on_its_pod_ip(
     pod = wait_for(ready, 60, what="the process's readiness probe to pass")
     ip = pod["status"]["podIP"]
     with urllib.request.urlopen(f"http://{ip}:18080/", timeout=5) as resp:
-        name, plan, pid_text = resp.read().decode().split()
+        name, plan, note, pid_text = resp.read().decode().split()
     assert (name, plan) == ("server", "plan-v1"), "env from the pod and the ConfigMap volume at its mount path"
+    assert note == "noted", "the pod's annotation through a downward-API volume"
     pid = int(pid_text)
     assert pid_exists(pid)
 
@@ -226,7 +231,7 @@ def test_deleting_a_labelled_pod_stops_its_process(cluster: LocalCluster, namesp
     pod = wait_for(lambda: (p := get_pod(cluster, namespace, "short-lived")) and
                    condition(p, "Ready").get("status") == "True" and p, 60, what="the pod to be ready")
     with urllib.request.urlopen(f"http://{pod['status']['podIP']}:18080/", timeout=5) as resp:
-        pid = int(resp.read().decode().split()[2])
+        pid = int(resp.read().decode().split()[3])
     cluster.kubectl("delete", "pod", "short-lived", "-n", namespace, "--wait=false")
     wait_for(lambda: not pid_exists(pid), 30, what="the process to stop")
     wait_for(lambda: get_pod(cluster, namespace, "short-lived") is None, 30, what="the pod object to go")

@@ -13,6 +13,7 @@ from mimo_operator.build import BuildContext, gang_objects, revision_of, shared_
 from mimo_operator.planner import plan_deployment
 from mimo_operator.spec import parse_spec
 from mimo_worker.launchplan import parse_plan
+from tests.helpers.gangs import launch_plan_document
 from tests.helpers.specs import DeploymentBuilder, a_deployment
 
 
@@ -47,25 +48,30 @@ def test_a_pro_gang_on_h200_is_one_head_and_members_with_8_gpus_each() -> None:
         container = pod["spec"]["containers"][0]
         assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
         assert pod["spec"]["restartPolicy"] == "Never"
-        assert pod["spec"]["subdomain"] == gang
+        assert pod["spec"]["subdomain"] == "pro-gangs"
         assert pod["spec"]["hostname"] == pod["metadata"]["name"]
         assert pod["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
         assert pod["spec"]["automountServiceAccountToken"] is False
-    (service,) = by_kind(objects, "Service")
+        volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "launch-plan")
+        (item,) = volume["downwardAPI"]["items"]
+        assert item == {"path": "plan.json",
+                        "fieldRef": {"fieldPath": f"metadata.annotations['{L.ANNOTATION_LAUNCH_PLAN}']"}}
+    assert by_kind(objects, "Service") == by_kind(objects, "ConfigMap") == []
+    (service,) = [o for o in by_kind(shared_objects(ctx), "Service") if o["metadata"]["name"] == "pro-gangs"]
     assert service["spec"]["clusterIP"] == "None"
     assert service["spec"]["publishNotReadyAddresses"] is True
+    assert service["spec"]["selector"] == {L.LABEL_DEPLOYMENT: "pro", L.LABEL_COMPONENT: "engine"}
 
 
 def test_the_launch_plan_is_what_the_worker_reads_with_one_rank_per_pod() -> None:
     ctx = context(PRO_H200)
-    (config,) = by_kind(gang_objects(ctx, 0, 1, "abc"), "ConfigMap")
-    plan = parse_plan(json.loads(config["data"]["plan.json"]))
+    plan = parse_plan(launch_plan_document(gang_objects(ctx, 0, 1, "abc")))
     assert plan.gang.nodes == ctx.plan.nodes_per_replica == len(plan.engine.ranks)
     argv, _ = plan.engine_command(1, head_ip="10.1.2.3", node_ip="10.1.2.4")
     assert "--node-rank" in argv
     assert argv[argv.index("--node-rank") + 1] == "1"
     assert argv[argv.index("--dist-init-addr") + 1] == f"10.1.2.3:{ctx.plan.dist_init_port}"
-    assert plan.gang.head_address == f"{plan.gang.pods[0]}.{plan.gang.name}.serving.svc.cluster.local"
+    assert plan.gang.head_address == f"{plan.gang.pods[0]}.pro-gangs.serving.svc.cluster.local"
 
 
 def test_the_revision_ignores_replicas_and_router_but_not_the_image() -> None:
@@ -198,7 +204,7 @@ def test_the_token_goes_by_secret_reference_only() -> None:
     pod = by_kind(objects, "Pod")[0]
     (token,) = [e for e in pod["spec"]["containers"][0]["env"] if e["name"] == "HF_TOKEN"]
     assert token == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}
-    assert "HF_TOKEN" not in by_kind(objects, "ConfigMap")[0]["data"]["plan.json"]
+    assert "HF_TOKEN" not in json.dumps(launch_plan_document(objects))
 
 
 def test_the_router_discovers_only_serving_heads_of_its_deployment() -> None:
@@ -221,8 +227,7 @@ def test_builders_are_deterministic() -> None:
 
 def test_a_simulated_engine_binds_its_pod_ip_and_models_the_plans_gpu() -> None:
     ctx = context(PRO_H200.simulated().set("engine.simulation", {"speedup": 20.0}))
-    (config,) = by_kind(gang_objects(ctx, 0, 1, "abc"), "ConfigMap")
-    plan = parse_plan(json.loads(config["data"]["plan.json"]))
+    plan = parse_plan(launch_plan_document(gang_objects(ctx, 0, 1, "abc")))
     argv, _ = plan.engine_command(1, head_ip="127.64.0.2", node_ip="127.64.0.3")
     assert argv[:3] == ["python3", "-m", "mimo_worker.simengine"]
     # the last --host wins, as in argparse
@@ -245,8 +250,7 @@ def test_pod_template_labels_reach_every_pod_but_never_override_the_operators() 
 
 def test_gangs_sharing_a_network_get_ports_of_their_own() -> None:
     def ray_ports(ctx: BuildContext) -> set[int]:
-        plans = [json.loads(by_kind(gang_objects(ctx, r, 1, "abc"), "ConfigMap")[0]["data"]["plan.json"])
-                 for r in range(3)]
+        plans = [launch_plan_document(gang_objects(ctx, r, 1, "abc")) for r in range(3)]
         return {p["ports"]["ray_gcs"] for p in plans}
 
     assert ray_ports(context(PRO_H200.network("rdma"))) == {6379}
@@ -262,7 +266,7 @@ def test_a_node_local_cache_sends_gangs_only_to_nodes_holding_the_checkpoint_and
     (expression,) = terms["nodeSelectorTerms"][0]["matchExpressions"]
     assert expression["key"].startswith("weights.mimo-operator.io/")
     assert expression["values"] == ["ready"]
-    plan = parse_plan(json.loads(by_kind(objects, "ConfigMap")[0]["data"]["plan.json"]))
+    plan = parse_plan(launch_plan_document(objects))
     argv, env = plan.engine_command(0, head_ip="10.0.0.1", node_ip="10.0.0.1")
     assert argv[argv.index("--model-path") + 1].startswith("/mimo-cache/weights/")
     assert env["HF_HUB_OFFLINE"] == "1"
@@ -277,8 +281,7 @@ def test_a_node_local_cache_sends_gangs_only_to_nodes_holding_the_checkpoint_and
 ])
 def test_the_builders_render_the_planners_launch_and_add_nothing(builder: DeploymentBuilder) -> None:
     ctx = context(builder)
-    (config,) = by_kind(gang_objects(ctx, 0, 1, "r1-abc"), "ConfigMap")
-    document = parse_plan(json.loads(config["data"]["plan.json"]))
+    document = parse_plan(launch_plan_document(gang_objects(ctx, 0, 1, "r1-abc")))
     assert document.engine == ctx.plan.launch
     assert document.engine.program == ctx.plan.argv(0, "h")[:len(document.engine.program)]
     for rank in document.engine.ranks:

@@ -25,6 +25,7 @@ import pytest
 from mimo_operator.plan import SGLANG_PROGRAM, Plan
 from mimo_operator.planner import plan_deployment
 from mimo_operator.spec import parse_spec
+from tests.helpers.gangs import launch_plan_document
 from tests.helpers.specs import DeploymentBuilder, a_deployment
 
 pytestmark = [
@@ -196,8 +197,7 @@ def test_the_sglang_ray_launcher_is_one_driver_that_sglangs_parser_accepts(sglan
     assert any("not shown to work with DeepEP" in w for w in plan.warnings)
     spec = parse_spec(builder.build())
     ctx = BuildContext(name="mimo", namespace="serving", uid="u", spec=spec, plan=plan)
-    (config,) = [o for o in gang_objects(ctx, 0, 1, "abc") if o["kind"] == "ConfigMap"]
-    document = parse_plan(json.loads(config["data"]["plan.json"]))
+    document = parse_plan(launch_plan_document(gang_objects(ctx, 0, 1, "abc")))
     command, env = sglang_ray_launch(document, HEAD)
     assert command.count("--use-ray") == 1
     assert command[:len(SGLANG_PROGRAM)] == list(SGLANG_PROGRAM)

@@ -214,9 +214,9 @@ REFUSALS = [
     ("a topologyKey that is not a label key", "Pod",
      'Pod "d-0-1a2b3-0" is invalid: spec.affinity.podAntiAffinity.requiredDuringSchedulingIgnoredDuringExecution'
      '[0].topologyKey: Invalid value: "a b": name part must consist of ...', "spec.scheduling.topologyKey"),
-    ("a deployment name with dots in a Service name", "Service",
-     'Service "mimo.pro.v25-0-1a2b3" is invalid: metadata.name: Invalid value: "mimo.pro.v25-0-1a2b3": '
-     "a DNS-1035 label must consist of ...", "metadata.name"),
+    ("a deployment name with dots in a pod's DNS subdomain", "Pod",
+     'Pod "mimo.pro.v25-0-1a2b3-0" is invalid: spec.subdomain: Invalid value: "mimo.pro.v25-gangs": '
+     "a lowercase RFC 1123 label must consist of ...", "metadata.name"),
 ]
 
 
@@ -277,9 +277,11 @@ def test_writes_of_each_step_of_a_first_start() -> None:
     w = World(a_deployment("d").replicas(2))
     w.reconcile()
     first = [(verb, kind) for verb, kind, _ in w.kube.writes]
-    # per gang: ConfigMap, Service, NetworkPolicy, one pod; the shared objects; one status
+    # per gang: a NetworkPolicy and one pod (the launch plan travels in the pod); the shared objects, the
+    # deployment's one headless Service among them; one status
     assert first.count(("create", "Pod")) == 2
-    assert first.count(("create", "ConfigMap")) == 2
+    assert first.count(("create", "NetworkPolicy")) == 2
+    assert not {("create", "ConfigMap"), ("create", "Service")} & set(first)
     assert first.count(("patch", L.KIND)) == 1
     status_writes = []
     for step in ("the gangs are seen pending", "nothing changed", "nothing changed", "the pods run"):

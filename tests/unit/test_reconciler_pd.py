@@ -7,7 +7,6 @@ from typing import Any
 
 from mimo_operator import labels as L
 from mimo_operator.build import BuildContext, gang_objects, pools_of, revision_of, shared_objects
-from mimo_operator.launchplan import LAUNCH_PLAN_KEY
 from mimo_operator.planner_pd import plan_disaggregated
 from mimo_operator.spec import parse_spec
 from tests.helpers.operator_world import NS, World
@@ -41,9 +40,11 @@ def test_both_pools_get_their_gangs_named_and_labelled_by_role() -> None:
         labels, annotations = p["metadata"]["labels"], p["metadata"].get("annotations") or {}
         head_of_prefill = labels[L.LABEL_POOL] == "prefill" and labels[L.LABEL_ROLE] == L.ROLE_HEAD
         assert (L.ANNOTATION_BOOTSTRAP_PORT in annotations) == head_of_prefill
-    for cm in w.kube.of("ConfigMap", NS, {L.LABEL_COMPONENT: "engine"}):
-        role = cm["metadata"]["labels"][L.LABEL_POOL]
-        document = json.loads(cm["data"][LAUNCH_PLAN_KEY])
+    heads = w.kube.of("Pod", NS, {L.LABEL_COMPONENT: "engine", L.LABEL_ROLE: L.ROLE_HEAD})
+    assert {h["metadata"]["labels"][L.LABEL_POOL] for h in heads} == {"prefill", "decode"}
+    for head in heads:
+        role = head["metadata"]["labels"][L.LABEL_POOL]
+        document = json.loads(head["metadata"]["annotations"][L.ANNOTATION_LAUNCH_PLAN])
         for rank in document["engine"]["ranks"]:
             argv = rank["argv"]
             assert argv[argv.index("--disaggregation-mode") + 1] == role

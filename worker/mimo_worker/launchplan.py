@@ -1,8 +1,8 @@
 """Reading the launch plan in an engine pod. The schema is the operator's (``mimo_operator.launchplan``):
 one model for the operator that writes the document and the worker that runs it.
 
-The plan is read from ``$MIMO_LAUNCH_PLAN`` if set (tests, local pod processes), else from the ConfigMap
-mount (``/etc/mimo/launch/plan.json``). The full field list with an example is in ``docs/worker.md``.
+The plan is read from ``$MIMO_LAUNCH_PLAN`` if set (tests, local pod processes), else from the pod's
+downward-API mount (``/etc/mimo/launch/plan.json``). The full field list with an example is in ``docs/worker.md``.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """The Kubernetes objects of one gang — pure functions of (deployment, plan, replica, attempt, revision).
 
-A gang is a head pod (node rank 0: Ray's head, SGLang's HTTP server) and ``nodes − 1`` member pods, a
-headless Service giving every pod a stable DNS name, a ConfigMap with the gang's launch plan, a
-NetworkPolicy that keeps Ray's unauthenticated ports inside the gang, and a PodGroup when a gang
-scheduler is named. Names and labels are deterministic (``mimo_operator.labels``).
+A gang is a head pod (node rank 0: Ray's head, SGLang's HTTP server) and ``nodes − 1`` member pods, each
+carrying the gang's launch plan in an annotation, a NetworkPolicy that keeps Ray's unauthenticated ports
+inside the gang, and a PodGroup when a gang scheduler is named. Every pod's stable DNS name comes from the
+deployment's one headless Service (``gangs_service``), as a StatefulSet's pods get theirs from its governing
+Service: a gang costs its pods and one more object to create. Names and labels are deterministic
+(``mimo_operator.labels``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ __all__ = [
     "LAUNCH_PLAN_MOUNT",
     "WORKER_PROGRAM",
     "gang_objects",
+    "gangs_service",
+    "gangs_service_name",
     "launch_plan",
     "owner_reference",
     "template_of",
@@ -94,8 +98,30 @@ def gang_ports(ctx: BuildContext, gang: str) -> tuple[int, int]:
     return 20000 + 2 * slot, 20001 + 2 * slot
 
 
+def gangs_service_name(ctx: BuildContext) -> str:
+    """The deployment's headless Service, every engine pod's DNS subdomain (both pools of a disaggregated one)."""
+    return f"{ctx.name}-gangs"
+
+
 def head_dns(ctx: BuildContext, gang: str) -> str:
-    return f"{L.pod_name(gang, 0)}.{gang}.{ctx.namespace}.svc.cluster.local"
+    return f"{L.pod_name(gang, 0)}.{gangs_service_name(ctx)}.{ctx.namespace}.svc.cluster.local"
+
+
+def gangs_service(ctx: BuildContext) -> dict[str, Any]:
+    """The headless Service that gives every engine pod of the deployment its DNS name,
+    ``<pod>.<deployment>-gangs.<namespace>.svc``: members find their head by it before anything is Ready.
+    It lists no ports (a headless Service need not): what a pod serves is in its gang's launch plan, and who
+    may reach it in the gang's NetworkPolicy."""
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": gangs_service_name(ctx), "namespace": ctx.namespace,
+                     "labels": deployment_labels(ctx, "engine"), "ownerReferences": [owner_reference(ctx)]},
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {L.LABEL_DEPLOYMENT: ctx.name, L.LABEL_COMPONENT: "engine"},
+        },
+    }
 
 
 def launch_plan(ctx: BuildContext, gang: str, replica: int, revision: str) -> dict[str, Any]:
@@ -134,7 +160,7 @@ def _expected_bus_gbps(ctx: BuildContext) -> float | None:
 
 
 def gang_objects(ctx: BuildContext, replica: int, attempt: int, revision: str) -> list[dict[str, Any]]:
-    """Every object of one gang: ConfigMap, Service, NetworkPolicy, [PodGroup], then the pods by rank.
+    """Every object of one gang: NetworkPolicy, [PodGroup], then the pods by rank.
     Each carries this operator's template (``template_of``), so a later operator can tell its own pods."""
     return _objects(ctx, L.gang_name(ctx.gang_prefix, replica, revision, attempt), replica, attempt, revision,
                     template_of(ctx))
@@ -151,32 +177,10 @@ def template_of(ctx: BuildContext) -> str:
 def _objects(ctx: BuildContext, gang: str, replica: int, attempt: int, revision: str,
              template: str) -> list[dict[str, Any]]:
     labels = _gang_labels(ctx, gang, replica, attempt, revision, template)
-    plan, ports = ctx.plan, ctx.ports
-    objects: list[dict[str, Any]] = [
-        {
-            "apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(ctx, gang, labels),
-            "data": {LAUNCH_PLAN_KEY: json.dumps(launch_plan(ctx, gang, replica, revision), indent=1)},
-        },
-        {
-            "apiVersion": "v1", "kind": "Service", "metadata": _meta(ctx, gang, labels),
-            "spec": {
-                "clusterIP": "None",
-                # Members must find the head before anything is Ready.
-                "publishNotReadyAddresses": True,
-                "selector": {L.LABEL_GANG: gang},
-                "ports": [
-                    {"name": "ray-gcs", "port": gang_ports(ctx, gang)[0]},
-                    {"name": "engine-http", "port": plan.port},
-                    {"name": "dist-init", "port": plan.dist_init_port},
-                    {"name": "worker-http", "port": ports.worker_http},
-                    *([{"name": "bootstrap", "port": bootstrap}] if (bootstrap := bootstrap_port(ctx)) else []),
-                ],
-            },
-        },
-        _network_policy(ctx, gang, labels),
-    ]
+    document = json.dumps(launch_plan(ctx, gang, replica, revision), separators=(",", ":"))
+    objects: list[dict[str, Any]] = [_network_policy(ctx, gang, labels)]
     objects += _pod_group(ctx, gang, labels)
-    objects += [_pod(ctx, gang, labels, rank) for rank in range(plan.nodes_per_replica)]
+    objects += [_pod(ctx, gang, labels, rank, document) for rank in range(ctx.plan.nodes_per_replica)]
     return objects
 
 
@@ -289,7 +293,8 @@ def _scheduler_fields(ctx: BuildContext, gang: str) -> tuple[dict[str, str], dic
     return {}, {}, None
 
 
-def _pod(ctx: BuildContext, gang: str, gang_labels: dict[str, str], rank: int) -> dict[str, Any]:
+def _pod(ctx: BuildContext, gang: str, gang_labels: dict[str, str], rank: int, plan_document: str
+         ) -> dict[str, Any]:
     plan, spec, ports = ctx.plan, ctx.spec, ctx.ports
     role = L.ROLE_HEAD if rank == 0 else L.ROLE_MEMBER
     name = L.pod_name(gang, rank)
@@ -297,7 +302,7 @@ def _pod(ctx: BuildContext, gang: str, gang_labels: dict[str, str], rank: int) -
     labels = {**dict(ctx.pod_labels), **gang_labels, **sched_labels, L.LABEL_ROLE: role, L.LABEL_RANK: str(rank)}
     if rank == 0:
         labels[L.LABEL_SERVING] = "true"
-    annotations = {**dict(ctx.pod_annotations), **sched_annotations}
+    annotations = {**dict(ctx.pod_annotations), **sched_annotations, L.ANNOTATION_LAUNCH_PLAN: plan_document}
     bootstrap = bootstrap_port(ctx)
     if rank == 0 and bootstrap:
         annotations[L.ANNOTATION_BOOTSTRAP_PORT] = str(bootstrap)
@@ -341,7 +346,9 @@ def _pod(ctx: BuildContext, gang: str, gang_labels: dict[str, str], rank: int) -
         {"name": "dshm", "mountPath": "/dev/shm"},  # noqa: S108 - the pod's own shared memory
     ]
     volumes: list[dict[str, Any]] = [
-        {"name": "launch-plan", "configMap": {"name": gang}},
+        # The plan from the pod's own annotation: the kubelet writes the file before the container starts.
+        {"name": "launch-plan", "downwardAPI": {"items": [{"path": LAUNCH_PLAN_KEY, "fieldRef": {
+            "fieldPath": f"metadata.annotations['{L.ANNOTATION_LAUNCH_PLAN}']"}}]}},
         # NCCL and DeepEP need far more than the runtime's 64 MiB default /dev/shm.
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.engine.shm_size}},
     ]
@@ -397,7 +404,7 @@ def _pod(ctx: BuildContext, gang: str, gang_labels: dict[str, str], rank: int) -
     tolerations = gang_tolerations(spec)
     pod_spec.update({
         "hostname": name,
-        "subdomain": gang,
+        "subdomain": gangs_service_name(ctx),
         # A rank cannot rejoin a running SGLang server: a failed pod fails the gang, which is replaced whole.
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
@@ -436,6 +443,5 @@ def _pod(ctx: BuildContext, gang: str, gang_labels: dict[str, str], rank: int) -
             # SGLang's /health may take up to 20 s while it runs a generation; the head waits 25 s.
             "periodSeconds": 10, "failureThreshold": 3, "timeoutSeconds": 26}
     meta = _meta(ctx, name, labels)
-    if annotations:
-        meta["annotations"] = annotations
+    meta["annotations"] = annotations
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec}

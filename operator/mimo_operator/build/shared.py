@@ -1,12 +1,13 @@
 """The objects a deployment has once, whatever its replica count: the router in front of the gangs
-(with the RBAC its pod discovery needs) and a PodDisruptionBudget over the engine pods."""
+(with the RBAC its pod discovery needs), a PodDisruptionBudget over the engine pods and the headless
+Service that names them."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from mimo_operator import labels as L
-from mimo_operator.build.gang import deployment_labels, owner_reference
+from mimo_operator.build.gang import deployment_labels, gangs_service, owner_reference
 from mimo_operator.build.options import BuildContext
 from mimo_operator.build.pools import pools_of
 
@@ -28,7 +29,7 @@ def _meta(ctx: BuildContext, name: str, component: str) -> dict[str, Any]:
 
 
 def shared_objects(ctx: BuildContext) -> list[dict[str, Any]]:
-    objects = _disruption_budget(ctx)
+    objects = [gangs_service(ctx), *_disruption_budget(ctx)]
     if ctx.spec.router.enabled:
         objects += _router(ctx)
     return objects

@@ -311,6 +311,9 @@ class PodRunner:
                 _materialise(source, self._secret(ns, ref["secretName"], ref.get("optional", False)),
                              ref.get("items"), 0o600)
                 read_only = True
+            elif "downwardAPI" in volume:
+                _materialise(source, _downward(pod, volume["downwardAPI"]), None, 0o644)
+                read_only = True
             elif "projected" in volume:
                 _materialise(source, self._projected(pod, volume["projected"]), None, 0o600)
                 read_only = True
@@ -357,9 +360,7 @@ class PodRunner:
                 data = self._secret(meta["namespace"], ref["name"], ref.get("optional", False))
                 files.update(_select(data, ref.get("items")))
             elif api := src.get("downwardAPI"):
-                for item in api.get("items") or []:
-                    if "fieldRef" in item:
-                        files[item["path"]] = _field(pod, item["fieldRef"]["fieldPath"]) or ""
+                files.update(_downward(pod, api))
         return files
 
     def _token(self, ns: str, sa: str, pod: str, uid: str, audience: str | None, seconds: int) -> str:
@@ -535,6 +536,12 @@ class PodRunner:
                 f.seek(0)
                 f.truncate()
                 f.write(text)
+
+
+def _downward(pod: dict[str, Any], api: dict[str, Any]) -> dict[str, str]:
+    """A downward-API volume's files: each item's pod field (resource fields are not served here)."""
+    return {item["path"]: _field(pod, item["fieldRef"]["fieldPath"]) or ""
+            for item in api.get("items") or [] if "fieldRef" in item}
 
 
 def _field(pod: dict[str, Any], path: str) -> str | None:
