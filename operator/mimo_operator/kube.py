@@ -55,6 +55,9 @@ _KINDS: dict[tuple[str, str], str] = {
     **{(api, "PodGroup"): "podgroups" for api in L.NATIVE_PODGROUP_APIS},
     **{(api, "Workload"): "workloads" for api in L.KUEUE_APIS},
     **{(api, "LocalQueue"): "localqueues" for api in L.KUEUE_APIS},
+    **{(api, "ClusterQueue"): "clusterqueues" for api in L.KUEUE_APIS},
+    **{(api, "ResourceFlavor"): "resourceflavors" for api in L.KUEUE_APIS},
+    **{(api, "Topology"): "topologies" for api in L.KUEUE_APIS},
     (f"{L.GROUP}/{L.VERSION}", L.KIND): L.PLURAL,
 }
 

@@ -17,6 +17,7 @@ __all__ = [
     "KUEUE_APIS",
     "KUEUE_FINALIZER",
     "KUEUE_GROUP_LABEL",
+    "KUEUE_REQUIRED_TOPOLOGY",
     "LABEL_ATTEMPT",
     "LABEL_COMPONENT",
     "LABEL_DEPLOYMENT",
@@ -49,6 +50,9 @@ NATIVE_PODGROUP_APIS = tuple(api for _, api in sorted(NATIVE_PODGROUP_API_BY_MIN
 KUEUE_APIS = ("kueue.x-k8s.io/v1beta2", "kueue.x-k8s.io/v1beta1")
 KUEUE_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
 KUEUE_FINALIZER = "kueue.x-k8s.io/managed"
+# Kueue's topology-aware scheduling: every pod of a gang asks that the group be admitted inside one domain of
+# this node label (a level of the Topology behind the queue's ResourceFlavor).
+KUEUE_REQUIRED_TOPOLOGY = "kueue.x-k8s.io/podset-required-topology"
 
 # The one field manager of every server-side apply the operator makes.
 FIELD_MANAGER = "mimo-operator"

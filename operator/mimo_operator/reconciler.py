@@ -47,11 +47,12 @@ from mimo_operator.planner_pd import DisaggregatedPlan, plan_disaggregated
 from mimo_operator.schedulers import (
     GANG_SCHEDULER_APIS,
     gang_topology_served,
+    kueue_topology_levels,
     missing_gang_scheduler,
     missing_queue,
     served_gang_api,
 )
-from mimo_operator.spec import DeploymentSpec, parse_spec
+from mimo_operator.spec import DeploymentSpec, SchedulingSpec, parse_spec
 from mimo_operator.status import (
     disaggregated_status,
     records_from_status,
@@ -85,6 +86,8 @@ ROUTER_GRACE_SECONDS = 5.0
 # Seconds a just-created gang may take to show whole in the API before the guard lets go.
 _EXPECTATION_SECONDS = 30.0
 _ORPHAN_CHECK_SECONDS = 30.0
+# How long what a Kueue queue's flavors say of topology is trusted (four reads to learn it).
+_KUEUE_TOPOLOGY_SECONDS = 60.0
 _CREATE_CONCURRENCY = 16  # gangs created at once by one reconcile
 # Gangs one reconcile creates at most; the rest are created by the next reconcile, which follows at once.
 # A reconcile that created a deployment's hundred gangs lasted 30 s at 2,000 nodes, and every other event of
@@ -197,6 +200,7 @@ class Reconciler:
         self.heads = heads
         self.options = options or ReconcilerOptions()
         self.clock = clock
+        self._kueue_levels: dict[tuple[str, str], tuple[float, frozenset[str]]] = {}
 
     async def reconcile(self, body: Mapping[str, Any], memory: Memory) -> ReconcileResult:
         started = time.monotonic()
@@ -226,8 +230,8 @@ class Reconciler:
                 raise PlanRefused("spec.scheduling.queueName", missing)
             gang_api = await served_gang_api(self.kube, spec.scheduling.gang_scheduler)
             topology = spec.scheduling.topology_key
-            gang_topology = bool(spec.scheduling.gang_scheduler == "kubernetes" and gang_api and topology
-                                 and await gang_topology_served(self.kube, gang_api, namespace, topology))
+            gang_topology = bool(gang_api and topology
+                                 and await self._gang_topology(spec.scheduling, gang_api, namespace, topology))
         except SpecError as e:
             reason = "PlanRefused" if isinstance(e, PlanRefused) else "InvalidSpec"
             status = refused_status(old_status, generation, e.field, str(e), reason)
@@ -649,6 +653,21 @@ class Reconciler:
             await self._leave_routers(ctx, [gang])
         log.info("%s/%s: draining gang %s: %s", ns, ctx.name, step.gang, step.reason)
         return Event("Normal", "GangDraining", f"gang {step.gang}: {step.reason}"), None
+
+    async def _gang_topology(self, scheduling: SchedulingSpec, gang_api: str, namespace: str, key: str) -> bool:
+        """Whether the gang scheduler can be asked to keep each gang inside one domain of ``key`` (see
+        ``BuildContext.gang_topology``); what Kueue's queues say is remembered for a minute."""
+        if scheduling.gang_scheduler == "kubernetes":
+            return await gang_topology_served(self.kube, gang_api, namespace, key)
+        if scheduling.gang_scheduler != "kueue":
+            return False
+        # Kueue's pod integration gives a pod without a queue name the namespace's LocalQueue "default".
+        queue = (namespace, scheduling.queue_name or "default")
+        now = self.clock()
+        cached = self._kueue_levels.get(queue)
+        if cached is None or now - cached[0] >= _KUEUE_TOPOLOGY_SECONDS:
+            cached = self._kueue_levels[queue] = (now, await kueue_topology_levels(self.kube, *queue))
+        return key in cached[1]
 
     async def _pod_group_kinds(self) -> list[tuple[str, str]]:
         """The PodGroup kinds a gang may have: every gang scheduler's that this cluster serves, not only the

@@ -18,6 +18,7 @@ __all__ = [
     "GangSchedulerApi",
     "KueueGroups",
     "gang_topology_served",
+    "kueue_topology_levels",
     "missing_gang_scheduler",
     "missing_queue",
     "served_gang_api",
@@ -66,6 +67,34 @@ async def gang_topology_served(kube: _Prober, api: str, namespace: str, topology
 
 class _Getter(Discovery, Protocol):
     async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+
+async def kueue_topology_levels(kube: _Getter, namespace: str, queue: str) -> frozenset[str]:
+    """The node labels that Kueue's topology-aware scheduling can hold a group of pods of LocalQueue ``queue``
+    to: the levels of the Topology behind each ResourceFlavor of the queue's ClusterQueue. Empty when no
+    flavor has one, when the queue or its ClusterQueue does not exist, or when Kueue serves no Topology.
+
+    A pod group that asks for a topology (``labels.KUEUE_REQUIRED_TOPOLOGY``) is admitted only on a flavor
+    that has one, so asking where none has would leave the gang gated for ever: the operator asks only for a
+    level that this finds."""
+    api = await served_gang_api(kube, "kueue")
+    if api is None or "topologies" not in (await kube.served_resources(api) or frozenset()):
+        return frozenset()
+    local = await kube.get(api, "LocalQueue", namespace, queue)
+    cluster_queue = _spec(local).get("clusterQueue")
+    groups = _spec(await kube.get(api, "ClusterQueue", "", cluster_queue) if cluster_queue else None).get(
+        "resourceGroups") or []
+    levels: set[str] = set()
+    for flavor in sorted({str(f["name"]) for g in groups for f in g.get("flavors") or [] if f.get("name")}):
+        topology = _spec(await kube.get(api, "ResourceFlavor", "", flavor)).get("topologyName")
+        if topology:
+            levels.update(str(level["nodeLabel"]) for level in _spec(await kube.get(api, "Topology", "", topology))
+                          .get("levels") or [] if level.get("nodeLabel"))
+    return frozenset(levels)
+
+
+def _spec(obj: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return (obj or {}).get("spec") or {}
 
 
 async def missing_queue(kube: _Getter, gang_scheduler: str, namespace: str, queue: str | None) -> str | None:

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from mimo_operator import labels as L
 from mimo_operator.localcluster.binaries import binaries_missing
 from mimo_operator.localcluster.cluster import LocalCluster
+from mimo_operator.localcluster.controlplane import KUEUE_CLUSTER_QUEUE
 from mimo_operator.localcluster.nodes import IB_BLOCK_LABEL
 from tests.conftest import wait_for
 from tests.helpers.podwatch import PodWatch, contending_deployments, gang_holding
@@ -128,3 +130,52 @@ def test_kubernetes_gang_scheduling_places_a_gang_inside_one_block_by_its_pod_gr
     assert [g["spec"].get("schedulingConstraints") for g in groups] == [{"topology": [{"key": IB_BLOCK_LABEL}]}]
     assert len(pods) == SIZE
     assert len({nodes[p["spec"]["nodeName"]] for p in pods}) == 1, "the whole gang in one block"
+
+
+def test_kueue_admits_a_gang_inside_the_one_block_that_has_room_for_all_of_it(
+        gang_cluster: LocalCluster, gang_operator: RunningOperator) -> None:
+    # The local cluster's Kueue flavor has a Topology of blocks and nodes; the operator finds the deployment's
+    # topology key among its levels and asks for it on every pod of the gang.
+    ns = "kueue-topology"
+    gang_cluster.kubectl("create", "namespace", ns)
+    gang_cluster.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "LocalQueue",
+        "metadata": {"name": "gpus", "namespace": ns}, "spec": {"clusterQueue": KUEUE_CLUSTER_QUEUE}}))
+    nodes = {n["metadata"]["name"]: n["metadata"]["labels"][IB_BLOCK_LABEL]
+             for n in gang_cluster.kubectl_json("get", "nodes")["items"]}
+    # Two nodes of the first block are taken by pods outside any gang: three of its nodes are free, too few for
+    # a gang of four, which only the other block can hold whole. Without Kueue's topology the gang's first
+    # pod may land in either block, and the others follow it.
+    first = sorted(n for n, b in nodes.items() if b == nodes["gpu-node-0"])
+    assert len(first) == NODES // 2
+    blockers = [{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"blocker-{i}", "namespace": ns},
+                 "spec": {"nodeName": node, "containers": [{"name": "c", "image": "example.invalid/busy:1",
+                                                            "resources": {"limits": {"nvidia.com/gpu": "8"}}}]}}
+                for i, node in enumerate(first[:2])]
+    manifest = a_deployment("kueue-blocked").pro().h100().set("parallelism.nodesPerReplica", SIZE) \
+        .set("scheduling.gangScheduler", "kueue").set("scheduling.queueName", "gpus") \
+        .set("scheduling.topologyKey", IB_BLOCK_LABEL).build()
+    watch = PodWatch(gang_cluster)
+    try:
+        gang_cluster.kubectl("apply", "-n", ns, "-f", "-",
+                             input=json.dumps({"apiVersion": "v1", "kind": "List", "items": blockers}))
+        wait_for(lambda: all(p.phase == "Running" for p in watch.snapshot(ns)) and len(watch.snapshot(ns)) == 2,
+                 60, what="the blockers running")
+        gang_cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(manifest))
+        wait_for(lambda: gang_holding(watch, [ns], SIZE, 0).complete_gangs == 1, 90, what="the gang placed")
+        (workload,) = gang_cluster.kubectl_json("get", "workloads.kueue.x-k8s.io", "-n", ns)["items"]
+        pods = gang_cluster.kubectl_json("get", "pods", "-n", ns, "-l", "app.kubernetes.io/component=engine")["items"]
+        gang_cluster.kubectl("delete", "mimodeployments,pods", "--all", "-n", ns, "--wait=true", "--timeout=120s")
+        wait_for(lambda: watch.count(ns) == 0, 120, what="the pods gone")
+    finally:
+        watch.stop()
+    assert len(pods) == SIZE
+    assert {p["metadata"]["annotations"].get(L.KUEUE_REQUIRED_TOPOLOGY) for p in pods} == {IB_BLOCK_LABEL}
+    (podset,) = workload["spec"]["podSets"]
+    assert podset["count"] == SIZE, "head and members are one PodSet for Kueue"
+    assert podset["topologyRequest"]["required"] == IB_BLOCK_LABEL
+    (assignment,) = workload["status"]["admission"]["podSetAssignments"]
+    assert assignment.get("topologyAssignment"), "Kueue placed the gang by its topology"
+    blocks = {nodes[p["spec"]["nodeName"]] for p in pods}
+    assert blocks == {nodes[sorted(n for n, b in nodes.items() if b != nodes["gpu-node-0"])[0]]}, \
+        "the whole gang in the block with room for it"

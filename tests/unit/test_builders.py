@@ -198,6 +198,19 @@ def test_a_native_pod_group_carries_the_topology_key_where_the_cluster_takes_it(
     assert group["spec"].get("schedulingConstraints") == want
     assert group["spec"]["schedulingPolicy"] == {"gang": {"minCount": ctx.plan.nodes_per_replica}}
 
+@pytest.mark.parametrize(("topology_key", "served"), [("block", True), ("block", False), (None, True)])
+def test_kueue_gang_pods_ask_for_one_block_where_the_queue_has_that_topology(topology_key: str | None,
+                                                                             served: bool) -> None:
+    spec = PRO_H200.set("scheduling.gangScheduler", "kueue").set("scheduling.queueName", "gpus")
+    if topology_key:
+        spec = spec.set("scheduling.topologyKey", topology_key)
+    ctx = dataclasses.replace(context(spec), gang_topology=served)
+    pods = by_kind(gang_objects(ctx, 0, 1, "abc"), "Pod")
+    want = topology_key if topology_key and served else None
+    assert [p["metadata"]["annotations"].get(L.KUEUE_REQUIRED_TOPOLOGY) for p in pods] == [want] * len(pods)
+    assert by_kind(gang_objects(ctx, 0, 1, "abc"), "PodGroup") == []
+
+
 def test_the_token_goes_by_secret_reference_only() -> None:
     ctx = context(PRO_H200.set("model.tokenSecretRef", {"name": "hf", "key": "token"}))
     objects = gang_objects(ctx, 0, 1, "abc")

@@ -18,6 +18,7 @@ import pytest
 from mimo_operator import labels as L
 from mimo_operator.handlers import intent_of
 from mimo_operator.reconciler import MAX_GANG_CREATES, Memory
+from tests.helpers.fakekube import FakeKube
 from tests.helpers.operator_world import CRD, NS, World, writes_during_weights_download
 from tests.helpers.specs import DeploymentBuilder, a_deployment
 
@@ -185,6 +186,67 @@ def test_the_topology_key_goes_into_native_pod_groups_only_where_a_dry_run_takes
     assert w.kube.dry_runs
     assert group["spec"].get("schedulingConstraints") == ({"topology": [{"key": "block"}]} if accepted else None)
     assert w.kube.of("Pod", NS), "the gang is created either way"
+
+KUEUE = "kueue.x-k8s.io/v1beta2"
+
+
+def kueue_queue(kube: FakeKube, flavors: dict[str, list[str] | None]) -> None:
+    """LocalQueue ``gpus`` in the test namespace on ClusterQueue ``gpus``, whose flavors are ``flavors``: each a
+    Topology's levels, or None for a flavor without one."""
+    objects: list[dict[str, Any]] = [
+        {"apiVersion": KUEUE, "kind": "LocalQueue", "metadata": {"name": "gpus", "namespace": NS},
+         "spec": {"clusterQueue": "gpus"}},
+        {"apiVersion": KUEUE, "kind": "ClusterQueue", "metadata": {"name": "gpus"}, "spec": {"resourceGroups": [
+            {"coveredResources": ["nvidia.com/gpu"], "flavors": [{"name": f} for f in flavors]}]}},
+    ]
+    for flavor, levels in flavors.items():
+        spec: dict[str, Any] = {"nodeLabels": {"pool": flavor}}
+        if levels is not None:
+            spec["topologyName"] = f"{flavor}-topology"
+            objects.append({"apiVersion": KUEUE, "kind": "Topology", "metadata": {"name": f"{flavor}-topology"},
+                            "spec": {"levels": [{"nodeLabel": level} for level in levels]}})
+        objects.append({"apiVersion": KUEUE, "kind": "ResourceFlavor", "metadata": {"name": flavor}, "spec": spec})
+    for obj in objects:
+        asyncio.run(kube.create(obj))
+
+
+@pytest.mark.parametrize(("flavors", "asks"), [
+    pytest.param({"tas": ["block", "kubernetes.io/hostname"]}, True, id="a flavor whose topology has the level"),
+    pytest.param({"plain": None, "tas": ["block"]}, True, id="one of two flavors has it"),
+    pytest.param({"tas": ["rack", "kubernetes.io/hostname"]}, False, id="a topology without the level"),
+    pytest.param({"plain": None}, False, id="no flavor with a topology"),
+])
+def test_kueue_is_asked_for_one_block_only_where_the_queues_flavors_have_that_level(
+        flavors: dict[str, list[str] | None], asks: bool) -> None:
+    w = World(one_replica().pro().set("scheduling.gangScheduler", "kueue").set("scheduling.queueName", "gpus")
+              .set("scheduling.topologyKey", "block"))
+    w.kube.served = {KUEUE: frozenset({"workloads", "localqueues", "clusterqueues", "resourceflavors", "topologies"})}
+    kueue_queue(w.kube, flavors)
+    w.reconcile()
+    pods = w.kube.of("Pod", NS)
+    assert len(pods) >= 2, "the gang is created either way"
+    # Asking where no flavor has the level would leave the gang gated for ever.
+    assert {p["metadata"]["annotations"].get(L.KUEUE_REQUIRED_TOPOLOGY) for p in pods} == {"block" if asks else None}
+
+
+def test_what_kueue_says_of_topology_is_read_again_after_a_minute() -> None:
+    w = World(one_replica().pro().set("scheduling.gangScheduler", "kueue").set("scheduling.queueName", "gpus")
+              .set("scheduling.topologyKey", "block"))
+    w.kube.served = {KUEUE: frozenset({"workloads", "localqueues", "clusterqueues", "resourceflavors", "topologies"})}
+    kueue_queue(w.kube, {"plain": None})
+    w.reconcile()
+    for kind, namespace in (("LocalQueue", NS), ("ClusterQueue", "")):
+        asyncio.run(w.kube.delete(KUEUE, kind, namespace, "gpus"))
+    kueue_queue(w.kube, {"tas": ["block"]})  # the administrator made the queue's flavor topology-aware
+    w.edit("replicas", 2)
+    w.reconcile()
+    assert not any(L.KUEUE_REQUIRED_TOPOLOGY in p["metadata"]["annotations"] for p in w.kube.of("Pod", NS))
+    w.now += 61
+    w.edit("replicas", 3)
+    w.reconcile()
+    asked = [p for p in w.kube.of("Pod", NS) if L.KUEUE_REQUIRED_TOPOLOGY in p["metadata"]["annotations"]]
+    assert {p["metadata"]["labels"][L.LABEL_REPLICA] for p in asked} == {"2"}
+
 
 def test_a_kueue_queue_that_does_not_exist_is_refused_naming_the_field_until_it_is_created() -> None:
     w = World(one_replica().set("scheduling.gangScheduler", "kueue").set("scheduling.queueName", "gpus"))

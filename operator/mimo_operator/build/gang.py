@@ -289,7 +289,13 @@ def _scheduler_fields(ctx: BuildContext, gang: str) -> tuple[dict[str, str], dic
         # someone deletes the group's Workload, while the operator ends a gang by deleting its pods (and a
         # deleted deployment's pods go by garbage collection). A plain group's Workload finishes once every
         # pod of the gang has stopped, and Kueue lets the pods go and releases the quota.
-        return kueue_labels, {"kueue.x-k8s.io/pod-group-total-count": size}, None
+        annotations = {"kueue.x-k8s.io/pod-group-total-count": size}
+        if ctx.gang_topology and scheduling.topology_key:
+            # Kueue admits the group only where one block has room for all of it, and pins each pod to a node
+            # of that block. Head and members have the same shape for Kueue (requests, ports, affinity), so
+            # the gang is one PodSet and the request covers every pod.
+            annotations[L.KUEUE_REQUIRED_TOPOLOGY] = scheduling.topology_key
+        return kueue_labels, annotations, None
     return {}, {}, None
 
 

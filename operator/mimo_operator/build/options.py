@@ -55,8 +55,10 @@ class BuildContext:
     # The group version of the gang scheduler's PodGroup that the cluster serves (read from discovery by the
     # reconciler); None renders the newest one the builders know.
     gang_api: str | None = None
-    # Whether that PodGroup may carry a topology constraint (kube-scheduler's topology-aware workload
-    # scheduling, an alpha gate the API refuses the field without; probed by the reconciler).
+    # Whether the gang scheduler can be asked to place each gang inside one domain of
+    # spec.scheduling.topologyKey, as the reconciler found: a native PodGroup's topology constraint
+    # (kube-scheduler's topology-aware workload scheduling, an alpha gate the API refuses the field without),
+    # or Kueue's topology-aware scheduling (a level of the Topology behind the queue's flavors).
     gang_topology: bool = False
 
     @property

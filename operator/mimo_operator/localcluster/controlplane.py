@@ -24,12 +24,12 @@ import yaml
 
 from mimo_operator import labels as L
 from mimo_operator.localcluster import binaries
-from mimo_operator.localcluster.nodes import GPU_RESOURCE
+from mimo_operator.localcluster.nodes import GPU_RESOURCE, IB_BLOCK_LABEL
 from mimo_operator.localcluster.pki import Pki, issue_pki, issue_webhook_certs, write_kubeconfig
 from mimo_operator.localcluster.processes import ComponentFailed, Process, free_port, http_ok, log_tail
 
-__all__ = ["COSCHEDULING_SCHEDULER_NAME", "KUEUE_CLUSTER_QUEUE", "KUEUE_NAMESPACE", "ClusterConfig", "ControlPlane",
-           "kueue_crds", "kueue_webhooks", "node_lease_seconds"]
+__all__ = ["COSCHEDULING_SCHEDULER_NAME", "KUEUE_CLUSTER_QUEUE", "KUEUE_NAMESPACE", "KUEUE_TOPOLOGY", "ClusterConfig",
+           "ControlPlane", "kueue_crds", "kueue_webhooks", "node_lease_seconds"]
 
 _STAGES = Path(__file__).parent / "stages"
 # kwok's own stages for nodes, chaos and deletion; pod start/complete/delete are ours (stages/).
@@ -67,6 +67,8 @@ COSCHEDULING_SCHEDULER_NAME = "scheduler-plugins-scheduler"
 # points at it; scheduling.queueName names the LocalQueue).
 KUEUE_NAMESPACE = "kueue-system"
 KUEUE_CLUSTER_QUEUE = "gpus"
+# The Topology behind that queue's flavor: InfiniBand blocks, then nodes.
+KUEUE_TOPOLOGY = "ib-blocks"
 
 # Kubernetes' own gang scheduling (KEP-4671): the PodGroup API and the scheduler's GangScheduling plugin,
 # both alpha, behind these gates, with a PodGroup's topology constraint (KEP-5732) behind the third; the
@@ -313,7 +315,7 @@ class ControlPlane:
         """Kueue's manager with only its pod integration: a pod labelled with a queue is gated at creation,
         a pod group (a gang) becomes one Workload once all its pods exist, and its pods are ungated together
         when the ClusterQueue's quota has room for all of them. The ClusterQueue ``KUEUE_CLUSTER_QUEUE`` holds
-        every fake GPU.
+        every fake GPU, in a topology-aware flavor (blocks, then nodes: ``KUEUE_TOPOLOGY``).
 
         Installed as Kueue installs itself, with its webhooks (admission and CRD conversion) at a loopback URL
         instead of a Service: its certificates are ours, seeded into the Secret its cert rotator keeps, which
@@ -324,7 +326,8 @@ class ControlPlane:
         certs_dir = self.dir / "kueue-certs"
         certs = issue_webhook_certs(certs_dir, "kueue-ca", f"{service}.{KUEUE_NAMESPACE}.svc")
         self._install_crds("Kueue's CRDs", kueue_crds(binaries.kueue_file("crd"), url, certs["ca.crt"]), tuple(
-            f"{kind}.kueue.x-k8s.io" for kind in ("workloads", "clusterqueues", "localqueues", "resourceflavors")))
+            f"{kind}.kueue.x-k8s.io" for kind in ("workloads", "clusterqueues", "localqueues", "resourceflavors",
+                                                  "topologies")))
         self._apply("installing Kueue", [
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": KUEUE_NAMESPACE}},
             {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
@@ -350,8 +353,14 @@ class ControlPlane:
                               "--feature-gates=VisibilityOnDemand=false"],
                     f"http://127.0.0.1:{ports['health']}/readyz",
                     env={**os.environ, "KUBECONFIG": str(self.kubeconfig)})
+        # The flavor is topology-aware (Kueue's TAS, beta and on by default): Kueue admits a group only where
+        # the nodes have room for it, each pod pinned to a node, and inside one InfiniBand block when the
+        # pods ask for one (kueue.x-k8s.io/podset-required-topology).
         self._apply("creating Kueue's queue", [
-            {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ResourceFlavor", "metadata": {"name": "gpu-nodes"}},
+            {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "Topology", "metadata": {"name": KUEUE_TOPOLOGY},
+             "spec": {"levels": [{"nodeLabel": IB_BLOCK_LABEL}, {"nodeLabel": "kubernetes.io/hostname"}]}},
+            {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ResourceFlavor", "metadata": {"name": "gpu-nodes"},
+             "spec": {"nodeLabels": {"nvidia.com/gpu.present": "true"}, "topologyName": KUEUE_TOPOLOGY}},
             {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ClusterQueue", "metadata": {"name": KUEUE_CLUSTER_QUEUE},
              "spec": {"namespaceSelector": {}, "resourceGroups": [{
                  "coveredResources": [GPU_RESOURCE],
