@@ -119,10 +119,22 @@ class ReconcilerOptions:
 
 
 @dataclass
+class Expected:
+    """A gang this process created that the pod list may not show whole yet (the pod watch lags the writes)."""
+
+    pods: int
+    deadline: float
+    # The gang's pods as the API answered their creation (empty until every create has been answered): the
+    # reconciler plans from them until the list shows the gang, as client-go's controllers plan from their
+    # expectations, so a lagging list neither makes it create the gang again nor holds back other gangs.
+    created: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass
 class Memory:
     """What one operator process keeps per deployment: guards only, never the source of truth."""
 
-    expectations: dict[str, tuple[int, float]] = field(default_factory=dict)  # gang → (pods, deadline)
+    expectations: dict[str, Expected] = field(default_factory=dict)  # by gang
     autoscaler: autoscaler.AutoscalerMemory = field(default_factory=autoscaler.AutoscalerMemory)
     # The deployment as the API answered our last status write (or a fresh read): None until read, and
     # again whenever this process may not have been the only writer (it just became leader).
@@ -248,7 +260,9 @@ class Reconciler:
         pools = pools_of(ctx)
         now = self.clock()
 
-        pods = await self.kube.list("v1", "Pod", namespace, {L.LABEL_DEPLOYMENT: name, L.LABEL_COMPONENT: "engine"})
+        listed = await self.kube.list("v1", "Pod", namespace, {L.LABEL_DEPLOYMENT: name, L.LABEL_COMPONENT: "engine"})
+        expected = self._unmet_expectations(memory, listed, now)
+        pods = [*listed, *self._as_created(memory, expected, listed)]
         gangs = gangs_from_pods(pods)
 
         # The gates every pool shares, decided before the planner and handed to it.
@@ -260,7 +274,6 @@ class Reconciler:
         # GPUs do not wait on a download: no gang until its weights are ready where it will run.
         weights_gate = shown.message if weights.blocks_gangs else None
         refused = refusal_from_status(old_status, generation)
-        expected = self._unmet_expectations(memory, gangs, now)
         if expected:
             result.requeue_after = 1.0
 
@@ -351,7 +364,9 @@ class Reconciler:
         drained = await self._drained(gangs, ctx.ports.worker_http, now,
                                       float(spec.autoscaling.drain_timeout_seconds))
         desired = self._desired(spec, pool.replicas, revision, ctx.plan.nodes_per_replica)
-        mine = tuple(g for g in expected if g.startswith(f"{ctx.gang_prefix}-"))
+        # Only a gang whose pods are not all known holds creation back: the others are planned as created.
+        mine = tuple(g for g in expected if g.startswith(f"{ctx.gang_prefix}-")
+                     and not (g in memory.expectations and memory.expectations[g].created))
         desired = dataclasses.replace(desired, gates=Gates(
             weights=weights_gate,
             # A read that does not show a gang we just created must not make us create it again.
@@ -546,15 +561,29 @@ class Reconciler:
             drain_timeout=float(spec.autoscaling.drain_timeout_seconds), max_creates=o.max_gang_creates,
         )
 
-    def _unmet_expectations(self, memory: Memory, gangs: list[ObservedGang], now: float) -> tuple[str, ...]:
-        seen = {g.name: len(g.pods) for g in gangs}
+    def _unmet_expectations(self, memory: Memory, listed: list[dict[str, Any]], now: float) -> tuple[str, ...]:
+        """The gangs this process created that ``listed`` does not show whole yet (an expectation whose
+        deadline has passed is dropped: what the API shows then is the truth)."""
+        if not memory.expectations:
+            return ()
+        seen: dict[str, int] = {}
+        for pod in listed:
+            gang = (pod["metadata"].get("labels") or {}).get(L.LABEL_GANG)
+            if gang in memory.expectations:
+                seen[gang] = seen.get(gang, 0) + 1
         unmet = []
-        for gang, (count, deadline) in list(memory.expectations.items()):
-            if seen.get(gang, 0) >= count or now > deadline:
+        for gang, expected in list(memory.expectations.items()):
+            if seen.get(gang, 0) >= expected.pods or now > expected.deadline:
                 del memory.expectations[gang]
             else:
                 unmet.append(gang)
         return tuple(sorted(unmet))
+
+    @staticmethod
+    def _as_created(memory: Memory, unmet: tuple[str, ...], listed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The pods of the gangs in ``unmet`` that ``listed`` lacks, as the API answered their creation."""
+        names = {p["metadata"]["name"] for p in listed}
+        return [p for gang in unmet for p in memory.expectations[gang].created if p["metadata"]["name"] not in names]
 
     async def _freshest(self, event_body: Mapping[str, Any], memory: Memory) -> Mapping[str, Any] | None:
         """The deployment to decide from: its status as this process last wrote it (a fresh read the first
@@ -608,10 +637,11 @@ class Reconciler:
             objects = gang_objects(ctx, step.replica, step.attempt, revision)
             pods = [o for o in objects if o["kind"] == "Pod"]
             gang = pods[0]["metadata"]["labels"][L.LABEL_GANG]
-            memory.expectations[gang] = (len(pods), now + _EXPECTATION_SECONDS)
+            expectation = memory.expectations[gang] = Expected(len(pods), now + _EXPECTATION_SECONDS)
             own.attempts[step.replica] = max(own.attempts.get(step.replica, 0), step.attempt)
             # A gang's objects never change after creation (a change is a new revision, so a new gang):
-            # they are created, not applied. The launch plan, Service and NetworkPolicy come first.
+            # they are created, not applied. The NetworkPolicy (and PodGroup) come first: no pod of the gang
+            # runs before the policy that closes Ray's ports exists.
             try:
                 for batch in ([o for o in objects if o["kind"] != "Pod"], pods):
                     # Every create of a batch ends before a refusal is acted on: none may land after the clean-up.
@@ -620,6 +650,10 @@ class Reconciler:
                     errors = [r for r in done if isinstance(r, BaseException)]
                     if errors:
                         raise next((r for r in errors if isinstance(r, ApiError) and r.code == 422), errors[0])
+                # A pod that existed already (created by an earlier try) is planned from what was built.
+                expectation.created = tuple(
+                    r if isinstance(r, dict) else {**o, "metadata": {**o["metadata"], "creationTimestamp": _iso(now)}}
+                    for r, o in zip(done, pods, strict=True))
             except ApiError as e:
                 if e.code != 422:
                     raise

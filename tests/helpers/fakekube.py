@@ -49,6 +49,9 @@ class FakeKube:
         self.served: dict[str, frozenset[str]] = {}
         self.accepted: dict[str, bool] = {}  # Kube.accepts by key (a dry run)
         self.dry_runs: list[str] = []
+        # A lagging pod watch: while ``lag`` is on, pods created are stored but not listed (``catch_up`` ends it).
+        self.lag = False
+        self.unlisted: set[Key] = set()
         self._versions = itertools.count(1)
 
     # --- test controls
@@ -80,8 +83,9 @@ class FakeKube:
     async def list(self, api_version: str, kind: str, namespace: str | None,
                    labels: Mapping[str, str | None]) -> list[dict[str, Any]]:
         self._maybe_fail("list", kind)
-        return [copy.deepcopy(o) for (av, k, ns, _), o in sorted(self.objects.items())
-                if av == api_version and k == kind and (namespace is None or ns == namespace) and _matches(o, labels)]
+        return [copy.deepcopy(o) for key, o in sorted(self.objects.items())
+                if key[0] == api_version and key[1] == kind and (namespace is None or key[2] == namespace)
+                and key not in self.unlisted and _matches(o, labels)]
 
     async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         self._maybe_fail("get", kind)
@@ -103,7 +107,14 @@ class FakeKube:
             if exist_ok:
                 return None
             raise ApiError(409, "create", obj["kind"], f'{obj["kind"]} "{key[3]}" already exists')
+        if self.lag and obj["kind"] == "Pod":
+            self.unlisted.add(key)
         return self._store(key, copy.deepcopy(dict(obj)))
+
+    def catch_up(self) -> None:
+        """The watch delivers what it held back: every pod is listed again."""
+        self.lag = False
+        self.unlisted.clear()
 
     async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         key = _key(obj)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import itertools
 from collections.abc import Callable
 from typing import Any
@@ -186,6 +187,31 @@ def test_the_topology_key_goes_into_native_pod_groups_only_where_a_dry_run_takes
     assert w.kube.dry_runs
     assert group["spec"].get("schedulingConstraints") == ({"topology": [{"key": "block"}]} if accepted else None)
     assert w.kube.of("Pod", NS), "the gang is created either way"
+
+def test_a_pod_list_that_lags_the_creates_neither_duplicates_a_gang_nor_holds_back_the_other_slots() -> None:
+    w = World(a_deployment("d").replicas(6))
+    w.reconciler.options = dataclasses.replace(w.reconciler.options, max_gang_creates=2)
+    w.kube.lag = True  # the pod watch shows none of the new pods for now
+    for _ in range(4):
+        w.reconcile()
+        w.now += 0.5
+    assert len(w.created) == len(set(w.created)) == 6, w.created
+    assert sorted(w.live_gangs().values()) == list(range(6))
+    mark = len(w.kube.writes)
+    w.reconcile()
+    assert not [v for v, kind, _ in w.kube.writes_since(mark) if (v, kind) == ("create", "Pod")]
+    w.kube.catch_up()
+    w.reconcile()
+    assert len(w.created) == 6
+    # A gang whose pods the list never shows is planned as created only until the guard's deadline.
+    w.kube.lag = True
+    w.edit("replicas", 7)
+    w.reconcile()
+    assert len(w.created) == 7
+    w.now += 31
+    w.reconcile()
+    assert len(w.created) == 8, "after the deadline the list is the truth: slot 6 is created again"
+
 
 KUEUE = "kueue.x-k8s.io/v1beta2"
 
