@@ -70,10 +70,13 @@ def test_a_pro_deployment_on_h200_becomes_two_ready_gangs_of_the_planned_size(
     conditions = {c["type"]: c for c in status["conditions"]}
     assert conditions["Ready"]["status"] == "True"
     assert conditions["Degraded"]["status"] == "False"
-    for kind in ("service", "configmap", "networkpolicy"):
-        names = {o["metadata"]["name"] for o in cluster.kubectl_json(
-            "get", kind, "-n", namespace, "-l", "mimo-operator.io/deployment=pro")["items"]}
-        assert set(gangs) <= names, kind
+    names = {kind: {o["metadata"]["name"] for o in cluster.kubectl_json(
+        "get", kind, "-n", namespace, "-l", "mimo-operator.io/deployment=pro")["items"]}
+        for kind in ("service", "configmap", "networkpolicy")}
+    assert names["networkpolicy"] == set(gangs), "one NetworkPolicy per gang"
+    assert names["service"] == {"pro-gangs", "pro-router"}, "the pods' DNS names come from one headless Service"
+    assert names["configmap"] == set(), "the launch plan travels in the pods"
+    assert {p["spec"]["subdomain"] for p in pods} == {"pro-gangs"}
     assert get(cluster, "deployment", namespace, "pro-router") is not None
     assert get(cluster, "pdb", namespace, "pro-engine") is not None
 

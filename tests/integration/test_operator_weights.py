@@ -77,8 +77,7 @@ def test_gangs_wait_for_one_verified_download_then_read_the_cache(
         assert hub.bytes_sent[path] == ckpt.files[path], f"{path} crossed the wire exactly once"
     pods = engine_pods(cluster, namespace, "cached")
     assert len({p["metadata"]["labels"]["mimo-operator.io/gang"] for p in pods}) == 2
-    gang = pods[0]["metadata"]["labels"]["mimo-operator.io/gang"]
-    plan = json.loads(cluster.kubectl_json("get", "configmap", gang, "-n", namespace)["data"]["plan.json"])
+    plan = json.loads(pods[0]["metadata"]["annotations"]["mimo-operator.io/launch-plan"])
     argv = plan["engine"]["ranks"][0]["argv"]
     assert argv[argv.index("--model-path") + 1] == obj["status"]["weights"]["modelPath"]
     assert Path(obj["status"]["weights"]["modelPath"]).parts[1] == "mimo-cache"
