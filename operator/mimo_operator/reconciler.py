@@ -86,6 +86,7 @@ ROUTER_GRACE_SECONDS = 5.0
 # Seconds a just-created gang may take to show whole in the API before the guard lets go.
 _EXPECTATION_SECONDS = 30.0
 _ORPHAN_CHECK_SECONDS = 30.0
+_SHARED_CHECK_SECONDS = 30.0
 # How long what a Kueue queue's flavors say of topology is trusted (four reads to learn it).
 _KUEUE_TOPOLOGY_SECONDS = 60.0
 _CREATE_CONCURRENCY = 16  # gangs created at once by one reconcile
@@ -147,6 +148,10 @@ class Memory:
     # Each gang's fabric check as its head reported it once the gang was Ready (read once per gang).
     fabric: dict[str, dict[str, Any]] = field(default_factory=dict)
     orphans_checked_at: float = float("-inf")  # when the gangs' objects were last listed for orphans
+    # The shared objects as last found in place (their names and spec hashes), and when: an unchanged set is
+    # listed again only every _SHARED_CHECK_SECONDS, not on every reconcile.
+    shared_in_place: str = ""
+    shared_checked_at: float = float("-inf")
 
     # A disaggregated deployment's pools: each keeps its own attempts and autoscaler (gang names, the
     # expectations and the fabric checks are the deployment's).
@@ -302,7 +307,7 @@ class Reconciler:
             refused = refused or run.refused
 
         if refused is None:
-            refusal = await self._apply_shared(ctx)
+            refusal = await self._apply_shared(ctx, memory, now)
             if refusal is not None:
                 refused = {**refusal, "generation": generation, "revision": ran[0].revision}
                 result.events.append(Event("Warning", "ChildRefused", refusal_text(refused)))
@@ -744,9 +749,17 @@ class Reconciler:
                      gang, kind, obj_name)
             await self._delete_gang_objects(ctx, gang)
 
-    async def _apply_shared(self, ctx: BuildContext) -> dict[str, str] | None:
-        """Apply the deployment's shared objects; the refusal when the API refused one (422)."""
+    async def _apply_shared(self, ctx: BuildContext, memory: Memory, now: float) -> dict[str, str] | None:
+        """Apply the deployment's shared objects; the refusal when the API refused one (422).
+
+        What the spec asks of them is applied at once; that they are still in place (nobody deleted or
+        edited one) is checked every ``_SHARED_CHECK_SECONDS``: while gangs are created, a reconcile follows
+        another at once, and listing six kinds in each was a sixth of the requests a busy API server served."""
         desired = {(o["kind"], o["metadata"]["name"]): _stamp(o) for o in shared_objects(ctx)}
+        wanted = json.dumps(sorted((kind, obj_name, o["metadata"]["annotations"][L.ANNOTATION_SPEC_HASH])
+                                   for (kind, obj_name), o in desired.items()))
+        if wanted == memory.shared_in_place and now - memory.shared_checked_at < _SHARED_CHECK_SECONDS:
+            return None
         # Every kind listed at once (one round trip, not six); the writes below keep their order. The gangs'
         # own objects (a hundred launch plans, Services and policies at a hundred gangs) are left out by the
         # selector: decoding them on every reconcile was a large part of the operator's CPU at scale.
@@ -772,6 +785,7 @@ class Reconciler:
             for obj_name, obj in existing.items():
                 if (kind, obj_name) not in desired:  # e.g. the router after router.enabled turned false
                     await self.kube.delete(api_version, kind, ctx.namespace, obj_name, uid=obj["metadata"]["uid"])
+        memory.shared_in_place, memory.shared_checked_at = wanted, now
         return None
 
     async def _write_status(self, namespace: str, name: str, old: Mapping[str, Any], new: dict[str, Any],

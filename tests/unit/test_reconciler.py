@@ -213,6 +213,24 @@ def test_a_pod_list_that_lags_the_creates_neither_duplicates_a_gang_nor_holds_ba
     assert len(w.created) == 8, "after the deadline the list is the truth: slot 6 is created again"
 
 
+def test_shared_objects_are_applied_when_the_spec_changes_them_and_checked_in_place_every_half_minute() -> None:
+    w = World(one_replica())
+    w.reconcile()
+    assert w.kube.of("Deployment", NS)
+    asyncio.run(w.kube.delete("apps/v1", "Deployment", NS, "d-router"))  # someone deleted the router
+    w.now += 5
+    w.reconcile()
+    assert not w.kube.of("Deployment", NS), "not looked for again within half a minute"
+    w.edit("router", {"replicas": 3})
+    w.reconcile()
+    (router,) = w.kube.of("Deployment", NS)
+    assert router["spec"]["replicas"] == 3, "a change of the spec is applied at once"
+    asyncio.run(w.kube.delete("apps/v1", "Deployment", NS, "d-router"))
+    w.now += 31
+    w.reconcile()
+    assert w.kube.of("Deployment", NS), "put back by the next check"
+
+
 KUEUE = "kueue.x-k8s.io/v1beta2"
 
 
