@@ -213,7 +213,12 @@ class ControlPlane:
             bins["kube-controller-manager"], f"--kubeconfig={self.kubeconfig}",
             f"--authentication-kubeconfig={self.kubeconfig}", f"--authorization-kubeconfig={self.kubeconfig}",
             "--bind-address=127.0.0.1", f"--secure-port={self.ports['controller-manager']}",
-            "--leader-elect=false", "--controllers=*",
+            # Not the endpoint controllers: the pods' IPs are loopback addresses, which the API refuses in
+            # Endpoints and EndpointSlices, so every headless Service's controller sync failed, was retried and
+            # posted a Warning event each time, a load no real cluster has. Nothing here reads endpoints:
+            # pods find each other through the hosts file (``podrunner``), the router through its pod watch.
+            "--leader-elect=false",
+            "--controllers=*,-endpoints-controller,-endpointslice-controller,-endpointslice-mirroring-controller",
             f"--service-account-private-key-file={pki.sa_key}", f"--root-ca-file={pki.ca_cert}",
             f"--service-cluster-ip-range={self.config.service_cidr}",
             f"--cluster-signing-cert-file={pki.ca_cert}", f"--cluster-signing-key-file={pki.ca_key}",
