@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import httpx2
 from lightkube import Client, KubeConfig
 from lightkube.core.exceptions import ApiError
 from lightkube.resources.core_v1 import ServiceAccount
@@ -129,7 +130,9 @@ def run(config: ClusterConfig, exit_with_parent: bool) -> int:
     started = time.monotonic()
     try:
         plane.start()
-        client = Client(KubeConfig.from_file(plane.kubeconfig), field_manager="mimo-localcluster")
+        # Listing thousands of pods from a loaded API server can take longer than lightkube's default 10 s.
+        client = Client(KubeConfig.from_file(plane.kubeconfig), field_manager="mimo-localcluster",
+                        timeout=httpx2.Timeout(60.0))
         api = api_session(plane)
         registering = time.monotonic()
         names = register_nodes(api, config)
@@ -176,8 +179,9 @@ def run(config: ClusterConfig, exit_with_parent: bool) -> int:
             synced = time.monotonic()
             try:
                 runner.sync()
-            except ApiError as e:
-                log.warning("pod sync: %s", e)
+            except (ApiError, httpx2.TransportError) as e:
+                # A refusal or a slow answer is this sync's, not the cluster's: the next sync tries again.
+                log.warning("pod sync: %s: %s", type(e).__name__, e)
             # A sync lists every pod: with thousands of them it takes a while, and the supervisor must
             # not take the CPU the control plane needs, so it waits in proportion.
             time.sleep(max(_SYNC_INTERVAL, 3 * (time.monotonic() - synced)))
