@@ -676,6 +676,7 @@ class Reconciler:
         if isinstance(step, DeleteGang):
             await self._leave_routers(ctx, [g for g in gangs if g.name == step.gang])
             await self._delete_gang_objects(ctx, step.gang)
+            memory.expectations.pop(step.gang, None)  # not planned from its creates any more: it is gone
             failed = step.reason.startswith("gang failed")
             if failed:
                 metrics.GANG_FAILURES.labels(ns, ctx.name).inc()

@@ -203,14 +203,25 @@ def test_a_pod_list_that_lags_the_creates_neither_duplicates_a_gang_nor_holds_ba
     w.kube.catch_up()
     w.reconcile()
     assert len(w.created) == 6
+    # A gang deleted before the list showed it is not planned from its creates any more.
+    w.kube.lag = True
+    w.edit("replicas", 7)
+    w.reconcile()
+    w.edit("replicas", 6)
+    w.reconcile()
+    w.reconcile()
+    assert sorted(w.live_gangs().values()) == list(range(6))
+    assert len(w.created) == 7
+    assert sorted(g["name"] for g in w.status()["gangs"]) == sorted(w.live_gangs()), "no gang planned from memory"
+    w.kube.catch_up()
     # A gang whose pods the list never shows is planned as created only until the guard's deadline.
     w.kube.lag = True
     w.edit("replicas", 7)
     w.reconcile()
-    assert len(w.created) == 7
+    assert len(w.created) == 8
     w.now += 31
     w.reconcile()
-    assert len(w.created) == 8, "after the deadline the list is the truth: slot 6 is created again"
+    assert len(w.created) == 9, "after the deadline the list is the truth: slot 6 is created again"
 
 
 def test_shared_objects_are_applied_when_the_spec_changes_them_and_checked_in_place_every_half_minute() -> None:
