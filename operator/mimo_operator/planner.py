@@ -495,9 +495,31 @@ def _assemble(spec: DeploymentSpec, entry: Checkpoint, gpu: GpuType, context: in
     return _with_decisions(plan, spec, why_nodes, layout)
 
 
+# Every gang pod carries its launch plan in an annotation, and a pod's annotations hold at most 256 KiB in all
+# (the API's limit): the launch may take most of that, the rest is the plan's own fields and the user's
+# podTemplate annotations.
+MAX_LAUNCH_BYTES = 192 * 1024
+
+
 def _launch(spec: DeploymentSpec, gpu: GpuType, ranks: tuple[tuple[str, ...], ...],
             env: dict[str, str]) -> EngineLaunch:
     """The final per-rank launch every gang pod's worker runs; the builders add nothing to it."""
+    launch = _rank_launches(spec, gpu, ranks, env)
+    size = len(launch.model_dump_json())
+    if size > MAX_LAUNCH_BYTES:
+        engine = spec.engine
+        # Named by the larger of the two: both are repeated for every rank.
+        env_bytes = sum(len(e.name) + len(e.value) for e in engine.env or [])
+        field = "spec.engine.env" if env_bytes >= sum(map(len, engine.extra_args or [])) else "spec.engine.extraArgs"
+        raise PlanRefused(field, f"the engine's launch would take {size // 1024} KiB (spec.engine.extraArgs and "
+                                 f"spec.engine.env are repeated for each of the gang's {len(launch.ranks)} ranks); "
+                                 f"every gang pod carries it in an annotation, where it may take at most "
+                                 f"{MAX_LAUNCH_BYTES // 1024} KiB: shorten them")
+    return launch
+
+
+def _rank_launches(spec: DeploymentSpec, gpu: GpuType, ranks: tuple[tuple[str, ...], ...],
+                   env: dict[str, str]) -> EngineLaunch:
     program = SGLANG_PROGRAM
     extra: tuple[str, ...] = ()
     if spec.engine.type == "simulated":

@@ -268,6 +268,17 @@ def test_extra_args_come_last_and_owned_flags_are_refused() -> None:
         plan_of(a_deployment().extra_args("--tp-size=4"))
 
 
+def test_an_engine_environment_that_would_not_fit_in_a_pod_annotation_is_refused_naming_the_field() -> None:
+    # Within what the CRD allows (64 variables of up to 4,096 characters), repeated for every rank of the gang.
+    env = [{"name": f"NOTE_{i}", "value": "n" * 4000} for i in range(16)]
+    two = plan_of(a_deployment().pro().h200().engine(env=env))
+    assert two.nodes_per_replica == 2
+    assert len(two.launch.model_dump_json()) > 120 * 1024, "accepted at two ranks"
+    with pytest.raises(PlanRefused, match=r"at most 192 KiB") as refused:
+        plan_of(a_deployment().pro().h200().set("parallelism.nodesPerReplica", 4).engine(env=env))
+    assert refused.value.field == "spec.engine.env"
+
+
 @pytest.mark.parametrize(
     ("network", "expected", "absent"),
     [
