@@ -268,6 +268,8 @@ class Reconciler:
         listed = await self.kube.list("v1", "Pod", namespace, {L.LABEL_DEPLOYMENT: name, L.LABEL_COMPONENT: "engine"})
         expected = self._unmet_expectations(memory, listed, now)
         pods = [*listed, *self._as_created(memory, expected, listed)]
+        # Only a gang whose pods are not all known holds creation back: the others are planned as created.
+        unknown = tuple(g for g in expected if not memory.expectations[g].created)
         gangs = gangs_from_pods(pods)
 
         # The gates every pool shares, decided before the planner and handed to it.
@@ -300,7 +302,7 @@ class Reconciler:
         ran: list[PoolRun] = []
         for pool in pools:
             run = await self._reconcile_pool(pool, [g for g in gangs if g.pool == pool.key], pods, memory, now,
-                                             old_status, generation, weights_gate, refused, expected, result)
+                                             old_status, generation, weights_gate, refused, unknown, result)
             if pool.key in scaling:
                 run.autoscaling = scaling[pool.key]["status"]
             ran.append(run)
@@ -354,7 +356,7 @@ class Reconciler:
     async def _reconcile_pool(self, pool: Pool, gangs: list[ObservedGang], pods: list[dict[str, Any]],
                               memory: Memory, now: float, old_status: Mapping[str, Any], generation: int,
                               weights_gate: str | None, refused: Mapping[str, Any] | None,
-                              expected: tuple[str, ...], result: ReconcileResult) -> PoolRun:
+                              unknown: tuple[str, ...], result: ReconcileResult) -> PoolRun:
         """One pool's gangs: plan the steps from its spec, records and gangs, and carry them out."""
         ctx, spec = pool.ctx, pool.ctx.spec
         own = memory.pool(pool.key)
@@ -369,9 +371,7 @@ class Reconciler:
         drained = await self._drained(gangs, ctx.ports.worker_http, now,
                                       float(spec.autoscaling.drain_timeout_seconds))
         desired = self._desired(spec, pool.replicas, revision, ctx.plan.nodes_per_replica)
-        # Only a gang whose pods are not all known holds creation back: the others are planned as created.
-        mine = tuple(g for g in expected if g.startswith(f"{ctx.gang_prefix}-")
-                     and not (g in memory.expectations and memory.expectations[g].created))
+        mine = tuple(g for g in unknown if g.startswith(f"{ctx.gang_prefix}-"))
         desired = dataclasses.replace(desired, gates=Gates(
             weights=weights_gate,
             # A read that does not show a gang we just created must not make us create it again.

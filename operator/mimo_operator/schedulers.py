@@ -80,16 +80,20 @@ async def kueue_topology_levels(kube: _Getter, namespace: str, queue: str) -> fr
     api = await served_gang_api(kube, "kueue")
     if api is None or "topologies" not in (await kube.served_resources(api) or frozenset()):
         return frozenset()
-    local = await kube.get(api, "LocalQueue", namespace, queue)
-    cluster_queue = _spec(local).get("clusterQueue")
-    groups = _spec(await kube.get(api, "ClusterQueue", "", cluster_queue) if cluster_queue else None).get(
-        "resourceGroups") or []
+    cluster_queue = _spec(await kube.get(api, "LocalQueue", namespace, queue)).get("clusterQueue")
+    if not cluster_queue:
+        return frozenset()
+    flavors = {str(flavor["name"])
+               for group in _spec(await kube.get(api, "ClusterQueue", "", cluster_queue)).get("resourceGroups") or []
+               for flavor in group.get("flavors") or [] if flavor.get("name")}
     levels: set[str] = set()
-    for flavor in sorted({str(f["name"]) for g in groups for f in g.get("flavors") or [] if f.get("name")}):
+    for flavor in sorted(flavors):
         topology = _spec(await kube.get(api, "ResourceFlavor", "", flavor)).get("topologyName")
-        if topology:
-            levels.update(str(level["nodeLabel"]) for level in _spec(await kube.get(api, "Topology", "", topology))
-                          .get("levels") or [] if level.get("nodeLabel"))
+        if not topology:
+            continue
+        for level in _spec(await kube.get(api, "Topology", "", topology)).get("levels") or []:
+            if level.get("nodeLabel"):
+                levels.add(str(level["nodeLabel"]))
     return frozenset(levels)
 
 
