@@ -85,6 +85,8 @@ class Loops:
         loop = self.loops.get(key)
         if loop is None:
             loop = self.loops[key] = _Loop(body=body)
+            # A gang creation that ended with nothing for a pod watch to see (refused, failed) pokes the loop.
+            loop.memory.creations.wake = loop.poke.set
             loop.task = asyncio.create_task(self._run(key, loop), name=f"reconcile {key[0]}/{key[1]}")
         loop.body = body
         intent = intent_of(body)
@@ -107,10 +109,19 @@ class Loops:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run(self, key: tuple[str, str], loop: _Loop) -> None:
+        try:
+            await self._reconcile_while_leading(key, loop)
+        finally:
+            # The deployment is gone or the operator stops: no gang of it is created any more.
+            await loop.memory.stop_creating()
+
+    async def _reconcile_while_leading(self, key: tuple[str, str], loop: _Loop) -> None:
         namespace, name = key
         failures = 0
         while True:
             if self.leader is not None and not self.leader.is_leader():
+                # The new leader creates what is still to be created, from what it sees.
+                await loop.memory.stop_creating()
                 # Another replica may have written status meanwhile: decide from a fresh read.
                 loop.memory.forget_status()
                 await self.leader.leading.wait()

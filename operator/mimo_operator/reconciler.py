@@ -17,7 +17,8 @@ import datetime as dt
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,7 +77,7 @@ from mimo_operator.steps import (
 )
 from mimo_operator.weights import WeightsProbe, WeightsState, ensure_weights
 
-__all__ = ["MAX_GANG_CREATES", "Event", "Memory", "ReconcileResult", "Reconciler", "ReconcilerOptions"]
+__all__ = ["MAX_GANG_CREATES", "Creations", "Event", "Memory", "ReconcileResult", "Reconciler", "ReconcilerOptions"]
 
 log = logging.getLogger("mimo.operator")
 
@@ -89,11 +90,18 @@ _ORPHAN_CHECK_SECONDS = 30.0
 _SHARED_CHECK_SECONDS = 30.0
 # How long what a Kueue queue's flavors say of topology is trusted (four reads to learn it).
 _KUEUE_TOPOLOGY_SECONDS = 60.0
-_CREATE_CONCURRENCY = 16  # gangs created at once by one reconcile
-# Gangs one reconcile creates at most; the rest are created by the next reconcile, which follows at once.
-# A reconcile that created a deployment's hundred gangs lasted 30 s at 2,000 nodes, and every other event of
-# that deployment (a failed gang, a scale decision) waited for it.
-MAX_GANG_CREATES = 8
+# Gangs of one deployment whose objects are being created at once. Not more: a hundred gangs created together
+# interleave their requests, one gang's pods then land tens of seconds apart, and a gang seen with ranks
+# missing that long counts as failed.
+_CREATE_CONCURRENCY = 8
+# Gangs one reconcile hands to the creations at most; the rest are planned by the next reconcile, which
+# follows at once. The creations run outside the reconcile (see ``Creations``): the bound keeps one
+# reconcile's plan and status small, not its duration.
+MAX_GANG_CREATES = 32
+# After a creation failed for a reason other than a refusal (the API was unavailable, a quota said no), no
+# gang is created for this long, doubling with each failure in a row up to the cap.
+_CREATE_RETRY_SECONDS = 2.0
+_CREATE_RETRY_CAP_SECONDS = 60.0
 # A download's progress reaches status at most this often (the gauges mimo_weights_bytes_* are live): a
 # status write is a watch event for every client of the deployment, and a 1 TB download lasts long.
 PROGRESS_STATUS_SECONDS = 60.0
@@ -131,11 +139,138 @@ class Expected:
     created: tuple[dict[str, Any], ...] = ()
 
 
+@dataclass(frozen=True)
+class Event:
+    type: str      # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Created:
+    """What one gang creation came to, for the next reconcile to report (its events) and act on."""
+
+    gang: str
+    event: Event
+    # The API refused one of the gang's objects (422): the refusal, with the generation and revision the
+    # gang was built from (a refusal of an older spec is only reported).
+    refusal: dict[str, Any] | None = None
+    failed: bool = False  # neither created nor refused (the API was unavailable): creation pauses a while
+
+
+@dataclass
+class _Job:
+    gang: str
+    pool: str
+    revision: str
+    run: Callable[[], Awaitable[Created]]
+    done: asyncio.Future[None] | None = None  # set once started: a deletion of the gang waits for it
+
+
+class Creations:
+    """The gang creations of one deployment, run outside its reconcile.
+
+    A reconcile plans gangs and hands each to this queue, which creates their objects in the background, a
+    few gangs at once; the reconcile plans from what it handed over (``Expected.created``) until the API
+    shows it. So a deployment's reconcile lasts as long as its decisions and status write, not as long as
+    a hundred gangs' creates, and every other event of the deployment (a failed gang, a scale decision, a
+    new spec) is acted on meanwhile. What each creation came to is collected by the next reconcile.
+    """
+
+    def __init__(self, concurrency: int = _CREATE_CONCURRENCY) -> None:
+        self.concurrency = concurrency
+        self._queued: deque[_Job] = deque()
+        self._started: dict[str, _Job] = {}
+        self._workers: set[asyncio.Task[None]] = set()
+        self._finished: list[Created] = []
+        # Called when a creation ended in a way no pod event shows (a refusal, a failure): the deployment's
+        # loop is poked so that status says so at once.
+        self.wake: Callable[[], None] | None = None
+
+    def submit(self, gang: str, pool: str, revision: str, run: Callable[[], Awaitable[Created]]) -> None:
+        self._queued.append(_Job(gang, pool, revision, run))
+        # A worker that is not done waits inside a creation and takes the next queued one after it.
+        self._workers -= {t for t in self._workers if t.done()}
+        while len(self._workers) < min(self.concurrency, len(self._queued) + len(self._started)):
+            task = asyncio.create_task(self._work(), name=f"create gangs ({gang})")
+            self._workers.add(task)
+            task.add_done_callback(lambda t: self._workers.discard(t))
+
+    def busy(self, gang: str | None = None) -> bool:
+        """Whether ``gang`` (any gang, when None) is queued or being created."""
+        if gang is None:
+            return bool(self._queued or self._started)
+        return gang in self._started or any(j.gang == gang for j in self._queued)
+
+    def drop_queued(self, keep: Callable[[_Job], bool] = lambda _: False) -> list[str]:
+        """Take the queued creations that ``keep`` refuses out of the queue (none of their objects exists);
+        their gangs."""
+        dropped = [j.gang for j in self._queued if not keep(j)]
+        self._queued = deque(j for j in self._queued if keep(j))
+        return dropped
+
+    async def withdraw(self, gang: str) -> bool:
+        """Make sure ``gang`` is not being created any more: a queued creation is dropped (True), a started one
+        is waited for (False, as when there is none)."""
+        if any(j.gang == gang for j in self._queued):
+            self._queued = deque(j for j in self._queued if j.gang != gang)
+            return True
+        job = self._started.get(gang)
+        if job is not None and job.done is not None:
+            await asyncio.shield(job.done)
+        return False
+
+    def collect(self) -> list[Created]:
+        """What the creations that ended since the last call came to, oldest first."""
+        finished, self._finished = self._finished, []
+        return finished
+
+    async def settle(self) -> None:
+        """Wait until no creation is queued or running."""
+        while live := [t for t in self._workers if not t.done()]:
+            await asyncio.gather(*live, return_exceptions=True)
+
+    async def cancel(self) -> list[str]:
+        """Stop: nothing queued is created, and a creation under way is cancelled (this process stopped
+        leading, or the deployment is gone: whatever landed is the next leader's to see); their gangs."""
+        gangs = [*self._started, *(j.gang for j in self._queued)]
+        self._queued.clear()
+        for task in list(self._workers):
+            task.cancel()
+        await asyncio.gather(*list(self._workers), return_exceptions=True)
+        self._started.clear()
+        return gangs
+
+    async def _work(self) -> None:
+        while self._queued:
+            job = self._queued.popleft()
+            job.done = asyncio.get_running_loop().create_future()
+            self._started[job.gang] = job
+            try:
+                created = await job.run()
+            except Exception as e:  # a bug in creating: reported as a failure, never lost with the task
+                log.exception("creating gang %s failed", job.gang)
+                created = Created(job.gang, Event("Warning", "GangCreateFailed", f"gang {job.gang}: {e}"),
+                                  failed=True)
+            finally:
+                self._started.pop(job.gang, None)
+                job.done.set_result(None)
+            self._finished.append(created)
+            if (created.refusal is not None or created.failed) and self.wake is not None:
+                self.wake()
+
+
 @dataclass
 class Memory:
     """What one operator process keeps per deployment: guards only, never the source of truth."""
 
     expectations: dict[str, Expected] = field(default_factory=dict)  # by gang
+    creations: Creations = field(default_factory=Creations)
+    # After a creation failed (not refused): how many failed in a row, what the last said, and when the next
+    # gang may be created.
+    create_failures: int = 0
+    create_error: str = ""
+    create_retry_at: float = float("-inf")
     autoscaler: autoscaler.AutoscalerMemory = field(default_factory=autoscaler.AutoscalerMemory)
     # The deployment as the API answered our last status write (or a fresh read): None until read, and
     # again whenever this process may not have been the only writer (it just became leader).
@@ -160,18 +295,16 @@ class Memory:
     def forget_status(self) -> None:
         self.latest = None
 
+    async def stop_creating(self) -> None:
+        """Cancel the gang creations under way or queued; what did not land is not planned from any more."""
+        for gang in await self.creations.cancel():
+            self.expectations.pop(gang, None)
+
     def pool(self, key: str) -> Memory:
         """What one pool keeps: this memory for a colocated deployment (key ""), else the pool's own."""
         if not key:
             return self
         return self.pools.setdefault(key, Memory())
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str      # Normal | Warning
-    reason: str
-    message: str
 
 
 @dataclass
@@ -192,7 +325,6 @@ class PoolRun:
     outcome: Outcome
     upgrade: OperatorUpgrade
     autoscaling: dict[str, Any]
-    refused: dict[str, Any] | None  # the API refused one of this pool's objects just now
     gates_refused: str | None  # a refusal already recorded in status held creations back
 
 
@@ -228,6 +360,7 @@ class Reconciler:
 
     async def _reconcile(self, event_body: Mapping[str, Any], memory: Memory) -> ReconcileResult:
         result = ReconcileResult()
+        refusals = self._creations_ended(memory, result)
         body = await self._freshest(event_body, memory)
         if body is None:
             return result  # deleted meanwhile
@@ -264,6 +397,10 @@ class Reconciler:
                            gang_topology=gang_topology)
         pools = pools_of(ctx)
         now = self.clock()
+        # Queued creations of an older revision are never started: their slots get gangs of the new one.
+        current = {p.key: revision_of(p.ctx) for p in pools}
+        for stale in memory.creations.drop_queued(keep=lambda job: current.get(job.pool) == job.revision):
+            memory.expectations.pop(stale, None)
 
         listed = await self.kube.list("v1", "Pod", namespace, {L.LABEL_DEPLOYMENT: name, L.LABEL_COMPONENT: "engine"})
         expected = self._unmet_expectations(memory, listed, now)
@@ -281,6 +418,8 @@ class Reconciler:
         # GPUs do not wait on a download: no gang until its weights are ready where it will run.
         weights_gate = shown.message if weights.blocks_gangs else None
         refused = refusal_from_status(old_status, generation)
+        # A gang the API refused since the last reconcile: refused gangs of an older spec are only reported.
+        refused = refused or next((r for r in refusals if r["generation"] == generation), None)
         if expected:
             result.requeue_after = 1.0
 
@@ -288,6 +427,8 @@ class Reconciler:
         keys = {p.key for p in pools}
         for g in gangs:
             if g.pool not in keys:
+                await memory.creations.withdraw(g.name)
+                memory.expectations.pop(g.name, None)
                 await self._delete_gang_objects(ctx, g.name)
                 what = f"the {g.pool} pool" if g.pool else "colocated gangs"
                 result.events.append(Event("Normal", "GangDeleted",
@@ -306,7 +447,6 @@ class Reconciler:
             if pool.key in scaling:
                 run.autoscaling = scaling[pool.key]["status"]
             ran.append(run)
-            refused = refused or run.refused
 
         if refused is None:
             refusal = await self._apply_shared(ctx, memory, now)
@@ -351,7 +491,26 @@ class Reconciler:
                 result.requeue_after = min(result.requeue_after, 2.0)
             if run.outcome.deferred:
                 result.requeue_after = 0.0  # the bound on creations left work: the next reconcile does it now
+        if memory.creations.busy():
+            result.requeue_after = min(result.requeue_after, 1.0)
         return result
+
+    def _creations_ended(self, memory: Memory, result: ReconcileResult) -> list[dict[str, Any]]:
+        """Report the gang creations that ended since the last reconcile (their events), pause creation
+        after a failure, and return the refusals among them."""
+        refusals = []
+        for ended in memory.creations.collect():
+            result.events.append(ended.event)
+            if ended.refusal is not None:
+                refusals.append(ended.refusal)
+            elif ended.failed:
+                memory.create_failures += 1
+                memory.create_error = ended.event.message
+                memory.create_retry_at = self.clock() + min(
+                    _CREATE_RETRY_CAP_SECONDS, _CREATE_RETRY_SECONDS * 2 ** (memory.create_failures - 1))
+            else:
+                memory.create_failures = 0
+        return refusals
 
     async def _reconcile_pool(self, pool: Pool, gangs: list[ObservedGang], pods: list[dict[str, Any]],
                               memory: Memory, now: float, old_status: Mapping[str, Any], generation: int,
@@ -372,8 +531,13 @@ class Reconciler:
                                       float(spec.autoscaling.drain_timeout_seconds))
         desired = self._desired(spec, pool.replicas, revision, ctx.plan.nodes_per_replica)
         mine = tuple(g for g in unknown if g.startswith(f"{ctx.gang_prefix}-"))
+        paused = None
+        if now < memory.create_retry_at:
+            paused = (f"gang creation resumes in {memory.create_retry_at - now:.0f} s, after "
+                      f"{memory.create_failures} failed in a row (last: {memory.create_error})")
         desired = dataclasses.replace(desired, gates=Gates(
             weights=weights_gate,
+            paused=paused,
             # A read that does not show a gang we just created must not make us create it again.
             expectations=mine,
             refused=refusal_text(refused) if refused else None))
@@ -397,26 +561,15 @@ class Reconciler:
         records.update({r: ReplicaRecord(attempt=a) for r, a in own.attempts.items() if r not in records})
         outcome = next_steps(desired, gangs, records, now, drained)
 
-        # Independent steps run concurrently: sixteen gangs are created in the time of one. Not more at
-        # once: a hundred gangs created together interleave their requests, one gang's pods then land tens
-        # of seconds apart, and a gang seen with ranks missing that long counts as failed.
-        slots = asyncio.Semaphore(_CREATE_CONCURRENCY)
-
-        async def execute(step: CreateGang | DeleteGang | StartDrain) -> tuple[Event, dict[str, str] | None]:
-            if not isinstance(step, CreateGang):
-                return await self._execute(step, ctx, revision, gangs, memory, own, now)
-            async with slots:
-                return await self._execute(step, ctx, revision, gangs, memory, own, self.clock())
-
-        executed = await asyncio.gather(*(execute(step) for step in outcome.steps))
-        run_refused = None
-        for event, refusal in executed:
-            result.events.append(event)
-            if refusal is not None and refused is None and run_refused is None:
-                run_refused = {**refusal, "generation": generation, "revision": revision}
+        # Gangs are created outside the reconcile (``Creations``); the other steps run concurrently here.
+        for step in outcome.steps:
+            if isinstance(step, CreateGang):
+                self._submit(step, pool.key, ctx, revision, generation, memory, own, now)
+        executed = await asyncio.gather(*(self._execute(step, ctx, gangs, memory, now)
+                                          for step in outcome.steps if not isinstance(step, CreateGang)))
+        result.events.extend(executed)
         return PoolRun(pool=pool, revision=revision, gangs=gangs, desired=desired, outcome=outcome,
-                       upgrade=upgrade, autoscaling=autoscaling, refused=run_refused,
-                       gates_refused=desired.gates.refused)
+                       upgrade=upgrade, autoscaling=autoscaling, gates_refused=desired.gates.refused)
 
     async def _fabric(self, gangs: list[ObservedGang], health: Mapping[str, Health], port: int,
                       old_status: Mapping[str, Any], memory: Memory,
@@ -578,7 +731,9 @@ class Reconciler:
                 seen[gang] = seen.get(gang, 0) + 1
         unmet = []
         for gang, expected in list(memory.expectations.items()):
-            if seen.get(gang, 0) >= expected.pods or now > expected.deadline:
+            if memory.creations.busy(gang):
+                unmet.append(gang)  # its deadline counts from when the API answered its creation
+            elif seen.get(gang, 0) >= expected.pods or now > expected.deadline:
                 del memory.expectations[gang]
             else:
                 unmet.append(gang)
@@ -633,46 +788,85 @@ class Reconciler:
                 await self.heads.start_drain(head.ip, port, drain_timeout - (now - g.drain_started))
         return frozenset(done)
 
-    async def _execute(self, step: CreateGang | DeleteGang | StartDrain, ctx: BuildContext, revision: str,
-                       gangs: list[ObservedGang], memory: Memory, own: Memory,
-                       now: float) -> tuple[Event, dict[str, str] | None]:
-        """Carry out one step; the event to post and, when the API refused an object (422), the refusal."""
+    def _submit(self, step: CreateGang, pool: str, ctx: BuildContext, revision: str, generation: int,
+                memory: Memory, own: Memory, now: float) -> None:
+        """Hand one gang to the creations; until the API answers, the reconciler plans from what was built."""
+        objects = gang_objects(ctx, step.replica, step.attempt, revision)
+        pods = [o for o in objects if o["kind"] == "Pod"]
+        gang = pods[0]["metadata"]["labels"][L.LABEL_GANG]
+        built = tuple({**o, "metadata": {**o["metadata"], "creationTimestamp": _iso(now)}} for o in pods)
+        memory.expectations[gang] = Expected(len(pods), now + _EXPECTATION_SECONDS, built)
+        own.attempts[step.replica] = max(own.attempts.get(step.replica, 0), step.attempt)
+        memory.creations.submit(gang, pool, revision,
+                                lambda: self._create(ctx, gang, objects, step, generation, revision, memory))
+
+    async def _create(self, ctx: BuildContext, gang: str, objects: list[dict[str, Any]], step: CreateGang,
+                      generation: int, revision: str, memory: Memory) -> Created:
+        """Create one gang's objects (run by ``Creations``, outside the reconcile)."""
         ns = ctx.namespace
-        if isinstance(step, CreateGang):
-            objects = gang_objects(ctx, step.replica, step.attempt, revision)
-            pods = [o for o in objects if o["kind"] == "Pod"]
-            gang = pods[0]["metadata"]["labels"][L.LABEL_GANG]
-            expectation = memory.expectations[gang] = Expected(len(pods), now + _EXPECTATION_SECONDS)
-            own.attempts[step.replica] = max(own.attempts.get(step.replica, 0), step.attempt)
-            # A gang's objects never change after creation (a change is a new revision, so a new gang):
-            # they are created, not applied. The NetworkPolicy (and PodGroup) come first: no pod of the gang
-            # runs before the policy that closes Ray's ports exists.
-            try:
-                for batch in ([o for o in objects if o["kind"] != "Pod"], pods):
-                    # Every create of a batch ends before a refusal is acted on: none may land after the clean-up.
-                    done = await asyncio.gather(*(self.kube.create(o, exist_ok=True) for o in batch),
-                                                return_exceptions=True)
-                    errors = [r for r in done if isinstance(r, BaseException)]
-                    if errors:
-                        raise next((r for r in errors if isinstance(r, ApiError) and r.code == 422), errors[0])
-                # A pod that existed already (created by an earlier try) is planned from what was built.
-                expectation.created = tuple(
-                    r if isinstance(r, dict) else {**o, "metadata": {**o["metadata"], "creationTimestamp": _iso(now)}}
-                    for r, o in zip(done, pods, strict=True))
-            except ApiError as e:
-                if e.code != 422:
-                    raise
-                # Invalid: the same objects would be refused again. Nothing of the gang stays behind, and
-                # the refusal (recorded in status) stops gang creation until the spec changes.
-                memory.expectations.pop(gang, None)
-                await self._delete_gang_objects(ctx, gang)
-                refusal = refusal_from_api(e.message, spec_values(ctx.spec))
-                log.warning("%s/%s: the API refused gang %s: %s", ns, ctx.name, gang, e)
-                return Event("Warning", "ChildRefused", f"gang {gang}: {refusal['field']}: {e.message}"), refusal
-            metrics.GANGS_CREATED.labels(ns, ctx.name).inc()
-            log.info("%s/%s: created gang %s (replica %d, attempt %d): %s", ns, ctx.name, gang, step.replica,
-                     step.attempt, step.reason)
-            return Event("Normal", "GangCreated", f"gang {gang} for replica {step.replica}: {step.reason}"), None
+        pods = [o for o in objects if o["kind"] == "Pod"]
+        # A gang's objects never change after creation (a change is a new revision, so a new gang): they are
+        # created, not applied. The NetworkPolicy (and PodGroup) come first: no pod of the gang runs before
+        # the policy that closes Ray's ports exists.
+        try:
+            for batch in ([o for o in objects if o["kind"] != "Pod"], pods):
+                # Every create of a batch ends before a failure is acted on: none may land after the clean-up.
+                done = await asyncio.gather(*(self.kube.create(o, exist_ok=True) for o in batch),
+                                            return_exceptions=True)
+                errors = [r for r in done if isinstance(r, BaseException)]
+                if errors:
+                    raise next((r for r in errors if isinstance(r, ApiError) and r.code == 422), errors[0])
+        except ApiError as e:
+            if e.code != 422:
+                return await self._creation_failed(ctx, gang, e, memory)
+            # Invalid: the same objects would be refused again. Nothing of the gang stays behind, and the
+            # refusal (recorded in status) stops gang creation until the spec changes.
+            memory.expectations.pop(gang, None)
+            for dropped in memory.creations.drop_queued():
+                memory.expectations.pop(dropped, None)
+            await self._delete_gang_objects(ctx, gang)
+            refusal = refusal_from_api(e.message, spec_values(ctx.spec))
+            log.warning("%s/%s: the API refused gang %s: %s", ns, ctx.name, gang, e)
+            return Created(gang, Event("Warning", "ChildRefused", f"gang {gang}: {refusal['field']}: {e.message}"),
+                           refusal={**refusal, "generation": generation, "revision": revision})
+        except Exception as e:  # the API was unavailable, or said no for now (a quota): tried again later
+            return await self._creation_failed(ctx, gang, e, memory)
+        now = self.clock()
+        expectation = memory.expectations.get(gang)
+        if expectation is not None:
+            # Planned from the API's answers from now on (a pod that existed already, created by an earlier
+            # try, from what was built), until the list shows the gang or the deadline passes.
+            expectation.created = tuple(
+                r if isinstance(r, dict) else {**o, "metadata": {**o["metadata"], "creationTimestamp": _iso(now)}}
+                for r, o in zip(done, pods, strict=True))
+            expectation.deadline = now + _EXPECTATION_SECONDS
+        metrics.GANGS_CREATED.labels(ns, ctx.name).inc()
+        log.info("%s/%s: created gang %s (replica %d, attempt %d): %s", ns, ctx.name, gang, step.replica,
+                 step.attempt, step.reason)
+        return Created(gang, Event("Normal", "GangCreated", f"gang {gang} for replica {step.replica}: {step.reason}"))
+
+    async def _creation_failed(self, ctx: BuildContext, gang: str, error: Exception, memory: Memory) -> Created:
+        """A gang that could not be created for now: nothing of it stays behind, nothing queued after it is
+        created, and creation pauses (``Memory.create_retry_at``); its slot gets a new gang after that."""
+        memory.expectations.pop(gang, None)
+        for dropped in memory.creations.drop_queued():
+            memory.expectations.pop(dropped, None)
+        log.warning("%s/%s: could not create gang %s: %s", ctx.namespace, ctx.name, gang, error)
+        try:
+            await self._delete_gang_objects(ctx, gang)
+        except Exception as e:  # what is left is collected as an orphan, or fails as an incomplete gang
+            log.warning("%s/%s: could not delete what was created of gang %s: %s", ctx.namespace, ctx.name, gang, e)
+        return Created(gang, Event("Warning", "GangCreateFailed", f"gang {gang}: {error}"), failed=True)
+
+    async def _execute(self, step: DeleteGang | StartDrain, ctx: BuildContext, gangs: list[ObservedGang],
+                       memory: Memory, now: float) -> Event:
+        """Carry out one step of a gang that exists (or is being created); the event to post."""
+        ns = ctx.namespace
+        if await memory.creations.withdraw(step.gang):
+            # Still queued: nothing of it exists, and nothing will.
+            memory.expectations.pop(step.gang, None)
+            log.info("%s/%s: gang %s is not created after all: %s", ns, ctx.name, step.gang, step.reason)
+            return Event("Normal", "GangDeleted", f"gang {step.gang}: not created after all: {step.reason}")
         if isinstance(step, DeleteGang):
             await self._leave_routers(ctx, [g for g in gangs if g.name == step.gang])
             await self._delete_gang_objects(ctx, step.gang)
@@ -682,7 +876,7 @@ class Reconciler:
                 metrics.GANG_FAILURES.labels(ns, ctx.name).inc()
             log.info("%s/%s: deleted gang %s: %s", ns, ctx.name, step.gang, step.reason)
             return Event("Warning" if failed else "Normal", "GangFailed" if failed else "GangDeleted",
-                         f"gang {step.gang}: {step.reason}"), None
+                         f"gang {step.gang}: {step.reason}")
         gang = next(g for g in gangs if g.name == step.gang)
         head = gang.head
         if head is not None:
@@ -692,7 +886,7 @@ class Reconciler:
                 "annotations": {L.ANNOTATION_DRAIN_STARTED: _iso(now), L.ANNOTATION_DRAIN_REASON: step.reason}}})
             await self._leave_routers(ctx, [gang])
         log.info("%s/%s: draining gang %s: %s", ns, ctx.name, step.gang, step.reason)
-        return Event("Normal", "GangDraining", f"gang {step.gang}: {step.reason}"), None
+        return Event("Normal", "GangDraining", f"gang {step.gang}: {step.reason}")
 
     async def _gang_topology(self, scheduling: SchedulingSpec, gang_api: str, namespace: str, key: str) -> bool:
         """Whether the gang scheduler can be asked to keep each gang inside one domain of ``key`` (see

@@ -61,6 +61,7 @@ class Gates:
     weights: str | None = None             # what the weights wait for; None when ready (or not managed)
     expectations: tuple[str, ...] = ()     # gangs created but not yet shown whole by the API
     refused: str | None = None             # the API refused this spec's objects: the field and the API's message
+    paused: str | None = None              # creating gangs failed just now (the API was unavailable): why, until when
 
     def blocking(self) -> str | None:
         """Why no gang may be created now, or None."""
@@ -68,6 +69,8 @@ class Gates:
             return f"the API refused this spec's objects: {self.refused}"
         if self.weights:
             return f"weights: {self.weights}"
+        if self.paused:
+            return self.paused
         if self.expectations:
             return f"waiting for the API to show {', '.join(self.expectations)}"
         return None

@@ -8,6 +8,7 @@ itself (`set_pod`), and deleted pods stay Terminating until `finish_deletions`, 
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import datetime as dt
 import itertools
@@ -52,6 +53,8 @@ class FakeKube:
         # A lagging pod watch: while ``lag`` is on, pods created are stored but not listed (``catch_up`` ends it).
         self.lag = False
         self.unlisted: set[Key] = set()
+        # Slow pod creates: while ``hold`` is set and not yet released, a pod create waits for it.
+        self.hold: asyncio.Event | None = None
         self._versions = itertools.count(1)
 
     # --- test controls
@@ -102,6 +105,8 @@ class FakeKube:
 
     async def create(self, obj: Mapping[str, Any], exist_ok: bool = False) -> dict[str, Any] | None:
         key = _key(obj)
+        if self.hold is not None and obj["kind"] == "Pod":
+            await self.hold.wait()
         self._write("create", obj["kind"], key[3])
         if key in self.objects:
             if exist_ok:

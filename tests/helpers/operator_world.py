@@ -115,8 +115,22 @@ class World:
         return dict(self.body().get("status") or {})
 
     def reconcile(self, body: dict[str, Any] | None = None) -> ReconcileResult:
+        """One reconcile as the operator's loop runs it: its gang creations end before the next event, and a
+        creation that ended with nothing for the pod watch to see (refused, failed) wakes a second reconcile."""
         before = {g for g in self.gang_names()}
-        result = asyncio.run(self.reconciler.reconcile(body or self.body(), self.memory))
+        woken: list[bool] = []
+        self.memory.creations.wake = lambda: woken.append(True)
+
+        async def run() -> ReconcileResult:
+            result = await self.reconciler.reconcile(body or self.body(), self.memory)
+            await self.memory.creations.settle()
+            if woken:
+                again = await self.reconciler.reconcile(self.body(), self.memory)
+                result.events.extend(again.events)
+                await self.memory.creations.settle()
+            return result
+
+        result = asyncio.run(run())
         self.created += sorted(self.gang_names() - before)
         if (CRD, L.KIND, NS, "d") in self.kube.objects and self.body() != self.bodies[-1]:
             self.bodies.append(self.body())

@@ -1,0 +1,182 @@
+"""Gang creation outside the reconcile: a reconcile hands its gangs to the deployment's creations and returns;
+what it hands over is planned from until the API shows it; a scale-down, a new revision, a failure or a lost
+lease acts on what is still queued.
+
+Each scenario runs in one event loop (the creations are tasks of it), against the fake `Kube` boundary whose
+pod creates wait while ``hold`` is not released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Coroutine
+from typing import Any
+
+from mimo_operator import labels as L
+from mimo_operator.reconciler import ReconcileResult
+from tests.helpers.operator_world import CRD, NS, World
+from tests.helpers.specs import a_deployment
+
+
+def run(scenario: Coroutine[Any, Any, None]) -> None:
+    asyncio.run(scenario)
+
+
+async def reconcile(w: World) -> ReconcileResult:
+    return await w.reconciler.reconcile(w.body(), w.memory)
+
+
+async def edit(w: World, path: str, value: Any) -> None:
+    """A user's edit of the spec (a new generation), as ``World.edit`` makes it, from inside the loop."""
+    obj = w.body()
+    node = obj["spec"]
+    *parents, leaf = path.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    await w.kube.merge_patch(CRD, L.KIND, NS, obj["metadata"]["name"], {"spec": obj["spec"]})
+    w.kube.writes.pop()
+
+
+def pod_creates(w: World, since: int = 0) -> list[str]:
+    return [name for verb, kind, name in w.kube.writes_since(since) if (verb, kind) == ("create", "Pod")]
+
+
+def gang_of(pod: str) -> str:
+    return pod.rsplit("-", 1)[0]
+
+
+def test_a_reconcile_returns_while_its_gangs_are_created_and_plans_from_them_until_the_api_shows_them() -> None:
+    w = World(a_deployment("d").replicas(3))
+
+    async def scenario() -> None:
+        w.kube.hold = asyncio.Event()
+        await reconcile(w)
+        assert w.memory.creations.busy(), "the reconcile returned with its gangs still being created"
+        assert w.pods() == []
+        # Reconciles while they are being created (a pod event, a resync) plan from them: nothing twice.
+        for _ in range(3):
+            result = await reconcile(w)
+            assert result.requeue_after <= 1.0, "the loop comes back soon to see them land"
+        assert len(w.status()["gangs"]) == 3, "status shows the gangs handed over"
+        w.kube.hold.set()
+        await w.memory.creations.settle()
+        assert len(pod_creates(w)) == len({gang_of(p) for p in pod_creates(w)}) == 3, "no gang twice"
+        assert len(w.live_gangs()) == 3
+        assert sorted(w.live_gangs().values()) == [0, 1, 2]
+        result = await reconcile(w)
+        assert sorted(e.message.split()[1] for e in result.events if e.reason == "GangCreated") == sorted(
+            w.live_gangs()), "each creation is reported once, by the next reconcile"
+        assert not [e for e in (await reconcile(w)).events if e.reason == "GangCreated"]
+
+    run(scenario())
+
+
+def test_a_scale_down_drops_gangs_still_queued_and_waits_for_those_being_created() -> None:
+    w = World(a_deployment("d").replicas(12))
+
+    async def scenario() -> None:
+        w.kube.hold = asyncio.Event()
+        await reconcile(w)
+        assert w.memory.creations.busy()
+        queued = sorted(w.memory.expectations)
+        assert len(queued) == 12
+        await edit(w, "replicas", 2)
+        scale_down = asyncio.create_task(reconcile(w))
+        await asyncio.sleep(0)
+        w.kube.hold.set()  # the gangs already being created finish; only then are they deleted
+        await scale_down
+        await w.memory.creations.settle()
+        for _ in range(2):
+            w.kube.finish_deletions()
+            await reconcile(w)
+            await w.memory.creations.settle()
+        w.kube.finish_deletions()
+        assert sorted(w.live_gangs().values()) == [0, 1]
+        started = {gang_of(p) for p in pod_creates(w)}
+        assert len(started) <= w.memory.creations.concurrency + 2, \
+            "a gang still queued when the scale-down came was never created"
+        assert w.orphans() == []
+        assert not w.memory.creations.busy()
+
+    run(scenario())
+
+
+def test_a_new_revision_drops_the_queued_gangs_of_the_old_one() -> None:
+    w = World(a_deployment("d").replicas(12))
+
+    async def scenario() -> None:
+        w.kube.hold = asyncio.Event()
+        await reconcile(w)
+        old = set(w.memory.expectations)
+        await edit(w, "podTemplate", {"labels": {"team": "b"}})
+        await reconcile(w)
+        w.kube.hold.set()
+        await w.memory.creations.settle()
+        created = {gang_of(p) for p in pod_creates(w)}
+        dropped = old - created
+        assert len(dropped) == 12 - w.memory.creations.concurrency, \
+            "the old revision's gangs not yet started are never created"
+        assert not dropped & set(w.memory.expectations), "and are not planned from"
+        assert len([g for g in w.memory.expectations if g not in old]) >= len(dropped), \
+            "their slots get gangs of the new revision"
+
+    run(scenario())
+
+
+def test_a_creation_the_api_fails_leaves_nothing_behind_pauses_creation_then_the_slot_gets_a_new_gang() -> None:
+    w = World(a_deployment("d").replicas(2))
+    w.kube.fail("create", "Pod", 503, "the server is currently unable to handle the request")
+    result = w.reconcile()  # the failed creation wakes a second reconcile, which reports it
+    failed = [e for e in result.events if e.reason == "GangCreateFailed"]
+    assert len(failed) == 1
+    assert "unable to handle the request" in failed[0].message
+    gang = failed[0].message.split()[1].rstrip(":")
+    assert gang not in w.gang_names(), "nothing of the failed gang stays behind"
+    assert w.orphans() == []
+    assert len(w.live_gangs()) == 1
+    assert "gang creation resumes in" in json.dumps(w.status())
+    mark = len(w.kube.writes)
+    w.now += 1
+    w.reconcile()
+    assert pod_creates(w, mark) == [], "paused"
+    w.now += 2
+    w.reconcile()
+    assert sorted(w.live_gangs().values()) == [0, 1]
+    assert gang not in w.live_gangs(), "a new attempt, so a new name"
+    w.reconcile()  # collects the new gang's creation
+    assert w.memory.create_failures == 0
+    assert "gang creation resumes in" not in json.dumps(w.status())
+
+
+def test_failures_in_a_row_double_the_pause() -> None:
+    w = World(a_deployment("d").replicas(1))
+    pauses = []
+    for _ in range(4):
+        w.kube.fail("create", "NetworkPolicy", 500, "etcdserver: request timed out")
+        w.reconcile()
+        pauses.append(w.memory.create_retry_at - w.now)
+        w.now = w.memory.create_retry_at
+    assert pauses == [2.0, 4.0, 8.0, 16.0]
+    w.reconcile()
+    w.reconcile()
+    assert len(w.live_gangs()) == 1
+    assert w.memory.create_failures == 0
+
+
+def test_losing_the_lease_cancels_what_is_queued_and_nothing_of_it_is_planned_from() -> None:
+    w = World(a_deployment("d").replicas(3))
+
+    async def scenario() -> None:
+        w.kube.hold = asyncio.Event()
+        await reconcile(w)
+        assert len(w.memory.expectations) == 3
+        await w.memory.stop_creating()
+        assert not w.memory.creations.busy()
+        assert w.memory.expectations == {}
+        w.kube.hold.set()
+        await asyncio.sleep(0)
+        assert w.pods() == [], "a cancelled creation lands nothing more"
+
+    run(scenario())
