@@ -89,11 +89,23 @@ def quantiles(buckets: dict[float, float], since: dict[float, float] | None,
 
 
 RECONCILE = "mimo_operator_reconcile_duration_seconds"
+GANG_CREATE = "mimo_operator_gang_create_duration_seconds"
 
 
-def latency(op: RunningOperator, since: dict[float, float] | None) -> str:
-    (p50, p99), n = quantiles(histogram_buckets(op, RECONCILE), since, (0.5, 0.99))
-    return f"{n} reconciles, p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms"
+def snapshot(op: RunningOperator) -> dict[str, dict[float, float]]:
+    """The operator's latency histograms now, to measure a phase from."""
+    return {name: histogram_buckets(op, name) for name in (RECONCILE, GANG_CREATE)}
+
+
+def latency(op: RunningOperator, since: dict[str, dict[float, float]] | None) -> str:
+    (p50, p99), n = quantiles(histogram_buckets(op, RECONCILE), (since or {}).get(RECONCILE), (0.5, 0.99))
+    text = f"{n} reconciles, p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms"
+    # Gangs are created outside the reconcile: how long each took, from handed over (queueing included).
+    (c50, c99), created = quantiles(histogram_buckets(op, GANG_CREATE), (since or {}).get(GANG_CREATE),
+                                    (0.5, 0.99))
+    if created:
+        text += f"; {created} gangs created, handed over → created p50 {c50:.1f} s, p99 {c99:.1f} s"
+    return text
 
 
 def statefulsets(namespace: str, replicas: int, size: int) -> list[dict[str, Any]]:
@@ -186,7 +198,7 @@ def main() -> int:
             # 1. apply → all Running
             cpu0, _ = proc_stats(pid)
             writes0 = op.writes()
-            hist0 = histogram_buckets(op, RECONCILE)
+            hist0 = snapshot(op)
             start = time.monotonic()
             apply(cluster, "ours", deployments(args.deployments, args.replicas, args.nodes_per_replica))
             applied = time.monotonic() - start
@@ -204,7 +216,7 @@ def main() -> int:
             # 2. a no-op resync: everything reconciled again, nothing written
             time.sleep(3)
             writes0, reconciles0 = op.writes(), op.reconciles()
-            hist0 = histogram_buckets(op, RECONCILE)
+            hist0 = snapshot(op)
             watch.wait("a resync of every deployment",
                        lambda: op.reconciles() - reconciles0 >= 2 * args.deployments, args.resync_seconds * 3 + 60)
             say(f"no-op resync: {op.reconciles() - reconciles0:.0f} reconciles, "
@@ -213,7 +225,7 @@ def main() -> int:
             # 3. a rolling update of every deployment
             old = watch.revisions("ours")
             cpu0, _ = proc_stats(pid)
-            hist0 = histogram_buckets(op, RECONCILE)
+            hist0 = snapshot(op)
             start = time.monotonic()
             apply(cluster, "ours", deployments(args.deployments, args.replicas, args.nodes_per_replica, "2"))
             rolled = watch.wait(

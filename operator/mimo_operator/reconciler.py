@@ -797,8 +797,15 @@ class Reconciler:
         built = tuple({**o, "metadata": {**o["metadata"], "creationTimestamp": _iso(now)}} for o in pods)
         memory.expectations[gang] = Expected(len(pods), now + _EXPECTATION_SECONDS, built)
         own.attempts[step.replica] = max(own.attempts.get(step.replica, 0), step.attempt)
-        memory.creations.submit(gang, pool, revision,
-                                lambda: self._create(ctx, gang, objects, step, generation, revision, memory))
+        handed = time.monotonic()
+
+        async def create() -> Created:
+            created = await self._create(ctx, gang, objects, step, generation, revision, memory)
+            if created.refusal is None and not created.failed:
+                metrics.GANG_CREATE_SECONDS.observe(time.monotonic() - handed)
+            return created
+
+        memory.creations.submit(gang, pool, revision, create)
 
     async def _create(self, ctx: BuildContext, gang: str, objects: list[dict[str, Any]], step: CreateGang,
                       generation: int, revision: str, memory: Memory) -> Created:

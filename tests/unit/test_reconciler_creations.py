@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from mimo_operator import labels as L
-from mimo_operator.reconciler import ReconcileResult
+from mimo_operator.handlers import Loops
+from mimo_operator.reconciler import Created, Event, Memory, ReconcileResult
 from tests.helpers.operator_world import CRD, NS, World
 from tests.helpers.specs import a_deployment
 
@@ -180,3 +181,38 @@ def test_losing_the_lease_cancels_what_is_queued_and_nothing_of_it_is_planned_fr
         assert w.pods() == [], "a cancelled creation lands nothing more"
 
     run(scenario())
+
+
+class _HoldingReconciler:
+    """Hands one gang to the creations on its first reconcile; the creation lands only once ``release`` is set."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.landed: list[str] = []
+
+    async def reconcile(self, body: Mapping[str, Any], memory: Memory) -> ReconcileResult:
+        if not self.landed and not memory.creations.busy():
+            async def create() -> Created:
+                await self.release.wait()
+                self.landed.append("g")
+                return Created("g", Event("Normal", "GangCreated", "gang g"))
+            memory.creations.submit("g", "", "r", create)
+        return ReconcileResult(requeue_after=30.0)
+
+
+async def test_a_deleted_deployment_has_nothing_more_created() -> None:
+    reconciler = _HoldingReconciler()
+    loops = Loops(reconciler, None, 30.0)  # type: ignore[arg-type]
+    body = {"metadata": {"namespace": NS, "name": "d", "uid": "u", "generation": 1}, "spec": {}}
+    loops.seen(body, deleted=False)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    loop = loops.loops[(NS, "d")]
+    assert loop.memory.creations.busy()
+    assert loop.task is not None
+    loops.seen(body, deleted=True)
+    await asyncio.gather(loop.task, return_exceptions=True)
+    assert not loop.memory.creations.busy()
+    reconciler.release.set()
+    await asyncio.sleep(0.01)
+    assert reconciler.landed == []
