@@ -47,8 +47,9 @@ from mimo_operator.planner import plan_deployment
 from mimo_operator.planner_pd import DisaggregatedPlan, plan_disaggregated
 from mimo_operator.schedulers import (
     GANG_SCHEDULER_APIS,
+    KueueTopology,
     gang_topology_served,
-    kueue_topology_levels,
+    kueue_topology,
     missing_gang_scheduler,
     missing_queue,
     served_gang_api,
@@ -349,7 +350,7 @@ class Reconciler:
         self.heads = heads
         self.options = options or ReconcilerOptions()
         self.clock = clock
-        self._kueue_levels: dict[tuple[str, str], tuple[float, frozenset[str]]] = {}
+        self._kueue_topology: dict[tuple[str, str], tuple[float, KueueTopology]] = {}
 
     async def reconcile(self, body: Mapping[str, Any], memory: Memory) -> ReconcileResult:
         started = time.monotonic()
@@ -897,7 +898,11 @@ class Reconciler:
 
     async def _gang_topology(self, scheduling: SchedulingSpec, gang_api: str, namespace: str, key: str) -> bool:
         """Whether the gang scheduler can be asked to keep each gang inside one domain of ``key`` (see
-        ``BuildContext.gang_topology``); what Kueue's queues say is remembered for a minute."""
+        ``BuildContext.gang_topology``); what Kueue's queues say is remembered for a minute.
+
+        Raises PlanRefused when Kueue would place the gangs by a Topology that has no level ``key``: every
+        flavor of the queue has a Topology, so Kueue chooses each gang's nodes by it alone, and the pods'
+        affinity to one domain of ``key`` could then leave a gang partly placed."""
         if scheduling.gang_scheduler == "kubernetes":
             return await gang_topology_served(self.kube, gang_api, namespace, key)
         if scheduling.gang_scheduler != "kueue":
@@ -905,10 +910,17 @@ class Reconciler:
         # Kueue's pod integration gives a pod without a queue name the namespace's LocalQueue "default".
         queue = (namespace, scheduling.queue_name or "default")
         now = self.clock()
-        cached = self._kueue_levels.get(queue)
+        cached = self._kueue_topology.get(queue)
         if cached is None or now - cached[0] >= _KUEUE_TOPOLOGY_SECONDS:
-            cached = self._kueue_levels[queue] = (now, await kueue_topology_levels(self.kube, *queue))
-        return key in cached[1]
+            cached = self._kueue_topology[queue] = (now, await kueue_topology(self.kube, *queue))
+        topology = cached[1]
+        if topology.tas_only and key not in topology.levels:
+            raise PlanRefused("spec.scheduling.topologyKey", (
+                f"{key!r} is not a level of the Kueue Topology that places every gang of queue {queue[1]!r} "
+                f"(levels: {', '.join(sorted(topology.levels)) or 'none'}): name one of those levels, or leave "
+                "topologyKey out; Kueue chooses each gang's nodes by its Topology alone, so an affinity to one "
+                f"domain of {key!r} could leave a gang partly placed"))
+        return key in topology.levels
 
     async def _pod_group_kinds(self) -> list[tuple[str, str]]:
         """The PodGroup kinds a gang may have: every gang scheduler's that this cluster serves, not only the

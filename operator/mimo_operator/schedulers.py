@@ -17,8 +17,9 @@ __all__ = [
     "GANG_SCHEDULER_APIS",
     "GangSchedulerApi",
     "KueueGroups",
+    "KueueTopology",
     "gang_topology_served",
-    "kueue_topology_levels",
+    "kueue_topology",
     "missing_gang_scheduler",
     "missing_queue",
     "served_gang_api",
@@ -69,32 +70,44 @@ class _Getter(Discovery, Protocol):
     async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
 
 
-async def kueue_topology_levels(kube: _Getter, namespace: str, queue: str) -> frozenset[str]:
-    """The node labels that Kueue's topology-aware scheduling can hold a group of pods of LocalQueue ``queue``
-    to: the levels of the Topology behind each ResourceFlavor of the queue's ClusterQueue. Empty when no
-    flavor has one, when the queue or its ClusterQueue does not exist, or when Kueue serves no Topology.
+@dataclass(frozen=True)
+class KueueTopology:
+    """What the flavors of a Kueue queue say of topology-aware scheduling."""
+
+    # The node labels that Kueue can hold a group of pods to: the levels of the Topology behind each flavor.
+    levels: frozenset[str] = frozenset()
+    # Every flavor has a Topology: Kueue then places every group of pods of the queue by its Topology, even
+    # one that asks for none, and pods' own affinities do not take part in that placement.
+    tas_only: bool = False
+
+
+async def kueue_topology(kube: _Getter, namespace: str, queue: str) -> KueueTopology:
+    """What the ResourceFlavors of LocalQueue ``queue``'s ClusterQueue say of topology. No levels when no
+    flavor has a Topology, when the queue or its ClusterQueue does not exist, or when Kueue serves no Topology.
 
     A pod group that asks for a topology (``labels.KUEUE_REQUIRED_TOPOLOGY``) is admitted only on a flavor
     that has one, so asking where none has would leave the gang gated for ever: the operator asks only for a
     level that this finds."""
     api = await served_gang_api(kube, "kueue")
     if api is None or "topologies" not in (await kube.served_resources(api) or frozenset()):
-        return frozenset()
+        return KueueTopology()
     cluster_queue = _spec(await kube.get(api, "LocalQueue", namespace, queue)).get("clusterQueue")
     if not cluster_queue:
-        return frozenset()
+        return KueueTopology()
     flavors = {str(flavor["name"])
                for group in _spec(await kube.get(api, "ClusterQueue", "", cluster_queue)).get("resourceGroups") or []
                for flavor in group.get("flavors") or [] if flavor.get("name")}
     levels: set[str] = set()
+    with_topology = 0
     for flavor in sorted(flavors):
         topology = _spec(await kube.get(api, "ResourceFlavor", "", flavor)).get("topologyName")
         if not topology:
             continue
+        with_topology += 1
         for level in _spec(await kube.get(api, "Topology", "", topology)).get("levels") or []:
             if level.get("nodeLabel"):
                 levels.add(str(level["nodeLabel"]))
-    return frozenset(levels)
+    return KueueTopology(frozenset(levels), tas_only=bool(flavors) and with_topology == len(flavors))
 
 
 def _spec(obj: Mapping[str, Any] | None) -> Mapping[str, Any]:

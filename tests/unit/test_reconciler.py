@@ -268,7 +268,8 @@ def kueue_queue(kube: FakeKube, flavors: dict[str, list[str] | None]) -> None:
 @pytest.mark.parametrize(("flavors", "asks"), [
     pytest.param({"tas": ["block", "kubernetes.io/hostname"]}, True, id="a flavor whose topology has the level"),
     pytest.param({"plain": None, "tas": ["block"]}, True, id="one of two flavors has it"),
-    pytest.param({"tas": ["rack", "kubernetes.io/hostname"]}, False, id="a topology without the level"),
+    pytest.param({"plain": None, "tas": ["rack", "kubernetes.io/hostname"]}, False,
+                 id="a topology without the level beside a flavor without one"),
     pytest.param({"plain": None}, False, id="no flavor with a topology"),
 ])
 def test_kueue_is_asked_for_one_block_only_where_the_queues_flavors_have_that_level(
@@ -282,6 +283,31 @@ def test_kueue_is_asked_for_one_block_only_where_the_queues_flavors_have_that_le
     assert len(pods) >= 2, "the gang is created either way"
     # Asking where no flavor has the level would leave the gang gated for ever.
     assert {p["metadata"]["annotations"].get(L.KUEUE_REQUIRED_TOPOLOGY) for p in pods} == {"block" if asks else None}
+
+
+@pytest.mark.parametrize("flavors", [
+    pytest.param({"tas": ["rack", "kubernetes.io/hostname"]}, id="one flavor"),
+    pytest.param({"a": ["rack"], "b": ["kubernetes.io/hostname"]}, id="two flavors, neither with the level"),
+])
+def test_a_topology_key_that_kueue_cannot_place_by_is_refused_naming_the_field_and_the_levels(
+        flavors: dict[str, list[str] | None]) -> None:
+    w = World(one_replica().pro().set("scheduling.gangScheduler", "kueue").set("scheduling.queueName", "gpus")
+              .set("scheduling.topologyKey", "block"))
+    w.kube.served = {KUEUE: frozenset({"workloads", "localqueues", "clusterqueues", "resourceflavors", "topologies"})}
+    kueue_queue(w.kube, flavors)
+    w.reconcile()
+    status = w.status()
+    assert status["phase"] == "Refused"
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["message"].startswith("spec.scheduling.topologyKey: 'block' is not a level of the Kueue Topology")
+    assert "rack" in ready["message"], "the levels it may name"
+    assert w.pods() == [], "no gang that Kueue could place across blocks"
+    w.edit("scheduling", {"gangScheduler": "kueue", "queueName": "gpus", "topologyKey": "rack"})
+    w.reconcile()
+    assert w.status()["phase"] != "Refused"
+    pods = w.kube.of("Pod", NS)
+    assert len(pods) >= 2
+    assert {p["metadata"]["annotations"].get(L.KUEUE_REQUIRED_TOPOLOGY) for p in pods} == {"rack"}
 
 
 def test_what_kueue_says_of_topology_is_read_again_after_a_minute() -> None:
