@@ -54,14 +54,15 @@ def proc_stats(pid: int) -> tuple[float, int]:
     return cpu, peak
 
 
-def histogram_buckets(op: RunningOperator, name: str) -> dict[float, float]:
-    """Cumulative bucket counts of one of the operator's histograms, summed over labels."""
+def histogram_buckets(op: RunningOperator, name: str, **match: str) -> dict[float, float]:
+    """Cumulative bucket counts of one of the operator's histograms, summed over labels (those whose labels
+    include ``match``)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{op.metrics_port}/metrics", timeout=10) as r:
         text = r.read().decode()
     buckets: dict[float, float] = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
-            if s.name == f"{name}_bucket":
+            if s.name == f"{name}_bucket" and all(s.labels.get(k) == v for k, v in match.items()):
                 le = float(s.labels["le"])
                 buckets[le] = buckets.get(le, 0.0) + s.value
     return buckets
@@ -90,11 +91,14 @@ def quantiles(buckets: dict[float, float], since: dict[float, float] | None,
 
 RECONCILE = "mimo_operator_reconcile_duration_seconds"
 GANG_CREATE = "mimo_operator_gang_create_duration_seconds"
+API = "mimo_operator_api_request_duration_seconds"
+API_VERBS = ("create", "patch", "deletecollection")  # gangs' pods and policies; status; gangs deleted
 
 
 def snapshot(op: RunningOperator) -> dict[str, dict[float, float]]:
     """The operator's latency histograms now, to measure a phase from."""
-    return {name: histogram_buckets(op, name) for name in (RECONCILE, GANG_CREATE)}
+    return {RECONCILE: histogram_buckets(op, RECONCILE), GANG_CREATE: histogram_buckets(op, GANG_CREATE),
+            **{f"{API}:{verb}": histogram_buckets(op, API, verb=verb) for verb in API_VERBS}}
 
 
 def latency(op: RunningOperator, since: dict[str, dict[float, float]] | None) -> str:
@@ -105,6 +109,15 @@ def latency(op: RunningOperator, since: dict[str, dict[float, float]] | None) ->
                                     (0.5, 0.99))
     if created:
         text += f"; {created} gangs created, handed over → created p50 {c50:.1f} s, p99 {c99:.1f} s"
+    # What the reconciles and creations wait for: the API's answers, the wait for a pooled connection included.
+    calls = []
+    for verb in API_VERBS:
+        (a50, a99), n = quantiles(histogram_buckets(op, API, verb=verb), (since or {}).get(f"{API}:{verb}"),
+                                  (0.5, 0.99))
+        if n:
+            calls.append(f"{verb} ×{n} p50 {a50 * 1000:.0f} ms, p99 {a99 * 1000:.0f} ms")
+    if calls:
+        text += "; API " + ", ".join(calls)
     return text
 
 

@@ -78,3 +78,34 @@ def test_the_cache_answers_a_selector_as_the_api_server_would() -> None:
     assert select("a", {"d": "x", "c": "engine"}) == ["p1"]
     assert select(None, {"d": "x", "c": "engine"}) == ["p1", "p3"]
     assert select(None, {"d": "x", "g": None}) == ["p1", "p2"]
+
+
+async def test_each_request_is_timed_by_verb_from_made_to_answered() -> None:
+    from aiohttp import web
+
+    async def slow_patch(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.05)
+        return web.json_response({"metadata": {"name": request.match_info["name"]}})
+
+    app = web.Application()
+    app.router.add_patch("/api/v1/namespaces/ns/configmaps/{name}", slow_patch)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    client = Kube(KubeConfig(server=f"http://127.0.0.1:{port}"))
+
+    def seen() -> tuple[float, float]:
+        child = kube.API_SECONDS.labels("patch")
+        return child._sum.get(), sum(b.get() for b in child._buckets)
+
+    try:
+        total0, count0 = seen()
+        await asyncio.gather(*(client.merge_patch("v1", "ConfigMap", "ns", f"c{i}", {"data": {}}) for i in range(3)))
+        total, count = seen()
+        assert count - count0 == 3
+        assert total - total0 >= 3 * 0.05
+    finally:
+        await client.close()
+        await runner.cleanup()
