@@ -112,8 +112,8 @@ class Loops:
         try:
             await self._reconcile_while_leading(key, loop)
         finally:
-            # The deployment is gone or the operator stops: no gang of it is created any more.
-            await loop.memory.stop_creating()
+            # The deployment is gone or the operator stops: nothing more of it is created or written.
+            await loop.memory.stop()
 
     async def _reconcile_while_leading(self, key: tuple[str, str], loop: _Loop) -> None:
         namespace, name = key
@@ -121,7 +121,7 @@ class Loops:
         while True:
             if self.leader is not None and not self.leader.is_leader():
                 # The new leader creates what is still to be created, from what it sees.
-                await loop.memory.stop_creating()
+                await loop.memory.stop()
                 # Another replica may have written status meanwhile: decide from a fresh read.
                 loop.memory.forget_status()
                 await self.leader.leading.wait()

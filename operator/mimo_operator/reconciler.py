@@ -106,6 +106,13 @@ _CREATE_RETRY_CAP_SECONDS = 60.0
 # A download's progress reaches status at most this often (the gauges mimo_weights_bytes_* are live): a
 # status write is a watch event for every client of the deployment, and a 1 TB download lasts long.
 PROGRESS_STATUS_SECONDS = 60.0
+# A status write that failed is tried again after this long, doubling with each failure in a row up to the cap
+# (a newer status decided meanwhile is what is written then).
+_STATUS_RETRY_SECONDS = 1.0
+_STATUS_RETRY_CAP_SECONDS = 30.0
+# A reconcile slower than this is logged with the time each of its phases took, as the API server traces its
+# slow requests: what a slow reconcile waited for, told without a profiler.
+SLOW_RECONCILE_SECONDS = 1.0
 _SHARED_KINDS = [("v1", "ServiceAccount"), ("rbac.authorization.k8s.io/v1", "Role"),
                  ("rbac.authorization.k8s.io/v1", "RoleBinding"), ("apps/v1", "Deployment"), ("v1", "Service"),
                  ("policy/v1", "PodDisruptionBudget")]
@@ -261,20 +268,75 @@ class Creations:
                 self.wake()
 
 
+class StatusWrites:
+    """A deployment's status, written outside its reconcile: the newest status decided, one write at a time.
+
+    A reconcile decides from the status it last decided (``Memory.latest``), not from what the API has taken,
+    so it never waits for the write: on a loaded API server a status patch of a hundred gangs took seconds,
+    and every event of the deployment waited behind it. A status decided while an older one is still on its
+    way replaces it (only the newest is written, so a burst of reconciles makes one or two writes). A write
+    that fails is tried again with back-off, and a reconcile goes on deciding meanwhile; before, the failure
+    failed the reconcile, and the loop's back-off held every decision of the deployment.
+    """
+
+    def __init__(self) -> None:
+        self._pending: Callable[[], Awaitable[None]] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.failures = 0  # in a row
+
+    def submit(self, write: Callable[[], Awaitable[None]]) -> None:
+        """Write this status next, in place of any not yet started."""
+        self._pending = write
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._work(), name="write status")
+
+    def pending(self) -> bool:
+        """Whether a newer status than the last one written waits to be written."""
+        return self._pending is not None
+
+    async def settle(self) -> None:
+        """Wait until the newest status is written (retrying what fails)."""
+        while self._task is not None and not self._task.done():
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def cancel(self) -> None:
+        """Stop writing (this process stopped leading, or the deployment is gone): nothing more is written."""
+        self._pending = None
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _work(self) -> None:
+        while (write := self._pending) is not None:
+            self._pending = None
+            try:
+                await write()
+                self.failures = 0
+            except Exception as e:
+                self.failures += 1
+                delay = min(_STATUS_RETRY_CAP_SECONDS, _STATUS_RETRY_SECONDS * 2 ** (self.failures - 1))
+                log.warning("status write failed (%d in a row; again in %.0f s): %s", self.failures, delay, e)
+                if self._pending is None:
+                    self._pending = write
+                await asyncio.sleep(delay)
+
+
 @dataclass
 class Memory:
     """What one operator process keeps per deployment: guards only, never the source of truth."""
 
     expectations: dict[str, Expected] = field(default_factory=dict)  # by gang
     creations: Creations = field(default_factory=Creations)
+    status: StatusWrites = field(default_factory=StatusWrites)
     # After a creation failed (not refused): how many failed in a row, what the last said, and when the next
     # gang may be created.
     create_failures: int = 0
     create_error: str = ""
     create_retry_at: float = float("-inf")
     autoscaler: autoscaler.AutoscalerMemory = field(default_factory=autoscaler.AutoscalerMemory)
-    # The deployment as the API answered our last status write (or a fresh read): None until read, and
-    # again whenever this process may not have been the only writer (it just became leader).
+    # The deployment with the status this process last decided (written, or on its way: ``status``), as the
+    # API answered the last write or a fresh read: None until read, and again whenever this process may not
+    # have been the only writer (it just became leader).
     latest: dict[str, Any] | None = None
     weights_shown: WeightsState | None = None   # the weights as status last showed them, and when
     weights_shown_at: float = 0.0
@@ -296,16 +358,34 @@ class Memory:
     def forget_status(self) -> None:
         self.latest = None
 
-    async def stop_creating(self) -> None:
-        """Cancel the gang creations under way or queued; what did not land is not planned from any more."""
+    async def stop(self) -> None:
+        """Cancel the gang creations under way or queued (what did not land is not planned from any more) and
+        the status writes: this process no longer acts for the deployment."""
         for gang in await self.creations.cancel():
             self.expectations.pop(gang, None)
+        await self.status.cancel()
 
     def pool(self, key: str) -> Memory:
         """What one pool keeps: this memory for a colocated deployment (key ""), else the pool's own."""
         if not key:
             return self
         return self.pools.setdefault(key, Memory())
+
+
+class _Trace:
+    """The phases of one reconcile and how long each took."""
+
+    def __init__(self) -> None:
+        self.started = self._last = time.monotonic()
+        self.phases: list[tuple[str, float]] = []
+
+    def step(self, phase: str) -> None:
+        now = time.monotonic()
+        self.phases.append((phase, now - self._last))
+        self._last = now
+
+    def text(self) -> str:
+        return ", ".join(f"{phase} {seconds * 1000:.0f} ms" for phase, seconds in self.phases if seconds >= 0.001)
 
 
 @dataclass
@@ -353,16 +433,22 @@ class Reconciler:
         self._kueue_topology: dict[tuple[str, str], tuple[float, KueueTopology]] = {}
 
     async def reconcile(self, body: Mapping[str, Any], memory: Memory) -> ReconcileResult:
-        started = time.monotonic()
+        trace = _Trace()
         try:
-            return await self._reconcile(body, memory)
+            return await self._reconcile(body, memory, trace)
         finally:
-            metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
+            took = time.monotonic() - trace.started
+            metrics.RECONCILE_SECONDS.observe(took)
+            if took >= SLOW_RECONCILE_SECONDS:
+                meta = body["metadata"]
+                log.info("reconcile of %s/%s took %.2f s: %s", meta["namespace"], meta["name"], took,
+                         trace.text() or "no phase finished")
 
-    async def _reconcile(self, event_body: Mapping[str, Any], memory: Memory) -> ReconcileResult:
+    async def _reconcile(self, event_body: Mapping[str, Any], memory: Memory, trace: _Trace) -> ReconcileResult:
         result = ReconcileResult()
         refusals = self._creations_ended(memory, result)
         body = await self._freshest(event_body, memory)
+        trace.step("read")
         if body is None:
             return result  # deleted meanwhile
         meta = body["metadata"]
@@ -384,6 +470,7 @@ class Reconciler:
             gang_topology = bool(gang_api and topology
                                  and await self._gang_topology(spec.scheduling, gang_api, namespace, topology))
         except SpecError as e:
+            trace.step("plan")
             reason = "PlanRefused" if isinstance(e, PlanRefused) else "InvalidSpec"
             status = refused_status(old_status, generation, e.field, str(e), reason)
             if await self._write_status(namespace, name, old_status, status, memory):
@@ -397,6 +484,7 @@ class Reconciler:
                            pod_annotations=_pod_template(spec, "annotations"), disaggregated=pd, gang_api=gang_api,
                            gang_topology=gang_topology)
         pools = pools_of(ctx)
+        trace.step("plan")
         now = self.clock()
         # Queued creations of an older revision are never started: their slots get gangs of the new one.
         current = {p.key: revision_of(p.ctx) for p in pools}
@@ -409,6 +497,7 @@ class Reconciler:
         # Only a gang whose pods are not all known holds creation back: the others are planned as created.
         unknown = tuple(g for g in expected if not memory.expectations[g].created)
         gangs = gangs_from_pods(pods)
+        trace.step("list")
 
         # The gates every pool shares, decided before the planner and handed to it.
         weights = await ensure_weights(self.kube, ctx, self.options.weights,
@@ -416,6 +505,7 @@ class Reconciler:
         result.events.extend(Event(e.type, e.reason, e.message) for e in weights.events)
         result.requeue_after = min(result.requeue_after, weights.requeue_after)
         shown = _weights_shown(weights, memory, now)
+        trace.step("weights")
         # GPUs do not wait on a download: no gang until its weights are ready where it will run.
         weights_gate = shown.message if weights.blocks_gangs else None
         refused = refusal_from_status(old_status, generation)
@@ -448,12 +538,14 @@ class Reconciler:
             if pool.key in scaling:
                 run.autoscaling = scaling[pool.key]["status"]
             ran.append(run)
+        trace.step("pools")
 
         if refused is None:
             refusal = await self._apply_shared(ctx, memory, now)
             if refusal is not None:
                 refused = {**refusal, "generation": generation, "revision": ran[0].revision}
                 result.events.append(Event("Warning", "ChildRefused", refusal_text(refused)))
+            trace.step("shared")
         if refused is not None:
             for run in ran:
                 if run.gates_refused is None:
@@ -468,9 +560,11 @@ class Reconciler:
         if now - memory.orphans_checked_at >= _ORPHAN_CHECK_SECONDS:
             memory.orphans_checked_at = now
             await self._collect_orphans(ctx, live, memory, now)
+            trace.step("orphans")
 
         health = {n: h for run in ran for n, h in run.outcome.health.items()}
         fabric = await self._fabric(live, health, ctx.ports.worker_http, old_status, memory, result)
+        trace.step("fabric")
         endpoint = router_url(ctx) if spec.router.enabled else None
         statuses = {}
         for run in ran:
@@ -484,6 +578,7 @@ class Reconciler:
                   else disaggregated_status(old=old_status, name=name, generation=generation, pools=statuses,
                                             endpoint=endpoint, weights=shown, refused=refused))
         await self._write_status(namespace, name, old_status, status, memory)
+        trace.step("status")
         for g in live:
             state = health[g.name].state.value
             result.gangs_by_state[state] = result.gangs_by_state.get(state, 0) + 1
@@ -581,18 +676,18 @@ class Reconciler:
         for shown in old_status.get("gangs") or []:
             if shown.get("fabric") and shown.get("name") in live:
                 memory.fabric.setdefault(shown["name"], dict(shown["fabric"]))
-        for g in gangs:
-            if (g.name in memory.fabric or g.head is None or not g.head.ip
-                    or health[g.name].state is not GangHealth.READY):
-                continue
-            got = await self.heads.fabric(g.head.ip, port)
+        # Asked together: a reconcile waits for one head's answer (or timeout), not for each in turn.
+        asking = [(g.name, g.head.ip) for g in gangs if g.name not in memory.fabric and g.head is not None
+                  and g.head.ip and health[g.name].state is GangHealth.READY]
+        answers = await asyncio.gather(*(self.heads.fabric(ip, port) for _, ip in asking))
+        for (gang, _), got in zip(asking, answers, strict=True):
             if got is None:
                 continue
-            memory.fabric[g.name] = got
+            memory.fabric[gang] = got
             figures = ", ".join(f"{k} {got[k]} GB/s" for k in ("allReduceGBps", "allToAllGBps", "expectedGBps")
                                 if k in got)
             result.events.append(Event("Warning" if got["verdict"] == "fail" else "Normal", "FabricChecked",
-                                       f"gang {g.name}: fabric {got['verdict']}"
+                                       f"gang {gang}: fabric {got['verdict']}"
                                        + (f" ({figures})" if figures else "") + f": {got['message']}"))
         for gone in set(memory.fabric) - live:
             del memory.fabric[gone]
@@ -770,23 +865,22 @@ class Reconciler:
         a router that still sent some would see them fail). Asking again is harmless: the head's drain is
         idempotent, which also covers an operator restarted between the two steps.
         """
-        done = set()
-        for g in gangs:
-            head = g.head
-            if g.drain_started is None or head is None:
-                continue
-            if not head.ip:
-                done.add(g.name)  # never served: nothing in flight
-                continue
-            if now - g.drain_started < ROUTER_GRACE_SECONDS:
-                continue
-            state = await self.heads.drain_state(head.ip, port)
+        draining = [(g.name, g.head.ip, g.drain_started) for g in gangs
+                    if g.drain_started is not None and g.head is not None]
+        done = {gang for gang, ip, _ in draining if not ip}  # never served: nothing in flight
+
+        async def ask(gang: str, ip: str, started: float) -> None:
+            state = await self.heads.drain_state(ip, port)
             if state is not None and state.done:
-                done.add(g.name)
+                done.add(gang)
             elif state is None or state.idle:
                 # The timeout as the spec says now: the gang's pods do not carry it, so editing it restarts
                 # nothing. What is left of it, since the operator deletes the gang when it has passed.
-                await self.heads.start_drain(head.ip, port, drain_timeout - (now - g.drain_started))
+                await self.heads.start_drain(ip, port, drain_timeout - (now - started))
+
+        # Every head asked at once: a reconcile waits for one head's answer (or timeout), not for each in turn.
+        await asyncio.gather(*(ask(gang, ip, started) for gang, ip, started in draining
+                               if ip and now - started >= ROUTER_GRACE_SECONDS))
         return frozenset(done)
 
     def _submit(self, step: CreateGang, pool: str, ctx: BuildContext, revision: str, generation: int,
@@ -1004,20 +1098,42 @@ class Reconciler:
 
     async def _write_status(self, namespace: str, name: str, old: Mapping[str, Any], new: dict[str, Any],
                             memory: Memory) -> bool:
+        """Decide ``new`` as the deployment's status (False when ``old`` already says it all): the next reconcile
+        decides from it, and ``memory.status`` writes it."""
         if all(old.get(k) == v for k, v in new.items()):
             return False
-        try:
-            written: dict[str, Any] = await self.kube.merge_patch(f"{L.GROUP}/{L.VERSION}", L.KIND, namespace, name,
-                                                  {"status": new}, subresource="status")
-        except ApiError as e:
-            if e.code == 404:
-                memory.forget_status()
-                return False
-            raise
-        # The API's answer is the deployment with our status in it: the next reconcile decides from it,
-        # whatever older body a watch event still carries.
-        memory.latest = written
+        if memory.latest is not None:
+            memory.latest = {**memory.latest, "status": _merge_patched(memory.latest.get("status") or {}, new)}
+
+        async def write() -> None:
+            try:
+                written: dict[str, Any] = await self.kube.merge_patch(
+                    f"{L.GROUP}/{L.VERSION}", L.KIND, namespace, name, {"status": new}, subresource="status")
+            except ApiError as e:
+                if e.code == 404:
+                    memory.forget_status()  # gone: nothing to write, and a new one of that name is another
+                    return
+                raise
+            if not memory.status.pending():
+                # The API's answer is the deployment with our status in it: the next reconcile decides from it,
+                # whatever older body a watch event still carries.
+                memory.latest = written
+
+        memory.status.submit(write)
         return True
+
+
+def _merge_patched(target: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """``target`` with a JSON merge patch (RFC 7386) applied, as the API server applies one."""
+    out = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge_patched(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def _version(meta: Mapping[str, Any]) -> int:

@@ -11,12 +11,13 @@ import asyncio
 import copy
 import dataclasses
 import itertools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from mimo_operator import labels as L
+from mimo_operator import reconciler
 from mimo_operator.handlers import intent_of
 from mimo_operator.reconciler import MAX_GANG_CREATES, Memory
 from tests.helpers.fakekube import FakeKube
@@ -511,8 +512,21 @@ def test_a_refusal_whose_message_names_no_field_is_traced_to_the_spec_value_it_q
 def test_a_lost_status_write_does_not_make_a_gang_name_come_back() -> None:
     w = World(one_replica(), budget=5)
     w.kube.fail("patch", L.KIND, 500, "etcd timeout")
-    with pytest.raises(Exception, match="etcd timeout"):
-        w.reconcile()  # the gang is created, its record is not written
+
+    async def lose_the_lease_before_the_write_is_tried_again() -> None:
+        await w.reconciler.reconcile(w.body(), w.memory)
+        await w.memory.creations.settle()  # the gang is created
+        for _ in range(200):
+            if w.memory.status.failures:
+                break
+            await asyncio.sleep(0.01)
+        assert w.memory.status.failures == 1, "its record's write failed"
+        # This process stops leading before it tries again, and leads again: it reads the status afresh.
+        await w.memory.stop()
+        w.memory.forget_status()
+
+    asyncio.run(lose_the_lease_before_the_write_is_tried_again())
+    assert "replicaRecords" not in w.status(), "the record was never written"
     (first,) = w.live_gangs()
     w.fail_pods()
     w.now += 1
@@ -522,6 +536,77 @@ def test_a_lost_status_write_does_not_make_a_gang_name_come_back() -> None:
     w.reconcile()
     (second,) = w.live_gangs()
     assert second != first
+
+
+def test_a_failed_status_write_fails_no_reconcile_and_is_tried_again_until_it_lands(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reconciler, "_STATUS_RETRY_SECONDS", 0.01)
+    w = World(a_deployment("d").replicas(2))
+    w.kube.fail("patch", L.KIND, 500, "etcd timeout", times=2)
+    w.reconcile()  # before, the reconcile failed and its loop backed off
+    assert [v for v, k, _ in w.kube.writes if k == L.KIND and v == "patch"] == ["patch"] * 3, \
+        "two failed, the third landed"
+    assert sorted(r["replica"] for r in w.status()["replicaRecords"]) == [0, 1]
+    assert len(w.live_gangs()) == 2
+
+
+def test_a_reconcile_decides_from_the_status_it_decided_while_that_is_still_being_written() -> None:
+    w = World(a_deployment("d").replicas(2))
+    hold = asyncio.Event()
+    patch = w.kube.merge_patch
+
+    async def slow_status(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        if kwargs.get("subresource") == "status":
+            await hold.wait()
+        return await patch(*args, **kwargs)
+
+    w.kube.merge_patch = slow_status  # type: ignore[method-assign]
+
+    async def two_reconciles_then_the_write() -> None:
+        await w.reconciler.reconcile(w.body(), w.memory)
+        await w.memory.creations.settle()
+        assert w.status() == {}, "the first status is still on its way"
+        assert w.memory.latest is not None
+        assert sorted(r["replica"] for r in w.memory.latest["status"]["replicaRecords"]) == [0, 1]
+        mark = len(w.kube.writes)
+        await w.reconciler.reconcile(w.body(), w.memory)  # from the decided status: nothing created again
+        await w.memory.creations.settle()
+        assert [v for v, k, _ in w.kube.writes[mark:] if k == "Pod"] == []
+        hold.set()
+        await w.memory.status.settle()
+
+    asyncio.run(two_reconciles_then_the_write())
+    assert len(w.live_gangs()) == 2
+    assert sorted(r["replica"] for r in w.status()["replicaRecords"]) == [0, 1]
+    assert w.memory.latest is not None
+    assert w.memory.latest["metadata"]["resourceVersion"] == w.body()["metadata"]["resourceVersion"], \
+        "once written, the API's answer is what the next reconcile decides from"
+
+
+def test_a_status_decided_while_an_older_one_is_being_written_replaces_the_unwritten_ones() -> None:
+    async def scenario() -> list[str]:
+        writes = reconciler.StatusWrites()
+        written: list[str] = []
+        release = asyncio.Event()
+
+        def status(name: str) -> Callable[[], Awaitable[None]]:
+            async def write() -> None:
+                if name == "first":
+                    await release.wait()
+                written.append(name)
+            return write
+
+        writes.submit(status("first"))
+        await asyncio.sleep(0)  # the first write is under way
+        for name in ("second", "third", "fourth"):
+            writes.submit(status(name))
+        assert writes.pending()
+        release.set()
+        await writes.settle()
+        assert not writes.pending()
+        return written
+
+    assert asyncio.run(scenario()) == ["first", "fourth"]
 
 
 def test_a_reconcile_creates_a_bounded_number_of_gangs_and_comes_back_at_once_for_the_rest() -> None:

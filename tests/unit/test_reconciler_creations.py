@@ -25,7 +25,10 @@ def run(scenario: Coroutine[Any, Any, None]) -> None:
 
 
 async def reconcile(w: World) -> ReconcileResult:
-    return await w.reconciler.reconcile(w.body(), w.memory)
+    """One reconcile, then the status it decided written (the gangs' creations may still be under way)."""
+    result = await w.reconciler.reconcile(w.body(), w.memory)
+    await w.memory.status.settle()
+    return result
 
 
 async def edit(w: World, path: str, value: Any) -> None:
@@ -173,7 +176,7 @@ def test_losing_the_lease_cancels_what_is_queued_and_nothing_of_it_is_planned_fr
         w.kube.hold = asyncio.Event()
         await reconcile(w)
         assert len(w.memory.expectations) == 3
-        await w.memory.stop_creating()
+        await w.memory.stop()
         assert not w.memory.creations.busy()
         assert w.memory.expectations == {}
         w.kube.hold.set()
