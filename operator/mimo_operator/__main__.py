@@ -46,6 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hub-endpoint", default=env("MIMO_HUB_ENDPOINT"),
                    help="HF_ENDPOINT for the weights downloads (a Hugging Face mirror)")
     p.add_argument("--resync-seconds", type=float, default=30.0)
+    p.add_argument("--batch-seconds", type=float, default=1.0,
+                   help="the least time between two reconciles of one deployment; the events in between are "
+                        "acted on together")
     p.add_argument("--max-gang-creates", type=int, default=MAX_GANG_CREATES,
                    help="gangs one reconcile creates at most; the next reconcile, at once, creates the rest")
     p.add_argument("--verbose", action="store_true")
@@ -91,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             weights=WeightsOptions(pod_labels=tuple(_label(x) for x in args.weights_pod_label),
                                    hub_endpoint=args.hub_endpoint)),
         leader_election=args.leader_election, lease_namespace=args.lease_namespace,
-        resync_seconds=args.resync_seconds, namespaces=tuple(args.namespace),
+        resync_seconds=args.resync_seconds, batch_seconds=args.batch_seconds, namespaces=tuple(args.namespace),
     )
     register(config)
     health_host, health_port = _split(args.health_address)

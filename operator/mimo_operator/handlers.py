@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,7 @@ class OperatorConfig:
     lease_name: str = "mimo-operator"
     identity: str = field(default_factory=lambda: os.environ.get("POD_NAME") or f"mimo-operator-{os.getpid()}")
     resync_seconds: float = 30.0
+    batch_seconds: float = 1.0  # the least time between two reconciles of one deployment (see `Loops`)
     namespaces: tuple[str, ...] = ()  # watched namespaces; none: every namespace
 
 
@@ -67,12 +69,21 @@ def intent_of(body: Mapping[str, Any]) -> str:
 
 
 class Loops:
-    """One reconcile loop per deployment, poked by watch events."""
+    """One reconcile loop per deployment, poked by watch events.
 
-    def __init__(self, reconciler: Reconciler, leader: LeaderElection | None, resync: float) -> None:
+    Two reconciles of one deployment start at least ``batch`` seconds apart, and what arrived in between is
+    acted on together (as Kubernetes' EndpointSlice controller batches its updates). While a hundred gangs
+    start, their pods change several times a second; a reconcile for each change cost the operator a
+    reconcile's CPU every few tens of milliseconds, which on a busy control plane slowed the very API server
+    that was creating the gangs.
+    """
+
+    def __init__(self, reconciler: Reconciler, leader: LeaderElection | None, resync: float,
+                 batch: float = 1.0) -> None:
         self.reconciler = reconciler
         self.leader = leader
         self.resync = resync
+        self.batch = batch
         self.loops: dict[tuple[str, str], _Loop] = {}
 
     def seen(self, body: Mapping[str, Any], deleted: bool) -> None:
@@ -118,6 +129,7 @@ class Loops:
     async def _reconcile_while_leading(self, key: tuple[str, str], loop: _Loop) -> None:
         namespace, name = key
         failures = 0
+        started = float("-inf")
         while True:
             if self.leader is not None and not self.leader.is_leader():
                 # The new leader creates what is still to be created, from what it sees.
@@ -125,6 +137,9 @@ class Loops:
                 # Another replica may have written status meanwhile: decide from a fresh read.
                 loop.memory.forget_status()
                 await self.leader.leading.wait()
+            if (wait := started + self.batch - time.monotonic()) > 0:
+                await asyncio.sleep(wait)
+            started = time.monotonic()
             loop.poke.clear()
             delay = self.resync
             try:
@@ -229,7 +244,7 @@ def register(config: OperatorConfig) -> None:
             leader = LeaderElection(memo.kube, config.lease_namespace, config.lease_name, config.identity)
             memo.leader_task = asyncio.create_task(leader.run(), name="leader election")
         reconciler = Reconciler(memo.kube, Heads(memo.http), config.reconciler)
-        memo.loops = Loops(reconciler, leader, config.resync_seconds)
+        memo.loops = Loops(reconciler, leader, config.resync_seconds, config.batch_seconds)
         memo.pods = pods = PodEvents(memo.loops, KueueGroups(memo.kube))
         # One watch of the gangs' and routers' pods per watched namespace: it pokes their deployment's loop
         # and is the cache the reconciler's pod lists are answered from.

@@ -110,6 +110,9 @@ PROGRESS_STATUS_SECONDS = 60.0
 # (a newer status decided meanwhile is what is written then).
 _STATUS_RETRY_SECONDS = 1.0
 _STATUS_RETRY_CAP_SECONDS = 30.0
+# A Ready gang's head that could not report its fabric check (still running it, or not answering) is asked
+# again after this long: not on every reconcile, which at a hundred starting gangs meant a hundred requests each.
+_FABRIC_ASK_SECONDS = 10.0
 # A reconcile slower than this is logged with the time each of its phases took, as the API server traces its
 # slow requests: what a slow reconcile waited for, told without a profiler.
 SLOW_RECONCILE_SECONDS = 1.0
@@ -345,6 +348,7 @@ class Memory:
     attempts: dict[int, int] = field(default_factory=dict)
     # Each gang's fabric check as its head reported it once the gang was Ready (read once per gang).
     fabric: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fabric_asked: dict[str, float] = field(default_factory=dict)  # when a head that could not say was asked
     orphans_checked_at: float = float("-inf")  # when the gangs' objects were last listed for orphans
     # The shared objects as last found in place (their names and spec hashes), and when: an unchanged set is
     # listed again only every _SHARED_CHECK_SECONDS, not on every reconcile.
@@ -563,7 +567,7 @@ class Reconciler:
             trace.step("orphans")
 
         health = {n: h for run in ran for n, h in run.outcome.health.items()}
-        fabric = await self._fabric(live, health, ctx.ports.worker_http, old_status, memory, result)
+        fabric = await self._fabric(live, health, ctx.ports.worker_http, old_status, memory, now, result)
         trace.step("fabric")
         endpoint = router_url(ctx) if spec.router.enabled else None
         statuses = {}
@@ -668,20 +672,23 @@ class Reconciler:
                        upgrade=upgrade, autoscaling=autoscaling, gates_refused=desired.gates.refused)
 
     async def _fabric(self, gangs: list[ObservedGang], health: Mapping[str, Health], port: int,
-                      old_status: Mapping[str, Any], memory: Memory,
+                      old_status: Mapping[str, Any], memory: Memory, now: float,
                       result: ReconcileResult) -> dict[str, dict[str, Any]]:
         """Each gang's fabric check: what status already shows, and for a gang that turned Ready since, its
-        head's figures, read once (one Event per gang; a head that cannot say is asked again next time)."""
+        head's figures, read once (one Event per gang; a head that cannot say is asked again
+        ``_FABRIC_ASK_SECONDS`` later)."""
         live = {g.name for g in gangs}
         for shown in old_status.get("gangs") or []:
             if shown.get("fabric") and shown.get("name") in live:
                 memory.fabric.setdefault(shown["name"], dict(shown["fabric"]))
         # Asked together: a reconcile waits for one head's answer (or timeout), not for each in turn.
         asking = [(g.name, g.head.ip) for g in gangs if g.name not in memory.fabric and g.head is not None
-                  and g.head.ip and health[g.name].state is GangHealth.READY]
+                  and g.head.ip and health[g.name].state is GangHealth.READY
+                  and now - memory.fabric_asked.get(g.name, float("-inf")) >= _FABRIC_ASK_SECONDS]
         answers = await asyncio.gather(*(self.heads.fabric(ip, port) for _, ip in asking))
         for (gang, _), got in zip(asking, answers, strict=True):
             if got is None:
+                memory.fabric_asked[gang] = now
                 continue
             memory.fabric[gang] = got
             figures = ", ".join(f"{k} {got[k]} GB/s" for k in ("allReduceGBps", "allToAllGBps", "expectedGBps")
@@ -691,6 +698,8 @@ class Reconciler:
                                        + (f" ({figures})" if figures else "") + f": {got['message']}"))
         for gone in set(memory.fabric) - live:
             del memory.fabric[gone]
+        for gone in set(memory.fabric_asked) - live.difference(memory.fabric):
+            del memory.fabric_asked[gone]
         return {n: f for n, f in memory.fabric.items() if n in live}
 
     async def _autoscale(self, ctx: BuildContext, gangs: list[ObservedGang], outcome: Outcome, memory: Memory,

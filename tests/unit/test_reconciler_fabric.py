@@ -56,9 +56,13 @@ def test_a_failed_verdict_is_a_warning_and_a_head_that_cannot_say_is_asked_again
     w.now += 1
     w.reconcile()
     assert "fabric" not in w.status()["gangs"][0]
+    asked = len(w.heads.fabric_asked)
     failed = fabric_of({"fabric": {**HEAD_STATUS["fabric"], "verdict": "fail", "message": "all-to-all too slow"}})
     w.heads.fabric_reports = {ip: failed or {} for ip in reports}
     w.now += 1
+    w.reconcile()
+    assert len(w.heads.fabric_asked) == asked, "not asked again on every reconcile"
+    w.now += 10
     result = w.reconcile()
     assert [e.type for e in result.events if e.reason == "FabricChecked"] == ["Warning"]
     assert w.status()["gangs"][0]["fabric"]["verdict"] == "fail"
