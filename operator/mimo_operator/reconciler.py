@@ -116,9 +116,10 @@ _FABRIC_ASK_SECONDS = 10.0
 # A reconcile slower than this is logged with the time each of its phases took, as the API server traces its
 # slow requests: what a slow reconcile waited for, told without a profiler.
 SLOW_RECONCILE_SECONDS = 1.0
-_SHARED_KINDS = [("v1", "ServiceAccount"), ("rbac.authorization.k8s.io/v1", "Role"),
-                 ("rbac.authorization.k8s.io/v1", "RoleBinding"), ("apps/v1", "Deployment"), ("v1", "Service"),
-                 ("policy/v1", "PodDisruptionBudget")]
+# The shared objects' kinds, in the order they are applied: the policy that closes the engine pods first.
+_SHARED_KINDS = [("networking.k8s.io/v1", "NetworkPolicy"), ("v1", "ServiceAccount"),
+                 ("rbac.authorization.k8s.io/v1", "Role"), ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+                 ("apps/v1", "Deployment"), ("v1", "Service"), ("policy/v1", "PodDisruptionBudget")]
 # A gang's objects besides its pods and PodGroup: its NetworkPolicy, and the launch-plan ConfigMap and headless
 # Service that gangs made by earlier operators still have (today's carry the plan in their pods and share the
 # deployment's Service), so that those go with their gangs too.
@@ -410,7 +411,6 @@ class PoolRun:
     outcome: Outcome
     upgrade: OperatorUpgrade
     autoscaling: dict[str, Any]
-    gates_refused: str | None  # a refusal already recorded in status held creations back
 
 
 def _stamp(obj: dict[str, Any]) -> dict[str, Any]:
@@ -517,6 +517,14 @@ class Reconciler:
         refused = refused or next((r for r in refusals if r["generation"] == generation), None)
         if expected:
             result.requeue_after = 1.0
+        # The shared objects before any gang: among them the policy that closes every engine pod of the
+        # deployment from its creation on (see ``build.shared``), and a refusal of one holds the gangs back.
+        if refused is None:
+            refusal = await self._apply_shared(ctx, memory, now)
+            if refusal is not None:
+                refused = {**refusal, "generation": generation, "revision": current[pools[0].key]}
+                result.events.append(Event("Warning", "ChildRefused", refusal_text(refused)))
+            trace.step("shared")
 
         # Gangs of a pool the deployment no longer has (it turned disaggregated, or colocated again).
         keys = {p.key for p in pools}
@@ -544,19 +552,6 @@ class Reconciler:
             ran.append(run)
         trace.step("pools")
 
-        if refused is None:
-            refusal = await self._apply_shared(ctx, memory, now)
-            if refusal is not None:
-                refused = {**refusal, "generation": generation, "revision": ran[0].revision}
-                result.events.append(Event("Warning", "ChildRefused", refusal_text(refused)))
-            trace.step("shared")
-        if refused is not None:
-            for run in ran:
-                if run.gates_refused is None:
-                    # Refused just now: the status says what the next reconcile will, so it is written once.
-                    run.outcome = dataclasses.replace(
-                        run.outcome, steps=[s for s in run.outcome.steps if not isinstance(s, CreateGang)],
-                        waiting=[*run.outcome.waiting, Gates(refused=refusal_text(refused)).blocking() or ""])
         live = [g for g in gangs if g.pool in keys]
         # An orphan comes of an interrupted creation or deletion and may wait a little: the gangs' objects
         # are listed for it at most every _ORPHAN_CHECK_SECONDS, not on every reconcile (at a hundred gangs
@@ -669,7 +664,7 @@ class Reconciler:
                                           for step in outcome.steps if not isinstance(step, CreateGang)))
         result.events.extend(executed)
         return PoolRun(pool=pool, revision=revision, gangs=gangs, desired=desired, outcome=outcome,
-                       upgrade=upgrade, autoscaling=autoscaling, gates_refused=desired.gates.refused)
+                       upgrade=upgrade, autoscaling=autoscaling)
 
     async def _fabric(self, gangs: list[ObservedGang], health: Mapping[str, Health], port: int,
                       old_status: Mapping[str, Any], memory: Memory, now: float,
@@ -917,10 +912,13 @@ class Reconciler:
         ns = ctx.namespace
         pods = [o for o in objects if o["kind"] == "Pod"]
         # A gang's objects never change after creation (a change is a new revision, so a new gang): they are
-        # created, not applied. The NetworkPolicy (and PodGroup) come first: no pod of the gang runs before
-        # the policy that closes Ray's ports exists.
+        # created, not applied. A PodGroup comes first, since a gang scheduler places pods by it. The gang's
+        # NetworkPolicy goes with the pods: the deployment's own policy closes every engine pod from its
+        # creation (a shared object, in place before any gang), and the gang's opens Ray's ports to the gang.
+        groups = [o for o in objects if o["kind"] not in ("Pod", "NetworkPolicy")]
+        policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
         try:
-            for batch in ([o for o in objects if o["kind"] != "Pod"], pods):
+            for batch in ([groups] if groups else []) + [[*pods, *policies]]:
                 # Every create of a batch ends before a failure is acted on: none may land after the clean-up.
                 done = await asyncio.gather(*(self.kube.create(o, exist_ok=True) for o in batch),
                                             return_exceptions=True)
@@ -949,7 +947,7 @@ class Reconciler:
             # try, from what was built), until the list shows the gang or the deadline passes.
             expectation.created = tuple(
                 r if isinstance(r, dict) else {**o, "metadata": {**o["metadata"], "creationTimestamp": _iso(now)}}
-                for r, o in zip(done, pods, strict=True))
+                for r, o in zip(done[:len(pods)], pods, strict=True))
             expectation.deadline = now + _EXPECTATION_SECONDS
         metrics.GANGS_CREATED.labels(ns, ctx.name).inc()
         log.info("%s/%s: created gang %s (replica %d, attempt %d): %s", ns, ctx.name, gang, step.replica,

@@ -73,7 +73,8 @@ def test_a_pro_deployment_on_h200_becomes_two_ready_gangs_of_the_planned_size(
     names = {kind: {o["metadata"]["name"] for o in cluster.kubectl_json(
         "get", kind, "-n", namespace, "-l", "mimo-operator.io/deployment=pro")["items"]}
         for kind in ("service", "configmap", "networkpolicy")}
-    assert names["networkpolicy"] == set(gangs), "one NetworkPolicy per gang"
+    assert names["networkpolicy"] == {*gangs, "pro-engines-closed"}, \
+        "one NetworkPolicy per gang, and the deployment's that closes every engine pod"
     assert names["service"] == {"pro-gangs", "pro-router"}, "the pods' DNS names come from one headless Service"
     assert names["configmap"] == set(), "the launch plan travels in the pods"
     assert {p["spec"]["subdomain"] for p in pods} == {"pro-gangs"}

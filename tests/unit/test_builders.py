@@ -93,6 +93,18 @@ def test_the_network_policy_keeps_ray_inside_the_gang_and_lets_the_router_reach_
     assert {p["port"] for p in operator["ports"]} == {ctx.ports.worker_http, ctx.plan.port}
 
 
+def test_every_engine_pod_of_the_deployment_is_closed_to_what_its_gangs_policy_does_not_open() -> None:
+    ctx = context(PRO_H200)
+    (closed,) = by_kind(shared_objects(ctx), "NetworkPolicy")
+    assert closed["spec"] == {"podSelector": {"matchLabels": {L.LABEL_DEPLOYMENT: ctx.name,
+                                                               L.LABEL_COMPONENT: "engine"}},
+                              "policyTypes": ["Ingress"]}, "ingress of every kind denied"
+    assert L.LABEL_GANG not in closed["metadata"]["labels"], "the deployment's, not a gang's"
+    for pod in by_kind(gang_objects(ctx, 0, 1, "abc"), "Pod"):
+        labels = pod["metadata"]["labels"]
+        assert all(labels.get(k) == v for k, v in closed["spec"]["podSelector"]["matchLabels"].items())
+
+
 def test_a_topology_key_keeps_the_gang_in_one_block_and_its_pods_on_distinct_nodes() -> None:
     ctx = context(PRO_H200.set("scheduling.topologyKey", "network.topology.kubernetes.io/block"))
     pod = by_kind(gang_objects(ctx, 0, 1, "abc"), "Pod")[0]

@@ -509,6 +509,27 @@ def test_a_refusal_whose_message_names_no_field_is_traced_to_the_spec_value_it_q
     assert w.status()["refusal"]["field"] == "spec.podTemplate.labels"
 
 
+def test_the_policy_closing_the_engine_pods_is_in_place_before_any_gang_and_a_gang_is_one_round_of_creates() -> None:
+    w = World(a_deployment("d").replicas(2))
+    w.reconcile()
+    writes = [(verb, kind) for verb, kind, _ in w.kube.writes]
+    closed = writes.index(("apply", "NetworkPolicy"))
+    assert closed < writes.index(("create", "NetworkPolicy"))
+    assert closed < writes.index(("create", "Pod"))
+    assert w.kube.of("NetworkPolicy", NS, {L.LABEL_DEPLOYMENT: "d", L.LABEL_GANG: None})
+    assert len(w.live_gangs()) == 2
+
+
+def test_a_shared_object_the_api_refuses_holds_back_every_gang_from_the_first_reconcile_on() -> None:
+    w = World(one_replica())
+    w.kube.fail("apply", "Deployment", 422, 'Deployment.apps "d-router" is invalid: spec.template.spec.'
+                                            'containers[0].image: Invalid value: "a b": invalid reference format')
+    result = w.reconcile()
+    assert any(e.reason == "ChildRefused" for e in result.events)
+    assert w.status()["refusal"]
+    assert w.pods() == [], "no gang created for a deployment whose router the API refused"
+
+
 def test_a_lost_status_write_does_not_make_a_gang_name_come_back() -> None:
     w = World(one_replica(), budget=5)
     w.kube.fail("patch", L.KIND, 500, "etcd timeout")

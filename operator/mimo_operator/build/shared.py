@@ -1,6 +1,7 @@
 """The objects a deployment has once, whatever its replica count: the router in front of the gangs
-(with the RBAC its pod discovery needs), a PodDisruptionBudget over the engine pods and the headless
-Service that names them."""
+(with the RBAC its pod discovery needs), a PodDisruptionBudget over the engine pods, the headless
+Service that names them, and the NetworkPolicy that closes them to everything their gangs' own policies
+do not open."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from mimo_operator.build.gang import deployment_labels, gangs_service, owner_ref
 from mimo_operator.build.options import BuildContext
 from mimo_operator.build.pools import pools_of
 
-__all__ = ["router_name", "router_url", "shared_objects"]
+__all__ = ["engines_closed", "router_name", "router_url", "shared_objects"]
 
 
 def router_name(ctx: BuildContext) -> str:
@@ -29,10 +30,25 @@ def _meta(ctx: BuildContext, name: str, component: str) -> dict[str, Any]:
 
 
 def shared_objects(ctx: BuildContext) -> list[dict[str, Any]]:
-    objects = [gangs_service(ctx), *_disruption_budget(ctx)]
+    objects = [engines_closed(ctx), gangs_service(ctx), *_disruption_budget(ctx)]
     if ctx.spec.router.enabled:
         objects += _router(ctx)
     return objects
+
+
+def engines_closed(ctx: BuildContext) -> dict[str, Any]:
+    """Every engine pod of the deployment closed to all ingress (policies add up: each gang's own policy
+    opens what its pods need, Ray's ports to the gang and the serving port to the router). It is in place
+    before the first gang, so a gang's pods are never open, not even before their gang's policy exists:
+    that policy can be created with the pods instead of before them, one round trip fewer per gang."""
+    return {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": _meta(ctx, f"{ctx.name}-engines-closed", "engine"),
+        "spec": {
+            "podSelector": {"matchLabels": {L.LABEL_DEPLOYMENT: ctx.name, L.LABEL_COMPONENT: "engine"}},
+            "policyTypes": ["Ingress"],
+        },
+    }
 
 
 def _disruption_budget(ctx: BuildContext) -> list[dict[str, Any]]:
