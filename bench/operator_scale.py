@@ -121,6 +121,19 @@ def latency(op: RunningOperator, since: dict[str, dict[float, float]] | None) ->
     return text
 
 
+def pod_timeline(watch: PodWatch, namespace: str, since: float) -> str:
+    """Where the time to all Running went: the last pod created, bound by the scheduler, Running; and how long
+    pods waited for the scheduler."""
+    t = watch.timeline(namespace, since)
+
+    def at(values: list[float], q: float) -> float:
+        return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+    return (f"pods created by {at(t['created'], 1.0):.1f} s, bound by {at(t['bound'], 1.0):.1f} s, Running by "
+            f"{at(t['running'], 1.0):.1f} s; created → bound p50 {at(t['created→bound'], 0.5):.1f} s, "
+            f"p99 {at(t['created→bound'], 0.99):.1f} s")
+
+
 def statefulsets(namespace: str, replicas: int, size: int) -> list[dict[str, Any]]:
     objects: list[dict[str, Any]] = []
     for r in range(replicas):
@@ -225,6 +238,7 @@ def main() -> int:
                 f"(kubectl apply of {args.deployments} objects: {applied:.1f} s)")
             say(f"  API writes: {writes:.0f} in all, {writes / gangs:.1f} per gang (incl. shared objects and status)")
             say(f"  operator CPU during the rollout: {cpu1 - cpu0:.1f} s; reconcile latency: {latency(op, hist0)}")
+            say(f"  {pod_timeline(watch, 'ours', start)}")
 
             # 2. a no-op resync: everything reconciled again, nothing written
             time.sleep(3)
@@ -273,6 +287,7 @@ def main() -> int:
                 # StatefulSet controller has all of its StatefulSets.
                 say(f"StatefulSets (baseline): all {pods} pods Running {baseline:.1f} s after apply "
                     f"(kubectl apply of {2 * gangs} objects: {applied:.1f} s)")
+                say(f"  {pod_timeline(watch, 'baseline', start)}")
                 say(f"ratio ours / StatefulSets: {ours / baseline:.2f} (target ≤ 1.0)")
                 say("LeaderWorkerSet: not measured (not built into the local cluster)")
 

@@ -272,6 +272,53 @@ class Creations:
                 self.wake()
 
 
+class Deletions:
+    """The gang deletions of one deployment, run outside its reconcile (as ``Creations``).
+
+    A reconcile that deletes a gang hands it over here and plans it as being deleted (``Memory.deleting``)
+    until the pod list shows its pods going: a rolling update deletes a tenth of the gangs at a time, and
+    each deletion is two rounds of requests that a loaded API server answered in seconds.
+    """
+
+    def __init__(self, concurrency: int = _CREATE_CONCURRENCY) -> None:
+        self.concurrency = concurrency
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._limit: asyncio.Semaphore | None = None
+
+    def submit(self, gang: str, run: Callable[[], Awaitable[None]]) -> None:
+        if self.busy(gang):
+            return
+        if self._limit is None:
+            self._limit = asyncio.Semaphore(self.concurrency)
+        limit = self._limit
+
+        async def work() -> None:
+            async with limit:
+                await run()
+
+        task = asyncio.create_task(work(), name=f"delete gang {gang}")
+        self._tasks[gang] = task
+        task.add_done_callback(lambda t: self._tasks.pop(gang, None) if self._tasks.get(gang) is t else None)
+
+    def busy(self, gang: str | None = None) -> bool:
+        """Whether ``gang`` (any gang, when None) is being deleted."""
+        if gang is None:
+            return any(not t.done() for t in self._tasks.values())
+        task = self._tasks.get(gang)
+        return task is not None and not task.done()
+
+    async def settle(self) -> None:
+        """Wait until no deletion is under way."""
+        while live := [t for t in self._tasks.values() if not t.done()]:
+            await asyncio.gather(*live, return_exceptions=True)
+
+    async def cancel(self) -> None:
+        for task in list(self._tasks.values()):
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        self._tasks.clear()
+
+
 class StatusWrites:
     """A deployment's status, written outside its reconcile: the newest status decided, one write at a time.
 
@@ -332,6 +379,9 @@ class Memory:
     expectations: dict[str, Expected] = field(default_factory=dict)  # by gang
     creations: Creations = field(default_factory=Creations)
     status: StatusWrites = field(default_factory=StatusWrites)
+    deletions: Deletions = field(default_factory=Deletions)
+    # Gangs handed to ``deletions``, and when: planned as being deleted until the list shows their pods going.
+    deleting: dict[str, float] = field(default_factory=dict)
     # After a creation failed (not refused): how many failed in a row, what the last said, and when the next
     # gang may be created.
     create_failures: int = 0
@@ -364,10 +414,12 @@ class Memory:
         self.latest = None
 
     async def stop(self) -> None:
-        """Cancel the gang creations under way or queued (what did not land is not planned from any more) and
-        the status writes: this process no longer acts for the deployment."""
+        """Cancel the gang creations under way or queued (what did not land is not planned from any more), the
+        deletions and the status writes: this process no longer acts for the deployment."""
         for gang in await self.creations.cancel():
             self.expectations.pop(gang, None)
+        await self.deletions.cancel()
+        self.deleting.clear()
         await self.status.cancel()
 
     def pool(self, key: str) -> Memory:
@@ -498,6 +550,7 @@ class Reconciler:
         listed = await self.kube.list("v1", "Pod", namespace, {L.LABEL_DEPLOYMENT: name, L.LABEL_COMPONENT: "engine"})
         expected = self._unmet_expectations(memory, listed, now)
         pods = [*listed, *self._as_created(memory, expected, listed)]
+        pods = self._as_deleting(memory, pods, now)
         # Only a gang whose pods are not all known holds creation back: the others are planned as created.
         unknown = tuple(g for g in expected if not memory.expectations[g].created)
         gangs = gangs_from_pods(pods)
@@ -586,7 +639,7 @@ class Reconciler:
                 result.requeue_after = min(result.requeue_after, 2.0)
             if run.outcome.deferred:
                 result.requeue_after = 0.0  # the bound on creations left work: the next reconcile does it now
-        if memory.creations.busy():
+        if memory.creations.busy() or memory.deleting:
             result.requeue_after = min(result.requeue_after, 1.0)
         return result
 
@@ -840,6 +893,28 @@ class Reconciler:
         return tuple(sorted(unmet))
 
     @staticmethod
+    def _as_deleting(memory: Memory, pods: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:
+        """``pods`` with those of the gangs handed over for deletion shown as being deleted, until the list shows
+        that itself (or the deletion ended ``_EXPECTATION_SECONDS`` ago: then the list is the truth)."""
+        if not memory.deleting:
+            return pods
+        going: dict[str, bool] = {}
+        out = []
+        for pod in pods:
+            meta = pod["metadata"]
+            gang = (meta.get("labels") or {}).get(L.LABEL_GANG)
+            if gang in memory.deleting and not meta.get("deletionTimestamp"):
+                going[gang] = False
+                pod = {**pod, "metadata": {**meta, "deletionTimestamp": _iso(memory.deleting[gang])}}
+            out.append(pod)
+        for gang, since in list(memory.deleting.items()):
+            if memory.deletions.busy(gang):
+                continue
+            if going.get(gang, True) or now - since > _EXPECTATION_SECONDS:
+                del memory.deleting[gang]
+        return out
+
+    @staticmethod
     def _as_created(memory: Memory, unmet: tuple[str, ...], listed: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The pods of the gangs in ``unmet`` that ``listed`` lacks, as the API answered their creation."""
         names = {p["metadata"]["name"] for p in listed}
@@ -977,9 +1052,20 @@ class Reconciler:
             log.info("%s/%s: gang %s is not created after all: %s", ns, ctx.name, step.gang, step.reason)
             return Event("Normal", "GangDeleted", f"gang {step.gang}: not created after all: {step.reason}")
         if isinstance(step, DeleteGang):
-            await self._leave_routers(ctx, [g for g in gangs if g.name == step.gang])
-            await self._delete_gang_objects(ctx, step.gang)
-            memory.expectations.pop(step.gang, None)  # not planned from its creates any more: it is gone
+            doomed = [g for g in gangs if g.name == step.gang]
+
+            async def delete() -> None:
+                try:
+                    await self._leave_routers(ctx, doomed)
+                    await self._delete_gang_objects(ctx, step.gang)
+                except Exception as e:  # planned again by the next reconcile, from what the API shows
+                    memory.deleting.pop(step.gang, None)
+                    log.warning("%s/%s: deleting gang %s failed: %s", ns, ctx.name, step.gang, e)
+
+            # Outside the reconcile (``Deletions``): planned as being deleted from now on.
+            memory.deleting[step.gang] = now
+            memory.deletions.submit(step.gang, delete)
+            memory.expectations.pop(step.gang, None)  # not planned from its creates any more: it is going
             failed = step.reason.startswith("gang failed")
             if failed:
                 metrics.GANG_FAILURES.labels(ns, ctx.name).inc()

@@ -38,6 +38,8 @@ class PodWatch:
         self.client = httpx.Client(base_url=cluster.state["apiserver"], verify=tls,
                                    timeout=httpx.Timeout(30.0, read=330.0))  # a watch lasts ≤ 300 s
         self.pods: dict[tuple[str, str], PodView] = {}
+        # When each pod was first seen, first seen bound to a node, and first seen Running (monotonic clock).
+        self.seen: dict[tuple[str, str], dict[str, float]] = {}
         self.lock = threading.Lock()
         self.stopped = False
         self.rv = self._now()
@@ -80,6 +82,11 @@ class PodWatch:
             if event["type"] == "DELETED":
                 self.pods.pop(key, None)
                 return
+            when = self.seen.setdefault(key, {"created": time.monotonic()})
+            if (obj.get("spec") or {}).get("nodeName"):
+                when.setdefault("bound", time.monotonic())
+            if (obj.get("status") or {}).get("phase") == "Running":
+                when.setdefault("running", time.monotonic())
             self.pods[key] = PodView(
                 namespace=meta["namespace"], name=meta["name"], phase=(obj.get("status") or {}).get("phase", ""),
                 node=(obj.get("spec") or {}).get("nodeName") or "", gang=labels.get(L.LABEL_GANG) or
@@ -96,6 +103,20 @@ class PodWatch:
         return sum(1 for p in self.snapshot(namespace)
                    if (phase is None or p.phase == phase) and (revision_not is None or p.revision not in revision_not)
                    and not (alive_only and p.deleting) and (p.gang or not gangs_only))
+
+    def timeline(self, namespace: str, since: float) -> dict[str, list[float]]:
+        """For the pods of the namespace first seen after ``since``: the seconds from ``since`` to each pod's
+        creation, binding and Running, and from its creation to its binding (as the watch saw them)."""
+        with self.lock:
+            times = [w for (ns, _), w in self.seen.items() if ns == namespace and w["created"] >= since]
+        out: dict[str, list[float]] = {"created": [], "bound": [], "running": [], "created→bound": []}
+        for w in times:
+            for what in ("created", "bound", "running"):
+                if what in w:
+                    out[what].append(w[what] - since)
+            if "bound" in w:
+                out["created→bound"].append(w["bound"] - w["created"])
+        return {k: sorted(v) for k, v in out.items()}
 
     def revisions(self, namespace: str) -> set[str]:
         return {p.revision for p in self.snapshot(namespace)}

@@ -27,6 +27,7 @@ def run(scenario: Coroutine[Any, Any, None]) -> None:
 async def reconcile(w: World) -> ReconcileResult:
     """One reconcile, then the status it decided written (the gangs' creations may still be under way)."""
     result = await w.reconciler.reconcile(w.body(), w.memory)
+    await w.memory.deletions.settle()
     await w.memory.status.settle()
     return result
 
@@ -219,3 +220,42 @@ async def test_a_deleted_deployment_has_nothing_more_created() -> None:
     reconciler.release.set()
     await asyncio.sleep(0.01)
     assert reconciler.landed == []
+
+
+def test_a_gang_handed_over_for_deletion_is_planned_as_going_and_deleted_once() -> None:
+    w = World(a_deployment("d").replicas(1), budget=5)
+    w.reconcile()
+    (first,) = w.live_gangs()
+    w.fail_pods()
+    release = asyncio.Event()
+    delete_collection = w.kube.delete_collection
+
+    async def held(*args: Any, **kwargs: Any) -> None:
+        await release.wait()
+        await delete_collection(*args, **kwargs)
+
+    w.kube.delete_collection = held  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        w.now += 1
+        result = await w.reconciler.reconcile(w.body(), w.memory)
+        assert "GangFailed" in [e.reason for e in result.events]
+        assert w.memory.deletions.busy(first), "the reconcile returned with the gang still being deleted"
+        mark = len(w.kube.writes)
+        for _ in range(3):  # pod events, a resync: the gang is going, not failed again
+            w.now += 1
+            again = await w.reconciler.reconcile(w.body(), w.memory)
+            assert "GangFailed" not in [e.reason for e in again.events]
+        release.set()
+        await w.memory.deletions.settle()
+        deletes = [name for verb, kind, name in w.kube.writes[mark:] if verb == "deletecollection" and kind == "Pod"]
+        assert deletes == [f"{L.LABEL_GANG}={first}"], "deleted once"
+        await w.memory.status.settle()
+
+    run(scenario())
+    w.kube.finish_deletions()
+    w.now += 60
+    w.reconcile()
+    (second,) = w.live_gangs()
+    assert second != first
+    assert not w.memory.deleting, "forgotten once the list shows the gang gone"
