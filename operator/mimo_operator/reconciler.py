@@ -22,6 +22,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
+
 from mimo_operator import autoscaler, metrics
 from mimo_operator import labels as L
 from mimo_operator.autoscaling.policy import Action
@@ -88,6 +90,7 @@ ROUTER_GRACE_SECONDS = 5.0
 # Seconds a just-created gang may take to show whole in the API before the guard lets go.
 _EXPECTATION_SECONDS = 30.0
 _ORPHAN_CHECK_SECONDS = 30.0
+_ORPHANS = " orphans"  # the orphan collection among a deployment's deletions (no gang has that name)
 _SHARED_CHECK_SECONDS = 30.0
 # How long what a Kueue queue's flavors say of topology is trusted (four reads to learn it).
 _KUEUE_TOPOLOGY_SECONDS = 60.0
@@ -294,7 +297,10 @@ class Deletions:
 
         async def work() -> None:
             async with limit:
-                await run()
+                try:
+                    await run()
+                except Exception:  # a bug: ``run`` reports what it expects; never lost with the task
+                    log.exception("deleting %s failed", gang.strip())
 
         task = asyncio.create_task(work(), name=f"delete gang {gang}")
         self._tasks[gang] = task
@@ -608,11 +614,10 @@ class Reconciler:
         live = [g for g in gangs if g.pool in keys]
         # An orphan comes of an interrupted creation or deletion and may wait a little: the gangs' objects
         # are listed for it at most every _ORPHAN_CHECK_SECONDS, not on every reconcile (at a hundred gangs
-        # that list was a large part of the operator's CPU).
-        if now - memory.orphans_checked_at >= _ORPHAN_CHECK_SECONDS:
+        # that list was a large part of the operator's CPU), and outside the reconcile, with the deletions.
+        if now - memory.orphans_checked_at >= _ORPHAN_CHECK_SECONDS and not memory.deletions.busy(_ORPHANS):
             memory.orphans_checked_at = now
-            await self._collect_orphans(ctx, live, memory, now)
-            trace.step("orphans")
+            memory.deletions.submit(_ORPHANS, lambda: self._collect_orphans(ctx, live, memory, now))
 
         health = {n: h for run in ran for n, h in run.outcome.health.items()}
         fabric = await self._fabric(live, health, ctx.ports.worker_http, old_status, memory, now, result)
@@ -1058,7 +1063,7 @@ class Reconciler:
                 try:
                     await self._leave_routers(ctx, doomed)
                     await self._delete_gang_objects(ctx, step.gang)
-                except Exception as e:  # planned again by the next reconcile, from what the API shows
+                except Exception as e:  # the API was unavailable: planned again by the next reconcile
                     memory.deleting.pop(step.gang, None)
                     log.warning("%s/%s: deleting gang %s failed: %s", ns, ctx.name, step.gang, e)
 
@@ -1129,7 +1134,15 @@ class Reconciler:
     async def _collect_orphans(self, ctx: BuildContext, gangs: list[ObservedGang], memory: Memory,
                                now: float) -> None:
         """No gang object outlives its pods: a ConfigMap, Service, NetworkPolicy or PodGroup of a gang that
-        has no pod (and was not just created: its objects come before its pods) is deleted."""
+        has no pod (and was not just created: its objects come before its pods) is deleted. Run with the
+        deletions, outside the reconcile: a failure is logged, and the next check comes as usual."""
+        try:
+            await self._delete_orphans(ctx, gangs, memory, now)
+        except (TimeoutError, ApiError, aiohttp.ClientError, OSError) as e:
+            log.warning("%s/%s: looking for what is left of deleted gangs failed: %s", ctx.namespace, ctx.name, e)
+
+    async def _delete_orphans(self, ctx: BuildContext, gangs: list[ObservedGang], memory: Memory,
+                              now: float) -> None:
         with_pods = {g.name for g in gangs}
         kinds = [*_GANG_KINDS, *await self._pod_group_kinds()]
         orphans: dict[str, tuple[str, str]] = {}
@@ -1167,25 +1180,32 @@ class Reconciler:
         listed = await asyncio.gather(*(self.kube.list(api_version, kind, ctx.namespace,
                                                        {L.LABEL_DEPLOYMENT: ctx.name, L.LABEL_GANG: None})
                                         for api_version, kind in _SHARED_KINDS))
+        stale: list[tuple[str, str, dict[str, Any]]] = []
+        changed: list[dict[str, Any]] = []
         for (api_version, kind), objects in zip(_SHARED_KINDS, listed, strict=True):
             existing = {o["metadata"]["name"]: o for o in objects
                 if o["metadata"].get("labels", {}).get(L.LABEL_COMPONENT) in ("router", "engine")
                 and not o["metadata"].get("labels", {}).get(L.LABEL_GANG)}
             for (k, obj_name), obj in desired.items():
-                if k != kind:
-                    continue
                 have = (existing.get(obj_name, {}).get("metadata") or {}).get("annotations") or {}
-                if have.get(L.ANNOTATION_SPEC_HASH) != obj["metadata"]["annotations"][L.ANNOTATION_SPEC_HASH]:
-                    try:
-                        await self.kube.apply(obj)
-                    except ApiError as e:
-                        if e.code != 422:
-                            raise
-                        log.warning("%s/%s: the API refused %s %s: %s", ctx.namespace, ctx.name, kind, obj_name, e)
-                        return refusal_from_api(e.message, spec_values(ctx.spec))
-            for obj_name, obj in existing.items():
-                if (kind, obj_name) not in desired:  # e.g. the router after router.enabled turned false
-                    await self.kube.delete(api_version, kind, ctx.namespace, obj_name, uid=obj["metadata"]["uid"])
+                if k == kind and have.get(L.ANNOTATION_SPEC_HASH) != obj["metadata"]["annotations"][
+                        L.ANNOTATION_SPEC_HASH]:
+                    changed.append(obj)
+            # e.g. the router after router.enabled turned false
+            stale += [(api_version, kind, o) for n, o in existing.items() if (kind, n) not in desired]
+        # Two rounds: the router's pods need its ServiceAccount to exist, the rest needs nothing of the others.
+        routers = [o for o in changed if o["kind"] == "Deployment"]
+        for batch in ([o for o in changed if o["kind"] != "Deployment"], routers):
+            done = await asyncio.gather(*(self.kube.apply(o) for o in batch), return_exceptions=True)
+            for obj, outcome in zip(batch, done, strict=True):
+                if isinstance(outcome, ApiError) and outcome.code == 422:
+                    log.warning("%s/%s: the API refused %s %s: %s", ctx.namespace, ctx.name, obj["kind"],
+                                obj["metadata"]["name"], outcome)
+                    return refusal_from_api(outcome.message, spec_values(ctx.spec))
+            if errors := [e for e in done if isinstance(e, BaseException)]:
+                raise errors[0]
+        await asyncio.gather(*(self.kube.delete(api_version, kind, ctx.namespace, o["metadata"]["name"],
+                                                uid=o["metadata"]["uid"]) for api_version, kind, o in stale))
         memory.shared_in_place, memory.shared_checked_at = wanted, now
         return None
 
