@@ -90,7 +90,7 @@ ROUTER_GRACE_SECONDS = 5.0
 # Seconds a just-created gang may take to show whole in the API before the guard lets go.
 _EXPECTATION_SECONDS = 30.0
 _ORPHAN_CHECK_SECONDS = 30.0
-_ORPHANS = " orphans"  # the orphan collection among a deployment's deletions (no gang has that name)
+_ORPHANS = " orphans"  # the orphan collection among a deployment's gang writes (no gang has that name)
 _SHARED_CHECK_SECONDS = 30.0
 # How long what a Kueue queue's flavors say of topology is trusted (four reads to learn it).
 _KUEUE_TOPOLOGY_SECONDS = 60.0
@@ -275,12 +275,14 @@ class Creations:
                 self.wake()
 
 
-class Deletions:
-    """The gang deletions of one deployment, run outside its reconcile (as ``Creations``).
+class GangWrites:
+    """The writes to a deployment's existing gangs, run outside its reconcile (as ``Creations`` for new ones):
+    deletions, drain starts, and the collection of what deleted gangs left behind, by key (a gang's name).
 
-    A reconcile that deletes a gang hands it over here and plans it as being deleted (``Memory.deleting``)
-    until the pod list shows its pods going: a rolling update deletes a tenth of the gangs at a time, and
-    each deletion is two rounds of requests that a loaded API server answered in seconds.
+    A reconcile that deletes a gang or starts its drain hands that over here and plans the gang as being
+    deleted or draining (``Memory.deleting``, ``Memory.draining``) until the pod list shows it so: a rolling
+    update deletes and drains a tenth of the gangs at a time, and on a loaded API server each of those
+    writes was answered in seconds, which every decision of the deployment waited for.
     """
 
     def __init__(self, concurrency: int = _CREATE_CONCURRENCY) -> None:
@@ -288,9 +290,10 @@ class Deletions:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._limit: asyncio.Semaphore | None = None
 
-    def submit(self, gang: str, run: Callable[[], Awaitable[None]]) -> None:
+    def submit(self, gang: str, run: Callable[[], Awaitable[None]], what: str) -> None:
         if self.busy(gang):
             return
+        task_name = f"{what} {gang.strip()}"
         if self._limit is None:
             self._limit = asyncio.Semaphore(self.concurrency)
         limit = self._limit
@@ -300,21 +303,21 @@ class Deletions:
                 try:
                     await run()
                 except Exception:  # a bug: ``run`` reports what it expects; never lost with the task
-                    log.exception("deleting %s failed", gang.strip())
+                    log.exception("%s failed", task_name)
 
-        task = asyncio.create_task(work(), name=f"delete gang {gang}")
+        task = asyncio.create_task(work(), name=task_name)
         self._tasks[gang] = task
         task.add_done_callback(lambda t: self._tasks.pop(gang, None) if self._tasks.get(gang) is t else None)
 
     def busy(self, gang: str | None = None) -> bool:
-        """Whether ``gang`` (any gang, when None) is being deleted."""
+        """Whether a write of ``gang`` (of any gang, when None) is under way."""
         if gang is None:
             return any(not t.done() for t in self._tasks.values())
         task = self._tasks.get(gang)
         return task is not None and not task.done()
 
     async def settle(self) -> None:
-        """Wait until no deletion is under way."""
+        """Wait until no write is under way."""
         while live := [t for t in self._tasks.values() if not t.done()]:
             await asyncio.gather(*live, return_exceptions=True)
 
@@ -385,9 +388,11 @@ class Memory:
     expectations: dict[str, Expected] = field(default_factory=dict)  # by gang
     creations: Creations = field(default_factory=Creations)
     status: StatusWrites = field(default_factory=StatusWrites)
-    deletions: Deletions = field(default_factory=Deletions)
-    # Gangs handed to ``deletions``, and when: planned as being deleted until the list shows their pods going.
+    gang_writes: GangWrites = field(default_factory=GangWrites)
+    # Gangs handed to ``gang_writes`` to be deleted, and when: planned as being deleted until the list shows
+    # their pods going; and those to drain: when, and why (planned as draining until the head shows it).
     deleting: dict[str, float] = field(default_factory=dict)
+    draining: dict[str, tuple[float, str]] = field(default_factory=dict)
     # After a creation failed (not refused): how many failed in a row, what the last said, and when the next
     # gang may be created.
     create_failures: int = 0
@@ -421,11 +426,12 @@ class Memory:
 
     async def stop(self) -> None:
         """Cancel the gang creations under way or queued (what did not land is not planned from any more), the
-        deletions and the status writes: this process no longer acts for the deployment."""
+        writes to its gangs and the status writes: this process no longer acts for the deployment."""
         for gang in await self.creations.cancel():
             self.expectations.pop(gang, None)
-        await self.deletions.cancel()
+        await self.gang_writes.cancel()
         self.deleting.clear()
+        self.draining.clear()
         await self.status.cancel()
 
     def pool(self, key: str) -> Memory:
@@ -556,7 +562,7 @@ class Reconciler:
         listed = await self.kube.list("v1", "Pod", namespace, {L.LABEL_DEPLOYMENT: name, L.LABEL_COMPONENT: "engine"})
         expected = self._unmet_expectations(memory, listed, now)
         pods = [*listed, *self._as_created(memory, expected, listed)]
-        pods = self._as_deleting(memory, pods, now)
+        pods = self._as_handed_over(memory, pods, now)
         # Only a gang whose pods are not all known holds creation back: the others are planned as created.
         unknown = tuple(g for g in expected if not memory.expectations[g].created)
         gangs = gangs_from_pods(pods)
@@ -614,10 +620,11 @@ class Reconciler:
         live = [g for g in gangs if g.pool in keys]
         # An orphan comes of an interrupted creation or deletion and may wait a little: the gangs' objects
         # are listed for it at most every _ORPHAN_CHECK_SECONDS, not on every reconcile (at a hundred gangs
-        # that list was a large part of the operator's CPU), and outside the reconcile, with the deletions.
-        if now - memory.orphans_checked_at >= _ORPHAN_CHECK_SECONDS and not memory.deletions.busy(_ORPHANS):
+        # that list was a large part of the operator's CPU), and outside the reconcile, with the gang writes.
+        if now - memory.orphans_checked_at >= _ORPHAN_CHECK_SECONDS and not memory.gang_writes.busy(_ORPHANS):
             memory.orphans_checked_at = now
-            memory.deletions.submit(_ORPHANS, lambda: self._collect_orphans(ctx, live, memory, now))
+            memory.gang_writes.submit(_ORPHANS, lambda: self._collect_orphans(ctx, live, memory, now),
+                                      "collect orphans of")
 
         health = {n: h for run in ran for n, h in run.outcome.health.items()}
         fabric = await self._fabric(live, health, ctx.ports.worker_http, old_status, memory, now, result)
@@ -644,7 +651,7 @@ class Reconciler:
                 result.requeue_after = min(result.requeue_after, 2.0)
             if run.outcome.deferred:
                 result.requeue_after = 0.0  # the bound on creations left work: the next reconcile does it now
-        if memory.creations.busy() or memory.deleting:
+        if memory.creations.busy() or memory.deleting or memory.draining:
             result.requeue_after = min(result.requeue_after, 1.0)
         return result
 
@@ -898,25 +905,38 @@ class Reconciler:
         return tuple(sorted(unmet))
 
     @staticmethod
-    def _as_deleting(memory: Memory, pods: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:
-        """``pods`` with those of the gangs handed over for deletion shown as being deleted, until the list shows
-        that itself (or the deletion ended ``_EXPECTATION_SECONDS`` ago: then the list is the truth)."""
-        if not memory.deleting:
+    def _as_handed_over(memory: Memory, pods: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:
+        """``pods`` as the writes handed to ``memory.gang_writes`` will leave them: a deleted gang's pods being
+        deleted, a draining gang's head out of the router with its drain started. Until the list shows that
+        itself, or the write ended ``_EXPECTATION_SECONDS`` ago (then the list is the truth)."""
+        if not memory.deleting and not memory.draining:
             return pods
-        going: dict[str, bool] = {}
+        shown: set[str] = set()  # gangs some listed pod does not show as the write leaves it yet
         out = []
         for pod in pods:
             meta = pod["metadata"]
-            gang = (meta.get("labels") or {}).get(L.LABEL_GANG)
+            labels = meta.get("labels") or {}
+            gang = labels.get(L.LABEL_GANG)
             if gang in memory.deleting and not meta.get("deletionTimestamp"):
-                going[gang] = False
-                pod = {**pod, "metadata": {**meta, "deletionTimestamp": _iso(memory.deleting[gang])}}
-            out.append(pod)
-        for gang, since in list(memory.deleting.items()):
-            if memory.deletions.busy(gang):
-                continue
-            if going.get(gang, True) or now - since > _EXPECTATION_SECONDS:
-                del memory.deleting[gang]
+                shown.add(gang)
+                meta = {**meta, "deletionTimestamp": _iso(memory.deleting[gang])}
+            annotations = meta.get("annotations") or {}
+            if (gang in memory.draining and labels.get(L.LABEL_RANK, "0") == "0"
+                    and L.ANNOTATION_DRAIN_STARTED not in annotations):
+                shown.add(gang)
+                since, reason = memory.draining[gang]
+                meta = {**meta, "labels": {k: v for k, v in labels.items() if k != L.LABEL_SERVING},
+                        "annotations": {**annotations, L.ANNOTATION_DRAIN_STARTED: _iso(since),
+                                        L.ANNOTATION_DRAIN_REASON: reason}}
+            out.append(pod if meta is pod["metadata"] else {**pod, "metadata": meta})
+
+        def settled(gang: str, since: float) -> bool:
+            return not memory.gang_writes.busy(gang) and (gang not in shown or now - since > _EXPECTATION_SECONDS)
+
+        for gang in [g for g, since in memory.deleting.items() if settled(g, since)]:
+            del memory.deleting[gang]
+        for gang in [g for g, (since, _) in memory.draining.items() if settled(g, since)]:
+            del memory.draining[gang]
         return out
 
     @staticmethod
@@ -1067,9 +1087,10 @@ class Reconciler:
                     memory.deleting.pop(step.gang, None)
                     log.warning("%s/%s: deleting gang %s failed: %s", ns, ctx.name, step.gang, e)
 
-            # Outside the reconcile (``Deletions``): planned as being deleted from now on.
+            # Outside the reconcile (``GangWrites``): planned as being deleted from now on.
             memory.deleting[step.gang] = now
-            memory.deletions.submit(step.gang, delete)
+            memory.draining.pop(step.gang, None)
+            memory.gang_writes.submit(step.gang, delete, "delete gang")
             memory.expectations.pop(step.gang, None)  # not planned from its creates any more: it is going
             failed = step.reason.startswith("gang failed")
             if failed:
@@ -1080,11 +1101,22 @@ class Reconciler:
         gang = next(g for g in gangs if g.name == step.gang)
         head = gang.head
         if head is not None:
-            # Out of the router first: its pod discovery selects on the serving label.
-            await self.kube.merge_patch("v1", "Pod", ns, head.name, {"metadata": {
-                "labels": {L.LABEL_SERVING: None},
-                "annotations": {L.ANNOTATION_DRAIN_STARTED: _iso(now), L.ANNOTATION_DRAIN_REASON: step.reason}}})
-            await self._leave_routers(ctx, [gang])
+            head_name, reason = head.name, step.reason
+
+            async def drain() -> None:
+                try:
+                    # Out of the router first: its pod discovery selects on the serving label.
+                    await self.kube.merge_patch("v1", "Pod", ns, head_name, {"metadata": {
+                        "labels": {L.LABEL_SERVING: None},
+                        "annotations": {L.ANNOTATION_DRAIN_STARTED: _iso(now), L.ANNOTATION_DRAIN_REASON: reason}}})
+                    await self._leave_routers(ctx, [gang])
+                except Exception as e:  # the API was unavailable: planned again by the next reconcile
+                    memory.draining.pop(step.gang, None)
+                    log.warning("%s/%s: starting the drain of gang %s failed: %s", ns, ctx.name, step.gang, e)
+
+            # Outside the reconcile (``GangWrites``): planned as draining from now on.
+            memory.draining[step.gang] = (now, reason)
+            memory.gang_writes.submit(step.gang, drain, "drain gang")
         log.info("%s/%s: draining gang %s: %s", ns, ctx.name, step.gang, step.reason)
         return Event("Normal", "GangDraining", f"gang {step.gang}: {step.reason}")
 
@@ -1135,7 +1167,7 @@ class Reconciler:
                                now: float) -> None:
         """No gang object outlives its pods: a ConfigMap, Service, NetworkPolicy or PodGroup of a gang that
         has no pod (and was not just created: its objects come before its pods) is deleted. Run with the
-        deletions, outside the reconcile: a failure is logged, and the next check comes as usual."""
+        gang writes, outside the reconcile: a failure is logged, and the next check comes as usual."""
         try:
             await self._delete_orphans(ctx, gangs, memory, now)
         except (TimeoutError, ApiError, aiohttp.ClientError, OSError) as e:

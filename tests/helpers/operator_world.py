@@ -117,7 +117,7 @@ class World:
     def reconcile(self, body: dict[str, Any] | None = None) -> ReconcileResult:
         """One reconcile as the operator's loop runs it: its gang creations end before the next event, and a
         creation that ended with nothing for the pod watch to see (refused, failed) wakes a second reconcile;
-        then its gang deletions end and the status it decided is written."""
+        then its writes to existing gangs end and the status it decided is written."""
         before = {g for g in self.gang_names()}
         woken: list[bool] = []
         self.memory.creations.wake = lambda: woken.append(True)
@@ -129,7 +129,7 @@ class World:
                 again = await self.reconciler.reconcile(self.body(), self.memory)
                 result.events.extend(again.events)
                 await self.memory.creations.settle()
-            await self.memory.deletions.settle()
+            await self.memory.gang_writes.settle()
             await self.memory.status.settle()
             return result
 

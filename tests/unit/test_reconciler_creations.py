@@ -27,7 +27,7 @@ def run(scenario: Coroutine[Any, Any, None]) -> None:
 async def reconcile(w: World) -> ReconcileResult:
     """One reconcile, then the status it decided written (the gangs' creations may still be under way)."""
     result = await w.reconciler.reconcile(w.body(), w.memory)
-    await w.memory.deletions.settle()
+    await w.memory.gang_writes.settle()
     await w.memory.status.settle()
     return result
 
@@ -240,14 +240,14 @@ def test_a_gang_handed_over_for_deletion_is_planned_as_going_and_deleted_once() 
         w.now += 1
         result = await w.reconciler.reconcile(w.body(), w.memory)
         assert "GangFailed" in [e.reason for e in result.events]
-        assert w.memory.deletions.busy(first), "the reconcile returned with the gang still being deleted"
+        assert w.memory.gang_writes.busy(first), "the reconcile returned with the gang still being deleted"
         mark = len(w.kube.writes)
         for _ in range(3):  # pod events, a resync: the gang is going, not failed again
             w.now += 1
             again = await w.reconciler.reconcile(w.body(), w.memory)
             assert "GangFailed" not in [e.reason for e in again.events]
         release.set()
-        await w.memory.deletions.settle()
+        await w.memory.gang_writes.settle()
         deletes = [name for verb, kind, name in w.kube.writes[mark:] if verb == "deletecollection" and kind == "Pod"]
         assert deletes == [f"{L.LABEL_GANG}={first}"], "deleted once"
         await w.memory.status.settle()
@@ -259,3 +259,42 @@ def test_a_gang_handed_over_for_deletion_is_planned_as_going_and_deleted_once() 
     (second,) = w.live_gangs()
     assert second != first
     assert not w.memory.deleting, "forgotten once the list shows the gang gone"
+
+
+def test_a_gang_handed_over_to_drain_is_planned_as_draining_and_its_drain_started_once() -> None:
+    w = World(a_deployment("d").replicas(2))
+    w.reconcile()
+    w.run_pods()
+    w.reconcile()
+    release = asyncio.Event()
+    patch = w.kube.merge_patch
+
+    async def held(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        if args[1] == "Pod":
+            await release.wait()
+        return await patch(*args, **kwargs)
+
+    w.kube.merge_patch = held  # type: ignore[method-assign]
+    w.edit("replicas", 1)
+
+    async def scenario() -> None:
+        result = await w.reconciler.reconcile(w.body(), w.memory)
+        assert "GangDraining" in [e.reason for e in result.events]
+        (gang,) = w.memory.draining
+        assert w.memory.gang_writes.busy(gang), "the reconcile returned with the drain still being started"
+        for _ in range(2):  # a pod event, a resync: not drained again
+            again = await w.reconciler.reconcile(w.body(), w.memory)
+            assert "GangDraining" not in [e.reason for e in again.events]
+        await w.memory.status.settle()
+        assert [g["name"] for g in w.status()["gangs"] if g["phase"] == "Draining"] == [gang], \
+            "planned as draining while its head has not been told yet"
+        release.set()
+        await w.memory.gang_writes.settle()
+        patched = [name for verb, kind, name in w.kube.writes if verb == "patch" and kind == "Pod"]
+        assert len(patched) == 1, "the head's drain started once"
+
+    run(scenario())
+    head = next(p for p in w.pods() if L.ANNOTATION_DRAIN_STARTED in (p["metadata"].get("annotations") or {}))
+    assert L.LABEL_SERVING not in head["metadata"]["labels"]
+    w.reconcile()
+    assert not w.memory.draining, "forgotten once the list shows it"
