@@ -3,6 +3,8 @@
 The exported names are read from the real registries: the operator's (every module that defines a
 metric imported), a simulated SGLang engine's, and a gang head worker's. The router is SGLang's own
 binary, which no test runs; its names are the documented ones (smg_* since the router became SMG).
+Kueue's are the ones its source defines, checked against the source of the Kueue the local cluster builds
+where the Go module cache holds it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from mimo_worker.launchplan import example_plan, parse_plan
 from mimo_worker.simengine.engine import EngineLimits
 from mimo_worker.simengine.metrics import EngineMetrics
 from mimo_worker.status import GangStatus
-from tests.helpers.packaging import CHART, render, tool
+from tests.helpers.packaging import CHART, VERSIONS_ENV, render, tool
 
 DASHBOARD = CHART / "dashboards" / "mimo-operator.json"
 
@@ -37,6 +39,11 @@ ROUTER_METRICS = {
     *(f"smg_http_request_duration_seconds{s}" for s in ("_bucket", "_sum", "_count")),
     *(f"smg_router_ttft_seconds{s}" for s in ("_bucket", "_sum", "_count")),
 }
+
+# Kueue's, as sigs.k8s.io/kueue pkg/metrics/metrics.go defines them (Subsystem "kueue"; KUEUE_VERSION).
+KUEUE_GAUGES = {"kueue_pending_workloads"}
+KUEUE_HISTOGRAMS = {"kueue_admission_wait_time_seconds"}
+KUEUE_METRICS = KUEUE_GAUGES | {f"{h}{s}" for h in KUEUE_HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
 
 _PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless",
                  "bool", "offset", "inf", "nan"}
@@ -67,7 +74,28 @@ def exported() -> set[str]:
     status = GangStatus(parse_plan(example_plan()))
     _touch(status.registry, "mimo_worker_")
     names |= _sample_names(status.registry)
-    return names | ROUTER_METRICS
+    return names | ROUTER_METRICS | KUEUE_METRICS
+
+
+def _kueue_source() -> str | None:
+    """Kueue's metrics.go at the version the local cluster builds, where the Go module cache holds it."""
+    version = re.search(r"^KUEUE_VERSION=(\S+)", VERSIONS_ENV.read_text(), re.MULTILINE)
+    cache = os.environ.get("GOMODCACHE") or str(Path.home() / "go" / "pkg" / "mod")
+    module = Path(cache) / "sigs.k8s.io" / f"kueue@{version.group(1) if version else ''}"
+    path = module / "pkg" / "metrics" / "metrics.go"
+    return path.read_text() if path.is_file() else None
+
+
+def test_the_kueue_metrics_the_dashboard_reads_are_the_ones_kueue_defines() -> None:
+    source = _kueue_source()
+    if source is None:
+        pytest.skip("Kueue's source is not in the Go module cache (hack/build-binaries.sh puts it there)")
+    defined = {(kind, f"kueue_{name}") for kind, name in re.findall(
+        r"prometheus\.New(Gauge|Histogram|Counter)Vec\(\s*prometheus\.\w+Opts\{\s*Subsystem:\s*constants\.KueueName,"
+        r"\s*Name:\s*\"(\w+)\"", source)}
+    assert len(defined) > 10, "the pattern still finds Kueue's metrics"
+    assert {("Gauge", g) for g in KUEUE_GAUGES} <= defined
+    assert {("Histogram", h) for h in KUEUE_HISTOGRAMS} <= defined
 
 
 def queries(dashboard: dict[str, Any]) -> Iterator[tuple[str, str]]:
