@@ -187,8 +187,8 @@ class Creations:
 
     A reconcile plans gangs and hands each to this queue, which creates their objects in the background, a
     few gangs at once; the reconcile plans from what it handed over (``Expected.created``) until the API
-    shows it. So a deployment's reconcile lasts as long as its decisions and status write, not as long as
-    a hundred gangs' creates, and every other event of the deployment (a failed gang, a scale decision, a
+    shows it. So a deployment's reconcile lasts as long as its decisions, not as long as a hundred gangs'
+    creates, and every other event of the deployment (a failed gang, a scale decision, a
     new spec) is acted on meanwhile. What each creation came to is collected by the next reconcile.
     """
 
@@ -273,6 +273,11 @@ class Creations:
             self._finished.append(created)
             if (created.refusal is not None or created.failed) and self.wake is not None:
                 self.wake()
+
+
+def _doubled(first: float, cap: float, failures: int) -> float:
+    """A back-off after ``failures`` failures in a row: ``first``, doubling with each, at most ``cap``."""
+    return min(cap, first * 2.0 ** (failures - 1))
 
 
 class GangWrites:
@@ -374,7 +379,7 @@ class StatusWrites:
                 self.failures = 0
             except Exception as e:
                 self.failures += 1
-                delay = min(_STATUS_RETRY_CAP_SECONDS, _STATUS_RETRY_SECONDS * 2 ** (self.failures - 1))
+                delay = _doubled(_STATUS_RETRY_SECONDS, _STATUS_RETRY_CAP_SECONDS, self.failures)
                 log.warning("status write failed (%d in a row; again in %.0f s): %s", self.failures, delay, e)
                 if self._pending is None:
                     self._pending = write
@@ -666,8 +671,8 @@ class Reconciler:
             elif ended.failed:
                 memory.create_failures += 1
                 memory.create_error = ended.event.message
-                memory.create_retry_at = self.clock() + min(
-                    _CREATE_RETRY_CAP_SECONDS, _CREATE_RETRY_SECONDS * 2 ** (memory.create_failures - 1))
+                memory.create_retry_at = self.clock() + _doubled(
+                    _CREATE_RETRY_SECONDS, _CREATE_RETRY_CAP_SECONDS, memory.create_failures)
             else:
                 memory.create_failures = 0
         return refusals
