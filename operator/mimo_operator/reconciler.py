@@ -123,6 +123,8 @@ SLOW_RECONCILE_SECONDS = 1.0
 _SHARED_KINDS = [("networking.k8s.io/v1", "NetworkPolicy"), ("v1", "ServiceAccount"),
                  ("rbac.authorization.k8s.io/v1", "Role"), ("rbac.authorization.k8s.io/v1", "RoleBinding"),
                  ("apps/v1", "Deployment"), ("v1", "Service"), ("policy/v1", "PodDisruptionBudget")]
+# Shared kinds applied only once the others are in place (see ``_apply_shared``).
+_SHARED_SECOND = frozenset({"Deployment", "RoleBinding"})
 # A gang's objects besides its pods and PodGroup: its NetworkPolicy, and the launch-plan ConfigMap and headless
 # Service that gangs made by earlier operators still have (today's carry the plan in their pods and share the
 # deployment's Service), so that those go with their gangs too.
@@ -1230,9 +1232,11 @@ class Reconciler:
                     changed.append(obj)
             # e.g. the router after router.enabled turned false
             stale += [(api_version, kind, o) for n, o in existing.items() if (kind, n) not in desired]
-        # Two rounds: the router's pods need its ServiceAccount to exist, the rest needs nothing of the others.
-        routers = [o for o in changed if o["kind"] == "Deployment"]
-        for batch in ([o for o in changed if o["kind"] != "Deployment"], routers):
+        # Two rounds: the router's pods need its ServiceAccount, and its RoleBinding needs its Role (the API
+        # checks that the operator holds what a binding grants by reading the Role, and refuses the binding
+        # while the Role is not there); the rest needs nothing of the others.
+        later = [o for o in changed if o["kind"] in _SHARED_SECOND]
+        for batch in ([o for o in changed if o["kind"] not in _SHARED_SECOND], later):
             done = await asyncio.gather(*(self.kube.apply(o) for o in batch), return_exceptions=True)
             for obj, outcome in zip(batch, done, strict=True):
                 if isinstance(outcome, ApiError) and outcome.code == 422:

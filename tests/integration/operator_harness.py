@@ -118,12 +118,32 @@ class RunningOperator:
     def writes(self) -> float:
         return self.metrics().get("mimo_operator_api_writes_total", 0.0)
 
+    def writes_by_kind(self) -> dict[str, float]:
+        """The API writes made so far, by verb and kind (``mimo_operator_api_writes_total``)."""
+        prefix = "mimo_operator_api_writes_total{"
+        return {k[len(prefix) - 1:]: v for k, v in self.metrics().items() if k.startswith(prefix) and v}
+
     def reconciles(self) -> float:
         return self.metrics().get("mimo_operator_reconciles_total", 0.0)
 
 
+def delete_left_behind(cluster: LocalCluster) -> None:
+    """Delete the MiMoDeployments that earlier tests left in namespaces being deleted (a test's namespace goes
+    without waiting): a new operator would otherwise reconcile them, and its writes and reconciles, which the tests
+    count, would include theirs."""
+    going = {ns["metadata"]["name"] for ns in cluster.kubectl_json("get", "namespaces")["items"]
+             if ns["metadata"].get("deletionTimestamp")}
+    left: dict[str, list[str]] = {}
+    for obj in cluster.kubectl_json("get", "mimodeployments", "-A")["items"]:
+        if obj["metadata"]["namespace"] in going:
+            left.setdefault(obj["metadata"]["namespace"], []).append(obj["metadata"]["name"])
+    for ns, names in left.items():
+        cluster.kubectl("delete", "mimodeployments", "-n", ns, "--ignore-not-found", "--wait=true", *names)
+
+
 def operator_fixture(cluster: LocalCluster, tmp: Path, extra: list[str]) -> Iterator[RunningOperator]:
     token = install_rbac(cluster)
+    delete_left_behind(cluster)
     kubeconfig = token_kubeconfig(cluster, token, tmp / "operator.kubeconfig")
     op = RunningOperator(cluster, kubeconfig, tmp / "operator.log", extra)
     op.start()
