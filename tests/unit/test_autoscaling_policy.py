@@ -10,6 +10,7 @@ replicas flat out, R × 0.1 / 0.7 at the default target (7 requests per second p
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -320,6 +321,25 @@ def test_a_ramp_is_forecast_one_start_up_ahead_but_a_step_is_not() -> None:
     assert run(step, ready=1, minutes=15, startup=300, cfg=config(forecast_seconds=300)) == [(315.0, "ScaleUp", 2)], (
         "a single step is not extrapolated into more gangs"
     )
+
+
+def test_a_ramp_that_wobbles_is_still_forecast_but_a_wobble_on_a_level_load_is_not() -> None:
+    # The ramp above with ±1 request per second every four minutes on top: one quarter of the trend
+    # window in three then falls behind the one before. The forecast orders the third gang as early as
+    # on the clean ramp (a trend that had to rise through every quarter waited until 735 s).
+    noisy = run(lambda t: 2.0 + t / 60 + math.sin(2 * math.pi * t / 240), ready=2, minutes=16, startup=300,
+                cfg=config(forecast_seconds=300))
+    assert noisy == [(540.0, "ScaleUp", 3)]
+    # 11 requests per second (two gangs hold 14) going up and down by 2.5 every three minutes: up, down
+    # and up again inside one trend window is a wobble, and projecting its last rise orders a gang.
+    level = run(lambda t: 11.0 + 2.5 * math.sin(2 * math.pi * t / 180), ready=2, minutes=30, startup=300,
+                cfg=config(forecast_seconds=300))
+    assert level == []
+    # A gentle rise (0.3 requests per second a minute) and then a step of 3: the step lifts the newest
+    # quarter far more than the rise before it, and 13 requests per second fit in the two gangs there are.
+    step = run(lambda t: 6.0 + t / 200 + (3.0 if t >= 600 else 0.0), ready=2, minutes=14, startup=300,
+               cfg=config(forecast_seconds=300))
+    assert step == []
 
 
 # --- single decisions --------------------------------------------------------------------------

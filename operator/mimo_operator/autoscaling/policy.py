@@ -702,13 +702,16 @@ class _Loads:
         return max(inside, default=0.0)
 
     def trend(self) -> float:
-        """Growth of stable demand per second; 0 unless it rose throughout the trend window.
+        """Growth of stable demand per second; 0 unless it rose across the trend window like a ramp.
 
         The trend window looks back as far as the forecast looks ahead (at least two stable windows,
         at most the scale-down window) and is cut in four parts; the slope counts only if the mean
-        demand rose from each part to the next, and evenly enough (the smallest rise at least a sixth of the
-        largest): a ramp. A step or a lone burst, which lifts one part (the stable window smears it
-        into its neighbours a little), is not extrapolated. The slope is the median of the rises.
+        demand rose from the first part to the second and from the third to the fourth, each by at least
+        a quarter of the largest rise between neighbours, dipped between the two by less than half the
+        smaller of them, and the whole rise is twice the spread of demand
+        inside the parts: a ramp. A step or a lone burst, which lifts one or two neighbouring parts (the
+        stable window smears it into its neighbours a little), is not extrapolated, nor is the wobble of a
+        level load. The slope is the mean rise from the first part to the last.
         """
         config = self._config
         window = min(
@@ -724,11 +727,23 @@ class _Loads:
         if size == 0:
             return 0.0
         means = [sum(series[k * size : (k + 1) * size]) / size for k in range(parts)]
-        rises = sorted(later - earlier for earlier, later in itertools.pairwise(means))
-        # A ramp rises evenly; a step smoothed by the stable window rises mostly in one part.
-        if rises[0] <= 0 or rises[0] < rises[-1] / 6:
+        rises = [later - earlier for earlier, later in itertools.pairwise(means)]
+        # A ramp rises in both halves of the window, and by comparable amounts. A step, which the stable
+        # window smears over at most two neighbouring parts, lifts one half only, or the middle, or lifts
+        # the newest part far more than a rise before it (a burst of long prompts on a gentle rise). The middle
+        # may dip a little: on a noisy swell (chat traffic over an hour) one of three successive rises often
+        # does, and a forecast that then never came ordered each gang at 110 %. By more than half the
+        # smaller end rise, it is a wobble (up, down, up within minutes), not a ramp.
+        ends = min(rises[0], rises[-1])
+        if ends <= 0 or ends < max(rises) / 4 or rises[1] < -ends / 2:
             return 0.0
-        slope = rises[len(rises) // 2] / (size * config.panic_window_seconds / 2)
+        # Nor is noise a ramp: on a level load the two end rises are both positive one time in four. The
+        # whole rise must stand out of the wobble inside the parts (twice their spread about their means).
+        spread = math.sqrt(sum((v - means[k]) ** 2 for k in range(parts) for v in series[k * size : (k + 1) * size])
+                           / (parts * size))
+        if means[-1] - means[0] < 2 * spread:
+            return 0.0
+        slope = (means[-1] - means[0]) / ((parts - 1) * size * config.panic_window_seconds / 2)
         # A ramp that has stopped is no longer a trend: a flash crowd's steep rise, smeared by the
         # stable window over a few minutes, looks like a ramp until its plateau shows in the newest
         # stable window. Projecting it then orders the next start-up's worth of growth that never
