@@ -708,10 +708,10 @@ class _Loads:
         at most the scale-down window) and is cut in four parts; the slope counts only if the mean
         demand rose from the first part to the second and from the third to the fourth, each by at least
         a quarter of the largest rise between neighbours, dipped between the two by less than half the
-        smaller of them, and the whole rise is twice the spread of demand
-        inside the parts: a ramp. A step or a lone burst, which lifts one or two neighbouring parts (the
-        stable window smears it into its neighbours a little), is not extrapolated, nor is the wobble of a
-        level load. The slope is the mean rise from the first part to the last.
+        smaller of them, and the whole rise is twice the spread of demand inside the parts: a ramp. A step
+        or a lone burst, which lifts one or two neighbouring parts (the stable window smears it into its
+        neighbours a little), is not extrapolated, nor is the wobble of a level load. The slope is the mean
+        rise from the first part to the last.
         """
         config = self._config
         window = min(
@@ -739,8 +739,8 @@ class _Loads:
             return 0.0
         # Nor is noise a ramp: on a level load the two end rises are both positive one time in four. The
         # whole rise must stand out of the wobble inside the parts (twice their spread about their means).
-        spread = math.sqrt(sum((v - means[k]) ** 2 for k in range(parts) for v in series[k * size : (k + 1) * size])
-                           / (parts * size))
+        deviations = [v - means[k] for k in range(parts) for v in series[k * size : (k + 1) * size]]
+        spread = math.sqrt(sum(d * d for d in deviations) / len(deviations))
         if means[-1] - means[0] < 2 * spread:
             return 0.0
         slope = (means[-1] - means[0]) / ((parts - 1) * size * config.panic_window_seconds / 2)
