@@ -98,6 +98,10 @@ class Loops:
             loop = self.loops[key] = _Loop(body=body)
             # A gang creation that ended with nothing for a pod watch to see (refused, failed) pokes the loop.
             loop.memory.creations.wake = loop.poke.set
+            # So does the end of an apply of its shared objects: the gangs wait for them.
+            loop.memory.shared.wake = loop.poke.set
+            # And an answer of a gang head that changes a decision (a drain done, a fabric check).
+            loop.memory.probes.wake = loop.poke.set
             loop.task = asyncio.create_task(self._run(key, loop), name=f"reconcile {key[0]}/{key[1]}")
         loop.body = body
         intent = intent_of(body)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import functools
 import json
 import logging
 import time
@@ -116,6 +117,8 @@ _STATUS_RETRY_CAP_SECONDS = 30.0
 # A Ready gang's head that could not report its fabric check (still running it, or not answering) is asked
 # again after this long: not on every reconcile, which at a hundred starting gangs meant a hundred requests each.
 _FABRIC_ASK_SECONDS = 10.0
+# Requests to a deployment's gang heads and routers at once (drain progress, fabric checks, leaving a router).
+_PROBE_CONCURRENCY = 32
 # A reconcile slower than this is logged with the time each of its phases took, as the API server traces its
 # slow requests: what a slow reconcile waited for, told without a profiler.
 SLOW_RECONCILE_SECONDS = 1.0
@@ -290,14 +293,19 @@ class GangWrites:
     deleted or draining (``Memory.deleting``, ``Memory.draining``) until the pod list shows it so: a rolling
     update deletes and drains a tenth of the gangs at a time, and on a loaded API server each of those
     writes was answered in seconds, which every decision of the deployment waited for.
+
+    The same queue, as ``Memory.probes``, asks the gangs' heads and the routers (a drain's progress, the
+    fabric check, taking a head out of a router): a run that returns True got an answer that changes a
+    decision, and pokes the deployment's loop (``wake``).
     """
 
     def __init__(self, concurrency: int = _CREATE_CONCURRENCY) -> None:
         self.concurrency = concurrency
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._limit: asyncio.Semaphore | None = None
+        self.wake: Callable[[], None] | None = None
 
-    def submit(self, gang: str, run: Callable[[], Awaitable[None]], what: str) -> None:
+    def submit(self, gang: str, run: Callable[[], Awaitable[bool | None]], what: str) -> None:
         if self.busy(gang):
             return
         task_name = f"{what} {gang.strip()}"
@@ -308,9 +316,12 @@ class GangWrites:
         async def work() -> None:
             async with limit:
                 try:
-                    await run()
+                    changed = await run()
                 except Exception:  # a bug: ``run`` reports what it expects; never lost with the task
                     log.exception("%s failed", task_name)
+                    return
+            if changed and self.wake is not None:
+                self.wake()
 
         task = asyncio.create_task(work(), name=task_name)
         self._tasks[gang] = task
@@ -388,6 +399,88 @@ class StatusWrites:
                 await asyncio.sleep(delay)
 
 
+class SharedWrites:
+    """A deployment's shared objects (the router, its account and role, the policy that closes the engine pods,
+    the headless Service, the PDB), applied outside its reconcile.
+
+    A reconcile decides what the spec asks of them (a digest of their names and spec hashes) and hands the
+    list-and-apply over here when it differs from what was last applied, or when the last check is
+    ``_SHARED_CHECK_SECONDS`` old (nobody deleted or edited one). Gangs wait until this spec's shared
+    objects are in place: the policy that closes the engine pods must exist before any of them, and a
+    refusal of one holds every gang back. On a loaded API server those writes took seconds (two rounds
+    of applies), and the deployment's first reconcile, every event of it, waited for them.
+    """
+
+    def __init__(self) -> None:
+        self.in_place = ""  # the digest of the shared objects as last found in place
+        self.checked_at = float("-inf")  # and when
+        self.failures = 0  # in a row (not refusals)
+        self.error = ""  # what the last failure said
+        self.retry_at = float("-inf")  # no apply before then, after a failure
+        self.refused: tuple[str, dict[str, str]] | None = None  # a digest the API refused, and its refusal
+        # Called when an apply ended: the deployment's loop is poked, so gangs follow their shared objects at once.
+        self.wake: Callable[[], None] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def busy(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def due(self, wanted: str, now: float) -> bool:
+        """Whether to apply now: the digest changed, or the last check is old (not while one runs, nor before
+        the back-off after a failure has passed)."""
+        if self.busy() or now < self.retry_at:
+            return False
+        return wanted != self.in_place or now - self.checked_at >= _SHARED_CHECK_SECONDS
+
+    def gate(self, wanted: str, now: float) -> str | None:
+        """What holds gangs back while this digest's objects are not known to be in place, or None."""
+        if wanted == self.in_place:
+            return None
+        if self.error and not self.busy():
+            return (f"the shared objects could not be applied ({self.failures} failed in a row, again in "
+                    f"{max(0.0, self.retry_at - now):.0f} s): {self.error}")
+        return "applying the deployment's shared objects (router, network policy, Service, PDB)"
+
+    def take_refusal(self, wanted: str) -> dict[str, str] | None:
+        """The API's refusal of this digest's objects, once (status keeps it from then on)."""
+        refused, self.refused = self.refused, None
+        return refused[1] if refused is not None and refused[0] == wanted else None
+
+    def submit(self, wanted: str, now: float, apply: Callable[[], Awaitable[dict[str, str] | None]],
+               clock: Callable[[], float]) -> None:
+        async def work() -> None:
+            news = True  # what gangs wait for changed (a refusal, a failure, this spec's objects now in place)
+            try:
+                refusal = await apply()
+            except Exception as e:  # the API unavailable, a timeout, a 403: tried again with back-off
+                self.failures += 1
+                self.error = str(e) or type(e).__name__
+                delay = _doubled(_CREATE_RETRY_SECONDS, _CREATE_RETRY_CAP_SECONDS, self.failures)
+                self.retry_at = clock() + delay
+                log.warning("applying the shared objects failed (%d in a row; again in %.0f s): %s", self.failures,
+                            delay, self.error)
+            else:
+                news = refusal is not None or self.failures > 0 or wanted != self.in_place
+                self.failures, self.error = 0, ""
+                if refusal is not None:
+                    self.refused = (wanted, refusal)
+                else:
+                    self.in_place, self.checked_at = wanted, now
+            if news and self.wake is not None:
+                self.wake()
+
+        self._task = asyncio.create_task(work(), name="apply shared objects")
+
+    async def settle(self) -> None:
+        while self._task is not None and not self._task.done():
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def cancel(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
 @dataclass
 class Memory:
     """What one operator process keeps per deployment: guards only, never the source of truth."""
@@ -417,12 +510,14 @@ class Memory:
     attempts: dict[int, int] = field(default_factory=dict)
     # Each gang's fabric check as its head reported it once the gang was Ready (read once per gang).
     fabric: dict[str, dict[str, Any]] = field(default_factory=dict)
-    fabric_asked: dict[str, float] = field(default_factory=dict)  # when a head that could not say was asked
+    fabric_asked: dict[str, float] = field(default_factory=dict)  # when a head was last asked
+    fabric_told: list[Event] = field(default_factory=list)  # the checks heads reported since the last reconcile
+    # Requests to the gangs' heads and the routers, outside the reconcile (see ``GangWrites``), and the
+    # draining gangs whose head said its drain is done.
+    probes: GangWrites = field(default_factory=lambda: GangWrites(_PROBE_CONCURRENCY))
+    drained: set[str] = field(default_factory=set)
     orphans_checked_at: float = float("-inf")  # when the gangs' objects were last listed for orphans
-    # The shared objects as last found in place (their names and spec hashes), and when: an unchanged set is
-    # listed again only every _SHARED_CHECK_SECONDS, not on every reconcile.
-    shared_in_place: str = ""
-    shared_checked_at: float = float("-inf")
+    shared: SharedWrites = field(default_factory=SharedWrites)
 
     # A disaggregated deployment's pools: each keeps its own attempts and autoscaler (gang names, the
     # expectations and the fabric checks are the deployment's).
@@ -437,6 +532,8 @@ class Memory:
         for gang in await self.creations.cancel():
             self.expectations.pop(gang, None)
         await self.gang_writes.cancel()
+        await self.probes.cancel()
+        await self.shared.cancel()
         self.deleting.clear()
         self.draining.clear()
         await self.status.cancel()
@@ -591,12 +688,12 @@ class Reconciler:
             result.requeue_after = 1.0
         # The shared objects before any gang: among them the policy that closes every engine pod of the
         # deployment from its creation on (see ``build.shared``), and a refusal of one holds the gangs back.
+        shared_gate = None
         if refused is None:
-            refusal = await self._apply_shared(ctx, memory, now)
+            refusal, shared_gate = self._shared(ctx, memory, now)
             if refusal is not None:
                 refused = {**refusal, "generation": generation, "revision": current[pools[0].key]}
                 result.events.append(Event("Warning", "ChildRefused", refusal_text(refused)))
-            trace.step("shared")
 
         # Gangs of a pool the deployment no longer has (it turned disaggregated, or colocated again).
         keys = {p.key for p in pools}
@@ -618,7 +715,8 @@ class Reconciler:
         ran: list[PoolRun] = []
         for pool in pools:
             run = await self._reconcile_pool(pool, [g for g in gangs if g.pool == pool.key], pods, memory, now,
-                                             old_status, generation, weights_gate, refused, unknown, result)
+                                             old_status, generation, weights_gate, shared_gate, refused, unknown,
+                                             result, trace)
             if pool.key in scaling:
                 run.autoscaling = scaling[pool.key]["status"]
             ran.append(run)
@@ -634,7 +732,8 @@ class Reconciler:
                                       "collect orphans of")
 
         health = {n: h for run in ran for n, h in run.outcome.health.items()}
-        fabric = await self._fabric(live, health, ctx.ports.worker_http, old_status, memory, now, result)
+        fabric = self._fabric(live, health, ctx.ports.worker_http, old_status, memory, now, result)
+        memory.drained &= {g.name for g in live if g.drain_started is not None}
         trace.step("fabric")
         endpoint = router_url(ctx) if spec.router.enabled else None
         statuses = {}
@@ -658,7 +757,7 @@ class Reconciler:
                 result.requeue_after = min(result.requeue_after, 2.0)
             if run.outcome.deferred:
                 result.requeue_after = 0.0  # the bound on creations left work: the next reconcile does it now
-        if memory.creations.busy() or memory.deleting or memory.draining:
+        if memory.creations.busy() or memory.deleting or memory.draining or memory.shared.busy():
             result.requeue_after = min(result.requeue_after, 1.0)
         return result
 
@@ -681,8 +780,8 @@ class Reconciler:
 
     async def _reconcile_pool(self, pool: Pool, gangs: list[ObservedGang], pods: list[dict[str, Any]],
                               memory: Memory, now: float, old_status: Mapping[str, Any], generation: int,
-                              weights_gate: str | None, refused: Mapping[str, Any] | None,
-                              unknown: tuple[str, ...], result: ReconcileResult) -> PoolRun:
+                              weights_gate: str | None, shared_gate: str | None, refused: Mapping[str, Any] | None,
+                              unknown: tuple[str, ...], result: ReconcileResult, trace: _Trace) -> PoolRun:
         """One pool's gangs: plan the steps from its spec, records and gangs, and carry them out."""
         ctx, spec = pool.ctx, pool.ctx.spec
         own = memory.pool(pool.key)
@@ -693,9 +792,8 @@ class Reconciler:
             # The user opted in: gangs an older operator rendered roll like gangs of an older revision.
             gangs = [dataclasses.replace(g, revision=outdated_marker(revision)) if g.name in upgrade.outdated else g
                      for g in gangs]
-        await self._leave_routers(ctx, [g for g in gangs if g.drain_started is not None])
-        drained = await self._drained(gangs, ctx.ports.worker_http, now,
-                                      float(spec.autoscaling.drain_timeout_seconds))
+        drained = self._drained(ctx, gangs, memory, now)
+        trace.step("drains")
         desired = self._desired(spec, pool.replicas, revision, ctx.plan.nodes_per_replica)
         mine = tuple(g for g in unknown if g.startswith(f"{ctx.gang_prefix}-"))
         paused = None
@@ -704,6 +802,7 @@ class Reconciler:
                       f"{memory.create_failures} failed in a row (last: {memory.create_error})")
         desired = dataclasses.replace(desired, gates=Gates(
             weights=weights_gate,
+            shared=shared_gate,
             paused=paused,
             # A read that does not show a gang we just created must not make us create it again.
             expectations=mine,
@@ -720,6 +819,7 @@ class Reconciler:
                 # Written through /scale just now: the planner acts on it in this same reconcile.
                 desired = dataclasses.replace(desired, replicas=int(scaled["to"]))
             desired = dataclasses.replace(desired, remove_first=own.autoscaler.remove_first)
+            trace.step("autoscale")
         if spec.autoscaling.enabled and pool.role is not None:
             desired = dataclasses.replace(desired, remove_first=own.autoscaler.remove_first)
         shown = old_status if pool.role is None else ((old_status.get("pools") or {}).get(pool.key) or {})
@@ -727,47 +827,56 @@ class Reconciler:
                    for r, rec in records_from_status(shown).items()}
         records.update({r: ReplicaRecord(attempt=a) for r, a in own.attempts.items() if r not in records})
         outcome = next_steps(desired, gangs, records, now, drained)
+        trace.step("steps")
 
         # Gangs are created outside the reconcile (``Creations``); the other steps run concurrently here.
         for step in outcome.steps:
             if isinstance(step, CreateGang):
                 self._submit(step, pool.key, ctx, revision, generation, memory, own, now)
+        trace.step("hand over")
         executed = await asyncio.gather(*(self._execute(step, ctx, gangs, memory, now)
                                           for step in outcome.steps if not isinstance(step, CreateGang)))
         result.events.extend(executed)
         return PoolRun(pool=pool, revision=revision, gangs=gangs, desired=desired, outcome=outcome,
                        upgrade=upgrade, autoscaling=autoscaling)
 
-    async def _fabric(self, gangs: list[ObservedGang], health: Mapping[str, Health], port: int,
-                      old_status: Mapping[str, Any], memory: Memory, now: float,
-                      result: ReconcileResult) -> dict[str, dict[str, Any]]:
+    def _fabric(self, gangs: list[ObservedGang], health: Mapping[str, Health], port: int,
+                old_status: Mapping[str, Any], memory: Memory, now: float,
+                result: ReconcileResult) -> dict[str, dict[str, Any]]:
         """Each gang's fabric check: what status already shows, and for a gang that turned Ready since, its
-        head's figures, read once (one Event per gang; a head that cannot say is asked again
-        ``_FABRIC_ASK_SECONDS`` later)."""
+        head's figures, read once outside the reconcile (``Memory.probes``; one Event per gang, posted by the
+        reconcile after the answer; a head that cannot say is asked again ``_FABRIC_ASK_SECONDS`` later)."""
         live = {g.name for g in gangs}
         for shown in old_status.get("gangs") or []:
             if shown.get("fabric") and shown.get("name") in live:
                 memory.fabric.setdefault(shown["name"], dict(shown["fabric"]))
-        # Asked together: a reconcile waits for one head's answer (or timeout), not for each in turn.
-        asking = [(g.name, g.head.ip) for g in gangs if g.name not in memory.fabric and g.head is not None
-                  and g.head.ip and health[g.name].state is GangHealth.READY
-                  and now - memory.fabric_asked.get(g.name, float("-inf")) >= _FABRIC_ASK_SECONDS]
-        answers = await asyncio.gather(*(self.heads.fabric(ip, port) for _, ip in asking))
-        for (gang, _), got in zip(asking, answers, strict=True):
-            if got is None:
-                memory.fabric_asked[gang] = now
-                continue
-            memory.fabric[gang] = got
-            figures = ", ".join(f"{k} {got[k]} GB/s" for k in ("allReduceGBps", "allToAllGBps", "expectedGBps")
-                                if k in got)
-            result.events.append(Event("Warning" if got["verdict"] == "fail" else "Normal", "FabricChecked",
-                                       f"gang {gang}: fabric {got['verdict']}"
-                                       + (f" ({figures})" if figures else "") + f": {got['message']}"))
+        result.events.extend(memory.fabric_told)
+        memory.fabric_told.clear()
+        for g in gangs:
+            if (g.name not in memory.fabric and g.head is not None and g.head.ip
+                    and health[g.name].state is GangHealth.READY
+                    and now - memory.fabric_asked.get(g.name, float("-inf")) >= _FABRIC_ASK_SECONDS
+                    and not memory.probes.busy(f"fabric {g.name}")):
+                memory.fabric_asked[g.name] = now
+                memory.probes.submit(f"fabric {g.name}", functools.partial(self._ask_fabric, g.name, g.head.ip,
+                                                                            port, memory), "ask the fabric check of")
         for gone in set(memory.fabric) - live:
             del memory.fabric[gone]
         for gone in set(memory.fabric_asked) - live.difference(memory.fabric):
             del memory.fabric_asked[gone]
         return {n: f for n, f in memory.fabric.items() if n in live}
+
+    async def _ask_fabric(self, gang: str, ip: str, port: int, memory: Memory) -> bool:
+        got = await self.heads.fabric(ip, port)
+        if got is None:
+            return False
+        memory.fabric[gang] = got
+        figures = ", ".join(f"{k} {got[k]} GB/s" for k in ("allReduceGBps", "allToAllGBps", "expectedGBps")
+                            if k in got)
+        memory.fabric_told.append(Event("Warning" if got["verdict"] == "fail" else "Normal", "FabricChecked",
+                                        f"gang {gang}: fabric {got['verdict']}"
+                                        + (f" ({figures})" if figures else "") + f": {got['message']}"))
+        return True
 
     async def _autoscale(self, ctx: BuildContext, gangs: list[ObservedGang], outcome: Outcome, memory: Memory,
                          now: float, result: ReconcileResult, old_status: Mapping[str, Any]) -> dict[str, Any]:
@@ -967,32 +1076,45 @@ class Reconciler:
         # The spec and metadata of whichever is newer; the status always ours.
         return {**event_body, "status": latest.get("status") or {}} if newer else latest
 
-    async def _drained(self, gangs: list[ObservedGang], port: int, now: float,
-                       drain_timeout: float) -> frozenset[str]:
-        """Draining gangs whose head reports no request in flight.
+    def _drained(self, ctx: BuildContext, gangs: list[ObservedGang], memory: Memory, now: float) -> frozenset[str]:
+        """Draining gangs whose head reported no request in flight; the heads of the others asked outside the
+        reconcile (``Memory.probes``: a head that does not answer held every decision of its deployment for the
+        client's timeout, on every reconcile).
 
-        A drain has two steps. First the head loses the serving label, so the router's pod watch drops it;
-        only after ``ROUTER_GRACE_SECONDS`` is the engine told to drain (it then refuses new requests, and
-        a router that still sent some would see them fail). Asking again is harmless: the head's drain is
-        idempotent, which also covers an operator restarted between the two steps.
+        A drain has two steps. First the head loses the serving label, so the router's pod watch drops it,
+        and every router is asked to take it out (asked again while the gang drains, so a router that missed
+        it, down or restarted, is asked again); only after ``ROUTER_GRACE_SECONDS`` is the engine told to
+        drain (it then refuses new requests, and a router that still sent some would see them fail). Asking
+        again is harmless: the head's drain is idempotent, which also covers an operator restarted between
+        the two steps.
         """
-        draining = [(g.name, g.head.ip, g.drain_started) for g in gangs
-                    if g.drain_started is not None and g.head is not None]
-        done = {gang for gang, ip, _ in draining if not ip}  # never served: nothing in flight
-
-        async def ask(gang: str, ip: str, started: float) -> None:
-            state = await self.heads.drain_state(ip, port)
-            if state is not None and state.done:
-                done.add(gang)
-            elif state is None or state.idle:
-                # The timeout as the spec says now: the gang's pods do not carry it, so editing it restarts
-                # nothing. What is left of it, since the operator deletes the gang when it has passed.
-                await self.heads.start_drain(ip, port, drain_timeout - (now - started))
-
-        # Every head asked at once: a reconcile waits for one head's answer (or timeout), not for each in turn.
-        await asyncio.gather(*(ask(gang, ip, started) for gang, ip, started in draining
-                               if ip and now - started >= ROUTER_GRACE_SECONDS))
+        port = ctx.ports.worker_http
+        done = set()
+        for g in gangs:
+            if g.drain_started is None or g.head is None:
+                continue
+            if not g.head.ip or g.name in memory.drained:
+                done.add(g.name)  # an IP-less head never served: nothing in flight
+                continue
+            memory.probes.submit(f"leave {g.name}", functools.partial(self._leave_routers, ctx, [g]),
+                                 "take out of the routers")
+            if now - g.drain_started >= ROUTER_GRACE_SECONDS:
+                memory.probes.submit(f"drain {g.name}", functools.partial(
+                    self._ask_drain, g.name, g.head.ip, port, g.drain_started,
+                    float(ctx.spec.autoscaling.drain_timeout_seconds), memory), "ask the drain of")
         return frozenset(done)
+
+    async def _ask_drain(self, gang: str, ip: str, port: int, started: float, drain_timeout: float,
+                         memory: Memory) -> bool:
+        state = await self.heads.drain_state(ip, port)
+        if state is not None and state.done:
+            memory.drained.add(gang)
+            return True
+        if state is None or state.idle:
+            # The timeout as the spec says now: the gang's pods do not carry it, so editing it restarts nothing.
+            # What is left of it, since the operator deletes the gang when it has passed.
+            await self.heads.start_drain(ip, port, drain_timeout - (self.clock() - started))
+        return False
 
     def _submit(self, step: CreateGang, pool: str, ctx: BuildContext, revision: str, generation: int,
                 memory: Memory, own: Memory, now: float) -> None:
@@ -1202,20 +1324,25 @@ class Reconciler:
                      gang, kind, obj_name)
             await self._delete_gang_objects(ctx, gang)
 
-    async def _apply_shared(self, ctx: BuildContext, memory: Memory, now: float) -> dict[str, str] | None:
-        """Apply the deployment's shared objects; the refusal when the API refused one (422).
-
-        What the spec asks of them is applied at once; that they are still in place (nobody deleted or
-        edited one) is checked every ``_SHARED_CHECK_SECONDS``: while gangs are created, a reconcile follows
-        another at once, and listing six kinds in each was a sixth of the requests a busy API server served."""
+    def _shared(self, ctx: BuildContext, memory: Memory, now: float) -> tuple[dict[str, str] | None, str | None]:
+        """The shared objects: their apply handed to ``memory.shared`` when due; the API's refusal of them, and
+        what holds gangs back until they are in place."""
         desired = {(o["kind"], o["metadata"]["name"]): _stamp(o) for o in shared_objects(ctx)}
         wanted = json.dumps(sorted((kind, obj_name, o["metadata"]["annotations"][L.ANNOTATION_SPEC_HASH])
                                    for (kind, obj_name), o in desired.items()))
-        if wanted == memory.shared_in_place and now - memory.shared_checked_at < _SHARED_CHECK_SECONDS:
-            return None
+        if (refusal := memory.shared.take_refusal(wanted)) is not None:
+            return refusal, None
+        if memory.shared.due(wanted, now):
+            memory.shared.submit(wanted, now, lambda: self._apply_shared(ctx, desired), self.clock)
+        return None, memory.shared.gate(wanted, now)
+
+    async def _apply_shared(self, ctx: BuildContext, desired: Mapping[tuple[str, str], dict[str, Any]]
+                            ) -> dict[str, str] | None:
+        """Apply the shared objects that are missing or differ from ``desired`` (by kind and name), and delete
+        those the spec no longer has; the refusal when the API refused one (422)."""
         # Every kind listed at once (one round trip, not six); the writes below keep their order. The gangs'
-        # own objects (a hundred launch plans, Services and policies at a hundred gangs) are left out by the
-        # selector: decoding them on every reconcile was a large part of the operator's CPU at scale.
+        # own objects (a hundred policies at a hundred gangs) are left out by the selector: decoding them on
+        # every check was a large part of the operator's CPU at scale.
         listed = await asyncio.gather(*(self.kube.list(api_version, kind, ctx.namespace,
                                                        {L.LABEL_DEPLOYMENT: ctx.name, L.LABEL_GANG: None})
                                         for api_version, kind in _SHARED_KINDS))
@@ -1247,7 +1374,6 @@ class Reconciler:
                 raise errors[0]
         await asyncio.gather(*(self.kube.delete(api_version, kind, ctx.namespace, o["metadata"]["name"],
                                                 uid=o["metadata"]["uid"]) for api_version, kind, o in stale))
-        memory.shared_in_place, memory.shared_checked_at = wanted, now
         return None
 
     async def _write_status(self, namespace: str, name: str, old: Mapping[str, Any], new: dict[str, Any],

@@ -61,6 +61,7 @@ class Gates:
     weights: str | None = None             # what the weights wait for; None when ready (or not managed)
     expectations: tuple[str, ...] = ()     # gangs created but not yet shown whole by the API
     refused: str | None = None             # the API refused this spec's objects: the field and the API's message
+    shared: str | None = None              # the deployment's shared objects are not in place yet: why
     paused: str | None = None              # creating gangs failed just now (the API was unavailable): why, until when
 
     def blocking(self) -> str | None:
@@ -69,6 +70,8 @@ class Gates:
             return f"the API refused this spec's objects: {self.refused}"
         if self.weights:
             return f"weights: {self.weights}"
+        if self.shared:
+            return self.shared
         if self.paused:
             return self.paused
         if self.expectations:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -115,20 +116,25 @@ class World:
         return dict(self.body().get("status") or {})
 
     def reconcile(self, body: dict[str, Any] | None = None) -> ReconcileResult:
-        """One reconcile as the operator's loop runs it: its gang creations end before the next event, and a
-        creation that ended with nothing for the pod watch to see (refused, failed) wakes a second reconcile;
-        then its writes to existing gangs end and the status it decided is written."""
+        """One reconcile as the operator's loop runs it: its apply of the shared objects and its gang creations
+        end before the next event, and one that pokes the loop (the shared objects applied, a creation that
+        ended with nothing for the pod watch to see) wakes another reconcile; then its writes to existing
+        gangs end and the status it decided is written."""
         before = {g for g in self.gang_names()}
         woken: list[bool] = []
-        self.memory.creations.wake = lambda: woken.append(True)
+        self.memory.creations.wake = self.memory.shared.wake = self.memory.probes.wake = lambda: woken.append(True)
 
         async def run() -> ReconcileResult:
             result = await self.reconciler.reconcile(body or self.body(), self.memory)
-            await self.memory.creations.settle()
-            if woken:
-                again = await self.reconciler.reconcile(self.body(), self.memory)
-                result.events.extend(again.events)
+            for _ in range(3):
+                await self.memory.shared.settle()
                 await self.memory.creations.settle()
+                await self.memory.probes.settle()
+                if not woken:
+                    break
+                woken.clear()
+                again = await self.reconciler.reconcile(self.body(), self.memory)
+                result = dataclasses.replace(again, events=[*result.events, *again.events])
             await self.memory.gang_writes.settle()
             await self.memory.status.settle()
             return result
@@ -138,6 +144,18 @@ class World:
         if (CRD, L.KIND, NS, "d") in self.kube.objects and self.body() != self.bodies[-1]:
             self.bodies.append(self.body())
         return result
+
+    def apply_shared(self) -> None:
+        """What a first reconcile does before any gang: the deployment's shared objects applied, and the status
+        written that says so (for tests that then drive reconciles one by one)."""
+
+        async def run() -> None:
+            await self.reconciler.reconcile(self.body(), self.memory)
+            await self.memory.shared.settle()
+            await self.memory.status.settle()
+
+        asyncio.run(run())
+        assert not self.gang_names(), "a gang before the shared objects"
 
     def edit(self, path: str, value: Any) -> None:
         """A user's edit of the spec (a new generation)."""

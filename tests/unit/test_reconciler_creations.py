@@ -54,6 +54,7 @@ def gang_of(pod: str) -> str:
 
 def test_a_reconcile_returns_while_its_gangs_are_created_and_plans_from_them_until_the_api_shows_them() -> None:
     w = World(a_deployment("d").replicas(3))
+    w.apply_shared()
 
     async def scenario() -> None:
         w.kube.hold = asyncio.Event()
@@ -80,6 +81,7 @@ def test_a_reconcile_returns_while_its_gangs_are_created_and_plans_from_them_unt
 
 def test_a_scale_down_drops_gangs_still_queued_and_waits_for_those_being_created() -> None:
     w = World(a_deployment("d").replicas(12))
+    w.apply_shared()
 
     async def scenario() -> None:
         w.kube.hold = asyncio.Event()
@@ -110,12 +112,16 @@ def test_a_scale_down_drops_gangs_still_queued_and_waits_for_those_being_created
 
 def test_a_new_revision_drops_the_queued_gangs_of_the_old_one() -> None:
     w = World(a_deployment("d").replicas(12))
+    w.apply_shared()
 
     async def scenario() -> None:
         w.kube.hold = asyncio.Event()
         await reconcile(w)
         old = set(w.memory.expectations)
         await edit(w, "podTemplate", {"labels": {"team": "b"}})
+        await reconcile(w)
+        # The pod template is part of what the shared objects say: the new revision's gangs follow them.
+        await w.memory.shared.settle()
         await reconcile(w)
         w.kube.hold.set()
         await w.memory.creations.settle()
@@ -172,6 +178,7 @@ def test_failures_in_a_row_double_the_pause() -> None:
 
 def test_losing_the_lease_cancels_what_is_queued_and_nothing_of_it_is_planned_from() -> None:
     w = World(a_deployment("d").replicas(3))
+    w.apply_shared()
 
     async def scenario() -> None:
         w.kube.hold = asyncio.Event()
@@ -298,3 +305,100 @@ def test_a_gang_handed_over_to_drain_is_planned_as_draining_and_its_drain_starte
     assert L.LABEL_SERVING not in head["metadata"]["labels"]
     w.reconcile()
     assert not w.memory.draining, "forgotten once the list shows it"
+
+
+def test_a_reconcile_returns_while_the_shared_objects_are_applied_and_gangs_follow_them() -> None:
+    w = World(a_deployment("d").replicas(2))
+    held = asyncio.Event()
+    apply = w.kube.apply
+
+    async def slow_apply(obj: Mapping[str, Any]) -> dict[str, Any]:
+        await held.wait()
+        return await apply(obj)
+
+    w.kube.apply = slow_apply  # type: ignore[method-assign]
+    woken: list[bool] = []
+    w.memory.shared.wake = lambda: woken.append(True)
+
+    async def scenario() -> None:
+        result = await reconcile(w)
+        assert w.memory.shared.busy(), "the reconcile returned with the shared objects still being applied"
+        assert not w.memory.creations.busy(), "no gang before the shared objects"
+        assert not w.gang_names()
+        assert result.requeue_after <= 1.0
+        progressing = next(c for c in w.status()["conditions"] if c["type"] == "Progressing")
+        assert "shared objects" in progressing["message"]
+        await reconcile(w)
+        held.set()
+        await w.memory.shared.settle()
+        applied = [(kind, name) for verb, kind, name in w.kube.writes if verb == "apply"]
+        assert applied
+        assert len(applied) == len(set(applied)), "one apply at a time: each object applied once"
+        assert woken, "the end of the apply pokes the deployment's loop"
+        await reconcile(w)
+        await w.memory.creations.settle()
+        assert len(w.gang_names()) == 2
+
+    run(scenario())
+
+
+def test_shared_objects_the_api_failed_to_take_hold_gangs_back_say_why_and_are_applied_again_after_a_back_off(
+        ) -> None:
+    w = World(a_deployment("d").replicas(1))
+    w.kube.fail("apply", "NetworkPolicy", 503, "etcdserver: request timed out", times=2)
+    w.reconcile()
+    assert not w.gang_names()
+    degraded = next(c for c in w.status()["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "True"
+    assert "etcdserver: request timed out" in degraded["message"]
+    mark = len(w.kube.writes)
+    w.now += 1
+    w.reconcile()
+    assert not [verb for verb, _, _ in w.kube.writes_since(mark) if verb == "apply"], "not before the back-off"
+    w.now += 2
+    w.reconcile()  # fails again: the back-off doubles
+    assert w.memory.shared.failures == 2
+    assert not w.gang_names()
+    w.now += 3
+    w.reconcile()
+    assert not w.gang_names(), "still within the doubled back-off"
+    w.now += 2
+    w.reconcile()
+    assert len(w.gang_names()) == 1
+    degraded = next(c for c in w.status()["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "False"
+
+
+def test_a_gang_head_that_does_not_answer_holds_no_reconcile_and_its_drain_ends_at_the_timeout() -> None:
+    w = World(a_deployment("d").replicas(2))
+    w.reconcile()
+    w.run_pods()
+    w.reconcile()
+    silent = asyncio.Event()  # never set: the heads take every request and never answer
+    asked: list[str] = []
+
+    async def no_answer(ip: str, port: int, *_: Any) -> None:
+        asked.append(ip)
+        await silent.wait()
+
+    w.heads.drain_state = no_answer  # type: ignore[method-assign,assignment]
+    w.heads.fabric = no_answer  # type: ignore[method-assign,assignment]
+    w.edit("replicas", 1)
+
+    async def scenario() -> None:
+        await reconcile(w)
+        (gang,) = w.memory.draining
+        w.now += 10  # past the router's grace: the head is asked for its drain
+        for _ in range(3):
+            await reconcile(w)
+        assert w.memory.probes.busy(f"drain {gang}"), "the reconciles returned while the head has not answered"
+        assert len([ip for ip in asked if ip]) >= 1
+        probes = len(asked)
+        await reconcile(w)
+        assert len(asked) == probes, "a head is asked again only once it answered"
+        w.now += 3600  # past any drain timeout: the gang goes, answer or not
+        await reconcile(w)
+        assert gang in w.memory.deleting
+        await w.memory.stop()
+
+    run(scenario())
