@@ -64,7 +64,10 @@ class Scenario:
     key: str
     make: Callable[[], workloads.Workload] | None  # None: the shared Azure trace
     peak: int = 8  # gangs the peak needs (the oracle's count)
-    long: bool = False  # every burst outlasts two start-ups: the 99 % target applies
+    # Every burst outlasts two start-ups (11 minutes at 330 s): the 99 % target applies. Where the first burst
+    # comes unannounced (a flash crowd, the first on/off cycles), no policy that sees only the past reaches it:
+    # the reactive bound, printed beside it, says how far it is.
+    long: bool = False
     router: str | None = None  # the router's policy in the simulated fleet (None: the simulator's default)
 
 
@@ -73,11 +76,13 @@ class Scenario:
 RAG = workloads.RAG
 CACHE_AWARE = Router.CACHE_AWARE
 SCENARIOS: tuple[Scenario, ...] = (
-    Scenario("flash-6x-2min", lambda: workloads.flash_crowd(height=6, ramp_seconds=120, hold_seconds=900, sizes=RAG)),
-    Scenario("flash-3x-10min", lambda: workloads.flash_crowd(height=3, ramp_seconds=600, hold_seconds=1500, sizes=RAG)),
+    Scenario("flash-6x-2min", lambda: workloads.flash_crowd(height=6, ramp_seconds=120, hold_seconds=900, sizes=RAG),
+             long=True),
+    Scenario("flash-3x-10min", lambda: workloads.flash_crowd(height=3, ramp_seconds=600, hold_seconds=1500, sizes=RAG),
+             long=True),
     Scenario("diurnal-3h", lambda: workloads.diurnal(hours=3.0, sizes=RAG), peak=6, long=True),
     Scenario("on-off-5/10-20k", lambda: workloads.on_off(on_seconds=300, off_seconds=600, cycles=7)),
-    Scenario("on-off-15/15", lambda: workloads.on_off(on_seconds=900, off_seconds=900, cycles=4)),
+    Scenario("on-off-15/15", lambda: workloads.on_off(on_seconds=900, off_seconds=900, cycles=4), long=True),
     Scenario("long-context", lambda: workloads.long_context_bursts(hours=1.5)),
     Scenario("heavy-tail-out", lambda: workloads.heavy_tailed_outputs(hours=1.5), long=True),
     Scenario("slow-ramp-1h", lambda: workloads.slow_ramp(ramp_seconds=3600, sizes=RAG), long=True),
@@ -86,7 +91,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     # Prompt caching: requests share prefixes (a conversation's history, a document set) and the gangs'
     # prefix caches supply them; behind sglang-router's cache_aware, the policy suited to them.
     Scenario("chat-sessions", lambda: workloads.chat_sessions(hours=1.5), peak=4, long=True, router=CACHE_AWARE),
-    Scenario("rag-documents", lambda: workloads.rag_documents(height=4), peak=4, router=CACHE_AWARE),
+    Scenario("rag-documents", lambda: workloads.rag_documents(height=4), peak=4, long=True, router=CACHE_AWARE),
 )
 CACHING = ("chat-sessions", "rag-documents")
 QUICK = ("flash-6x-2min", "on-off-5/10-20k")
@@ -211,6 +216,12 @@ class Verdict:
     oracle_ratio: float
     long_ok: bool | None  # None: the 99 % target does not apply
 
+    def missed(self) -> list[str]:
+        """The targets missed, named as in the table."""
+        return [what for what, missed in (
+            ("dominated", bool(self.dominated_by)), ("reactive bound", self.reactive_gap < -REACTIVE_SLACK),
+            (f"{ORACLE_RATIO}× oracle", self.oracle_ratio > ORACLE_RATIO), ("99 %", self.long_ok is False)) if missed]
+
     @property
     def passed(self) -> bool:
         return (
@@ -261,7 +272,7 @@ def row(scenario: Scenario, results: dict[str, PolicyResult], v: Verdict) -> str
     if v.oracle_ratio > ORACLE_RATIO:
         notes.append(f"{v.oracle_ratio:.2f}× oracle")
     if v.long_ok is False:
-        notes.append("< 99 %")
+        notes.append(f"< 99 % (reactive bound {results['reactive'].ttft_attainment:.1%})")
     name = scenario.key + (" (long)" if scenario.long else "")
     return (
         f"{name:<17}{ours.ttft_attainment:>8.1%}{v.oracle_ratio:>6.2f}{ours.scale_events:>4}{ours.peak_replicas:>4}"
@@ -284,7 +295,7 @@ def markdown(rows: Sequence[tuple[Scenario, dict[str, PolicyResult], Verdict]]) 
             f"| {scenario.key}{' (long)' if scenario.long else ''} | {ours.ttft_attainment:.1%} | "
             f"{v.oracle_ratio:.2f} | {results['reactive'].ttft_attainment:.1%} | {oracle.ttft_attainment:.1%} | "
             f"{static.ttft_attainment:.1%} ({static.gpu_hours / oracle.gpu_hours:.2f}) | {best_baseline(results)} | "
-            f"{'met' if v.passed else 'missed'} |"
+            f"{'met' if v.passed else 'missed: ' + ', '.join(v.missed())} |"
         )
     return "\n".join(lines)
 
