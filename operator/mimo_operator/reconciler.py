@@ -829,14 +829,13 @@ class Reconciler:
         outcome = next_steps(desired, gangs, records, now, drained)
         trace.step("steps")
 
-        # Gangs are created outside the reconcile (``Creations``); the other steps run concurrently here.
+        # Every step is handed over: gangs are created by ``Creations``, deleted and drained by ``GangWrites``.
         for step in outcome.steps:
             if isinstance(step, CreateGang):
                 self._submit(step, pool.key, ctx, revision, generation, memory, own, now)
+            else:
+                result.events.append(self._execute(step, ctx, gangs, memory, now))
         trace.step("hand over")
-        executed = await asyncio.gather(*(self._execute(step, ctx, gangs, memory, now)
-                                          for step in outcome.steps if not isinstance(step, CreateGang)))
-        result.events.extend(executed)
         return PoolRun(pool=pool, revision=revision, gangs=gangs, desired=desired, outcome=outcome,
                        upgrade=upgrade, autoscaling=autoscaling)
 
@@ -1196,11 +1195,15 @@ class Reconciler:
             log.warning("%s/%s: could not delete what was created of gang %s: %s", ctx.namespace, ctx.name, gang, e)
         return Created(gang, Event("Warning", "GangCreateFailed", f"gang {gang}: {error}"), failed=True)
 
-    async def _execute(self, step: DeleteGang | StartDrain, ctx: BuildContext, gangs: list[ObservedGang],
-                       memory: Memory, now: float) -> Event:
-        """Carry out one step of a gang that exists (or is being created); the event to post."""
+    def _execute(self, step: DeleteGang | StartDrain, ctx: BuildContext, gangs: list[ObservedGang],
+                 memory: Memory, now: float) -> Event:
+        """Hand over one step of a gang that exists (or is being created); the event to post.
+
+        Nothing here waits: a gang whose creation is under way is deleted once it ended (in the background:
+        on a loaded API server a creation took seconds, and a reconcile that waited for it held every other
+        decision of the deployment, and, sharing the event loop, of the others)."""
         ns = ctx.namespace
-        if await memory.creations.withdraw(step.gang):
+        if memory.creations.drop_queued(keep=lambda job: job.gang != step.gang):
             # Still queued: nothing of it exists, and nothing will.
             memory.expectations.pop(step.gang, None)
             log.info("%s/%s: gang %s is not created after all: %s", ns, ctx.name, step.gang, step.reason)
@@ -1210,6 +1213,7 @@ class Reconciler:
 
             async def delete() -> None:
                 try:
+                    await memory.creations.withdraw(step.gang)  # a creation under way ends first
                     await self._leave_routers(ctx, doomed)
                     await self._delete_gang_objects(ctx, step.gang)
                 except Exception as e:  # the API was unavailable: planned again by the next reconcile
@@ -1234,6 +1238,7 @@ class Reconciler:
 
             async def drain() -> None:
                 try:
+                    await memory.creations.withdraw(step.gang)  # a creation under way ends first
                     # Out of the router first: its pod discovery selects on the serving label.
                     await self.kube.merge_patch("v1", "Pod", ns, head_name, {"metadata": {
                         "labels": {L.LABEL_SERVING: None},

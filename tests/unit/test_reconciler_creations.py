@@ -90,10 +90,14 @@ def test_a_scale_down_drops_gangs_still_queued_and_waits_for_those_being_created
         queued = sorted(w.memory.expectations)
         assert len(queued) == 12
         await edit(w, "replicas", 2)
-        scale_down = asyncio.create_task(reconcile(w))
-        await asyncio.sleep(0)
+        # The reconcile returns at once; a gang already being created is deleted once its creation ended.
+        await w.reconciler.reconcile(w.body(), w.memory)
+        being_created = [g for g in queued if int(g.split("-")[1]) >= 2 and w.memory.creations.busy(g)]
+        assert being_created
+        assert all(w.memory.gang_writes.busy(g) for g in being_created), "their deletion waits outside"
         w.kube.hold.set()  # the gangs already being created finish; only then are they deleted
-        await scale_down
+        await w.memory.gang_writes.settle()
+        await w.memory.status.settle()
         await w.memory.creations.settle()
         for _ in range(2):
             w.kube.finish_deletions()
