@@ -119,6 +119,9 @@ _STATUS_RETRY_CAP_SECONDS = 30.0
 _FABRIC_ASK_SECONDS = 10.0
 # Requests to a deployment's gang heads and routers at once (drain progress, fabric checks, leaving a router).
 _PROBE_CONCURRENCY = 32
+# A draining gang's head and the routers are asked again at most this often (reconciles come every second
+# while gangs drain; a drain's progress and a router that missed the leave need no more).
+_PROBE_AGAIN_SECONDS = 2.0
 # A reconcile slower than this is logged with the time each of its phases took, as the API server traces its
 # slow requests: what a slow reconcile waited for, told without a profiler.
 SLOW_RECONCILE_SECONDS = 1.0
@@ -516,6 +519,7 @@ class Memory:
     # draining gangs whose head said its drain is done.
     probes: GangWrites = field(default_factory=lambda: GangWrites(_PROBE_CONCURRENCY))
     drained: set[str] = field(default_factory=set)
+    probed: dict[str, float] = field(default_factory=dict)  # when each probe (by key) was last made
     orphans_checked_at: float = float("-inf")  # when the gangs' objects were last listed for orphans
     shared: SharedWrites = field(default_factory=SharedWrites)
 
@@ -734,6 +738,7 @@ class Reconciler:
         health = {n: h for run in ran for n, h in run.outcome.health.items()}
         fabric = self._fabric(live, health, ctx.ports.worker_http, old_status, memory, now, result)
         memory.drained &= {g.name for g in live if g.drain_started is not None}
+        memory.probed = {k: at for k, at in memory.probed.items() if now - at < _PROBE_AGAIN_SECONDS}
         trace.step("fabric")
         endpoint = router_url(ctx) if spec.router.enabled else None
         statuses = {}
@@ -1095,13 +1100,22 @@ class Reconciler:
             if not g.head.ip or g.name in memory.drained:
                 done.add(g.name)  # an IP-less head never served: nothing in flight
                 continue
-            memory.probes.submit(f"leave {g.name}", functools.partial(self._leave_routers, ctx, [g]),
-                                 "take out of the routers")
+            self._probe(memory, f"leave {g.name}", now, functools.partial(self._leave_routers, ctx, [g]),
+                        "take out of the routers")
             if now - g.drain_started >= ROUTER_GRACE_SECONDS:
-                memory.probes.submit(f"drain {g.name}", functools.partial(
+                self._probe(memory, f"drain {g.name}", now, functools.partial(
                     self._ask_drain, g.name, g.head.ip, port, g.drain_started,
                     float(ctx.spec.autoscaling.drain_timeout_seconds), memory), "ask the drain of")
         return frozenset(done)
+
+    @staticmethod
+    def _probe(memory: Memory, key: str, now: float, run: Callable[[], Awaitable[bool | None]], what: str) -> None:
+        """Hand one request to a gang head or the routers to ``memory.probes``, unless the last of its kind is
+        still under way or younger than ``_PROBE_AGAIN_SECONDS``."""
+        if memory.probes.busy(key) or now - memory.probed.get(key, float("-inf")) < _PROBE_AGAIN_SECONDS:
+            return
+        memory.probed[key] = now
+        memory.probes.submit(key, run, what)
 
     async def _ask_drain(self, gang: str, ip: str, port: int, started: float, drain_timeout: float,
                          memory: Memory) -> bool:
