@@ -257,7 +257,7 @@ def best_baseline(results: dict[str, PolicyResult]) -> str:
 
 
 HEADER = (
-    f"{'scenario':<17}{'ours':>8}{'×orc':>6}{'ev':>4}{'pk':>4}{'reactive':>9}{'oracle':>8}{'static':>8}{'×orc':>6}"
+    f"{'scenario':<22}{'ours':>8}{'×orc':>6}{'ev':>4}{'pk':>4}{'reactive':>9}{'oracle':>8}{'static':>8}{'×orc':>6}"
     f"  {'best HPA/KEDA (att, ×orc)':<30}{'verdict':<8}"
 )
 
@@ -275,7 +275,7 @@ def row(scenario: Scenario, results: dict[str, PolicyResult], v: Verdict) -> str
         notes.append(f"< 99 % (reactive bound {results['reactive'].ttft_attainment:.1%})")
     name = scenario.key + (" (long)" if scenario.long else "")
     return (
-        f"{name:<17}{ours.ttft_attainment:>8.1%}{v.oracle_ratio:>6.2f}{ours.scale_events:>4}{ours.peak_replicas:>4}"
+        f"{name:<22}{ours.ttft_attainment:>8.1%}{v.oracle_ratio:>6.2f}{ours.scale_events:>4}{ours.peak_replicas:>4}"
         f"{results['reactive'].ttft_attainment:>9.1%}{oracle.ttft_attainment:>8.1%}"
         f"{static.ttft_attainment:>8.1%}{static.gpu_hours / oracle.gpu_hours:>6.2f}"
         f"  {best_baseline(results):<30}{'PASS' if v.passed else 'MISS ' + '; '.join(notes)}"
