@@ -520,6 +520,7 @@ class Memory:
     probes: GangWrites = field(default_factory=lambda: GangWrites(_PROBE_CONCURRENCY))
     drained: set[str] = field(default_factory=set)
     probed: dict[str, float] = field(default_factory=dict)  # when each probe (by key) was last made
+    deleted: set[str] = field(default_factory=set)  # gangs this process deleted whose pods are still listed
     orphans_checked_at: float = float("-inf")  # when the gangs' objects were last listed for orphans
     shared: SharedWrites = field(default_factory=SharedWrites)
 
@@ -674,6 +675,8 @@ class Reconciler:
         # Only a gang whose pods are not all known holds creation back: the others are planned as created.
         unknown = tuple(g for g in expected if not memory.expectations[g].created)
         gangs = gangs_from_pods(pods)
+        if await self._deleted_meanwhile(meta, memory, listed):
+            return result
         trace.step("list")
 
         # The gates every pool shares, decided before the planner and handed to it.
@@ -705,7 +708,7 @@ class Reconciler:
             if g.pool not in keys:
                 await memory.creations.withdraw(g.name)
                 memory.expectations.pop(g.name, None)
-                await self._delete_gang_objects(ctx, g.name)
+                await self._delete_gang_objects(ctx, g.name, memory)
                 what = f"the {g.pool} pool" if g.pool else "colocated gangs"
                 result.events.append(Event("Normal", "GangDeleted",
                                            f"gang {g.name}: the deployment has no {what} any more"))
@@ -1065,6 +1068,20 @@ class Reconciler:
         names = {p["metadata"]["name"] for p in listed}
         return [p for gang in unmet for p in memory.expectations[gang].created if p["metadata"]["name"] not in names]
 
+    async def _deleted_meanwhile(self, meta: Mapping[str, Any], memory: Memory, listed: list[dict[str, Any]]) -> bool:
+        """Whether the deployment is gone, asked of the API when some of its pods are being deleted that this
+        process did not delete. Deleting a deployment leaves its pods to the garbage collector, and their
+        events can reach this process before the deployment's own: read from the status it last decided,
+        the reconcile would see failed gangs and create new ones for a deployment that no longer exists."""
+        memory.deleted &= {(p["metadata"].get("labels") or {}).get(L.LABEL_GANG) for p in listed}
+        foreign = any(p["metadata"].get("deletionTimestamp")
+                      and (gang := (p["metadata"].get("labels") or {}).get(L.LABEL_GANG)) not in memory.deleted
+                      and gang not in memory.deleting for p in listed)
+        if not foreign:
+            return False
+        current = await self.kube.get(f"{L.GROUP}/{L.VERSION}", L.KIND, meta["namespace"], meta["name"])
+        return current is None or current["metadata"].get("uid") != meta.get("uid")
+
     async def _freshest(self, event_body: Mapping[str, Any], memory: Memory) -> Mapping[str, Any] | None:
         """The deployment to decide from: its status as this process last wrote it (a fresh read the first
         time, or after a change of leader), and the newer spec of that and the watch event's."""
@@ -1175,7 +1192,7 @@ class Reconciler:
             memory.expectations.pop(gang, None)
             for dropped in memory.creations.drop_queued():
                 memory.expectations.pop(dropped, None)
-            await self._delete_gang_objects(ctx, gang)
+            await self._delete_gang_objects(ctx, gang, memory)
             refusal = refusal_from_api(e.message, spec_values(ctx.spec))
             log.warning("%s/%s: the API refused gang %s: %s", ns, ctx.name, gang, e)
             return Created(gang, Event("Warning", "ChildRefused", f"gang {gang}: {refusal['field']}: {e.message}"),
@@ -1204,7 +1221,7 @@ class Reconciler:
             memory.expectations.pop(dropped, None)
         log.warning("%s/%s: could not create gang %s: %s", ctx.namespace, ctx.name, gang, error)
         try:
-            await self._delete_gang_objects(ctx, gang)
+            await self._delete_gang_objects(ctx, gang, memory)
         except Exception as e:  # what is left is collected as an orphan, or fails as an incomplete gang
             log.warning("%s/%s: could not delete what was created of gang %s: %s", ctx.namespace, ctx.name, gang, e)
         return Created(gang, Event("Warning", "GangCreateFailed", f"gang {gang}: {error}"), failed=True)
@@ -1229,7 +1246,7 @@ class Reconciler:
                 try:
                     await memory.creations.withdraw(step.gang)  # a creation under way ends first
                     await self._leave_routers(ctx, doomed)
-                    await self._delete_gang_objects(ctx, step.gang)
+                    await self._delete_gang_objects(ctx, step.gang, memory)
                 except Exception as e:  # the API was unavailable: planned again by the next reconcile
                     memory.deleting.pop(step.gang, None)
                     log.warning("%s/%s: deleting gang %s failed: %s", ns, ctx.name, step.gang, e)
@@ -1304,8 +1321,9 @@ class Reconciler:
                 kinds.append((served, "PodGroup"))
         return kinds
 
-    async def _delete_gang_objects(self, ctx: BuildContext, gang: str) -> None:
+    async def _delete_gang_objects(self, ctx: BuildContext, gang: str, memory: Memory) -> None:
         ns = ctx.namespace
+        memory.deleted.add(gang)  # its pods going are this process' doing (see ``_deleted_meanwhile``)
         await asyncio.gather(*(self.kube.delete_collection(api_version, kind, ns, {L.LABEL_GANG: gang})
                                for api_version, kind in [("v1", "Pod"), *_GANG_KINDS]))
         groups = await self._pod_group_kinds()
@@ -1341,7 +1359,7 @@ class Reconciler:
         for gang, (kind, obj_name) in sorted(orphans.items()):
             log.info("%s/%s: deleting what is left of gang %s (a %s %s with no pods)", ctx.namespace, ctx.name,
                      gang, kind, obj_name)
-            await self._delete_gang_objects(ctx, gang)
+            await self._delete_gang_objects(ctx, gang, memory)
 
     def _shared(self, ctx: BuildContext, memory: Memory, now: float) -> tuple[dict[str, str] | None, str | None]:
         """The shared objects: their apply handed to ``memory.shared`` when due; the API's refusal of them, and

@@ -453,6 +453,39 @@ def test_a_deployment_deleted_meanwhile_is_left_alone() -> None:
     assert w.kube.writes_since(mark) == []
 
 
+def test_pods_the_garbage_collector_deletes_after_the_deployment_get_no_new_gangs() -> None:
+    w = World(a_deployment("d").replicas(2))
+    w.reconcile()
+    w.run_pods()
+    w.reconcile()
+    stale = w.body()
+    # kubectl delete: the deployment goes at once, and the garbage collector deletes its pods after; their
+    # events reach the operator before the deployment's own, and it decides from the status it last wrote.
+    asyncio.run(w.kube.delete(CRD, L.KIND, NS, "d"))
+    for pod in w.pods():
+        asyncio.run(w.kube.delete("v1", "Pod", NS, pod["metadata"]["name"]))
+    mark = len(w.kube.writes)
+    w.now += 1
+    w.reconcile(stale)
+    assert [x for x in w.kube.writes_since(mark) if x[0] == "create"] == [], "no gang for a deleted deployment"
+
+
+def test_a_pod_someone_else_deletes_while_the_deployment_exists_gets_its_gang_replaced() -> None:
+    w = World(a_deployment("d").replicas(1))
+    w.reconcile()
+    w.run_pods()
+    w.reconcile()
+    (first,) = w.live_gangs()
+    asyncio.run(w.kube.delete("v1", "Pod", NS, w.pods()[0]["metadata"]["name"]))  # evicted
+    w.now += 1
+    w.reconcile()
+    w.kube.finish_deletions()
+    w.now += 60
+    w.reconcile()
+    (second,) = w.live_gangs()
+    assert second != first
+
+
 def test_a_new_leader_decides_from_a_fresh_read() -> None:
     w = World(one_replica())
     w.reconcile()
