@@ -443,6 +443,8 @@ class FakeHub:
                             if stall is not None and pos == stall:
                                 if file in faults.stall_after:
                                     hub._release.wait(60)  # then carry on, as a network that recovers
+                                    if _peer_gone(self.connection):
+                                        return  # the client was killed meanwhile: nothing more is sent
                                 stall = None
                                 continue
                             if drop is not None:
@@ -465,6 +467,17 @@ class FakeHub:
                         pos += len(chunk)
 
         return Handler
+
+
+def _peer_gone(sock: socket.socket) -> bool:
+    """Whether the client closed the connection (a killed process' sockets are closed by its kernel); a
+    chunk written to it now would still count as sent before the write fails."""
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
 
 
 def _measure(size_mb: int, shards: int, workers: int) -> None:
