@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ import yaml
 
 from mimo_operator.commands.demo import simulator_prediction
 from mimo_operator.loadgen import LoadResult, Phase, read_trace, replay, schedule
+from mimo_operator.localcluster.processes import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "mimo-v25-pro-simulated.yaml"
@@ -36,13 +36,6 @@ TRACE = REPO / "examples" / "traces" / "azure-2023-code.csv"
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, int(q * len(ordered) + 0.999999) - 1))] if ordered else float("nan")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def start_engine(manifest: Path) -> tuple[subprocess.Popen[bytes], str]:

@@ -32,7 +32,6 @@ import contextlib
 import dataclasses
 import json
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,6 +47,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from mimo_operator.autoscaling.prefix_traces import FAMILIES, PrefixTrace
+from mimo_operator.localcluster.processes import free_port
 from mimo_worker.simengine.engine import ReplicaEngine
 from mimo_worker.simengine.fleet import FleetArrival, RouterEmulation, run_fleet
 from mimo_worker.simengine.prefix import text_blocks
@@ -135,13 +135,6 @@ def predict(trace: PrefixTrace, policy: str, replica: PlannedReplica, args: argp
 
 
 # ---- measurement through the real router -------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def _wait_ok(session: aiohttp.ClientSession, url: str, what: str, within: float = 60.0) -> None:

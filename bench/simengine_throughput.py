@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from pathlib import Path
 import aiohttp
 import yaml
 
+from mimo_operator.localcluster.processes import free_port
 from mimo_worker.simengine.engine import ClosedLoop, ReplicaEngine, run_virtual
 from mimo_worker.simengine.replica import planned_replica
 
@@ -102,13 +102,6 @@ def _ms(value: float | None) -> str:
 
 
 # ---- one process, real HTTP ----------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def cpu_seconds(pid: int) -> float:

@@ -14,7 +14,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,8 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from mimo_operator.localcluster.processes import free_port
 
 pytestmark = [
     pytest.mark.ray,
@@ -53,13 +54,6 @@ spec:
   parallelism: {nodesPerReplica: 3}
   engine: {type: simulated, simulation: {speedup: 1}}
 """
-
-
-def _free_port() -> int:
-    # Ray's GCS and torch's TCPStore listen on every interface: the port must be free on all of them.
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return int(s.getsockname()[1])
 
 
 def _http(url: str, method: str = "GET", body: bytes | None = None, timeout: float = 60) -> tuple[int, bytes]:
@@ -214,7 +208,8 @@ def make_gang() -> Iterator[Callable[..., Gang]]:
         root = Path(tempfile.mkdtemp(prefix="mw", dir="/tmp"))
         subnet = random.randint(1, 250)
         ips = [f"127.1.{subnet}.{5 + r}" for r in range(3)]
-        ports = {k: _free_port() for k in ("ray_gcs", "engine_http", "dist_init", "fabric", "worker_http")}
+        # Ray's GCS and torch's TCPStore listen on every interface: the port must be free on all of them.
+        ports = {k: free_port("") for k in ("ray_gcs", "engine_http", "dist_init", "fabric", "worker_http")}
         (root / "manifest.yaml").write_text(MANIFEST)
         name = f"pro-{uuid.uuid4().hex[:5]}"
         ranks = [

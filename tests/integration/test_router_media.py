@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
+from mimo_operator.localcluster.processes import free_port
 from tests.conftest import REPO
-from tests.unit.simengine_support import free_port
 
 pytestmark = [
     pytest.mark.slow,

@@ -22,9 +22,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from mimo_operator.localcluster.processes import free_port
 from mimo_worker.simengine.replica import planned_replica
 from tests.conftest import REPO
-from tests.unit.simengine_support import free_port
 
 pytestmark = [
     pytest.mark.slow,

@@ -8,7 +8,6 @@ plan (the trace, the bench) use the real performance model.
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
 
 from mimo_worker.simengine.engine import EngineLimits
@@ -44,9 +43,3 @@ class SmallReplica:
     def limits(self) -> EngineLimits:
         return EngineLimits.of(self)
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import multiprocessing
-import socket
 from typing import Any
 
 import pytest
 
+from mimo_operator.localcluster.processes import free_port
 from mimo_worker.fabric import FabricReport, FabricSample, bus_factor, judge, measure_rank, summarize
 from mimo_worker.launchplan import FabricExpectation, example_plan, parse_plan
 from mimo_worker.raycluster import NodeView, gang_progress
@@ -101,12 +101,6 @@ def test_progress_counts_a_member_short_of_gpus_as_not_joined_yet() -> None:
 torch_missing = importlib.util.find_spec("torch") is None
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 def _rank(rank: int, port: int, queue: Any) -> None:
     samples = measure_rank(
         rank=rank,
@@ -128,7 +122,7 @@ def _rank(rank: int, port: int, queue: Any) -> None:
 def test_two_processes_measure_gloo_all_reduce_and_all_to_all() -> None:
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    port = _free_port("127.0.0.1")
+    port = free_port("127.0.0.1")
     procs = [ctx.Process(target=_rank, args=(r, port, queue)) for r in range(2)]
     for p in procs:
         p.start()

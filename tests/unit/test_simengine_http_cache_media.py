@@ -15,13 +15,13 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from mimo_operator.localcluster.processes import free_port
 from mimo_operator.perf import performance_of
 from mimo_operator.planner import plan_deployment
 from mimo_operator.spec import parse_spec
 from mimo_worker.simengine.engine import EngineLimits, ReplicaEngine
 from mimo_worker.simengine.options import SimOptions
 from mimo_worker.simengine.server import ModelClock, SimulatedEngineServer
-from tests.unit.simengine_support import free_port
 
 SYSTEM = "You are MiMo, a careful assistant for the operations team. " * 120  # ≈ 1,800 tokens
 

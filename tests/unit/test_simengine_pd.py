@@ -19,6 +19,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from mimo_operator.launchplan import substitute
+from mimo_operator.localcluster.processes import free_port
 from mimo_operator.planner_pd import KvTransfer, kv_transfer, plan_disaggregated
 from mimo_operator.spec import parse_spec
 from mimo_worker.simengine.disaggregation import WAITING_TIMEOUT_ENV
@@ -27,7 +28,7 @@ from mimo_worker.simengine.options import OptionsError, SimOptions, parse_option
 from mimo_worker.simengine.replica import planned_replica, replica_from_argv
 from mimo_worker.simengine.server import ModelClock, SimulatedEngineServer, chat_prompt_tokens
 from tests.conftest import REPO
-from tests.unit.simengine_support import SmallReplica, free_port
+from tests.unit.simengine_support import SmallReplica
 
 PD_EXAMPLE = REPO / "examples" / "mimo-v25-pro-pd.yaml"
 MODEL = "XiaomiMiMo/MiMo-V2.5-Pro"

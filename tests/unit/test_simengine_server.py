@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from mimo_operator.localcluster.processes import free_port
 from mimo_worker.simengine.engine import ReplicaEngine
 from mimo_worker.simengine.options import SimOptions
 from mimo_worker.simengine.server import (
@@ -24,7 +25,7 @@ from mimo_worker.simengine.server import (
     dummy_health_app,
     text_prompt_tokens,
 )
-from tests.unit.simengine_support import SmallReplica, free_port
+from tests.unit.simengine_support import SmallReplica
 
 MODEL = "XiaomiMiMo/MiMo-V2.5-Pro"
 REPLICA = SmallReplica()

@@ -158,9 +158,9 @@ async def test_over_http_the_trace_queues_past_capacity_and_is_served_at_the_mod
     from aiohttp import web
     from prometheus_client.parser import text_string_to_metric_families
 
+    from mimo_operator.localcluster.processes import free_port
     from mimo_worker.simengine.options import SimOptions
     from mimo_worker.simengine.server import ModelClock, SimulatedEngineServer
-    from tests.unit.simengine_support import free_port
 
     mix = [
         (max(r.context_tokens, 1), min(max(r.generated_tokens, 1), MAX_OUTPUT)) for r in trace.requests[:HTTP_REQUESTS]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import secrets
 import signal
 import socket
 import ssl
@@ -43,9 +44,48 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LOWEST_PORT = 10000
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = (int(x) for x in _EPHEMERAL_RANGE.read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+    return low, high
+
+
+def _ports_to_pick_from() -> range:
+    low, high = _ephemeral_range()
+    if low - _LOWEST_PORT >= 1000:
+        return range(_LOWEST_PORT, low)
+    return range(max(high + 1, _LOWEST_PORT), 65536)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that nothing listens on right now (the kernel's choice for port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """A port that nothing listens on right now and that no outgoing connection will take.
+
+    The port is handed to another program, which binds it later. A port from the kernel's ephemeral range
+    (its choice for port 0) is one it also gives to outgoing connections, and the programs started
+    meanwhile (the API server, its clients) open many: one of them took a port picked for the scheduler
+    before the scheduler bound it. So the port comes from outside that range, at random (several local
+    clusters may pick at once), and never twice from one process.
+    """
+    choices = _ports_to_pick_from()
+    for _ in range(200):
+        port = secrets.choice(choices)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # a range that is all taken: the kernel's choice
         s.bind((host, 0))
         return int(s.getsockname()[1])
 
