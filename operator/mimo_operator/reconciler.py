@@ -513,13 +513,12 @@ class Memory:
     attempts: dict[int, int] = field(default_factory=dict)
     # Each gang's fabric check as its head reported it once the gang was Ready (read once per gang).
     fabric: dict[str, dict[str, Any]] = field(default_factory=dict)
-    fabric_asked: dict[str, float] = field(default_factory=dict)  # when a head was last asked
     fabric_told: list[Event] = field(default_factory=list)  # the checks heads reported since the last reconcile
     # Requests to the gangs' heads and the routers, outside the reconcile (see ``GangWrites``), and the
     # draining gangs whose head said its drain is done.
     probes: GangWrites = field(default_factory=lambda: GangWrites(_PROBE_CONCURRENCY))
     drained: set[str] = field(default_factory=set)
-    probed: dict[str, float] = field(default_factory=dict)  # when each probe (by key) was last made
+    probe_again: dict[str, float] = field(default_factory=dict)  # when each probe (by key) may be made again
     deleted: set[str] = field(default_factory=set)  # gangs this process deleted whose pods are still listed
     orphans_checked_at: float = float("-inf")  # when the gangs' objects were last listed for orphans
     shared: SharedWrites = field(default_factory=SharedWrites)
@@ -741,7 +740,7 @@ class Reconciler:
         health = {n: h for run in ran for n, h in run.outcome.health.items()}
         fabric = self._fabric(live, health, ctx.ports.worker_http, old_status, memory, now, result)
         memory.drained &= {g.name for g in live if g.drain_started is not None}
-        memory.probed = {k: at for k, at in memory.probed.items() if now - at < _PROBE_AGAIN_SECONDS}
+        memory.probe_again = {k: at for k, at in memory.probe_again.items() if at > now}
         trace.step("fabric")
         endpoint = router_url(ctx) if spec.router.enabled else None
         statuses = {}
@@ -861,16 +860,11 @@ class Reconciler:
         memory.fabric_told.clear()
         for g in gangs:
             if (g.name not in memory.fabric and g.head is not None and g.head.ip
-                    and health[g.name].state is GangHealth.READY
-                    and now - memory.fabric_asked.get(g.name, float("-inf")) >= _FABRIC_ASK_SECONDS
-                    and not memory.probes.busy(f"fabric {g.name}")):
-                memory.fabric_asked[g.name] = now
-                memory.probes.submit(f"fabric {g.name}", functools.partial(self._ask_fabric, g.name, g.head.ip,
-                                                                            port, memory), "ask the fabric check of")
+                    and health[g.name].state is GangHealth.READY):
+                self._probe(memory, f"fabric {g.name}", now, functools.partial(
+                    self._ask_fabric, g.name, g.head.ip, port, memory), "ask the fabric check of", _FABRIC_ASK_SECONDS)
         for gone in set(memory.fabric) - live:
             del memory.fabric[gone]
-        for gone in set(memory.fabric_asked) - live.difference(memory.fabric):
-            del memory.fabric_asked[gone]
         return {n: f for n, f in memory.fabric.items() if n in live}
 
     async def _ask_fabric(self, gang: str, ip: str, port: int, memory: Memory) -> bool:
@@ -1126,12 +1120,13 @@ class Reconciler:
         return frozenset(done)
 
     @staticmethod
-    def _probe(memory: Memory, key: str, now: float, run: Callable[[], Awaitable[bool | None]], what: str) -> None:
+    def _probe(memory: Memory, key: str, now: float, run: Callable[[], Awaitable[bool | None]], what: str,
+               again: float = _PROBE_AGAIN_SECONDS) -> None:
         """Hand one request to a gang head or the routers to ``memory.probes``, unless the last of its kind is
-        still under way or younger than ``_PROBE_AGAIN_SECONDS``."""
-        if memory.probes.busy(key) or now - memory.probed.get(key, float("-inf")) < _PROBE_AGAIN_SECONDS:
+        still under way or younger than ``again`` seconds."""
+        if memory.probes.busy(key) or now < memory.probe_again.get(key, float("-inf")):
             return
-        memory.probed[key] = now
+        memory.probe_again[key] = now + again
         memory.probes.submit(key, run, what)
 
     async def _ask_drain(self, gang: str, ip: str, port: int, started: float, drain_timeout: float,
