@@ -8,6 +8,7 @@ start (no deadlock). A deployment naming a gang scheduler that is not installed 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -52,6 +53,28 @@ def gang_operator(gang_cluster: LocalCluster, tmp_path_factory: pytest.TempPathF
     yield from operator_fixture(gang_cluster, tmp_path_factory.mktemp("op"), ["--unschedulable-seconds", "3600"])
 
 
+@contextlib.contextmanager
+def nodes_given_back(cluster: LocalCluster, ns: str, kinds: str = "mimodeployments") -> Iterator[PodWatch]:
+    """A watch of the case's pods. However the case ends, its objects are deleted and their pods waited for:
+    the next case needs every node, and a case that failed before its own clean-up failed the ones after it."""
+    watch = PodWatch(cluster)
+
+    def give_back() -> None:
+        cluster.kubectl("delete", kinds, "--all", "-n", ns, "--wait=true", "--timeout=120s")
+        wait_for(lambda: watch.count(ns) == 0, 120, what=f"the pods of {ns} gone")
+
+    try:
+        yield watch
+    except BaseException:
+        with contextlib.suppress(Exception):  # the case's own failure is the one to report
+            give_back()
+        raise
+    else:
+        give_back()
+    finally:
+        watch.stop()
+
+
 # What each gang scheduler's group object is, and how its size reads (Kueue: the Workload its pod
 # integration makes of a gang's pods).
 GROUPS = {
@@ -68,8 +91,7 @@ def test_a_gang_scheduler_holds_no_node_for_an_incomplete_gang_under_contention(
     ns = f"contention-{scheduler}"
     gang_cluster.kubectl("create", "namespace", ns)
     items = contending_deployments(gang_cluster, ns, scheduler, 2, SIZE)
-    watch = PodWatch(gang_cluster)
-    try:
+    with nodes_given_back(gang_cluster, ns) as watch:
         gang_cluster.kubectl("apply", "-n", ns, "-f", "-",
                              input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
         # Two whole gangs fit in 10 nodes; the other two wait, holding nothing.
@@ -78,11 +100,6 @@ def test_a_gang_scheduler_holds_no_node_for_an_incomplete_gang_under_contention(
         held = gang_holding(watch, [ns], SIZE, 15)
         resource, size_of = GROUPS[scheduler]
         groups = gang_cluster.kubectl_json("get", resource, "-n", ns)["items"]
-        # The next case needs the nodes back.
-        gang_cluster.kubectl("delete", "mimodeployments", "--all", "-n", ns, "--wait=true", "--timeout=120s")
-        wait_for(lambda: watch.count(ns) == 0, 120, what="the gangs' pods gone")
-    finally:
-        watch.stop()
     assert held.complete_gangs == 2
     assert held.incomplete_gangs == 0
     assert held.bound_pods == 2 * SIZE
@@ -115,18 +132,13 @@ def test_kubernetes_gang_scheduling_places_a_gang_inside_one_block_by_its_pod_gr
     gang_cluster.kubectl("create", "namespace", ns)
     manifest = a_deployment("blocked").pro().h100().set("parallelism.nodesPerReplica", SIZE) \
         .set("scheduling.gangScheduler", "kubernetes").set("scheduling.topologyKey", IB_BLOCK_LABEL).build()
-    watch = PodWatch(gang_cluster)
-    try:
+    with nodes_given_back(gang_cluster, ns) as watch:
         gang_cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(manifest))
         wait_for(lambda: gang_holding(watch, [ns], SIZE, 0).complete_gangs == 1, 90, what="the gang placed")
         groups = gang_cluster.kubectl_json("get", "podgroups.scheduling.k8s.io", "-n", ns)["items"]
         pods = gang_cluster.kubectl_json("get", "pods", "-n", ns, "-l", "app.kubernetes.io/component=engine")["items"]
         nodes = {n["metadata"]["name"]: n["metadata"]["labels"][IB_BLOCK_LABEL]
                  for n in gang_cluster.kubectl_json("get", "nodes")["items"]}
-        gang_cluster.kubectl("delete", "mimodeployments", "--all", "-n", ns, "--wait=true", "--timeout=120s")
-        wait_for(lambda: watch.count(ns) == 0, 120, what="the gang's pods gone")
-    finally:
-        watch.stop()
     assert [g["spec"].get("schedulingConstraints") for g in groups] == [{"topology": [{"key": IB_BLOCK_LABEL}]}]
     assert len(pods) == SIZE
     assert len({nodes[p["spec"]["nodeName"]] for p in pods}) == 1, "the whole gang in one block"
@@ -155,8 +167,7 @@ def test_kueue_admits_a_gang_inside_the_one_block_that_has_room_for_all_of_it(
     manifest = a_deployment("kueue-blocked").pro().h100().set("parallelism.nodesPerReplica", SIZE) \
         .set("scheduling.gangScheduler", "kueue").set("scheduling.queueName", "gpus") \
         .set("scheduling.topologyKey", IB_BLOCK_LABEL).build()
-    watch = PodWatch(gang_cluster)
-    try:
+    with nodes_given_back(gang_cluster, ns, "mimodeployments,pods") as watch:
         gang_cluster.kubectl("apply", "-n", ns, "-f", "-",
                              input=json.dumps({"apiVersion": "v1", "kind": "List", "items": blockers}))
         wait_for(lambda: all(p.phase == "Running" for p in watch.snapshot(ns)) and len(watch.snapshot(ns)) == 2,
@@ -165,10 +176,6 @@ def test_kueue_admits_a_gang_inside_the_one_block_that_has_room_for_all_of_it(
         wait_for(lambda: gang_holding(watch, [ns], SIZE, 0).complete_gangs == 1, 90, what="the gang placed")
         (workload,) = gang_cluster.kubectl_json("get", "workloads.kueue.x-k8s.io", "-n", ns)["items"]
         pods = gang_cluster.kubectl_json("get", "pods", "-n", ns, "-l", "app.kubernetes.io/component=engine")["items"]
-        gang_cluster.kubectl("delete", "mimodeployments,pods", "--all", "-n", ns, "--wait=true", "--timeout=120s")
-        wait_for(lambda: watch.count(ns) == 0, 120, what="the pods gone")
-    finally:
-        watch.stop()
     assert len(pods) == SIZE
     assert {p["metadata"]["annotations"].get(L.KUEUE_REQUIRED_TOPOLOGY) for p in pods} == {IB_BLOCK_LABEL}
     (podset,) = workload["spec"]["podSets"]
