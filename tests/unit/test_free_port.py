@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
+from collections.abc import Iterator
 
 import pytest
 
@@ -20,13 +22,12 @@ def test_ports_come_from_below_the_ephemeral_range_and_are_never_handed_out_twic
             s.bind(("127.0.0.1", port))  # free when handed out, so free now (nothing here took it)
 
 
-def test_a_port_something_listens_on_is_never_picked(monkeypatch: pytest.MonkeyPatch) -> None:
+@contextlib.contextmanager
+def listening() -> Iterator[int]:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        taken = busy.getsockname()[1]
-        monkeypatch.setattr(processes, "_ports_to_pick_from", lambda: range(taken, taken + 2))
-        assert free_port() == taken + 1
+        yield int(busy.getsockname()[1])
 
 
 def test_a_kernel_whose_ephemeral_range_starts_low_gets_ports_above_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -36,10 +37,7 @@ def test_a_kernel_whose_ephemeral_range_starts_low_gets_ports_above_it(monkeypat
     assert processes._ports_to_pick_from() == range(10000, 32768)
 
 
-def test_a_range_with_nothing_free_falls_back_to_the_kernel_s_choice(monkeypatch: pytest.MonkeyPatch) -> None:
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        taken = busy.getsockname()[1]
+def test_a_port_something_listens_on_is_never_picked_and_a_full_range_falls_back_to_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    with listening() as taken:
         monkeypatch.setattr(processes, "_ports_to_pick_from", lambda: range(taken, taken + 1))
         assert free_port() != taken
