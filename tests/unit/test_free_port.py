@@ -37,7 +37,7 @@ def test_a_kernel_whose_ephemeral_range_starts_low_gets_ports_above_it(monkeypat
     assert processes._ports_to_pick_from() == range(10000, 32768)
 
 
-def test_a_port_something_listens_on_is_never_picked_and_a_full_range_falls_back_to_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_busy_port_is_never_picked_and_a_full_range_falls_back_to_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
     with listening() as taken:
         monkeypatch.setattr(processes, "_ports_to_pick_from", lambda: range(taken, taken + 1))
         assert free_port() != taken
