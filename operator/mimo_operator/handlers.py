@@ -164,11 +164,15 @@ class Loops:
                 metrics.RECONCILE_ERRORS.labels(namespace, name).inc()
                 delay = min(60.0, 2.0 ** failures)
                 log.warning("%s/%s: reconcile failed (retry in %.0f s): %s", namespace, name, delay, e)
-            except Exception:
+            except Exception as e:
                 failures += 1
                 metrics.RECONCILE_ERRORS.labels(namespace, name).inc()
                 delay = min(300.0, 5.0 * 2 ** failures)
                 log.exception("%s/%s: reconcile error (retry in %.0f s)", namespace, name, delay)
+                try:
+                    await self.reconciler.report_error(loop.body, loop.memory, e, delay)
+                except Exception as told:  # the API unavailable too: the log above has it
+                    log.warning("%s/%s: could not say so in status: %s", namespace, name, told)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(loop.poke.wait(), timeout=delay)
 

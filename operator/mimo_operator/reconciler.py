@@ -59,7 +59,9 @@ from mimo_operator.schedulers import (
 )
 from mimo_operator.spec import DeploymentSpec, SchedulingSpec, parse_spec
 from mimo_operator.status import (
+    condition,
     disaggregated_status,
+    merge_conditions,
     records_from_status,
     refusal_from_api,
     refusal_from_status,
@@ -125,6 +127,8 @@ _PROBE_AGAIN_SECONDS = 2.0
 # A reconcile slower than this is logged with the time each of its phases took, as the API server traces its
 # slow requests: what a slow reconcile waited for, told without a profiler.
 SLOW_RECONCILE_SECONDS = 1.0
+# How much of an unforeseen error status shows (the operator's log has all of it).
+_ERROR_TEXT_CHARS = 300
 # The shared objects' kinds, in the order they are applied: the policy that closes the engine pods first.
 _SHARED_KINDS = [("networking.k8s.io/v1", "NetworkPolicy"), ("v1", "ServiceAccount"),
                  ("rbac.authorization.k8s.io/v1", "Role"), ("rbac.authorization.k8s.io/v1", "RoleBinding"),
@@ -619,6 +623,22 @@ class Reconciler:
                 meta = body["metadata"]
                 log.info("reconcile of %s/%s took %.2f s: %s", meta["namespace"], meta["name"], took,
                          trace.text() or "no phase finished")
+
+    async def report_error(self, body: Mapping[str, Any], memory: Memory, error: Exception, retry_in: float) -> None:
+        """A reconcile that failed on what no rule foresaw (a bug, or input the planner let through) is told in
+        status: the deployment must not look healthy while nothing is done for it. Degraded names the error and
+        when the operator tries again; the other fields stay as the last reconcile left them."""
+        latest = memory.latest or body
+        meta = latest["metadata"]
+        old: Mapping[str, Any] = latest.get("status") or {}
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        what = f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__
+        text = (f"the operator could not reconcile this deployment ({_clip(what, _ERROR_TEXT_CHARS)}); it tries "
+                f"again in {retry_in:.0f} s, and its log has the whole error")
+        generation = int(meta.get("generation", 0))
+        new = {"conditions": merge_conditions(old.get("conditions") or [],
+                                              [condition("Degraded", True, "ReconcileError", text, generation)])}
+        await self._write_status(meta["namespace"], meta["name"], old, new, memory)
 
     async def _reconcile(self, event_body: Mapping[str, Any], memory: Memory, trace: _Trace) -> ReconcileResult:
         result = ReconcileResult()
@@ -1433,6 +1453,10 @@ class Reconciler:
 
         memory.status.submit(write)
         return True
+
+
+def _clip(text: str, chars: int) -> str:
+    return text if len(text) <= chars else text[:chars - 1] + "…"
 
 
 def _merge_patched(target: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
