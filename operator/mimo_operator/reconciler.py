@@ -129,6 +129,8 @@ _PROBE_AGAIN_SECONDS = 2.0
 SLOW_RECONCILE_SECONDS = 1.0
 # How much of an unforeseen error status shows (the operator's log has all of it).
 _ERROR_TEXT_CHARS = 300
+# Shared objects gangs do not wait for (see ``SharedWrites.gate``).
+_SHARED_UNGATED = frozenset({"PodDisruptionBudget"})
 # The shared objects' kinds, in the order they are applied: the policy that closes the engine pods first.
 _SHARED_KINDS = [("networking.k8s.io/v1", "NetworkPolicy"), ("v1", "ServiceAccount"),
                  ("rbac.authorization.k8s.io/v1", "Role"), ("rbac.authorization.k8s.io/v1", "RoleBinding"),
@@ -440,8 +442,10 @@ class SharedWrites:
         return wanted != self.in_place or now - self.checked_at >= _SHARED_CHECK_SECONDS
 
     def gate(self, wanted: str, now: float) -> str | None:
-        """What holds gangs back while this digest's objects are not known to be in place, or None."""
-        if wanted == self.in_place:
+        """What holds gangs back while this digest's objects are not known to be in place, or None. The
+        disruption budgets hold nothing back: they follow the replica count, and a scale-up need not wait
+        for their apply."""
+        if _gating(wanted) == _gating(self.in_place):
             return None
         if self.error and not self.busy():
             return (f"the shared objects could not be applied ({self.failures} failed in a row, again in "
@@ -486,6 +490,13 @@ class SharedWrites:
         if self._task is not None and not self._task.done():
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+
+
+def _gating(digest: str) -> list[list[str]] | None:
+    """The entries of a shared-objects digest (kind, name, spec hash) that gangs wait for."""
+    if not digest:
+        return None
+    return [entry for entry in json.loads(digest) if entry[0] not in _SHARED_UNGATED]
 
 
 @dataclass

@@ -242,8 +242,20 @@ def test_the_router_discovers_only_serving_heads_of_its_deployment() -> None:
     (role,) = by_kind(objects, "Role")
     assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
     (pdb,) = by_kind(objects, "PodDisruptionBudget")
-    assert pdb["spec"]["maxUnavailable"] == ctx.plan.nodes_per_replica
+    assert pdb["spec"]["minAvailable"] == ctx.spec.replicas * ctx.plan.nodes_per_replica - 1
     assert by_kind(shared_objects(context(PRO_H200.set("router.enabled", False))), "Deployment") == []
+
+
+@pytest.mark.parametrize("replicas", [0, 1, 3])
+@pytest.mark.parametrize("manifest", [PRO_H200, a_deployment("flash").h200(), a_deployment("pro4").pro().h100()],
+                         ids=["pro-h200", "flash-h200", "pro-h100"])
+def test_the_disruption_budget_lets_one_pod_go_at_a_time_counted_in_pods(manifest: Any, replicas: int) -> None:
+    # Never maxUnavailable or a percentage: those make the disruption controller count the pods' owner's
+    # /scale, which counts gangs.
+    ctx = context(manifest.replicas(replicas))
+    (pdb,) = by_kind(shared_objects(ctx), "PodDisruptionBudget")
+    assert set(pdb["spec"]) == {"minAvailable", "selector", "unhealthyPodEvictionPolicy"}
+    assert pdb["spec"]["minAvailable"] == max(0, replicas * ctx.plan.nodes_per_replica - 1)
 
 
 def test_builders_are_deterministic() -> None:

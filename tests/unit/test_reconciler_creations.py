@@ -346,6 +346,35 @@ def test_a_reconcile_returns_while_the_shared_objects_are_applied_and_gangs_foll
     run(scenario())
 
 
+def test_a_scale_up_waits_for_no_apply_of_the_disruption_budget_it_changes() -> None:
+    w = World(a_deployment("d").replicas(1))
+    w.reconcile()
+    w.run_pods()
+    (budget,) = [o for (_, kind, _, _), o in w.kube.objects.items() if kind == "PodDisruptionBudget"]
+    held = asyncio.Event()
+    apply = w.kube.apply
+
+    async def slow_apply(obj: Mapping[str, Any]) -> dict[str, Any]:
+        await held.wait()
+        return await apply(obj)
+
+    w.kube.apply = slow_apply  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        await edit(w, "replicas", 3)
+        await reconcile(w)
+        assert w.memory.shared.busy(), "the budget's apply is under way"
+        assert w.memory.creations.busy() or len(w.gang_names()) == 3, "the new gangs did not wait for it"
+        held.set()
+        await w.memory.shared.settle()
+        await w.memory.creations.settle()
+        assert len(w.gang_names()) == 3
+        (after,) = [o for (_, kind, _, _), o in w.kube.objects.items() if kind == "PodDisruptionBudget"]
+        assert (budget["spec"]["minAvailable"], after["spec"]["minAvailable"]) == (0, 2)
+
+    run(scenario())
+
+
 def test_shared_objects_the_api_failed_to_take_hold_gangs_back_say_why_and_are_applied_again_after_a_back_off(
         ) -> None:
     w = World(a_deployment("d").replicas(1))

@@ -53,7 +53,11 @@ def engines_closed(ctx: BuildContext) -> dict[str, Any]:
 
 def _disruption_budget(ctx: BuildContext) -> list[dict[str, Any]]:
     # Pods are counted, gangs are what matters: evicting any pod of a gang ends the gang, so a voluntary
-    # disruption may take at most one gang's worth of pods at a time — per pool, whose gangs differ in size.
+    # disruption may take one pod at a time, per pool (a pool's gangs are its own). The budget is a count of
+    # pods that must stay (one fewer than the pool's gangs have when whole): a maxUnavailable or a percentage
+    # makes the disruption controller read the pods' owner's /scale, which counts gangs, not pods (2 gangs of
+    # 2 pods read as 2 pods expected, so 4 healthy pods allowed every one of them to go). Once a pod has gone,
+    # its gang's other pods are unhealthy or gone too, and nothing more is evicted until the replacement is Ready.
     budgets = []
     for pool in pools_of(ctx):
         selector = {L.LABEL_DEPLOYMENT: ctx.name, L.LABEL_COMPONENT: "engine"}
@@ -63,8 +67,9 @@ def _disruption_budget(ctx: BuildContext) -> list[dict[str, Any]]:
             "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
             "metadata": _meta(ctx, f"{pool.ctx.gang_prefix}-engine", "engine"),
             "spec": {
-                "maxUnavailable": pool.ctx.plan.nodes_per_replica,
+                "minAvailable": max(0, pool.replicas * pool.ctx.plan.nodes_per_replica - 1),
                 "selector": {"matchLabels": selector},
+                # The pods of a gang that has already failed are no loss: a node drain need not wait for them.
                 "unhealthyPodEvictionPolicy": "AlwaysAllow",
             },
         })
