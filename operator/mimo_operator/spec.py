@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
+from mimo_operator.catalog import CHECKPOINTS
 from mimo_operator.errors import SpecError
 from mimo_operator.sglang_flags import check_extra_args
 from mimo_operator.versions import WORKER_IMAGE
@@ -70,6 +71,10 @@ LONGEST_CHILD_SUFFIX = "-511-abcde-63"
 MAX_NAME_LENGTH = 63 - len(LONGEST_CHILD_SUFFIX)  # 50
 # The smallest GPU the CRD accepts by memory (its gpuMemory rule says the same).
 MIN_GPU_MEMORY = 16 * 10**9
+# No GPU has more; a larger figure is a typo (1410G for 141G) that would plan a checkpoint onto one GPU.
+MAX_GPU_MEMORY = 2**40
+# /dev/shm holds NCCL's buffers and Ray's object store: a size without a unit (bytes) would break both.
+MIN_SHM_SIZE = 2**30
 # The -Base checkpoints' card context (256K); the CRD's contextLength rule uses the same number.
 BASE_MAX_CONTEXT = 262_144
 _QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(k|M|G|T|P|Ki|Mi|Gi|Ti|Pi)?$")
@@ -132,7 +137,7 @@ FORMATS: dict[str, Format] = {
         "refs/pr/1 or a commit hash)"),
     "secret-key": Format(
         "^[-._a-zA-Z0-9]+$",
-        "a Secret key: letters, digits, '-', '_' and '.'"),
+        "a Secret or ConfigMap key: letters, digits, '-', '_' and '.'"),
     "network-attachment": Format(
         f"^({_DNS_LABEL}/)?{_SUBDOMAIN}$",
         "a NetworkAttachmentDefinition as name or namespace/name (lower-case letters, digits, '-' and '.')"),
@@ -403,7 +408,7 @@ def parse_spec(obj_or_spec: Mapping[str, Any]) -> DeploymentSpec:
     if not isinstance(raw, Mapping):
         raise SpecError("spec", "required: a mapping with at least model and hardware")
     try:
-        spec = DeploymentSpec.model_validate(dict(raw))
+        spec = DeploymentSpec.model_validate(_without_nulls(raw))
     except ValidationError as error:
         raise _spec_error(error) from None
     _check_formats(spec)
@@ -414,8 +419,19 @@ def parse_spec(obj_or_spec: Mapping[str, Any]) -> DeploymentSpec:
     return spec
 
 
+def _without_nulls(value: Any) -> Any:
+    """The spec as the apiserver stores it: a null field of an object is pruned (no field of the CRD is nullable),
+    so that its default applies, as ``kubectl apply`` of the same manifest would have it."""
+    if isinstance(value, Mapping):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
 _KIND = "MiMoDeployment"
 _GROUP = "serving.mimo-operator.io"
+_API_VERSION = f"{_GROUP}/v1alpha1"
 
 
 def _check_object(obj: Mapping[str, Any]) -> None:
@@ -423,14 +439,16 @@ def _check_object(obj: Mapping[str, Any]) -> None:
     if kind is not None and kind != _KIND:
         raise SpecError("kind", f"must be {_KIND} (got {kind!r})")
     api_version = obj.get("apiVersion")
-    if api_version is not None and (not isinstance(api_version, str) or api_version.split("/")[0] != _GROUP):
-        raise SpecError("apiVersion", f"must be {_GROUP}/v1alpha1 (got {api_version!r})")
+    if api_version is not None and api_version != _API_VERSION:
+        raise SpecError("apiVersion", f"must be {_API_VERSION} (got {api_version!r})")
     metadata = obj.get("metadata")
     name = metadata.get("name") if isinstance(metadata, Mapping) else None
+    if name is not None and not isinstance(name, str):
+        raise SpecError("metadata.name", f"must be a string (got {type(name).__name__})")
     if isinstance(name, str):
         if len(name) > MAX_NAME_LENGTH:
             raise SpecError("metadata.name", NAME_LENGTH_MESSAGE)
-        if not re.match(FORMATS["dns-1035-label"].pattern, name):
+        if not re.fullmatch(FORMATS["dns-1035-label"].pattern, name):
             raise SpecError("metadata.name", f"{name!r} {FORMATS['dns-1035-label'].message()}")
 
 
@@ -488,12 +506,20 @@ def _formatted_fields(spec: DeploymentSpec) -> Iterator[tuple[str, str, str]]:
         yield f"spec.podTemplate.labels[{key}]", value, "label-value"
     for key in spec.pod_template.annotations or {}:
         yield "spec.podTemplate.annotations", key, "label-key"
+    for side in ("prefill", "decode") if spec.disaggregation is not None else ():
+        pool: PoolSpec = getattr(spec.disaggregation, side)
+        location = pool.eplb.expert_location if pool.eplb else None
+        if location is not None and location.config_map is not None:
+            at = f"spec.disaggregation.{side}.eplb.expertLocation.configMap"
+            yield f"{at}.name", location.config_map.name, "dns-subdomain"
+            yield f"{at}.key", location.config_map.key, "secret-key"
 
 
 def _check_formats(spec: DeploymentSpec) -> None:
     for field, value, name in _formatted_fields(spec):
         form = FORMATS[name]
-        if not re.match(form.pattern, value):
+        # fullmatch: Python's '$' also matches before a final newline, the apiserver's (RE2) does not.
+        if not re.fullmatch(form.pattern, value):
             raise SpecError(field, f"{_short(value)!r} {form.message()}")
 
 
@@ -519,6 +545,13 @@ def _check_rules(spec: DeploymentSpec) -> None:
         "spec.model.source",
         "precision bf16 needs a BF16 checkpoint in model.source (the released weights are FP8)",
     ))
+    official = m.source.hugging_face_id.lower() if m.source is not None and m.source.hugging_face_id else None
+    rules.append((
+        official not in OFFICIAL_IDS or official == CHECKPOINTS[m.variant].hf_id.lower(),
+        "spec.model.source.huggingFaceId",
+        "model.source.huggingFaceId names another MiMo-V2.5 checkpoint than model.variant: the planner sizes the "
+        "variant, so an official repository must be the variant's own (XiaomiMiMo/<variant>)",
+    ))
     rules.append((
         m.revision is None or m.source is None or m.source.path is None,
         "spec.model.revision",
@@ -530,6 +563,13 @@ def _check_rules(spec: DeploymentSpec) -> None:
             "spec.model.source",
             "model.source needs exactly one of huggingFaceId or path",
         ))
+    rules.append((
+        not _system_directory(m.cache.node_local_path),
+        "spec.model.cache.nodeLocalPath",
+        "cache.nodeLocalPath must not be / or a system directory (" + ", ".join(SYSTEM_DIRECTORIES) + ", or "
+        "anything under them), nor " + ", ".join(SYSTEM_PARENTS[1:]) + " themselves: every engine pod mounts it "
+        "read-write",
+    ))
     rules.append((
         m.cache.mode != "shared-volume" or m.cache.claim_name is not None,
         "spec.model.cache.claimName",
@@ -549,6 +589,18 @@ def _check_rules(spec: DeploymentSpec) -> None:
         hw.gpu_memory is None or parse_quantity(hw.gpu_memory) >= MIN_GPU_MEMORY,
         "spec.hardware.gpuMemory",
         "hardware.gpuMemory must be at least 16G (no shard of a MiMo checkpoint fits a smaller GPU)",
+    ))
+    rules.append((
+        hw.gpu_memory is None or parse_quantity(hw.gpu_memory) <= MAX_GPU_MEMORY,
+        "spec.hardware.gpuMemory",
+        "hardware.gpuMemory must be at most 1Ti (no GPU has more: a larger figure is a typo, and the planner "
+        "would put a whole checkpoint on too few GPUs)",
+    ))
+    rules.append((
+        hw.gpu_resource_name not in CORE_RESOURCES and not hw.gpu_resource_name.startswith("hugepages-"),
+        "spec.hardware.gpuResourceName",
+        "hardware.gpuResourceName must be a device plugin's resource such as nvidia.com/gpu, not cpu, memory, "
+        "ephemeral-storage, pods or hugepages-*",
     ))
     for i, t in enumerate(hw.tolerations or []):
         rules.append((
@@ -578,10 +630,34 @@ def _check_rules(spec: DeploymentSpec) -> None:
         "network.sriov (the VF resource and one network per GPU) is required with network.mode sriov and "
         "used only there",
     ))
+    for mode, nic in (("rdma", spec.network.rdma), ("sriov", spec.network.sriov)):
+        rules.append((
+            nic is None or (nic.resource_name != hw.gpu_resource_name and nic.resource_name not in CORE_RESOURCES),
+            f"spec.network.{mode}.resourceName",
+            f"network.{mode}.resourceName must be the NIC's device plugin resource: not hardware.gpuResourceName "
+            "(both would be one limit of the pod) and not cpu, memory, ephemeral-storage or pods",
+        ))
     rules.append((
         spec.autoscaling.min_replicas <= spec.autoscaling.max_replicas,
         "spec.autoscaling.minReplicas",
         "autoscaling.minReplicas must be <= autoscaling.maxReplicas",
+    ))
+    rules.append((
+        not spec.autoscaling.enabled or spec.autoscaling.min_replicas > 0 or spec.router.enabled,
+        "spec.autoscaling.minReplicas",
+        "autoscaling.minReplicas 0 needs router.enabled: the router's count of requests that found no replica is "
+        "what scales a deployment up from zero",
+    ))
+    rules.append((
+        spec.disaggregation is None or spec.router.enabled,
+        "spec.router.enabled",
+        "a disaggregated deployment needs router.enabled: only the router pairs a prefill gang with a decode gang",
+    ))
+    rules.append((
+        parse_quantity(spec.engine.shm_size) >= MIN_SHM_SIZE,
+        "spec.engine.shmSize",
+        "engine.shmSize must be at least 1Gi (/dev/shm holds NCCL's buffers and Ray's object store; a number "
+        "without a unit is bytes)",
     ))
     rules.append((
         spec.scheduling.gang_scheduler != "kueue" or spec.scheduling.queue_name is not None,
@@ -614,6 +690,11 @@ def _check_rules(spec: DeploymentSpec) -> None:
                     "expertLocation needs exactly one of configMap or cacheFile",
                 ))
                 rules.append((
+                    location.cache_file is None or ".." not in location.cache_file.split("/"),
+                    f"spec.disaggregation.{side}.eplb.expertLocation.cacheFile",
+                    "expertLocation.cacheFile must stay inside the weights cache: no '..' segments",
+                ))
+                rules.append((
                     location.cache_file is None or spec.model.cache.mode != "none",
                     f"spec.disaggregation.{side}.eplb.expertLocation.cacheFile",
                     "expertLocation.cacheFile is a file in the weights cache: model.cache.mode must not be none",
@@ -625,6 +706,22 @@ def _check_rules(spec: DeploymentSpec) -> None:
     for ok, field, message in rules:
         if not ok:
             raise SpecError(field, message)
+
+
+# The node's own directories, which a hostPath cache must not be nor be inside, and parents of many of them,
+# which it must not be (a directory of its own inside one is fine).
+SYSTEM_DIRECTORIES = ("/etc", "/proc", "/sys", "/dev", "/boot", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/usr",
+                      "/run", "/var/run", "/var/log", "/var/lib/kubelet", "/var/lib/containerd", "/var/lib/docker",
+                      "/var/lib/etcd")
+SYSTEM_PARENTS = ("/", "/var", "/var/lib", "/root", "/home")
+# Resources of the node itself: a NIC's or GPU's resource name is a device plugin's.
+CORE_RESOURCES = ("cpu", "memory", "ephemeral-storage", "pods")
+OFFICIAL_IDS = frozenset(c.hf_id.lower() for c in CHECKPOINTS.values())
+
+
+def _system_directory(path: str) -> bool:
+    bare = path.rstrip("/") or "/"
+    return bare in SYSTEM_PARENTS or any(bare == d or bare.startswith(d + "/") for d in SYSTEM_DIRECTORIES)
 
 
 def _path(loc: tuple[int | str, ...]) -> str:

@@ -283,6 +283,44 @@ def cross_field() -> list[Case]:
     ]
 
 
+def spec_rules() -> list[Case]:
+    """Values of the right type and format that still cannot work: another checkpoint than the variant, a
+    figure off by a unit, the node's own directories, one resource named twice, a router a mode needs."""
+    pd = _SECTION_BASES["spec.disaggregation"]
+    pd_file = _SECTION_BASES["spec.disaggregation.prefill.eplb.expertLocation.cacheFile"]
+    sriov = _SECTION_BASES["spec.network.sriov"]
+    hf = "spec.model.source.huggingFaceId"
+    cache_path = "spec.model.cache.nodeLocalPath"
+    location = "spec.disaggregation.prefill.eplb.expertLocation"
+    return [
+        _case("hf id of the pro checkpoint for the flash variant", hf, "XiaomiMiMo/MiMo-V2.5-Pro"),
+        _case("hf id of the base checkpoint in lower case", hf, "xiaomimimo/mimo-v2.5-base"),
+        _case("gpu memory off by a digit", "spec.hardware", {"gpuMemory": "1410G"}, "spec.hardware.gpuMemory"),
+        _case("gpu memory in petabytes", "spec.hardware", {"gpuMemory": "2P"}, "spec.hardware.gpuMemory"),
+        *[_case(f"shm size {v!r}", "spec.engine.shmSize", v) for v in ("64", "0", "512Mi")],
+        *[_case(f"node local path {v}", cache_path, v) for v in ("/", "/etc", "/boot/", "/var/lib/kubelet/pods",
+                                                                   "/proc/1", "/var", "/home/", "/usr/local/w")],
+        *[_case(f"gpu resource {v}", "spec.hardware.gpuResourceName", v) for v in ("memory", "cpu", "hugepages-2Mi")],
+        _case("rdma resource is the gpu resource", "spec.network.rdma.resourceName", "nvidia.com/gpu"),
+        _case("rdma resource is memory", "spec.network.rdma.resourceName", "memory"),
+        _case("sriov resource is the gpu resource", "spec.network.sriov.resourceName", "nvidia.com/gpu", base=sriov),
+        _case("disaggregated without router", "spec.router.enabled", False, base=pd),
+        _case("scale from zero without router", "spec.autoscaling",
+              {"enabled": True, "minReplicas": 0, "maxReplicas": 4}, "spec.autoscaling.minReplicas",
+              base=_set(BASE, "spec.router.enabled", False)),
+        _case("expert location escaping the cache", f"{location}.cacheFile", "../../etc/placement.json",
+              base=pd_file),
+        _case("expert location with a dot dot inside", f"{location}.cacheFile", "eplb/../../x.pt", base=pd_file),
+        _case("expert location config map name", f"{location}.configMap.name", "My Placement!", base=pd),
+        _case("expert location config map key", f"{location}.configMap.key", "../p", base=pd),
+        # Python's '$' matches before a final newline; the apiserver's (RE2) does not.
+        _case("revision with a trailing newline", "spec.model.revision", "main\n"),
+        _case("image with a trailing newline", "spec.engine.image", "busybox\n"),
+        _case("label value with a trailing newline", "spec.podTemplate.labels", {"team": "inference\n"},
+              "spec.podTemplate.labels[team]"),
+    ]
+
+
 def flags() -> list[Case]:
     """spec.engine.extraArgs: a flag SGLang does not have is refused at admission (the CRD carries the pinned
     SGLang's flag names); values of the wrong kind only the typed spec can check (status)."""
@@ -326,4 +364,4 @@ def status_only() -> list[Case]:
 
 
 def corpus() -> list[Case]:
-    return generated() + formats() + names() + cross_field() + flags() + status_only()
+    return generated() + formats() + names() + cross_field() + spec_rules() + flags() + status_only()

@@ -220,13 +220,32 @@ def test_duplicate_env_names_are_refused_as_the_apiserver_does_for_a_map_list() 
         ({"apiVersion": "apps/v1", "kind": "MiMoDeployment", "spec": {}}, "apiVersion"),
         ({"kind": "MiMoDeployment", "metadata": {"name": "m"}}, "spec"),
         ({"kind": "MiMoDeployment", "spec": "model: x"}, "spec"),
+        ({"apiVersion": "serving.mimo-operator.io/v2", "kind": "MiMoDeployment", "spec": {}}, "apiVersion"),
+        ({"kind": "MiMoDeployment", "metadata": {"name": 7}, "spec": {}}, "metadata.name"),
     ],
-    ids=["not-a-mapping", "wrong-kind", "wrong-group", "no-spec", "spec-not-a-mapping"],
+    ids=["not-a-mapping", "wrong-kind", "wrong-group", "no-spec", "spec-not-a-mapping", "unserved-version",
+         "name-not-a-string"],
 )
 def test_malformed_objects_raise_spec_error(obj: Any, field: str) -> None:
     with pytest.raises(SpecError) as raised:
         parse_spec(obj)
     assert raised.value.field == field
+
+
+@pytest.mark.parametrize("path", ["network", "engine.port", "model.cache", "autoscaling", "router.enabled"])
+def test_a_null_field_is_pruned_and_takes_its_default_as_the_apiserver_stores_it(path: str) -> None:
+    manifest = a_deployment("m").build()
+    node = manifest["spec"]
+    *parents, leaf = path.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = None
+    assert parse_spec(manifest) == parse_spec(a_deployment("m").build())
+
+
+def test_no_field_of_the_crd_is_nullable() -> None:
+    # What the null pruning above mirrors: the apiserver keeps a null only where the schema says nullable.
+    assert "nullable" not in CRD_PATH.read_text()
 
 
 def test_plan_refused_is_a_spec_error() -> None:
