@@ -7,9 +7,11 @@ from typing import Any
 
 from mimo_operator import labels as L
 from mimo_operator.build import BuildContext, gang_objects, pools_of, revision_of, shared_objects
+from mimo_operator.planner import plan_deployment
 from mimo_operator.planner_pd import plan_disaggregated
 from mimo_operator.spec import parse_spec
 from tests.helpers.operator_world import NS, World
+from tests.helpers.specs import a_deployment
 from tests.unit.test_planner_pd import pro_pd
 
 
@@ -163,6 +165,11 @@ def test_the_router_runs_in_pd_mode_and_gangs_admit_the_other_pool() -> None:
     assert f"{L.LABEL_SERVING}=true" in prefill_sel
     budgets = [o for o in shared_objects(ctx) if o["kind"] == "PodDisruptionBudget"]
     assert {b["spec"]["selector"]["matchLabels"][L.LABEL_POOL] for b in budgets} == {"prefill", "decode"}
+    assert {b["metadata"]["name"] for b in budgets} == {"d-engine-prefill", "d-engine-decode"}
+    colocated = parse_spec(a_deployment("d-prefill").build())
+    beside = BuildContext(name="d-prefill", namespace=NS, uid="v", spec=colocated, plan=plan_deployment(colocated))
+    (own,) = [o for o in shared_objects(beside) if o["kind"] == "PodDisruptionBudget"]
+    assert own["metadata"]["name"] not in {b["metadata"]["name"] for b in budgets}, "one name, two deployments"
     for pool in pools_of(ctx):
         objects = gang_objects(pool.ctx, 0, 1, revision_of(pool.ctx))
         policy = next(o for o in objects if o["kind"] == "NetworkPolicy")

@@ -65,7 +65,9 @@ def _disruption_budget(ctx: BuildContext) -> list[dict[str, Any]]:
             selector[L.LABEL_POOL] = pool.role
         budgets.append({
             "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
-            "metadata": _meta(ctx, f"{pool.ctx.gang_prefix}-engine", "engine"),
+            # <name>-engine, and <name>-engine-<pool> for a pool: never another deployment's (a pool's gang prefix,
+            # <name>-prefill, is also the name of a deployment that may stand beside it).
+            "metadata": _meta(ctx, f"{ctx.name}-engine" + (f"-{pool.role}" if pool.role else ""), "engine"),
             "spec": {
                 "minAvailable": max(0, pool.replicas * pool.ctx.plan.nodes_per_replica - 1),
                 "selector": {"matchLabels": selector},
