@@ -42,7 +42,7 @@ from mimo_operator.build import (
     shared_objects,
 )
 from mimo_operator.build.weights import WeightsOptions
-from mimo_operator.errors import PlanRefused, SpecError
+from mimo_operator.errors import MimoError, PlanRefused, SpecError
 from mimo_operator.gangs import GangHealth, Health, ObservedGang, epoch, gangs_from_pods
 from mimo_operator.heads import Heads
 from mimo_operator.kube import ApiError, Kube
@@ -497,6 +497,10 @@ def _gating(digest: str) -> list[list[str]] | None:
     if not digest:
         return None
     return [entry for entry in json.loads(digest) if entry[0] not in _SHARED_UNGATED]
+
+
+class ObjectTaken(MimoError):
+    """An object the deployment needs exists, and something else owns it."""
 
 
 @dataclass
@@ -1411,6 +1415,7 @@ class Reconciler:
                                         for api_version, kind in _SHARED_KINDS))
         stale: list[tuple[str, str, dict[str, Any]]] = []
         changed: list[dict[str, Any]] = []
+        missing: list[dict[str, Any]] = []
         for (api_version, kind), objects in zip(_SHARED_KINDS, listed, strict=True):
             existing = {o["metadata"]["name"]: o for o in objects
                 if o["metadata"].get("labels", {}).get(L.LABEL_COMPONENT) in ("router", "engine")
@@ -1420,8 +1425,11 @@ class Reconciler:
                 if k == kind and have.get(L.ANNOTATION_SPEC_HASH) != obj["metadata"]["annotations"][
                         L.ANNOTATION_SPEC_HASH]:
                     changed.append(obj)
+                    if obj_name not in existing:
+                        missing.append(obj)
             # e.g. the router after router.enabled turned false
             stale += [(api_version, kind, o) for n, o in existing.items() if (kind, n) not in desired]
+        await self._none_taken(ctx, missing)
         # Two rounds: the router's pods need its ServiceAccount, and its RoleBinding needs its Role (the API
         # checks that the operator holds what a binding grants by reading the Role, and refuses the binding
         # while the Role is not there); the rest needs nothing of the others.
@@ -1438,6 +1446,22 @@ class Reconciler:
         await asyncio.gather(*(self.kube.delete(api_version, kind, ctx.namespace, o["metadata"]["name"],
                                                 uid=o["metadata"]["uid"]) for api_version, kind, o in stale))
         return None
+
+    async def _none_taken(self, ctx: BuildContext, missing: list[dict[str, Any]]) -> None:
+        """Raise when an object the deployment is about to create already exists and is not its own: an apply
+        would take it over (a team's own Deployment named ``<name>-router``, say). The apply fails, status says
+        which object is in the way, and it is tried again with back-off, until it is renamed or deleted."""
+        found = await asyncio.gather(*(self.kube.get(o["apiVersion"], o["kind"], ctx.namespace,
+                                                     o["metadata"]["name"]) for o in missing))
+        for obj, there in zip(missing, found, strict=True):
+            if there is None or any(ref.get("uid") == ctx.uid
+                                    for ref in there["metadata"].get("ownerReferences") or []):
+                continue
+            owners = ", ".join(f"{r.get('kind')} {r.get('name')}" for r in there["metadata"].get("ownerReferences")
+                               or []) or "no owner"
+            raise ObjectTaken(f"{obj['kind']} {obj['metadata']['name']} already exists in namespace {ctx.namespace} "
+                              f"and is not this deployment's ({owners}): the operator does not take it over; "
+                              "rename or delete it, or give this deployment another name")
 
     async def _write_status(self, namespace: str, name: str, old: Mapping[str, Any], new: dict[str, Any],
                             memory: Memory) -> bool:

@@ -13,6 +13,8 @@ import json
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
+import pytest
+
 from mimo_operator import labels as L
 from mimo_operator.handlers import Loops
 from mimo_operator.reconciler import Created, Event, Memory, ReconcileResult
@@ -400,6 +402,29 @@ def test_shared_objects_the_api_failed_to_take_hold_gangs_back_say_why_and_are_a
     assert len(w.gang_names()) == 1
     degraded = next(c for c in w.status()["conditions"] if c["type"] == "Degraded")
     assert degraded["status"] == "False"
+
+
+@pytest.mark.parametrize(("kind", "api_version", "name"), [
+    ("Deployment", "apps/v1", "d-router"), ("ServiceAccount", "v1", "d-router"),
+    ("PodDisruptionBudget", "policy/v1", "d-engine"), ("Service", "v1", "d-gangs"),
+])
+def test_an_object_of_that_name_that_is_not_the_deployment_s_is_never_taken_over(
+        kind: str, api_version: str, name: str) -> None:
+    w = World(a_deployment("d").replicas(1))
+    theirs = {"apiVersion": api_version, "kind": kind,
+              "metadata": {"name": name, "namespace": NS, "labels": {"team": "search"}}, "spec": {"theirs": True}}
+    asyncio.run(w.kube.create(theirs))
+    w.reconcile()
+    assert not w.gang_names()
+    assert w.kube.objects[(api_version, kind, NS, name)]["spec"] == {"theirs": True}, "left as it was"
+    degraded = next(c for c in w.status()["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "True"
+    assert f"{kind} {name} already exists in namespace {NS} and is not this deployment's" in degraded["message"]
+    asyncio.run(w.kube.delete(api_version, kind, NS, name))
+    w.now += 3  # past the back-off
+    w.reconcile()
+    assert len(w.gang_names()) == 1
+    assert L.LABEL_DEPLOYMENT in w.kube.objects[(api_version, kind, NS, name)]["metadata"]["labels"]
 
 
 def test_a_gang_head_that_does_not_answer_holds_no_reconcile_and_its_drain_ends_at_the_timeout() -> None:
