@@ -33,6 +33,7 @@ from mimo_operator.build import (
     OperatorIdentity,
     OperatorUpgrade,
     Pool,
+    gang_network_policy_spec,
     gang_objects,
     operator_upgrade,
     outdated_marker,
@@ -40,6 +41,7 @@ from mimo_operator.build import (
     revision_of,
     router_url,
     shared_objects,
+    template_of,
 )
 from mimo_operator.build.weights import WeightsOptions
 from mimo_operator.errors import MimoError, PlanRefused, SpecError
@@ -129,6 +131,10 @@ _PROBE_AGAIN_SECONDS = 2.0
 SLOW_RECONCILE_SECONDS = 1.0
 # How much of an unforeseen error status shows (the operator's log has all of it).
 _ERROR_TEXT_CHARS = 300
+# Objects whose whole spec is the operator's: one edited by hand is put back as it was (the periodic check of
+# the shared objects, the orphan sweep for the gangs' own). The network policies are what keeps Ray's
+# unauthenticated ports closed.
+_KEPT_EXACTLY = frozenset({"NetworkPolicy"})
 # Shared objects gangs do not wait for (see ``SharedWrites.gate``).
 _SHARED_UNGATED = frozenset({"PodDisruptionBudget"})
 # The shared objects' kinds, in the order they are applied: the policy that closes the engine pods first.
@@ -1362,8 +1368,9 @@ class Reconciler:
     async def _collect_orphans(self, ctx: BuildContext, gangs: list[ObservedGang], memory: Memory,
                                now: float) -> None:
         """No gang object outlives its pods: a ConfigMap, Service, NetworkPolicy or PodGroup of a gang that
-        has no pod (and was not just created: its objects come before its pods) is deleted. Run with the
-        gang writes, outside the reconcile: a failure is logged, and the next check comes as usual."""
+        has no pod (and was not just created: its objects come before its pods) is deleted. And a live gang's
+        NetworkPolicy edited by hand is put back. Run with the gang writes, outside the reconcile: a failure is
+        logged, and the next check comes as usual."""
         try:
             await self._delete_orphans(ctx, gangs, memory, now)
         except (TimeoutError, ApiError, aiohttp.ClientError, OSError) as e:
@@ -1378,14 +1385,25 @@ class Reconciler:
         # latency is the sum of its sequential round trips.
         listed = await asyncio.gather(*(self.kube.list(api_version, kind, ctx.namespace, {
             L.LABEL_DEPLOYMENT: ctx.name, L.LABEL_COMPONENT: "engine"}) for api_version, kind in kinds))
-        for (_, kind), objects in zip(kinds, listed, strict=True):
+        # A policy of a live gang of the current revision and template is kept exactly as built.
+        current = {pool.role or "": (pool.ctx, revision_of(pool.ctx), template_of(pool.ctx)) for pool in pools_of(ctx)}
+        edited: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        for (api_version, kind), objects in zip(kinds, listed, strict=True):
             for obj in objects:
                 meta = obj["metadata"]
-                gang = (meta.get("labels") or {}).get(L.LABEL_GANG)
+                labels = meta.get("labels") or {}
+                gang = labels.get(L.LABEL_GANG)
+                if gang in with_pods and kind in _KEPT_EXACTLY and not meta.get("deletionTimestamp"):
+                    pool_ctx, revision, template = current.get(labels.get(L.LABEL_POOL, ""), (None, "", ""))
+                    if (pool_ctx is not None and (labels.get(L.LABEL_REVISION), labels.get(L.LABEL_TEMPLATE))
+                            == (revision, template)
+                            and obj.get("spec") != (spec := gang_network_policy_spec(pool_ctx, gang))):
+                        edited.append((obj, {"apiVersion": api_version, "kind": kind, "spec": spec}))
                 if (not gang or gang in with_pods or gang in memory.expectations or meta.get("deletionTimestamp")
                         or now - epoch(meta.get("creationTimestamp")) < _EXPECTATION_SECONDS):
                     continue
                 orphans[gang] = (kind, meta["name"])
+        await self._restore(ctx, edited)
         for gang, (kind, obj_name) in sorted(orphans.items()):
             log.info("%s/%s: deleting what is left of gang %s (a %s %s with no pods)", ctx.namespace, ctx.name,
                      gang, kind, obj_name)
@@ -1416,17 +1434,21 @@ class Reconciler:
         stale: list[tuple[str, str, dict[str, Any]]] = []
         changed: list[dict[str, Any]] = []
         missing: list[dict[str, Any]] = []
+        edited: list[tuple[dict[str, Any], dict[str, Any]]] = []
         for (api_version, kind), objects in zip(_SHARED_KINDS, listed, strict=True):
             existing = {o["metadata"]["name"]: o for o in objects
                 if o["metadata"].get("labels", {}).get(L.LABEL_COMPONENT) in ("router", "engine")
                 and not o["metadata"].get("labels", {}).get(L.LABEL_GANG)}
             for (k, obj_name), obj in desired.items():
                 have = (existing.get(obj_name, {}).get("metadata") or {}).get("annotations") or {}
-                if k == kind and have.get(L.ANNOTATION_SPEC_HASH) != obj["metadata"]["annotations"][
-                        L.ANNOTATION_SPEC_HASH]:
+                if k != kind:
+                    continue
+                if have.get(L.ANNOTATION_SPEC_HASH) != obj["metadata"]["annotations"][L.ANNOTATION_SPEC_HASH]:
                     changed.append(obj)
                     if obj_name not in existing:
                         missing.append(obj)
+                elif kind in _KEPT_EXACTLY and existing[obj_name].get("spec") != obj.get("spec"):
+                    edited.append((existing[obj_name], obj))
             # e.g. the router after router.enabled turned false
             stale += [(api_version, kind, o) for n, o in existing.items() if (kind, n) not in desired]
         await self._none_taken(ctx, missing)
@@ -1443,9 +1465,20 @@ class Reconciler:
                     return refusal_from_api(outcome.message, spec_values(ctx.spec))
             if errors := [e for e in done if isinstance(e, BaseException)]:
                 raise errors[0]
+        await self._restore(ctx, edited)
         await asyncio.gather(*(self.kube.delete(api_version, kind, ctx.namespace, o["metadata"]["name"],
                                                 uid=o["metadata"]["uid"]) for api_version, kind, o in stale))
         return None
+
+    async def _restore(self, ctx: BuildContext, edited: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
+        """Put back the spec of objects edited by hand (``_KEPT_EXACTLY``): an apply keeps fields another manager
+        added (an ``ingress: [{}]`` that opens every port), so the patch also removes what the spec lacks."""
+        for live, desired in edited:
+            meta = live["metadata"]
+            log.warning("%s/%s: %s %s was edited by hand; restoring its spec", ctx.namespace, ctx.name,
+                        live["kind"], meta["name"])
+            await self.kube.merge_patch(desired["apiVersion"], desired["kind"], ctx.namespace, meta["name"],
+                                        {"spec": _merge_patch_to(live.get("spec") or {}, desired.get("spec") or {})})
 
     async def _none_taken(self, ctx: BuildContext, missing: list[dict[str, Any]]) -> None:
         """Raise when an object the deployment is about to create already exists and is not its own: an apply
@@ -1488,6 +1521,19 @@ class Reconciler:
 
         memory.status.submit(write)
         return True
+
+
+def _merge_patch_to(live: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) that turns ``live`` into ``desired``: what the latter lacks is nulled."""
+    patch: dict[str, Any] = {k: None for k in live if k not in desired}
+    for key, value in desired.items():
+        have = live.get(key)
+        if isinstance(value, Mapping) and isinstance(have, Mapping):
+            if inner := _merge_patch_to(have, value):
+                patch[key] = inner
+        elif have != value:
+            patch[key] = value
+    return patch
 
 
 def _clip(text: str, chars: int) -> str:

@@ -417,6 +417,31 @@ def test_a_settled_deployment_writes_nothing() -> None:
     assert w.kube.writes_since(mark) == []
 
 
+@pytest.mark.parametrize("edit", [
+    {"ingress": [{}]},                                              # opens every port to everyone
+    {"podSelector": {"matchLabels": {"nothing": "selected"}}},      # closes nothing
+    {"policyTypes": None},
+])
+def test_network_policies_edited_by_hand_are_put_back_as_built(edit: dict[str, Any]) -> None:
+    w = World(a_deployment("d").replicas(2))
+    w.reconcile()
+    w.run_pods()
+    w.reconcile()
+    policies = {key: copy.deepcopy(o) for key, o in w.kube.objects.items() if key[1] == "NetworkPolicy"}
+    assert len(policies) == 3  # the deployment's closing one, one per gang
+    for _, _, _, name in policies:
+        asyncio.run(w.kube.merge_patch("networking.k8s.io/v1", "NetworkPolicy", NS, name, {"spec": edit}))
+    assert all(w.kube.objects[key]["spec"] != o["spec"] for key, o in policies.items())
+    w.now += 31  # the shared objects' check and the gangs' sweep come every 30 s
+    w.reconcile()
+    w.reconcile()
+    assert {key: w.kube.objects[key]["spec"] for key in policies} == {key: o["spec"] for key, o in policies.items()}
+    mark = len(w.kube.writes)
+    w.now += 31
+    w.reconcile()
+    assert w.kube.writes_since(mark) == [], "nothing more once they are as built"
+
+
 def test_writes_of_each_step_of_a_first_start() -> None:
     w = World(a_deployment("d").replicas(2))
     w.reconcile()

@@ -166,6 +166,12 @@ def gang_objects(ctx: BuildContext, replica: int, attempt: int, revision: str) -
                     template_of(ctx))
 
 
+def gang_network_policy_spec(ctx: BuildContext, gang: str) -> dict[str, Any]:
+    """The spec of a gang's NetworkPolicy, as ``gang_objects`` builds it."""
+    spec: dict[str, Any] = _network_policy(ctx, gang, {})["spec"]
+    return spec
+
+
 def template_of(ctx: BuildContext) -> str:
     """The hash of the builders' output for this deployment: a gang's objects built with placeholder
     identity. Not the revision (``build.revision``): it changes when an operator renders the same spec
