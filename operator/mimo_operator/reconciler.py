@@ -544,7 +544,9 @@ class Memory:
     probes: GangWrites = field(default_factory=lambda: GangWrites(_PROBE_CONCURRENCY))
     drained: set[str] = field(default_factory=set)
     probe_again: dict[str, float] = field(default_factory=dict)  # when each probe (by key) may be made again
-    deleted: set[str] = field(default_factory=set)  # gangs this process deleted whose pods are still listed
+    # Gangs whose pods are still listed and being deleted with the deployment still there: this process deleted
+    # them, or asked the API once (``_deleted_meanwhile``).
+    deleted: set[str] = field(default_factory=set)
     orphans_checked_at: float = float("-inf")  # when the gangs' objects were last listed for orphans
     shared: SharedWrites = field(default_factory=SharedWrites)
 
@@ -1109,13 +1111,18 @@ class Reconciler:
         events can reach this process before the deployment's own: read from the status it last decided,
         the reconcile would see failed gangs and create new ones for a deployment that no longer exists."""
         memory.deleted &= {(p["metadata"].get("labels") or {}).get(L.LABEL_GANG) for p in listed}
-        foreign = any(p["metadata"].get("deletionTimestamp")
-                      and (gang := (p["metadata"].get("labels") or {}).get(L.LABEL_GANG)) not in memory.deleted
-                      and gang not in memory.deleting for p in listed)
+        foreign: set[str] = {gang for p in listed if p["metadata"].get("deletionTimestamp")
+                             and (gang := (p["metadata"].get("labels") or {}).get(L.LABEL_GANG, ""))
+                             not in memory.deleted and gang not in memory.deleting}
         if not foreign:
             return False
         current = await self.kube.get(f"{L.GROUP}/{L.VERSION}", L.KIND, meta["namespace"], meta["name"])
-        return current is None or current["metadata"].get("uid") != meta.get("uid")
+        gone = current is None or current["metadata"].get("uid") != meta.get("uid")
+        if not gone:
+            # Asked once per gang: the deployment outlived the start of their deletion (a pod stuck Terminating
+            # on a lost node, after a restart of the operator, was asked about on every reconcile).
+            memory.deleted |= foreign
+        return gone
 
     async def _freshest(self, event_body: Mapping[str, Any], memory: Memory) -> Mapping[str, Any] | None:
         """The deployment to decide from: its status as this process last wrote it (a fresh read the first

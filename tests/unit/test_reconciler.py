@@ -442,6 +442,34 @@ def test_network_policies_edited_by_hand_are_put_back_as_built(edit: dict[str, A
     assert w.kube.writes_since(mark) == [], "nothing more once they are as built"
 
 
+def test_a_pod_stuck_terminating_is_asked_about_once_not_on_every_reconcile() -> None:
+    w = World(a_deployment("d").replicas(1))
+    w.reconcile()
+    w.run_pods()
+    w.now += 100
+    w.reconcile()
+    # Its node is gone: the pod is being deleted, and stays so.
+    asyncio.run(w.kube.delete("v1", "Pod", NS, w.pods()[0]["metadata"]["name"]))
+    for _ in range(3):
+        w.now += 30
+        w.reconcile()
+        w.run_pods()
+    w.memory = Memory()  # a restarted operator did not delete it
+    asked: list[str] = []
+    get = w.kube.get
+
+    async def counting(api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        asked.append(kind)
+        return await get(api_version, kind, namespace, name)
+
+    w.kube.get = counting  # type: ignore[method-assign]
+    for _ in range(10):
+        w.now += 10
+        w.reconcile()
+    assert asked.count(L.KIND) <= 2, "the first read after the restart, and once about the stuck pod"
+    assert len(w.live_gangs()) == 1
+
+
 def test_writes_of_each_step_of_a_first_start() -> None:
     w = World(a_deployment("d").replicas(2))
     w.reconcile()
