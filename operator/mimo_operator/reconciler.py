@@ -1325,6 +1325,8 @@ class Reconciler:
             # Outside the reconcile (``GangWrites``): planned as draining from now on.
             memory.draining[step.gang] = (now, reason)
             memory.gang_writes.submit(step.gang, drain, "drain gang")
+            # The drain's start takes the head out of the routers: the probe that asks again waits its turn.
+            memory.probe_again[f"leave {step.gang}"] = now + _PROBE_AGAIN_SECONDS
         log.info("%s/%s: draining gang %s: %s", ns, ctx.name, step.gang, step.reason)
         return Event("Normal", "GangDraining", f"gang {step.gang}: {step.reason}")
 
@@ -1483,7 +1485,7 @@ class Reconciler:
         for live, desired in edited:
             meta = live["metadata"]
             log.warning("%s/%s: %s %s was edited by hand; restoring its spec", ctx.namespace, ctx.name,
-                        live["kind"], meta["name"])
+                        desired["kind"], meta["name"])  # the items of a list carry no kind
             await self.kube.merge_patch(desired["apiVersion"], desired["kind"], ctx.namespace, meta["name"],
                                         {"spec": _merge_patch_to(live.get("spec") or {}, desired.get("spec") or {})})
 

@@ -86,7 +86,9 @@ class FakeKube:
     async def list(self, api_version: str, kind: str, namespace: str | None,
                    labels: Mapping[str, str | None]) -> list[dict[str, Any]]:
         self._maybe_fail("list", kind)
-        return [copy.deepcopy(o) for key, o in sorted(self.objects.items())
+        # As the API lists them: the items of a list carry no kind or apiVersion (the list does).
+        return [{k: copy.deepcopy(v) for k, v in o.items() if k not in ("kind", "apiVersion")}
+                for key, o in sorted(self.objects.items())
                 if key[0] == api_version and key[1] == kind and (namespace is None or key[2] == namespace)
                 and key not in self.unlisted and _matches(o, labels)]
 
