@@ -21,6 +21,8 @@ The full field list with an example is in ``docs/worker.md``; :func:`example_pla
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 
@@ -34,6 +36,9 @@ __all__ = [
     "LAUNCH_PLAN_MOUNT",
     "LAUNCH_PLAN_VERSION",
     "NODE_IP",
+    "SGLANG_HANDSHAKE_PORT_DELTA",
+    "SGLANG_ZMQ_PORTS",
+    "SGLANG_ZMQ_TCP_PORT_DELTA",
     "Deadlines",
     "DeploymentRef",
     "EngineLaunch",
@@ -41,10 +46,15 @@ __all__ = [
     "GangInfo",
     "LaunchPlan",
     "LaunchPlanError",
+    "PortUse",
     "Ports",
     "RankLaunch",
     "example_plan",
+    "fixed_ports",
+    "launch_plan_bytes",
     "parse_plan",
+    "port_listing",
+    "sglang_ports",
     "substitute",
 ]
 
@@ -105,7 +115,7 @@ class GangInfo(_Model):
 class Ports(_Model):
     """Every port a gang uses; the operator's NetworkPolicy opens exactly these inside the gang."""
 
-    ray_gcs: Port = 6379
+    ray_gcs: Port = Field(default=6379, description="Ray's GCS on node 0, which the members join")
     engine_http: Port = Field(default=30000, description="SGLang's --port on node 0 (/health, /metrics, API)")
     dist_init: Port = Field(default=5000, description="the port of --dist-init-addr on node 0")
     fabric: Port = Field(default=29400, description="the fabric check's rendezvous on node 0")
@@ -117,6 +127,69 @@ class Ports(_Model):
         if len(set(values)) != len(values):
             raise ValueError(f"ports must be distinct, got {self.model_dump()}")
         return self
+
+
+# SGLang 0.5.23's ports derived from others (srt/server_args.py: PortArgs.init_new; managers/
+# data_parallel_controller.py: the worker-port handshake). With attention DP its processes talk ZMQ over TCP: from a
+# base port, the base + 1 and the five after it, and the handshake at the base + 13. The base is --dist-init-addr's
+# port on several nodes, else --port + 233 (and the handshake --port + 13).
+SGLANG_ZMQ_TCP_PORT_DELTA = 233
+SGLANG_ZMQ_PORTS = 6
+SGLANG_HANDSHAKE_PORT_DELTA = 13
+
+
+@dataclass(frozen=True)
+class PortUse:
+    """A port that node 0 of a gang listens on (or SGLang waits to find free), who uses it, and the :class:`Ports`
+    field whose value places it (``engine_http``, ``dist_init``; None for a fixed port)."""
+
+    port: int
+    user: str
+    placed_by: str | None
+
+
+def fixed_ports(*, host_network: bool) -> list[PortUse]:
+    """The operator's fixed ports in a gang pod, :class:`Ports`' defaults: the head worker's, and outside
+    hostNetwork Ray's GCS and the fabric check's (in hostNetwork the builders pick those two for each gang, clear
+    of SGLang's ports)."""
+    names = ["worker_http"] + ([] if host_network else ["ray_gcs", "fabric"])
+    fields = Ports.model_fields
+    return [PortUse(int(fields[n].default), str(fields[n].description), None) for n in names]
+
+
+def sglang_ports(*, engine_http: int, dist_init: int, nodes: int, attention_dp: int) -> list[PortUse]:
+    """The ports SGLang 0.5.23 takes on node 0 of a gang of ``nodes`` with ``attention_dp`` attention-DP groups,
+    and the dist-init port, which the launch plan names whatever the node count."""
+    uses = [PortUse(engine_http, "SGLang's HTTP server (engine.port)", "engine_http")]
+    if nodes > 1:
+        base, placed_by, origin = dist_init, "dist_init", "engine.distInitPort"
+        uses.append(PortUse(base, "torch.distributed's store (--dist-init-addr, engine.distInitPort)", placed_by))
+    else:
+        uses.append(PortUse(dist_init, "the gang's dist-init port (engine.distInitPort)", "dist_init"))
+        base = engine_http + SGLANG_ZMQ_TCP_PORT_DELTA
+        base = base if base <= 65535 else engine_http - SGLANG_ZMQ_TCP_PORT_DELTA
+        placed_by, origin = "engine_http", f"engine.port + {SGLANG_ZMQ_TCP_PORT_DELTA}"
+        if attention_dp > 1:
+            uses.append(PortUse(base, f"SGLang's attention-DP base port ({origin})", placed_by))
+    if attention_dp > 1:
+        first = base + 1 if base + SGLANG_ZMQ_PORTS <= 65535 else base - SGLANG_ZMQ_PORTS - 1
+        uses += [PortUse(first + k, f"SGLang's ZMQ channels ({origin} + 1…{SGLANG_ZMQ_PORTS})", placed_by)
+                 for k in range(SGLANG_ZMQ_PORTS)]
+        handshake, of = (dist_init, "engine.distInitPort") if nodes > 1 else (engine_http, "engine.port")
+        uses.append(PortUse(handshake + SGLANG_HANDSHAKE_PORT_DELTA,
+                            f"SGLang's attention-DP handshake ({of} + {SGLANG_HANDSHAKE_PORT_DELTA})", placed_by))
+    return uses
+
+
+def port_listing(uses: list[PortUse]) -> str:
+    """``8000 for …; 20001–20006 for …``: a run of consecutive ports with one user is shown as one range."""
+    runs: list[tuple[int, int, str]] = []
+    for use in sorted(uses, key=lambda u: u.port):
+        if runs and runs[-1][2] == use.user and runs[-1][1] + 1 == use.port:
+            runs[-1] = (runs[-1][0], use.port, use.user)
+        elif not runs or (runs[-1][1], runs[-1][2]) != (use.port, use.user):
+            runs.append((use.port, use.port, use.user))
+    return "; ".join(f"{a}–{b} for {who}" if a != b else f"{a} for {who}" for a, b, who in runs)
 
 
 class RankLaunch(_Model):
@@ -212,6 +285,22 @@ class LaunchPlan(_Model):
         argv = [*self.engine.program, *(substitute(a, head_ip=head_ip, node_ip=node_ip) for a in launch.argv)]
         env = {k: substitute(v, head_ip=head_ip, node_ip=node_ip) for k, v in launch.env.items()}
         return argv, env
+
+
+def launch_plan_bytes(engine: EngineLaunch, nodes: int) -> int:
+    """The size of a gang's launch-plan document with ``engine``, as the builders serialise it into a pod
+    annotation (compact JSON, non-ASCII escaped), with its identity fields at their longest: names of 63
+    characters, the head's DNS name of 253."""
+    document = LaunchPlan(
+        version=LAUNCH_PLAN_VERSION,
+        deployment=DeploymentRef(name="n" * 63, namespace="n" * 63),
+        gang=GangInfo(name="g" * 63, replica=999, revision="r" * 63, nodes=nodes, gpus_per_node=1024,
+                      head_address="h" * 253, pods=[f"{i:063}" for i in range(nodes)]),
+        engine=engine,
+        fabric=FabricExpectation(expected_bus_gbps=123456.789012345),
+        deadlines=Deadlines(engine_ready_seconds=1e9 / 7),
+    )
+    return len(json.dumps(document.model_dump(mode="json"), separators=(",", ":")))
 
 
 def substitute(text: str, *, head_ip: str, node_ip: str) -> str:

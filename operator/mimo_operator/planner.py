@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from mimo_operator import labels as L
 from mimo_operator.cachepaths import cached_model_path
 from mimo_operator.catalog import (
     GPU_TYPES,
@@ -35,7 +36,16 @@ from mimo_operator.catalog import (
     weights_bytes,
 )
 from mimo_operator.errors import PlanRefused
-from mimo_operator.launchplan import NODE_IP, EngineLaunch, RankLaunch
+from mimo_operator.launchplan import (
+    NODE_IP,
+    EngineLaunch,
+    PortUse,
+    RankLaunch,
+    fixed_ports,
+    launch_plan_bytes,
+    port_listing,
+    sglang_ports,
+)
 from mimo_operator.plan import (
     CACHE_MOUNT_PATH,
     HEAD_ADDRESS_PLACEHOLDER,
@@ -47,8 +57,11 @@ from mimo_operator.plan import (
     Plan,
     StartupEstimate,
 )
-from mimo_operator.spec import DeploymentSpec, quantised_copy_hint
+from mimo_operator.sglang_flags import ExtraFlag, flag_table, human_int, parse_extra_args
+from mimo_operator.spec import DeploymentSpec, EngineSpec, quantised_copy_hint
 
+# The surface other packages import (pinned by tests/unit/test_planner.py). planner_pd, this module's sibling, also
+# reads PD_OWNED_FLAGS and check_pod_annotations.
 __all__ = [
     "DEFAULT_DOWNLOAD_BYTES_PER_SECOND",
     "DEFAULT_LOAD_BYTES_PER_SECOND",
@@ -119,6 +132,54 @@ OWNED_FLAGS: dict[str, str] = {
     "--attention-backend": "spec.hardware.gpuType",
 }
 
+# Flags the prefill/decode planner (planner_pd) writes, with the spec field that sets them: extraArgs may not repeat
+# them in a disaggregated deployment, and a colocated one has no field that plans them (EPLB's redundant experts
+# take memory only a pool's plan sets aside).
+PD_OWNED_FLAGS: dict[str, str] = {
+    "--disaggregation-mode": "spec.disaggregation",
+    "--disaggregation-transfer-backend": "spec.disaggregation.transferBackend",
+    "--disaggregation-bootstrap-port": "spec.disaggregation.bootstrapPort",
+    "--disaggregation-ib-device": "spec.network.ibDevices",
+    "--ep-num-redundant-experts": "spec.disaggregation.<pool>.eplb.redundantExperts",
+    "--enable-eplb": "spec.disaggregation.<pool>.eplb.rebalance",
+    "--eplb-algorithm": "spec.disaggregation.<pool>.eplb.algorithm",
+    "--init-expert-location": "spec.disaggregation.<pool>.eplb.expertLocation",
+}
+
+# Environment variables of a gang pod that the operator and its worker own. The builders (build/gang.py) set
+# MIMO_ROLE, MIMO_LAUNCH_PLAN, POD_IP, POD_NAME and POD_NAMESPACE on every gang pod; the worker reads every MIMO_
+# variable (MIMO_NODE_RANK is a member's node rank). spec.engine.env comes after them on the pod and in the launch,
+# so a value there wins: every member claims the same rank, or the engine sees other GPUs than its TP size counts.
+OPERATOR_ENV_PREFIX = "MIMO_"
+OPERATOR_ENV: dict[str, str] = {
+    "POD_IP": "the builders set it from the pod's status; the worker binds and announces it",
+    "POD_NAME": "the builders set it from the pod's name; a member finds its node rank by it",
+    "POD_NAMESPACE": "the builders set it from the pod's namespace",
+    "CUDA_VISIBLE_DEVICES": "Ray hands each engine process its node's GPUs, and --tp-size counts every one of them",
+    "NVIDIA_VISIBLE_DEVICES": "the GPU device plugin chooses the pod's GPUs; another value shows the engine GPUs "
+                              "the pod was not given",
+    "RAY_ADDRESS": "the head points the engine at the gang's own Ray cluster",
+}
+# The token named by spec.model.tokenSecretRef reaches the pod by reference; a literal HF_TOKEN in spec.engine.env
+# would replace it and put the token in plain text into the launch plan, a pod annotation.
+TOKEN_ENV = "HF_TOKEN"  # noqa: S105 - the variable's name, not a token
+# Variables the planner itself writes, and why spec.engine.env may still set them (its value wins, as _env says):
+# NCCL_*, GLOO_SOCKET_IFNAME and NVSHMEM_* (interfaces, HCAs, GID index, IBGDA) are the cluster-specific tuning
+# the field is for, in syntax the network fields do not cover (NCCL's ^ exclusions and =exact HCA names), and a
+# wrong value fails the gang's fabric check before the weights load; HF_HUB_CACHE and SGLANG_DG_CACHE_DIR only move
+# caches (a slower start, no failure); SGLang 0.5.23 reads SGLANG_ENABLE_SPEC_V2 only in its ROCm backend.
+# SGLANG_DEEPEP_NUM_MAX_DISPATCH_TOKENS_PER_RANK is checked by value (_check_dispatch_tokens): raising it is a
+# tuning knob, lowering it below a CUDA-graph batch breaks DeepEP.
+DEEPEP_DISPATCH_ENV = "SGLANG_DEEPEP_NUM_MAX_DISPATCH_TOKENS_PER_RANK"
+DEEPEP_DISPATCH_TOKENS_MAX = 1024  # SGLang 0.5.23 asserts it (layers/moe/token_dispatcher/deepep.py)
+
+# Kubernetes' limit on all of an object's annotations together, keys and values (apimachinery's
+# TotalAnnotationSizeLimitB).
+POD_ANNOTATIONS_LIMIT = 256 * 1024
+# What else the operator may put on a gang pod besides the launch plan: the gang scheduler's and the bootstrap
+# port's annotations, the CNI network list (at most 16 names) and the drain marks.
+OPERATOR_ANNOTATIONS_RESERVE = 8 * 1024
+
 
 class _Unfit(Exception):
     """Why one node count cannot work; ``kind`` tells the auto search whether more nodes could help."""
@@ -156,10 +217,12 @@ def plan_deployment(
     if context > entry.max_context:
         raise PlanRefused("spec.model.contextLength",
                           f"contextLength {context:,} exceeds {entry.name}'s {entry.max_context:,} tokens")
-    _check_extra_args(spec.engine.extra_args or [])
+    _check_extra_args(spec, entry, context)
+    _check_env_names(spec)
 
     pinned = _pinned_nodes(spec)
     layout, why_nodes = _choose_layout(spec, entry, gpu, context, pinned)
+    _check_ports(spec, layout.nodes, layout.dp)
     return _assemble(spec, entry, gpu, context, layout, why_nodes,
                      download_bytes_per_second, load_bytes_per_second)
 
@@ -333,12 +396,18 @@ def _memory(spec: DeploymentSpec, entry: Checkpoint, gpu: GpuType, tp: int, dp: 
         )
     chunk = spec.engine.chunked_prefill_size or CHUNKED_PREFILL_SIZE
     swa_need = math.ceil(chunk / dp) + entry.swa_window + page
-    if kv.swa_tokens // dp < swa_need:
-        raise _Unfit(
-            "kv", "spec.engine.swaFullTokensRatio",
-            f"{where}: the sliding-window pool holds {kv.swa_tokens // dp:,} tokens per attention-DP group, "
-            f"less than one prefill chunk plus a window ({swa_need:,}); raise swaFullTokensRatio",
-        )
+    swa_per_group = kv.swa_tokens // dp
+    if swa_per_group < swa_need:
+        pool = (f"{where}: the sliding-window pool holds {swa_per_group:,} tokens per attention-DP group, less "
+                f"than one prefill chunk plus a window ({swa_need:,})")
+        if spec.engine.chunked_prefill_size is None:
+            raise _Unfit("kv", "spec.engine.swaFullTokensRatio", f"{pool}; raise swaFullTokensRatio")
+        # The chunk the user set is what changed: offer the largest one whose share per attention-DP group still
+        # fits beside a window, where the spec allows it.
+        fits = (swa_per_group - entry.swa_window - page) * dp
+        lower = f"lower it to at most {fits:,}, or " if fits >= _lowest_allowed("chunked_prefill_size") else ""
+        raise _Unfit("kv", "spec.engine.chunkedPrefillSize",
+                     f"chunkedPrefillSize {chunk:,} does not fit: {pool}; {lower}raise swaFullTokensRatio")
     memory = GpuMemorySplit(gpu.memory_bytes, static, weights_per_gpu, kv_bytes_per_gpu,
                             gpu.memory_bytes - static)
     return memory, kv
@@ -515,7 +584,34 @@ def _launch(spec: DeploymentSpec, gpu: GpuType, ranks: tuple[tuple[str, ...], ..
                                  f"spec.engine.env are repeated for each of the gang's {len(launch.ranks)} ranks); "
                                  f"every gang pod carries it in an annotation, where it may take at most "
                                  f"{MAX_LAUNCH_BYTES // 1024} KiB: shorten them")
+    check_pod_annotations(spec, launch, len(ranks))
     return launch
+
+
+def check_pod_annotations(spec: DeploymentSpec, launch: EngineLaunch, nodes: int) -> None:
+    """Refuse a launch that, with the spec's podTemplate annotations, would pass Kubernetes' limit on a gang pod's
+    annotations (the launch-plan document measured by :func:`launch_plan_bytes`)."""
+    document_bytes = launch_plan_bytes(launch, nodes)
+    ours = len(L.ANNOTATION_LAUNCH_PLAN) + document_bytes + OPERATOR_ANNOTATIONS_RESERVE
+    users = sum(len(k.encode()) + len(v.encode()) for k, v in (spec.pod_template.annotations or {}).items())
+    if ours + users <= POD_ANNOTATIONS_LIMIT:
+        return
+    engine = spec.engine
+    repeated = sum(len(e.name) + len(e.value) for e in engine.env or []) + sum(map(len, engine.extra_args or []))
+    ranks = len(launch.ranks)
+    raise PlanRefused(
+        "spec.podTemplate.annotations",
+        f"podTemplate annotations take {_kib(users)} KiB, and every gang pod also carries its launch plan "
+        f"({_kib(document_bytes)} KiB, in which spec.engine.env and spec.engine.extraArgs ({_kib(repeated)} KiB) "
+        f"stand once for each of the gang's {ranks} rank{'s' if ranks > 1 else ''}) and the operator's own "
+        f"annotations (up to {OPERATOR_ANNOTATIONS_RESERVE // 1024} KiB): {_kib(ours + users)} KiB in all, past "
+        f"Kubernetes' limit of {POD_ANNOTATIONS_LIMIT // 1024} KiB on a pod's annotations; keep podTemplate "
+        f"annotations under {_kib(max(0, POD_ANNOTATIONS_LIMIT - ours))} KiB, or shorten spec.engine.env and "
+        "spec.engine.extraArgs")
+
+
+def _kib(size: int) -> str:
+    return f"{size / 1024:,.1f}"
 
 
 def _rank_launches(spec: DeploymentSpec, gpu: GpuType, ranks: tuple[tuple[str, ...], ...],
@@ -618,7 +714,8 @@ def _env(spec: DeploymentSpec, a: _PlanArgs) -> dict[str, str]:
     if a.layout.a2a == "deepep":
         # The cookbook's 256, raised if the CUDA-graph batch per rank in tokens (drafts included) is larger.
         tokens = a.graph_bs * (MTP_DRAFT_TOKENS if spec.parallelism.mtp else 1)
-        env["SGLANG_DEEPEP_NUM_MAX_DISPATCH_TOKENS_PER_RANK"] = str(max(DEEPEP_DISPATCH_TOKENS, tokens))
+        _check_dispatch_tokens(spec, a.graph_bs, tokens)
+        env[DEEPEP_DISPATCH_ENV] = str(max(DEEPEP_DISPATCH_TOKENS, tokens))
         if a.layout.nodes > 1:
             # DeepEP's low-latency kernels post RDMA from the GPU (IBGDA) between nodes; llm-d's wide-EP
             # pods set the same. Inside one node NVSHMEM uses NVLink peer access and needs no HCA.
@@ -660,17 +757,135 @@ def node_nic_gbps(spec: DeploymentSpec) -> float:
     return hcas * (spec.network.link_speed_gbps or DEFAULT_LINK_SPEED_GBPS) / 8
 
 
-def _check_extra_args(extra: list[str]) -> None:
-    for arg in extra:
-        if not arg.startswith("--"):
+def _check_extra_args(spec: DeploymentSpec, entry: Checkpoint, context: int) -> None:
+    """Refuse extraArgs that repeat or contradict the plan's own flags, or break what it sized or placed."""
+    table = flag_table()["flags"]
+    # A flag with the dest of an owned one sets the same setting (--no-mm-enable-dp-encoder undoes
+    # --mm-enable-dp-encoder).
+    owned_dests = {table[f]["dest"]: f for f in OWNED_FLAGS if f in table}
+    for arg in parse_extra_args(spec.engine.extra_args or []):
+        owned = arg.flag if arg.flag in OWNED_FLAGS else owned_dests.get(arg.dest)
+        if owned is not None:
+            same = "" if owned == arg.flag else f" sets {arg.dest} as {owned} does, which"
+            raise PlanRefused(arg.field, f"{arg.flag}{same} is written by the planner; set {OWNED_FLAGS[owned]} "
+                                         "instead of passing it in extraArgs")
+        if arg.flag in PD_OWNED_FLAGS:
+            raise PlanRefused(arg.field, f"{arg.flag} belongs to a prefill/decode deployment, where the planner "
+                                         f"writes it from {PD_OWNED_FLAGS[arg.flag]}; this deployment has no "
+                                         "spec.disaggregation")
+        problem = _breaks_the_plan(spec, entry, context, arg)
+        if problem is not None:
+            raise PlanRefused(arg.field, problem)
+
+
+def _breaks_the_plan(spec: DeploymentSpec, entry: Checkpoint, context: int, arg: ExtraFlag) -> str | None:
+    """Why a flag no spec field owns would break what the plan sized or placed, or None."""
+    flag, value = arg.flag, (arg.values[0] if arg.values else "")
+    gpus = spec.hardware.gpus_per_node
+    if flag == "--config":
+        return ("--config merges a file's arguments into SGLang's command line, past every check of this plan "
+                "(the flags the planner owns among them); pass the arguments in extraArgs")
+    if flag == "--disable-hybrid-swa-memory":
+        every = entry.kv_values_per_token_global + entry.kv_values_per_token_swa
+        return (f"--disable-hybrid-swa-memory gives {entry.name}'s {entry.swa_layers} sliding-window layers "
+                f"full-length KV as well: {every:,} KV values per token instead of the global layers' "
+                f"{entry.kv_values_per_token_global:,} ({every / entry.kv_values_per_token_global:.1f}×), so the "
+                "KV pool holds far fewer tokens than the plan sized it for; spec.engine.swaFullTokensRatio sizes "
+                "the sliding-window pool")
+    if flag == "--base-gpu-id" and int(value) != 0:
+        return (f"--base-gpu-id {value} starts the engine's ranks at GPU {value}, but a gang pod holds GPUs "
+                f"0–{gpus - 1} and --tp-size counts every one of them: remove it")
+    if flag == "--gpu-id-step" and int(value) != 1:
+        return (f"--gpu-id-step {value} places the engine's ranks {value} GPUs apart, past the {gpus} GPUs a gang "
+                "pod holds (--tp-size counts every one of them): remove it")
+    if flag == "--max-total-tokens":
+        page = spec.engine.page_size
+        need = math.ceil(context / page) * page
+        if human_int(value) < need:
+            return (f"--max-total-tokens {value} caps each attention-DP group's KV pool below one contextLength "
+                    f"{context:,} sequence, which the plan holds ({need:,} tokens in pages of {page}); raise it to "
+                    f"at least {need:,}, or lower spec.model.contextLength")
+    return None
+
+
+def _lowest_allowed(name: str) -> int:
+    """The lowest value spec.engine allows in ``name`` (its field's ``ge`` bound)."""
+    bounds = [int(ge) for m in EngineSpec.model_fields[name].metadata if (ge := getattr(m, "ge", None)) is not None]
+    return min(bounds, default=1)
+
+
+def _check_env_names(spec: DeploymentSpec) -> None:
+    """Refuse spec.engine.env entries the operator or its worker own (OPERATOR_ENV and its prefix, HF_TOKEN when
+    the token comes from a Secret)."""
+    for i, var in enumerate(spec.engine.env or []):
+        why = OPERATOR_ENV.get(var.name)
+        if var.name.startswith(OPERATOR_ENV_PREFIX):
+            why = (f"{OPERATOR_ENV_PREFIX} variables are the operator's and its worker's (MIMO_NODE_RANK is a "
+                   "member's node rank, MIMO_LAUNCH_PLAN where its launch plan is)")
+        if var.name == TOKEN_ENV and spec.model.token_secret_ref is not None:
+            why = (f"the builders set it from spec.model.tokenSecretRef ({spec.model.token_secret_ref.name}); a "
+                   "value here would replace the Secret's and stand in plain text in the pod's launch plan")
+        if why is not None:
+            raise PlanRefused(f"spec.engine.env[{i}].name",
+                              f"{var.name} is set by the operator: {why}; remove it from spec.engine.env")
+
+
+def _check_dispatch_tokens(spec: DeploymentSpec, graph_bs: int, tokens: int) -> None:
+    """DeepEP's dispatch buffer must hold a CUDA-graph batch per rank (drafts included), and SGLang asserts it
+    holds at most DEEPEP_DISPATCH_TOKENS_MAX tokens."""
+    drafts = f" × {MTP_DRAFT_TOKENS} MTP draft tokens" if spec.parallelism.mtp else ""
+    batch = f"a CUDA-graph batch of {graph_bs}{drafts}"
+    if tokens > DEEPEP_DISPATCH_TOKENS_MAX:
+        raise PlanRefused("spec.engine.cudaGraphMaxBatchSize",
+                          f"cudaGraphMaxBatchSize {graph_bs} with DeepEP needs a dispatch buffer of {tokens:,} "
+                          f"tokens per rank ({batch}), and SGLang's DeepEP holds at most "
+                          f"{DEEPEP_DISPATCH_TOKENS_MAX:,}: use at most "
+                          f"{DEEPEP_DISPATCH_TOKENS_MAX // (tokens // graph_bs)}")
+    for i, var in enumerate(spec.engine.env or []):
+        if var.name != DEEPEP_DISPATCH_ENV:
             continue
-        name = arg.split("=", 1)[0]
-        # SGLang's argparse accepts unambiguous abbreviations, so a prefix of an owned flag is owned too.
-        owner = OWNED_FLAGS.get(name) or next(
-            (field for flag, field in OWNED_FLAGS.items() if flag.startswith(name) and len(name) > 2), None)
-        if owner:
-            raise PlanRefused("spec.engine.extraArgs",
-                              f"{name} is written by the planner; set {owner} instead of passing it in extraArgs")
+        try:
+            given = int(var.value)
+        except ValueError:
+            given = -1
+        if not tokens <= given <= DEEPEP_DISPATCH_TOKENS_MAX:
+            raise PlanRefused(f"spec.engine.env[{i}].value",
+                              f"{DEEPEP_DISPATCH_ENV} {var.value!r} must be a whole number from {tokens} "
+                              f"({batch} per rank, which DeepEP's dispatch buffer must hold) to "
+                              f"{DEEPEP_DISPATCH_TOKENS_MAX:,} (SGLang's DeepEP asserts it)")
+
+
+# ----------------------------------------------------------------------------------------- ports
+
+
+def _check_ports(spec: DeploymentSpec, nodes: int, attention_dp: int) -> None:
+    """Refuse an engine.port or distInitPort whose SGLang ports land on another port of the gang's pods: the
+    launch plan refuses equal ports (the builders would fail every reconcile), and SGLang would wait for a port
+    that never frees."""
+    engine = spec.engine
+    ours = fixed_ports(host_network=spec.network.mode == "hostNetwork")
+    sglang = sglang_ports(engine_http=engine.port, dist_init=engine.dist_init_port, nodes=nodes,
+                          attention_dp=attention_dp)
+    by_port = [u for u in sglang if u.placed_by == "engine_http"]
+    by_dist = [u for u in sglang if u.placed_by == "dist_init"]
+    defaults = EngineSpec.model_fields
+    # engine.port, and on one node the ports SGLang derives from it, may not meet the operator's ports.
+    _refuse_clash("spec.engine.port", "engine.port", engine.port, defaults["port"].default, by_port, ours)
+    # The dist-init port (on several nodes with SGLang's ports derived from it) may not meet the operator's ports,
+    # nor there SGLang's HTTP port; on one node SGLang does not bind it, but the launch plan names it.
+    _refuse_clash("spec.engine.distInitPort", "engine.distInitPort", engine.dist_init_port,
+                  defaults["dist_init_port"].default, by_dist, ours + (by_port if nodes > 1 else []))
+
+
+def _refuse_clash(field: str, name: str, value: int, default: object, moved: list[PortUse],
+                  taken: list[PortUse]) -> None:
+    for use in moved:
+        hit = next((t for t in taken if t.port == use.port), None)
+        if hit is None:
+            continue
+        where = "is" if use.port == value else f"puts {use.user} on {use.port}, which is"
+        raise PlanRefused(field, f"{name} {value} {where} taken by {hit.user}; the ports taken in a gang pod: "
+                                 f"{port_listing(taken)}; choose another {name} (the default is {default})")
 
 
 def _startup(spec: DeploymentSpec, entry: Checkpoint, gpu: GpuType, layout: _Layout,

@@ -36,10 +36,11 @@ from typing import Any
 from mimo_operator.cachepaths import CACHE_MOUNT_PATH
 from mimo_operator.catalog import Checkpoint, Precision, weights_bytes
 from mimo_operator.errors import PlanRefused
-from mimo_operator.launchplan import EngineLaunch, RankLaunch
+from mimo_operator.launchplan import EngineLaunch, RankLaunch, fixed_ports, port_listing, sglang_ports
 from mimo_operator.plan import Decision, GpuMemorySplit, KvCachePlan, Plan
-from mimo_operator.planner import node_nic_gbps, plan_deployment
-from mimo_operator.spec import DeploymentSpec, DisaggregationSpec, EplbSpec, PoolSpec
+from mimo_operator.planner import PD_OWNED_FLAGS, check_pod_annotations, node_nic_gbps, plan_deployment
+from mimo_operator.sglang_flags import flag_table, parse_extra_args
+from mimo_operator.spec import DeploymentSpec, DisaggregationSpec, EplbSpec, ParallelismSpec, PoolSpec
 
 __all__ = [
     "DEFAULT_BOOTSTRAP_PORT",
@@ -72,16 +73,19 @@ EXPERT_LOCATION_FILE = "expert-location.json"
 
 Role = str  # "prefill" | "decode"
 
-# Flags this module writes, with the spec field that sets them; engine.extraArgs may not repeat them with PD.
-PD_OWNED_FLAGS: dict[str, str] = {
-    "--disaggregation-mode": "spec.disaggregation",
-    "--disaggregation-transfer-backend": "spec.disaggregation.transferBackend",
-    "--disaggregation-bootstrap-port": "spec.disaggregation.bootstrapPort",
-    "--disaggregation-ib-device": "spec.network.ibDevices",
-    "--ep-num-redundant-experts": "spec.disaggregation.<pool>.eplb.redundantExperts",
-    "--enable-eplb": "spec.disaggregation.<pool>.eplb.rebalance",
-    "--eplb-algorithm": "spec.disaggregation.<pool>.eplb.algorithm",
-    "--init-expert-location": "spec.disaggregation.<pool>.eplb.expertLocation",
+# The flags this module writes (PD_OWNED_FLAGS) are listed in the planner, which refuses them in a colocated
+# deployment's extraArgs as well.
+
+# Top-level spec.parallelism fields that each side plans for itself (_side_spec drops them; each side's Plan has a
+# field of the same name), with what decides them: a value that a side does not run is refused rather than dropped
+# without a word. A value both sides run passes (the simulated engine rebuilds a side's spec from its argv
+# with these filled in). nodesPerReplica and tensorParallel are not among them: the pools' nodesPerGang replace
+# them, as the pools' replicas replace spec.replicas (docs/disaggregation.md), so that a colocated deployment gains
+# the block without other edits. deepepMode is not either: each side's mode follows its role (the module docstring).
+PER_SIDE_PARALLELISM: dict[str, tuple[str, str]] = {
+    "expert_parallel": ("expertParallel", "each side's EP follows from its gang (DeepEP sets ep = tp)"),
+    "attention_data_parallel": ("attentionDataParallel",
+                                "each side's attention DP is its TP over the checkpoint's attention TP"),
 }
 
 
@@ -176,9 +180,10 @@ def plan_disaggregated(spec: DeploymentSpec) -> DisaggregatedPlan:
     _check_extra_args(spec)
     backend = pd.transfer_backend or DEFAULT_TRANSFER_BACKEND
     bootstrap = pd.bootstrap_port or DEFAULT_BOOTSTRAP_PORT
-    _check_bootstrap_port(spec, bootstrap)
     prefill = _pool(spec, pd, "prefill", backend, bootstrap)
+    _check_bootstrap_port(spec, bootstrap, prefill.plan)
     decode = _pool(spec, pd, "decode", backend, bootstrap)
+    _check_per_side_parallelism(spec.parallelism, prefill.plan, decode.plan)
     check_attention_tp(prefill.plan, decode.plan)
     transfer = kv_transfer(spec, prefill.plan, pd.typical_prompt_tokens or DEFAULT_TYPICAL_PROMPT_TOKENS)
     # The simulated engine hands KV over in a pod network (a rehearsal has no RDMA); SGLang's engines do not.
@@ -236,6 +241,7 @@ def _pool(spec: DeploymentSpec, pd: DisaggregationSpec, role: Role, backend: str
         eplb = _eplb(spec, pool.eplb, role, plan)
         plan = _with_expert_slots(plan, eplb, role)
     plan = _with_pd_args(plan, _pd_args(spec, role, backend, bootstrap) + _eplb_args(eplb))
+    check_pod_annotations(spec, plan.launch, plan.nodes_per_replica)
     return PoolPlan(role=role, plan=plan, replicas=1 if pool.replicas is None else pool.replicas,
                     min_replicas=pool.min_replicas, max_replicas=pool.max_replicas, eplb=eplb)
 
@@ -276,23 +282,43 @@ def check_attention_tp(prefill: Plan, decode: Plan) -> None:
             f"need attention TP {prefill.checkpoint.attention_tp} on both sides")
 
 
-def _check_bootstrap_port(spec: DeploymentSpec, port: int) -> None:
-    engine = spec.engine
-    if port == engine.port or engine.dist_init_port <= port <= engine.dist_init_port + 5:
-        raise PlanRefused(
-            "spec.disaggregation.bootstrapPort",
-            f"bootstrap port {port} collides with engine.port {engine.port} or engine.distInitPort "
-            f"{engine.dist_init_port} and the five ports after it (SGLang's ZMQ channels)")
+def _check_bootstrap_port(spec: DeploymentSpec, port: int, prefill: Plan) -> None:
+    """The prefill head serves the bootstrap port beside SGLang's and the operator's own ports."""
+    taken = fixed_ports(host_network=spec.network.mode == "hostNetwork") + sglang_ports(
+        engine_http=prefill.port, dist_init=prefill.dist_init_port, nodes=prefill.nodes_per_replica,
+        attention_dp=prefill.attention_data_parallel)
+    hit = next((t for t in taken if t.port == port), None)
+    if hit is None:
+        return
+    given = ("bootstrapPort" if spec.disaggregation is not None and spec.disaggregation.bootstrap_port is not None
+             else "the default bootstrapPort")
+    raise PlanRefused(
+        "spec.disaggregation.bootstrapPort",
+        f"{given} {port} is taken on the prefill side's head by {hit.user}; the ports taken there: "
+        f"{port_listing(taken)}; choose another bootstrapPort")
 
 
 def _check_extra_args(spec: DeploymentSpec) -> None:
-    for arg in spec.engine.extra_args or []:
-        name = arg.split("=", 1)[0]
-        owner = PD_OWNED_FLAGS.get(name) or next(
-            (f for flag, f in PD_OWNED_FLAGS.items() if flag.startswith(name) and len(name) > 2), None)
-        if arg.startswith("--") and owner:
-            raise PlanRefused("spec.engine.extraArgs",
-                              f"{name} is written by the planner for a PD deployment; set {owner} instead")
+    table = flag_table()["flags"]
+    owned_dests = {table[f]["dest"]: f for f in PD_OWNED_FLAGS if f in table}
+    for arg in parse_extra_args(spec.engine.extra_args or []):
+        owned = arg.flag if arg.flag in PD_OWNED_FLAGS else owned_dests.get(arg.dest)
+        if owned is not None:
+            same = "" if owned == arg.flag else f" sets {arg.dest} as {owned} does, which"
+            raise PlanRefused(arg.field, f"{arg.flag}{same} is written by the planner for a PD deployment; set "
+                                         f"{PD_OWNED_FLAGS[owned]} instead")
+
+
+def _check_per_side_parallelism(parallelism: ParallelismSpec, prefill: Plan, decode: Plan) -> None:
+    for name, (shown, why) in PER_SIDE_PARALLELISM.items():
+        value = getattr(parallelism, name)
+        sides = (getattr(prefill, name), getattr(decode, name))
+        if value is not None and any(side != value for side in sides):
+            raise PlanRefused(
+                f"spec.parallelism.{shown}",
+                f"parallelism.{shown} {value} is not what the sides run (prefill {sides[0]}, decode {sides[1]}): a "
+                f"disaggregated deployment plans it per side, and {why}; remove it, and size each side's gangs "
+                "with spec.disaggregation.prefill.nodesPerGang and spec.disaggregation.decode.nodesPerGang")
 
 
 # ----------------------------------------------------------------------------------- the hand-over

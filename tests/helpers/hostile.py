@@ -363,5 +363,52 @@ def status_only() -> list[Case]:
     ]
 
 
+def planner_rules() -> list[Case]:
+    """Fields valid one by one that the planner refuses together (status): a port another port of the gang's pods
+    already takes, environment the operator owns, extraArgs that undo or outgrow the plan, annotations past
+    Kubernetes' limit, a prefill chunk the sliding-window pool cannot hold."""
+    from mimo_operator.launchplan import Ports
+
+    ports = Ports()
+    pro = _set(BASE, "spec.model", {"variant": "MiMo-V2.5-Pro"})  # two nodes: SGLang's ports between them
+    h100 = _set(_set(BASE, "spec.hardware", {"gpuType": "H100-80GB"}), "spec.parallelism", {"nodesPerReplica": 1})
+    env = "spec.engine.env"
+    mine = {"name": "NCCL_DEBUG", "value": "WARN"}  # BASE's own entry stays first: the refusal names the second
+
+    def args(id: str, argv: list[str]) -> Case:
+        return _case(f"extraArgs {id}", "spec.engine.extraArgs", ["--enable-cache-report", *argv],
+                     "spec.engine.extraArgs[1]", "status")
+
+    return [
+        *[_case(f"port of the gang's {name}", "spec.engine.port", getattr(ports, name), where="status")
+          for name in ("worker_http", "ray_gcs", "fabric")],
+        _case("port whose zmq ports reach the worker's", "spec.engine.port", ports.worker_http - 233 - 1,
+              where="status"),
+        _case("dist init port on the worker's", "spec.engine.distInitPort", ports.worker_http, where="status"),
+        *[_case(f"dist init port {k} below the worker's on two nodes", "spec.engine.distInitPort",
+                ports.worker_http - k, where="status", base=pro) for k in (6, 13)],
+        *[_case(f"env {name} the operator sets", env, [mine, {"name": name, "value": "1"}], f"{env}[1].name",
+                "status") for name in ("MIMO_LAUNCH_PLAN", "MIMO_NODE_RANK", "POD_IP", "CUDA_VISIBLE_DEVICES",
+                                       "HF_TOKEN")],
+        _case("env deepep dispatch below a graph batch", env,
+              [mine, {"name": "SGLANG_DEEPEP_NUM_MAX_DISPATCH_TOKENS_PER_RANK", "value": "64"}], f"{env}[1].value",
+              "status"),
+        args("prefill decode mode in a colocated deployment", ["--disaggregation-mode", "prefill"]),
+        args("eplb in a colocated deployment", ["--enable-eplb"]),
+        args("negation of a flag the plan owns", ["--no-mm-enable-dp-encoder"]),
+        args("hybrid swa memory off", ["--disable-hybrid-swa-memory"]),
+        args("config file", ["--config", "/mimo-cache/args.yaml"]),
+        args("base gpu id", ["--base-gpu-id", "4"]),
+        args("max total tokens below the context", ["--max-total-tokens", "4096"]),
+        args("value starting with a dash", ["--api-key", "-abc"]),
+        _case("annotations past the pod limit", "spec.podTemplate.annotations",
+              {f"example.com/a{i}": "x" * 4000 for i in range(32)}, where="status",
+              base=_set(BASE, env, [{"name": f"V{i}", "value": "y" * 4000} for i in range(40)])),
+        _case("chunk the sliding window pool cannot hold", "spec.engine.chunkedPrefillSize", 1_048_576,
+              where="status", base=_set(h100, "spec.model.contextLength", 65536)),
+    ]
+
+
 def corpus() -> list[Case]:
-    return generated() + formats() + names() + cross_field() + spec_rules() + flags() + status_only()
+    return (generated() + formats() + names() + cross_field() + spec_rules() + flags() + status_only()
+            + planner_rules())
