@@ -3,6 +3,10 @@
 A gang is one replica: a head pod and its member pods that together run one SGLang server. It is
 all-or-nothing: SGLang cannot survive the loss of one rank, so one failed, deleted or long-unschedulable
 pod fails the whole gang, and the whole gang is replaced.
+
+Some troubles do not fail a gang, because replacing it would not help: a container the kubelet cannot start
+(an image it cannot pull, a Secret that does not exist) stays as it is and is reported, and so does a pod
+that stays Terminating long after its grace period (a finalizer, or a node that is gone).
 """
 
 from __future__ import annotations
@@ -15,7 +19,27 @@ from typing import Any
 
 from mimo_operator import labels as L
 
-__all__ = ["GangHealth", "ObservedGang", "ObservedPod", "epoch", "gangs_from_pods", "health_of"]
+__all__ = ["STUCK_TERMINATING_SECONDS", "GangHealth", "ObservedGang", "ObservedPod", "epoch", "gangs_from_pods",
+           "health_of"]
+
+# A pod still there this long after its deletion's deadline (its deletionTimestamp, which the API sets to when
+# the deletion was asked plus the grace period) is stuck: a finalizer holds it, or its node is gone and no
+# kubelet will confirm that it stopped. The kubelet kills at the deadline and reports within seconds.
+STUCK_TERMINATING_SECONDS = 60.0
+
+# The waiting reasons of a container on its way: the kubelet pulls its image or creates it. Any other reason
+# means that it cannot start as things are (ErrImagePull, ImagePullBackOff, CreateContainerConfigError, ...).
+_ON_ITS_WAY = frozenset({"ContainerCreating", "PodInitializing"})
+# Waiting reasons no retry of the kubelet clears: the spec must change.
+_PERMANENT = frozenset({"InvalidImageName", "ErrImageNeverPull"})
+# Waiting reasons about the image, whose message is read with the image's name.
+_IMAGE = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull",
+                    "RegistryUnavailable", "SignatureValidationFailed"})
+# A pod's own reason when something outside the gang took it away: the kubelet's eviction under node
+# pressure (Evicted), its preemption for a critical pod (Preempting), a node's graceful shutdown (Terminated,
+# or NodeShutdown when the pod was refused during one), and the node controller of old clusters (NodeLost).
+# Newer clusters also set the DisruptionTarget condition, read as well.
+_DISRUPTIONS = frozenset({"Evicted", "Preempting", "NodeLost", "NodeShutdown", "Terminated"})
 
 
 class GangHealth(enum.StrEnum):
@@ -42,6 +66,10 @@ class ObservedPod:
     ip: str | None = None
     ready_since: float | None = None     # when the pod last turned Ready (its condition's transition time)
     gates: tuple[str, ...] = ()          # scheduling gates still on the pod (a queue such as Kueue's holds it)
+    waiting_reason: str | None = None    # why a container cannot start (ImagePullBackOff, ...), as the kubelet says
+    waiting: str | None = None           # that reason with its container and the kubelet's message
+    disruption: str | None = None        # "Evicted: The node was low on resource: ..." when taken away from outside
+    gone_by: float | None = None         # its deletionTimestamp: when its grace period ends, while it is deleted
 
 
 @dataclass(frozen=True)
@@ -79,9 +107,20 @@ class ObservedGang:
 
 @dataclass(frozen=True)
 class Health:
+    """A gang's state and why. ``extra`` marks what the planner and the status read: ``unplaced`` (failed
+    without being placed), ``disrupted`` (failed because something outside took a pod away), ``unschedulable``
+    (the scheduler refuses it for now), ``cannot_start`` (the kubelet's reason a container cannot start),
+    ``permanent`` (no retry clears that reason), ``stuck`` (a pod stays Terminating long after its grace period)."""
+
     state: GangHealth
     reason: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def degraded(self) -> bool:
+        """Whether the gang needs a person's attention, so that the Degraded condition names it."""
+        return self.state is GangHealth.FAILED or any(
+            self.extra.get(k) for k in ("unschedulable", "cannot_start", "stuck"))
 
 
 def health_of(gang: ObservedGang, now: float, unschedulable_deadline: float, missing_grace: float = 10.0,
@@ -91,8 +130,24 @@ def health_of(gang: ObservedGang, now: float, unschedulable_deadline: float, mis
     a gang its queue holds (scheduling gates), None for no limit: a gang waits its turn for quota."""
     pods = gang.pods
     if pods and all(p.deleting for p in pods):
+        stuck = [p for p in pods if p.gone_by is not None and now - p.gone_by > STUCK_TERMINATING_SECONDS]
+        if stuck:
+            worst = min(stuck, key=lambda p: p.gone_by or 0.0)
+            more = f" ({len(stuck) - 1} more pods of the gang likewise)" if len(stuck) > 1 else ""
+            return Health(GangHealth.TERMINATING,
+                          f"pod {worst.name} on node {worst.node or '(none)'} is still terminating "
+                          f"{now - (worst.gone_by or now):.0f} s after its grace period ended: a finalizer holds it, "
+                          f"or its node is gone{more}", {"stuck": True})
         return Health(GangHealth.TERMINATING, "its pods are being deleted")
-    for p in sorted(pods, key=lambda p: p.rank):
+    ranked = sorted(pods, key=lambda p: p.rank)
+    # A pod taken away from outside (evicted, preempted, its node lost) is why its gang failed, even when a
+    # lower rank ended first because it lost its peer.
+    for p in ranked:
+        if p.disruption and (p.phase in ("Failed", "Succeeded") or p.deleting):
+            return Health(GangHealth.FAILED, f"pod {p.name} (rank {p.rank}) on node {p.node or '(none)'} "
+                          f"{'was deleted' if p.phase not in ('Failed', 'Succeeded') else 'ended'}: {p.disruption}",
+                          {"disrupted": True})
+    for p in ranked:
         if p.phase in ("Failed", "Succeeded"):
             return Health(GangHealth.FAILED, f"pod {p.name} (rank {p.rank}) ended: {p.terminated or p.phase}")
         if p.deleting:
@@ -123,6 +178,17 @@ def health_of(gang: ObservedGang, now: float, unschedulable_deadline: float, mis
                 return Health(GangHealth.FAILED, f"{message} for more than {gated_deadline:.0f} s", {"unplaced": True})
             return Health(GangHealth.PENDING, message)
         return Health(GangHealth.PENDING, f"{len(waiting) + len(missing)} of {gang.size} pods not yet scheduled")
+    cannot = [p for p in pods if p.waiting_reason and not p.ready]
+    if cannot:
+        # Kept, not replaced: a new gang would pull the same image and miss the same Secret. The kubelet keeps
+        # trying, so a registry back up or a Secret created lets it start without anyone acting on the gang.
+        first = cannot[0]
+        permanent = first.waiting_reason in _PERMANENT
+        more = f" ({len(cannot) - 1} more pods of the gang likewise)" if len(cannot) > 1 else ""
+        return Health(GangHealth.STARTING,
+                      f"pod {first.name} (rank {first.rank}) on node {first.node} cannot start: {first.waiting}"
+                      + (" (no retry clears this: the spec must change)" if permanent else "") + more,
+                      {"cannot_start": first.waiting_reason, "permanent": permanent})
     not_ready = [p for p in pods if not p.ready]
     if not_ready:
         head = gang.head
@@ -154,7 +220,10 @@ def _unschedulable(pod: Mapping[str, Any]) -> str | None:
 
 
 def _terminated(pod: Mapping[str, Any]) -> str | None:
-    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+    status = pod.get("status") or {}
+    init = [cs for cs in status.get("initContainerStatuses") or []
+            if ((cs.get("state") or {}).get("terminated") or {}).get("exitCode", 0) != 0]
+    for cs in [*(status.get("containerStatuses") or []), *init]:
         t = (cs.get("state") or {}).get("terminated")
         if t:
             reason = t.get("reason") or ""
@@ -163,7 +232,45 @@ def _terminated(pod: Mapping[str, Any]) -> str | None:
             said = str(t.get("message") or "").strip().splitlines()
             return (f"exit code {t.get('exitCode')}" + (f" ({reason})" if reason else "")
                     + (f": {said[0][:1000]}" if said else ""))
+    # No container ended: the pod failed as a whole (the kubelet refused to admit it, say), and says why.
+    if status.get("reason"):
+        return _reason_text(status.get("reason"), status.get("message"))
     return None
+
+
+def _waiting(pod: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The kubelet's reason a container of the pod cannot start, and that reason with the container and the
+    message (init containers first: they run first)."""
+    status = pod.get("status") or {}
+    for kind, statuses in (("init container", status.get("initContainerStatuses")),
+                           ("container", status.get("containerStatuses"))):
+        for cs in statuses or []:
+            w = (cs.get("state") or {}).get("waiting") or {}
+            reason = str(w.get("reason") or "")
+            if not reason or reason in _ON_ITS_WAY:
+                continue
+            message = str(w.get("message") or "").strip()
+            image = str(cs.get("image") or "")
+            if reason in _IMAGE and image and image not in message:
+                message = f"{message} (image {image})" if message else f"image {image}"
+            return reason, f"{kind} {cs.get('name', '')}: {_reason_text(reason, message)}"
+    return None
+
+
+def _disruption(pod: Mapping[str, Any]) -> str | None:
+    """What took the pod away from outside, from its own reason or its DisruptionTarget condition."""
+    status = pod.get("status") or {}
+    if status.get("reason") in _DISRUPTIONS:
+        return _reason_text(status["reason"], status.get("message"))
+    for c in status.get("conditions") or []:
+        if c.get("type") == "DisruptionTarget" and c.get("status") == "True":
+            return _reason_text(c.get("reason") or "DisruptionTarget", c.get("message"))
+    return None
+
+
+def _reason_text(reason: Any, message: Any) -> str:
+    said = str(message or "").strip().splitlines()
+    return f"{reason}: {said[0][:1000]}" if said else str(reason)
 
 
 def epoch(timestamp: str | None) -> float:
@@ -195,13 +302,17 @@ def gangs_from_pods(pods: Iterable[Mapping[str, Any]], sizes: Mapping[str, int] 
             rank = int((meta.get("labels") or {}).get(L.LABEL_RANK, "0"))
             if rank == 0:
                 head_meta = meta
+            waiting = _waiting(pod)
+            deleted = meta.get("deletionTimestamp")
             observed.append(ObservedPod(
                 name=meta["name"], uid=meta.get("uid", ""), rank=rank, phase=status.get("phase", "Pending"),
-                ready=_ready(pod), deleting=bool(meta.get("deletionTimestamp")),
+                ready=_ready(pod), deleting=bool(deleted),
                 node=(pod.get("spec") or {}).get("nodeName"), created=epoch(meta.get("creationTimestamp")),
                 unschedulable=_unschedulable(pod), terminated=_terminated(pod), ip=status.get("podIP"),
                 ready_since=_ready_since(pod),
                 gates=tuple(str(g.get("name")) for g in (pod.get("spec") or {}).get("schedulingGates") or []),
+                waiting_reason=waiting[0] if waiting else None, waiting=waiting[1] if waiting else None,
+                disruption=_disruption(pod), gone_by=epoch(deleted) if deleted else None,
             ))
         annotations = head_meta.get("annotations") or {}
         drain = annotations.get(L.ANNOTATION_DRAIN_STARTED)

@@ -126,6 +126,8 @@ _PROBE_CONCURRENCY = 32
 # A draining gang's head and the routers are asked again at most this often (reconciles come every second
 # while gangs drain; a drain's progress and a router that missed the leave need no more).
 _PROBE_AGAIN_SECONDS = 2.0
+# How soon a deployment whose only unready gangs are stalled (see the requeue in ``_reconcile``) is looked at.
+_STALLED_REQUEUE_SECONDS = 10.0
 # A reconcile slower than this is logged with the time each of its phases took, as the API server traces its
 # slow requests: what a slow reconcile waited for, told without a profiler.
 SLOW_RECONCILE_SECONDS = 1.0
@@ -803,8 +805,14 @@ class Reconciler:
             state = health[g.name].state.value
             result.gangs_by_state[state] = result.gangs_by_state.get(state, 0) + 1
         for run in ran:
-            if run.outcome.steps or any(health[g.name].state is not GangHealth.READY for g in run.gangs):
+            unready = [health[g.name] for g in run.gangs if health[g.name].state is not GangHealth.READY]
+            # A pod stuck terminating or a container that cannot start changes on its own only rarely (its pod
+            # events wake the loop when it does): looked at again in 10 s, not every 2.
+            moving = [h for h in unready if not (h.extra.get("stuck") or h.extra.get("cannot_start"))]
+            if run.outcome.steps or moving:
                 result.requeue_after = min(result.requeue_after, 2.0)
+            elif unready:
+                result.requeue_after = min(result.requeue_after, _STALLED_REQUEUE_SECONDS)
             if run.outcome.deferred:
                 result.requeue_after = 0.0  # the bound on creations left work: the next reconcile does it now
         if memory.creations.busy() or memory.deleting or memory.draining or memory.shared.busy():

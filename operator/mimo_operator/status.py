@@ -199,13 +199,18 @@ def running_status(*, old: Mapping[str, Any], name: str, generation: int, replic
     current = [g for g in in_range if g.revision == revision]
     updated_ready = [g for g in ready if g.revision == revision]
     failed_replicas = [r for r, rec in outcome.records.items() if rec.failed and r in outcome.slots]
-    troubles = [f"gang {g.name}: {health[g.name].reason}" for g in gangs
-                if health[g.name].state is GangHealth.FAILED
-                or (health[g.name].state is GangHealth.PENDING and health[g.name].extra.get("unschedulable"))]
+    troubles = [f"gang {g.name}: {health[g.name].reason}" for g in gangs if health[g.name].degraded]
     troubles += [w for w in outcome.waiting if "failed" in w or "back-off" in w]
+    # A failed replica tried again at the back-off cap has a gang again, and no wait says why it is Degraded.
+    troubles += [f"replica {r} spent its restart budget ({outcome.records[r].restarts} failures; last: "
+                 f"{outcome.records[r].last_failure}) and is being tried again at the back-off cap"
+                 for r in failed_replicas if not any(w.startswith(f"replica {r} ") for w in outcome.waiting)]
     if refused:
         troubles.append(refusal_text(refused))
-    settled = len(updated_ready) == replicas and len(gangs) == replicas and not outcome.steps
+    # A gang whose pods stay Terminating long after their grace period is reported under Degraded, and does not
+    # hold the deployment at Progressing once its replacement serves: nothing the operator does makes it go.
+    counted = [g for g in gangs if not health[g.name].extra.get("stuck")]
+    settled = len(updated_ready) == replicas and len(counted) == replicas and not outcome.steps
     progressing_bits = [f"{type(s).__name__} {getattr(s, 'gang', getattr(s, 'replica', ''))}: {s.reason}"
                         for s in outcome.steps] + [w for w in outcome.waiting if w not in troubles]
 

@@ -7,7 +7,12 @@ except the per-replica restart records, which live in the deployment's status.
 
 Rules, in order:
 1. a failed gang is deleted whole; its replica is recreated after an exponential back-off, until its
-   restart budget is spent — then the replica is marked Failed with the last reason (no restart storm);
+   restart budget is spent — then the replica is marked Failed with the last reason and tried again only
+   at the back-off cap (no restart storm, and no replica dead for good after a bad hour). A gang that was
+   never placed (no room, or its queue would not admit it) and one whose pod was taken away from outside
+   (evicted, preempted, its node lost) spends no budget and is replaced after the first back-off, never a
+   longer one: neither says that the replica is broken, and a cluster full for hours must not use up the
+   budget of every replica;
 2. an empty replica slot gets a gang of the current revision;
 3. a rollout replaces outdated gangs one at a time: it surges a new gang first when ``maxSurge`` allows
    (and falls back to replacing in place if the surge gang cannot be scheduled), and otherwise replaces
@@ -110,7 +115,7 @@ class ReplicaRecord:
     attempt: int = 0                   # the attempt number of the newest gang created for the slot
     restarts: int = 0                  # recreations after failures since the slot last ran Ready
     next_attempt_at: float = 0.0
-    failed: bool = False               # restart budget spent: no more recreations until the spec changes
+    failed: bool = False               # restart budget spent: recreated only at the back-off cap until it serves
     last_failure: str = ""
     last_failed_gang: str = ""         # so one failure is counted once, however often it is seen
     surge_blocked_revision: str = ""   # a surge gang of this revision could not be scheduled
@@ -196,15 +201,28 @@ def next_steps(desired: Desired, gangs: Sequence[ObservedGang], records: Mapping
         reason = out.health[g.name].reason
         out.steps.append(DeleteGang(g.name, f"gang failed: {reason}"))
         rec = record(g.replica)
-        if out.health[g.name].extra.get("unplaced") and _is_surge(g, gangs, desired):
+        extra = out.health[g.name].extra
+        if extra.get("unplaced") and _is_surge(g, gangs, desired):
             # A surge gang that does not fit (or that its queue will not admit) is not the replica's failure:
             # replace in place instead.
             out.records[g.replica] = replace(rec, surge_blocked_revision=desired.revision)
         elif g.revision == desired.revision and g.drain_started is None and rec.last_failed_gang != g.name:
+            if extra.get("unplaced") or extra.get("disrupted"):
+                # Not the replica's failure: no budget is spent, and the pause is the first back-off every time,
+                # never doubling. It lets the old pods go (and free their GPUs) before the new gang comes, and
+                # keeps a pod that is evicted as fast as it starts from turning into a loop.
+                out.records[g.replica] = replace(rec, last_failure=reason, last_failed_gang=g.name,
+                                                 revision=desired.revision,
+                                                 next_attempt_at=max(rec.next_attempt_at, now + desired.backoff_base))
+                continue
             restarts = rec.restarts + 1
+            spent = restarts > desired.restart_budget
+            # A spent budget is tried again at the cap: what failed may have been the cluster's (a node, a
+            # registry, a storage outage), and the replica comes back without anyone editing the spec.
+            wait = desired.backoff_cap if spent else backoff(desired, restarts)
             out.records[g.replica] = replace(
                 rec, restarts=restarts, last_failure=reason, last_failed_gang=g.name, revision=desired.revision,
-                next_attempt_at=now + backoff(desired, restarts), failed=restarts > desired.restart_budget)
+                next_attempt_at=now + wait, failed=spent)
     live = [g for g in gangs if state(g) not in (GangHealth.FAILED, GangHealth.TERMINATING)]
 
     # A gang that ran Ready for a while has proven its replica: its restart count starts over.
@@ -261,9 +279,10 @@ def next_steps(desired: Desired, gangs: Sequence[ObservedGang], records: Mapping
     deferred: list[int] = []
     for replica in wanted:
         rec = record(replica)
-        if rec.failed:
+        if rec.failed and now < rec.next_attempt_at:
             out.waiting.append(f"replica {replica} failed {rec.restarts} times (budget {desired.restart_budget}); "
-                               f"last: {rec.last_failure}")
+                               f"tried again in {rec.next_attempt_at - now:.0f} s, at the back-off cap of "
+                               f"{desired.backoff_cap:.0f} s; last: {rec.last_failure}")
         elif now < rec.next_attempt_at:
             out.waiting.append(f"replica {replica} is recreated in {rec.next_attempt_at - now:.0f} s "
                                f"(back-off after: {rec.last_failure})")
@@ -274,7 +293,9 @@ def next_steps(desired: Desired, gangs: Sequence[ObservedGang], records: Mapping
             deferred.append(replica)
         else:
             attempt = next_attempt(replica, rec, gangs)
-            out.steps.append(CreateGang(replica, attempt, "replica has no gang"))
+            why = (f"replica has no gang (its restart budget is spent: tried again at the back-off cap after "
+                   f"{rec.restarts} failures)" if rec.failed else "replica has no gang")
+            out.steps.append(CreateGang(replica, attempt, why))
             out.records[replica] = replace(rec, attempt=attempt)
             creates += 1
 
