@@ -91,6 +91,19 @@ def test_a_pro_deployment_on_h200_becomes_two_ready_gangs_of_the_planned_size(
     made = {k: v - writes.get(k, 0.0) for k, v in operator.writes_by_kind().items() if v != writes.get(k, 0.0)}
     assert not made, f"a reconcile of an unchanged deployment made API writes: {made}"
 
+    # The periodic checks (shared objects, the gangs' sweep: every 30 s) find the policies as the API keeps them,
+    # and write nothing; a policy opened by hand is put back.
+    time.sleep(32)
+    made = {k: v - writes.get(k, 0.0) for k, v in operator.writes_by_kind().items() if v != writes.get(k, 0.0)}
+    assert not made, f"the periodic checks of an unchanged deployment made API writes: {made}"
+    opened = ["pro-engines-closed", sorted(gangs)[0]]
+    built = {n: get(cluster, "networkpolicy", namespace, n)["spec"] for n in opened}
+    for name in opened:
+        cluster.kubectl("patch", "networkpolicy", name, "-n", namespace, "--type", "merge",
+                        "-p", json.dumps({"spec": {"ingress": [{}]}}))
+    wait_for(lambda: all(get(cluster, "networkpolicy", namespace, n)["spec"] == built[n] for n in opened), 45,
+             what="the opened policies put back as built")
+
 
 def test_deleting_one_member_replaces_that_whole_gang_only(
         cluster: LocalCluster, operator: RunningOperator, namespace: str, node_pool: NodePool) -> None:
