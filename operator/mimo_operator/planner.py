@@ -23,6 +23,7 @@ Pure functions, no I/O. The arithmetic (``shared/mimo-facts.md`` "Arithmetic" an
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from mimo_operator import labels as L
@@ -759,16 +760,8 @@ def node_nic_gbps(spec: DeploymentSpec) -> float:
 
 def _check_extra_args(spec: DeploymentSpec, entry: Checkpoint, context: int) -> None:
     """Refuse extraArgs that repeat or contradict the plan's own flags, or break what it sized or placed."""
-    table = flag_table()["flags"]
-    # A flag with the dest of an owned one sets the same setting (--no-mm-enable-dp-encoder undoes
-    # --mm-enable-dp-encoder).
-    owned_dests = {table[f]["dest"]: f for f in OWNED_FLAGS if f in table}
     for arg in parse_extra_args(spec.engine.extra_args or []):
-        owned = arg.flag if arg.flag in OWNED_FLAGS else owned_dests.get(arg.dest)
-        if owned is not None:
-            same = "" if owned == arg.flag else f" sets {arg.dest} as {owned} does, which"
-            raise PlanRefused(arg.field, f"{arg.flag}{same} is written by the planner; set {OWNED_FLAGS[owned]} "
-                                         "instead of passing it in extraArgs")
+        refuse_owned(arg, OWNED_FLAGS, "is written by the planner; set {field} instead of passing it in extraArgs")
         if arg.flag in PD_OWNED_FLAGS:
             raise PlanRefused(arg.field, f"{arg.flag} belongs to a prefill/decode deployment, where the planner "
                                          f"writes it from {PD_OWNED_FLAGS[arg.flag]}; this deployment has no "
@@ -776,6 +769,17 @@ def _check_extra_args(spec: DeploymentSpec, entry: Checkpoint, context: int) -> 
         problem = _breaks_the_plan(spec, entry, context, arg)
         if problem is not None:
             raise PlanRefused(arg.field, problem)
+
+
+def refuse_owned(arg: ExtraFlag, owned: Mapping[str, str], why: str) -> None:
+    """Refuse ``arg`` when it is one of the ``owned`` flags (flag → the spec field that sets it), or sets the same
+    dest as one (--no-mm-enable-dp-encoder undoes --mm-enable-dp-encoder); ``why`` names ``{field}``."""
+    table = flag_table()["flags"]
+    flag = arg.flag if arg.flag in owned else next(
+        (f for f in owned if f in table and table[f]["dest"] == arg.dest), None)
+    if flag is not None:
+        same = "" if flag == arg.flag else f" sets {arg.dest} as {flag} does, which"
+        raise PlanRefused(arg.field, f"{arg.flag}{same} " + why.format(field=owned[flag]))
 
 
 def _breaks_the_plan(spec: DeploymentSpec, entry: Checkpoint, context: int, arg: ExtraFlag) -> str | None:

@@ -38,8 +38,8 @@ from mimo_operator.catalog import Checkpoint, Precision, weights_bytes
 from mimo_operator.errors import PlanRefused
 from mimo_operator.launchplan import EngineLaunch, RankLaunch, fixed_ports, port_listing, sglang_ports
 from mimo_operator.plan import Decision, GpuMemorySplit, KvCachePlan, Plan
-from mimo_operator.planner import PD_OWNED_FLAGS, check_pod_annotations, node_nic_gbps, plan_deployment
-from mimo_operator.sglang_flags import flag_table, parse_extra_args
+from mimo_operator.planner import PD_OWNED_FLAGS, check_pod_annotations, node_nic_gbps, plan_deployment, refuse_owned
+from mimo_operator.sglang_flags import parse_extra_args
 from mimo_operator.spec import DeploymentSpec, DisaggregationSpec, EplbSpec, ParallelismSpec, PoolSpec
 
 __all__ = [
@@ -299,14 +299,8 @@ def _check_bootstrap_port(spec: DeploymentSpec, port: int, prefill: Plan) -> Non
 
 
 def _check_extra_args(spec: DeploymentSpec) -> None:
-    table = flag_table()["flags"]
-    owned_dests = {table[f]["dest"]: f for f in PD_OWNED_FLAGS if f in table}
     for arg in parse_extra_args(spec.engine.extra_args or []):
-        owned = arg.flag if arg.flag in PD_OWNED_FLAGS else owned_dests.get(arg.dest)
-        if owned is not None:
-            same = "" if owned == arg.flag else f" sets {arg.dest} as {owned} does, which"
-            raise PlanRefused(arg.field, f"{arg.flag}{same} is written by the planner for a PD deployment; set "
-                                         f"{PD_OWNED_FLAGS[owned]} instead")
+        refuse_owned(arg, PD_OWNED_FLAGS, "is written by the planner for a PD deployment; set {field} instead")
 
 
 def _check_per_side_parallelism(parallelism: ParallelismSpec, prefill: Plan, decode: Plan) -> None:

@@ -313,8 +313,8 @@ def test_a_gang_handed_over_to_drain_is_planned_as_draining_and_its_drain_starte
     assert not w.memory.draining, "forgotten once the list shows it"
 
 
-def test_a_reconcile_returns_while_the_shared_objects_are_applied_and_gangs_follow_them() -> None:
-    w = World(a_deployment("d").replicas(2))
+def hold_applies(w: World) -> asyncio.Event:
+    """Every apply of the fake API waits until the returned event is set."""
     held = asyncio.Event()
     apply = w.kube.apply
 
@@ -323,6 +323,12 @@ def test_a_reconcile_returns_while_the_shared_objects_are_applied_and_gangs_foll
         return await apply(obj)
 
     w.kube.apply = slow_apply  # type: ignore[method-assign]
+    return held
+
+
+def test_a_reconcile_returns_while_the_shared_objects_are_applied_and_gangs_follow_them() -> None:
+    w = World(a_deployment("d").replicas(2))
+    held = hold_applies(w)
     woken: list[bool] = []
     w.memory.shared.wake = lambda: woken.append(True)
 
@@ -353,14 +359,7 @@ def test_a_scale_up_waits_for_no_apply_of_the_disruption_budget_it_changes() -> 
     w.reconcile()
     w.run_pods()
     (budget,) = [o for (_, kind, _, _), o in w.kube.objects.items() if kind == "PodDisruptionBudget"]
-    held = asyncio.Event()
-    apply = w.kube.apply
-
-    async def slow_apply(obj: Mapping[str, Any]) -> dict[str, Any]:
-        await held.wait()
-        return await apply(obj)
-
-    w.kube.apply = slow_apply  # type: ignore[method-assign]
+    held = hold_applies(w)
 
     async def scenario() -> None:
         await edit(w, "replicas", 3)
