@@ -224,6 +224,7 @@ def plan_deployment(
     pinned = _pinned_nodes(spec)
     layout, why_nodes = _choose_layout(spec, entry, gpu, context, pinned)
     _check_ports(spec, layout.nodes, layout.dp)
+    _check_socket_interface(spec, layout.nodes)
     return _assemble(spec, entry, gpu, context, layout, why_nodes,
                      download_bytes_per_second, load_bytes_per_second)
 
@@ -730,6 +731,21 @@ def _env(spec: DeploymentSpec, a: _PlanArgs) -> dict[str, str]:
     for var in spec.engine.env or []:
         env[var.name] = var.value  # the user's word is last (cluster-specific NCCL tuning and the like)
     return env
+
+
+def _check_socket_interface(spec: DeploymentSpec, nodes: int) -> None:
+    """A gang of several nodes cannot bootstrap NCCL, Gloo and NVSHMEM over the loopback interface."""
+    interface = spec.network.socket_interface
+    if nodes < 2 or not interface or interface.startswith("^"):  # '^lo' excludes it
+        return
+    # NCCL reads a list of prefixes (of which 'l' and 'lo' match lo), or exact names after '='.
+    names = interface.removeprefix("=").split(",")
+    exact = interface.startswith("=")
+    if any(n == "lo" if exact else (n and "lo".startswith(n)) for n in names):
+        raise PlanRefused("spec.network.socketInterface",
+                          f"socketInterface {interface!r} names the loopback interface, which does not reach the "
+                          f"gang's other {nodes - 1} node(s): name the interface between the nodes (for example "
+                          "eth0), or leave it unset")
 
 
 def _network_env(spec: DeploymentSpec) -> dict[str, str]:

@@ -185,6 +185,12 @@ def plan_disaggregated(spec: DeploymentSpec) -> DisaggregatedPlan:
     decode = _pool(spec, pd, "decode", backend, bootstrap)
     _check_per_side_parallelism(spec.parallelism, prefill.plan, decode.plan)
     check_attention_tp(prefill.plan, decode.plan)
+    if pd.typical_prompt_tokens is not None and pd.typical_prompt_tokens > prefill.plan.context_length:
+        raise PlanRefused(
+            "spec.disaggregation.typicalPromptTokens",
+            f"typicalPromptTokens {pd.typical_prompt_tokens:,} is longer than the context the servers accept "
+            f"({prefill.plan.context_length:,} tokens): the KV hand-over would be sized for a prompt they refuse; "
+            "give a prompt length within model.contextLength")
     transfer = kv_transfer(spec, prefill.plan, pd.typical_prompt_tokens or DEFAULT_TYPICAL_PROMPT_TOKENS)
     # The simulated engine hands KV over in a pod network (a rehearsal has no RDMA); SGLang's engines do not.
     if spec.network.mode == "podNetwork" and spec.engine.type != "simulated":

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
@@ -553,6 +553,11 @@ def _check_rules(spec: DeploymentSpec) -> None:
         "variant, so an official repository must be the variant's own (XiaomiMiMo/<variant>)",
     ))
     rules.append((
+        m.revision is None or ".." not in m.revision,
+        "spec.model.revision",
+        "model.revision cannot contain '..' (no branch, tag or commit has it)",
+    ))
+    rules.append((
         m.revision is None or m.source is None or m.source.path is None,
         "spec.model.revision",
         "revision applies to a Hugging Face source only, not to model.source.path",
@@ -637,6 +642,13 @@ def _check_rules(spec: DeploymentSpec) -> None:
             f"network.{mode}.resourceName must be the NIC's device plugin resource: not hardware.gpuResourceName "
             "(both would be one limit of the pod) and not cpu, memory, ephemeral-storage or pods",
         ))
+    devices = spec.network.ib_devices or []
+    twice = next((i for i, d in enumerate(devices) if d in devices[:i]), None)
+    rules.append((
+        twice is None,
+        f"spec.network.ibDevices[{twice}]",
+        "network.ibDevices names an HCA twice (NCCL would count its bandwidth twice)",
+    ))
     rules.append((
         spec.autoscaling.min_replicas <= spec.autoscaling.max_replicas,
         "spec.autoscaling.minReplicas",
@@ -725,10 +737,26 @@ def _system_directory(path: str) -> bool:
 
 
 def _path(loc: tuple[int | str, ...]) -> str:
+    """A pydantic location as a field path: list indexes and map keys in brackets (``nodeSelector[team]``), as
+    ``_formatted_fields`` names them (a label key such as nvidia.com/gpu.count is no field name)."""
     out = "spec"
+    current: type[BaseModel] | None = DeploymentSpec
+    keyed = False
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+        if isinstance(part, int) or keyed:
+            out += f"[{part}]"
+            keyed = False
+            continue
+        out += f".{part}"
+        field = None if current is None else next(
+            (f for n, f in current.model_fields.items() if (f.alias or n) == part), None)
+        keyed = field is not None and _is_map(field.annotation)
+        current = _nested_model(field.annotation) if field is not None else None
     return out
+
+
+def _is_map(annotation: Any) -> bool:
+    return get_origin(annotation) in (dict, Mapping) or any(_is_map(a) for a in get_args(annotation))
 
 
 def _spec_error(error: ValidationError) -> SpecError:

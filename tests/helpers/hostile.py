@@ -313,6 +313,8 @@ def spec_rules() -> list[Case]:
         _case("expert location with a dot dot inside", f"{location}.cacheFile", "eplb/../../x.pt", base=pd_file),
         _case("expert location config map name", f"{location}.configMap.name", "My Placement!", base=pd),
         _case("expert location config map key", f"{location}.configMap.key", "../p", base=pd),
+        _case("revision with dot dot", "spec.model.revision", "main..v2"),
+        _case("an hca twice", "spec.network.ibDevices", ["mlx5_0", "mlx5_1", "mlx5_0"], "spec.network.ibDevices[2]"),
         # Python's '$' matches before a final newline; the apiserver's (RE2) does not.
         _case("revision with a trailing newline", "spec.model.revision", "main\n"),
         _case("image with a trailing newline", "spec.engine.image", "busybox\n"),

@@ -453,3 +453,31 @@ def test_a_prefill_chunk_the_sliding_window_pool_cannot_hold_is_refused_naming_t
 def test_a_sliding_window_pool_too_small_for_the_default_chunk_names_the_ratio() -> None:
     refused = refusal(H100_ONE_NODE.engine(swaFullTokensRatio=0.01))
     assert refused.field == "spec.engine.swaFullTokensRatio"
+
+
+# --- The network between the nodes, and the prompt the PD hand-over is sized for.
+
+
+@pytest.mark.parametrize("interface", ["lo", "l", "=lo", "eth0,lo", "=eth1,lo"])
+def test_a_gang_of_several_nodes_is_refused_the_loopback_interface(interface: str) -> None:
+    error = refusal(PRO.set("network.socketInterface", interface))
+    assert error.field == "spec.network.socketInterface"
+    assert "loopback" in str(error)
+
+
+@pytest.mark.parametrize("interface", ["^lo", "^docker,lo", "eth0", "=local0", "low", "ib"])
+def test_an_interface_list_that_excludes_loopback_or_names_others_plans(interface: str) -> None:
+    colocated(PRO.set("network.socketInterface", interface))
+
+
+def test_one_node_may_use_the_loopback_interface() -> None:
+    colocated(a_deployment().h200().set("network.socketInterface", "lo"))
+
+
+@pytest.mark.parametrize("over", [1, 100_000])
+def test_a_typical_prompt_longer_than_the_context_is_refused(over: int) -> None:
+    context = 65_536
+    assert disaggregated(pro_pd().set("model.contextLength", context)).prefill.plan.context_length == context
+    error = refusal(pro_pd(typicalPromptTokens=context + over).set("model.contextLength", context))
+    assert error.field == "spec.disaggregation.typicalPromptTokens"
+    assert f"{context:,}" in str(error)

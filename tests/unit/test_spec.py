@@ -186,6 +186,15 @@ def test_an_unknown_enum_value_lists_what_is_allowed() -> None:
     assert "'A100-80GB'" in raised.value.message
 
 
+@pytest.mark.parametrize("key", ["nvidia.com/gpu.count", "team", "example.com/x"])
+def test_a_map_value_of_the_wrong_type_is_named_by_its_key_in_brackets(key: str) -> None:
+    manifest = a_deployment("m").build()
+    manifest["spec"]["hardware"]["nodeSelector"] = {key: 8}
+    with pytest.raises(SpecError) as raised:
+        parse_spec(manifest)
+    assert raised.value.field == f"spec.hardware.nodeSelector[{key}]"
+
+
 def test_an_unknown_field_lists_the_fields_allowed_there() -> None:
     with pytest.raises(SpecError) as raised:
         parse_spec(a_deployment().set("router.polcy", "random").build())
