@@ -481,3 +481,19 @@ def test_a_typical_prompt_longer_than_the_context_is_refused(over: int) -> None:
     error = refusal(pro_pd(typicalPromptTokens=context + over).set("model.contextLength", context))
     assert error.field == "spec.disaggregation.typicalPromptTokens"
     assert f"{context:,}" in str(error)
+
+
+@pytest.mark.parametrize("dist_init", [20000, 20100, 24000])
+def test_the_ray_and_fabric_ports_each_gang_gets_in_host_network_miss_every_port_sglang_takes(dist_init: int) -> None:
+    from mimo_operator.build.gang import gang_ports
+    from mimo_operator.launchplan import sglang_ports
+
+    builder = PRO.network("hostNetwork", ibDevices=HCAS).engine(distInitPort=dist_init)
+    spec = parse_spec(builder.build())
+    plan = plan_deployment(spec)
+    ctx = BuildContext(name="d", namespace="ns", uid="u", spec=spec, plan=plan)
+    taken = {u.port for u in sglang_ports(engine_http=plan.port, dist_init=plan.dist_init_port,
+                                          nodes=plan.nodes_per_replica, attention_dp=plan.attention_data_parallel)}
+    assert {dist_init + 6, dist_init + 13} <= taken  # past the five ZMQ ports the first rule knew of
+    for i in range(3000):
+        assert not set(gang_ports(ctx, f"d-{i}-abcde-1")) & taken

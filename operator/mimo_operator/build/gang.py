@@ -28,6 +28,7 @@ from mimo_operator.launchplan import (
     GangInfo,
     LaunchPlan,
     Ports,
+    sglang_ports,
 )
 from mimo_operator.planner import node_nic_gbps
 from mimo_operator.planner_pd import EXPERT_LOCATION_FILE, EXPERT_LOCATION_MOUNT
@@ -89,9 +90,12 @@ def gang_ports(ctx: BuildContext, gang: str) -> tuple[int, int]:
     random ports fall."""
     if not (ctx.distinct_gang_ports or ctx.spec.network.mode == "hostNetwork"):
         return ctx.ports.ray_gcs, ctx.ports.fabric
-    # SGLang's dist-init port and the five after it (its ZMQ channels), the serving and worker ports.
-    taken = {*range(ctx.plan.dist_init_port, ctx.plan.dist_init_port + 6), ctx.plan.port, ctx.ports.worker_http,
-             bootstrap_port(ctx)}
+    # Every port SGLang takes (the planner's account of them: dist-init, its ZMQ channels and handshake), the
+    # worker's and the bootstrap port.
+    plan = ctx.plan
+    sglang = sglang_ports(engine_http=plan.port, dist_init=plan.dist_init_port, nodes=plan.nodes_per_replica,
+                          attention_dp=plan.attention_data_parallel)
+    taken = {*(u.port for u in sglang), ctx.ports.worker_http, bootstrap_port(ctx)}
     slot = int(L.short_hash(gang, length=8), 16) % 5000
     while {20000 + 2 * slot, 20001 + 2 * slot} & taken:
         slot = (slot + 1) % 5000
