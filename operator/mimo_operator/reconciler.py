@@ -33,7 +33,7 @@ from mimo_operator.build import (
     OperatorIdentity,
     OperatorUpgrade,
     Pool,
-    gang_network_policy_spec,
+    gang_network_policy,
     gang_objects,
     operator_upgrade,
     outdated_marker,
@@ -1405,22 +1405,38 @@ class Reconciler:
         # A policy of a live gang of the current revision and template is kept exactly as built.
         current = {pool.role or "": (pool.ctx, revision_of(pool.ctx), template_of(pool.ctx)) for pool in pools_of(ctx)}
         edited: list[tuple[dict[str, Any], dict[str, Any]]] = []
-        for (api_version, kind), objects in zip(kinds, listed, strict=True):
+        policies: set[str] = set()
+        for (_, kind), objects in zip(kinds, listed, strict=True):
             for obj in objects:
                 meta = obj["metadata"]
                 labels = meta.get("labels") or {}
                 gang = labels.get(L.LABEL_GANG)
+                if kind == "NetworkPolicy":
+                    policies.add(meta["name"])
                 if gang in with_pods and kind in _KEPT_EXACTLY and not meta.get("deletionTimestamp"):
                     pool_ctx, revision, template = current.get(labels.get(L.LABEL_POOL, ""), (None, "", ""))
                     if (pool_ctx is not None and (labels.get(L.LABEL_REVISION), labels.get(L.LABEL_TEMPLATE))
-                            == (revision, template)
-                            and obj.get("spec") != (spec := gang_network_policy_spec(pool_ctx, gang))):
-                        edited.append((obj, {"apiVersion": api_version, "kind": kind, "spec": spec}))
+                            == (revision, template)):
+                        built = gang_network_policy(pool_ctx, gang, 0, 0, revision, template)
+                        if obj.get("spec") != built["spec"]:
+                            edited.append((obj, built))
                 if (not gang or gang in with_pods or gang in memory.expectations or meta.get("deletionTimestamp")
                         or now - epoch(meta.get("creationTimestamp")) < _EXPECTATION_SECONDS):
                     continue
                 orphans[gang] = (kind, meta["name"])
         await self._restore(ctx, edited)
+        # A live gang of the current revision whose policy was deleted by hand gets it back: without it the router
+        # cannot reach the gang (the deployment's own policy closes every engine pod), though it reports Ready.
+        for g in gangs:
+            pool_ctx, revision, template = current.get(g.pool, (None, "", ""))
+            if (pool_ctx is None or g.revision != revision or g.name in policies or g.name in memory.expectations
+                    or g.name in memory.deleting or any(p.deleting for p in g.pods)
+                    or now - g.created < _EXPECTATION_SECONDS):
+                continue
+            log.warning("%s/%s: the NetworkPolicy of gang %s is gone; creating it again", ctx.namespace, ctx.name,
+                        g.name)
+            await self.kube.create(gang_network_policy(pool_ctx, g.name, g.replica, g.attempt, g.revision, template),
+                                   exist_ok=True)
         for gang, (kind, obj_name) in sorted(orphans.items()):
             log.info("%s/%s: deleting what is left of gang %s (a %s %s with no pods)", ctx.namespace, ctx.name,
                      gang, kind, obj_name)

@@ -442,6 +442,24 @@ def test_network_policies_edited_by_hand_are_put_back_as_built(edit: dict[str, A
     assert w.kube.writes_since(mark) == [], "nothing more once they are as built"
 
 
+def test_a_live_gang_s_network_policy_deleted_by_hand_is_created_again() -> None:
+    w = World(a_deployment("d").replicas(2))
+    w.reconcile()
+    w.run_pods()
+    w.now += 60
+    w.reconcile()
+    gang = sorted(w.live_gangs())[0]
+    key = ("networking.k8s.io/v1", "NetworkPolicy", NS, gang)
+    built = copy.deepcopy(w.kube.objects[key])
+    asyncio.run(w.kube.delete(*key))
+    assert key not in w.kube.objects
+    w.now += 31
+    w.reconcile()
+    again = w.kube.objects[key]
+    assert (again["spec"], again["metadata"]["labels"]) == (built["spec"], built["metadata"]["labels"])
+    assert set(w.live_gangs()) == set(w.gang_names()), "the gangs themselves are left alone"
+
+
 def test_a_pod_stuck_terminating_is_asked_about_once_not_on_every_reconcile() -> None:
     w = World(a_deployment("d").replicas(1))
     w.reconcile()

@@ -170,10 +170,10 @@ def gang_objects(ctx: BuildContext, replica: int, attempt: int, revision: str) -
                     template_of(ctx))
 
 
-def gang_network_policy_spec(ctx: BuildContext, gang: str) -> dict[str, Any]:
-    """The spec of a gang's NetworkPolicy, as ``gang_objects`` builds it."""
-    spec: dict[str, Any] = _network_policy(ctx, gang, {})["spec"]
-    return spec
+def gang_network_policy(ctx: BuildContext, gang: str, replica: int, attempt: int, revision: str,
+                        template: str) -> dict[str, Any]:
+    """A gang's NetworkPolicy, as ``gang_objects`` builds it (``template``: ``template_of(ctx)``)."""
+    return _network_policy(ctx, gang, _gang_labels(ctx, gang, replica, attempt, revision, template))
 
 
 def template_of(ctx: BuildContext) -> str:
