@@ -17,6 +17,7 @@ def test_ports_come_from_below_the_ephemeral_range_and_are_never_handed_out_twic
     ports = [free_port() for _ in range(200)]
     assert len(set(ports)) == len(ports)
     assert all(not low <= p <= high for p in ports)
+    assert all(p >= 30000 for p in ports), "above Ray's worker ports and the builders' host-network gang ports"
     for port in ports[:20]:
         with socket.socket() as s:
             s.bind(("127.0.0.1", port))  # free when handed out, so free now (nothing here took it)
@@ -34,7 +35,7 @@ def test_a_kernel_whose_ephemeral_range_starts_low_gets_ports_above_it(monkeypat
     monkeypatch.setattr(processes, "_ephemeral_range", lambda: (1024, 40000))
     assert processes._ports_to_pick_from() == range(40001, 65536)
     monkeypatch.setattr(processes, "_ephemeral_range", lambda: (32768, 60999))
-    assert processes._ports_to_pick_from() == range(10000, 32768)
+    assert processes._ports_to_pick_from() == range(30000, 32768)
 
 
 def test_a_busy_port_is_never_picked_and_a_full_range_falls_back_to_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:

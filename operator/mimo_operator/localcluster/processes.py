@@ -45,7 +45,9 @@ def _die_with_parent() -> None:
 
 
 _EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
-_LOWEST_PORT = 10000
+# Above the ports other parts of the stack take on their own: Ray's worker ports (10002–19999 by default, on
+# every node of every test gang) and the pairs the builders give gangs in host network (20000–29999).
+_LOWEST_PORT = 30000
 _handed_out: set[int] = set()
 
 
@@ -60,7 +62,7 @@ def _ephemeral_range() -> tuple[int, int]:
 def _ports_to_pick_from() -> range:
     low, high = _ephemeral_range()
     if low - _LOWEST_PORT >= 1000:
-        return range(_LOWEST_PORT, low)
+        return range(_LOWEST_PORT, low)  # Linux's default: 30000–32767
     return range(max(high + 1, _LOWEST_PORT), 65536)
 
 
@@ -70,8 +72,9 @@ def free_port(host: str = "127.0.0.1") -> int:
     The port is handed to another program, which binds it later. A port from the kernel's ephemeral range
     (its choice for port 0) is one it also gives to outgoing connections, and the programs started
     meanwhile (the API server, its clients) open many: one of them took a port picked for the scheduler
-    before the scheduler bound it. So the port comes from outside that range, at random (several local
-    clusters may pick at once), and never twice from one process.
+    before the scheduler bound it. So the port comes from outside that range, and above the ports Ray and the
+    builders pick on their own, at random (several local clusters may pick at once), and never twice from one
+    process.
     """
     choices = _ports_to_pick_from()
     for _ in range(200):
