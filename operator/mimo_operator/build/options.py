@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mimo_operator.launchplan import Ports
 from mimo_operator.plan import Plan
 from mimo_operator.planner_pd import DisaggregatedPlan, Role
 from mimo_operator.spec import DeploymentSpec
@@ -15,9 +16,10 @@ __all__ = ["BuildContext", "OperatorIdentity", "WorkerPorts"]
 class WorkerPorts:
     """Ports inside a gang besides SGLang's own (``plan.port``, ``plan.dist_init_port``)."""
 
-    ray_gcs: int = 6379
-    fabric: int = 29400
-    worker_http: int = 8000
+    # The launch plan's defaults, which the planner checks the spec's ports against (``launchplan.fixed_ports``).
+    ray_gcs: int = Ports.model_fields["ray_gcs"].default
+    fabric: int = Ports.model_fields["fabric"].default
+    worker_http: int = Ports.model_fields["worker_http"].default
     router_http: int = 8080
     router_metrics: int = 29000
 
