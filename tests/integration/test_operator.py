@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -103,6 +104,40 @@ def test_a_pro_deployment_on_h200_becomes_two_ready_gangs_of_the_planned_size(
                         "-p", json.dumps({"spec": {"ingress": [{}]}}))
     wait_for(lambda: all(get(cluster, "networkpolicy", namespace, n)["spec"] == built[n] for n in opened), 45,
              what="the opened policies put back as built")
+
+
+def evict(cluster: LocalCluster, namespace: str, pod: str) -> subprocess.CompletedProcess[str]:
+    """Ask the eviction API to evict ``pod``, as a node drain does (the disruption budget decides)."""
+    body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": pod, "namespace": namespace}}
+    return cluster.kubectl("create", "--raw", f"/api/v1/namespaces/{namespace}/pods/{pod}/eviction", "-f", "-",
+                           input=json.dumps(body), check=False)
+
+
+def test_a_node_drain_evicts_one_gang_pod_at_a_time_by_the_disruption_budget(
+        cluster: LocalCluster, operator: RunningOperator, namespace: str, node_pool: NodePool) -> None:
+    # The real disruption controller (kube-controller-manager) reads the budget: counted in pods, not through
+    # the deployment's /scale, which counts gangs.
+    node_pool.add(4)
+    apply(cluster, namespace, pro_on(node_pool).replicas(2).build())
+    wait_phase(cluster, namespace, "pro", "Ready")
+    budget = wait_for(lambda: (b := get(cluster, "pdb", namespace, "pro-engine"))
+                      and (b.get("status") or {}).get("currentHealthy") == 4 and b, 60, what="the budget counted")
+    assert budget["spec"]["minAvailable"] == 3
+    assert budget["status"]["disruptionsAllowed"] == 1
+    first, second = sorted(gang_uids(cluster, namespace, "pro"))
+    pods = {p["metadata"]["labels"]["mimo-operator.io/gang"]: p["metadata"]["name"]
+            for p in engine_pods(cluster, namespace, "pro")}
+    evicted = evict(cluster, namespace, pods[first])
+    assert evicted.returncode == 0, evicted.stderr
+    refused = evict(cluster, namespace, pods[second])
+    assert refused.returncode != 0, "a second gang's pod while the first gang is down"
+    assert "disruption budget" in refused.stderr, refused.stderr
+    def replaced() -> bool:
+        gangs = gang_uids(cluster, namespace, "pro")
+        return second in gangs and first not in gangs and len(gangs) == 2
+
+    wait_for(replaced, 90, what="the evicted gang replaced, the other kept")
+    wait_phase(cluster, namespace, "pro", "Ready")
 
 
 def test_deleting_one_member_replaces_that_whole_gang_only(
