@@ -1402,45 +1402,46 @@ class Reconciler:
         # latency is the sum of its sequential round trips.
         listed = await asyncio.gather(*(self.kube.list(api_version, kind, ctx.namespace, {
             L.LABEL_DEPLOYMENT: ctx.name, L.LABEL_COMPONENT: "engine"}) for api_version, kind in kinds))
-        # A policy of a live gang of the current revision and template is kept exactly as built.
-        current = {pool.role or "": (pool.ctx, revision_of(pool.ctx), template_of(pool.ctx)) for pool in pools_of(ctx)}
-        edited: list[tuple[dict[str, Any], dict[str, Any]]] = []
-        policies: set[str] = set()
         for (_, kind), objects in zip(kinds, listed, strict=True):
             for obj in objects:
                 meta = obj["metadata"]
-                labels = meta.get("labels") or {}
-                gang = labels.get(L.LABEL_GANG)
-                if kind == "NetworkPolicy":
-                    policies.add(meta["name"])
-                if gang in with_pods and kind in _KEPT_EXACTLY and not meta.get("deletionTimestamp"):
-                    pool_ctx, revision, template = current.get(labels.get(L.LABEL_POOL, ""), (None, "", ""))
-                    if (pool_ctx is not None and (labels.get(L.LABEL_REVISION), labels.get(L.LABEL_TEMPLATE))
-                            == (revision, template)):
-                        built = gang_network_policy(pool_ctx, gang, 0, 0, revision, template)
-                        if obj.get("spec") != built["spec"]:
-                            edited.append((obj, built))
+                gang = (meta.get("labels") or {}).get(L.LABEL_GANG)
                 if (not gang or gang in with_pods or gang in memory.expectations or meta.get("deletionTimestamp")
                         or now - epoch(meta.get("creationTimestamp")) < _EXPECTATION_SECONDS):
                     continue
                 orphans[gang] = (kind, meta["name"])
-        await self._restore(ctx, edited)
-        # A live gang of the current revision whose policy was deleted by hand gets it back: without it the router
-        # cannot reach the gang (the deployment's own policy closes every engine pod), though it reports Ready.
-        for g in gangs:
-            pool_ctx, revision, template = current.get(g.pool, (None, "", ""))
-            if (pool_ctx is None or g.revision != revision or g.name in policies or g.name in memory.expectations
-                    or g.name in memory.deleting or any(p.deleting for p in g.pods)
-                    or now - g.created < _EXPECTATION_SECONDS):
-                continue
-            log.warning("%s/%s: the NetworkPolicy of gang %s is gone; creating it again", ctx.namespace, ctx.name,
-                        g.name)
-            await self.kube.create(gang_network_policy(pool_ctx, g.name, g.replica, g.attempt, g.revision, template),
-                                   exist_ok=True)
+        policies = next(objects for (_, kind), objects in zip(kinds, listed, strict=True) if kind == "NetworkPolicy")
+        await self._keep_gang_policies(ctx, gangs, policies, memory, now)
         for gang, (kind, obj_name) in sorted(orphans.items()):
             log.info("%s/%s: deleting what is left of gang %s (a %s %s with no pods)", ctx.namespace, ctx.name,
                      gang, kind, obj_name)
             await self._delete_gang_objects(ctx, gang, memory)
+
+    async def _keep_gang_policies(self, ctx: BuildContext, gangs: list[ObservedGang],
+                                  policies: list[dict[str, Any]], memory: Memory, now: float) -> None:
+        """Each live gang of the current revision keeps its NetworkPolicy as built (``_KEPT_EXACTLY``): one edited
+        by hand is put back, one deleted by hand is created again (without it the router cannot reach the gang,
+        since the deployment's own policy closes every engine pod, though the gang reports Ready)."""
+        current = {pool.role or "": (pool.ctx, revision_of(pool.ctx), template_of(pool.ctx)) for pool in pools_of(ctx)}
+        by_name = {p["metadata"]["name"]: p for p in policies}
+        edited: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        for g in gangs:
+            pool_ctx, revision, template = current.get(g.pool, (None, "", ""))
+            if pool_ctx is None or g.revision != revision:
+                continue
+            live = by_name.get(g.name)
+            built = gang_network_policy(pool_ctx, g.name, g.replica, g.attempt, g.revision, template)
+            if live is not None:
+                meta = live["metadata"]
+                if (not meta.get("deletionTimestamp") and (meta.get("labels") or {}).get(L.LABEL_TEMPLATE) == template
+                        and live.get("spec") != built["spec"]):
+                    edited.append((live, built))
+            elif not (g.name in memory.expectations or g.name in memory.deleting or any(p.deleting for p in g.pods)
+                      or now - g.created < _EXPECTATION_SECONDS):
+                log.warning("%s/%s: the NetworkPolicy of gang %s is gone; creating it again", ctx.namespace,
+                            ctx.name, g.name)
+                await self.kube.create(built, exist_ok=True)
+        await self._restore(ctx, edited)
 
     def _shared(self, ctx: BuildContext, memory: Memory, now: float) -> tuple[dict[str, str] | None, str | None]:
         """The shared objects: their apply handed to ``memory.shared`` when due; the API's refusal of them, and
