@@ -73,3 +73,19 @@ def test_the_longest_child_name_of_a_name_at_the_limit_fits_63_characters() -> N
     assert len(longest) == len(name) + len(LONGEST_CHILD_SUFFIX) == 63
     assert re.match(FORMATS["dns-1035-label"].pattern, gang)
     assert len(f"{name}-router") <= 63
+
+
+def test_the_crd_s_lists_of_system_directories_core_resources_and_official_ids_are_the_typed_spec_s() -> None:
+    # The CRD's CEL rules spell these lists out; the typed spec keeps them as constants: one must follow the other.
+    from mimo_operator.spec import CORE_RESOURCES, OFFICIAL_IDS, SYSTEM_DIRECTORIES, SYSTEM_PARENTS
+
+    texts = [r["rule"] for _, r in rules(ROOT, "")]
+    cache_rule = next(t for t in texts if "'/var/lib/kubelet'" in t)
+    for directory in SYSTEM_DIRECTORIES:
+        assert f"'{directory}'" in cache_rule
+    for parent in SYSTEM_PARENTS:
+        assert f"'{parent}'" in cache_rule
+    assert any(all(f"'{i}'" in t for i in OFFICIAL_IDS) for t in texts)
+    for mode in ("rdma", "sriov"):
+        nic_rule = next(t for t in texts if f"self.network.{mode}.resourceName !=" in t)
+        assert all(f"'{r}'" in nic_rule for r in CORE_RESOURCES)
