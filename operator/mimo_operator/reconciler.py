@@ -135,8 +135,15 @@ SLOW_RECONCILE_SECONDS = 1.0
 _ERROR_TEXT_CHARS = 300
 # Objects whose whole spec is the operator's: one edited by hand is put back as it was (the periodic check of
 # the shared objects, the orphan sweep for the gangs' own). The network policies are what keeps Ray's
-# unauthenticated ports closed.
+# unauthenticated ports closed. The other shared objects are kept as client-go's controllers keep theirs
+# (``_derives``): every field the operator sets must hold its value, and the fields the API defaults are left
+# alone, so a router scaled, re-imaged or given an extra environment variable by hand is put back too.
 _KEPT_EXACTLY = frozenset({"NetworkPolicy"})
+# What of an object is compared: its content, not its metadata (labels select it, the spec hash says which spec
+# it was applied from) nor what the API reports.
+_NOT_CONTENT = frozenset({"apiVersion", "kind", "metadata", "status"})
+# Maps compared whole, where a key added changes what the object does (see ``_derives``).
+_SELECTORS = frozenset({"selector", "matchLabels", "nodeSelector"})
 # Shared objects gangs do not wait for (see ``SharedWrites.gate``).
 _SHARED_UNGATED = frozenset({"PodDisruptionBudget"})
 # The shared objects' kinds, in the order they are applied: the policy that closes the engine pods first.
@@ -1481,7 +1488,7 @@ class Reconciler:
                     changed.append(obj)
                     if obj_name not in existing:
                         missing.append(obj)
-                elif kind in _KEPT_EXACTLY and existing[obj_name].get("spec") != obj.get("spec"):
+                elif _edited(existing[obj_name], obj):
                     edited.append((existing[obj_name], obj))
             # e.g. the router after router.enabled turned false
             stale += [(api_version, kind, o) for n, o in existing.items() if (kind, n) not in desired]
@@ -1505,14 +1512,19 @@ class Reconciler:
         return None
 
     async def _restore(self, ctx: BuildContext, edited: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
-        """Put back the spec of objects edited by hand (``_KEPT_EXACTLY``): an apply keeps fields another manager
-        added (an ``ingress: [{}]`` that opens every port), so the patch also removes what the spec lacks."""
+        """Put back objects edited by hand (``_edited``). An apply keeps fields another manager added (an
+        ``ingress: [{}]`` that opens every port, an environment variable), so this is a merge patch that replaces
+        what was changed: for ``_KEPT_EXACTLY`` kinds it also removes what the spec lacks; for the others it
+        replaces the lists that were changed and leaves the API's defaults alone."""
         for live, desired in edited:
             meta = live["metadata"]
-            log.warning("%s/%s: %s %s was edited by hand; restoring its spec", ctx.namespace, ctx.name,
+            log.warning("%s/%s: %s %s was edited by hand; restoring it", ctx.namespace, ctx.name,
                         desired["kind"], meta["name"])  # the items of a list carry no kind
-            await self.kube.merge_patch(desired["apiVersion"], desired["kind"], ctx.namespace, meta["name"],
-                                        {"spec": _merge_patch_to(live.get("spec") or {}, desired.get("spec") or {})})
+            exact = desired["kind"] in _KEPT_EXACTLY
+            patch = {key: (_merge_patch_to if exact else _derive_patch)(live.get(key) or {}, value)
+                     if isinstance(value, Mapping) and isinstance(live.get(key), Mapping) else value
+                     for key, value in desired.items() if key not in _NOT_CONTENT and value is not None}
+            await self.kube.merge_patch(desired["apiVersion"], desired["kind"], ctx.namespace, meta["name"], patch)
 
     async def _none_taken(self, ctx: BuildContext, missing: list[dict[str, Any]]) -> None:
         """Raise when an object the deployment is about to create already exists and is not its own: an apply
@@ -1555,6 +1567,49 @@ class Reconciler:
 
         memory.status.submit(write)
         return True
+
+
+def _edited(live: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+    """Whether ``live`` no longer holds what ``desired`` says: exactly for ``_KEPT_EXACTLY`` kinds, else every
+    field ``desired`` sets (``_derives``)."""
+    if desired["kind"] in _KEPT_EXACTLY:
+        return any(live.get(key) != desired.get(key) for key in {*live, *desired} - _NOT_CONTENT)
+    return not all(_derives(value, live.get(key)) for key, value in desired.items() if key not in _NOT_CONTENT)
+
+
+def _derives(desired: Any, live: Any) -> bool:
+    """Whether ``live`` is ``desired`` with defaults filled in, as client-go's ``Semantic.DeepDerivative``: a
+    field ``desired`` leaves unset (None, or an empty map) may hold anything; a map's fields derive one by one; a
+    list keeps its length (an element added by hand is an edit) and each element derives; a value is equal. A
+    selector is equal as a whole: a label added to it selects other pods (or none)."""
+    if desired is None:
+        return True
+    if isinstance(desired, Mapping):
+        return not desired or (isinstance(live, Mapping) and all(_holds(k, v, live.get(k)) for k, v in desired.items()))
+    if isinstance(desired, list):
+        return (isinstance(live, list) and len(live) == len(desired)
+                and all(_derives(d, have) for d, have in zip(desired, live, strict=True)))
+    return bool(desired == live)
+
+
+def _holds(key: str, desired: Any, live: Any) -> bool:
+    """Whether the field ``key`` of ``live`` derives from ``desired``'s (``_derives``)."""
+    return desired is None or desired == live if key in _SELECTORS else _derives(desired, live)
+
+
+def _derive_patch(live: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
+    """The merge patch that makes ``live`` derive from ``desired`` again (``_derives``), touching nothing else: a
+    changed list is replaced whole (the API defaults its items again)."""
+    patch: dict[str, Any] = {}
+    for key, value in desired.items():
+        have = live.get(key)
+        if _holds(key, value, have):
+            continue
+        if isinstance(value, Mapping) and isinstance(have, Mapping):
+            patch[key] = (_merge_patch_to if key in _SELECTORS else _derive_patch)(have, value)
+        else:
+            patch[key] = value
+    return patch
 
 
 def _merge_patch_to(live: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:

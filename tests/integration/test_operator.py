@@ -92,8 +92,9 @@ def test_a_pro_deployment_on_h200_becomes_two_ready_gangs_of_the_planned_size(
     made = {k: v - writes.get(k, 0.0) for k, v in operator.writes_by_kind().items() if v != writes.get(k, 0.0)}
     assert not made, f"a reconcile of an unchanged deployment made API writes: {made}"
 
-    # The periodic checks (shared objects, the gangs' sweep: every 30 s) find the policies as the API keeps them,
-    # and write nothing; a policy opened by hand is put back.
+    # The periodic checks (shared objects, the gangs' sweep: every 30 s) find the objects as the API keeps them
+    # (with its defaults), and write nothing; a policy opened by hand is put back, and so are the router's
+    # Deployment and Role edited by hand.
     time.sleep(32)
     made = {k: v - writes.get(k, 0.0) for k, v in operator.writes_by_kind().items() if v != writes.get(k, 0.0)}
     assert not made, f"the periodic checks of an unchanged deployment made API writes: {made}"
@@ -102,8 +103,30 @@ def test_a_pro_deployment_on_h200_becomes_two_ready_gangs_of_the_planned_size(
     for name in opened:
         cluster.kubectl("patch", "networkpolicy", name, "-n", namespace, "--type", "merge",
                         "-p", json.dumps({"spec": {"ingress": [{}]}}))
+
+    def router() -> tuple[int, list[str], str, list[Any]]:
+        deployment = get(cluster, "deployment", namespace, "pro-router")
+        role = get(cluster, "role", namespace, "pro-router")
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        return (deployment["spec"]["replicas"], [e["name"] for e in container.get("env") or []], container["image"],
+                role["rules"])
+
+    as_built = router()
+    cluster.kubectl("scale", "deployment/pro-router", "-n", namespace, "--replicas=0")
+    cluster.kubectl("set", "env", "deployment/pro-router", "-n", namespace, "RUST_LOG=trace")
+    cluster.kubectl("set", "image", "deployment/pro-router", "-n", namespace, "router=elsewhere/router:latest")
+    cluster.kubectl("patch", "role", "pro-router", "-n", namespace, "--type", "json", "-p", json.dumps([
+        {"op": "add", "path": "/rules/-", "value": {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}}]))
+    assert router() != as_built
     wait_for(lambda: all(get(cluster, "networkpolicy", namespace, n)["spec"] == built[n] for n in opened), 45,
              what="the opened policies put back as built")
+    wait_for(lambda: router() == as_built, 45, what="the router's Deployment and Role put back as built")
+    writes = operator.writes_by_kind()
+    time.sleep(31)
+    kept = ("Deployment", "Role", "NetworkPolicy")
+    made = {k: v - writes.get(k, 0.0) for k, v in operator.writes_by_kind().items()
+            if v != writes.get(k, 0.0) and any(f'kind="{kind}"' in k for kind in kept)}
+    assert not made, f"the objects put back read as edited again: {made}"
 
 
 def evict(cluster: LocalCluster, namespace: str, pod: str) -> subprocess.CompletedProcess[str]:

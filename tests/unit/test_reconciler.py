@@ -442,6 +442,65 @@ def test_network_policies_edited_by_hand_are_put_back_as_built(edit: dict[str, A
     assert w.kube.writes_since(mark) == [], "nothing more once they are as built"
 
 
+def _without_defaults(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_defaults(v) for k, v in value.items() if k != "defaultedField"}
+    return [_without_defaults(v) for v in value] if isinstance(value, list) else value
+
+
+def _router_edits(router: dict[str, Any]) -> dict[str, Any]:
+    """A router Deployment as kubectl scale, set image and set env leave it."""
+    container = router["spec"]["template"]["spec"]["containers"][0]
+    return {"spec": {"replicas": 0, "template": {"spec": {"containers": [
+        {**container, "image": "elsewhere/router:latest", "env": [*container["env"], {"name": "DEBUG", "value": "1"}]},
+    ]}}}}
+
+
+@pytest.mark.parametrize(("kind", "name", "edit"), [
+    ("Deployment", "d-router", _router_edits),
+    ("Role", "d-router", lambda role: {"rules": [*role["rules"], {"apiGroups": [""], "resources": ["secrets"],
+                                                                 "verbs": ["get"]}]}),
+    ("RoleBinding", "d-router", lambda binding: {"subjects": [*binding["subjects"], {"kind": "Group",
+                                                                                    "name": "everyone"}]}),
+    ("Service", "d-router", lambda svc: {"spec": {"selector": {"app": "something-else"}}}),
+    ("PodDisruptionBudget", "d-engine", lambda pdb: {"spec": {"minAvailable": 0}}),
+    ("ServiceAccount", "d-router", lambda sa: {"automountServiceAccountToken": False}),
+])
+def test_shared_objects_edited_by_hand_are_put_back_and_the_api_s_defaults_left_alone(
+        kind: str, name: str, edit: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    w = World(a_deployment("d").replicas(2))
+    w.reconcile()
+    w.run_pods()
+    w.reconcile()
+    key = next(k for k in w.kube.objects if k[1] == kind and k[3] == name)
+    built = copy.deepcopy(w.kube.objects[key])
+    # What the API adds to the object is not an edit: defaults at every depth, inside list items too.
+    defaulted = copy.deepcopy(built)
+    if "spec" in defaulted:
+        defaulted["spec"]["defaultedField"] = 7
+    for item in (defaulted.get("rules") or defaulted.get("subjects") or []):
+        item["defaultedField"] = "x"
+    w.kube.objects[key] = defaulted
+    mark = len(w.kube.writes)
+    w.now += 31  # the shared objects are checked every 30 s
+    w.reconcile()
+    w.reconcile()
+    assert w.kube.writes_since(mark) == [], "the API's defaults read as an edit"
+    asyncio.run(w.kube.merge_patch(key[0], kind, NS, name, edit(copy.deepcopy(defaulted))))
+    assert w.kube.objects[key] != defaulted
+    w.now += 31
+    w.reconcile()
+    w.reconcile()
+    restored = w.kube.objects[key]
+    assert ({k: _without_defaults(v) for k, v in restored.items() if k != "metadata"}
+            == {k: v for k, v in built.items() if k != "metadata"})
+    assert restored.get("spec", {}).get("defaultedField", 7) == 7, "the API's defaults are left alone"
+    mark = len(w.kube.writes)
+    w.now += 31
+    w.reconcile()
+    assert w.kube.writes_since(mark) == [], "nothing more once it is as built"
+
+
 def test_a_live_gang_s_network_policy_deleted_by_hand_is_created_again() -> None:
     w = World(a_deployment("d").replicas(2))
     w.reconcile()
