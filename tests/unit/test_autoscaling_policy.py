@@ -439,6 +439,22 @@ def test_scale_down_waits(extra: dict[str, object], blocker: str) -> None:
     assert blocker in decision.reason
 
 
+@pytest.mark.parametrize(("before", "action"), [(0.2, Action.HOLD), (1.4, Action.SCALE_DOWN)],
+                         ids=["not while demand rises above the window's median", "once the window shows it"])
+def test_no_gang_goes_while_demand_rises(before: float, action: Action) -> None:
+    # 3.5 req/s a gang: 10.5 in all, 1.5 replicas at the target, which two gangs hold. The policy's record of
+    # the last five minutes says demand was 0.2 replicas until now: a burst beginning (a late one of a
+    # pattern, say), and the window's peak says nothing of where it goes.
+    now = 1_000.0
+    history = tuple((t, before) for t in range(int(now) - 300, int(now), 15))
+    observation = Observation(now=now, gangs=ready("a", "b", "c"), samples={n: steady(n, now, 3.5) for n in "abc"},
+                              demand_history=history)
+    decision = decide(observation, config())
+    assert (decision.action, decision.desired_replicas) == (action, 3 if action is Action.HOLD else 2)
+    if action is Action.HOLD:
+        assert "rising" in decision.reason
+
+
 def test_ttft_above_the_slo_on_most_gangs_adds_a_gang_when_none_is_starting() -> None:
     now = 1_000.0
     # 7 req/s over two gangs is 1.0 replica of demand: by the model two gangs are plenty.

@@ -352,7 +352,8 @@ def decide(observation: Observation, config: PolicyConfig) -> Decision:
         )
 
     backlog = loads.latest_sum("queue_requests") or 0.0
-    if lull is not None and not slo_missed and backlog <= len(ready):
+    rising = _rising(observation, config, max(demand, panic_demand) * loads.correction)
+    if lull is not None and not slo_missed and backlog <= len(ready) and rising is None:
         # A recurring burst is over and the next is further away than a start-up: the burst's gangs
         # go now, all at once, instead of a stabilisation window later (the window guards against
         # bursts nobody expects; this one's time is known, and its gangs are pre-warmed for it).
@@ -380,6 +381,7 @@ def decide(observation: Observation, config: PolicyConfig) -> Decision:
     blocker = _scale_down_blocker(observation, config, draining, loads.covered(), current)
     if blocker is None and slo_missed:
         blocker = "TTFT p95 above the SLO on most gangs"
+    blocker = blocker or rising
     if fits and blocker is None:
         # Every gang the window's peak does not need goes at once: the window has already shown that
         # they were idle, and releasing them one by one keeps a burst's gangs minutes longer.
@@ -561,6 +563,20 @@ def _scale_down_blocker(
     if not covered:
         return f"less than {config.scale_down_window_seconds:g}s of metrics"
     return None
+
+
+def _rising(observation: Observation, config: PolicyConfig, now_demand: float) -> str | None:
+    """Why no gang may go while demand rises: when it stands a gang or more above the stabilisation window's
+    median (the policy's own record, `remember`), the window's peak says what has been, not what is coming.
+    A burst that comes late to a recognised pattern (the pattern given up as its demand begins to rise) or
+    unannounced at the end of a quiet window would otherwise find its gangs just released."""
+    window = [d for at, d in observation.demand_history if at >= observation.now - config.scale_down_window_seconds]
+    if len(window) < 4:
+        return None
+    typical = _quantile(window, 0.5)
+    if now_demand < typical + 1.0:
+        return None
+    return f"demand {now_demand:.2f} replicas is rising (the window's median {typical:.2f})"
 
 
 def _least_loaded(ready: list[Gang], samples: Mapping[str, Sequence[MetricSample]]) -> str:
