@@ -148,13 +148,24 @@ class PortUse:
     placed_by: str | None
 
 
+# What Kubernetes itself listens on, on every node: a pod in the node's network cannot have these.
+NODE_DAEMON_PORTS = (
+    PortUse(10248, "the kubelet's health endpoint on the node (hostNetwork)", None),
+    PortUse(10249, "kube-proxy's metrics on the node (hostNetwork)", None),
+    PortUse(10250, "the kubelet's API on the node (hostNetwork)", None),
+    PortUse(10255, "the kubelet's read-only port on the node (hostNetwork)", None),
+    PortUse(10256, "kube-proxy's health endpoint on the node (hostNetwork)", None),
+)
+
+
 def fixed_ports(*, host_network: bool) -> list[PortUse]:
-    """The operator's fixed ports in a gang pod, :class:`Ports`' defaults: the head worker's, and outside
+    """The ports a gang pod cannot give SGLang: :class:`Ports`' defaults, the head worker's, and outside
     hostNetwork Ray's GCS and the fabric check's (in hostNetwork the builders pick those two for each gang, clear
-    of SGLang's ports)."""
+    of SGLang's ports); in hostNetwork also the node's own daemons' (``NODE_DAEMON_PORTS``)."""
     names = ["worker_http"] + ([] if host_network else ["ray_gcs", "fabric"])
     fields = Ports.model_fields
-    return [PortUse(int(fields[n].default), str(fields[n].description), None) for n in names]
+    ours = [PortUse(int(fields[n].default), str(fields[n].description), None) for n in names]
+    return ours + list(NODE_DAEMON_PORTS) if host_network else ours
 
 
 def sglang_ports(*, engine_http: int, dist_init: int, nodes: int, attention_dp: int) -> list[PortUse]:

@@ -22,6 +22,7 @@ Pure functions, no I/O. The arithmetic (``shared/mimo-facts.md`` "Arithmetic" an
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -225,6 +226,7 @@ def plan_deployment(
     layout, why_nodes = _choose_layout(spec, entry, gpu, context, pinned)
     _check_ports(spec, layout.nodes, layout.dp)
     _check_socket_interface(spec, layout.nodes)
+    _check_one_node_per_pod(spec, layout.nodes)
     return _assemble(spec, entry, gpu, context, layout, why_nodes,
                      download_bytes_per_second, load_bytes_per_second)
 
@@ -599,10 +601,16 @@ def check_pod_annotations(spec: DeploymentSpec, launch: EngineLaunch, nodes: int
     if ours + users <= POD_ANNOTATIONS_LIMIT:
         return
     engine = spec.engine
-    repeated = sum(len(e.name) + len(e.value) for e in engine.env or []) + sum(map(len, engine.extra_args or []))
+    # As the launch plan stores them (JSON-escaped: a non-ASCII character takes six bytes), once per rank.
+    env = sum(_stored(e.name) + _stored(e.value) for e in engine.env or [])
+    args = sum(map(_stored, engine.extra_args or []))
+    repeated = env + args
     ranks = len(launch.ranks)
+    # The user's annotations when they are what passes the limit; else what the launch plan repeats for every rank.
+    field = ("spec.podTemplate.annotations" if ours <= POD_ANNOTATIONS_LIMIT
+             else "spec.engine.env" if env >= args else "spec.engine.extraArgs")
     raise PlanRefused(
-        "spec.podTemplate.annotations",
+        field,
         f"podTemplate annotations take {_kib(users)} KiB, and every gang pod also carries its launch plan "
         f"({_kib(document_bytes)} KiB, in which spec.engine.env and spec.engine.extraArgs ({_kib(repeated)} KiB) "
         f"stand once for each of the gang's {ranks} rank{'s' if ranks > 1 else ''}) and the operator's own "
@@ -610,6 +618,10 @@ def check_pod_annotations(spec: DeploymentSpec, launch: EngineLaunch, nodes: int
         f"Kubernetes' limit of {POD_ANNOTATIONS_LIMIT // 1024} KiB on a pod's annotations; keep podTemplate "
         f"annotations under {_kib(max(0, POD_ANNOTATIONS_LIMIT - ours))} KiB, or shorten spec.engine.env and "
         "spec.engine.extraArgs")
+
+
+def _stored(text: str) -> int:
+    return len(json.dumps(text)) - 2
 
 
 def _kib(size: int) -> str:
@@ -746,6 +758,24 @@ def _check_socket_interface(spec: DeploymentSpec, nodes: int) -> None:
                           f"socketInterface {interface!r} names the loopback interface, which does not reach the "
                           f"gang's other {nodes - 1} node(s): name the interface between the nodes (for example "
                           "eth0), or leave it unset")
+
+
+# The node label every node carries, naming it alone (a gang's pods are kept apart on it: one pod per node).
+HOSTNAME_LABEL = "kubernetes.io/hostname"
+
+
+def _check_one_node_per_pod(spec: DeploymentSpec, nodes: int) -> None:
+    """A gang of several nodes has one pod per node: a placement that names one node can never hold it."""
+    if nodes < 2:
+        return
+    if spec.scheduling.topology_key == HOSTNAME_LABEL:
+        raise PlanRefused("spec.scheduling.topologyKey",
+                          f"topologyKey {HOSTNAME_LABEL} would hold the gang's {nodes} pods on one node, and a gang "
+                          "has one pod per node: name the label of the nodes' InfiniBand block or switch")
+    if HOSTNAME_LABEL in (spec.hardware.node_selector or {}):
+        raise PlanRefused(f"spec.hardware.nodeSelector[{HOSTNAME_LABEL}]",
+                          f"a nodeSelector on {HOSTNAME_LABEL} picks one node, and a gang of {nodes} nodes has one pod "
+                          "per node: select the nodes by a label they share")
 
 
 def _network_env(spec: DeploymentSpec) -> dict[str, str]:

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from mimo_operator.catalog import CHECKPOINTS
@@ -69,6 +69,9 @@ MAX_REPLICAS = 256
 MAX_SURGE = 256
 LONGEST_CHILD_SUFFIX = "-511-abcde-63"
 MAX_NAME_LENGTH = 63 - len(LONGEST_CHILD_SUFFIX)  # 50
+# A pool's gangs are named "<name>-<pool>-…" (BuildContext.gang_prefix): prefill is the longer.
+LONGEST_POOL_INFIX = "-prefill"
+MAX_PD_NAME_LENGTH = MAX_NAME_LENGTH - len(LONGEST_POOL_INFIX)  # 42
 # The smallest GPU the CRD accepts by memory (its gpuMemory rule says the same).
 MIN_GPU_MEMORY = 16 * 10**9
 # No GPU has more; a larger figure is a typo (1410G for 141G) that would plan a checkpoint onto one GPU.
@@ -136,8 +139,8 @@ FORMATS: dict[str, Format] = {
         "a branch, tag or commit: letters, digits, '-', '_', '.' and '/' between parts (for example main, v1.0, "
         "refs/pr/1 or a commit hash)"),
     "secret-key": Format(
-        "^[-._a-zA-Z0-9]+$",
-        "a Secret or ConfigMap key: letters, digits, '-', '_' and '.'"),
+        "^([-_a-zA-Z0-9]|[.][-_a-zA-Z0-9])[-._a-zA-Z0-9]*$",
+        "a Secret or ConfigMap key: letters, digits, '-', '_' and '.', neither '.' nor '..' nor starting with '..'"),
     "network-attachment": Format(
         f"^({_DNS_LABEL}/)?{_SUBDOMAIN}$",
         "a NetworkAttachmentDefinition as name or namespace/name (lower-case letters, digits, '-' and '.')"),
@@ -151,6 +154,13 @@ FORMATS: dict[str, Format] = {
         "^/$|^(/([^/.][^/]*|[.][^/.][^/]*|[.][.][^/]+))+/?$",
         "an absolute path without '.' or '..' segments or repeated '/'"),
 }
+
+
+def _no_bool(value: Any) -> Any:
+    """A whole-number choice is not a boolean (YAML's yes/on), which Python's ``True == 1`` would let through."""
+    if isinstance(value, bool):
+        raise ValueError(f"must be an integer, not a boolean ({value})")
+    return value
 
 
 class _Spec(BaseModel):
@@ -204,7 +214,7 @@ class HardwareSpec(_Spec):
     gpu_type: GpuTypeName | None = None
     gpu_memory: str | None = Field(None, max_length=32, pattern=_QUANTITY.pattern)
     architecture: Literal["hopper", "blackwell"] | None = None
-    gpus_per_node: Literal[1, 2, 4, 8] = 8
+    gpus_per_node: Annotated[Literal[1, 2, 4, 8], BeforeValidator(_no_bool)] = 8
     gpu_resource_name: str = Field("nvidia.com/gpu", max_length=253)
     node_selector: dict[str, str] | None = Field(None, max_length=32)
     tolerations: list[Toleration] | None = Field(None, max_length=32)
@@ -448,6 +458,9 @@ def _check_object(obj: Mapping[str, Any]) -> None:
     if isinstance(name, str):
         if len(name) > MAX_NAME_LENGTH:
             raise SpecError("metadata.name", NAME_LENGTH_MESSAGE)
+        spec = obj.get("spec")
+        if isinstance(spec, Mapping) and spec.get("disaggregation") is not None and len(name) > MAX_PD_NAME_LENGTH:
+            raise SpecError("metadata.name", PD_NAME_LENGTH_MESSAGE)
         if not re.fullmatch(FORMATS["dns-1035-label"].pattern, name):
             raise SpecError("metadata.name", f"{name!r} {FORMATS['dns-1035-label'].message()}")
 
@@ -455,6 +468,10 @@ def _check_object(obj: Mapping[str, Any]) -> None:
 NAME_LENGTH_MESSAGE = (
     f"metadata.name must be at most {MAX_NAME_LENGTH} characters (it prefixes the names of gang pods, "
     f"\"<name>{LONGEST_CHILD_SUFFIX}\", which must fit 63)"
+)
+PD_NAME_LENGTH_MESSAGE = (
+    f"metadata.name must be at most {MAX_PD_NAME_LENGTH} characters with spec.disaggregation (it prefixes the "
+    f"names of the prefill gangs' pods, \"<name>{LONGEST_POOL_INFIX}{LONGEST_CHILD_SUFFIX}\", which must fit 63)"
 )
 
 
@@ -711,6 +728,13 @@ def _check_rules(spec: DeploymentSpec) -> None:
                     f"spec.disaggregation.{side}.eplb.expertLocation.cacheFile",
                     "expertLocation.cacheFile is a file in the weights cache: model.cache.mode must not be none",
                 ))
+    for which, keys in (("labels", spec.pod_template.labels), ("annotations", spec.pod_template.annotations)):
+        rules.append((
+            not any(_reserved_key(k) for k in keys or {}),
+            f"spec.podTemplate.{which}",
+            f"podTemplate.{which} must not use keys under mimo-operator.io/: they are the operator's own (it selects, "
+            "drains and discovers gangs by them)",
+        ))
     if spec.engine.env is not None:
         names = [e.name for e in spec.engine.env]
         duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -724,11 +748,17 @@ def _check_rules(spec: DeploymentSpec) -> None:
 # which it must not be (a directory of its own inside one is fine).
 SYSTEM_DIRECTORIES = ("/etc", "/proc", "/sys", "/dev", "/boot", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/usr",
                       "/run", "/var/run", "/var/log", "/var/lib/kubelet", "/var/lib/containerd", "/var/lib/docker",
-                      "/var/lib/etcd")
+                      "/var/lib/containers", "/var/lib/rancher", "/var/lib/etcd", "/opt/cni")
 SYSTEM_PARENTS = ("/", "/var", "/var/lib", "/root", "/home")
 # Resources of the node itself: a NIC's or GPU's resource name is a device plugin's.
 CORE_RESOURCES = ("cpu", "memory", "ephemeral-storage", "pods")
 OFFICIAL_IDS = frozenset(c.hf_id.lower() for c in CHECKPOINTS.values())
+
+
+def _reserved_key(key: str) -> bool:
+    """A label or annotation key in the operator's own domain (``labels``' keys, the local cluster's)."""
+    prefix, slash, _ = key.partition("/")
+    return bool(slash) and (prefix == "mimo-operator.io" or prefix.endswith(".mimo-operator.io"))
 
 
 def _system_directory(path: str) -> bool:

@@ -80,10 +80,11 @@ def _case(id: str, path: str, value: Any, field: str | None = None, where: str =
 
 def _name(id: str) -> str:
     name = ("h-" + re.sub(r"[^a-z0-9]+", "-", id.lower())).strip("-")
-    if len(name) <= 50:
+    # 42 characters at most: a name that a disaggregated base allows too.
+    if len(name) <= 42:
         return name
     # Long field paths (the two PD pools share their tails) would collide once cut: keep them apart by a hash.
-    return name[:43].rstrip("-") + "-" + hashlib.sha256(id.encode()).hexdigest()[:6]
+    return name[:35].rstrip("-") + "-" + hashlib.sha256(id.encode()).hexdigest()[:6]
 
 
 # ------------------------------------------------------------------------------------------- generated
@@ -241,7 +242,10 @@ def names() -> list[Case]:
     """Deployment names that cannot prefix the names of Services and pods."""
     bad = {"dots": "mimo.pro.v25", "underscore": "mimo_pro", "starts with digit": "1mimo",
            "ends with dash": "mimo-", "51 characters": "m" * 51}
-    return [_case(f"name {k}", "metadata.name", v, "metadata.name", name=v) for k, v in bad.items()]
+    pd = _SECTION_BASES["spec.disaggregation"]
+    return [*[_case(f"name {k}", "metadata.name", v, "metadata.name", name=v) for k, v in bad.items()],
+            # A pool's gangs are named "<name>-prefill-…": 42 characters at most.
+            _case("name of 43 characters with disaggregation", "metadata.name", "p" * 43, base=pd, name="p" * 43)]
 
 
 def cross_field() -> list[Case]:
@@ -314,6 +318,14 @@ def spec_rules() -> list[Case]:
         _case("expert location config map name", f"{location}.configMap.name", "My Placement!", base=pd),
         _case("expert location config map key", f"{location}.configMap.key", "../p", base=pd),
         _case("revision with dot dot", "spec.model.revision", "main..v2"),
+        *[_case(f"token secret key {what}", "spec.model.tokenSecretRef.key", v)
+          for what, v in (("dot", "."), ("dot dot", ".."), ("dot dot data", "..data"))],
+        _case("expert location config map key dot dot data", f"{location}.configMap.key", "..data", base=pd),
+        *[_case(f"node local path {v}", cache_path, v) for v in ("/var/lib/containers", "/opt/cni/bin",
+                                                               "/var/lib/rancher/rke2")],
+        *[_case(f"pod {which} key {key}", f"spec.podTemplate.{which}", {key: "x"})
+          for which, key in (("labels", "mimo-operator.io/pool"), ("labels", "localcluster.mimo-operator.io/process"),
+                             ("annotations", "mimo-operator.io/drain-started"))],
         _case("an hca twice", "spec.network.ibDevices", ["mlx5_0", "mlx5_1", "mlx5_0"], "spec.network.ibDevices[2]"),
         # Python's '$' matches before a final newline; the apiserver's (RE2) does not.
         _case("revision with a trailing newline", "spec.model.revision", "main\n"),
@@ -408,6 +420,17 @@ def planner_rules() -> list[Case]:
               base=_set(BASE, env, [{"name": f"V{i}", "value": "y" * 4000} for i in range(40)])),
         _case("chunk the sliding window pool cannot hold", "spec.engine.chunkedPrefillSize", 1_048_576,
               where="status", base=_set(h100, "spec.model.contextLength", 65536)),
+        _case("env past the pod limit in characters of six escaped bytes", env,
+              [mine, *({"name": f"V{i}", "value": "€" * 4000} for i in range(30))], where="status"),
+        *[_case(f"{field} on the node's {what} in host network", f"spec.engine.{field}", port, where="status",
+                base=_set(pro, "spec.network", {"mode": "hostNetwork"}))
+          for field, port, what in (("port", 10250, "kubelet"), ("port", 10256, "kube-proxy"),
+                                    ("distInitPort", 10250, "kubelet"))],
+        _case("node selector on one host for a gang of two nodes", "spec.hardware.nodeSelector",
+              {"kubernetes.io/hostname": "gpu-1"}, "spec.hardware.nodeSelector[kubernetes.io/hostname]",
+              where="status", base=pro),
+        _case("gang topology of one host for a gang of two nodes", "spec.scheduling.topologyKey",
+              "kubernetes.io/hostname", where="status", base=pro),
     ]
 
 
