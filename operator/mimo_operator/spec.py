@@ -126,6 +126,10 @@ FORMATS: dict[str, Format] = {
         f"^({_SUBDOMAIN}/)?{_LABEL_NAME}$",
         "a label key: an optional DNS subdomain prefix and '/', then a name of at most 63 letters, digits, '-', "
         "'_' or '.', starting and ending with a letter or digit"),
+    "extended-resource": Format(
+        f"^{_SUBDOMAIN}/{_LABEL_NAME}$",
+        "an extended resource name: the device plugin's DNS subdomain and '/', then a name of at most 63 letters, "
+        "digits, '-', '_' or '.' (for example nvidia.com/gpu or rdma/rdma_shared_device_a)"),
     "label-value": Format(
         f"^({_LABEL_NAME})?$",
         "a label value: at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"),
@@ -488,7 +492,7 @@ def _formatted_fields(spec: DeploymentSpec) -> Iterator[tuple[str, str, str]]:
     if m.cache.claim_name is not None:
         yield "spec.model.cache.claimName", m.cache.claim_name, "dns-subdomain"
     yield "spec.model.cache.nodeLocalPath", m.cache.node_local_path, "absolute-path"
-    yield "spec.hardware.gpuResourceName", hw.gpu_resource_name, "label-key"
+    yield "spec.hardware.gpuResourceName", hw.gpu_resource_name, "extended-resource"
     for key, value in (hw.node_selector or {}).items():
         yield "spec.hardware.nodeSelector", key, "label-key"
         yield f"spec.hardware.nodeSelector[{key}]", value, "label-value"
@@ -498,11 +502,11 @@ def _formatted_fields(spec: DeploymentSpec) -> Iterator[tuple[str, str, str]]:
         if toleration.value:
             yield f"spec.hardware.tolerations[{i}].value", toleration.value, "label-value"
     if net.rdma is not None:
-        yield "spec.network.rdma.resourceName", net.rdma.resource_name, "label-key"
+        yield "spec.network.rdma.resourceName", net.rdma.resource_name, "extended-resource"
         for i, network in enumerate(net.rdma.networks or []):
             yield f"spec.network.rdma.networks[{i}]", network, "network-attachment"
     if net.sriov is not None:
-        yield "spec.network.sriov.resourceName", net.sriov.resource_name, "label-key"
+        yield "spec.network.sriov.resourceName", net.sriov.resource_name, "extended-resource"
         for i, network in enumerate(net.sriov.networks):
             yield f"spec.network.sriov.networks[{i}]", network, "network-attachment"
     for i, device in enumerate(net.ib_devices or []):

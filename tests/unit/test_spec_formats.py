@@ -50,6 +50,9 @@ def test_every_format_rule_of_the_crd_is_a_format_of_the_typed_spec(path: str, r
     [
         ("label-key", ["app", "nvidia.com/gpu.product", "a_b.C-1", "x" * 63],
          ["a b", "/x", "x/", "a/b/c", "x" * 64, "Example.com/x", "-a"]),
+        ("extended-resource", ["nvidia.com/gpu", "rdma/rdma_shared_device_a", "amd.com/gpu", "nvidia.com/sriov_ib_vf"],
+         ["gpu", "sriov_vf", "/gpu", "nvidia.com/", "a b/c", "nvidia.com/gpu/x"]),
+        ("secret-key", ["token", ".env", "a..b", "-x_1.y"], [".", "..", "..data", "a/b", ""]),
         ("label-value", ["", "H200", "a.b_c-d", "x" * 63], ["a b", "a b c", "x" * 64, "-a", "a.", "$(id)"]),
         ("image", ["busybox", "ghcr.io/mimo-operator/mimo-worker:v0.1.0-sglang0.5.23", "localhost:5000/a/b:c",
                    "x@sha256:" + "a" * 64], ["img;rm -rf /", "img:$(x)", "a b", "img:`id`", "img:a:b", ""]),
