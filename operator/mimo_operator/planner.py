@@ -975,6 +975,24 @@ def _warnings(spec: DeploymentSpec, entry: Checkpoint, gpu: GpuType, layout: _La
         out.append("deepepMode normal disables CUDA graphs: decode is slower")
     if (hint := quantised_copy_hint(spec)) is not None:
         out.append(hint)
+    return out + unused_fields(spec)
+
+
+def unused_fields(spec: DeploymentSpec) -> list[str]:
+    """Fields set where nothing reads them: said, so a setting that does nothing is not taken for one that
+    works (the CRD accepts each of them alone, and the other field that makes it unused may come later)."""
+    out = []
+    scheduling, net, cache = spec.scheduling, spec.network, spec.model.cache
+    if scheduling.queue_name and scheduling.gang_scheduler not in ("kueue", "volcano"):
+        out.append(f"scheduling.queueName is not used with gangScheduler {scheduling.gang_scheduler} (only Kueue "
+                   "and Volcano have queues)")
+    if cache.claim_name and cache.mode != "shared-volume":
+        out.append(f"model.cache.claimName is not used with cache.mode {cache.mode} (only shared-volume mounts it)")
+    if net.privileged is not None and net.mode != "hostNetwork":
+        out.append(f"network.privileged is not used with network.mode {net.mode} (only hostNetwork pods may run "
+                   "privileged)")
+    if net.ib_devices and net.mode == "podNetwork":
+        out.append("network.ibDevices is not used with network.mode podNetwork (the pods have no RDMA device)")
     return out
 
 

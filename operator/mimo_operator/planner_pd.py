@@ -38,7 +38,14 @@ from mimo_operator.catalog import Checkpoint, Precision, weights_bytes
 from mimo_operator.errors import PlanRefused
 from mimo_operator.launchplan import EngineLaunch, RankLaunch, fixed_ports, port_listing, sglang_ports
 from mimo_operator.plan import Decision, GpuMemorySplit, KvCachePlan, Plan
-from mimo_operator.planner import PD_OWNED_FLAGS, check_pod_annotations, node_nic_gbps, plan_deployment, refuse_owned
+from mimo_operator.planner import (
+    PD_OWNED_FLAGS,
+    check_pod_annotations,
+    node_nic_gbps,
+    plan_deployment,
+    refuse_owned,
+    unused_fields,
+)
 from mimo_operator.sglang_flags import parse_extra_args
 from mimo_operator.spec import DeploymentSpec, DisaggregationSpec, EplbSpec, ParallelismSpec, PoolSpec
 
@@ -202,8 +209,17 @@ def plan_disaggregated(spec: DeploymentSpec) -> DisaggregatedPlan:
             f"{transfer.seconds * 1e3:.1f} ms over {transfer.senders} HCAs; use network.mode hostNetwork, rdma "
             "or sriov, or drop spec.disaggregation")
     # "normal disables CUDA graphs: decode is slower" is the point on a prefill side, not a warning.
+    unused = unused_fields(spec)
     warnings = [f"{pool.role}: {w}" for pool in (prefill, decode) for w in pool.plan.warnings
-                if not (pool.role == "prefill" and w.startswith("deepepMode normal"))]
+                if not (pool.role == "prefill" and w.startswith("deepepMode normal")) and w not in unused]
+    warnings += unused
+    if spec.replicas != 1:
+        warnings.append(f"replicas {spec.replicas} is not used with spec.disaggregation: each pool's replicas count "
+                        "(spec.disaggregation.prefill.replicas, spec.disaggregation.decode.replicas)")
+    for pool in (prefill, decode):
+        if pool.max_replicas is not None and pool.replicas > pool.max_replicas and spec.autoscaling.enabled:
+            warnings.append(f"disaggregation.{pool.role}.replicas {pool.replicas} is above its maxReplicas "
+                            f"{pool.max_replicas}: the autoscaler starts the pool at {pool.max_replicas}")
     if not spec.network.ib_devices:
         warnings.append("network.ibDevices is unset: the transfer engine picks its own HCAs "
                         "(--disaggregation-ib-device is not written)")

@@ -74,6 +74,8 @@ def plan_summary(plan: Plan, revision: str) -> dict[str, Any]:
         "weightsBytes": plan.weights_bytes,
         "contextLength": plan.context_length,
         "startupSeconds": round(plan.startup.expected_seconds),
+        # What the planner would have a person know: a setting that does nothing, a layout not yet verified.
+        **({"warnings": list(plan.warnings)} if plan.warnings else {}),
     }
 
 

@@ -7,6 +7,7 @@ what the builders and the worker actually use, so that a refused spec is one the
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -497,3 +498,28 @@ def test_the_ray_and_fabric_ports_each_gang_gets_in_host_network_miss_every_port
     assert {dist_init + 6, dist_init + 13} <= taken  # past the five ZMQ ports the first rule knew of
     for i in range(3000):
         assert not set(gang_ports(ctx, f"d-{i}-abcde-1")) & taken
+
+
+@pytest.mark.parametrize(("change", "warned"), [
+    (lambda b: b.set("scheduling.queueName", "gpus"), "scheduling.queueName is not used"),
+    (lambda b: b.set("model.cache", {"mode": "node-local", "claimName": "weights"}),
+     "model.cache.claimName is not used"),
+    (lambda b: b.network("rdma", privileged=True), "network.privileged is not used"),
+    (lambda b: b.network("podNetwork", ibDevices=HCAS), "network.ibDevices is not used"),
+], ids=["queue without a queueing scheduler", "claim of a node-local cache", "privileged outside host network",
+        "hcas in a pod network"])
+def test_a_field_nothing_reads_is_said_in_the_plan_s_warnings(
+        change: Callable[[DeploymentBuilder], DeploymentBuilder], warned: str) -> None:
+    assert not [w for w in colocated(a_deployment().h200()).warnings if "is not used" in w]
+    plan = colocated(change(a_deployment().h200()))
+    assert [w for w in plan.warnings if w.startswith(warned)], plan.warnings
+    pd = disaggregated(change(pro_pd()).set("engine.type", "simulated"))  # a rehearsal may hand KV over TCP
+    assert len([w for w in pd.warnings if w.startswith(warned)]) == 1, "said once, not once per pool"
+
+
+def test_spec_replicas_and_a_pool_above_its_maximum_are_said_in_a_disaggregated_plan() -> None:
+    assert not [w for w in disaggregated(pro_pd()).warnings if "replicas" in w]
+    plan = disaggregated(pro_pd(decode={"nodesPerGang": 2, "replicas": 3, "maxReplicas": 2}).replicas(2)
+                         .set("autoscaling", {"enabled": True}))
+    assert any(w.startswith("replicas 2 is not used with spec.disaggregation") for w in plan.warnings)
+    assert any(w.startswith("disaggregation.decode.replicas 3 is above its maxReplicas 2") for w in plan.warnings)
