@@ -84,6 +84,7 @@ class ObservedGang:
     drain_started: float | None = None
     drain_reason: str | None = None
     pool: str = ""                       # prefill | decode in a disaggregated deployment; "" colocated
+    malformed: str | None = None         # a label of its pods that is not what the operator wrote (edited by hand)
 
     @property
     def created(self) -> float:
@@ -139,6 +140,8 @@ def health_of(gang: ObservedGang, now: float, unschedulable_deadline: float, mis
                           f"{now - (worst.gone_by or now):.0f} s after its grace period ended: a finalizer holds it, "
                           f"or its node is gone{more}", {"stuck": True})
         return Health(GangHealth.TERMINATING, "its pods are being deleted")
+    if gang.malformed:
+        return Health(GangHealth.FAILED, f"its pods' labels were edited ({gang.malformed}): the gang is replaced")
     ranked = sorted(pods, key=lambda p: p.rank)
     # A pod taken away from outside (evicted, preempted, its node lost) is why its gang failed, even when a
     # lower rank ended first because it lost its peer.
@@ -280,6 +283,34 @@ def epoch(timestamp: str | None) -> float:
     return dt.datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
 
 
+_NUMBERED = (L.LABEL_RANK, L.LABEL_REPLICA, L.LABEL_ATTEMPT, L.LABEL_GANG_SIZE)
+
+
+def _numbers(meta: Mapping[str, Any], malformed: list[str]) -> tuple[int, int, int, int | None] | None:
+    """(rank, replica, attempt, gang size) from a pod's labels; None, with why in ``malformed``, when one of them
+    is not a whole number."""
+    labels = meta.get("labels") or {}
+    values: list[int | None] = []
+    for key in _NUMBERED:
+        value = labels.get(key)
+        if value is None:
+            values.append(None)
+        elif value.isdigit():
+            values.append(int(value))
+        else:
+            malformed.append(f"pod {meta.get('name')}: {key}={value!r} is not a number")
+            return None
+    rank, replica, attempt, size = values
+    return rank or 0, replica or 0, attempt or 0, size
+
+
+def _epoch_or_none(timestamp: str) -> float | None:
+    try:
+        return epoch(timestamp)
+    except ValueError:
+        return None
+
+
 def gangs_from_pods(pods: Iterable[Mapping[str, Any]], sizes: Mapping[str, int] | None = None) -> list[ObservedGang]:
     """Group the deployment's engine pods into gangs by their gang label.
 
@@ -293,6 +324,23 @@ def gangs_from_pods(pods: Iterable[Mapping[str, Any]], sizes: Mapping[str, int] 
             by_gang.setdefault(gang, []).append(pod)
     gangs = []
     for name, members in sorted(by_gang.items()):
+        # Only the pods the operator made are the gang's: "<gang>-<rank>" (a pod copied with its labels, as
+        # `kubectl debug --copy-to` does, is not a rank of it). A label that is not a number was edited by hand:
+        # the gang is failed (and replaced), never a reason for the whole deployment's reconcile to fail.
+        malformed: list[str] = []
+        numbers = [_numbers(pod["metadata"], malformed) for pod in members]
+        members = [pod for pod, n in zip(members, numbers, strict=True)
+                   if n is not None and pod["metadata"]["name"] == L.pod_name(name, n[0])]
+        numbers = [n for n in numbers if n is not None]
+        size = (sizes or {}).get(name) or next((n[3] for n in numbers if n[3] is not None), len(members))
+        # A rank past the gang's size is no rank of it either (a pod made by hand with the gang's labels).
+        members = [pod for pod in members if int(pod["metadata"]["labels"].get(L.LABEL_RANK, "0")) < size]
+        if not members:
+            if malformed:
+                slot = name.rsplit("-", 2)[-2] if name.count("-") >= 2 else ""
+                gangs.append(ObservedGang(name=name, replica=int(slot) if slot.isdigit() else 0, revision="",
+                                          attempt=0, size=size, pods=(), malformed="; ".join(malformed)))
+            continue
         first = members[0]["metadata"]
         labels = first.get("labels") or {}
         observed = []
@@ -316,13 +364,15 @@ def gangs_from_pods(pods: Iterable[Mapping[str, Any]], sizes: Mapping[str, int] 
             ))
         annotations = head_meta.get("annotations") or {}
         drain = annotations.get(L.ANNOTATION_DRAIN_STARTED)
-        size = (sizes or {}).get(name) or int(labels.get(L.LABEL_GANG_SIZE, len(members)))
+        drain_at = _epoch_or_none(drain) if drain else None
+        if drain and drain_at is None:
+            malformed.append(f"pod {head_meta.get('name')}: {L.ANNOTATION_DRAIN_STARTED}={drain!r} is not a time")
         gangs.append(ObservedGang(
             name=name, replica=int(labels.get(L.LABEL_REPLICA, "0")), revision=labels.get(L.LABEL_REVISION, ""),
-            attempt=int(labels.get(L.LABEL_ATTEMPT, "0")), size=size,
+            attempt=int(labels.get(L.LABEL_ATTEMPT, "0")), size=size, malformed="; ".join(malformed) or None,
             pods=tuple(sorted(observed, key=lambda p: p.rank)),
             serving=(head_meta.get("labels") or {}).get(L.LABEL_SERVING) == "true",
-            drain_started=epoch(drain) if drain else None,
+            drain_started=drain_at,
             drain_reason=annotations.get(L.ANNOTATION_DRAIN_REASON),
             pool=labels.get(L.LABEL_POOL, ""),
         ))

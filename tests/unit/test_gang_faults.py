@@ -534,3 +534,48 @@ def test_an_evicted_gangs_event_and_record_name_the_eviction_and_spend_no_budget
     (record,) = w.status()["replicaRecords"]
     assert words in record["lastFailure"]
     assert record["restarts"] == 0
+
+
+# ------------------------------------------------------------------------------------- pods edited by hand
+
+
+@pytest.mark.parametrize("label", [L.LABEL_RANK, L.LABEL_REPLICA, L.LABEL_ATTEMPT, L.LABEL_GANG_SIZE])
+def test_a_label_that_is_no_number_fails_its_gang_and_names_it(label: str) -> None:
+    pods = [a_pod("g", 0, node="n0", conditions=[{"type": "Ready", "status": "True"}]),
+            a_pod("g", 1, node="n1", conditions=[{"type": "Ready", "status": "True"}])]
+    pods[1]["metadata"]["labels"][label] = "oops"
+    health = health_of(one_gang(pods), T0 + 100, 300.0)
+    assert health.state is GangHealth.FAILED
+    assert f"pod g-1: {label}='oops'" in health.reason
+
+
+def test_pods_with_a_gangs_labels_that_are_not_its_ranks_are_not_counted() -> None:
+    ready = {"node": "n0", "conditions": [{"type": "Ready", "status": "True"}]}
+    copy_of_head = a_pod("g", 0, **ready)
+    copy_of_head["metadata"]["name"] = "g-0-debug"  # kubectl debug --copy-to keeps the labels
+    extra = a_pod("g", 5, **ready)                    # a rank past the gang's size
+    gang = one_gang([a_pod("g", 0, **ready), a_pod("g", 1, **ready), copy_of_head, extra])
+    assert [p.name for p in gang.pods] == ["g-0", "g-1"]
+    assert health_of(gang, T0 + 100, 300.0).state is GangHealth.READY
+
+
+def test_a_label_edited_on_one_gang_replaces_that_gang_and_the_others_are_still_served() -> None:
+    w = World(a_deployment("d").pro().h200().replicas(2))
+    w.reconcile()
+    w.run_pods()
+    w.now += 60
+    w.reconcile()
+    assert w.status()["phase"] == "Ready"
+    first, second = sorted(w.live_gangs())
+    victim = next(p["metadata"]["name"] for p in w.pods() if p["metadata"]["labels"][L.LABEL_GANG] == first
+                  and p["metadata"]["labels"][L.LABEL_RANK] == "1")
+    asyncio.run(w.kube.merge_patch("v1", "Pod", NS, victim, {"metadata": {"labels": {L.LABEL_RANK: "one"}}}))
+    for _ in range(4):
+        w.now += 15
+        w.reconcile()
+        w.run_pods()
+    gangs = set(w.live_gangs())
+    assert second in gangs, "the other gang is kept"
+    assert first not in gangs, "the edited gang is replaced"
+    assert len(gangs) == 2, gangs
+    assert "ReconcileError" not in str(w.status()["conditions"])
