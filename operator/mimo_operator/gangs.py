@@ -331,8 +331,8 @@ def gangs_from_pods(pods: Iterable[Mapping[str, Any]], sizes: Mapping[str, int] 
         numbers = [_numbers(pod["metadata"], malformed) for pod in members]
         members = [pod for pod, n in zip(members, numbers, strict=True)
                    if n is not None and pod["metadata"]["name"] == L.pod_name(name, n[0])]
-        numbers = [n for n in numbers if n is not None]
-        size = (sizes or {}).get(name) or next((n[3] for n in numbers if n[3] is not None), len(members))
+        sized = [n[3] for n in numbers if n is not None and n[3] is not None]
+        size = (sizes or {}).get(name) or (sized[0] if sized else len(members))
         # A rank past the gang's size is no rank of it either (a pod made by hand with the gang's labels).
         members = [pod for pod in members if int(pod["metadata"]["labels"].get(L.LABEL_RANK, "0")) < size]
         if not members:
