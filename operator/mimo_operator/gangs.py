@@ -125,10 +125,13 @@ class Health:
 
 
 def health_of(gang: ObservedGang, now: float, unschedulable_deadline: float, missing_grace: float = 10.0,
-              gated_deadline: float | None = None) -> Health:
+              gated_deadline: float | None = None, start_deadline: float | None = None) -> Health:
     """Classify a gang. ``unschedulable_deadline``: seconds a pod may stay unschedulable before the
     gang counts as failed (the scheduler's reason is carried either way). ``gated_deadline``: the same for
-    a gang its queue holds (scheduling gates), None for no limit: a gang waits its turn for quota."""
+    a gang its queue holds (scheduling gates), None for no limit: a gang waits its turn for quota.
+    ``start_deadline``: seconds from its pods' creation after which a gang that makes no progress by itself (a
+    pod no scheduler answers for, a pod placed that never turns Ready) counts as failed, None for no limit; a
+    gang waiting on a reason someone must act on (an image, a Secret) is kept and named instead."""
     pods = gang.pods
     if pods and all(p.deleting for p in pods):
         stuck = [p for p in pods if p.gone_by is not None and now - p.gone_by > STUCK_TERMINATING_SECONDS]
@@ -180,7 +183,13 @@ def health_of(gang: ObservedGang, now: float, unschedulable_deadline: float, mis
             if gated_deadline is not None and now - first.created > gated_deadline:
                 return Health(GangHealth.FAILED, f"{message} for more than {gated_deadline:.0f} s", {"unplaced": True})
             return Health(GangHealth.PENDING, message)
-        return Health(GangHealth.PENDING, f"{len(waiting) + len(missing)} of {gang.size} pods not yet scheduled")
+        message = f"{len(waiting) + len(missing)} of {gang.size} pods not yet scheduled"
+        if start_deadline is not None and waiting and now - gang.created > start_deadline:
+            # No Unschedulable condition either: no scheduler has looked at them (one named but not running).
+            return Health(GangHealth.FAILED, f"{message} {now - gang.created:.0f} s after their creation, and no "
+                          f"scheduler has said why (is the scheduler of pod {waiting[0].name} running?)",
+                          {"unplaced": True})
+        return Health(GangHealth.PENDING, message)
     cannot = [p for p in pods if p.waiting_reason and not p.ready]
     if cannot:
         # Kept, not replaced: a new gang would pull the same image and miss the same Secret. The kubelet keeps
@@ -193,6 +202,11 @@ def health_of(gang: ObservedGang, now: float, unschedulable_deadline: float, mis
                       + (" (no retry clears this: the spec must change)" if permanent else "") + more,
                       {"cannot_start": first.waiting_reason, "permanent": permanent})
     not_ready = [p for p in pods if not p.ready]
+    if not_ready and start_deadline is not None and now - gang.created > start_deadline:
+        late = not_ready[0]
+        return Health(GangHealth.FAILED, f"pod {late.name} (rank {late.rank}) on node {late.node} is not Ready "
+                      f"{now - gang.created:.0f} s after the gang was created, past the {start_deadline:.0f} s a start "
+                      f"may take ({late.phase}{', its containers not started' if late.phase == 'Pending' else ''})")
     if not_ready:
         head = gang.head
         if head is not None and not head.ready and len(not_ready) == 1:

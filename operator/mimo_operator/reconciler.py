@@ -48,6 +48,7 @@ from mimo_operator.errors import MimoError, PlanRefused, SpecError
 from mimo_operator.gangs import GangHealth, Health, ObservedGang, epoch, gangs_from_pods
 from mimo_operator.heads import Heads
 from mimo_operator.kube import ApiError, Kube
+from mimo_operator.plan import Plan
 from mimo_operator.planner import plan_deployment
 from mimo_operator.planner_pd import DisaggregatedPlan, plan_disaggregated
 from mimo_operator.schedulers import (
@@ -126,6 +127,9 @@ _PROBE_CONCURRENCY = 32
 # A draining gang's head and the routers are asked again at most this often (reconciles come every second
 # while gangs drain; a drain's progress and a router that missed the leave need no more).
 _PROBE_AGAIN_SECONDS = 2.0
+# A gang not Ready this many first starts after its creation (and never under the floor) counts as failed.
+START_DEADLINE_FACTOR = 2.0
+MIN_START_DEADLINE_SECONDS = 1800.0
 # How soon a deployment whose only unready gangs are stalled (see the requeue in ``_reconcile``) is looked at.
 _STALLED_REQUEUE_SECONDS = 10.0
 # A reconcile slower than this is logged with the time each of its phases took, as the API server traces its
@@ -859,7 +863,7 @@ class Reconciler:
                      for g in gangs]
         drained = self._drained(ctx, gangs, memory, now)
         trace.step("drains")
-        desired = self._desired(spec, pool.replicas, revision, ctx.plan.nodes_per_replica)
+        desired = self._desired(spec, pool.replicas, revision, ctx.plan)
         mine = tuple(g for g in unknown if g.startswith(f"{ctx.gang_prefix}-"))
         paused = None
         if now < memory.create_retry_at:
@@ -989,7 +993,7 @@ class Reconciler:
         """
         by_role = {p.key: [g for g in gangs if g.pool == p.key] for p in pools}
         health = {n: h for p in pools for n, h in health_map(
-            self._desired(p.ctx.spec, p.replicas, "", p.ctx.plan.nodes_per_replica), by_role[p.key], now).items()}
+            self._desired(p.ctx.spec, p.replicas, "", p.ctx.plan), by_role[p.key], now).items()}
         routers = [f"http://{ip}:{ctx.ports.router_metrics}/metrics" for ip in await self._router_ips(ctx)]
         decisions = await autoscaler.step_pools(
             port=autoscaler.HttpMetrics(self.heads.session), namespace=ctx.namespace, name=ctx.name, spec=ctx.spec,
@@ -1049,10 +1053,14 @@ class Reconciler:
                                                        f"http://{h}:{ctx.plan.port}")
                                for r in routers for h in heads))
 
-    def _desired(self, spec: DeploymentSpec, replicas: int, revision: str, size: int) -> Desired:
+    def _desired(self, spec: DeploymentSpec, replicas: int, revision: str, plan: Plan) -> Desired:
         o = self.options
         return Desired(
-            replicas=replicas, revision=revision, size=size, max_surge=spec.rollout.max_surge,
+            size=plan.nodes_per_replica,
+            # Twice a first start (download, load, kernels, graphs), and never under half an hour: what the plan
+            # expects is an estimate, and a slow registry or disk is no reason to replace a gang.
+            start_deadline=max(START_DEADLINE_FACTOR * plan.startup.cold_seconds, MIN_START_DEADLINE_SECONDS),
+            replicas=replicas, revision=revision, max_surge=spec.rollout.max_surge,
             max_unavailable=spec.rollout.max_unavailable, restart_budget=o.restart_budget,
             backoff_base=o.backoff_base, backoff_cap=o.backoff_cap, unschedulable_deadline=o.unschedulable_deadline,
             surge_unschedulable_deadline=o.surge_unschedulable_deadline,

@@ -97,6 +97,10 @@ class Desired:
     unschedulable_deadline: float = 300.0
     surge_unschedulable_deadline: float = 60.0
     drain_timeout: float = 600.0
+    # Seconds a gang may take from its creation to Ready before it counts as failed (gangs.health_of); None: no
+    # limit. A pod placed that never turns Ready (a hung rank, a volume that never mounts) otherwise holds its
+    # nodes and its slot for good while status says it is starting.
+    start_deadline: float | None = None
     # A gang Ready this long has proven its replica: the restart count starts over. Pods that turn Ready
     # and fail a second later (as fast as they start) must not reset it, or the budget never runs out.
     proven_after: float = 60.0
@@ -166,7 +170,8 @@ def health_map(desired: Desired, gangs: Sequence[ObservedGang], now: float) -> d
     for g in gangs:
         surge = _is_surge(g, gangs, desired)
         deadline = desired.surge_unschedulable_deadline if surge else desired.unschedulable_deadline
-        out[g.name] = health_of(g, now, deadline, gated_deadline=deadline if surge else None)
+        out[g.name] = health_of(g, now, deadline, gated_deadline=deadline if surge else None,
+                                start_deadline=desired.start_deadline)
     return out
 
 

@@ -579,3 +579,52 @@ def test_a_label_edited_on_one_gang_replaces_that_gang_and_the_others_are_still_
     assert first not in gangs, "the edited gang is replaced"
     assert len(gangs) == 2, gangs
     assert "ReconcileError" not in str(w.status()["conditions"])
+
+
+# ---------------------------------------------------------------------------------- gangs that never start
+
+
+@pytest.mark.parametrize(("member", "why"), [
+    ({"node": "n1", "conditions": [{"type": "Ready", "status": "False"}]}, "g-1 (rank 1) on node n1 is not Ready"),
+    ({"node": "n1", "phase": "Pending", "containerStatuses": [
+        {"name": "engine", "state": {"waiting": {"reason": "ContainerCreating"}}}]}, "its containers not started"),
+    ({}, "no scheduler has said why"),
+], ids=["a member never Ready", "a member creating its containers for good", "a member no scheduler answers for"])
+def test_a_gang_that_makes_no_progress_fails_past_its_start_deadline(member: dict[str, Any], why: str) -> None:
+    head = a_pod("g", 0, node="n0", conditions=[{"type": "Ready", "status": "True"}])
+    gang = one_gang([head, a_pod("g", 1, **member)])
+    before = health_of(gang, T0 + 1_799, 300.0, start_deadline=1_800.0)
+    after = health_of(gang, T0 + 1_801, 300.0, start_deadline=1_800.0)
+    assert before.state in (GangHealth.STARTING, GangHealth.PENDING)
+    assert after.state is GangHealth.FAILED
+    assert why in after.reason
+    assert health_of(gang, T0 + 99_999, 300.0).state is before.state, "no deadline, no limit"
+
+
+def test_a_gang_whose_image_cannot_be_pulled_is_kept_past_its_start_deadline() -> None:
+    # Someone must act (the image, a Secret): a new gang would meet the same; status names it.
+    gang = one_gang([a_pod("g", 0, node="n0", **engine_waiting("ImagePullBackOff", "Back-off pulling image")),
+                     a_pod("g", 1, node="n1", **engine_waiting("ImagePullBackOff", "Back-off pulling image"))])
+    health = health_of(gang, T0 + 99_999, 300.0, start_deadline=1_800.0)
+    assert health.state is GangHealth.STARTING
+    assert health.extra["cannot_start"] == "ImagePullBackOff"
+
+
+def test_the_reconciler_replaces_a_gang_not_ready_past_twice_a_first_start() -> None:
+    w = World(a_deployment("d").pro().h200().replicas(1))
+    w.reconcile()
+    w.run_pods()
+    (gang,) = w.live_gangs()
+    member = next(p["metadata"]["name"] for p in w.pods() if p["metadata"]["labels"][L.LABEL_RANK] == "1")
+    asyncio.run(w.kube.merge_patch("v1", "Pod", NS, member, {"status": {"conditions": [
+        {"type": "Ready", "status": "False"}]}}))
+    cold = w.status()["plan"]["startupSeconds"]
+    w.now += 60
+    w.reconcile()
+    assert set(w.live_gangs()) == {gang}
+    w.now += 10 * max(cold, 1_800)  # well past the deadline (twice a cold start, at least half an hour)
+    w.reconcile()
+    w.now += 60
+    w.reconcile()
+    assert gang not in w.live_gangs(), "replaced"
+    assert "is not Ready" in str(w.status())
