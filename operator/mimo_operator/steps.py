@@ -309,6 +309,12 @@ def next_steps(desired: Desired, gangs: Sequence[ObservedGang], records: Mapping
     # gang that a surge could have spared).
     in_range = [g for g in active if g.replica in kept]
     outdated = sorted((g for g in in_range if g.revision != desired.revision), key=lambda g: g.replica)
+    # A surge gang of a revision the spec has since moved past (changed again before the surge gang served) is
+    # no longer anyone's replacement: it goes at once, or a second surge gang would run beside it.
+    for g in [g for g in outdated if _abandoned_surge(g, in_range, state)]:
+        out.steps.append(DeleteGang(g.name, f"rollout: surge gang of revision {g.revision}, which revision "
+                                            f"{desired.revision} replaces before it served"))
+        outdated.remove(g)
     if outdated and blocked:
         held = True
     elif outdated and desired.max_creates is not None and creates >= desired.max_creates:
@@ -339,6 +345,15 @@ def removal_order(by_slot: Mapping[int, Sequence[ObservedGang]], health: Mapping
         if slot_of[name] not in order:
             order.append(slot_of[name])
     return order
+
+
+def _abandoned_surge(g: ObservedGang, in_range: Sequence[ObservedGang], st: Callable[[ObservedGang], GangHealth]
+                     ) -> bool:
+    """An outdated gang that has never served and shares its replica with an older gang: a surge gang of a
+    revision that was itself replaced (the older gang is still the replica's)."""
+    return (st(g) is not GangHealth.READY and g.ready_since is None
+            and any(o.replica == g.replica and o is not g and (o.attempt, o.created) < (g.attempt, g.created)
+                    for o in in_range))
 
 
 def _is_surge(g: ObservedGang, gangs: Sequence[ObservedGang], desired: Desired) -> bool:

@@ -148,6 +148,24 @@ def test_a_rollout_surges_one_gang_at_a_time_and_never_drops_below_the_ready_cou
     ]
 
 
+def test_a_surge_gang_of_a_revision_changed_again_before_it_served_goes_at_once() -> None:
+    # "old" rolls to "v2"; before v2's surge gang serves, the spec changes again to "new": that gang is no one's
+    # replacement any more and goes at once, so the rollout to "new" never runs two surge gangs beside the old.
+    world = World(Desired(replicas=2, revision="v2", size=2, max_surge=1, max_unavailable=0))
+    world.seed(2, "old")
+    world.advance()
+    assert world.step() == ["create r0"]
+    world.now += TICK
+    world.desired = replace(world.desired, revision="new")
+    world.advance()
+    assert world.step() == ["delete r0", "create r0"]
+    assert sorted(g.revision for g in world.gangs.values()) == ["new", "old", "old"]
+    world.run()
+    assert {g.revision for g in world.gangs.values()} == {"new"}
+    assert len(world.gangs) == 2
+    assert min(world.ready_history) >= 2, world.log
+
+
 def test_a_rollout_without_surge_replaces_in_place_within_max_unavailable() -> None:
     world = World(Desired(replicas=3, revision="new", size=4, max_surge=0, max_unavailable=1))
     world.seed(3, "old")
