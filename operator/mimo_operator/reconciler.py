@@ -204,6 +204,8 @@ class Created:
     # gang was built from (a refusal of an older spec is only reported).
     refusal: dict[str, Any] | None = None
     failed: bool = False  # neither created nor refused (the API was unavailable): creation pauses a while
+    # A surge gang the API refused for want of room (a ResourceQuota): the revision whose rollout goes in place.
+    surge_refused: str | None = None
 
 
 @dataclass
@@ -539,6 +541,8 @@ class Memory:
     create_failures: int = 0
     create_error: str = ""
     create_retry_at: float = float("-inf")
+    # Revisions whose surge gangs the API refused for want of room: their rollouts go in place.
+    surge_refused: set[str] = field(default_factory=set)
     autoscaler: autoscaler.AutoscalerMemory = field(default_factory=autoscaler.AutoscalerMemory)
     # The deployment with the status this process last decided (written, or on its way: ``status``), as the
     # API answered the last write or a fresh read: None until read, and again whenever this process may not
@@ -838,6 +842,9 @@ class Reconciler:
             result.events.append(ended.event)
             if ended.refusal is not None:
                 refusals.append(ended.refusal)
+            elif ended.failed and ended.surge_refused is not None:
+                # Not a failure to back off from: the rollout replaces in place instead (``Desired.surge_refused``).
+                memory.surge_refused.add(ended.surge_refused)
             elif ended.failed:
                 memory.create_failures += 1
                 memory.create_error = ended.event.message
@@ -875,7 +882,8 @@ class Reconciler:
             paused=paused,
             # A read that does not show a gang we just created must not make us create it again.
             expectations=mine,
-            refused=refusal_text(refused) if refused else None))
+            refused=refusal_text(refused) if refused else None),
+            surge_refused=revision in memory.surge_refused)
 
         # The autoscaler decides first: its count and its choice of gang to remove feed the planner.
         autoscaling: dict[str, Any] = {}
@@ -1251,8 +1259,11 @@ class Reconciler:
                 if errors:
                     raise next((r for r in errors if isinstance(r, ApiError) and r.code == 422), errors[0])
         except ApiError as e:
-            if e.code != 422:
-                return await self._creation_failed(ctx, gang, e, memory)
+            if e.code != 422:  # the API said no for now (a quota, a webhook down): tried again later
+                created = await self._creation_failed(ctx, gang, e, memory)
+                if step.surge and e.code == 403 and "exceeded quota" in e.message:
+                    return dataclasses.replace(created, surge_refused=revision)
+                return created
             # Invalid: the same objects would be refused again. Nothing of the gang stays behind, and the
             # refusal (recorded in status) stops gang creation until the spec changes.
             memory.expectations.pop(gang, None)
@@ -1263,7 +1274,7 @@ class Reconciler:
             log.warning("%s/%s: the API refused gang %s: %s", ns, ctx.name, gang, e)
             return Created(gang, Event("Warning", "ChildRefused", f"gang {gang}: {refusal['field']}: {e.message}"),
                            refusal={**refusal, "generation": generation, "revision": revision})
-        except Exception as e:  # the API was unavailable, or said no for now (a quota): tried again later
+        except Exception as e:  # the API was unavailable: tried again later
             return await self._creation_failed(ctx, gang, e, memory)
         now = self.clock()
         expectation = memory.expectations.get(gang)

@@ -101,6 +101,8 @@ class Desired:
     # limit. A pod placed that never turns Ready (a hung rank, a volume that never mounts) otherwise holds its
     # nodes and its slot for good while status says it is starting.
     start_deadline: float | None = None
+    # The API refused a surge gang of this revision for want of room (a ResourceQuota): no more surge gangs.
+    surge_refused: bool = False
     # A gang Ready this long has proven its replica: the restart count starts over. Pods that turn Ready
     # and fail a second later (as fast as they start) must not reset it, or the budget never runs out.
     proven_after: float = 60.0
@@ -131,6 +133,7 @@ class CreateGang:
     replica: int
     attempt: int
     reason: str
+    surge: bool = False  # a rollout's gang beside the replica's outdated one
 
 
 @dataclass(frozen=True)
@@ -386,16 +389,18 @@ def _roll_one(desired: Desired, in_range: list[ObservedGang], old: ObservedGang,
         return
     rec = rec_of(replica)
     surging = sum(1 for g in in_range if _is_surge(g, in_range, desired))
-    # Once one surge gang of this revision did not fit, the rest of the rollout goes in place.
-    blocked = any(r.surge_blocked_revision == desired.revision for r in out.records.values())
+    # Once one surge gang of this revision did not fit (the scheduler, its queue or a quota said no), the rest of
+    # the rollout goes in place.
+    blocked = desired.surge_refused or any(r.surge_blocked_revision == desired.revision for r in out.records.values())
     if desired.max_surge > surging and not blocked:
         attempt = next_attempt(replica, rec, gangs)
-        out.steps.append(CreateGang(replica, attempt, f"rollout: surge gang for replica {replica}"))
+        out.steps.append(CreateGang(replica, attempt, f"rollout: surge gang for replica {replica}", surge=True))
         out.records[replica] = replace(rec, attempt=attempt)
         return
     after = ready - (1 if st(old) is GangHealth.READY else 0)
     if after >= min_ready:
-        why = "no surge allowed" if desired.max_surge == 0 else "the surge gang could not be placed"
+        why = ("no surge allowed" if desired.max_surge == 0 else "the namespace's quota has no room for a surge gang"
+               if desired.surge_refused else "the surge gang could not be placed")
         out.steps.append(_leave(old, st(old), f"rollout: replacing in place ({why})"))
     else:
         out.waiting.append(f"rollout: replacing replica {replica} would leave {after} ready gangs, "

@@ -628,3 +628,36 @@ def test_the_reconciler_replaces_a_gang_not_ready_past_twice_a_first_start() -> 
     w.reconcile()
     assert gang not in w.live_gangs(), "replaced"
     assert "is not Ready" in str(w.status())
+
+
+# ------------------------------------------------------------------------------------------ a full quota
+
+_QUOTA = ('pods "d-0-x-0" is forbidden: exceeded quota: gpus, requested: requests.nvidia.com/gpu=8, '
+          'used: requests.nvidia.com/gpu=16, limited: requests.nvidia.com/gpu=16')
+
+
+@pytest.mark.parametrize(("unavailable", "replaced"), [(1, True), (0, False)])
+def test_a_surge_gang_a_quota_refuses_turns_the_rollout_in_place(unavailable: int, replaced: bool) -> None:
+    # The namespace's GPU quota holds exactly the running gangs: a surge gang is refused, as one the scheduler
+    # cannot place would be; the rollout goes on in place where maxUnavailable allows, and says why where not.
+    w = World(a_deployment("d").replicas(2).set("rollout", {"maxSurge": 1, "maxUnavailable": unavailable}))
+    for _ in range(3):
+        w.reconcile()
+        w.run_pods()
+        w.now += 30
+    old = set(w.live_gangs())
+    w.edit("engine.image", "registry.example.com/mimo/worker:v2")
+    w.kube.fail("create", "Pod", 403, _QUOTA, times=1)
+    for _ in range(60):
+        w.reconcile()
+        w.run_pods()
+        w.kube.finish_deletions()
+        w.now += 5
+    surges = [x for x in w.kube.writes if x[:2] == ("create", "Pod")]
+    assert bool(old & set(w.live_gangs())) is not replaced
+    if replaced:
+        assert len(w.live_gangs()) == 2
+    else:
+        progressing = next(c for c in w.status()["conditions"] if c["type"] == "Progressing")
+        assert "below the minimum of 2" in progressing["message"]
+        assert len(surges) == 3, "the surge is not tried again and again"
