@@ -1167,6 +1167,12 @@ class Reconciler:
             memory.latest = latest
         newer = (int(meta.get("generation", 0)), _version(meta)) > (int(latest["metadata"].get("generation", 0)),
                                                                    _version(latest["metadata"]))
+        if (newer and not memory.status.pending() and _version(meta) > _version(latest["metadata"])
+                and (event_body.get("status") or {}) != (latest.get("status") or {})):
+            # Someone else wrote the status since ours landed (a hand edit, a backup restored): the API's copy is
+            # what the next decision is compared with, so what it lacks or says wrongly is written again.
+            memory.latest = dict(event_body)
+            return event_body
         # The spec and metadata of whichever is newer; the status always ours.
         return {**event_body, "status": latest.get("status") or {}} if newer else latest
 

@@ -418,6 +418,32 @@ def test_a_settled_deployment_writes_nothing() -> None:
 
 
 @pytest.mark.parametrize("edit", [
+    lambda status: {},                                           # wiped (a patch of the status subresource)
+    lambda status: {**status, "phase": "Degraded", "readyReplicas": 0},
+], ids=["wiped", "edited"])
+def test_a_status_someone_else_wrote_is_written_again(edit: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    # HPA reads status.selector and status.replicas through the scale subresource; kubectl get reads the phase.
+    w = World(a_deployment("d").replicas(2))
+    w.reconcile()
+    w.run_pods()
+    w.now += 60
+    w.reconcile()
+    decided = w.status()
+    assert decided["phase"] == "Ready"
+    asyncio.run(w.kube.merge_patch(CRD, "MiMoDeployment", NS, "d", {"status": None}, subresource=None))
+    asyncio.run(w.kube.merge_patch(CRD, "MiMoDeployment", NS, "d", {"status": edit(copy.deepcopy(decided))},
+                                   subresource="status"))
+    w.now += 31
+    w.reconcile()
+    assert {k: w.status().get(k) for k in ("phase", "readyReplicas", "selector", "replicas")} == {
+        k: decided[k] for k in ("phase", "readyReplicas", "selector", "replicas")}
+    mark = len(w.kube.writes)
+    w.now += 31
+    w.reconcile()
+    assert w.kube.writes_since(mark) == [], "once as decided, nothing more"
+
+
+@pytest.mark.parametrize("edit", [
     {"ingress": [{}]},                                              # opens every port to everyone
     {"podSelector": {"matchLabels": {"nothing": "selected"}}},      # closes nothing
     {"policyTypes": None},
