@@ -794,7 +794,8 @@ class Reconciler:
         # that list was a large part of the operator's CPU), and outside the reconcile, with the gang writes.
         if now - memory.orphans_checked_at >= _ORPHAN_CHECK_SECONDS and not memory.gang_writes.busy(_ORPHANS):
             memory.orphans_checked_at = now
-            memory.gang_writes.submit(_ORPHANS, lambda: self._collect_orphans(ctx, live, memory, now),
+            strays = _strays(ctx, pods, now)
+            memory.gang_writes.submit(_ORPHANS, lambda: self._collect_orphans(ctx, live, strays, memory, now),
                                       "collect orphans of")
 
         health = {n: h for run in ran for n, h in run.outcome.health.items()}
@@ -1414,13 +1415,19 @@ class Reconciler:
         groups = await self._pod_group_kinds()
         await asyncio.gather(*(self.kube.delete(api_version, kind, ns, gang) for api_version, kind in groups))
 
-    async def _collect_orphans(self, ctx: BuildContext, gangs: list[ObservedGang], memory: Memory,
-                               now: float) -> None:
+    async def _collect_orphans(self, ctx: BuildContext, gangs: list[ObservedGang], strays: list[dict[str, Any]],
+                               memory: Memory, now: float) -> None:
         """No gang object outlives its pods: a ConfigMap, Service, NetworkPolicy or PodGroup of a gang that
-        has no pod (and was not just created: its objects come before its pods) is deleted. And a live gang's
-        NetworkPolicy edited by hand is put back. Run with the gang writes, outside the reconcile: a failure is
-        logged, and the next check comes as usual."""
+        has no pod (and was not just created: its objects come before its pods) is deleted, and so is an engine
+        pod of the deployment's that is in no gang (``_strays``). And a live gang's NetworkPolicy edited by hand
+        is put back. Run with the gang writes, outside the reconcile: a failure is logged, and the next check
+        comes as usual."""
         try:
+            for pod in strays:
+                meta = pod["metadata"]
+                log.warning("%s/%s: deleting pod %s, an engine pod of the deployment in no gang (its gang label "
+                            "was removed)", ctx.namespace, ctx.name, meta["name"])
+                await self.kube.delete("v1", "Pod", ctx.namespace, meta["name"], uid=meta.get("uid"))
             await self._delete_orphans(ctx, gangs, memory, now)
         except (TimeoutError, ApiError, aiohttp.ClientError, OSError) as e:
             log.warning("%s/%s: looking for what is left of deleted gangs failed: %s", ctx.namespace, ctx.name, e)
@@ -1635,6 +1642,21 @@ def _derive_patch(live: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[s
         else:
             patch[key] = value
     return patch
+
+
+def _strays(ctx: BuildContext, pods: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:
+    """Engine pods this deployment made that are in no gang: a gang label removed by hand leaves a pod on its
+    GPUs that nothing manages (its gang, a rank short, was replaced)."""
+    out = []
+    for pod in pods:
+        meta = pod["metadata"]
+        labels = meta.get("labels") or {}
+        if (labels.get(L.LABEL_COMPONENT) == "engine" and not labels.get(L.LABEL_GANG)
+                and not meta.get("deletionTimestamp")
+                and any(ref.get("uid") == ctx.uid for ref in meta.get("ownerReferences") or [])
+                and now - epoch(meta.get("creationTimestamp")) >= _EXPECTATION_SECONDS):
+            out.append(pod)
+    return out
 
 
 def _merge_patch_to(live: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:

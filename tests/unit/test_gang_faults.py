@@ -661,3 +661,25 @@ def test_a_surge_gang_a_quota_refuses_turns_the_rollout_in_place(unavailable: in
         progressing = next(c for c in w.status()["conditions"] if c["type"] == "Progressing")
         assert "below the minimum of 2" in progressing["message"]
         assert len(surges) == 3, "the surge is not tried again and again"
+
+
+def test_a_pod_whose_gang_label_was_removed_is_deleted_and_its_gang_replaced() -> None:
+    w = World(a_deployment("d").pro().h200().replicas(1))
+    w.reconcile()
+    w.run_pods()
+    w.now += 60
+    w.reconcile()
+    (gang,) = w.live_gangs()
+    member = next(p["metadata"]["name"] for p in w.pods() if p["metadata"]["labels"][L.LABEL_RANK] == "1")
+    asyncio.run(w.kube.merge_patch("v1", "Pod", NS, member, {"metadata": {"labels": {L.LABEL_GANG: None}}}))
+    w.gang_names = lambda: {p["metadata"]["labels"][L.LABEL_GANG] for p in w.pods()  # type: ignore[method-assign]
+                            if L.LABEL_GANG in p["metadata"]["labels"]}
+    for _ in range(6):
+        w.now += 15
+        w.reconcile()
+        w.run_pods()
+        w.kube.finish_deletions()
+    names = {p["metadata"]["name"] for p in w.kube.of("Pod", NS)}
+    assert member not in names, "the pod in no gang holds its GPUs no more"
+    assert gang not in w.live_gangs(), "its gang, a rank short, was replaced"
+    assert len(w.live_gangs()) == 1
