@@ -1428,9 +1428,23 @@ class Reconciler:
                 log.warning("%s/%s: deleting pod %s, an engine pod of the deployment in no gang (its gang label "
                             "was removed)", ctx.namespace, ctx.name, meta["name"])
                 await self.kube.delete("v1", "Pod", ctx.namespace, meta["name"], uid=meta.get("uid"))
+            await self._serve_again(ctx, gangs, memory)
             await self._delete_orphans(ctx, gangs, memory, now)
         except (TimeoutError, ApiError, aiohttp.ClientError, OSError) as e:
             log.warning("%s/%s: looking for what is left of deleted gangs failed: %s", ctx.namespace, ctx.name, e)
+
+    async def _serve_again(self, ctx: BuildContext, gangs: list[ObservedGang], memory: Memory) -> None:
+        """A head that lost the router's serving label by hand, not by a drain (which marks it draining in the same
+        write), gets it back: without it the router never sends the gang a request, though it reports Ready."""
+        for g in gangs:
+            head = g.head
+            if (g.serving or g.drain_started is not None or head is None or head.deleting
+                    or g.name in memory.draining or g.name in memory.deleting):
+                continue
+            log.warning("%s/%s: the head of gang %s lost the label %s=true; putting it back", ctx.namespace, ctx.name,
+                        g.name, L.LABEL_SERVING)
+            await self.kube.merge_patch("v1", "Pod", ctx.namespace, head.name,
+                                        {"metadata": {"labels": {L.LABEL_SERVING: "true"}}})
 
     async def _delete_orphans(self, ctx: BuildContext, gangs: list[ObservedGang], memory: Memory,
                               now: float) -> None:

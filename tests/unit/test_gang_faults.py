@@ -683,3 +683,19 @@ def test_a_pod_whose_gang_label_was_removed_is_deleted_and_its_gang_replaced() -
     assert member not in names, "the pod in no gang holds its GPUs no more"
     assert gang not in w.live_gangs(), "its gang, a rank short, was replaced"
     assert len(w.live_gangs()) == 1
+
+
+def test_a_head_that_lost_the_serving_label_by_hand_gets_it_back() -> None:
+    w = World(a_deployment("d").replicas(2))
+    w.reconcile()
+    w.run_pods()
+    w.now += 60
+    w.reconcile()
+    head = next(p["metadata"]["name"] for p in w.pods() if p["metadata"]["labels"][L.LABEL_RANK] == "0")
+    asyncio.run(w.kube.merge_patch("v1", "Pod", NS, head, {"metadata": {"labels": {L.LABEL_SERVING: None}}}))
+    w.now += 31  # the gangs' sweep comes every 30 s
+    w.reconcile()
+    w.reconcile()
+    labels = w.kube.objects[("v1", "Pod", NS, head)]["metadata"]["labels"]
+    assert labels.get(L.LABEL_SERVING) == "true", "the router selects heads by it"
+    assert len(w.live_gangs()) == 2
