@@ -250,6 +250,17 @@ def next_steps(desired: Desired, gangs: Sequence[ObservedGang], records: Mapping
             elif now - started >= desired.drain_timeout:
                 out.steps.append(DeleteGang(g.name, f"drain timeout of {desired.drain_timeout:.0f} s passed"))
     active = [g for g in live if state(g) is not GangHealth.DRAINING]
+    # A replica has one gang of the current revision. A second (a replica label edited by hand onto another gang's
+    # slot) leaves, the one that serves or came first staying: the slot it came from is refilled below.
+    slots: dict[int, list[ObservedGang]] = {}
+    for g in active:
+        if g.revision == desired.revision:
+            slots.setdefault(g.replica, []).append(g)
+    for replica, same in slots.items():
+        for second in sorted(same, key=lambda g: (state(g) is not GangHealth.READY, g.attempt, g.created))[1:]:
+            out.steps.append(_leave(second, state(second), f"a second gang of the current revision in replica "
+                                                         f"{replica} (its replica label was changed)"))
+            active.remove(second)
 
     # Scale-down: slots above the desired count leave, in the agreed order (see removal_order).
     by_slot: dict[int, list[ObservedGang]] = {}

@@ -166,6 +166,19 @@ def test_a_surge_gang_of_a_revision_changed_again_before_it_served_goes_at_once(
     assert min(world.ready_history) >= 2, world.log
 
 
+def test_a_second_gang_of_the_current_revision_in_a_slot_leaves_and_its_own_slot_is_refilled() -> None:
+    # Gang 1's replica label edited to 0 by hand: slot 0 has two gangs, slot 1 none.
+    world = World(Desired(replicas=2, revision="r", size=2))
+    world.seed(2, "r")
+    moved = gang_name("d", 1, "r", 1)
+    world.gangs[moved] = replace(world.gangs[moved], replica=0)
+    world.advance()
+    assert world.step() == ["drain r0", "create r1"]
+    world.run()
+    assert sorted(g.replica for g in world.gangs.values()) == [0, 1]
+    assert moved not in world.gangs
+
+
 def test_a_rollout_without_surge_replaces_in_place_within_max_unavailable() -> None:
     world = World(Desired(replicas=3, revision="new", size=4, max_surge=0, max_unavailable=1))
     world.seed(3, "old")
