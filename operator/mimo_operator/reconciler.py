@@ -37,6 +37,7 @@ from mimo_operator.build import (
     gang_objects,
     operator_upgrade,
     outdated_marker,
+    owner_reference,
     pools_of,
     revision_of,
     router_url,
@@ -794,8 +795,8 @@ class Reconciler:
         # that list was a large part of the operator's CPU), and outside the reconcile, with the gang writes.
         if now - memory.orphans_checked_at >= _ORPHAN_CHECK_SECONDS and not memory.gang_writes.busy(_ORPHANS):
             memory.orphans_checked_at = now
-            strays = _strays(ctx, pods, now)
-            memory.gang_writes.submit(_ORPHANS, lambda: self._collect_orphans(ctx, live, strays, memory, now),
+            strays, unowned = _strays(ctx, pods, now), _unowned(ctx, pods)
+            memory.gang_writes.submit(_ORPHANS, lambda: self._collect_orphans(ctx, live, strays, unowned, memory, now),
                                       "collect orphans of")
 
         health = {n: h for run in ran for n, h in run.outcome.health.items()}
@@ -1416,13 +1417,18 @@ class Reconciler:
         await asyncio.gather(*(self.kube.delete(api_version, kind, ns, gang) for api_version, kind in groups))
 
     async def _collect_orphans(self, ctx: BuildContext, gangs: list[ObservedGang], strays: list[dict[str, Any]],
-                               memory: Memory, now: float) -> None:
+                               unowned: list[str], memory: Memory, now: float) -> None:
         """No gang object outlives its pods: a ConfigMap, Service, NetworkPolicy or PodGroup of a gang that
         has no pod (and was not just created: its objects come before its pods) is deleted, and so is an engine
         pod of the deployment's that is in no gang (``_strays``). And a live gang's NetworkPolicy edited by hand
-        is put back. Run with the gang writes, outside the reconcile: a failure is logged, and the next check
-        comes as usual."""
+        is put back, and so is a gang pod's owner (``_unowned``). Run with the gang writes, outside the reconcile: a
+        failure is logged, and the next check comes as usual."""
         try:
+            for name in unowned:
+                log.warning("%s/%s: pod %s lost the deployment as its owner; putting it back", ctx.namespace, ctx.name,
+                            name)
+                await self.kube.merge_patch("v1", "Pod", ctx.namespace, name,
+                                            {"metadata": {"ownerReferences": [owner_reference(ctx)]}})
             for pod in strays:
                 meta = pod["metadata"]
                 log.warning("%s/%s: deleting pod %s, an engine pod of the deployment in no gang (its gang label "
@@ -1570,6 +1576,11 @@ class Reconciler:
             patch = {key: (_merge_patch_to if exact else _derive_patch)(live.get(key) or {}, value)
                      if isinstance(value, Mapping) and isinstance(live.get(key), Mapping) else value
                      for key, value in desired.items() if key not in _NOT_CONTENT and value is not None}
+            if not _owned(live, desired):
+                # The owners as built and any other the object has since been given (a merge patch replaces lists).
+                mine = desired["metadata"]["ownerReferences"]
+                others = [r for r in meta.get("ownerReferences") or [] if r.get("uid") not in {m["uid"] for m in mine}]
+                patch["metadata"] = {"ownerReferences": [*mine, *others]}
             await self.kube.merge_patch(desired["apiVersion"], desired["kind"], ctx.namespace, meta["name"], patch)
 
     async def _none_taken(self, ctx: BuildContext, missing: list[dict[str, Any]]) -> None:
@@ -1617,10 +1628,19 @@ class Reconciler:
 
 def _edited(live: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
     """Whether ``live`` no longer holds what ``desired`` says: exactly for ``_KEPT_EXACTLY`` kinds, else every
-    field ``desired`` sets (``_derives``)."""
+    field ``desired`` sets (``_derives``); and whether it lost the deployment as its owner (deleting the deployment
+    would then leave it behind)."""
+    if not _owned(live, desired):
+        return True
     if desired["kind"] in _KEPT_EXACTLY:
         return any(live.get(key) != desired.get(key) for key in {*live, *desired} - _NOT_CONTENT)
     return not all(_derives(value, live.get(key)) for key, value in desired.items() if key not in _NOT_CONTENT)
+
+
+def _owned(live: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+    """Whether ``live`` still names the owner ``desired`` names (the deployment, as its controller)."""
+    have = {ref.get("uid") for ref in (live.get("metadata") or {}).get("ownerReferences") or []}
+    return all(ref.get("uid") in have for ref in (desired.get("metadata") or {}).get("ownerReferences") or [])
 
 
 def _derives(desired: Any, live: Any) -> bool:
@@ -1671,6 +1691,14 @@ def _strays(ctx: BuildContext, pods: list[dict[str, Any]], now: float) -> list[d
                 and now - epoch(meta.get("creationTimestamp")) >= _EXPECTATION_SECONDS):
             out.append(pod)
     return out
+
+
+def _unowned(ctx: BuildContext, pods: list[dict[str, Any]]) -> list[str]:
+    """Gang pods of the deployment that no longer name it as their owner (edited, or restored from a backup without
+    it): deleting the deployment would leave them on their GPUs."""
+    return [p["metadata"]["name"] for p in pods
+            if (p["metadata"].get("labels") or {}).get(L.LABEL_GANG) and not p["metadata"].get("deletionTimestamp")
+            and not any(ref.get("uid") == ctx.uid for ref in p["metadata"].get("ownerReferences") or [])]
 
 
 def _merge_patch_to(live: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:

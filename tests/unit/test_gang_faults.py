@@ -699,3 +699,21 @@ def test_a_head_that_lost_the_serving_label_by_hand_gets_it_back() -> None:
     labels = w.kube.objects[("v1", "Pod", NS, head)]["metadata"]["labels"]
     assert labels.get(L.LABEL_SERVING) == "true", "the router selects heads by it"
     assert len(w.live_gangs()) == 2
+
+
+@pytest.mark.parametrize(("kind", "name"), [
+    ("Pod", None), ("Deployment", "d-router"), ("PodDisruptionBudget", "d-engine")])
+def test_an_object_that_lost_the_deployment_as_its_owner_gets_it_back(kind: str, name: str | None) -> None:
+    # Deleting the deployment deletes what it owns: an object without the reference would stay on (a pod on its GPUs).
+    w = World(a_deployment("d").replicas(1))
+    w.reconcile()
+    w.run_pods()
+    w.now += 60
+    w.reconcile()
+    key = next(k for k in w.kube.objects if k[1] == kind and (name is None or k[3] == name))
+    owners = w.kube.objects[key]["metadata"]["ownerReferences"]
+    asyncio.run(w.kube.merge_patch(key[0], kind, NS, key[3], {"metadata": {"ownerReferences": None}}))
+    w.now += 31  # the shared objects' check and the gangs' sweep come every 30 s
+    w.reconcile()
+    w.reconcile()
+    assert w.kube.objects[key]["metadata"].get("ownerReferences") == owners

@@ -1,7 +1,7 @@
 """Builders: pure functions from a deployment and its plan to the complete Kubernetes objects it needs.
 No builder calls the API; the reconciler applies what they return."""
 
-from mimo_operator.build.gang import gang_network_policy, gang_objects, launch_plan, template_of
+from mimo_operator.build.gang import gang_network_policy, gang_objects, launch_plan, owner_reference, template_of
 from mimo_operator.build.options import BuildContext, OperatorIdentity, WorkerPorts
 from mimo_operator.build.pools import Pool, pool_context, pools_of
 from mimo_operator.build.revision import OperatorUpgrade, operator_upgrade, outdated_marker, revision_of
@@ -18,6 +18,7 @@ __all__ = [
     "launch_plan",
     "operator_upgrade",
     "outdated_marker",
+    "owner_reference",
     "pool_context",
     "pools_of",
     "revision_of",
