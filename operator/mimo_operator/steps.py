@@ -298,6 +298,12 @@ def next_steps(desired: Desired, gangs: Sequence[ObservedGang], records: Mapping
     deferred: list[int] = []
     for replica in wanted:
         rec = record(replica)
+        longest = desired.backoff_cap if rec.failed else backoff(desired, max(1, rec.restarts))
+        if rec.next_attempt_at > now + longest:
+            # Later than the record's back-off can be: written by a clock ahead of this one (a leader on another node,
+            # a clock stepped back), and the slot would wait for the difference.
+            rec = replace(rec, next_attempt_at=now + longest)
+            out.records[replica] = rec
         if rec.failed and now < rec.next_attempt_at:
             out.waiting.append(f"replica {replica} failed {rec.restarts} times (budget {desired.restart_budget}); "
                                f"tried again in {rec.next_attempt_at - now:.0f} s, at the back-off cap of "

@@ -179,6 +179,17 @@ def test_a_second_gang_of_the_current_revision_in_a_slot_leaves_and_its_own_slot
     assert moved not in world.gangs
 
 
+def test_a_back_off_written_by_a_clock_ahead_of_this_one_waits_no_longer_than_the_back_off() -> None:
+    # The record says an hour from now (an earlier leader's clock was an hour ahead); one restart waits 10 s.
+    desired = Desired(replicas=1, revision="r", size=2, backoff_base=10.0)
+    records = {0: ReplicaRecord(attempt=1, restarts=1, next_attempt_at=3_600.0, last_failure="exit code 1",
+                                revision="r")}
+    held = next_steps(desired, [], records, 0.0, frozenset())
+    assert held.steps == []
+    assert held.records[0].next_attempt_at == 10.0
+    assert [type(s) for s in next_steps(desired, [], held.records, 10.0, frozenset()).steps] == [CreateGang]
+
+
 def test_a_rollout_without_surge_replaces_in_place_within_max_unavailable() -> None:
     world = World(Desired(replicas=3, revision="new", size=4, max_surge=0, max_unavailable=1))
     world.seed(3, "old")
