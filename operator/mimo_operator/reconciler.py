@@ -449,6 +449,8 @@ class SharedWrites:
         self.error = ""  # what the last failure said
         self.retry_at = float("-inf")  # no apply before then, after a failure
         self.refused: tuple[str, dict[str, str]] | None = None  # a digest the API refused, and its refusal
+        # What the API said of the objects gangs do not wait for (the PDB) at the last apply: reported, not blocking.
+        self.ungated_error = ""
         # Called when an apply ended: the deployment's loop is poked, so gangs follow their shared objects at once.
         self.wake: Callable[[], None] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -786,6 +788,9 @@ class Reconciler:
                                              result, trace)
             if pool.key in scaling:
                 run.autoscaling = scaling[pool.key]["status"]
+            if memory.shared.ungated_error:
+                run.outcome.waiting.append(f"the disruption budget failed to apply (gangs go on without it; tried "
+                                           f"again every {_SHARED_CHECK_SECONDS:.0f} s): {memory.shared.ungated_error}")
             ran.append(run)
         trace.step("pools")
 
@@ -1511,13 +1516,16 @@ class Reconciler:
         if (refusal := memory.shared.take_refusal(wanted)) is not None:
             return refusal, None
         if memory.shared.due(wanted, now):
-            memory.shared.submit(wanted, now, lambda: self._apply_shared(ctx, desired), self.clock)
+            memory.shared.submit(wanted, now, lambda: self._apply_shared(ctx, desired, memory.shared), self.clock)
         return None, memory.shared.gate(wanted, now)
 
-    async def _apply_shared(self, ctx: BuildContext, desired: Mapping[tuple[str, str], dict[str, Any]]
-                            ) -> dict[str, str] | None:
+    async def _apply_shared(self, ctx: BuildContext, desired: Mapping[tuple[str, str], dict[str, Any]],
+                            shared: SharedWrites) -> dict[str, str] | None:
         """Apply the shared objects that are missing or differ from ``desired`` (by kind and name), and delete
-        those the spec no longer has; the refusal when the API refused one (422)."""
+        those the spec no longer has; the refusal when the API refused one (422). The objects gangs do not wait
+        for (``_SHARED_UNGATED``) go last, and what the API says of them is only reported
+        (``SharedWrites.ungated_error``): a disruption budget that a policy engine or a narrower RBAC refuses must
+        not keep the deployment from serving."""
         # Every kind listed at once (one round trip, not six); the writes below keep their order. The gangs'
         # own objects (a hundred policies at a hundred gangs) are left out by the selector: decoding them on
         # every check was a large part of the operator's CPU at scale.
@@ -1548,6 +1556,8 @@ class Reconciler:
         # Two rounds: the router's pods need its ServiceAccount, and its RoleBinding needs its Role (the API
         # checks that the operator holds what a binding grants by reading the Role, and refuses the binding
         # while the Role is not there); the rest needs nothing of the others.
+        ungated = [o for o in changed if o["kind"] in _SHARED_UNGATED]
+        changed = [o for o in changed if o["kind"] not in _SHARED_UNGATED]
         later = [o for o in changed if o["kind"] in _SHARED_SECOND]
         for batch in ([o for o in changed if o["kind"] not in _SHARED_SECOND], later):
             done = await asyncio.gather(*(self.kube.apply(o) for o in batch), return_exceptions=True)
@@ -1558,6 +1568,12 @@ class Reconciler:
                     return refusal_from_api(outcome.message, spec_values(ctx.spec))
             if errors := [e for e in done if isinstance(e, BaseException)]:
                 raise errors[0]
+        done = await asyncio.gather(*(self.kube.apply(o) for o in ungated), return_exceptions=True)
+        failed = [f"{o['kind']} {o['metadata']['name']}: {e}" for o, e in zip(ungated, done, strict=True)
+                  if isinstance(e, Exception)]
+        shared.ungated_error = "; ".join(failed)
+        if failed:
+            log.warning("%s/%s: could not apply %s", ctx.namespace, ctx.name, shared.ungated_error)
         await self._restore(ctx, edited)
         await asyncio.gather(*(self.kube.delete(api_version, kind, ctx.namespace, o["metadata"]["name"],
                                                 uid=o["metadata"]["uid"]) for api_version, kind, o in stale))

@@ -837,3 +837,26 @@ def test_a_reconcile_creates_a_bounded_number_of_gangs_and_comes_back_at_once_fo
     assert sorted(r["replica"] for r in records) == list(range(2 * MAX_GANG_CREATES + 3))
     assert {r["attempt"] for r in records} == {1}, "a slot left for later was never given an attempt"
     assert len(w.created) == len(set(w.created))
+
+
+@pytest.mark.parametrize(("code", "message"), [
+    (403, 'poddisruptionbudgets.policy is forbidden: User "system:serviceaccount:mimo:op" cannot patch resource'),
+    (422, 'admission webhook "pdb.policy.example.com" denied the request: minAvailable may not be set'),
+])
+def test_a_disruption_budget_the_api_refuses_is_reported_and_gangs_go_on(code: int, message: str) -> None:
+    w = World(a_deployment("d").replicas(2))
+    w.kube.fail("apply", "PodDisruptionBudget", code, message, times=2)
+    w.reconcile()
+    w.run_pods()
+    w.now += 60
+    w.reconcile()
+    assert len(w.live_gangs()) == 2, "the gangs do not wait for the budget"
+    assert any(k[1] == "Deployment" for k in w.kube.objects), "nor does the router"
+    degraded = next(c for c in w.status()["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "True"
+    assert "PodDisruptionBudget d-engine" in degraded["message"]
+    for _ in range(3):  # the refusal passes (the policy changed): applied at a later check, and said no more
+        w.now += 31
+        w.reconcile()
+    assert any(k[1] == "PodDisruptionBudget" for k in w.kube.objects)
+    assert next(c for c in w.status()["conditions"] if c["type"] == "Degraded")["status"] == "False"
