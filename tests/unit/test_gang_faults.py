@@ -19,7 +19,7 @@ from mimo_operator.gangs import STUCK_TERMINATING_SECONDS, GangHealth, ObservedG
 from mimo_operator.labels import gang_name
 from mimo_operator.steps import CreateGang, DeleteGang, Desired, ReplicaRecord, next_steps
 from tests.helpers.operator_world import NS, World
-from tests.helpers.specs import a_deployment
+from tests.helpers.specs import DeploymentBuilder, a_deployment
 
 CREATED = "2026-12-05T00:00:00Z"
 T0 = epoch(CREATED)
@@ -539,6 +539,16 @@ def test_an_evicted_gangs_event_and_record_name_the_eviction_and_spend_no_budget
 # ------------------------------------------------------------------------------------- pods edited by hand
 
 
+def serving(builder: DeploymentBuilder) -> World:
+    """A deployment whose gangs have all turned Ready."""
+    w = World(builder)
+    w.reconcile()
+    w.run_pods()
+    w.now += 60
+    w.reconcile()
+    return w
+
+
 @pytest.mark.parametrize("label", [L.LABEL_RANK, L.LABEL_REPLICA, L.LABEL_ATTEMPT, L.LABEL_GANG_SIZE])
 def test_a_label_that_is_no_number_fails_its_gang_and_names_it(label: str) -> None:
     pods = [a_pod("g", 0, node="n0", conditions=[{"type": "Ready", "status": "True"}]),
@@ -560,11 +570,7 @@ def test_pods_with_a_gangs_labels_that_are_not_its_ranks_are_not_counted() -> No
 
 
 def test_a_label_edited_on_one_gang_replaces_that_gang_and_the_others_are_still_served() -> None:
-    w = World(a_deployment("d").pro().h200().replicas(2))
-    w.reconcile()
-    w.run_pods()
-    w.now += 60
-    w.reconcile()
+    w = serving(a_deployment("d").pro().h200().replicas(2))
     assert w.status()["phase"] == "Ready"
     first, second = sorted(w.live_gangs())
     victim = next(p["metadata"]["name"] for p in w.pods() if p["metadata"]["labels"][L.LABEL_GANG] == first
@@ -664,11 +670,7 @@ def test_a_surge_gang_a_quota_refuses_turns_the_rollout_in_place(unavailable: in
 
 
 def test_a_pod_whose_gang_label_was_removed_is_deleted_and_its_gang_replaced() -> None:
-    w = World(a_deployment("d").pro().h200().replicas(1))
-    w.reconcile()
-    w.run_pods()
-    w.now += 60
-    w.reconcile()
+    w = serving(a_deployment("d").pro().h200().replicas(1))
     (gang,) = w.live_gangs()
     member = next(p["metadata"]["name"] for p in w.pods() if p["metadata"]["labels"][L.LABEL_RANK] == "1")
     asyncio.run(w.kube.merge_patch("v1", "Pod", NS, member, {"metadata": {"labels": {L.LABEL_GANG: None}}}))
@@ -686,11 +688,7 @@ def test_a_pod_whose_gang_label_was_removed_is_deleted_and_its_gang_replaced() -
 
 
 def test_a_head_that_lost_the_serving_label_by_hand_gets_it_back() -> None:
-    w = World(a_deployment("d").replicas(2))
-    w.reconcile()
-    w.run_pods()
-    w.now += 60
-    w.reconcile()
+    w = serving(a_deployment("d").replicas(2))
     head = next(p["metadata"]["name"] for p in w.pods() if p["metadata"]["labels"][L.LABEL_RANK] == "0")
     asyncio.run(w.kube.merge_patch("v1", "Pod", NS, head, {"metadata": {"labels": {L.LABEL_SERVING: None}}}))
     w.now += 31  # the gangs' sweep comes every 30 s
@@ -705,11 +703,7 @@ def test_a_head_that_lost_the_serving_label_by_hand_gets_it_back() -> None:
     ("Pod", None), ("Deployment", "d-router"), ("PodDisruptionBudget", "d-engine")])
 def test_an_object_that_lost_the_deployment_as_its_owner_gets_it_back(kind: str, name: str | None) -> None:
     # Deleting the deployment deletes what it owns: an object without the reference would stay on (a pod on its GPUs).
-    w = World(a_deployment("d").replicas(1))
-    w.reconcile()
-    w.run_pods()
-    w.now += 60
-    w.reconcile()
+    w = serving(a_deployment("d").replicas(1))
     key = next(k for k in w.kube.objects if k[1] == kind and (name is None or k[3] == name))
     owners = w.kube.objects[key]["metadata"]["ownerReferences"]
     asyncio.run(w.kube.merge_patch(key[0], kind, NS, key[3], {"metadata": {"ownerReferences": None}}))
