@@ -129,8 +129,8 @@ _PROBE_CONCURRENCY = 32
 # while gangs drain; a drain's progress and a router that missed the leave need no more).
 _PROBE_AGAIN_SECONDS = 2.0
 # A gang not Ready this many first starts after its creation (and never under the floor) counts as failed.
-START_DEADLINE_FACTOR = 2.0
-MIN_START_DEADLINE_SECONDS = 1800.0
+START_DEADLINE_FACTOR = 3.0
+MIN_START_DEADLINE_SECONDS = 3600.0
 # How soon a deployment whose only unready gangs are stalled (see the requeue in ``_reconcile``) is looked at.
 _STALLED_REQUEUE_SECONDS = 10.0
 # A reconcile slower than this is logged with the time each of its phases took, as the API server traces its
@@ -1072,8 +1072,8 @@ class Reconciler:
         o = self.options
         return Desired(
             size=plan.nodes_per_replica,
-            # Twice a first start (download, load, kernels, graphs), and never under half an hour: what the plan
-            # expects is an estimate, and a slow registry or disk is no reason to replace a gang.
+            # Three first starts (download, load, kernels, graphs), and never under an hour: what the plan expects
+            # is an estimate, and a registry at a third of the assumed speed is no reason to replace a gang.
             start_deadline=max(START_DEADLINE_FACTOR * plan.startup.cold_seconds, MIN_START_DEADLINE_SECONDS),
             replicas=replicas, revision=revision, max_surge=spec.rollout.max_surge,
             max_unavailable=spec.rollout.max_unavailable, restart_budget=o.restart_budget,

@@ -616,7 +616,7 @@ def test_a_gang_whose_image_cannot_be_pulled_is_kept_past_its_start_deadline() -
     assert health.extra["cannot_start"] == "ImagePullBackOff"
 
 
-def test_the_reconciler_replaces_a_gang_not_ready_past_twice_a_first_start() -> None:
+def test_the_reconciler_replaces_a_gang_not_ready_past_three_first_starts() -> None:
     w = World(a_deployment("d").pro().h200().replicas(1))
     w.reconcile()
     w.run_pods()
@@ -628,7 +628,7 @@ def test_the_reconciler_replaces_a_gang_not_ready_past_twice_a_first_start() -> 
     w.now += 60
     w.reconcile()
     assert set(w.live_gangs()) == {gang}
-    w.now += 10 * max(cold, 1_800)  # well past the deadline (twice a cold start, at least half an hour)
+    w.now += 10 * max(cold, 3_600)  # well past the deadline (three cold starts, at least an hour)
     w.reconcile()
     w.now += 60
     w.reconcile()
