@@ -65,6 +65,7 @@ class ObservedPod:
     terminated: str | None = None        # "exit code 137 (OOMKilled)" once a container ended
     ip: str | None = None
     ready_since: float | None = None     # when the pod last turned Ready (its condition's transition time)
+    unready_since: float | None = None   # when the pod last turned not Ready, while it is not (likewise)
     gates: tuple[str, ...] = ()          # scheduling gates still on the pod (a queue such as Kueue's holds it)
     waiting_reason: str | None = None    # why a container cannot start (ImagePullBackOff, ...), as the kubelet says
     waiting: str | None = None           # that reason with its container and the kubelet's message
@@ -202,11 +203,16 @@ def health_of(gang: ObservedGang, now: float, unschedulable_deadline: float, mis
                       + (" (no retry clears this: the spec must change)" if permanent else "") + more,
                       {"cannot_start": first.waiting_reason, "permanent": permanent})
     not_ready = [p for p in pods if not p.ready]
-    if not_ready and start_deadline is not None and now - gang.created > start_deadline:
-        late = not_ready[0]
-        return Health(GangHealth.FAILED, f"pod {late.name} (rank {late.rank}) on node {late.node} is not Ready "
-                      f"{now - gang.created:.0f} s after the gang was created, past the {start_deadline:.0f} s a start "
-                      f"may take ({late.phase}{', its containers not started' if late.phase == 'Pending' else ''})")
+    # Not Ready since its start, or since it last was (a gang that served and whose engine then hung): either way,
+    # for longer than a start may take. A readiness check that fails for a while under load is far shorter.
+    late = [p for p in not_ready if start_deadline is not None
+            and now - max(p.created, p.unready_since or 0.0) > start_deadline]
+    if late:
+        p = late[0]
+        since = max(p.created, p.unready_since or 0.0)
+        return Health(GangHealth.FAILED, f"pod {p.name} (rank {p.rank}) on node {p.node} has not been Ready for "
+                      f"{now - since:.0f} s, past the {start_deadline:.0f} s a start may take "
+                      f"({p.phase}{', its containers not started' if p.phase == 'Pending' else ''})")
     if not_ready:
         head = gang.head
         if head is not None and not head.ready and len(not_ready) == 1:
@@ -225,6 +231,13 @@ def _ready(pod: Mapping[str, Any]) -> bool:
 def _ready_since(pod: Mapping[str, Any]) -> float | None:
     for c in (pod.get("status") or {}).get("conditions") or []:
         if c.get("type") == "Ready" and c.get("status") == "True" and c.get("lastTransitionTime"):
+            return epoch(c["lastTransitionTime"])
+    return None
+
+
+def _unready_since(pod: Mapping[str, Any]) -> float | None:
+    for c in (pod.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "Ready" and c.get("status") != "True" and c.get("lastTransitionTime"):
             return epoch(c["lastTransitionTime"])
     return None
 
@@ -371,7 +384,7 @@ def gangs_from_pods(pods: Iterable[Mapping[str, Any]], sizes: Mapping[str, int] 
                 ready=_ready(pod), deleting=bool(deleted),
                 node=(pod.get("spec") or {}).get("nodeName"), created=epoch(meta.get("creationTimestamp")),
                 unschedulable=_unschedulable(pod), terminated=_terminated(pod), ip=status.get("podIP"),
-                ready_since=_ready_since(pod),
+                ready_since=_ready_since(pod), unready_since=_unready_since(pod),
                 gates=tuple(str(g.get("name")) for g in (pod.get("spec") or {}).get("schedulingGates") or []),
                 waiting_reason=waiting[0] if waiting else None, waiting=waiting[1] if waiting else None,
                 disruption=_disruption(pod), gone_by=epoch(deleted) if deleted else None,

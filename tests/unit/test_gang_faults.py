@@ -591,7 +591,7 @@ def test_a_label_edited_on_one_gang_replaces_that_gang_and_the_others_are_still_
 
 
 @pytest.mark.parametrize(("member", "why"), [
-    ({"node": "n1", "conditions": [{"type": "Ready", "status": "False"}]}, "g-1 (rank 1) on node n1 is not Ready"),
+    ({"node": "n1", "conditions": [{"type": "Ready", "status": "False"}]}, "g-1 (rank 1) on node n1 has not been"),
     ({"node": "n1", "phase": "Pending", "containerStatuses": [
         {"name": "engine", "state": {"waiting": {"reason": "ContainerCreating"}}}]}, "its containers not started"),
     ({}, "no scheduler has said why"),
@@ -605,6 +605,21 @@ def test_a_gang_that_makes_no_progress_fails_past_its_start_deadline(member: dic
     assert after.state is GangHealth.FAILED
     assert why in after.reason
     assert health_of(gang, T0 + 99_999, 300.0).state is before.state, "no deadline, no limit"
+
+
+def test_a_gang_that_served_fails_only_once_a_pod_has_been_unready_for_the_deadline() -> None:
+    # Its engine's health check failing under load for a minute is no reason to replace a gang a day old; the
+    # same check failing for longer than a start may take is (the engine hung).
+    def gang_unready_since(t: float) -> ObservedGang:
+        unready = [{"type": "Ready", "status": "False", "lastTransitionTime": _iso(t)}]
+        return one_gang([a_pod("g", 0, node="n0", conditions=unready),
+                         a_pod("g", 1, node="n1", conditions=[{"type": "Ready", "status": "True"}])])
+
+    day = T0 + 86_400
+    assert health_of(gang_unready_since(day - 60), day, 300.0, start_deadline=3_600.0).state is GangHealth.STARTING
+    failed = health_of(gang_unready_since(day - 3_700), day, 300.0, start_deadline=3_600.0)
+    assert failed.state is GangHealth.FAILED
+    assert "has not been Ready for 3700 s" in failed.reason
 
 
 def test_a_gang_whose_image_cannot_be_pulled_is_kept_past_its_start_deadline() -> None:
@@ -633,7 +648,7 @@ def test_the_reconciler_replaces_a_gang_not_ready_past_three_first_starts() -> N
     w.now += 60
     w.reconcile()
     assert gang not in w.live_gangs(), "replaced"
-    assert "is not Ready" in str(w.status())
+    assert "has not been Ready" in str(w.status())
 
 
 # ------------------------------------------------------------------------------------------ a full quota
