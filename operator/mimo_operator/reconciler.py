@@ -128,7 +128,7 @@ _PROBE_CONCURRENCY = 32
 # A draining gang's head and the routers are asked again at most this often (reconciles come every second
 # while gangs drain; a drain's progress and a router that missed the leave need no more).
 _PROBE_AGAIN_SECONDS = 2.0
-# A gang not Ready this many first starts after its creation (and never under the floor) counts as failed.
+# A gang with a pod not Ready for this many first starts (and never under the floor) counts as failed.
 START_DEADLINE_FACTOR = 3.0
 MIN_START_DEADLINE_SECONDS = 3600.0
 # How soon a deployment whose only unready gangs are stalled (see the requeue in ``_reconcile``) is looked at.
