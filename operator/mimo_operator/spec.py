@@ -760,9 +760,10 @@ OFFICIAL_IDS = frozenset(c.hf_id.lower() for c in CHECKPOINTS.values())
 
 
 def _reserved_key(key: str) -> bool:
-    """A label or annotation key in the operator's own domain (``labels``' keys, the local cluster's)."""
-    prefix, slash, _ = key.partition("/")
-    return bool(slash) and (prefix == "mimo-operator.io" or prefix.endswith(".mimo-operator.io"))
+    """A label or annotation key the operator writes and reads on its pods (``labels``: ``mimo-operator.io/…``).
+    The local cluster's own (``localcluster.mimo-operator.io/process``: run this pod as a local process) is the
+    user's to set."""
+    return key.startswith("mimo-operator.io/")
 
 
 def _system_directory(path: str) -> bool:

@@ -328,7 +328,7 @@ def spec_rules() -> list[Case]:
         *[_case(f"node local path {v}", cache_path, v) for v in ("/var/lib/containers", "/opt/cni/bin",
                                                                "/var/lib/rancher/rke2")],
         *[_case(f"pod {which} key {key}", f"spec.podTemplate.{which}", {key: "x"})
-          for which, key in (("labels", "mimo-operator.io/pool"), ("labels", "localcluster.mimo-operator.io/process"),
+          for which, key in (("labels", "mimo-operator.io/pool"), ("labels", "mimo-operator.io/serving"),
                              ("annotations", "mimo-operator.io/drain-started"))],
         _case("an hca twice", "spec.network.ibDevices", ["mlx5_0", "mlx5_1", "mlx5_0"], "spec.network.ibDevices[2]"),
         # Python's '$' matches before a final newline; the apiserver's (RE2) does not.

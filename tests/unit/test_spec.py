@@ -272,3 +272,13 @@ def test_quantities(text: str, value: int) -> None:
 def test_a_custom_gpu_memory_is_read_as_a_quantity() -> None:
     spec = parse_spec(a_deployment().set("hardware", {"gpuMemory": "96Gi"}).build())
     assert spec.hardware.gpu_memory_bytes == 96 * 2**30
+
+
+def test_pod_labels_in_the_operators_domain_are_refused_and_the_local_clusters_process_label_is_not() -> None:
+    from mimo_operator.localcluster.podrunner import PROCESS_LABEL
+
+    spec = {"model": {"variant": "MiMo-V2.5"}, "hardware": {"gpuType": "H200-141GB"}}
+    parse_spec({**spec, "podTemplate": {"labels": {PROCESS_LABEL: "true"}}})  # the demo's and the e2e tests'
+    with pytest.raises(SpecError) as refused:
+        parse_spec({**spec, "podTemplate": {"labels": {"mimo-operator.io/serving": "true"}}})
+    assert refused.value.field == "spec.podTemplate.labels"
