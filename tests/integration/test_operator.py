@@ -128,6 +128,20 @@ def test_a_pro_deployment_on_h200_becomes_two_ready_gangs_of_the_planned_size(
             if v != writes.get(k, 0.0) and any(f'kind="{kind}"' in k for kind in kept)}
     assert not made, f"the objects put back read as edited again: {made}"
 
+    # A status wiped by hand (HPA reads its selector through /scale) is written again, and a head that lost the
+    # router's serving label by hand gets it back.
+    head = next(p["metadata"]["name"] for p in engine_pods(cluster, namespace, "pro")
+                if p["metadata"]["labels"]["mimo-operator.io/role"] == "head")
+    cluster.kubectl("patch", "mimodeployment", "pro", "-n", namespace, "--subresource=status", "--type", "merge",
+                    "-p", json.dumps({"status": {"phase": "Degraded", "selector": None, "readyReplicas": 0}}))
+    cluster.kubectl("label", "pod", head, "-n", namespace, "mimo-operator.io/serving-")
+    wait_for(lambda: {k: get(cluster, "mimodeployment", namespace, "pro")["status"].get(k)
+                      for k in ("phase", "selector", "readyReplicas")} == {
+                          k: status[k] for k in ("phase", "selector", "readyReplicas")}, 45,
+             what="the status written again as decided")
+    wait_for(lambda: get(cluster, "pod", namespace, head)["metadata"]["labels"].get("mimo-operator.io/serving")
+             == "true", 45, what="the head's serving label put back")
+
 
 def evict(cluster: LocalCluster, namespace: str, pod: str) -> subprocess.CompletedProcess[str]:
     """Ask the eviction API to evict ``pod``, as a node drain does (the disruption budget decides)."""
