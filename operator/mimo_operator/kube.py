@@ -365,6 +365,9 @@ class Informer:
         self.label = label
         self.on_event = on_event
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        # The same objects by namespace and value of ``label``: a deployment's lists (a reconcile's pods, its
+        # routers on every drain) read its own objects, not every deployment's.
+        self._by_value: dict[tuple[str, str], dict[tuple[str, str], dict[str, Any]]] = {}
         self.synced = False
         self.resource_version = ""
         self._failures = 0
@@ -375,8 +378,26 @@ class Informer:
 
     def select(self, namespace: str | None, labels: Mapping[str, str | None]) -> list[dict[str, Any]]:
         """The kept objects in ``namespace`` (None: all) that match ``labels`` as a label selector would."""
+        if namespace is not None and (value := labels.get(self.label)) is not None:
+            return [obj for obj in self._by_value.get((namespace, value), {}).values() if _matches(obj, labels)]
         return [obj for (ns, _), obj in self.objects.items()
                 if (namespace is None or ns == namespace) and _matches(obj, labels)]
+
+    def _value_key(self, key: tuple[str, str], obj: Mapping[str, Any]) -> tuple[str, str]:
+        return key[0], ((obj.get("metadata") or {}).get("labels") or {}).get(self.label, "")
+
+    def _keep(self, key: tuple[str, str], obj: dict[str, Any]) -> None:
+        self._forget(key)
+        self.objects[key] = obj
+        self._by_value.setdefault(self._value_key(key, obj), {})[key] = obj
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        if (old := self.objects.pop(key, None)) is None:
+            return
+        bucket = self._by_value.get(value := self._value_key(key, old), {})
+        bucket.pop(key, None)
+        if not bucket:
+            self._by_value.pop(value, None)
 
     async def run(self) -> None:
         """List, then watch from the list's version; list again when the version has expired or a request
@@ -427,7 +448,9 @@ class Informer:
             _trim(obj)
             listed[(obj["metadata"].get("namespace", ""), obj["metadata"]["name"])] = obj
         gone = [obj for key, obj in self.objects.items() if key not in listed]
-        self.objects = listed
+        self.objects, self._by_value = {}, {}
+        for key, obj in listed.items():
+            self._keep(key, obj)
         self.resource_version = (result.get("metadata") or {}).get("resourceVersion", "")
         self.synced = True
         # What changed while no watch was open is told as if the watch had seen it.
@@ -454,9 +477,9 @@ class Informer:
             _trim(obj)
             key = (meta.get("namespace", ""), meta["name"])
             if kind == "DELETED":
-                self.objects.pop(key, None)
+                self._forget(key)
             else:
-                self.objects[key] = obj
+                self._keep(key, obj)
             self._tell(str(kind), obj)
 
 

@@ -869,8 +869,9 @@ class Reconciler:
         ctx, spec = pool.ctx, pool.ctx.spec
         own = memory.pool(pool.key)
         revision = revision_of(ctx)
+        names = {g.name for g in gangs}
         upgrade = operator_upgrade(ctx, revision, [p for p in pods if (p["metadata"].get("labels") or {}).get(
-            L.LABEL_GANG) in {g.name for g in gangs}])
+            L.LABEL_GANG) in names])
         if upgrade.automatic:
             # The user opted in: gangs an older operator rendered roll like gangs of an older revision.
             gangs = [dataclasses.replace(g, revision=outdated_marker(revision)) if g.name in upgrade.outdated else g

@@ -63,6 +63,11 @@ async def test_lists_are_answered_from_the_watch_once_it_has_listed(kube: Kube, 
         await until(lambda: ("DELETED", "other", "1") in events, "the deletion")
         assert ("ADDED", "after", "1") in events
         assert ("MODIFIED", "before", "2") in events
+        # A label value edited: the object moves from one value's lists to the other's.
+        await kube.create(config_map(namespace, "moves", {KEY: "a"}))
+        await until(lambda: (namespace, "moves") in informer.objects, "the new object in the cache")
+        await kube.merge_patch("v1", "ConfigMap", namespace, "moves", {"metadata": {"labels": {KEY: "b"}}})
+        await until(lambda: names(informer.select(namespace, {KEY: "b"})) == ["moves"], "the relabelled object")
 
         served = 0
 

@@ -59,12 +59,13 @@ async def test_an_informer_that_cannot_list_serves_nothing_and_tries_again(monke
 def test_the_cache_answers_a_selector_as_the_api_server_would() -> None:
     informer = kube.Informer(None, "v1", "Pod", None, "d", None)  # type: ignore[arg-type]
     informer.synced = True
-    informer.objects = {
+    for key, obj in {
         ("a", "p1"): {"metadata": {"name": "p1", "labels": {"d": "x", "c": "engine"}}},
         ("a", "p2"): {"metadata": {"name": "p2", "labels": {"d": "x", "c": "router"}}},
         ("b", "p3"): {"metadata": {"name": "p3", "labels": {"d": "x", "c": "engine", "g": "0"}}},
         ("a", "p4"): {"metadata": {"name": "p4", "labels": {"d": "y"}}},
-    }
+    }.items():
+        informer._keep(key, obj)
     assert informer.covers("v1", "Pod", "a", {"d": "x"})
     assert informer.covers("v1", "Pod", None, {"d": "x"})
     assert not informer.covers("v1", "Pod", "a", {"c": "engine"}), "the informer's label must be named"
@@ -78,6 +79,18 @@ def test_the_cache_answers_a_selector_as_the_api_server_would() -> None:
     assert select("a", {"d": "x", "c": "engine"}) == ["p1"]
     assert select(None, {"d": "x", "c": "engine"}) == ["p1", "p3"]
     assert select(None, {"d": "x", "g": None}) == ["p1", "p2"]
+    assert select("a", {"d": "y"}) == ["p4"]
+    assert select("b", {"d": "y"}) == []
+
+    # A label value edited moves the object between the deployments' lists; a deleted one leaves both.
+    informer._keep(("a", "p1"), {"metadata": {"name": "p1", "labels": {"d": "y", "c": "engine"}}})
+    assert select("a", {"d": "x"}) == ["p2"]
+    assert select("a", {"d": "y"}) == ["p1", "p4"]
+    assert select(None, {"d": "y"}) == ["p1", "p4"]
+    informer._forget(("a", "p4"))
+    informer._forget(("a", "gone"))
+    assert select("a", {"d": "y"}) == ["p1"]
+    assert select(None, {"d": "y"}) == ["p1"]
 
 
 async def test_each_request_is_timed_by_verb_from_made_to_answered() -> None:
