@@ -79,8 +79,9 @@ class PodWatch:
         key = (meta["namespace"], meta["name"])
         labels = meta.get("labels") or {}
         with self.lock:
-            if event["type"] == "DELETED":
+            if event["type"] == "DELETED":  # a pod of the same name made later is a new pod
                 self.pods.pop(key, None)
+                self.seen.pop(key, None)
                 return
             when = self.seen.setdefault(key, {"created": time.monotonic()})
             if (obj.get("spec") or {}).get("nodeName"):
