@@ -11,12 +11,13 @@ In order, on one local cluster:
    node taken, the rollout goes maxSurge 0 / maxUnavailable 10 % of each deployment, and a drain lasts 5 s
    (kwok's pods run no engine that could report one finished);
 4. the operator's own histogram: reconcile latency p50/p99; its CPU and peak RSS over the whole run;
-5. the same pod topology through StatefulSets (one per gang, parallel pod management, one pod per node);
+5. the same pod topology through StatefulSets (one per gang, parallel pod management, one pod per node): first
+   of the least pods (one 8-GPU container), then of a pod the operator made (the target's baseline);
 6. the API clients (bench/kube_clients.py) on the same cluster, with the gang pods of step 5 in place.
 
 Pod phases are followed through one watch (not polling lists of thousands of pods, which would load the
-apiserver being measured). Targets (issue #15): apply → all Running ≤ 1.0× StatefulSets; 0 writes on a no-op
-resync; reconcile p99 < 1 s; operator RSS ≤ 300 MB.
+apiserver being measured). Targets (issue #15): apply → all Running ≤ 1.0× StatefulSets (of the same pods);
+0 writes on a no-op resync; reconcile p99 < 1 s; operator RSS ≤ 300 MB.
 """
 
 from __future__ import annotations
