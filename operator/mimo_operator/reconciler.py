@@ -564,6 +564,9 @@ class Memory:
     probes: GangWrites = field(default_factory=lambda: GangWrites(_PROBE_CONCURRENCY))
     drained: set[str] = field(default_factory=set)
     probe_again: dict[str, float] = field(default_factory=dict)  # when each probe (by key) may be made again
+    # Per draining gang: the clock at the last reconcile and the time it has drained since, counted forward only
+    # (``_drain_clock``), so that a clock stepped back does not hold a drain past its timeout.
+    drain_clock: dict[str, tuple[float, float]] = field(default_factory=dict)
     # Gangs whose pods are still listed and being deleted with the deployment still there: this process deleted
     # them, or asked the API once (``_deleted_meanwhile``).
     deleted: set[str] = field(default_factory=set)
@@ -736,7 +739,7 @@ class Reconciler:
         pods = self._as_handed_over(memory, pods, now)
         # Only a gang whose pods are not all known holds creation back: the others are planned as created.
         unknown = tuple(g for g in expected if not memory.expectations[g].created)
-        gangs = gangs_from_pods(pods)
+        gangs = _drain_clock(gangs_from_pods(pods), memory, now)
         if await self._deleted_meanwhile(meta, memory, listed):
             return result
         trace.step("list")
@@ -1693,6 +1696,25 @@ def _derive_patch(live: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[s
         else:
             patch[key] = value
     return patch
+
+
+def _drain_clock(gangs: list[ObservedGang], memory: Memory, now: float) -> list[ObservedGang]:
+    """Each draining gang with its drain's start as far back as the time it has drained says. The start is the
+    head's annotation (wall clock, which survives a restart of the operator); the time drained is also counted
+    here from reconcile to reconcile, forward only. A clock stepped back an hour puts the annotation an hour in
+    the future, and the drain timeout would wait that hour more; with the count it passes on time."""
+    kept: dict[str, tuple[float, float]] = {}
+    out = []
+    for g in gangs:
+        if g.drain_started is None:
+            out.append(g)
+            continue
+        last, drained = memory.drain_clock.get(g.name, (now, max(0.0, now - g.drain_started)))
+        drained += max(0.0, now - last)
+        kept[g.name] = (now, drained)
+        out.append(dataclasses.replace(g, drain_started=min(g.drain_started, now - drained)))
+    memory.drain_clock = kept
+    return out
 
 
 def _strays(ctx: BuildContext, pods: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:

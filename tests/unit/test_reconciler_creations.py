@@ -459,3 +459,38 @@ def test_a_gang_head_that_does_not_answer_holds_no_reconcile_and_its_drain_ends_
         await w.memory.stop()
 
     run(scenario())
+
+
+def test_a_drain_times_out_on_time_after_the_clock_stepped_back() -> None:
+    w = World(a_deployment("d").replicas(2).set("autoscaling.drainTimeoutSeconds", 120))
+    w.reconcile()
+    w.run_pods()
+    w.reconcile()
+    silent = asyncio.Event()  # never set: no head says its drain is done
+
+    async def no_answer(ip: str, port: int, *_: Any) -> None:
+        await silent.wait()
+
+    w.heads.drain_state = no_answer  # type: ignore[method-assign,assignment]
+    w.heads.fabric = no_answer  # type: ignore[method-assign,assignment]
+    w.edit("replicas", 1)
+
+    async def scenario() -> None:
+        await reconcile(w)
+        (gang,) = w.memory.draining
+        for _ in range(3):
+            w.now += 10
+            await reconcile(w)
+        assert gang not in w.memory.deleting
+        w.now -= 3600  # the clock stepped back an hour: the drain's annotation is now in the future
+        for _ in range(8):  # 80 s more of draining: 110 s in all, short of the timeout
+            w.now += 10
+            await reconcile(w)
+        assert gang not in w.memory.deleting, "a drain is not cut short by the step"
+        for _ in range(2):
+            w.now += 10
+            await reconcile(w)
+        assert gang in w.memory.deleting, "the timeout passed 120 s after the drain began, not an hour later"
+        await w.memory.stop()
+
+    run(scenario())
