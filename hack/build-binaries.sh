@@ -4,7 +4,8 @@
 #
 #   hack/build-binaries.sh [--check]     (--check: only report what is missing, exit 1 if anything is)
 #   hack/build-binaries.sh --only NAME   (one component: kubernetes, etcd, kwok, helm, kubeconform,
-#                                         scheduler-plugins, kueue)
+#                                         scheduler-plugins, kueue; or lws, LeaderWorkerSet's manager, which
+#                                         only the scale benchmark runs and which is built only when named)
 #
 # Cache: ${MIMO_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/mimo-operator}; binaries in its bin/,
 # kwok's stage files in kwok-stages/, one throwaway Go module per component in build/.
@@ -52,6 +53,9 @@ built kubeconform "$KUBECONFORM_VERSION" || missing+=(kubeconform)
 built scheduler-plugins "$SCHEDULER_PLUGINS_VERSION" && [ -f "$CACHE/scheduler-plugins/podgroup-crd.yaml" ] \
   || missing+=(scheduler-plugins)
 built kueue "$KUEUE_VERSION" && [ -f "$CACHE/kueue/crd/kustomization.yaml" ] && [ -f "$CACHE/kueue/webhooks.yaml" ] || missing+=(kueue)
+if [ "$only" = lws ]; then
+  built lws "$LWS_VERSION" && [ -f "$CACHE/lws/crd.yaml" ] && [ -f "$CACHE/lws/webhooks.yaml" ] || missing+=(lws)
+fi
 if [ -n "$only" ]; then
   case " ${missing[*]} " in *" $only "*) missing=("$only") ;; *) missing=() ;; esac
 fi
@@ -269,6 +273,31 @@ build_kueue() {
   log "kueue: built $version"
 }
 
+# LeaderWorkerSet's manager, for the scale benchmark's comparison (a leader pod and its workers' StatefulSet
+# per group). A plain module; its CRD and webhook configurations ship in the module.
+build_lws() {
+  local version=$LWS_VERSION dir=$BUILD/lws-$LWS_VERSION moddir
+  log "lws $version: resolving"
+  new_module "$dir"
+  (
+    cd "$dir"
+    modfile=$(proxy_gomod "sigs.k8s.io/lws@$version")
+    go mod edit -go="$(awk '/^go /{print $2; exit}' "$modfile")" -require="sigs.k8s.io/lws@$version"
+    printf '//go:build tools\n\npackage tools\n\nimport _ "sigs.k8s.io/lws/cmd"\n' >tools.go
+    go mod tidy
+    log "lws $version: go build"
+    go build -p 2 -trimpath -ldflags "-s -w" -o "$BIN/lws.tmp" sigs.k8s.io/lws/cmd
+    mv "$BIN/lws.tmp" "$BIN/lws"
+  )
+  moddir=$(cd "$(mktemp -d)" && go mod download -json "sigs.k8s.io/lws@$version" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  rm -rf "$CACHE/lws" && mkdir -p "$CACHE/lws"
+  cp "$moddir/config/crd/bases/leaderworkerset.x-k8s.io_leaderworkersets.yaml" "$CACHE/lws/crd.yaml"
+  cp "$moddir/config/webhook/manifests.yaml" "$CACHE/lws/webhooks.yaml"
+  chmod -R u+w "$CACHE/lws"
+  stamp lws "$version"
+  log "lws: built $version"
+}
+
 for what in "${missing[@]}"; do
   case $what in
     kubernetes)
@@ -282,6 +311,7 @@ for what in "${missing[@]}"; do
     kubeconform) build_kubeconform ;;
     scheduler-plugins) build_scheduler_plugins ;;
     kueue) build_kueue ;;
+    lws) build_lws ;;
   esac
 done
 log "done: $(ls "$BIN" | tr '\n' ' ')"

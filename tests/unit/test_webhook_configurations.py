@@ -1,6 +1,7 @@
-"""Kueue's webhook configurations as the local cluster registers them: served on loopback with the cluster's
-CA, only for pods and Kueue's own objects (a webhook of an integration that is not enabled would refuse every
-object of its kind), and pods in the system namespaces left alone."""
+"""Kueue's and LeaderWorkerSet's webhook configurations as the local cluster registers them: served on loopback
+with the cluster's CA; Kueue's only for pods and its own objects (a webhook of an integration that is not
+enabled would refuse every object of its kind), pods in the system namespaces left alone; LeaderWorkerSet's pod
+webhooks only for a LeaderWorkerSet's pods, as its install patches them."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from mimo_operator.localcluster.controlplane import KUEUE_NAMESPACE, kueue_webhooks
+from mimo_operator.localcluster.controlplane import KUEUE_NAMESPACE, kueue_webhooks, lws_webhooks
 
 
 def _hook(name: str, group: str, resource: str, path: str) -> dict[str, object]:
@@ -43,3 +44,29 @@ def test_only_pod_and_kueue_webhooks_are_registered_at_the_loopback_url(tmp_path
     assert pod["namespaceSelector"]["matchExpressions"][0]["values"] == ["kube-system", KUEUE_NAMESPACE]
     assert "namespaceSelector" not in workload
     assert workload["clientConfig"]["url"] == "https://127.0.0.1:9443/mutate-workload"
+
+
+def test_leaderworkerset_pod_webhooks_see_only_its_pods(tmp_path: Path) -> None:
+    manifests = tmp_path / "webhooks.yaml"
+    manifests.write_text(yaml.safe_dump_all([
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+         "metadata": {"name": "mutating-webhook-configuration"},
+         "webhooks": [_hook("mleaderworkerset.kb.io", "leaderworkerset.x-k8s.io", "leaderworkersets",
+                            "/mutate-leaderworkerset-x-k8s-io-v1-leaderworkerset"),
+                      _hook("mpod.kb.io", "", "pods", "/mutate--v1-pod")]},
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+         "metadata": {"name": "validating-webhook-configuration"},
+         "webhooks": [_hook("vpod.kb.io", "", "pods", "/validate--v1-pod")]},
+    ]))
+    configs = lws_webhooks(manifests, "https://127.0.0.1:9444", b"CA PEM")
+    assert [c["metadata"]["name"] for c in configs] == ["lws-mutating-webhook-configuration",
+                                                         "lws-validating-webhook-configuration"]
+    (lws, mutate_pod), (validate_pod,) = configs[0]["webhooks"], configs[1]["webhooks"]
+    assert lws["clientConfig"] == {"url": "https://127.0.0.1:9444/mutate-leaderworkerset-x-k8s-io-v1-leaderworkerset",
+                                   "caBundle": base64.b64encode(b"CA PEM").decode()}
+    assert "objectSelector" not in lws
+    for pod in (mutate_pod, validate_pod):
+        assert pod["objectSelector"] == {"matchExpressions": [
+            {"key": "leaderworkerset.sigs.k8s.io/name", "operator": "Exists"}]}, "every other pod is left alone"
+        assert pod["rules"][0]["operations"] == ["CREATE", "UPDATE"]
+    assert validate_pod["clientConfig"]["url"] == "https://127.0.0.1:9444/validate--v1-pod"

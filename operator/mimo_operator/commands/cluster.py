@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mimo_operator.localcluster.binaries import GANG_SCHEDULERS
+from mimo_operator.localcluster.binaries import GANG_SCHEDULERS, WORKLOAD_CONTROLLERS
 from mimo_operator.localcluster.cluster import ClusterError, LocalCluster, default_state_dir
 from mimo_operator.localcluster.nodes import NODE_GPU_TYPES
 
@@ -32,6 +32,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                          "(kube-scheduler's own gang scheduling, its feature gates on) or kueue (Kueue's manager "
                          "with its pod integration and a ClusterQueue 'gpus' of every GPU: add a LocalQueue that "
                          "points at it and name that in spec.scheduling.queueName)")
+    up.add_argument("--controller", choices=list(WORKLOAD_CONTROLLERS), action="append", default=[],
+                    help="another project's workload controller to run (repeatable): lws (LeaderWorkerSet's "
+                         "manager; build it first with hack/build-binaries.sh --only lws)")
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait (default: %(default)s)")
     up.set_defaults(func=_up)
 
@@ -50,7 +53,8 @@ def _up(args: argparse.Namespace) -> int:
           f"InfiniBand block(s) …", file=sys.stderr)
     try:
         cluster = LocalCluster.up(args.state_dir, nodes=args.nodes, gpu_type=args.gpu_type, blocks=args.blocks,
-                                  timeout=args.timeout, gang_schedulers=tuple(dict.fromkeys(args.gang_scheduler)))
+                                  timeout=args.timeout, gang_schedulers=tuple(dict.fromkeys(args.gang_scheduler)),
+                                  controllers=tuple(dict.fromkeys(args.controller)))
     except ClusterError as e:
         print(f"mimoctl cluster up: {e}", file=sys.stderr)
         return 1

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from mimo_operator.errors import MimoError
 
-__all__ = ["GANG_SCHEDULERS", "REQUIRED", "BinariesMissing", "binaries_missing", "binary", "cache_dir",
-           "kueue_file", "kwok_stages_dir", "podgroup_crd"]
+__all__ = ["GANG_SCHEDULERS", "REQUIRED", "WORKLOAD_CONTROLLERS", "BinariesMissing", "binaries_missing", "binary",
+           "cache_dir", "kueue_file", "kwok_stages_dir", "lws_file", "podgroup_crd"]
 
 REQUIRED = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kubectl")
 # Gang schedulers the local cluster can run, and the binary each needs beyond the control plane's (built by
@@ -17,6 +17,10 @@ REQUIRED = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler
 # Kueue's manager admits a gang's pods together when its ClusterQueue's quota has room for all of them.
 GANG_SCHEDULERS: dict[str, tuple[str, ...]] = {"scheduler-plugins": ("scheduler-plugins",), "kubernetes": (),
                                                "kueue": ("kueue",)}
+# Other projects' workload controllers the local cluster can run beside the control plane, for the benchmarks
+# that compare with them: LeaderWorkerSet (a leader pod and its workers' StatefulSet per group). Built only on
+# request (hack/build-binaries.sh --only lws): nothing but the scale benchmark needs it.
+WORKLOAD_CONTROLLERS: dict[str, tuple[str, ...]] = {"lws": ("lws",)}
 
 
 class BinariesMissing(MimoError):
@@ -63,6 +67,15 @@ def podgroup_crd() -> Path:
     path = cache_dir() / "scheduler-plugins" / "podgroup-crd.yaml"
     if not path.is_file():
         raise BinariesMissing(f"scheduler-plugins' PodGroup CRD is missing at {path}: run hack/build-binaries.sh")
+    return path
+
+
+def lws_file(name: str) -> Path:
+    """LeaderWorkerSet's CRD (``crd.yaml``) or its webhook configurations (``webhooks.yaml``, with the pod
+    webhooks' object selector as its install patches them), copied from its module by the build script."""
+    path = cache_dir() / "lws" / name
+    if not path.exists():
+        raise BinariesMissing(f"LeaderWorkerSet's {name} is missing at {path}: run hack/build-binaries.sh --only lws")
     return path
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mimo_operator.errors import MimoError
-from mimo_operator.localcluster.binaries import GANG_SCHEDULERS, binaries_missing, cache_dir
+from mimo_operator.localcluster.binaries import GANG_SCHEDULERS, WORKLOAD_CONTROLLERS, binaries_missing, cache_dir
 from mimo_operator.localcluster.processes import kill_pid, log_tail
 
 __all__ = ["RUN_STATE", "ClusterError", "LocalCluster", "default_state_dir"]
@@ -89,7 +89,7 @@ class LocalCluster:
     @classmethod
     def up(cls, state_dir: Path, nodes: int = 4, gpu_type: str = "H200-141GB", blocks: int = 1,
            timeout: float = 180.0, exit_with_parent: bool = False,
-           gang_schedulers: tuple[str, ...] = ()) -> LocalCluster:
+           gang_schedulers: tuple[str, ...] = (), controllers: tuple[str, ...] = ()) -> LocalCluster:
         """Start a cluster in ``state_dir`` and return once its nodes are schedulable.
 
         With ``exit_with_parent`` the cluster stops by itself when this process exits (tests);
@@ -98,7 +98,11 @@ class LocalCluster:
         unknown = sorted(set(gang_schedulers) - set(GANG_SCHEDULERS))
         if unknown:
             raise ClusterError(f"no gang scheduler {', '.join(unknown)} here; one of {', '.join(GANG_SCHEDULERS)}")
-        if missing := binaries_missing(tuple(b for s in gang_schedulers for b in GANG_SCHEDULERS[s])):
+        if unknown := sorted(set(controllers) - set(WORKLOAD_CONTROLLERS)):
+            raise ClusterError(f"no workload controller {', '.join(unknown)} here; "
+                               f"one of {', '.join(WORKLOAD_CONTROLLERS)}")
+        if missing := binaries_missing((*(b for s in gang_schedulers for b in GANG_SCHEDULERS[s]),
+                                        *(b for c in controllers for b in WORKLOAD_CONTROLLERS[c]))):
             raise ClusterError(
                 f"the local cluster's binaries are not built ({', '.join(missing)} missing in "
                 f"{cache_dir() / 'bin'}): run hack/build-binaries.sh first"
@@ -110,7 +114,8 @@ class LocalCluster:
         cluster._forget_last_run()
         argv = [sys.executable, "-m", "mimo_operator.localcluster.supervisor", "--state-dir", str(state_dir),
                 "--nodes", str(nodes), "--gpu-type", gpu_type, "--blocks", str(blocks),
-                *(a for s in gang_schedulers for a in ("--gang-scheduler", s))]
+                *(a for s in gang_schedulers for a in ("--gang-scheduler", s)),
+                *(a for c in controllers for a in ("--controller", c))]
         if exit_with_parent:
             argv.append("--exit-with-parent")
         (state_dir / "logs").mkdir(exist_ok=True)

@@ -58,6 +58,8 @@ class ClusterConfig:
     # them), "kubernetes" (kube-scheduler's own gang scheduling: its feature gates and API turned on) and
     # "kueue" (Kueue's manager with its pod integration, and a ClusterQueue of every GPU).
     gang_schedulers: tuple[str, ...] = ()
+    # Other projects' workload controllers to run (binaries.WORKLOAD_CONTROLLERS): "lws" (LeaderWorkerSet).
+    controllers: tuple[str, ...] = ()
 
 
 # The scheduler name the operator's builders give gang pods under scheduling.gangScheduler: scheduler-plugins.
@@ -66,6 +68,8 @@ COSCHEDULING_SCHEDULER_NAME = "scheduler-plugins-scheduler"
 # Kueue's namespace, and the ClusterQueue the local cluster gives every fake GPU (a namespace's LocalQueue
 # points at it; scheduling.queueName names the LocalQueue).
 KUEUE_NAMESPACE = "kueue-system"
+# LeaderWorkerSet's namespace (its manager's default when it does not run in a pod).
+LWS_NAMESPACE = "lws-system"
 KUEUE_CLUSTER_QUEUE = "gpus"
 # The Topology behind that queue's flavor: InfiniBand blocks, then nodes.
 KUEUE_TOPOLOGY = "ib-blocks"
@@ -102,8 +106,7 @@ def kueue_webhooks(manifests: Path, url: str, ca_bundle: bytes) -> list[dict[str
             groups = {g for rule in hook["rules"] for g in rule["apiGroups"]}
             if not groups <= {"", "kueue.x-k8s.io"}:
                 continue
-            path = hook["clientConfig"]["service"]["path"]
-            hook["clientConfig"] = {"url": url + path, "caBundle": base64.b64encode(ca_bundle).decode()}
+            _served_at(hook, url, ca_bundle)
             if groups == {""}:
                 hook["namespaceSelector"] = {"matchExpressions": [{
                     "key": "kubernetes.io/metadata.name", "operator": "NotIn",
@@ -111,6 +114,31 @@ def kueue_webhooks(manifests: Path, url: str, ca_bundle: bytes) -> list[dict[str
             hooks.append(hook)
         configs.append({**doc, "metadata": {"name": f"kueue-{doc['metadata']['name']}"}, "webhooks": hooks})
     return configs
+
+
+def lws_webhooks(manifests: Path, url: str, ca_bundle: bytes) -> list[dict[str, Any]]:
+    """LeaderWorkerSet's webhook configurations (as its module ships them, for a Service in its namespace) served
+    at ``url`` instead, its pod webhooks only for the pods of a LeaderWorkerSet on creation and update, as its
+    install's patches make them."""
+    configs = []
+    for doc in yaml.safe_load_all(manifests.read_text()):
+        if not doc:
+            continue
+        for hook in doc["webhooks"]:
+            _served_at(hook, url, ca_bundle)
+            if {g for rule in hook["rules"] for g in rule["apiGroups"]} == {""}:
+                hook["objectSelector"] = {"matchExpressions": [
+                    {"key": "leaderworkerset.sigs.k8s.io/name", "operator": "Exists"}]}
+                for rule in hook["rules"]:
+                    rule["operations"] = ["CREATE", "UPDATE"]
+        configs.append({**doc, "metadata": {"name": f"lws-{doc['metadata']['name']}"}})
+    return configs
+
+
+def _served_at(hook: dict[str, Any], url: str, ca_bundle: bytes) -> None:
+    """A webhook's Service reference replaced by ``url`` and the path the Service was called at."""
+    path = hook["clientConfig"]["service"]["path"]
+    hook["clientConfig"] = {"url": url + path, "caBundle": base64.b64encode(ca_bundle).decode()}
 
 
 def kueue_crds(crd_dir: Path, url: str, ca_bundle: bytes) -> list[dict[str, Any]]:
@@ -246,6 +274,8 @@ class ControlPlane:
             self._start_coscheduling(insecure)
         if "kueue" in self.config.gang_schedulers:
             self._start_kueue()
+        if "lws" in self.config.controllers:
+            self._start_lws()
 
         kwok_home = self.dir / "kwok-home"
         kwok_home.mkdir(exist_ok=True)
@@ -372,6 +402,36 @@ class ControlPlane:
                  "flavors": [{"name": "gpu-nodes",
                               "resources": [{"name": GPU_RESOURCE, "nominalQuota": 8 * self.config.nodes}]}]}]}},
         ])
+
+    def _start_lws(self) -> None:
+        """LeaderWorkerSet's manager, installed as its manifests install it, with two changes for a cluster on
+        loopback: its webhooks (defaulting and validating LeaderWorkerSets; labelling the pods of one) are
+        called at ``https://127.0.0.1:<port>`` instead of through a Service, and it serves our certificate from
+        a directory instead of rotating its own (its internal certificate management off)."""
+        ports = {name: free_port() for name in ("webhook", "health")}
+        certs_dir = self.dir / "lws-certs"
+        certs = issue_webhook_certs(certs_dir, "lws-ca", f"lws-webhook-service.{LWS_NAMESPACE}.svc")
+        self._install_crds("LeaderWorkerSet's CRD", binaries.lws_file("crd.yaml"),
+                           ("leaderworkersets.leaderworkerset.x-k8s.io",))
+        self._apply("installing LeaderWorkerSet", [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": LWS_NAMESPACE}},
+            *lws_webhooks(binaries.lws_file("webhooks.yaml"), f"https://127.0.0.1:{ports['webhook']}",
+                          certs["ca.crt"]),
+        ])
+        config = self.dir / "lws.yaml"
+        config.write_text(yaml.safe_dump({
+            "apiVersion": "config.lws.x-k8s.io/v1alpha1", "kind": "Configuration",
+            "health": {"healthProbeBindAddress": f"127.0.0.1:{ports['health']}"},
+            "metrics": {"bindAddress": "0"},  # its metrics server would listen on every interface
+            "webhook": {"host": "127.0.0.1", "port": ports["webhook"], "certDir": str(certs_dir)},
+            "leaderElection": {"leaderElect": False},
+            "internalCertManagement": {"enable": False},
+            # As the controller-manager's StatefulSet controller here (--kube-api-qps), for a fair comparison.
+            "clientConnection": {"qps": 400, "burst": 800},
+        }))
+        self._start("lws", [str(binaries.binary("lws")), f"--config={config}"],
+                    f"http://127.0.0.1:{ports['health']}/readyz",
+                    env={**os.environ, "KUBECONFIG": str(self.kubeconfig)})
 
     def _apply(self, what: str, items: list[dict[str, Any]]) -> None:
         """Server-side apply of ``items`` (passed on stdin: a Secret's data never reaches a command line)."""

@@ -214,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--exit-with-parent", action="store_true")
     p.add_argument("--gang-scheduler", choices=list(binaries.GANG_SCHEDULERS), action="append", default=[],
                    help="a gang scheduler to run (repeat for several)")
+    p.add_argument("--controller", choices=list(binaries.WORKLOAD_CONTROLLERS), action="append", default=[],
+                   help="another project's workload controller to run (repeat for several)")
     args = p.parse_args(argv)
     args.state_dir.mkdir(parents=True, exist_ok=True)
     (args.state_dir / "logs").mkdir(exist_ok=True)
@@ -225,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     config = ClusterConfig(state_dir=args.state_dir, nodes=args.nodes, gpu_type=args.gpu_type,
                            blocks=args.blocks, component_timeout=args.timeout,
-                           gang_schedulers=tuple(args.gang_scheduler))
+                           gang_schedulers=tuple(args.gang_scheduler), controllers=tuple(args.controller))
     return run(config, args.exit_with_parent)
 
 
