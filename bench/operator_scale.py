@@ -12,7 +12,9 @@ In order, on one local cluster:
    (kwok's pods run no engine that could report one finished);
 4. the operator's own histogram: reconcile latency p50/p99; its CPU and peak RSS over the whole run;
 5. the same pod topology through StatefulSets (one per gang, parallel pod management, one pod per node): first
-   of the least pods (one 8-GPU container), then of a pod the operator made (the target's baseline);
+   of the least pods (one 8-GPU container), then of a pod the operator made (the target's baseline); then,
+   when its manager is built (hack/build-binaries.sh --only lws), the same through LeaderWorkerSets (one per
+   deployment, a group per gang), its manager running in the local cluster for the whole run;
 6. the API clients (bench/kube_clients.py) on the same cluster, with the gang pods of step 5 in place.
 
 Pod phases are followed through one watch (not polling lists of thousands of pods, which would load the
@@ -43,6 +45,7 @@ from tests.helpers.specs import a_deployment  # noqa: E402
 from tests.integration.operator_harness import RunningOperator, install_rbac, token_kubeconfig  # noqa: E402
 
 from mimo_operator import labels as L  # noqa: E402
+from mimo_operator.localcluster.binaries import WORKLOAD_CONTROLLERS, binaries_missing  # noqa: E402
 from mimo_operator.localcluster.cluster import LocalCluster  # noqa: E402
 
 
@@ -189,6 +192,25 @@ def statefulsets(namespace: str, replicas: int, size: int,
     return objects
 
 
+def leaderworkersets(count: int, replicas: int, size: int,
+                     template: Callable[[dict[str, str]], dict[str, Any]]) -> list[dict[str, Any]]:
+    """A LeaderWorkerSet per deployment, a group of ``size`` pods (the leader and its workers' StatefulSet) per
+    gang. The pods are the operator's without its one-pod-per-node rule: its selector names a gang, and a
+    group's pods carry no label of their own before LWS's webhook adds one; the 8-GPU request already keeps one
+    pod per node, and the rule dropped makes the pods lighter to schedule, not heavier."""
+    out = []
+    for d in range(count):
+        pod = template({"app": f"lws-{d}"})
+        affinity = pod["spec"].get("affinity") or {}
+        affinity.get("podAntiAffinity", {}).pop("requiredDuringSchedulingIgnoredDuringExecution", None)
+        pod["spec"]["affinity"] = {k: v for k, v in affinity.items() if v}
+        out.append({"apiVersion": "leaderworkerset.x-k8s.io/v1", "kind": "LeaderWorkerSet",
+                    "metadata": {"name": f"lws-{d}"},
+                    "spec": {"replicas": replicas, "startupPolicy": "LeaderCreated",
+                             "leaderWorkerTemplate": {"size": size, "workerTemplate": pod}}})
+    return out
+
+
 def deployments(count: int, replicas: int, nodes_per_replica: int,
                 env_value: str | None = None) -> list[dict[str, Any]]:
     out = []
@@ -236,8 +258,9 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="mimo-bench-") as tmp:
         t0 = time.monotonic()
+        lws = not args.skip_baseline and not binaries_missing(WORKLOAD_CONTROLLERS["lws"])
         cluster = LocalCluster.up(Path(tmp) / "c", nodes=args.nodes, gpu_type="H100-80GB", exit_with_parent=True,
-                                  timeout=max(180.0, args.nodes / 5))
+                                  timeout=max(180.0, args.nodes / 5), controllers=("lws",) if lws else ())
         print(f"  (cluster of {args.nodes} nodes ready in {time.monotonic() - t0:.1f} s: "
               f"{cluster.state.get('componentSeconds')})", flush=True)
         op: RunningOperator | None = None
@@ -310,7 +333,8 @@ def main() -> int:
             # 5. StatefulSets: the least pods of the topology, then the operator's own pods
             if not args.skip_baseline:
                 cluster.kubectl("create", "namespace", "baseline")
-                if (account := ours_pod["spec"].get("serviceAccountName", "default")) != "default":
+                account = ours_pod["spec"].get("serviceAccountName", "default")
+                if account != "default":
                     cluster.kubectl("create", "serviceaccount", account, "-n", "baseline")
                 for n, (what, template) in enumerate((("the least pods", minimal_pod),
                                                       ("the operator's pods", operator_pod(ours_pod)))):
@@ -331,14 +355,35 @@ def main() -> int:
                     say(f"  {pod_timeline(watch, 'baseline', start)}")
                     say(f"  ratio ours / StatefulSets of {what}: {ours / baseline:.2f}"
                         + (" (target ≤ 1.0: the same pods)" if n else ""))
-                say("LeaderWorkerSet: not measured (not built into the local cluster)")
+                if lws:
+                    cluster.kubectl("delete", "statefulsets,services", "--all", "-n", "baseline", "--wait=true",
+                                    "--timeout=600s", timeout=700)
+                    watch.wait("StatefulSet pods gone", lambda: watch.count("baseline") == 0, args.timeout)
+                    # One LeaderWorkerSet per deployment, a group per gang, as the operator's deployments.
+                    cluster.kubectl("create", "namespace", "lws")
+                    if account != "default":
+                        cluster.kubectl("create", "serviceaccount", account, "-n", "lws")
+                    start = time.monotonic()
+                    apply(cluster, "lws", leaderworkersets(args.deployments, args.replicas, args.nodes_per_replica,
+                                                          operator_pod(ours_pod)))
+                    applied = time.monotonic() - start
+                    watch.wait("LeaderWorkerSet pods Running", lambda: watch.count("lws", "Running") >= pods,
+                               args.timeout)
+                    took = time.monotonic() - start
+                    say(f"LeaderWorkerSets of the operator's pods: all {pods} pods Running {took:.1f} s after apply "
+                        f"(kubectl apply of {args.deployments} objects: {applied:.1f} s)")
+                    say(f"  {pod_timeline(watch, 'lws', start)}")
+                    say(f"  ratio ours / LeaderWorkerSets: {ours / took:.2f}")
+                else:
+                    say("LeaderWorkerSet: not measured (hack/build-binaries.sh --only lws builds it)")
 
             # 6. the API clients, on the same cluster
             if not args.skip_clients:
                 cluster.kubectl("create", "namespace", "clients")
                 out = subprocess.run(
                     [sys.executable, str(REPO / "bench" / "kube_clients.py"), "--kubeconfig",
-                     str(cluster.kubeconfig), "--namespace", "clients", "--list-namespace", "baseline",
+                     str(cluster.kubeconfig), "--namespace", "clients",
+                     "--list-namespace", "lws" if lws else "baseline",
                      "--operator-peak-rss", str(peak)],
                     capture_output=True, text=True, timeout=900)
                 print(out.stderr[-3000:] if out.returncode else "", end="")
