@@ -14,7 +14,7 @@ import prometheus_client
 from mimo_operator.build import OperatorIdentity
 from mimo_operator.build.weights import WeightsOptions
 from mimo_operator.handlers import OperatorConfig, register
-from mimo_operator.reconciler import MAX_GANG_CREATES, ReconcilerOptions
+from mimo_operator.reconciler import CONCURRENT_GANG_CREATES, MAX_GANG_CREATES, ReconcilerOptions
 
 __all__ = ["main"]
 
@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "acted on together")
     p.add_argument("--max-gang-creates", type=int, default=MAX_GANG_CREATES,
                    help="gangs one reconcile creates at most; the next reconcile, at once, creates the rest")
+    p.add_argument("--concurrent-gang-creates", type=int, default=CONCURRENT_GANG_CREATES,
+                   help="gangs whose objects the operator creates at once, every deployment's together")
     p.add_argument("--verbose", action="store_true")
     return p.parse_args(argv)
 
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             operator=OperatorIdentity(namespace=args.operator_namespace),
             restart_budget=args.restart_budget, backoff_base=args.backoff_seconds,
             unschedulable_deadline=args.unschedulable_seconds, distinct_gang_ports=args.distinct_gang_ports,
-            max_gang_creates=args.max_gang_creates,
+            max_gang_creates=args.max_gang_creates, concurrent_gang_creates=max(1, args.concurrent_gang_creates),
             weights=WeightsOptions(pod_labels=tuple(_label(x) for x in args.weights_pod_label),
                                    hub_endpoint=args.hub_endpoint)),
         leader_election=args.leader_election, lease_namespace=args.lease_namespace,

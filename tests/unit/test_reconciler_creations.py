@@ -17,7 +17,7 @@ import pytest
 
 from mimo_operator import labels as L
 from mimo_operator.handlers import Loops
-from mimo_operator.reconciler import Created, Event, Memory, ReconcileResult
+from mimo_operator.reconciler import Created, Creations, Event, Memory, ReconcileResult
 from tests.helpers.operator_world import CRD, NS, World
 from tests.helpers.specs import a_deployment
 
@@ -492,5 +492,43 @@ def test_a_drain_times_out_on_time_after_the_clock_stepped_back() -> None:
             await reconcile(w)
         assert gang in w.memory.deleting, "the timeout passed 120 s after the drain began, not an hour later"
         await w.memory.stop()
+
+    run(scenario())
+
+
+def test_every_deployment_s_creations_share_the_operator_s_slots_and_a_creation_waiting_for_one_can_be_dropped(
+) -> None:
+    async def scenario() -> None:
+        slots = asyncio.Semaphore(2)
+        queues = [Creations(concurrency=8), Creations(concurrency=8)]
+        for q in queues:
+            q.slots = slots
+        running: set[str] = set()
+        most = 0
+        gate = asyncio.Event()
+
+        def creating(gang: str) -> Any:
+            async def run() -> Created:
+                nonlocal most
+                running.add(gang)
+                most = max(most, len(running))
+                await gate.wait()
+                running.discard(gang)
+                return Created(gang, None)
+            return run
+
+        for d, q in enumerate(queues):
+            for g in range(4):
+                q.submit(f"d{d}-g{g}", "", "r", creating(f"d{d}-g{g}"))
+        await asyncio.sleep(0.01)
+        assert len(running) == 2, "two slots for both deployments' eight gangs"
+        # A gang still waiting for a slot was never started: a scale-down can drop it.
+        assert queues[1].drop_queued(lambda j: j.gang != "d1-g3") == ["d1-g3"]
+        gate.set()
+        for q in queues:
+            await q.settle()
+        assert most == 2
+        done = sorted(c.gang for q in queues for c in q.collect())
+        assert done == ["d0-g0", "d0-g1", "d0-g2", "d0-g3", "d1-g0", "d1-g1", "d1-g2"]
 
     run(scenario())
