@@ -108,8 +108,8 @@ _KUEUE_TOPOLOGY_SECONDS = 60.0
 _CREATE_CONCURRENCY = 8
 # Gangs being created at once by the whole operator, every deployment's together (``ReconcilerOptions``). At
 # 500 gangs of five deployments on 2,000 nodes, 8 per deployment (40 gangs, 200 creates in flight) had the
-# API server answer creates at p50 2.5–3 s and the scheduler bind a pod 7–12 s after its creation; 10 in all
-# had it answer creates at p50 0.7 s and bind at 3.3 s, every pod Running sooner (docs/scale.md).
+# API server answer creates at p50 2.3–3.1 s, ahead of the scheduler's binds; 8 in all had it answer at p50
+# 0.25 s, and every gang was created sooner (docs/scale.md, "Creations bounded operator-wide").
 CONCURRENT_GANG_CREATES = 8
 # Gangs one reconcile hands to the creations at most; the rest are planned by the next reconcile, which
 # follows at once. The creations run outside the reconcile (see ``Creations``): the bound keeps one
