@@ -330,49 +330,44 @@ def main() -> int:
             op.stop()
             watch.wait("our pods gone", lambda: watch.count("ours", gangs_only=False) == 0, args.timeout)
 
-            # 5. StatefulSets: the least pods of the topology, then the operator's own pods
+            # 5. StatefulSets: the least pods of the topology, then the operator's own pods; LeaderWorkerSets
             if not args.skip_baseline:
-                cluster.kubectl("create", "namespace", "baseline")
                 account = ours_pod["spec"].get("serviceAccountName", "default")
-                if account != "default":
-                    cluster.kubectl("create", "serviceaccount", account, "-n", "baseline")
-                for n, (what, template) in enumerate((("the least pods", minimal_pod),
-                                                      ("the operator's pods", operator_pod(ours_pod)))):
-                    if n:
-                        cluster.kubectl("delete", "statefulsets,services", "--all", "-n", "baseline",
-                                        "--wait=true", "--timeout=600s", timeout=700)
-                        watch.wait("StatefulSet pods gone", lambda: watch.count("baseline") == 0, args.timeout)
-                    start = time.monotonic()
-                    apply(cluster, "baseline", statefulsets("baseline", gangs, args.nodes_per_replica, template))
-                    applied = time.monotonic() - start
-                    watch.wait("StatefulSet pods Running", lambda: watch.count("baseline", "Running") >= pods,
-                               args.timeout)
-                    baseline = time.monotonic() - start
-                    # kubectl applies a List one object at a time: most of this is the client, before the
-                    # StatefulSet controller has all of its StatefulSets.
-                    say(f"StatefulSets of {what}: all {pods} pods Running {baseline:.1f} s after apply "
-                        f"(kubectl apply of {2 * gangs} objects: {applied:.1f} s)")
-                    say(f"  {pod_timeline(watch, 'baseline', start)}")
-                    say(f"  ratio ours / StatefulSets of {what}: {ours / baseline:.2f}"
-                        + (" (target ≤ 1.0: the same pods)" if n else ""))
-                if lws:
-                    cluster.kubectl("delete", "statefulsets,services", "--all", "-n", "baseline", "--wait=true",
-                                    "--timeout=600s", timeout=700)
-                    watch.wait("StatefulSet pods gone", lambda: watch.count("baseline") == 0, args.timeout)
-                    # One LeaderWorkerSet per deployment, a group per gang, as the operator's deployments.
-                    cluster.kubectl("create", "namespace", "lws")
+
+                def measure(what: str, namespace: str, objects: list[dict[str, Any]]) -> float:
+                    """Apply ``objects`` → all ``pods`` Running in ``namespace``, said with ours / that."""
+                    cluster.kubectl("create", "namespace", namespace)
                     if account != "default":
-                        cluster.kubectl("create", "serviceaccount", account, "-n", "lws")
+                        cluster.kubectl("create", "serviceaccount", account, "-n", namespace)
                     start = time.monotonic()
-                    apply(cluster, "lws", leaderworkersets(args.deployments, args.replicas, args.nodes_per_replica,
-                                                          operator_pod(ours_pod)))
+                    apply(cluster, namespace, objects)
                     applied = time.monotonic() - start
-                    watch.wait("LeaderWorkerSet pods Running", lambda: watch.count("lws", "Running") >= pods,
+                    watch.wait(f"{what}: pods Running", lambda: watch.count(namespace, "Running") >= pods,
                                args.timeout)
                     took = time.monotonic() - start
-                    say(f"LeaderWorkerSets of the operator's pods: all {pods} pods Running {took:.1f} s after apply "
-                        f"(kubectl apply of {args.deployments} objects: {applied:.1f} s)")
-                    say(f"  {pod_timeline(watch, 'lws', start)}")
+                    # kubectl applies a List one object at a time: with StatefulSets, most of this is the
+                    # client, before the StatefulSet controller has all of its StatefulSets.
+                    say(f"{what}: all {pods} pods Running {took:.1f} s after apply "
+                        f"(kubectl apply of {len(objects)} objects: {applied:.1f} s)")
+                    say(f"  {pod_timeline(watch, namespace, start)}")
+                    return took
+
+                def remove(namespace: str) -> None:
+                    cluster.kubectl("delete", "namespace", namespace, "--wait=true", "--timeout=600s", timeout=700)
+                    watch.wait(f"the pods of {namespace} gone", lambda: watch.count(namespace) == 0, args.timeout)
+
+                least = measure("StatefulSets of the least pods", "baseline-least",
+                                statefulsets("baseline-least", gangs, args.nodes_per_replica))
+                say(f"  ratio ours / StatefulSets of the least pods: {ours / least:.2f}")
+                remove("baseline-least")
+                same = measure("StatefulSets of the operator's pods", "baseline",
+                               statefulsets("baseline", gangs, args.nodes_per_replica, operator_pod(ours_pod)))
+                say(f"  ratio ours / StatefulSets of the operator's pods: {ours / same:.2f} (target ≤ 1.0)")
+                if lws:
+                    remove("baseline")
+                    # One LeaderWorkerSet per deployment, a group per gang, as the operator's deployments.
+                    took = measure("LeaderWorkerSets of the operator's pods", "lws", leaderworkersets(
+                        args.deployments, args.replicas, args.nodes_per_replica, operator_pod(ours_pod)))
                     say(f"  ratio ours / LeaderWorkerSets: {ours / took:.2f}")
                 else:
                     say("LeaderWorkerSet: not measured (hack/build-binaries.sh --only lws builds it)")

@@ -426,12 +426,13 @@ def test_an_object_of_that_name_that_is_not_the_deployment_s_is_never_taken_over
     assert L.LABEL_DEPLOYMENT in w.kube.objects[(api_version, kind, NS, name)]["metadata"]["labels"]
 
 
-def test_a_gang_head_that_does_not_answer_holds_no_reconcile_and_its_drain_ends_at_the_timeout() -> None:
-    w = World(a_deployment("d").replicas(2))
+def one_of_two_gangs_draining_with_silent_heads(w: World) -> list[str]:
+    """Two gangs serving, then one to drain, with heads that take every request and never answer (no drain is
+    ever said done); the IPs the heads were asked at."""
     w.reconcile()
     w.run_pods()
     w.reconcile()
-    silent = asyncio.Event()  # never set: the heads take every request and never answer
+    silent = asyncio.Event()  # never set
     asked: list[str] = []
 
     async def no_answer(ip: str, port: int, *_: Any) -> None:
@@ -441,6 +442,12 @@ def test_a_gang_head_that_does_not_answer_holds_no_reconcile_and_its_drain_ends_
     w.heads.drain_state = no_answer  # type: ignore[method-assign,assignment]
     w.heads.fabric = no_answer  # type: ignore[method-assign,assignment]
     w.edit("replicas", 1)
+    return asked
+
+
+def test_a_gang_head_that_does_not_answer_holds_no_reconcile_and_its_drain_ends_at_the_timeout() -> None:
+    w = World(a_deployment("d").replicas(2))
+    asked = one_of_two_gangs_draining_with_silent_heads(w)
 
     async def scenario() -> None:
         await reconcile(w)
@@ -463,17 +470,7 @@ def test_a_gang_head_that_does_not_answer_holds_no_reconcile_and_its_drain_ends_
 
 def test_a_drain_times_out_on_time_after_the_clock_stepped_back() -> None:
     w = World(a_deployment("d").replicas(2).set("autoscaling.drainTimeoutSeconds", 120))
-    w.reconcile()
-    w.run_pods()
-    w.reconcile()
-    silent = asyncio.Event()  # never set: no head says its drain is done
-
-    async def no_answer(ip: str, port: int, *_: Any) -> None:
-        await silent.wait()
-
-    w.heads.drain_state = no_answer  # type: ignore[method-assign,assignment]
-    w.heads.fabric = no_answer  # type: ignore[method-assign,assignment]
-    w.edit("replicas", 1)
+    one_of_two_gangs_draining_with_silent_heads(w)
 
     async def scenario() -> None:
         await reconcile(w)
