@@ -31,10 +31,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,7 @@ class Scenario:
     # the reactive bound, printed beside it, says how far it is.
     long: bool = False
     router: str | None = None  # the router's policy in the simulated fleet (None: the simulator's default)
+    startup_seconds: float | None = None  # a gang's start-up (None: the plan's, 330 s)
 
 
 # Sizes and peaks keep each scenario to some tens of thousands of requests: the whole suite (thirteen
@@ -97,8 +100,78 @@ CACHING = ("chat-sessions", "rag-documents")
 QUICK = ("flash-6x-2min", "on-off-5/10-20k")
 
 
+def drawn_suite(count: int, seed: int) -> tuple[Scenario, ...]:
+    """`count` scenarios whose family parameters, peak and start-up are drawn too (`--draw`), not only the arrivals.
+
+    The table's scenarios are one setting of each family; these are others, from ranges wide enough that
+    none was tuned on: flash crowds from 1.5× to 8× over 0–15 minute ramps, on/off bursts of 2–25 minutes,
+    days of 1.5–6 hours, peaks of 3–12 gangs, start-ups of 2–8 minutes. A scenario is `long` (the 99 %
+    target) where every burst outlasts two of its start-ups.
+    """
+    rng = random.Random(seed)  # reproducible draws, not secrets
+    families = ("flash", "on-off", "diurnal", "long-context", "heavy-tail", "slow-ramp", "multi-tenant",
+                "chat-sessions", "rag-documents")
+    made: list[Scenario] = []
+    for index in range(count):
+        family = families[(index + rng.randrange(len(families))) % len(families)] if count < len(families) else (
+            families[index % len(families)])
+        startup = float(rng.choice((120, 180, 240, 330, 420, 480)))
+        peak = rng.randint(3, 12)
+        sizes = rng.choice((workloads.CODE, workloads.CHAT, workloads.RAG))
+        u = rng.uniform
+        router = None
+        if family == "flash":
+            height, ramp, hold = u(1.5, 8.0), u(0.0, 900.0), u(300.0, 2400.0)
+            make = partial(workloads.flash_crowd, height=height, ramp_seconds=ramp, hold_seconds=hold, sizes=sizes)
+            label, long = f"flash-{height:.1f}x-{ramp / 60:.0f}min-{hold / 60:.0f}", hold >= 2 * startup
+        elif family == "on-off":
+            on, off = u(120.0, 1500.0), u(120.0, 1800.0)
+            cycles = max(3, min(8, int(14_400 // (on + off))))
+            make = partial(workloads.on_off, on_seconds=on, off_seconds=off, cycles=cycles, base=u(0.0, 0.3),
+                           sizes=rng.choice((None, sizes)))
+            label, long = f"on-off-{on / 60:.0f}/{off / 60:.0f}", on >= 2 * startup
+        elif family == "diurnal":
+            hours = u(1.5, 6.0)
+            make = partial(workloads.diurnal, hours=hours, floor=u(0.05, 0.5), sizes=sizes)
+            label, long = f"diurnal-{hours:.1f}h", True
+        elif family == "long-context":
+            bursts = rng.randint(2, 6)
+            make = partial(workloads.long_context_bursts, hours=u(1.0, 2.5), bursts=bursts,
+                           burst_seconds=u(300.0, 1200.0), seed=rng.randrange(1000), share=u(0.3, 0.8))
+            label, long = f"long-context-{bursts}", False
+        elif family == "heavy-tail":
+            alpha = u(1.1, 2.0)
+            make = partial(workloads.heavy_tailed_outputs, hours=u(1.0, 3.0), alpha=alpha, floor=u(0.2, 0.8))
+            label, long = f"heavy-tail-{alpha:.1f}", True
+        elif family == "slow-ramp":
+            ramp = u(1200.0, 7200.0)
+            make = partial(workloads.slow_ramp, start=u(0.05, 0.5), ramp_seconds=ramp, hold_seconds=u(300.0, 1800.0),
+                           sizes=sizes)
+            label, long = f"slow-ramp-{ramp / 60:.0f}min", True
+        elif family == "multi-tenant":
+            period = u(600.0, 3600.0)
+            make = partial(workloads.multi_tenant, hours=u(1.0, 3.0), batch_period=period,
+                           batch_on=period * u(0.2, 0.6))
+            label, long = f"multi-tenant-{period / 60:.0f}", False
+        elif family == "chat-sessions":
+            hours = u(1.0, 3.0)
+            make = partial(workloads.chat_sessions, hours=hours, floor=u(0.1, 0.4))
+            label, long, router = f"chat-sessions-{hours:.1f}h", True, CACHE_AWARE
+            peak = min(peak, 6)
+        else:
+            height, ramp, hold = u(2.0, 6.0), u(60.0, 900.0), u(600.0, 2400.0)
+            make = partial(workloads.rag_documents, height=height, ramp_seconds=ramp, hold_seconds=hold,
+                           documents=rng.randint(16, 128))
+            label, long, router = f"rag-{height:.1f}x-{ramp / 60:.0f}min", hold >= 2 * startup, CACHE_AWARE
+            peak = min(peak, 6)
+        made.append(Scenario(f"d{index}:{label}@{startup:.0f}s/{peak}", make, peak=peak, long=long, router=router,
+                             startup_seconds=startup))
+    return tuple(made)
+
+
 def _comparison(trace: Trace, scenario: Scenario | None = None, cache: str = "on") -> Comparison:
-    comparison = comparison_for(DEFAULT_MANIFEST, trace)[2]
+    startup = None if scenario is None else scenario.startup_seconds
+    comparison = comparison_for(DEFAULT_MANIFEST, trace, startup_seconds=startup)[2]
     fleet = replace(comparison.fleet, prefix_cache=cache != "off", report_cached_tokens=cache == "on")
     if scenario is not None and scenario.router is not None:
         fleet = replace(fleet, router=scenario.router)
@@ -257,7 +330,7 @@ def best_baseline(results: dict[str, PolicyResult]) -> str:
 
 
 HEADER = (
-    f"{'scenario':<22}{'ours':>8}{'×orc':>6}{'ev':>4}{'pk':>4}{'reactive':>9}{'oracle':>8}{'static':>8}{'×orc':>6}"
+    f"{'scenario':<34}{'ours':>8}{'×orc':>6}{'ev':>4}{'pk':>4}{'reactive':>9}{'oracle':>8}{'static':>8}{'×orc':>6}"
     f"  {'best HPA/KEDA (att, ×orc)':<30}{'verdict':<8}"
 )
 
@@ -275,7 +348,7 @@ def row(scenario: Scenario, results: dict[str, PolicyResult], v: Verdict) -> str
         notes.append(f"< 99 % (reactive bound {results['reactive'].ttft_attainment:.1%})")
     name = scenario.key + (" (long)" if scenario.long else "")
     return (
-        f"{name:<22}{ours.ttft_attainment:>8.1%}{v.oracle_ratio:>6.2f}{ours.scale_events:>4}{ours.peak_replicas:>4}"
+        f"{name:<34}{ours.ttft_attainment:>8.1%}{v.oracle_ratio:>6.2f}{ours.scale_events:>4}{ours.peak_replicas:>4}"
         f"{results['reactive'].ttft_attainment:>9.1%}{oracle.ttft_attainment:>8.1%}"
         f"{static.ttft_attainment:>8.1%}{static.gpu_hours / oracle.gpu_hours:>6.2f}"
         f"  {best_baseline(results):<30}{'PASS' if v.passed else 'MISS ' + '; '.join(notes)}"
@@ -344,6 +417,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}, without the HPA/KEDA sweep")
     parser.add_argument("--seed", type=int, default=TABLE_SEED)
     parser.add_argument("--only", action="append", help="a scenario key (repeatable)")
+    parser.add_argument(
+        "--draw",
+        type=int,
+        metavar="N",
+        help="instead of the table's scenarios, N whose family parameters, peak and start-up are drawn from --seed",
+    )
     parser.add_argument("--plot", type=Path, help="gangs over time per scenario (mimo, oracle, reactive, static)")
     parser.add_argument("--json", type=Path, help="write the raw figures here")
     parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
@@ -355,9 +434,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"blind (caches on, the policy not shown sglang:cached_tokens_total). Matters for {', '.join(CACHING)}",
     )
     args = parser.parse_args(argv)
-    chosen = [s for s in SCENARIOS if (args.only and s.key in args.only) or (not args.only and not args.quick)]
+    suite = drawn_suite(args.draw, args.seed) if args.draw else SCENARIOS
+    chosen = [s for s in suite if (args.only and s.key in args.only) or (not args.only and not args.quick)]
     if args.quick and not args.only:
-        chosen = [s for s in SCENARIOS if s.key in QUICK]
+        chosen = [s for s in suite if s.key in QUICK]
     if not chosen:
         print(f"no scenario {args.only}; choose from {', '.join(s.key for s in SCENARIOS)}", file=sys.stderr)
         return 2

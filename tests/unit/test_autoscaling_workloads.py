@@ -99,3 +99,32 @@ def test_the_reactive_bound_orders_when_the_crowd_arrives_and_the_oracle_a_start
     assert 1200 <= first_above(reactive, base) <= 1200 + 60, "it sees the crowd only when it arrives"
     assert first_above(oracle, base) <= first_above(reactive, base) - startup + 60, "the oracle starts a start-up early"
     assert max(reactive.counts) == max(oracle.counts), "both size the crowd the same way"
+
+
+def test_drawn_scenarios_are_reproducible_varied_and_marked_long_by_their_own_start_up() -> None:
+    bench = load_bench()
+    suite = bench.drawn_suite(18, 5)
+    assert [s.key for s in suite] == [s.key for s in bench.drawn_suite(18, 5)], "a seed names the same draws"
+    assert [s.key for s in suite] != [s.key for s in bench.drawn_suite(18, 6)], "another seed draws others"
+    assert len({s.key for s in suite}) == len(suite)
+    assert len({s.startup_seconds for s in suite}) > 1
+    assert len({s.peak for s in suite}) > 1
+    for scenario in suite:
+        workload = scenario.make()
+        assert workload.span_seconds > 0
+        startup = scenario.startup_seconds
+        if scenario.key.split(":")[1].startswith("on-off"):
+            on = float(scenario.make.keywords["on_seconds"])
+            assert scenario.long == (on >= 2 * startup), scenario.key
+        if scenario.key.split(":")[1].startswith("flash"):
+            hold = float(scenario.make.keywords["hold_seconds"])
+            assert scenario.long == (hold >= 2 * startup), scenario.key
+
+
+def test_a_drawn_scenario_runs_on_its_own_start_up() -> None:
+    bench = load_bench()
+    scenario = next(s for s in bench.drawn_suite(9, 3) if s.startup_seconds != 330.0)
+    trace, comparison = bench.build(scenario, 3)
+    assert comparison.fleet.startup_seconds == scenario.startup_seconds
+    assert comparison.policy.startup_seconds == scenario.startup_seconds
+    assert trace.requests
