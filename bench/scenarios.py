@@ -1,6 +1,6 @@
 """The autoscaling scenario suite: our policy against its baselines on families of load it was not tuned on.
 
-    .venv/bin/python bench/scenarios.py [--quick] [--seed N] [--plot FILE.png] [--json FILE] [--only NAME]
+    .venv/bin/python bench/scenarios.py [--quick] [--seed N] [--draw N] [--plot FILE.png] [--json FILE] [--only NAME]
 
 Each scenario is a seeded synthetic workload (operator/mimo_operator/autoscaling/workloads.py) in the
 shared trace's format, or the shared Azure code trace, sized so that its peak needs about `peak` gangs
