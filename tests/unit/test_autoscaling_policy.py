@@ -323,6 +323,24 @@ def test_a_ramp_is_forecast_one_start_up_ahead_but_a_step_is_not() -> None:
     )
 
 
+def test_with_a_short_start_up_a_step_is_still_not_a_ramp() -> None:
+    # Two minutes of start-up: the forecast looks 120 s ahead, but the trend is read over four stable
+    # windows. Read over two, its quarters were half a stable window long, a step from 7 to 12-15 requests
+    # per second (two gangs hold 16 at the target) lifted three of them in a row, and the "ramp" ordered a
+    # gang or two that went five minutes later.
+    for height in (12.0, 14.0):
+        for ramp_seconds in (0.0, 60.0):
+            def rate(t: float, height: float = height, ramp_seconds: float = ramp_seconds) -> float:
+                up = 1.0 if t >= 300 + ramp_seconds else max(0.0, (t - 300) / max(ramp_seconds, 1.0))
+                return 7.0 + (height - 7.0) * up
+
+            assert run(rate, ready=2, minutes=15, startup=120, cfg=config(forecast_seconds=120)) == []
+    # A ramp is still a ramp: the third gang comes two minutes before demand itself asks for it.
+    ramp = run(lambda t: 2.0 + t / 60, ready=2, minutes=16, startup=120, cfg=config(forecast_seconds=120))
+    assert ramp == [(720.0, "ScaleUp", 3)]
+    assert run(lambda t: 2.0 + t / 60, ready=2, minutes=16, startup=120, cfg=config()) == [(840.0, "ScaleUp", 3)]
+
+
 def test_a_ramp_that_wobbles_is_still_forecast_but_a_wobble_on_a_level_load_is_not() -> None:
     # The ramp above with ±1 request per second every four minutes on top: one quarter of the trend
     # window in three then falls behind the one before. The forecast orders the third gang as early as

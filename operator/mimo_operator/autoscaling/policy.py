@@ -64,6 +64,9 @@ DEMAND_HISTORY_SECONDS = 7200.0
 TTFT_TAIL_REQUESTS = 20
 # Stretches of burst-level demand less than this apart are one burst.
 BURST_MERGE_SECONDS = 60.0
+# The shortest window a trend is read over, in stable windows: each of its four parts at least one, so that a
+# step, which the stable window smears over one stable window, lifts at most two neighbouring parts.
+TREND_STABLE_WINDOWS = 4
 
 
 class GangPhase(enum.Enum):
@@ -720,7 +723,7 @@ class _Loads:
     def trend(self) -> float:
         """Growth of stable demand per second; 0 unless it rose across the trend window like a ramp.
 
-        The trend window looks back as far as the forecast looks ahead (at least two stable windows,
+        The trend window looks back as far as the forecast looks ahead (at least four stable windows,
         at most the scale-down window) and is cut in four parts; the slope counts only if the mean
         demand rose from the first part to the second and from the third to the fourth, each by at least
         a quarter of the largest rise between neighbours, dipped between the two by less than half the
@@ -732,7 +735,7 @@ class _Loads:
         config = self._config
         window = min(
             config.scale_down_window_seconds,
-            max(config.forecast_seconds, 2 * config.stable_window_seconds),
+            max(config.forecast_seconds, TREND_STABLE_WINDOWS * config.stable_window_seconds),
         )
         if config.forecast_seconds <= 0 or not self.covered(window):
             return 0.0
