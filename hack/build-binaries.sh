@@ -246,53 +246,48 @@ build_scheduler_plugins() {
   log "scheduler-plugins: $("$BIN/scheduler-plugins" --version 2>&1 | head -1)"
 }
 
-# Kueue's manager (its pod integration admits a gang's pods as one workload when its quota fits). A plain
-# module with no replace directives; its CRDs and webhook configurations ship in the module.
-build_kueue() {
-  local version=$KUEUE_VERSION dir=$BUILD/kueue-$KUEUE_VERSION moddir
-  log "kueue $version: resolving"
+# A manager built from a plain module (no replace directives): PACKAGE of MODULE@VERSION into $BIN/NAME. Then
+# MODULE_DIR is the module's source in Go's module cache, where its CRDs and webhook configurations ship.
+build_plain_module() {
+  local name=$1 module=$2 version=$3 package=$4 ldflags=$5
+  local dir=$BUILD/$name-$version
+  log "$name $version: resolving"
   new_module "$dir"
   (
     cd "$dir"
-    modfile=$(proxy_gomod "sigs.k8s.io/kueue@$version")
-    go mod edit -go="$(awk '/^go /{print $2; exit}' "$modfile")" -require="sigs.k8s.io/kueue@$version"
-    printf '//go:build tools\n\npackage tools\n\nimport _ "sigs.k8s.io/kueue/cmd/kueue"\n' >tools.go
+    modfile=$(proxy_gomod "$module@$version")
+    go mod edit -go="$(awk '/^go /{print $2; exit}' "$modfile")" -require="$module@$version"
+    printf '//go:build tools\n\npackage tools\n\nimport _ "%s"\n' "$package" >tools.go
     go mod tidy
-    log "kueue $version: go build"
-    go build -p 2 -trimpath -ldflags "-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=$version" \
-      -o "$BIN/kueue.tmp" sigs.k8s.io/kueue/cmd/kueue
-    mv "$BIN/kueue.tmp" "$BIN/kueue"
+    log "$name $version: go build"
+    go build -p 2 -trimpath -ldflags "$ldflags" -o "$BIN/$name.tmp" "$package"
+    mv "$BIN/$name.tmp" "$BIN/$name"
   )
-  moddir=$(cd "$(mktemp -d)" && go mod download -json "sigs.k8s.io/kueue@$version" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  MODULE_DIR=$(cd "$(mktemp -d)" && go mod download -json "$module@$version" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+}
+
+# Kueue's manager (its pod integration admits a gang's pods as one workload when its quota fits).
+build_kueue() {
+  local version=$KUEUE_VERSION
+  build_plain_module kueue sigs.k8s.io/kueue "$version" sigs.k8s.io/kueue/cmd/kueue \
+    "-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=$version"
   # Its CRDs with the kustomization that says which of them convert through its webhook, and its webhooks.
   rm -rf "$CACHE/kueue" && mkdir -p "$CACHE/kueue"
-  cp -r "$moddir/config/components/crd" "$CACHE/kueue/crd"
-  cp "$moddir/config/components/webhook/manifests.yaml" "$CACHE/kueue/webhooks.yaml"
+  cp -r "$MODULE_DIR/config/components/crd" "$CACHE/kueue/crd"
+  cp "$MODULE_DIR/config/components/webhook/manifests.yaml" "$CACHE/kueue/webhooks.yaml"
   chmod -R u+w "$CACHE/kueue"
   stamp kueue "$version"
   log "kueue: built $version"
 }
 
 # LeaderWorkerSet's manager, for the scale benchmark's comparison (a leader pod and its workers' StatefulSet
-# per group). A plain module; its CRD and webhook configurations ship in the module.
+# per group).
 build_lws() {
-  local version=$LWS_VERSION dir=$BUILD/lws-$LWS_VERSION moddir
-  log "lws $version: resolving"
-  new_module "$dir"
-  (
-    cd "$dir"
-    modfile=$(proxy_gomod "sigs.k8s.io/lws@$version")
-    go mod edit -go="$(awk '/^go /{print $2; exit}' "$modfile")" -require="sigs.k8s.io/lws@$version"
-    printf '//go:build tools\n\npackage tools\n\nimport _ "sigs.k8s.io/lws/cmd"\n' >tools.go
-    go mod tidy
-    log "lws $version: go build"
-    go build -p 2 -trimpath -ldflags "-s -w" -o "$BIN/lws.tmp" sigs.k8s.io/lws/cmd
-    mv "$BIN/lws.tmp" "$BIN/lws"
-  )
-  moddir=$(cd "$(mktemp -d)" && go mod download -json "sigs.k8s.io/lws@$version" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  local version=$LWS_VERSION
+  build_plain_module lws sigs.k8s.io/lws "$version" sigs.k8s.io/lws/cmd "-s -w"
   rm -rf "$CACHE/lws" && mkdir -p "$CACHE/lws"
-  cp "$moddir/config/crd/bases/leaderworkerset.x-k8s.io_leaderworkersets.yaml" "$CACHE/lws/crd.yaml"
-  cp "$moddir/config/webhook/manifests.yaml" "$CACHE/lws/webhooks.yaml"
+  cp "$MODULE_DIR/config/crd/bases/leaderworkerset.x-k8s.io_leaderworkersets.yaml" "$CACHE/lws/crd.yaml"
+  cp "$MODULE_DIR/config/webhook/manifests.yaml" "$CACHE/lws/webhooks.yaml"
   chmod -R u+w "$CACHE/lws"
   stamp lws "$version"
   log "lws: built $version"
