@@ -20,18 +20,26 @@ def _hook(name: str, group: str, resource: str, path: str) -> dict[str, object]:
                        "resources": [resource]}]}
 
 
-def test_only_pod_and_kueue_webhooks_are_registered_at_the_loopback_url(tmp_path: Path) -> None:
-    manifests = tmp_path / "webhooks.yaml"
-    manifests.write_text(yaml.safe_dump_all([
+
+def _manifests(tmp_path: Path, *, mutating: list[dict[str, object]], validating: list[dict[str, object]]) -> Path:
+    """A controller's webhooks.yaml as its module ships it: one mutating and one validating configuration."""
+    path = tmp_path / "webhooks.yaml"
+    path.write_text(yaml.safe_dump_all([
         {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
-         "metadata": {"name": "mutating-webhook-configuration"},
-         "webhooks": [_hook("mpod.kb.io", "", "pods", "/mutate--v1-pod"),
-                      _hook("mdeployment.kb.io", "apps", "deployments", "/mutate-apps-v1-deployment"),
-                      _hook("mworkload.kb.io", "kueue.x-k8s.io", "workloads", "/mutate-workload")]},
+         "metadata": {"name": "mutating-webhook-configuration"}, "webhooks": mutating},
         {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
-         "metadata": {"name": "validating-webhook-configuration"},
-         "webhooks": [_hook("vjob.kb.io", "batch", "jobs", "/validate-batch-v1-job")]},
+         "metadata": {"name": "validating-webhook-configuration"}, "webhooks": validating},
     ]))
+    return path
+
+def test_only_pod_and_kueue_webhooks_are_registered_at_the_loopback_url(tmp_path: Path) -> None:
+    manifests = _manifests(
+        tmp_path,
+        mutating=[_hook("mpod.kb.io", "", "pods", "/mutate--v1-pod"),
+                  _hook("mdeployment.kb.io", "apps", "deployments", "/mutate-apps-v1-deployment"),
+                  _hook("mworkload.kb.io", "kueue.x-k8s.io", "workloads", "/mutate-workload")],
+        validating=[_hook("vjob.kb.io", "batch", "jobs", "/validate-batch-v1-job")],
+    )
     configs = kueue_webhooks(manifests, "https://127.0.0.1:9443", b"CA PEM")
     assert [c["metadata"]["name"] for c in configs] == ["kueue-mutating-webhook-configuration",
                                                          "kueue-validating-webhook-configuration"]
@@ -47,17 +55,13 @@ def test_only_pod_and_kueue_webhooks_are_registered_at_the_loopback_url(tmp_path
 
 
 def test_leaderworkerset_pod_webhooks_see_only_its_pods(tmp_path: Path) -> None:
-    manifests = tmp_path / "webhooks.yaml"
-    manifests.write_text(yaml.safe_dump_all([
-        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
-         "metadata": {"name": "mutating-webhook-configuration"},
-         "webhooks": [_hook("mleaderworkerset.kb.io", "leaderworkerset.x-k8s.io", "leaderworkersets",
-                            "/mutate-leaderworkerset-x-k8s-io-v1-leaderworkerset"),
-                      _hook("mpod.kb.io", "", "pods", "/mutate--v1-pod")]},
-        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
-         "metadata": {"name": "validating-webhook-configuration"},
-         "webhooks": [_hook("vpod.kb.io", "", "pods", "/validate--v1-pod")]},
-    ]))
+    manifests = _manifests(
+        tmp_path,
+        mutating=[_hook("mleaderworkerset.kb.io", "leaderworkerset.x-k8s.io", "leaderworkersets",
+                        "/mutate-leaderworkerset-x-k8s-io-v1-leaderworkerset"),
+                  _hook("mpod.kb.io", "", "pods", "/mutate--v1-pod")],
+        validating=[_hook("vpod.kb.io", "", "pods", "/validate--v1-pod")],
+    )
     configs = lws_webhooks(manifests, "https://127.0.0.1:9444", b"CA PEM")
     assert [c["metadata"]["name"] for c in configs] == ["lws-mutating-webhook-configuration",
                                                          "lws-validating-webhook-configuration"]
