@@ -111,10 +111,11 @@ def drawn_suite(count: int, seed: int) -> tuple[Scenario, ...]:
     rng = random.Random(seed)  # reproducible draws, not secrets
     families = ("flash", "on-off", "diurnal", "long-context", "heavy-tail", "slow-ramp", "multi-tenant",
                 "chat-sessions", "rag-documents")
+    # Every family in turn; fewer draws than families start at a drawn one.
+    first = 0 if count >= len(families) else rng.randrange(len(families))
     made: list[Scenario] = []
     for index in range(count):
-        family = families[(index + rng.randrange(len(families))) % len(families)] if count < len(families) else (
-            families[index % len(families)])
+        family = families[(first + index) % len(families)]
         startup = float(rng.choice((120, 180, 240, 330, 420, 480)))
         peak = rng.randint(3, 12)
         sizes = rng.choice((workloads.CODE, workloads.CHAT, workloads.RAG))
