@@ -78,6 +78,9 @@ def render() -> str:
             ' "flags": {\n' + ",\n".join(lines) + "\n}}\n")
 
 
+NUL_RULE = r"!self.contains('\x00')"  # CEL's escape: the apiserver reads one NUL character
+
+
 def crd_rule_lines(data: dict[str, Any], indent: str) -> list[str]:
     """The CEL rule on each spec.engine.extraArgs element: a flag must be one of SGLang's, written in full (a
     map literal: a lookup the apiserver's cost budget allows, where a prefix search over every flag is 4× over).
@@ -86,8 +89,12 @@ def crd_rule_lines(data: dict[str, Any], indent: str) -> list[str]:
     rule = f"!self.startsWith('--') || self.split('=')[0] in {{{names}}}"
     message = (f"self.split('=')[0] + ' is not a flag of SGLang {data['sglang']} (flags are written in full; "
                "python -m sglang.launch_server --help lists them)'")
+    # Before the flag rule, a NUL, which no argv element can carry (the typed spec's NUL_MESSAGE, word for word).
+    nul = "must not contain a NUL character (it cannot pass to a process's arguments or environment)"
     return [
         f"{indent}x-kubernetes-validations:",
+        f"{indent}  - rule: {json.dumps(NUL_RULE)}",
+        f"{indent}    message: {json.dumps(nul)}",
         f"{indent}  - rule: {json.dumps(rule)}",
         f"{indent}    messageExpression: {json.dumps(message)}",
     ]

@@ -89,13 +89,35 @@ _QUANTITY_FACTORS = {
 
 
 
+# RE2's class of the ASCII control characters (NUL to US, and DEL). Python's re has no POSIX classes:
+# `Format.regex` spells it out for Python.
+_CONTROL = "[:cntrl:]"
+
+
 @dataclass(frozen=True)
 class Format:
     """A string format the apiserver checks with a CEL rule ``self.matches('<pattern>')`` and the typed spec
-    with the same pattern (RE2 and Python read it alike: no backslashes, so it needs no escaping in CEL)."""
+    with the same pattern (RE2 and Python read it alike: no backslashes, so it needs no escaping in CEL; the one
+    POSIX class RE2 knows and Python does not, ``[:cntrl:]``, `regex` spells out).
+
+    With `prefix_limit`, the part before a '/' has at most that many characters: a second condition of the same
+    CEL rule, ``self.split('/')[0].size() <= N`` (a regular expression cannot bound a DNS subdomain's length).
+    """
 
     pattern: str
     allowed: str  # what is allowed, in words: the end of both refusals' messages
+    prefix_limit: int | None = None
+
+    @property
+    def regex(self) -> str:
+        """The pattern as Python's re reads it."""
+        return self.pattern.replace(_CONTROL, r"\x00-\x1f\x7f")
+
+    def accepts(self, value: str) -> bool:
+        # fullmatch: Python's '$' also matches before a final newline, the apiserver's (RE2) does not.
+        if not re.fullmatch(self.regex, value):
+            return False
+        return self.prefix_limit is None or len(value.split("/")[0]) <= self.prefix_limit
 
     def message(self) -> str:
         return f"must be {self.allowed}"
@@ -107,6 +129,9 @@ _LABEL_NAME = "[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
 _DOMAIN_PART = "[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?"
 _PATH_PART = "[a-z0-9]+(([.]|_|__|-+)[a-z0-9]+)*"
 _REF_PART = "[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?"
+# A path segment other than '.' and '..', without control characters (a newline in a path breaks the argv and
+# volume paths it is written into; a NUL cannot pass execve at all).
+_SEGMENT = (f"([^/.{_CONTROL}][^/{_CONTROL}]*|[.][^/.{_CONTROL}][^/{_CONTROL}]*|[.][.][^/{_CONTROL}]+)")
 
 # Field formats the apiserver cannot refuse by type alone: each becomes a child object's name, label, argv
 # element or environment value, where a bad value would be refused late (a 422 on a gang pod) or never work.
@@ -124,8 +149,8 @@ FORMATS: dict[str, Format] = {
         "a letter or digit"),
     "label-key": Format(
         f"^({_SUBDOMAIN}/)?{_LABEL_NAME}$",
-        "a label key: an optional DNS subdomain prefix and '/', then a name of at most 63 letters, digits, '-', "
-        "'_' or '.', starting and ending with a letter or digit"),
+        "a label key: an optional DNS subdomain prefix of at most 253 characters and '/', then a name of at most 63 "
+        "letters, digits, '-', '_' or '.', starting and ending with a letter or digit", prefix_limit=253),
     "extended-resource": Format(
         f"^{_SUBDOMAIN}/{_LABEL_NAME}$",
         "an extended resource name: the device plugin's DNS subdomain and '/', then a name of at most 63 letters, "
@@ -155,8 +180,11 @@ FORMATS: dict[str, Format] = {
         "^[=^]?[A-Za-z0-9_.:-]+(,[A-Za-z0-9_.:-]+)*$",
         "an interface name or NCCL's comma-separated prefix list (for example eth0, ib, ^docker,lo or =eth1)"),
     "absolute-path": Format(
-        "^/$|^(/([^/.][^/]*|[.][^/.][^/]*|[.][.][^/]+))+/?$",
-        "an absolute path without '.' or '..' segments or repeated '/'"),
+        f"^/$|^(/{_SEGMENT})+/?$",
+        "an absolute path without '.' or '..' segments, repeated '/' or control characters"),
+    "relative-path": Format(
+        f"^{_SEGMENT}(/{_SEGMENT})*$",
+        "a relative path without '.' or '..' segments, repeated or trailing '/' or control characters"),
 }
 
 
@@ -465,7 +493,7 @@ def _check_object(obj: Mapping[str, Any]) -> None:
         spec = obj.get("spec")
         if isinstance(spec, Mapping) and spec.get("disaggregation") is not None and len(name) > MAX_PD_NAME_LENGTH:
             raise SpecError("metadata.name", PD_NAME_LENGTH_MESSAGE)
-        if not re.fullmatch(FORMATS["dns-1035-label"].pattern, name):
+        if not FORMATS["dns-1035-label"].accepts(name):
             raise SpecError("metadata.name", f"{name!r} {FORMATS['dns-1035-label'].message()}")
 
 
@@ -534,13 +562,14 @@ def _formatted_fields(spec: DeploymentSpec) -> Iterator[tuple[str, str, str]]:
             at = f"spec.disaggregation.{side}.eplb.expertLocation.configMap"
             yield f"{at}.name", location.config_map.name, "dns-subdomain"
             yield f"{at}.key", location.config_map.key, "secret-key"
+        if location is not None and location.cache_file is not None:
+            yield f"spec.disaggregation.{side}.eplb.expertLocation.cacheFile", location.cache_file, "relative-path"
 
 
 def _check_formats(spec: DeploymentSpec) -> None:
     for field, value, name in _formatted_fields(spec):
         form = FORMATS[name]
-        # fullmatch: Python's '$' also matches before a final newline, the apiserver's (RE2) does not.
-        if not re.fullmatch(form.pattern, value):
+        if not form.accepts(value):
             raise SpecError(field, f"{_short(value)!r} {form.message()}")
 
 
@@ -739,13 +768,22 @@ def _check_rules(spec: DeploymentSpec) -> None:
             f"podTemplate.{which} must not use keys under mimo-operator.io/: they are the operator's own (it selects, "
             "drains and discovers gangs by them)",
         ))
+    for i, arg in enumerate(spec.engine.extra_args or []):
+        rules.append(("\0" not in arg, f"spec.engine.extraArgs[{i}]", NUL_MESSAGE))
     if spec.engine.env is not None:
         names = [e.name for e in spec.engine.env]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         rules.append((not duplicates, "spec.engine.env", f"duplicate names: {', '.join(duplicates)}"))
+        for i, variable in enumerate(spec.engine.env):
+            rules.append(("\0" not in variable.value, f"spec.engine.env[{i}].value", NUL_MESSAGE))
     for ok, field, message in rules:
         if not ok:
             raise SpecError(field, message)
+
+
+# An argv element or environment value reaches the engine through execve, which ends a string at a NUL: the
+# container would fail to start (the CRD's rule: ``!self.contains('\x00')``, CEL's escape for NUL).
+NUL_MESSAGE = "must not contain a NUL character (it cannot pass to a process's arguments or environment)"
 
 
 # The node's own directories, which a hostPath cache must not be nor be inside, and parents of many of them,

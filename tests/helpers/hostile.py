@@ -169,6 +169,7 @@ _BAD_STRINGS = {
     "space": "a b", "shell": "x;rm -rf /", "subst": "$(id)", "backtick": "`id`", "newline": "a\nb",
     "upper": "UPPER", "leading-dash": "-x", "trailing-dot": "x.", "slash-only": "/", "empty": "",
 }
+_LONG_PREFIX = ".".join(["a" * 63] * 4)[:253] + "b"
 # field → which of _BAD_STRINGS are wrong there (the format decides: "UPPER" is a fine revision).
 _FORMAT_FIELDS: dict[str, tuple[str, ...]] = {
     "spec.model.revision": ("space", "shell", "subst", "backtick", "newline", "leading-dash", "trailing-dot",
@@ -201,7 +202,7 @@ def formats() -> list[Case]:
         for kind in kinds:
             value = {"space-dots": "/var/lib/../etc"}.get(kind) or _BAD_STRINGS[kind]
             if path.endswith("nodeLocalPath") and kind == "newline":
-                value = "/a/./b"
+                value = "/var/lib/mimo\nweights"  # absolute, so that the newline is what is wrong
             cases.append(_case(f"format {path.removeprefix('spec.')} {kind}", path, value, base=_base_for(path)))
     cases += [
         _case("source path with dotdot", "spec.model.source", {"path": "/models/../etc"}, "spec.model.source.path",
@@ -215,6 +216,28 @@ def formats() -> list[Case]:
         _case("label key name too long", "spec.podTemplate.labels", {"a" * 64: "a"}, "spec.podTemplate.labels"),
         _case("label key upper prefix", "spec.podTemplate.labels", {"Example.com/x": "a"},
               "spec.podTemplate.labels"),
+        # A prefix of 254 characters, each part a DNS label: the pattern takes it, the apiserver's pod validation not.
+        _case("label key prefix too long", "spec.podTemplate.labels", {f"{_LONG_PREFIX}/team": "a"},
+              "spec.podTemplate.labels"),
+        _case("annotation key prefix too long", "spec.podTemplate.annotations", {f"{_LONG_PREFIX}/owner": "a"},
+              "spec.podTemplate.annotations"),
+        _case("node selector key prefix too long", "spec.hardware.nodeSelector", {f"{_LONG_PREFIX}/pool": "gpu"},
+              "spec.hardware.nodeSelector"),
+        _case("toleration key prefix too long", "spec.hardware.tolerations",
+              [{"key": f"{_LONG_PREFIX}/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+              "spec.hardware.tolerations[0].key"),
+        # Control characters: a path breaks the volume and argv it is written into, a NUL ends an execve string.
+        _case("source path with tab", "spec.model.source", {"path": "/models/mimo\tv2"}, "spec.model.source.path",
+              base=_set(BASE, "spec.model.revision", ...)),
+        _case("source path with escape", "spec.model.source", {"path": "/models/\x1b[2J"}, "spec.model.source.path",
+              base=_set(BASE, "spec.model.revision", ...)),
+        _case("env value with nul", "spec.engine.env", [{"name": "NCCL_DEBUG", "value": "WARN\x00INFO"}],
+              "spec.engine.env[0].value"),
+        _case("extraArgs value with nul", "spec.engine.extraArgs", ["--log-level", "info\x00debug"],
+              "spec.engine.extraArgs[1]"),
+        *(_case(f"{side} cache file with newline", f"spec.disaggregation.{side}.eplb.expertLocation.cacheFile",
+                "eplb/a\nb.json", base=_base_for(f"spec.disaggregation.{side}.eplb.expertLocation.cacheFile"))
+          for side in ("prefill", "decode")),
         _case("annotation key with space", "spec.podTemplate.annotations", {"my owner": "a"},
               "spec.podTemplate.annotations"),
         _case("annotation value too long", "spec.podTemplate.annotations", {"owner": "a" * 4097},

@@ -101,7 +101,8 @@ def test_a_full_flag_resolves_to_itself() -> None:
 def test_the_crd_refuses_exactly_the_flags_the_table_does_not_know() -> None:
     crd = yaml.safe_load((REPO / "crds" / "mimodeployment.yaml").read_text())
     spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
-    (rule,) = spec["properties"]["engine"]["properties"]["extraArgs"]["items"]["x-kubernetes-validations"]
+    nul, rule = spec["properties"]["engine"]["properties"]["extraArgs"]["items"]["x-kubernetes-validations"]
+    assert "x00" in nul["rule"]  # a NUL first, then the flag
     assert set(re.findall(r"'(--[^']+)': true", rule["rule"])) == set(flag_table()["flags"])
     assert f"SGLang {SGLANG_VERSION} (flags are written in full" in rule["messageExpression"]
 

@@ -11,7 +11,16 @@ import pytest
 import yaml
 
 from mimo_operator import labels as L
-from mimo_operator.spec import FORMATS, LONGEST_CHILD_SUFFIX, MAX_NAME_LENGTH, MAX_REPLICAS, MAX_SURGE, parse_spec
+from mimo_operator.spec import (
+    FORMATS,
+    LONGEST_CHILD_SUFFIX,
+    MAX_NAME_LENGTH,
+    MAX_REPLICAS,
+    MAX_SURGE,
+    NUL_MESSAGE,
+    SpecError,
+    parse_spec,
+)
 from tests.conftest import REPO
 from tests.helpers.specs import a_deployment
 
@@ -43,6 +52,10 @@ def test_every_format_rule_of_the_crd_is_a_format_of_the_typed_spec(path: str, r
     known = {f.pattern: f for f in FORMATS.values()}
     assert pattern in known, f"{path}: a pattern the typed spec does not check"
     assert known[pattern].allowed in rule["message"]
+    limit = known[pattern].prefix_limit
+    assert (limit is not None) == (".split('/')[0].size() <= " in rule["rule"])
+    if limit is not None:
+        assert f".split('/')[0].size() <= {limit}" in rule["rule"]
 
 
 @pytest.mark.parametrize(
@@ -59,13 +72,32 @@ def test_every_format_rule_of_the_crd_is_a_format_of_the_typed_spec(path: str, r
         ("git-ref", ["main", "v1.0", "refs/pr/1", "0123456789abcdef" * 2 + "01234567", "release_2"],
          ["a b", "x;y", "$(id)", "-x", "a//b", "a/", ""]),
         ("dns-1035-label", ["mimo", "mimo-pro-v25", "a1"], ["mimo.pro.v25", "1mimo", "Mimo", "mimo-", "a_b"]),
-        ("absolute-path", ["/", "/var/lib/mimo", "/a/.b/..c/"], ["relative", "/a/../b", "/a/./b", "//a", "/.."]),
+        ("absolute-path", ["/", "/var/lib/mimo", "/a/.b/..c/", "/mnt/model é/v2"],
+         ["relative", "/a/../b", "/a/./b", "//a", "/..", "/a\nb", "/a\tb", "/a\x00b", "/a\x7f", "/a/\x1b[2J"]),
+        ("relative-path", ["experts.json", "eplb/2026-12/experts.pt", ".hidden/x.json", "..x/a"],
+         ["/abs.json", "a/../b.json", "./a.json", "a//b.json", "a/", "a\nb.json", "a\x00.pt", ""]),
     ],
 )
 def test_formats_accept_and_refuse(fmt: str, good: list[str], bad: list[str]) -> None:
-    pattern = FORMATS[fmt].pattern
-    assert [g for g in good if not re.match(pattern, g)] == []
-    assert [b for b in bad if re.match(pattern, b)] == []
+    form = FORMATS[fmt]
+    assert [g for g in good if not form.accepts(g)] == []
+    assert [b for b in bad if form.accepts(b)] == []
+
+
+def test_a_label_key_s_prefix_is_a_dns_subdomain_of_at_most_253_characters() -> None:
+    label_key = FORMATS["label-key"]
+    prefix = ".".join(["a" * 63] * 4)[:253]  # 253 characters, each part a DNS label
+    assert label_key.accepts(f"{prefix}/name")
+    assert not label_key.accepts(f"{prefix}b/name")
+    assert re.fullmatch(label_key.regex, f"{prefix}b/name"), "the pattern alone lets it through: the limit is its own"
+    assert label_key.accepts("x" * 63)
+
+
+def test_the_control_class_is_re2_s_in_the_crd_and_spelt_out_for_python() -> None:
+    path = FORMATS["absolute-path"]
+    assert "[:cntrl:]" in path.pattern
+    assert "\\" not in path.pattern
+    assert "[:cntrl:]" not in path.regex
 
 
 def test_the_longest_child_name_of_a_name_at_the_limit_fits_63_characters() -> None:
@@ -92,3 +124,19 @@ def test_the_crd_s_lists_of_system_directories_core_resources_and_official_ids_a
     for mode in ("rdma", "sriov"):
         nic_rule = next(t for t in texts if f"self.network.{mode}.resourceName !=" in t)
         assert all(f"'{r}'" in nic_rule for r in CORE_RESOURCES)
+
+
+def test_argv_elements_and_environment_values_refuse_a_nul_at_admission_as_the_typed_spec_does() -> None:
+    nul_rules = {path: rule for path, rule in rules(ROOT, "") if "x00" in rule["rule"]}
+    assert sorted(nul_rules) == [".spec.engine.env[].value", ".spec.engine.extraArgs[]"]
+    for rule in nul_rules.values():
+        assert rule["rule"] == "!self.contains('\\x00')"  # CEL reads '\x00' as the NUL character
+        assert rule["message"] == NUL_MESSAGE
+    for where, manifest in (
+        ("spec.engine.extraArgs[1]", a_deployment().extra_args("--log-level", "info\x00debug").build()),
+        ("spec.engine.env[0].value", a_deployment().engine(env=[{"name": "A", "value": "x\x00y"}]).build()),
+    ):
+        with pytest.raises(SpecError) as refused:
+            parse_spec(manifest)
+        assert refused.value.field == where
+        assert NUL_MESSAGE in str(refused.value)
