@@ -34,7 +34,7 @@ import math
 import random
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -269,10 +269,29 @@ def baselines(comparison: Comparison) -> list[Autoscaler]:
     return made
 
 
+def recorded_result(name: str, summary: Mapping[str, Any]) -> PolicyResult:
+    """A policy's figures as a run wrote them with ``--json`` (`PolicyResult.summary`), without its timeline."""
+    return PolicyResult(
+        name=name, requests=int(summary["requests"]), ttft_attainment=summary["ttftAttainment"],
+        itl_attainment=summary["itlAttainment"], gpu_hours=summary["gpuHours"], scale_events=summary["scaleEvents"],
+        gangs_started=summary["gangsStarted"], gangs_drained=summary["gangsDrained"],
+        failed_requests=summary["failedRequests"], ttft_p50_seconds=summary["ttftP50Seconds"],
+        ttft_p99_seconds=summary["ttftP99Seconds"], itl_p99_seconds=summary["itlP99Seconds"],
+        peak_replicas=summary["peakReplicas"], virtual_seconds=math.nan, cpu_seconds=summary["cpuSeconds"],
+        timeline=(), prefix_hit_rate=summary["prefixHitRate"],
+    )
+
+
 def run(
-    scenario: Scenario, seed: int, quick: bool = False, cache: str = "on"
+    scenario: Scenario, seed: int, quick: bool = False, cache: str = "on",
+    recorded: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> tuple[Trace, Comparison, dict[str, PolicyResult]]:
+    """Every policy on the scenario's trace; with `recorded` (a ``--json`` file's policies for this scenario),
+    ours only, the others as recorded: none of them reads our policy, so their figures are what a run makes."""
     trace, comparison = build(scenario, seed, cache)
+    if recorded is not None:
+        results = {name: recorded_result(name, summary) for name, summary in recorded.items() if name != "mimo"}
+        return trace, comparison, {"mimo": comparison.run(trace, ["mimo"])["mimo"], **results}
     results = comparison.run(trace, ["mimo", "oracle", "static-peak"])
     oracle = comparison.oracle(trace)
     start = max(comparison.policy.min_replicas, min(comparison.policy.max_replicas, oracle.at(0.0)))
@@ -428,6 +447,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the raw figures here")
     parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
     parser.add_argument(
+        "--reuse",
+        type=Path,
+        metavar="JSON",
+        help="run ours only and take the other policies' figures from this --json file of the same seed and "
+        "scenarios (they do not depend on our policy): a policy change re-measured in minutes",
+    )
+    parser.add_argument(
         "--cache",
         choices=("on", "off", "blind"),
         default="on",
@@ -435,6 +461,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"blind (caches on, the policy not shown sglang:cached_tokens_total). Matters for {', '.join(CACHING)}",
     )
     args = parser.parse_args(argv)
+    if args.reuse and args.plot:
+        parser.error("--plot needs every policy's timeline: run without --reuse")
+    reused = json.loads(args.reuse.read_text()) if args.reuse else None
     suite = drawn_suite(args.draw, args.seed) if args.draw else SCENARIOS
     chosen = [s for s in suite if (args.only and s.key in args.only) or (not args.only and not args.quick)]
     if args.quick and not args.only:
@@ -452,7 +481,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     drawn: list[tuple[Scenario, Trace, dict[str, PolicyResult]]] = []
     raw: dict[str, Any] = {}
     for scenario in chosen:
-        trace, _, results = run(scenario, args.seed, quick=args.quick, cache=args.cache)
+        recorded = None
+        if reused is not None:
+            if scenario.key not in reused:
+                print(f"{args.reuse} has no {scenario.key}", file=sys.stderr)
+                return 2
+            recorded = reused[scenario.key]["policies"]
+        trace, _, results = run(scenario, args.seed, quick=args.quick, cache=args.cache, recorded=recorded)
         v = verdict(scenario, results)
         print(row(scenario, results, v), flush=True)
         table.append((scenario, results, v))

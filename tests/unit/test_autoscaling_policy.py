@@ -775,35 +775,3 @@ def test_no_trend_is_projected_while_the_ready_gangs_queues_grow() -> None:
             seen.append((decision.signals.forecast_demand, decision.signals.demand))
     assert seen
     assert all(forecast == demand for forecast, demand in seen)
-
-
-def mix_shift(
-    now: float, per_second: float, tokens_before: float, tokens_after: float, at: float
-) -> list[MetricSample]:
-    """A gang's last ten minutes at a constant rate whose prompts change size at `at` (prefill only, no queue)."""
-    history = []
-    for t in range(int(now) - 600, int(now) + 1, 15):
-        before = min(t, at) * per_second * tokens_before
-        after = max(0.0, t - at) * per_second * tokens_after
-        history.append(MetricSample(at=t, token_usage=0.0, queue_requests=0.0, running_requests=0.0,
-                                    prompt_tokens_total=before + after, generation_tokens_total=0.0,
-                                    requests_total=per_second * t))
-    return history
-
-
-def test_requests_that_grow_are_priced_by_the_last_minute_and_ones_that_shrink_by_the_last_five() -> None:
-    now = 1_000.0
-    cfg = config(scale_down_window_seconds=300.0)
-
-    def demand(per_second: float, before: float, after: float) -> float:
-        history = mix_shift(now, per_second, before, after, at=now - 60)
-        return decide(Observation(now=now, gangs=ready("a"), samples={"a": history}), cfg).signals.demand
-
-    # Prompts of 1,000 tokens (0.1 replica-seconds), then of 4,000 for the last minute (a long-context burst):
-    # 3 req/s of 0.4 s each is 1.2 replicas' worth, 1.71 at the 0.7 target. Priced by the five-minute mean
-    # (0.16 s, a fifth of it the new size) they read 0.69: no gang until the burst has filled the window.
-    assert demand(3.0, 1_000, 4_000) == pytest.approx(3.0 * 0.4 / 0.7)
-    # Shrinking prompts keep the five-minute price, as a scale-down waits for the five-minute peak.
-    assert demand(3.0, 1_000, 250) == pytest.approx(3.0 * (240 * 0.1 + 60 * 0.025) / 300 / 0.7)
-    # Under 20 requests finished in the last minute, their mean is noise: the five-minute price holds.
-    assert demand(0.3, 1_000, 4_000) == pytest.approx(0.3 * (240 * 0.1 + 60 * 0.4) / 300 / 0.7)

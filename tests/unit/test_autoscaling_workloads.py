@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import random
 import sys
 from pathlib import Path
@@ -128,3 +129,31 @@ def test_a_drawn_scenario_runs_on_its_own_start_up() -> None:
     assert comparison.fleet.startup_seconds == scenario.startup_seconds
     assert comparison.policy.startup_seconds == scenario.startup_seconds
     assert trace.requests
+
+
+def test_a_run_that_reuses_the_recorded_baselines_writes_what_a_whole_run_writes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench = load_bench()
+    whole, reused = tmp_path / "whole.json", tmp_path / "reused.json"
+    args = ["--quick", "--only", "on-off-5/10-20k", "--markdown"]
+    assert bench.main([*args, "--json", str(whole)]) == 0
+    table = capsys.readouterr().out
+    assert bench.main([*args, "--reuse", str(whole), "--json", str(reused)]) == 0
+    again = capsys.readouterr().out
+
+    def figures(path: Path) -> dict[str, Any]:
+        raw = json.loads(path.read_text())
+        for scenario in raw.values():
+            for summary in scenario["policies"].values():
+                summary.pop("cpuSeconds")
+        return raw
+
+    assert figures(reused) == figures(whole)
+
+    def rows(out: str) -> list[str]:  # the rows and the Markdown, not the CPU time
+        return [line for line in out.splitlines() if not line.startswith("targets met")]
+
+    assert rows(again) == rows(table)
+    with pytest.raises(SystemExit):  # a plot needs every policy's timeline
+        bench.main([*args, "--reuse", str(whole), "--plot", str(tmp_path / "p.png")])

@@ -67,9 +67,6 @@ BURST_MERGE_SECONDS = 60.0
 # The shortest window a trend is read over, in stable windows: each of its four parts at least one, so that a
 # step, which the stable window smears over one stable window, lifts at most two neighbouring parts.
 TREND_STABLE_WINDOWS = 4
-# Requests that must have finished in the stable window for their mean to price the arrivals: over fewer, the
-# mean is one request's size (the same bound as TTFT_TAIL_REQUESTS).
-RECENT_PRICE_REQUESTS = 20
 
 
 class GangPhase(enum.Enum):
@@ -608,7 +605,7 @@ class _Loads:
         self._samples = {name: list(history) for name, history in observation.samples.items() if history}
         self._times = {name: [s.at for s in history] for name, history in self._samples.items()}
         self._ready_since = {g.name: g.since for g in observation.gangs if g.phase is GangPhase.READY}
-        self._work_per_request = self._price(observation.now)
+        self._work_per_request = self._mean_work_per_request(observation.now - config.scale_down_window_seconds)
         # Window ends every half panic window back from now, over the scale-down window.
         step = config.panic_window_seconds / 2
         count = int(config.scale_down_window_seconds / step + 1e-9)
@@ -851,34 +848,10 @@ class _Loads:
         hi = bisect.bisect_right(times, end)
         return (history[lo - 1] if lo > 0 else None), history[lo:hi]
 
-    def _price(self, now: float) -> float:
-        """Replica-seconds of work per request arriving now: the mean finished request of the scale-down window,
-        or of the stable window where that is higher and at least `RECENT_PRICE_REQUESTS` finished in it.
-
-        The sizes of requests still queued or running are not in SGLang's metrics; the requests that finished
-        last are the nearest guess. Over five minutes, a burst of long prompts (50k-200k tokens among chat) is
-        priced at a fraction of its size until it has filled the window, and the gangs it needs come one at a
-        time, a start-up late each. Over the last minute it is priced as it is. A mix that shrinks keeps the
-        higher price until the scale-down window has passed, as scale-down waits for that window's peak.
-        """
-        config = self._config
-        price = self._mean_work_per_request(now - config.scale_down_window_seconds)
-        work, finished = self._finished_work(now - config.stable_window_seconds)
-        if finished >= RECENT_PRICE_REQUESTS:
-            price = max(price, work / finished)
-        return price
-
     def _mean_work_per_request(self, start: float) -> float:
         """Replica-seconds of prefill + decode work per finished request, over all gangs' counters."""
         # The mean request of the recent past prices the requests arriving now: their sizes are not
         # in SGLang's metrics until they finish.
-        work, finished = self._finished_work(start)
-        if finished > 0:
-            return work / finished
-        return self._config.capacity.typical_request_seconds
-
-    def _finished_work(self, start: float) -> tuple[float, float]:
-        """(replica-seconds of prefill + decode work, requests) finished since `start`, over all gangs' counters."""
         capacity = self._config.capacity
         work = 0.0
         finished = 0.0
@@ -899,7 +872,9 @@ class _Loads:
             work += max(prompt - cached, 0.0) / capacity.prefill_tokens_per_second
             work += generated / capacity.decode_tokens_per_second
             finished += requests
-        return work, finished
+        if finished > 0:
+            return work / finished
+        return capacity.typical_request_seconds
 
     def _arrivals(self, name: str, start: float, end: float) -> float | None:
         """Requests that reached the gang in (start, end]: finished + growth of queued and running.
