@@ -20,7 +20,6 @@ def _hook(name: str, group: str, resource: str, path: str) -> dict[str, object]:
                        "resources": [resource]}]}
 
 
-
 def _manifests(tmp_path: Path, *, mutating: list[dict[str, object]], validating: list[dict[str, object]]) -> Path:
     """A controller's webhooks.yaml as its module ships it: one mutating and one validating configuration."""
     path = tmp_path / "webhooks.yaml"
@@ -31,6 +30,7 @@ def _manifests(tmp_path: Path, *, mutating: list[dict[str, object]], validating:
          "metadata": {"name": "validating-webhook-configuration"}, "webhooks": validating},
     ]))
     return path
+
 
 def test_only_pod_and_kueue_webhooks_are_registered_at_the_loopback_url(tmp_path: Path) -> None:
     manifests = _manifests(
