@@ -775,3 +775,50 @@ def test_no_trend_is_projected_while_the_ready_gangs_queues_grow() -> None:
             seen.append((decision.signals.forecast_demand, decision.signals.demand))
     assert seen
     assert all(forecast == demand for forecast, demand in seen)
+
+
+
+def ramp_on_a_backlog(now: float, queue: Callable[[float], float]) -> list[MetricSample]:
+    """A gang whose arrivals ramp from 5 to 10 req/s over the last ten minutes while its queue follows `queue`."""
+    out = []
+    finished = 0.0
+    for t in range(int(now) - 600, int(now) + 1, 15):
+        if out:
+            arrived = (5.0 + 5.0 * (t - 7.5 - (now - 600)) / 600) * 15
+            finished += arrived - (queue(t) - queue(t - 15))
+        out.append(
+            MetricSample(
+                at=t,
+                token_usage=0.05,
+                queue_requests=queue(t),
+                running_requests=0.0,
+                prompt_tokens_total=finished * 1_000,
+                generation_tokens_total=0.0,
+                requests_total=finished,
+            )
+        )
+    return out
+
+
+def test_no_trend_is_projected_while_a_backlog_clears() -> None:
+    now = 1_000.0
+    cfg = config(forecast_seconds=300, max_replicas=10)
+    # A ramp read off two gangs: projected one start-up ahead.
+    level = {n: ramp_on_a_backlog(now, lambda t: 0.0) for n in "ab"}
+    decision = decide(Observation(now=now, gangs=ready("a", "b"), samples=level), cfg)
+    assert decision.signals.forecast_demand > decision.signals.demand + 0.5, decision.signals
+    # The same arrivals while gang a clears a queue of 300 that built over the last four minutes (the
+    # burst that began the ramp, served by the gangs that have since joined): the demand read then is
+    # the fleet catching up with load that has already arrived, and projected a start-up ahead it
+    # ordered gangs for a backlog the router never moves to them (21 gangs for a burst of 12).
+    def queue(t: float) -> float:
+        return max(0.0, min(300.0 * (t - (now - 240)) / 180, 300.0 - 100.0 * (t - (now - 60)) / 60))
+
+    catching_up = {"a": ramp_on_a_backlog(now, queue), "b": level["b"]}
+    decision = decide(Observation(now=now, gangs=ready("a", "b"), samples=catching_up), cfg)
+    assert decision.signals.forecast_demand == decision.signals.demand, decision.signals
+    # A few requests queued for a scrape or two and served is no backlog: the ramp is still projected (read
+    # over the panic window, such a blip held back a RAG crowd's first forecast gang).
+    blip = {"a": ramp_on_a_backlog(now, lambda t: 3.0 if now - 30 <= t < now else 0.0), "b": level["b"]}
+    decision = decide(Observation(now=now, gangs=ready("a", "b"), samples=blip), cfg)
+    assert decision.signals.forecast_demand > decision.signals.demand + 0.5, decision.signals

@@ -274,9 +274,19 @@ def decide(observation: Observation, config: PolicyConfig) -> Decision:
     demand = loads.stable()
     panic_demand = loads.panic(now)
     # Under a growing backlog the ready gangs finish a biased sample of requests (the mean work drifts)
-    # and the gangs already ordered are what helps: a trend then is an artefact, not a forecast.
+    # and the gangs already ordered are what helps: a trend then is an artefact, not a forecast. So it
+    # is while a backlog clears (the queues shrank over the stable window and still hold more than a
+    # request per gang): the gangs that hold it count at their KV use, whatever arrives, and the gangs
+    # that joined since rise from zero as they take their share; the rise is the fleet catching up with
+    # a burst, and projected a start-up ahead it ordered 21 gangs for a burst of 12. A few requests
+    # queued for a scrape or two are no backlog: read over the panic window, such a blip held back a
+    # RAG crowd's first forecast gang.
     growing = loads.backlog_growing(now)
-    forecast_demand = demand if growing else demand + loads.trend() * config.forecast_seconds
+    catching_up = growing or (
+        loads.backlog_clearing(now, config.stable_window_seconds)
+        and (loads.latest_sum("queue_requests") or 0.0) > len(ready)
+    )
+    forecast_demand = demand if catching_up else demand + loads.trend() * config.forecast_seconds
     peak_demand = loads.peak()
     ttft = loads.worst_ttft(now - config.panic_window_seconds, now)
     pattern = recurrence(observation.demand_history, now, config)
@@ -692,12 +702,13 @@ class _Loads:
             after += inside[-1].queue_requests
         return after > before + len(self._ready)
 
-    def backlog_clearing(self, now: float) -> bool:
-        """Whether the ready gangs' queues hold a backlog that shrank over the last panic window."""
+    def backlog_clearing(self, now: float, window: float | None = None) -> bool:
+        """Whether the ready gangs' queues hold a backlog that shrank over the window (default: the panic window)."""
         before = 0.0
         after = 0.0
+        span = self._config.panic_window_seconds if window is None else window
         for name in self._ready:
-            base, inside = self._in(name, now - self._config.panic_window_seconds, now)
+            base, inside = self._in(name, now - span, now)
             if not inside:
                 continue
             first = base if base is not None else inside[0]
