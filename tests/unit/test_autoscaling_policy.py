@@ -777,7 +777,6 @@ def test_no_trend_is_projected_while_the_ready_gangs_queues_grow() -> None:
     assert all(forecast == demand for forecast, demand in seen)
 
 
-
 def ramp_on_a_backlog(now: float, queue: Callable[[float], float]) -> list[MetricSample]:
     """A gang whose arrivals ramp from 5 to 10 req/s over the last ten minutes while its queue follows `queue`."""
     out = []
