@@ -223,7 +223,8 @@ async def _record_pool(port: MetricsPort, namespace: str, name: str, plan: Plan,
 def _export(namespace: str, name: str, prefix: str, decision: Decision, observation: Observation) -> None:
     signals = decision.signals
     for key, value in (("demand", signals.demand), ("panic_demand", signals.panic_demand),
-                       ("forecast_demand", signals.forecast_demand), ("token_usage", signals.token_usage),
+                       ("forecast_demand", signals.forecast_demand), ("wait_demand", signals.wait_demand),
+                       ("token_usage", signals.token_usage),
                        ("queue_requests", signals.queue_requests), ("running_requests", signals.running_requests),
                        ("ttft_p95_seconds", signals.ttft_p95_seconds), ("utilisation", signals.utilisation),
                        ("router_pending_requests", observation.pending_requests)):

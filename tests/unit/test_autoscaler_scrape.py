@@ -60,6 +60,8 @@ def test_queues_and_running_requests_add_up_over_dp_ranks_and_usage_is_the_fulle
     assert (sample.queue_requests, sample.running_requests, sample.token_usage) == (7.0, 7.0, 0.75)
     assert sample.requests_total == 42.0
     assert buckets[-1] == (math.inf, 100.0)
+    # The histogram's sum and count, for the mean TTFT between two scrapes (the queue-wait view).
+    assert (sample.ttft_seconds_sum, sample.ttft_count) == (20.0, 100.0)
 
 
 def test_ttft_p95_covers_only_the_requests_between_two_scrapes() -> None:
@@ -82,13 +84,19 @@ async def test_a_scrape_of_the_simulated_engine_sees_its_load() -> None:
         spec = parse_spec(a_deployment().v25().h200().build())
         plan = plan_deployment(spec)
         plan = dataclasses.replace(plan, port=int(port))
+        gang = ObservedGang("g", 0, "r", 0, 1, (pod,))
         async with aiohttp.ClientSession() as session:
-            got = await scrape_gang(HttpMetrics(session), ObservedGang("g", 0, "r", 0, 1, (pod,)), plan, at=1.0)
-        await asyncio.gather(*requests)
+            got = await scrape_gang(HttpMetrics(session), gang, plan, at=1.0)
+            await asyncio.gather(*requests)
+            done = await scrape_gang(HttpMetrics(session), gang, plan, at=2.0)
     assert got is not None
     sample = got.sample
     assert sample.running_requests + sample.queue_requests == 6
     assert sample.token_usage > 0
+    assert done is not None
+    assert done.sample.ttft_count == 6
+    assert done.sample.ttft_seconds_sum is not None
+    assert done.sample.ttft_seconds_sum > 0
 
 
 def test_gangs_map_to_the_policys_phases_with_loading_ones_as_starting() -> None:
@@ -159,6 +167,7 @@ async def test_pro_with_two_dp_groups_on_two_nodes_is_scraped_on_both_nodes() ->
     assert (got.sample.queue_requests, got.sample.running_requests) == (2 + 5 + 9, 3 + 4 + 6)
     assert got.sample.token_usage == 0.9
     assert got.sample.requests_total == 42.0
+    assert (got.sample.ttft_seconds_sum, got.sample.ttft_count) == (20.0, 100.0)  # node 0's tokenizer
     assert len(port.asked) == 2
 
 

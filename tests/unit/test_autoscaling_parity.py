@@ -51,7 +51,7 @@ def burst_lull_return(work_seconds: float) -> Trace:
 
 def exposition(scrape: Scrape, node: int) -> str:
     """What node `node` of a two-node Pro gang serves at /metrics: its own DP group's scheduler
-    gauges; node 0 also the tokenizer's counters and TTFT histogram."""
+    gauges; node 0 also the tokenizer's counters and TTFT histogram (with its sum and count)."""
     s = scrape.sample
     queue = [math.floor(s.queue_requests / 2), s.queue_requests - math.floor(s.queue_requests / 2)]
     running = [math.floor(s.running_requests / 2), s.running_requests - math.floor(s.running_requests / 2)]
@@ -70,6 +70,8 @@ def exposition(scrape: Scrape, node: int) -> str:
         for le, count in scrape.ttft_buckets:
             bound = "+Inf" if math.isinf(le) else repr(float(le))
             lines.append(f'sglang:time_to_first_token_seconds_bucket{{le="{bound}",model_name="m"}} {count!r}')
+        lines += [f'sglang:time_to_first_token_seconds_sum{{model_name="m"}} {s.ttft_seconds_sum!r}',
+                  f'sglang:time_to_first_token_seconds_count{{model_name="m"}} {s.ttft_count!r}']
     return "\n".join(lines) + "\n"
 
 

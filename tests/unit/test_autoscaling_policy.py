@@ -821,3 +821,57 @@ def test_no_trend_is_projected_while_a_backlog_clears() -> None:
     blip = {"a": ramp_on_a_backlog(now, lambda t: 3.0 if now - 30 <= t < now else 0.0), "b": level["b"]}
     decision = decide(Observation(now=now, gangs=ready("a", "b"), samples=blip), cfg)
     assert decision.signals.forecast_demand > decision.signals.demand + 0.5, decision.signals
+
+
+def queueing(
+    now: float, slope: float, *, queue: Callable[[float], float] = lambda t: 5.0 + t / 10, wait: float = 40.0
+) -> list[MetricSample]:
+    """A gang's last ten minutes: it finishes 2 requests a second of the small kind (0.1 replica-seconds each),
+    its queue is `queue(t)`, and over the last minute the first tokens it serves come `slope` seconds later every
+    second (`wait` seconds after their requests arrived, half a minute ago): the requests it is working through
+    are bigger than the ones that finished before them."""
+    history = []
+    total = 0.0
+    for t in range(int(now) - 600, int(now) + 1, 15):
+        middle = max(t - 7.5, now - 60)
+        total += 30.0 * (wait + slope * (middle - (now - 30)))  # 30 first tokens in the 15 s before t
+        history.append(replace(sample(t, served=2.0 * t, queue=queue(t)), ttft_count=2.0 * t, ttft_seconds_sum=total))
+    return history
+
+
+def test_a_backlogged_gang_is_read_from_how_fast_its_queueing_time_rises() -> None:
+    now = 1_000.0
+    # 2 finished + 0.1 queued a second, priced at the finished requests' 0.1 replica-seconds: 0.3 of a gang
+    # at the 0.7 target. But the first tokens come 0.75 s later every second: the requests arriving are 4 times
+    # what the gang serves, 5.71 gangs at the target.
+    observation = Observation(now=now, gangs=ready("a"), samples={"a": queueing(now, 0.75)})
+    decision = decide(observation, config())
+    assert decision.signals.demand == pytest.approx(2.1 * WORK / 0.7)
+    assert decision.signals.wait_demand == pytest.approx(4.0 / 0.7)
+    assert (decision.action, decision.desired_replicas) == (Action.SCALE_UP, 6)
+    assert decision.reason.startswith("queue-wait demand 5.71")
+    # Nearer a slope of 1 the ratio diverges; it is read as at most 5 times what the gang serves.
+    steep = decide(Observation(now=now, gangs=ready("a"), samples={"a": queueing(now, 0.99)}), config())
+    assert steep.signals.wait_demand == pytest.approx(5.0 / 0.7)
+
+
+@pytest.mark.parametrize(
+    ("slope", "queue", "since", "why"),
+    [
+        (0.0, lambda t: 5.0 + t / 10, 0.0, "a queue whose wait does not grow: the gang keeps up with it"),
+        (-0.5, lambda t: 5.0 + t / 10, 0.0, "the wait falls"),
+        (0.75, lambda t: 0.0 if t == 940 else 5.0 + t / 10, 0.0, "the queue emptied inside the window"),
+        (0.75, lambda t: 200.0 - t / 10, 0.0, "the queue shrinks"),
+        (0.75, lambda t: 5.0 + t / 10, 900.0, "the gang joined less than a window before it: the router's catch-up"),
+        (0.75, lambda t: 5.0 + t / 10, 0.0, "a wait longer than the window tells what arrived then, not now"),
+    ],
+)
+def test_the_queueing_time_is_read_only_on_a_gang_with_a_standing_growing_backlog(
+    slope: float, queue: Callable[[float], float], since: float, why: str
+) -> None:
+    now = 1_000.0
+    gangs = (Gang("a", GangPhase.READY, since),)
+    wait = 100.0 if why.startswith("a wait longer") else 40.0
+    history = queueing(now, slope, queue=queue, wait=wait)
+    decision = decide(Observation(now=now, gangs=gangs, samples={"a": history}), config())
+    assert decision.signals.wait_demand == pytest.approx(decision.signals.demand), why

@@ -4,8 +4,8 @@
   the per-request time-per-output-token histogram a decode pool's ITL is read from); `combine` merges the
   scrapes of every pod of a gang that hosts an attention-DP group's scheduler (with DP attention over
   several nodes each node's schedulers export their own groups: queues and running requests add up,
-  token usage is the fullest group's, counters and the TTFT histogram come from the tokenizer on node 0
-  and add up too);
+  token usage is the fullest group's, counters and the TTFT histogram (with its sum and count) come from
+  the tokenizer on node 0 and add up too);
 * `dp_leader_ranks` says which node ranks of a plan host a DP group's first rank, i.e. which pods to scrape;
 * `parse_router_metrics` reads sglang-router's own Prometheus metrics: the requests it turned away for
   want of a worker, the only demand a deployment at zero gangs has;
@@ -61,6 +61,9 @@ TPOT_BUCKETS: tuple[float, ...] = (0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02
 
 Buckets = tuple[tuple[float, float], ...]  # cumulative (upper bound, count), ascending, +Inf last
 
+# The TTFT histogram's sum and count, cumulative like counters (summed over label sets): the mean TTFT between scrapes.
+_TTFT_TOTALS = frozenset({"sglang:time_to_first_token_seconds_sum", "sglang:time_to_first_token_seconds_count"})
+
 
 @dataclass(frozen=True)
 class Scrape:
@@ -97,7 +100,7 @@ def parse_sglang_metrics(text: str, at: float) -> Scrape:
                 le = point.labels.get("le", "+Inf")
                 bound = math.inf if le == "+Inf" else float(le)
                 tpot[bound] = tpot.get(bound, 0.0) + point.value
-            elif name.endswith("_total"):
+            elif name.endswith("_total") or name in _TTFT_TOTALS:
                 counters[name] = counters.get(name, 0.0) + point.value
             else:
                 gauges.setdefault(name, []).append(point.value)
@@ -118,6 +121,8 @@ def parse_sglang_metrics(text: str, at: float) -> Scrape:
         generation_tokens_total=counters.get("sglang:generation_tokens_total"),
         requests_total=counters.get("sglang:num_requests_total"),
         cached_tokens_total=counters.get("sglang:cached_tokens_total"),
+        ttft_seconds_sum=counters.get("sglang:time_to_first_token_seconds_sum"),
+        ttft_count=counters.get("sglang:time_to_first_token_seconds_count"),
     )
     return Scrape(sample, tuple(sorted(buckets.items())), tuple(sorted(tpot.items())))
 
@@ -142,6 +147,8 @@ def combine(scrapes: Sequence[Scrape]) -> Scrape:
         generation_tokens_total=total(s.generation_tokens_total for s in samples),
         requests_total=total(s.requests_total for s in samples),
         cached_tokens_total=total(s.cached_tokens_total for s in samples),
+        ttft_seconds_sum=total(s.ttft_seconds_sum for s in samples),
+        ttft_count=total(s.ttft_count for s in samples),
     )
     merged: dict[float, float] = {}
     tpot: dict[float, float] = {}

@@ -16,13 +16,19 @@ pool and the running-request limit can be compared:
   under the plan's performance model;
 * KV: `sglang:token_usage` (the fuller of the full-attention and sliding-window pools);
 * running requests against the replica's running-request limit;
-* TTFT p95 above the SLO asks for one more gang when none is on its way.
+* TTFT p95 above the SLO asks for one more gang when none is on its way;
+* queueing time: a gang whose queue never emptied over the stable window serves its requests first come,
+  first served, so their time to first token rises at 1 − served ÷ arrived seconds per second. Its slope
+  gives arrivals ÷ service whatever the requests' sizes, which the other signals learn only as the
+  requests finish (a burst of 100k-token prompts, priced at the chat requests that finished before it,
+  read as a fifth of a gang while it needed four).
 
-Three views of demand drive scale-up: the stable window's mean (at `target_utilisation`), the
+Four views of demand drive scale-up: the stable window's mean (at `target_utilisation`), the
 busiest panic window inside it (at `burst_utilisation`: the panic path, which reacts to a burst on the
-next tick and may add several gangs at once), and the stable demand projected `forecast_seconds`
-ahead along its recent trend (a gang ordered now serves only after its start-up). Gangs still loading
-count as capacity on its way, so a burst that waits for them does not order more.
+next tick and may add several gangs at once), the stable demand projected `forecast_seconds`
+ahead along its recent trend (a gang ordered now serves only after its start-up), and the stable demand
+with each backlogged gang counted at its queueing time's slope. Gangs still loading count as capacity on
+its way, so a burst that waits for them does not order more.
 
 Scale-down waits until the highest demand over the whole stabilisation window fits in one gang fewer
 with a margin, then removes one gang (a starting one first, else the least-loaded ready one, to be
@@ -64,6 +70,9 @@ DEMAND_HISTORY_SECONDS = 7200.0
 TTFT_TAIL_REQUESTS = 20
 # Stretches of burst-level demand less than this apart are one burst.
 BURST_MERGE_SECONDS = 60.0
+# The steepest rise of a backlogged gang's queueing time (seconds per second) the queue-wait view reads: at 0.8
+# arrivals are 5 times what the gang serves. Nearer 1 the ratio diverges, and a scrape's noise would order a fleet.
+MAX_WAIT_SLOPE = 0.8
 # The shortest window a trend is read over, in stable windows: each of its four parts at least one, so that a
 # step, which the stable window smears over one stable window, lifts at most two neighbouring parts.
 TREND_STABLE_WINDOWS = 4
@@ -112,6 +121,9 @@ class MetricSample:
     cached_tokens_total: float | None = None
     # From sglang:request_time_per_output_token_seconds, since the last scrape: a decode pool's ITL.
     tpot_p95_seconds: float | None = None
+    # sglang:time_to_first_token_seconds_sum and _count (cumulative): the mean TTFT between two samples.
+    ttft_seconds_sum: float | None = None
+    ttft_count: float | None = None
 
 
 @dataclass(frozen=True)
@@ -220,6 +232,7 @@ class Signals:
     ttft_p95_seconds: float | None = None  # worst ready gang over the panic window
     target_correction: float = 1.0  # the factor the TTFT SLO has put on the targets (1: none)
     recurring_demand: float = 0.0  # replicas held or pre-warmed for a recurring burst (0: none expected)
+    wait_demand: float = 0.0  # stable demand with backlogged gangs read from their queueing time
 
 
 @dataclass(frozen=True)
@@ -287,6 +300,7 @@ def decide(observation: Observation, config: PolicyConfig) -> Decision:
         and (loads.latest_sum("queue_requests") or 0.0) > len(ready)
     )
     forecast_demand = demand if catching_up else demand + loads.trend() * config.forecast_seconds
+    wait_demand = loads.wait(now)
     peak_demand = loads.peak()
     ttft = loads.worst_ttft(now - config.panic_window_seconds, now)
     pattern = recurrence(observation.demand_history, now, config)
@@ -312,6 +326,7 @@ def decide(observation: Observation, config: PolicyConfig) -> Decision:
         ttft_p95_seconds=ttft,
         target_correction=loads.correction,
         recurring_demand=warm,
+        wait_demand=wait_demand,
     )
 
     # Scale up: demand beyond what is ready or already on its way.
@@ -320,6 +335,7 @@ def decide(observation: Observation, config: PolicyConfig) -> Decision:
         "panic": panic_demand,
         "forecast": forecast_demand,
         "recurring-burst": warm,
+        "queue-wait": wait_demand,
     }
     view, wanted = max(views.items(), key=lambda item: item[1])
     # The tolerance keeps noise from ordering gangs; a queue that keeps growing on the ready gangs is
@@ -730,6 +746,61 @@ class _Loads:
             if end > now - config.stable_window_seconds + config.panic_window_seconds - 1e-9
         ]
         return max(inside, default=0.0)
+
+    def wait(self, now: float) -> float:
+        """Stable demand, with each gang whose backlog grew all through the stable window read from its queueing time.
+
+        Such a gang admits its requests first come, first served, so the time to first token of the request it
+        serves at t is t − (when that request arrived): it rises at 1 − μ/λ seconds per second, where λ is the
+        work arriving and μ the work the gang does, in whatever unit binds (prefill, the KV pool, the
+        running-request limit). λ/μ = 1 / (1 − slope) is what the gang's share of the load needs, at full use;
+        the stable view prices the same requests at the mean of those that finished, which a burst of long
+        prompts outruns until its first requests finish, minutes after the onset.
+        """
+        config = self._config
+        start = now - config.stable_window_seconds
+        target = config.target_utilisation * self.correction
+        extra = 0.0
+        for name in self._ready:
+            ratio = self._overload(name, start, now)
+            if ratio is not None:
+                extra += max(0.0, ratio / target - (self._gang_demand(name, start, now, target) or 0.0))
+        return self.stable() + extra
+
+    def _overload(self, name: str, start: float, end: float) -> float | None:
+        """Arrivals ÷ service of a gang that served all through (start, end] with a queue that never emptied and
+        grew, from the slope of its mean TTFT between the window's halves; None where that does not hold.
+
+        Two readings would be wrong, and are left out:
+
+        * a gang that turned ready less than a window before (start, end]: the router sends it every request
+          until its outstanding count matches the others', so its queueing time rises whatever the load (5
+          times what it serves, on a flash crowd's first new gang);
+        * a queueing time longer than the window: the slope tells what arrived a queueing time ago, not
+          now. In a flash crowd's third minute the first gangs' queues still rose at 0.6 s a second while
+          the gang that had just joined took every new request.
+        """
+        window = end - start
+        since = self._ready_since.get(name)
+        base, inside = self._in(name, start, end)
+        if (since is not None and since > start - window) or base is None or len(inside) < 2:
+            return None
+        points = [base, *inside]
+        if any(p.queue_requests < 1 for p in points) or inside[-1].queue_requests <= base.queue_requests:
+            return None
+        middle = points[len(points) // 2]
+        halves = []
+        for first, last in ((base, middle), (middle, inside[-1])):
+            count = _delta(first.ttft_count, last.ttft_count)
+            total = _delta(first.ttft_seconds_sum, last.ttft_seconds_sum)
+            if not count or total is None:
+                return None  # no first token in half the window: nothing to read a slope from
+            halves.append((total / count, (first.at + last.at) / 2))
+        (early, early_at), (late, late_at) = halves
+        slope = (late - early) / (late_at - early_at)
+        if slope <= 0 or late > window:
+            return None
+        return 1.0 / (1.0 - min(slope, MAX_WAIT_SLOPE))
 
     def trend(self) -> float:
         """Growth of stable demand per second; 0 unless it rose across the trend window like a ramp.

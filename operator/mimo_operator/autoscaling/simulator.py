@@ -243,6 +243,8 @@ class _Replica:
         "tree_running",
         "tree_tokens",
         "ttft_buckets",
+        "ttft_count",
+        "ttft_sum",
         "ttfts",
         "waiting",
     )
@@ -273,6 +275,8 @@ class _Replica:
         self.generated_total = 0
         self.finished_total = 0
         self.ttfts: list[float] = []
+        self.ttft_sum = 0.0  # sglang:time_to_first_token_seconds_sum and _count
+        self.ttft_count = 0
         self.ttft_buckets: Buckets = ()
         self.tpots: list[float] = []  # per finished request: (finish − first token) / (tokens − 1)
         self.tpot_buckets: Buckets = ()
@@ -762,6 +766,8 @@ class _Engine:
         full = kv / self.kv_capacity if self.kv_capacity else 0.0
         swa = sequences * self.perf.swa_window / self.swa_capacity if self.swa_capacity else 0.0
         replica.ttft_buckets = histogram_of(replica.ttfts, replica.ttft_buckets)
+        replica.ttft_sum += sum(replica.ttfts)
+        replica.ttft_count += len(replica.ttfts)
         replica.ttfts = []
         sample = MetricSample(
             at=now,
@@ -771,6 +777,8 @@ class _Engine:
             prompt_tokens_total=float(replica.prompt_total),
             generation_tokens_total=float(replica.generated_total),
             requests_total=float(replica.finished_total),
+            ttft_seconds_sum=replica.ttft_sum,
+            ttft_count=float(replica.ttft_count),
             cached_tokens_total=(
                 float(replica.cached_total) if replica.cache is not None and self.fleet.report_cached_tokens else None
             ),
