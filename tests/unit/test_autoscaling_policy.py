@@ -853,6 +853,9 @@ def test_a_backlogged_gang_is_read_from_how_fast_its_queueing_time_rises() -> No
     # Nearer a slope of 1 the ratio diverges; it is read as at most 5 times what the gang serves.
     steep = decide(Observation(now=now, gangs=ready("a"), samples={"a": queueing(now, 0.99)}), config())
     assert steep.signals.wait_demand == pytest.approx(5.0 / 0.7)
+    # Off (a PD decode pool, whose TTFT holds the prefill pool's queue too), the view is the stable demand.
+    off = decide(observation, config(queue_wait_view=False))
+    assert off.signals.wait_demand == pytest.approx(off.signals.demand)
 
 
 @pytest.mark.parametrize(

@@ -90,6 +90,9 @@ def test_each_pool_is_priced_on_its_own_phase_and_only_prefill_holds_to_ttft(con
     assert math.isinf(decode.capacity.prefill_tokens_per_second)
     assert prefill.ttft_slo_seconds == 2.0
     assert decode.ttft_slo_seconds is None
+    # A decode gang's TTFT runs through the prefill pool's queue: its rise is not the decode gang's own wait.
+    assert prefill.queue_wait_view
+    assert not decode.queue_wait_view
     assert (prefill.min_replicas, prefill.max_replicas, decode.min_replicas, decode.max_replicas) == (1, 16, 1, 16)
 
 

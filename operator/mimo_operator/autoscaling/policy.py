@@ -164,6 +164,9 @@ class PolicyConfig:
     max_sample_age_seconds: float = 45.0  # an older newest sample from a ready gang is missing data
     # A gang's start-up, for holding and pre-warming the capacity of recurring bursts; None: forecast_seconds.
     startup_seconds: float | None = None
+    # Read a backlogged gang's queueing time from its TTFT (the queue-wait view). Off where a gang's TTFT also
+    # holds another pool's queue: a PD decode gang's first token waits for the prompt's prefill elsewhere.
+    queue_wait_view: bool = True
 
     def __post_init__(self) -> None:
         if self.min_replicas < 0 or self.max_replicas < max(self.min_replicas, 1):
@@ -758,6 +761,8 @@ class _Loads:
         prompts outruns until its first requests finish, minutes after the onset.
         """
         config = self._config
+        if not config.queue_wait_view:
+            return self.stable()
         start = now - config.stable_window_seconds
         target = config.target_utilisation * self.correction
         extra = 0.0

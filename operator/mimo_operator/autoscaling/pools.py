@@ -7,7 +7,8 @@ A PD deployment (``spec.disaggregation``) runs two pools of gangs. Each is sized
   the prompt tokens reaching it (queued, in flight, finished) at the side's prefill rate; it holds to the
   TTFT objective (``ttftSloSeconds``) on the TTFT its gangs report (arrival to the prompt's last chunk);
 * **decode** prices a request by its output alone (its prompt arrives as KV, computed elsewhere), so its
-  demand is generated tokens at the side's decode rate, KV-cache use and running requests. Two signals of its
+  demand is generated tokens at the side's decode rate, KV-cache use and running requests (not the queueing
+  time read from TTFT, which on a decode gang counts the prefill pool's queue too). Two signals of its
   own come on top, each when most ready decode gangs show it and no decode gang is starting: the ITL budget on
   ``sglang:request_time_per_output_token_seconds`` (a request's mean ITL; its p95 above the budget: one more
   gang), and requests queued on a decode gang throughout the panic window (a decode server queues a request only
@@ -133,6 +134,9 @@ def pool_configs(
             min_replicas=low,
             max_replicas=max(high, low, 1),
             ttft_slo_seconds=base.ttft_slo_seconds if pool.role == PREFILL else None,
+            # A decode gang's TTFT counts from the request's arrival, through the prefill pool's queue: its rise
+            # is not the decode gang's own queueing time.
+            queue_wait_view=pool.role == PREFILL,
         )
     low_ratio, high_ratio = ratio_bounds(pd_plan.prefill, pd_plan.decode, prompt_tokens=prompt,
                                          output_tokens=TYPICAL_OUTPUT_TOKENS)
