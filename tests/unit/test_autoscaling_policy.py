@@ -608,6 +608,19 @@ def test_bursts_at_a_steady_period_are_recognised_with_their_size_and_next_onset
     assert found.duration_seconds == pytest.approx(300, abs=30)
 
 
+def test_bursts_that_fill_most_of_the_history_are_still_recognised() -> None:
+    # 25 minutes on, 6 off: the lulls are under a fifth of the two hours kept. Read with the history's 20th
+    # percentile as its low, the pattern vanished in the middle of the fifth burst.
+    onsets = [360 + k * 1860 for k in range(5)]
+    cfg = config(startup_seconds=240.0, forecast_seconds=240.0)
+    for until in (8400.0, 9150.0):
+        found = recurrence(bursts(onsets, length=1500, high=12.0, low=1.5, until=until), until, cfg)
+        assert found is not None, until
+        assert found.period_seconds == pytest.approx(1860, abs=15)
+        assert found.next_onset == pytest.approx(360 + 5 * 1860, abs=15)
+        assert found.demand == 12.0
+
+
 @pytest.mark.parametrize(
     ("onsets", "until", "why"),
     [

@@ -456,7 +456,7 @@ def remember(history: Sequence[tuple[float, float]], decision: Decision, now: fl
 def recurrence(history: Sequence[tuple[float, float]], now: float, config: PolicyConfig) -> Recurrence | None:
     """Bursts that recur at a steady period in the demand history, or None.
 
-    A burst is a stretch of demand above the midpoint between the history's low (its 20th percentile)
+    A burst is a stretch of demand above the midpoint between the history's low (its 5th percentile)
     and its peak, stretches less than a minute apart taken as one; the history must hold at least three
     burst onsets whose last intervals agree within 15 %, or two bursts alike in size and length
     (`_alike`), and the bursts must differ from the low by a gang or more (smaller swings are the stable
@@ -468,7 +468,10 @@ def recurrence(history: Sequence[tuple[float, float]], now: float, config: Polic
     if len(points) < 8:
         return None
     values = sorted(d for _, d in points)
-    low, high = values[len(values) // 5], values[-1]
+    # The lulls' level: bursts can fill most of the history (25 minutes on, 6 off), and a 20th percentile then
+    # read the bursts' edges as the low; the pattern fell apart in the middle of a burst and the next one found
+    # its gangs released. Lower still, a flat load's wobble passes for bursts more often.
+    low, high = values[len(values) // 20], values[-1]
     if high - low < 1.0:
         return None
     level = low + 0.5 * (high - low)
