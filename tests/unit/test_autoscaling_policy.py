@@ -871,6 +871,15 @@ def test_a_backlogged_gang_is_read_from_how_fast_its_queueing_time_rises() -> No
     assert off.signals.wait_demand == pytest.approx(off.signals.demand)
 
 
+def test_a_queue_that_formed_in_the_last_half_minute_is_read_over_the_panic_window() -> None:
+    now = 1_000.0
+    # No queue a minute ago, so the stable window does not read it; the panic window (30 s) does.
+    history = queueing(now, 0.75, queue=lambda t: 0.0 if t < 970 else 5.0 + (t - 970), wait=10.0)
+    decision = decide(Observation(now=now, gangs=ready("a"), samples={"a": history}), config())
+    assert decision.signals.wait_demand == pytest.approx(4.0 / 0.7)
+    assert (decision.action, decision.desired_replicas) == (Action.SCALE_UP, 6)
+
+
 @pytest.mark.parametrize(
     ("slope", "queue", "since", "why"),
     [

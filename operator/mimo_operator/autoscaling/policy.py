@@ -754,14 +754,16 @@ class _Loads:
         return max(inside, default=0.0)
 
     def wait(self, now: float) -> float:
-        """Stable demand, with each gang whose backlog grew all through the stable window read from its queueing time.
+        """Stable demand, with each gang whose backlog grew all through the stable or the panic window read from
+        its queueing time.
 
         Such a gang admits its requests first come, first served, so the time to first token of the request it
         serves at t is t − (when that request arrived): it rises at 1 − μ/λ seconds per second, where λ is the
         work arriving and μ the work the gang does, in whatever unit binds (prefill, the KV pool, the
         running-request limit). λ/μ = 1 / (1 − slope) is what the gang's share of the load needs, at full use;
         the stable view prices the same requests at the mean of those that finished, which a burst of long
-        prompts outruns until its first requests finish, minutes after the onset.
+        prompts outruns until its first requests finish, minutes after the onset. The panic window reads a
+        burst's first half minute of queue; the stable window, a backlog whose wait has grown past half a minute.
         """
         config = self._config
         if not config.queue_wait_view:
@@ -770,7 +772,8 @@ class _Loads:
         target = config.target_utilisation * self.correction
         extra = 0.0
         for name in self._ready:
-            ratio = self._overload(name, start, now)
+            readings = [self._overload(name, begin, now) for begin in (start, now - config.panic_window_seconds)]
+            ratio = max((r for r in readings if r is not None), default=None)
             if ratio is not None:
                 extra += max(0.0, ratio / target - (self._gang_demand(name, start, now, target) or 0.0))
         return self.stable() + extra
