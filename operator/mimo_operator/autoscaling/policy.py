@@ -17,11 +17,11 @@ pool and the running-request limit can be compared:
 * KV: `sglang:token_usage` (the fuller of the full-attention and sliding-window pools);
 * running requests against the replica's running-request limit;
 * TTFT p95 above the SLO asks for one more gang when none is on its way;
-* queueing time: a gang whose queue never emptied over the stable window serves its requests first come,
-  first served, so their time to first token rises at 1 − served ÷ arrived seconds per second. Its slope
-  gives arrivals ÷ service whatever the requests' sizes, which the other signals learn only as the
+* queueing time: a gang whose queue never emptied over the panic or the stable window serves its requests
+  first come, first served, so their time to first token rises at 1 − served ÷ arrived seconds per second.
+  Its slope gives arrivals ÷ service whatever the requests' sizes, which the other signals learn only as the
   requests finish (a burst of 100k-token prompts, priced at the chat requests that finished before it,
-  read as a fifth of a gang while it needed four).
+  read as half a gang while it needed three or four).
 
 Four views of demand drive scale-up: the stable window's mean (at `target_utilisation`), the
 busiest panic window inside it (at `burst_utilisation`: the panic path, which reacts to a burst on the
