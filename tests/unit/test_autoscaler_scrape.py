@@ -9,6 +9,7 @@ import dataclasses
 import math
 
 import aiohttp
+import pytest
 
 from mimo_operator.autoscaler import HttpMetrics, gang_states, scrape_gang
 from mimo_operator.autoscaling.config import policy_config
@@ -122,6 +123,19 @@ def test_the_policy_gets_the_specs_targets_windows_and_ttft_objective() -> None:
     assert 0 < config.forecast_seconds <= 300
     unset = parse_spec(a_deployment().pro().h200().autoscaling(enabled=True).build())
     assert policy_config(unset, plan_deployment(unset)).ttft_slo_seconds is None
+
+
+@pytest.mark.parametrize(("extra_args", "reads_queue_wait"), [
+    ((), True),
+    (("--schedule-policy", "fcfs"), True),
+    (("--schedule-policy", "lpm"), False),
+    (("--schedule-policy=lpm", "--schedule-policy=fcfs"), True),
+    (("--schedule-policy", "fcfs", "--schedule-policy", "dfs-weight"), False),
+])
+def test_the_queue_wait_view_reads_only_a_first_come_first_served_queue(
+        extra_args: tuple[str, ...], reads_queue_wait: bool) -> None:
+    spec = parse_spec(a_deployment().pro().h200().autoscaling(enabled=True).extra_args(*extra_args).build())
+    assert policy_config(spec, plan_deployment(spec)).queue_wait_view is reads_queue_wait
 
 
 GROUP_1 = """\

@@ -12,6 +12,7 @@ from mimo_operator.autoscaling.capacity import capacity_of
 from mimo_operator.autoscaling.policy import PolicyConfig
 from mimo_operator.perf import performance_of
 from mimo_operator.plan import Plan
+from mimo_operator.sglang_flags import parse_extra_args
 from mimo_operator.spec import DeploymentSpec
 
 __all__ = [
@@ -53,7 +54,8 @@ def policy_config(
     capacity comes from the plan's performance model, and the trend is projected one start-up ahead
     (`startup_seconds`, default the plan's estimate; capped at MAX_FORECAST_SECONDS), while recurring
     bursts are pre-warmed a whole start-up ahead. A ready gang whose newest sample is older than three
-    scrape intervals is missing data.
+    scrape intervals is missing data. The queue-wait view reads a queue served first come, first served: it is
+    off where ``spec.engine.extraArgs`` sets another ``--schedule-policy`` (LPM reorders a queue of up to 128).
     """
     a = spec.autoscaling
     capacity = capacity_of(
@@ -76,7 +78,18 @@ def policy_config(
         forecast_seconds=float(min(max(startup, 0.0), MAX_FORECAST_SECONDS)),
         startup_seconds=float(max(startup, 0.0)),
         max_sample_age_seconds=3 * scrape_interval_seconds + 5,
+        queue_wait_view=_schedule_policy(spec) == "fcfs",
     )
+
+
+def _schedule_policy(spec: DeploymentSpec) -> str:
+    """The engines' ``--schedule-policy``: the last one in ``spec.engine.extraArgs`` (as argparse reads it), else
+    SGLang's default."""
+    chosen = "fcfs"
+    for flag in parse_extra_args(spec.engine.extra_args or []):
+        if flag.dest == "schedule_policy" and flag.values:
+            chosen = flag.values[-1]
+    return chosen
 
 
 def history_seconds(config: PolicyConfig) -> float:

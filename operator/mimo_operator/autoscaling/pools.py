@@ -136,7 +136,7 @@ def pool_configs(
             ttft_slo_seconds=base.ttft_slo_seconds if pool.role == PREFILL else None,
             # A decode gang's TTFT counts from the request's arrival, through the prefill pool's queue: its rise
             # is not the decode gang's own queueing time.
-            queue_wait_view=pool.role == PREFILL,
+            queue_wait_view=base.queue_wait_view and pool.role == PREFILL,
         )
     low_ratio, high_ratio = ratio_bounds(pd_plan.prefill, pd_plan.decode, prompt_tokens=prompt,
                                          output_tokens=TYPICAL_OUTPUT_TOKENS)
